@@ -1,0 +1,183 @@
+"""A task's data: splits of texts, label indices and concept-value indices, checked row by row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LucidError
+from .spec import ConceptSpec, TaskSpec
+from .tables import read_rows
+
+MISSING = -100  # a concept with no gold value in a row; ignored by losses and metrics
+
+
+@dataclass
+class Split:
+    """One split of a task. ``labels`` hold class indices (int64) or targets (float32);
+    ``concepts`` is ``[n, K]`` value indices, ``MISSING`` where a row has no gold value."""
+
+    texts: list[str]
+    labels: np.ndarray
+    concepts: np.ndarray
+    text_pairs: list[str] | None = None
+    ids: list[str] | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, indices) -> "Split":
+        indices = list(indices)
+        pick = lambda xs: None if xs is None else [xs[i] for i in indices]  # noqa: E731
+        return replace(
+            self,
+            texts=pick(self.texts),
+            labels=self.labels[indices],
+            concepts=self.concepts[indices],
+            text_pairs=pick(self.text_pairs),
+            ids=pick(self.ids),
+        )
+
+    def sample(self, n: int, seed: int = 0) -> "Split":
+        """A fixed random subset of ``n`` rows (all rows when ``n >= len``), in a repeatable order."""
+        if n >= len(self):
+            return self
+        return self.select(sorted(np.random.default_rng(seed).choice(len(self), n, replace=False)))
+
+
+@dataclass
+class Task:
+    spec: TaskSpec
+    train: Split
+    dev: Split | None = None
+    test: Split | None = None
+    extras: dict[str, Split] = field(default_factory=dict)
+
+    def split(self, name: str) -> Split:
+        found = {"train": self.train, "dev": self.dev, "test": self.test, **self.extras}.get(name)
+        if found is None:
+            available = [k for k, v in {"train": self.train, "dev": self.dev, "test": self.test, **self.extras}.items() if v is not None]
+            raise LucidError(f"task {self.spec.name!r} has no split {name!r}; available: {available}")
+        return found
+
+
+def build_split(rows: list[dict], spec: TaskSpec, source: str, id_field: str | None = None) -> Split:
+    """Check every row against ``spec`` and convert it; errors name the source, row and field."""
+    if not rows:
+        raise LucidError(f"{source}: the data set is empty (no rows left to use)")
+    fields = [spec.text, spec.label] + ([spec.text_pair] if spec.text_pair else [])
+    fields += [c.column or c.name for c in spec.concepts]
+    missing = [f for f in fields if f not in rows[0]]
+    if missing:
+        raise LucidError(f"{source}: missing column(s) {missing}; the file has {sorted(rows[0])}")
+
+    texts, pairs, labels, concepts, ids = [], [], [], [], []
+    for n, row in enumerate(rows, 1):
+        where = f"{source}, row {n}"
+        texts.append(_text(row, spec.text, where))
+        if spec.text_pair:
+            pairs.append(_text(row, spec.text_pair, where))
+        labels.append(_label(row, spec, where))
+        concepts.append([_concept(row, c, where) for c in spec.concepts])
+        if id_field:
+            ids.append(str(row.get(id_field)))
+    return Split(
+        texts=texts,
+        labels=np.asarray(labels, dtype=np.float32 if spec.is_regression else np.int64),
+        concepts=np.asarray(concepts, dtype=np.int64).reshape(len(rows), len(spec.concepts)),
+        text_pairs=pairs if spec.text_pair else None,
+        ids=ids if id_field else None,
+        source=source,
+    )
+
+
+def _field(row: dict, name: str, where: str):
+    if name not in row:
+        raise LucidError(f"{where}: missing field {name!r}")
+    return row[name]
+
+
+def _text(row: dict, name: str, where: str) -> str:
+    value = _field(row, name, where)
+    if not isinstance(value, str) or not value.strip():
+        raise LucidError(f"{where}, field {name!r}: expected a non-empty text, found {value!r}")
+    return value
+
+
+def _label(row: dict, spec: TaskSpec, where: str):
+    value = _field(row, spec.label, where)
+    if spec.is_regression:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise LucidError(f"{where}, field {spec.label!r}: expected a number, found {value!r}") from None
+    value = str(value)
+    if value not in spec.classes:
+        raise LucidError(f"{where}, field {spec.label!r}: unknown label {value!r}; expected one of {list(spec.classes)}")
+    return spec.classes.index(value)
+
+
+def _concept(row: dict, concept: ConceptSpec, where: str) -> int:
+    column = concept.column or concept.name
+    value = _field(row, column, where)
+    if value is None or value == "":
+        return MISSING
+    value = str(value)
+    if value not in concept.values:
+        raise LucidError(
+            f"{where}, field {column!r}: unknown value {value!r} for concept {concept.name!r}; "
+            f"expected one of {list(concept.values)}"
+        )
+    return concept.values.index(value)
+
+
+def _sorted_values(values) -> tuple[str, ...]:
+    """Distinct values, numerically sorted when they all are numbers ("2" before "10")."""
+    distinct = sorted({str(v) for v in values if v is not None and v != ""})
+    try:
+        return tuple(sorted(distinct, key=float))
+    except ValueError:
+        return tuple(distinct)
+
+
+def load_table_task(
+    train: str | Path,
+    text: str,
+    label: str,
+    concepts: list[str] | dict[str, list[str]] | None = None,
+    dev: str | Path | None = None,
+    test: str | Path | None = None,
+    text_pair: str | None = None,
+    classes: list[str] | None = None,
+    regression: bool = False,
+) -> Task:
+    """A task from CSV/TSV/JSON/JSONL files, given its column names.
+
+    Label classes and concept values are read off the training file unless given; a value in
+    dev or test that training never saw is an error naming its file and row.
+    """
+    train_rows = read_rows(train)
+    for column in [text, label] + ([text_pair] if text_pair else []) + list(concepts or []):
+        if column not in train_rows[0]:
+            raise LucidError(f"{train}: missing column {column!r}; the file has {sorted(train_rows[0])}")
+    if regression:
+        classes = ()
+    elif classes is None:
+        classes = _sorted_values(r.get(label) for r in train_rows)
+    if isinstance(concepts, dict):
+        concept_specs = tuple(ConceptSpec(name, tuple(values)) for name, values in concepts.items())
+    else:
+        concept_specs = tuple(
+            ConceptSpec(name, _sorted_values(r.get(name) for r in train_rows)) for name in concepts or ()
+        )
+    spec = TaskSpec(text=text, label=label, classes=tuple(classes), concepts=concept_specs,
+                    text_pair=text_pair, name=Path(train).stem)
+    return Task(
+        spec=spec,
+        train=build_split(train_rows, spec, str(train)),
+        dev=build_split(read_rows(dev), spec, str(dev)) if dev else None,
+        test=build_split(read_rows(test), spec, str(test)) if test else None,
+    )

@@ -1,0 +1,105 @@
+"""Experiments from YAML: data, model and training in one file; ``lucidlm train`` runs one.
+
+    data:     {source: cebab, path: ../../shared/data/cebab, subsample: {train: 200}}
+    model:    {family: bottleneck, mode: joint, backbone: sentence-transformers/all-MiniLM-L6-v2}
+    training: {epochs: 5, seed: 0}
+    output_dir: runs/cebab-joint      # optional; default runs/<config name> in the working folder
+
+Relative paths inside a config are read from the config file's folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from .config import from_dict
+from .data import Task, load_task
+from .errors import LucidError
+from .models import LucidModel, load_pretrained
+from .training import TrainingConfig
+
+SECTIONS = ("data", "model", "training", "output_dir")
+PATH_OPTIONS = ("path", "dev", "test")
+RUN_FILE = "run.json"
+
+
+@dataclass
+class Experiment:
+    data: dict
+    model: dict
+    training: TrainingConfig
+    output_dir: Path
+
+    def to_dict(self) -> dict:
+        return {"data": self.data, "model": self.model, "training": asdict(self.training), "output_dir": str(self.output_dir)}
+
+
+def read_experiment(path: str | Path, output_dir: str | Path | None = None) -> Experiment:
+    """Parse and check a config file without touching any data or model."""
+    path = Path(path)
+    if not path.is_file():
+        raise LucidError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise LucidError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise LucidError(f"{path}: expected a mapping with keys {list(SECTIONS)}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise LucidError(f"{path}: unknown key(s) {unknown}; expected some of {list(SECTIONS)}")
+    for section in ("data", "model"):
+        if not isinstance(raw.get(section), dict):
+            raise LucidError(f"{path}: section {section!r} is missing or not a mapping")
+    data = dict(raw["data"])
+    if "source" not in data:
+        raise LucidError(f"{path}: data.source is missing (a preset name such as 'cebab', or a file)")
+    base = path.parent
+    for key in PATH_OPTIONS + ("source",):
+        if isinstance(data.get(key), str) and (key != "source" or (base / data[key]).exists()):
+            data[key] = str((base / data[key]).resolve())
+    model = dict(raw["model"])
+    family = model.get("family", "bottleneck")
+    if family not in LucidModel.registry:
+        raise LucidError(f"{path}: model.family {family!r} is unknown; expected one of {sorted(LucidModel.registry)}")
+    # Check the model keys now, before any training starts.
+    from_dict(LucidModel.registry[family].config_class, {k: v for k, v in model.items() if k != "family"}, f"{path}: model")
+    training = from_dict(TrainingConfig, raw.get("training"), f"{path}: training")
+    if output_dir is None:
+        output_dir = base / raw["output_dir"] if raw.get("output_dir") else Path("runs") / path.stem
+    return Experiment(data=data, model=model, training=training, output_dir=Path(output_dir))
+
+
+def load_experiment_task(data: dict) -> Task:
+    options = {k: v for k, v in data.items() if k not in ("source", "subsample")}
+    task = load_task(data["source"], **options)
+    subsample = data.get("subsample") or {}
+    for split_name, n in subsample.items():
+        split = task.split(split_name)
+        setattr(task, split_name, split.sample(int(n), seed=0))
+    return task
+
+
+def run_experiment(experiment: Experiment) -> tuple[LucidModel, dict]:
+    """Train, select on dev, evaluate on dev and test, and save the run (model + ``run.json``)."""
+    task = load_experiment_task(experiment.data)
+    model_options = {k: v for k, v in experiment.model.items() if k != "family"}
+    cls = LucidModel.registry[experiment.model.get("family", "bottleneck")]
+    model = cls.from_backbone(task=task.spec, seed=experiment.training.seed, **model_options)
+    model.fit(task.train, eval_data=task.dev, config=experiment.training)
+    metrics = {name: model.evaluate(split, experiment.training.eval_batch_size)
+               for name, split in (("dev", task.dev), ("test", task.test)) if split is not None}
+    model.save_pretrained(experiment.output_dir)
+    (experiment.output_dir / RUN_FILE).write_text(json.dumps({"experiment": experiment.to_dict(), "metrics": metrics}, indent=2))
+    return model, metrics
+
+
+def load_run(run_dir: str | Path) -> tuple[LucidModel, dict | None]:
+    """A saved model and, when it was trained by ``run_experiment``, its experiment record."""
+    model = load_pretrained(run_dir)
+    run_file = Path(run_dir) / RUN_FILE
+    return model, json.loads(run_file.read_text()) if run_file.is_file() else None

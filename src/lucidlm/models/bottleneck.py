@@ -1,0 +1,210 @@
+"""Concept bottleneck language models (METHODS §1; Tan et al., PAKDD 2024).
+
+text -> backbone -> pooled h -> one head per concept -> concept probabilities -> label head -> y.
+The label head reads each concept's softmax probabilities, so a predicted concept, a gold one
+(one-hot) and a user's intervention (one-hot) all live in the same space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression, Ridge
+from torch import nn
+
+from ..data import MISSING, Split
+from ..errors import LucidError
+from ..evaluation import concept_metrics, selection_score, task_metrics
+from ..intervene import concept_values_tensor, overwrite_concepts
+from ..outputs import InterventionResult, ModelOutput
+from ..training import TrainingConfig, fit_loop, set_seed
+from .base import LucidModel, ModelConfig
+
+MODES = ("standard", "joint", "sequential", "independent")
+
+
+@dataclass
+class BottleneckConfig(ModelConfig):
+    mode: str = "joint"
+    concept_loss_weight: float = 1.0  # λ in L = CE(y) + λ·Σ_k CE(c_k) (joint mode)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mode not in MODES:
+            raise LucidError(f"mode: expected one of {list(MODES)}, found {self.mode!r}")
+
+
+def task_loss(spec, label_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if spec.is_regression:
+        return F.mse_loss(label_logits[:, 0], labels.float())
+    return F.cross_entropy(label_logits, labels)
+
+
+def concept_loss(concept_logits, concepts: torch.Tensor) -> torch.Tensor:
+    """Σ_k CE(c_k) over the rows that have a gold value for concept k."""
+    total = concept_logits[0].new_zeros(())
+    for k, logits in enumerate(concept_logits):
+        if (concepts[:, k] != MISSING).any():
+            total = total + F.cross_entropy(logits, concepts[:, k], ignore_index=MISSING)
+    return total
+
+
+class ConceptBottleneckLM(LucidModel):
+    family = "bottleneck"
+    config_class = BottleneckConfig
+
+    def __init__(self, config: BottleneckConfig, spec, backbone, tokenizer):
+        super().__init__(config, spec, backbone, tokenizer)
+        if config.mode == "standard":  # the black-box baseline: h -> y
+            self.concept_heads = nn.ModuleList()
+            self.label_head = nn.Linear(self.hidden_size, spec.num_labels)
+        else:
+            if not spec.concepts:
+                raise LucidError(f"mode {config.mode!r} needs concepts; the task {spec.name!r} has none")
+            self.concept_heads = nn.ModuleList(nn.Linear(self.hidden_size, len(c.values)) for c in spec.concepts)
+            self.label_head = nn.Linear(sum(len(c.values) for c in spec.concepts), spec.num_labels)
+
+    @property
+    def has_concepts(self) -> bool:
+        return len(self.concept_heads) > 0
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ModelOutput:
+        pooled = self.pooled(input_ids, attention_mask)
+        features = self.dropout(pooled)
+        if not self.has_concepts:
+            return ModelOutput(self.label_head(features), (), pooled)
+        concept_logits = tuple(head(features) for head in self.concept_heads)
+        probs = [logits.softmax(-1) for logits in concept_logits]
+        return ModelOutput(self.label_from_concepts(probs), concept_logits, pooled)
+
+    def label_from_concepts(self, concept_probs: list[torch.Tensor]) -> torch.Tensor:
+        return self.label_head(torch.cat(concept_probs, dim=-1))
+
+    # ---- intervention ---------------------------------------------------------------------
+    def intervene(self, texts, interventions: dict[str, str]) -> list[InterventionResult]:
+        """Set concepts to given values (``{"service": "Negative"}``) and recompute the label."""
+        if not self.has_concepts:
+            raise LucidError("a standard (concept-free) model has no concepts to intervene on")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        values = concept_values_tensor(self.spec, interventions, len(texts))
+        output = self.forward_texts(texts)
+        with torch.no_grad():
+            probs = overwrite_concepts([logits.softmax(-1) for logits in output.concept_logits], values)
+            after = ModelOutput(self.label_from_concepts(probs), output.concept_logits, output.pooled)
+        return [
+            InterventionResult(t, dict(interventions), self.to_prediction(t, output, i), self.to_prediction(t, after, i, probs))
+            for i, t in enumerate(texts)
+        ]
+
+    # ---- evaluation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def infer(self, split: Split, batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Label logits, concept probabilities, and label logits with every gold concept set."""
+        self.eval()
+        label_logits, probs, gold_logits = [], [], []
+        for batch in self.encoder.loader(split, batch_size):
+            out = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            label_logits.append(out.label_logits.cpu())
+            if self.has_concepts:
+                p = [logits.softmax(-1) for logits in out.concept_logits]
+                probs.append([x.cpu() for x in p])
+                gold_logits.append(self.label_from_concepts(overwrite_concepts(p, batch["concepts"])).cpu())
+        result = {"label_logits": torch.cat(label_logits).numpy()}
+        if self.has_concepts:
+            result["concept_probs"] = [torch.cat(ps).numpy() for ps in zip(*probs)]
+            result["gold_concept_label_logits"] = torch.cat(gold_logits).numpy()
+        return result
+
+    def evaluate(self, split: Split, batch_size: int = 64) -> dict:
+        """Task metrics; concept metrics; and task metrics with every concept set to its gold value."""
+        inferred = self.infer(split, batch_size)
+        metrics = {"n": len(split), "task": task_metrics(self.spec, split.labels, inferred["label_logits"])}
+        if self.has_concepts:
+            predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
+            metrics["concepts"] = concept_metrics(split.concepts, predicted, self.spec.concept_names)
+            metrics["task_gold_concepts"] = task_metrics(self.spec, split.labels, inferred["gold_concept_label_logits"])
+        return metrics
+
+    # ---- training -------------------------------------------------------------------------
+    def fit(self, train: Split, eval_data: Split | None = None, config: TrainingConfig | None = None, **overrides):
+        """Train in this model's mode. Model selection reads ``eval_data`` (dev), never test."""
+        config = replace(config or TrainingConfig(), **overrides)
+        if self.has_concepts and train.concepts.shape[1] != len(self.spec.concepts):
+            raise LucidError(f"{train.source}: the data has no concept labels; mode {self.config.mode!r} needs them")
+        set_seed(config.seed)
+        loader = self.encoder.loader(train, config.batch_size, shuffle=True, seed=config.seed)
+        mode = self.config.mode
+        if mode in ("standard", "joint"):
+            dev_score = (lambda m: selection_score(m.evaluate(eval_data, config.eval_batch_size))) if eval_data else None
+            self.training_history = fit_loop(self, self._param_groups(config), loader, self._loss(mode), dev_score, config, desc=mode)
+            return self
+        # sequential / independent: x -> c first, chosen on dev concept accuracy ...
+        dev_score = (lambda m: m.evaluate(eval_data, config.eval_batch_size)["concepts"]["accuracy"]) if eval_data else None
+        self.training_history = fit_loop(self, self._param_groups(config), loader, self._loss("concepts"), dev_score, config, desc="x→c")
+        # ... then c -> y on predicted (sequential) or gold (independent) concepts, x -> c frozen.
+        self._fit_label_head(train, eval_data, gold=(mode == "independent"), config=config)
+        return self
+
+    def _param_groups(self, config: TrainingConfig) -> list[dict]:
+        heads = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+        return [
+            {"params": list(self.backbone.parameters()), "lr": config.learning_rate},
+            {"params": heads, "lr": config.head_learning_rate},
+        ]
+
+    def _loss(self, objective: str):
+        weight = self.config.concept_loss_weight if objective == "joint" else 1.0
+
+        def loss(model, batch):
+            out = model(batch["input_ids"], batch["attention_mask"])
+            total = out.label_logits.new_zeros(())
+            if objective in ("standard", "joint"):
+                total = total + task_loss(self.spec, out.label_logits, batch["labels"])
+            if objective in ("joint", "concepts"):
+                total = total + weight * concept_loss(out.concept_logits, batch["concepts"])
+            return total
+
+        return loss
+
+    def _fit_label_head(self, train: Split, dev: Split | None, gold: bool, config: TrainingConfig) -> None:
+        """The c -> y stage: a linear model (scikit-learn, exact and repeatable) on concept
+        probabilities; its L2 strength is chosen on dev, where it always reads *predicted* concepts."""
+        inferred = self.infer(train, config.eval_batch_size)
+        probs = [torch.from_numpy(p) for p in inferred["concept_probs"]]
+        if gold:
+            probs = overwrite_concepts(probs, torch.from_numpy(train.concepts))
+        features = torch.cat(probs, -1).numpy()
+        dev_features = np.concatenate(self.infer(dev, config.eval_batch_size)["concept_probs"], -1) if dev else None
+        best = None
+        for strength in (0.01, 0.1, 1.0, 10.0, 100.0) if dev is not None else (1.0,):
+            if self.spec.is_regression:
+                head = Ridge(alpha=1.0 / strength).fit(features, train.labels)
+                weight, bias = head.coef_[None, :], np.atleast_1d(head.intercept_)
+            else:
+                head = LogisticRegression(C=strength, max_iter=2000).fit(features, train.labels)
+                weight, bias = _class_weights(head, self.spec.num_labels)
+            score = 0.0 if dev is None else self._head_score(weight, bias, dev_features, dev.labels)
+            if best is None or score > best[0]:
+                best = (score, weight, bias)
+        with torch.no_grad():
+            self.label_head.weight.copy_(torch.as_tensor(best[1], dtype=torch.float32))
+            self.label_head.bias.copy_(torch.as_tensor(best[2], dtype=torch.float32))
+        self.training_history.append({"stage": "c→y", "gold_concepts": gold, "dev_score": float(best[0])})
+
+    def _head_score(self, weight, bias, features, labels) -> float:
+        logits = features @ weight.T + bias
+        return selection_score({"task": task_metrics(self.spec, labels, logits)})
+
+
+def _class_weights(head: LogisticRegression, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's coefficients as a ``[num_labels, F]`` linear layer (binary and absent classes too)."""
+    coef, intercept = head.coef_, head.intercept_
+    if coef.shape[0] == 1:  # binary: one logit z for class 1, i.e. logits (0, z)
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    weight = np.zeros((num_labels, coef.shape[1]))
+    bias = np.full(num_labels, -30.0)  # a class absent from training is never predicted
+    weight[head.classes_], bias[head.classes_] = coef, intercept
+    return weight, bias

@@ -1,0 +1,51 @@
+"""Typed outputs: tensors from a forward pass, and JSON-able predictions for people and programs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+@dataclass
+class ModelOutput:
+    """A forward pass. ``concept_logits`` holds one ``[B, n_values_k]`` tensor per concept (empty
+    for models without concepts); ``pooled`` is the backbone's pooled vector ``[B, H]``."""
+
+    label_logits: torch.Tensor
+    concept_logits: tuple[torch.Tensor, ...] = ()
+    pooled: torch.Tensor | None = None
+
+
+@dataclass
+class ConceptPrediction:
+    value: str
+    probabilities: dict[str, float]
+
+
+@dataclass
+class Prediction:
+    text: str
+    label: str | float
+    probabilities: dict[str, float] = field(default_factory=dict)  # empty for regression
+    concepts: dict[str, ConceptPrediction] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class InterventionResult:
+    """The same input before and after the user set some concepts to given values."""
+
+    text: str
+    interventions: dict[str, str]
+    before: Prediction
+    after: Prediction
+
+    @property
+    def label_changed(self) -> bool:
+        return self.before.label != self.after.label
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "label_changed": self.label_changed}

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random BERT and GPT-2 backbones (mechanics), the real data sets (truth)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from lucidlm.backbone import DEFAULT_BACKBONE, resolve_backbone
+
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DATA.is_dir():  # a checkout elsewhere can point at the data
+    DATA = Path(os.environ.get("LUCIDLM_DATA", DATA))
+CEBAB = DATA / "cebab"
+
+
+@pytest.fixture(scope="session")
+def cebab_dir() -> Path:
+    assert CEBAB.is_dir(), f"the CEBaB data is expected at {CEBAB} (shared/data beside the checkout)"
+    return CEBAB
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random BERT with the default backbone's WordPiece tokenizer."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(resolve_backbone(DEFAULT_BACKBONE))
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    """A 2-layer random GPT-2 with a small byte-level BPE tokenizer that, like GPT-2's, has no pad token."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    corpus = [
+        "The food was great and the service was slow.", "Loud room, rude waiter, cold soup.",
+        "We loved the ambiance; the pasta was fine.", "Terrible noise but a friendly staff.",
+    ] * 20
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tokenizer = transformers.GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                               bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128)
+    torch.manual_seed(0)
+    transformers.GPT2Model(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cebab_small(cebab_dir):
+    """CEBaB with small fixed subsets: enough for mechanics, seconds to train on a tiny model."""
+    from lucidlm import load_task
+
+    task = load_task("cebab", path=cebab_dir)
+    task.train, task.dev, task.test = task.train.sample(96), task.dev.sample(48), task.test.sample(48)
+    return task

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from lucidlm.backbone import (
+    DEFAULT_BACKBONE, default_pooling, load_backbone, load_tokenizer, pool, resolve_backbone,
+)
+from lucidlm.errors import LucidError
+
+
+def test_default_backbone_is_the_shipped_offline_copy():
+    path = Path(resolve_backbone(DEFAULT_BACKBONE))
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    model = load_backbone(DEFAULT_BACKBONE)
+    assert (model.config.num_hidden_layers, model.config.hidden_size) == (6, 384)
+
+
+def test_pooling_by_architecture(tiny_bert_dir, tiny_gpt2_dir):
+    assert default_pooling(load_backbone(str(tiny_bert_dir)).config) == "mean"
+    assert default_pooling(load_backbone(str(tiny_gpt2_dir)).config) == "last"
+    assert load_tokenizer(str(tiny_gpt2_dir)).pad_token is not None  # GPT-2 ships none
+
+
+@pytest.mark.parametrize("how", ["mean", "last", "cls"])
+def test_pooling_ignores_padding(how):
+    hidden = torch.randn(1, 3, 4)
+    mask = torch.tensor([[1, 1, 1]])
+    padded = torch.cat([hidden, torch.randn(1, 5, 4) * 100], dim=1)  # garbage where padding is
+    padded_mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0]])
+    assert torch.allclose(pool(hidden, mask, how), pool(padded, padded_mask, how))
+    expected = {"mean": hidden.mean(1), "last": hidden[:, 2], "cls": hidden[:, 0]}[how]
+    assert torch.allclose(pool(hidden, mask, how), expected)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_gpt2_dir"])
+def test_padded_batch_pools_like_single_texts(fixture, request):
+    """A text's pooled vector does not depend on what it is batched with (padding is masked)."""
+    from lucidlm import ConceptBottleneckLM, TaskSpec
+
+    path = str(request.getfixturevalue(fixture))
+    model = ConceptBottleneckLM.from_backbone(path, task=TaskSpec(classes=("a", "b")), mode="standard").eval()
+    texts = ["The food was great.", "Loud room, rude waiter, cold soup, and we waited an hour for it."]
+    batch = model.encoder.batch(texts)
+    with torch.no_grad():
+        together = model.pooled(batch["input_ids"], batch["attention_mask"])
+        for i, text in enumerate(texts):
+            alone = model.encoder.batch([text])
+            assert torch.allclose(model.pooled(alone["input_ids"], alone["attention_mask"])[0], together[i], atol=1e-5)
+
+
+def test_unloadable_backbone_is_a_clear_error(tmp_path):
+    with pytest.raises(LucidError, match="cannot load it"):
+        load_backbone(str(tmp_path))

@@ -1,0 +1,145 @@
+"""Mechanics of the concept bottleneck family on tiny random BERT and GPT-2 backbones."""
+
+import numpy as np
+import pytest
+import torch
+
+from lucidlm import ConceptBottleneckLM, LucidError, load_pretrained
+from lucidlm.data import MISSING
+from lucidlm.intervene import overwrite_concepts
+
+FAST = dict(epochs=1, batch_size=16, progress=False, head_epochs=5)
+TEXT = "Great pasta, but we waited an hour and the room was loud."
+
+
+def make(backbone_dir, task, mode, seed=0):
+    return ConceptBottleneckLM.from_backbone(str(backbone_dir), task=task.spec, mode=mode, seed=seed)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_gpt2_dir"])
+@pytest.mark.parametrize("mode", ["standard", "joint", "sequential", "independent"])
+def test_modes_train_and_predict_typed_outputs(fixture, mode, cebab_small, request):
+    model = make(request.getfixturevalue(fixture), cebab_small, mode)
+    model.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
+    batch = model.encoder.batch([TEXT, "Bad."])
+    out = model(batch["input_ids"], batch["attention_mask"])
+    assert out.label_logits.shape == (2, 5)
+    if mode == "standard":
+        assert out.concept_logits == ()
+    else:
+        assert [tuple(c.shape) for c in out.concept_logits] == [(2, 3)] * 4
+    metrics = model.evaluate(cebab_small.test)
+    assert 0.0 <= metrics["task"]["accuracy"] <= 1.0 and metrics["n"] == 48
+    assert ("concepts" in metrics) == (mode != "standard")
+    prediction = model.predict(TEXT)[0]
+    assert prediction.label in cebab_small.spec.classes
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert set(prediction.concepts) == (set() if mode == "standard" else {"food", "ambiance", "service", "noise"})
+
+
+def test_sequential_freezes_concepts_and_fits_the_label_head_on_them(tiny_bert_dir, cebab_small):
+    model = make(tiny_bert_dir, cebab_small, "sequential")
+    model.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
+    concepts_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("label_head")}
+    assert model.training_history[-1]["stage"] == "c→y"
+    # refitting only the c -> y stage leaves x -> c untouched
+    model._fit_label_head(cebab_small.train, cebab_small.dev, gold=True, config=model_config())
+    for k, v in model.state_dict().items():
+        if not k.startswith("label_head"):
+            assert torch.equal(v, concepts_before[k])
+
+
+def model_config():
+    from lucidlm import TrainingConfig
+
+    return TrainingConfig(**FAST)
+
+
+def test_intervention_sets_one_hot_and_recomputes_the_label(tiny_bert_dir, cebab_small):
+    model = make(tiny_bert_dir, cebab_small, "joint")
+    with torch.no_grad():  # make "service" matter to the label
+        model.label_head.weight.zero_()
+        model.label_head.weight[:, 6:9] = torch.tensor([[5.0, -5, 0]] * 2 + [[0, 0, 0]] + [[-5.0, 5, 0]] * 2)
+    before = model.predict(TEXT)[0]
+    low, high = (model.intervene(TEXT, {"service": v})[0] for v in ("Negative", "Positive"))
+    assert low.before == before
+    assert low.after.concepts["service"].probabilities == {"Negative": 1.0, "Positive": 0.0, "unknown": 0.0}
+    assert low.after.concepts["food"] == before.concepts["food"]  # untouched concepts stay
+    assert low.after.label in ("1", "2") and high.after.label in ("4", "5")
+    assert low.label_changed or high.label_changed
+
+
+def test_intervention_errors(tiny_bert_dir, cebab_small):
+    model = make(tiny_bert_dir, cebab_small, "joint")
+    with pytest.raises(LucidError, match="unknown concept 'decor'"):
+        model.intervene(TEXT, {"decor": "Positive"})
+    with pytest.raises(LucidError, match="concept 'service': unknown value 'Great'"):
+        model.intervene(TEXT, {"service": "Great"})
+    with pytest.raises(LucidError, match="standard .* no concepts"):
+        make(tiny_bert_dir, cebab_small, "standard").intervene(TEXT, {"service": "Negative"})
+
+
+def test_overwrite_concepts_keeps_missing():
+    probs = [torch.full((2, 3), 1 / 3), torch.full((2, 2), 0.5)]
+    values = torch.tensor([[1, MISSING], [MISSING, 0]])
+    new = overwrite_concepts(probs, values)
+    torch.testing.assert_close(new[0], torch.tensor([[0, 1, 0], [1 / 3, 1 / 3, 1 / 3]]))
+    torch.testing.assert_close(new[1], torch.tensor([[0.5, 0.5], [1, 0]]))
+
+
+def test_gold_concept_metric_matches_manual_intervention(tiny_bert_dir, cebab_small):
+    model = make(tiny_bert_dir, cebab_small, "joint")
+    split = cebab_small.test
+    metrics = model.evaluate(split)
+    names = model.spec.concept_names
+    values = model.spec.concepts[0].values
+    hits = 0
+    for i, text in enumerate(split.texts):
+        gold = {n: values[v] for n, v in zip(names, split.concepts[i])}
+        hits += model.intervene(text, gold)[0].after.label == model.spec.classes[split.labels[i]]
+    assert metrics["task_gold_concepts"]["accuracy"] == pytest.approx(hits / len(split))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_gpt2_dir"])
+@pytest.mark.parametrize("mode", ["standard", "independent"])
+def test_save_load_round_trip_predicts_exactly_the_same(fixture, mode, cebab_small, tmp_path, request):
+    model = make(request.getfixturevalue(fixture), cebab_small, mode)
+    model.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
+    model.save_pretrained(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["backbone", "config.json", "model.safetensors"]
+    assert not list(tmp_path.glob(".run.*"))  # no staging folder left behind
+    loaded = ConceptBottleneckLM.from_pretrained(tmp_path / "run")
+    assert loaded.config == model.config and loaded.spec == model.spec
+    assert loaded.training_history == model.training_history
+    a, b = model.infer(cebab_small.test), loaded.infer(cebab_small.test)
+    for key in a:
+        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+    assert loaded.predict(TEXT) == model.predict(TEXT)
+
+
+def test_not_a_saved_run(tmp_path):
+    with pytest.raises(LucidError, match="no such folder"):
+        load_pretrained(tmp_path / "nope")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(LucidError, match="not a saved lucidlm run"):
+        load_pretrained(tmp_path)
+
+
+def test_same_seed_same_run(tiny_bert_dir, cebab_small):
+    runs = []
+    for _ in range(2):
+        model = make(tiny_bert_dir, cebab_small, "joint", seed=3)
+        model.fit(cebab_small.train, eval_data=cebab_small.dev, seed=3, epochs=2, progress=False)
+        runs.append((model.evaluate(cebab_small.test), model.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    for k in runs[0][1]:
+        assert torch.equal(runs[0][1][k], runs[1][1][k]), k
+    other = make(tiny_bert_dir, cebab_small, "joint", seed=4)
+    assert not torch.equal(other.label_head.weight, runs[0][1]["label_head.weight"])
+
+
+def test_config_validation(tiny_bert_dir, cebab_small):
+    with pytest.raises(LucidError, match="mode: expected one of"):
+        make(tiny_bert_dir, cebab_small, "jointly")
+    with pytest.raises(LucidError, match="unknown key"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, lambda_=1)
