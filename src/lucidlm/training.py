@@ -26,7 +26,7 @@ class TrainingConfig:
     batch_size: int = 16
     eval_batch_size: int = 64
     learning_rate: float = 5e-5  # the pretrained backbone
-    head_learning_rate: float = 1e-3  # the freshly initialised heads
+    head_learning_rate: float = 1e-2  # the freshly initialised heads (the label head reads probabilities in [0, 1])
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0

@@ -118,6 +118,14 @@ class LucidModel(nn.Module):
         return Prediction(text=text, label=label, probabilities=probabilities, concepts=concepts)
 
     # ---- persistence ----------------------------------------------------------------------
+    def json_state(self) -> dict:
+        """Learned state that is not a tensor (e.g. prototypes' nearest training texts); saved in
+        config.json. Families override this and ``load_json_state``."""
+        return {}
+
+    def load_json_state(self, state: dict) -> None:
+        pass
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """``config.json`` + ``model.safetensors`` + ``backbone/`` (its config and tokenizer).
 
@@ -133,6 +141,7 @@ class LucidModel(nn.Module):
                 "model": asdict(self.config),
                 "task": self.spec.to_dict(),
                 "training_history": self.training_history,
+                "state": self.json_state(),
             }
             (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
             save_model(self, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -180,4 +189,5 @@ def load_pretrained(directory: str | Path) -> LucidModel:
     model = cls(config, spec, backbone, tokenizer)
     load_model(model, str(directory / WEIGHTS_FILE), strict=True)
     model.training_history = meta.get("training_history", [])
+    model.load_json_state(meta.get("state", {}))
     return model.eval()

@@ -1,0 +1,31 @@
+# Two entry points (see README): `make cebab` (set up, train and evaluate on CEBaB) and
+# `make test` (set up, run the tests). Everything installs into .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/cebab-joint.yaml
+
+.PHONY: setup cebab test bench clean
+
+setup: $(VENV)/.installed
+
+# torch first and pinned: the local CPU build. Unpinned, pip would pull gigabytes of CUDA
+# packages; once 2.13.0 is there, the project's range installs nothing more.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+cebab: setup
+	$(BIN)/lucidlm train $(CONFIG)
+	$(BIN)/lucidlm intervene runs/$(basename $(notdir $(CONFIG))) "Great pasta, but we waited an hour." --set service=Negative
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/cebab_bottleneck.py
+
+clean:
+	rm -rf $(VENV) runs

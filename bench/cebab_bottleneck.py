@@ -1,0 +1,100 @@
+"""CEBaB, default backbone: the four concept bottleneck modes, trained on train_exclusive,
+chosen on dev, reported on test; bottleneck modes also with every concept set to gold.
+
+    python bench/cebab_bottleneck.py [--modes standard joint ...]
+
+Prints a table and writes bench/results/cebab_bottleneck.{json,md}. Each mode trains from its
+ready config configs/cebab-<mode>.yaml, exactly as `lucidlm train` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def majority_floors(task) -> dict:
+    labels = task.test.labels
+    concepts = task.test.concepts
+    return {
+        "task_accuracy": float(np.bincount(labels).max() / len(labels)),
+        "concept_accuracy": float(np.mean([np.bincount(concepts[:, k]).max() / len(concepts) for k in range(concepts.shape[1])])),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", nargs="+", default=["standard", "joint", "sequential", "independent"])
+    args = parser.parse_args()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    rows, floors = {}, None
+    for mode in args.modes:
+        experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{mode}")
+        if floors is None:
+            floors = majority_floors(load_experiment_task(experiment.data))
+        start = time.perf_counter()
+        model, metrics = run_experiment(experiment)
+        rows[mode] = {
+            "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,
+            "epochs_run": sum(1 for r in model.training_history if "epoch" in r), "config": experiment.to_dict(),
+        }
+        print(f"{mode}: {json.dumps(metrics['test']['task'])}", flush=True)
+
+    result = {
+        "command": "python bench/cebab_bottleneck.py",
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "majority_floors_test": floors,
+        "modes": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "cebab_bottleneck.json").write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    (RESULTS / "cebab_bottleneck.md").write_text(table)
+    print(table)
+
+
+def markdown(result: dict) -> str:
+    floors = result["majority_floors_test"]
+    lines = [
+        "# CEBaB test, all-MiniLM-L6-v2, trained on train_exclusive, chosen on dev",
+        "",
+        f"Command: `{result['command']}`. Majority-class floors on test: task accuracy "
+        f"{floors['task_accuracy']:.1%}, concept accuracy {floors['concept_accuracy']:.1%}.",
+        "",
+        "| mode | task acc | task macro-F1 | concept acc | concept macro-F1 | task acc, gold concepts | task macro-F1, gold concepts | epochs | train+eval s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, row in result["modes"].items():
+        t = row["test"]
+        c, g = t.get("concepts"), t.get("task_gold_concepts")
+        cells = [f"{t['task']['accuracy']:.1%}", f"{t['task']['macro_f1']:.3f}",
+                 f"{c['accuracy']:.1%}" if c else "–", f"{c['macro_f1']:.3f}" if c else "–",
+                 f"{g['accuracy']:.1%}" if g else "–", f"{g['macro_f1']:.3f}" if g else "–",
+                 str(row["epochs_run"]), f"{row['train_seconds']:.0f}"]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    per_concept = [(m, r["test"]["concepts"]["per_concept"]) for m, r in result["modes"].items() if "concepts" in r["test"]]
+    if per_concept:
+        names = list(per_concept[0][1])
+        lines += ["", "Per concept, test accuracy / macro-F1:", "",
+                  "| mode | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for mode, pc in per_concept:
+            lines.append(f"| {mode} | " + " | ".join(f"{pc[n]['accuracy']:.1%} / {pc[n]['macro_f1']:.3f}" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

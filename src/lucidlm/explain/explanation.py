@@ -1,0 +1,66 @@
+"""The one explanation value every family returns: JSON-able, rendered by the CLI, the web page
+and the HTML report alike. A family fills the parts it has and leaves the rest empty."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from ..outputs import Prediction
+
+
+@dataclass
+class TokenAttribution:
+    """Scores over the input's tokens toward one ``target``: a concept name, ``"label"``, or
+    ``"attention"`` (proto-lm's token attention). ``method`` says how they were computed."""
+
+    target: str
+    method: str
+    tokens: list[str]
+    scores: list[float]
+
+
+@dataclass
+class ConceptContribution:
+    """A concept's value, probability, and its contribution to the predicted label's logit
+    (label-head weight × concept activation, summed over the concept's values)."""
+
+    concept: str
+    value: str
+    probability: float
+    contribution: float
+
+
+@dataclass
+class TrainingExample:
+    text: str
+    distance: float
+    label: str | float | None = None
+    top_tokens: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PrototypeMatch:
+    """A learned prototype as it bears on this input (proto-lm)."""
+
+    prototype: int
+    prototype_class: str
+    similarity: float
+    contributions: dict[str, float]  # class -> similarity × classification weight
+    nearest_examples: list[TrainingExample] = field(default_factory=list)
+
+
+@dataclass
+class Explanation:
+    text: str
+    prediction: Prediction
+    concepts: list[ConceptContribution] = field(default_factory=list)
+    tokens: list[TokenAttribution] = field(default_factory=list)
+    subnetworks: dict | None = None  # SparseCBM: densities, overlaps, shared/owned weights
+    prototypes: list[PrototypeMatch] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
