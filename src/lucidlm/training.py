@@ -52,8 +52,13 @@ def fit_loop(
     config: TrainingConfig,
     epochs: int | None = None,
     desc: str = "train",
+    hooks=None,
 ) -> list[dict]:
-    """Train ``model`` in place; returns one record per epoch (loss, dev score). Keeps the best."""
+    """Train ``model`` in place; returns one record per epoch (loss, dev score). Keeps the best.
+
+    ``hooks`` (e.g. a pruner) may define ``before_step(step)``, ``after_backward(step)``,
+    ``after_step(step)`` and ``selectable(epoch) -> bool`` (which epochs may be chosen as best).
+    """
     set_seed(config.seed)
     epochs = config.epochs if epochs is None else epochs
     accelerator = Accelerator()
@@ -62,24 +67,29 @@ def fit_loop(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
 
-    history, best_score, best_state, stale = [], -float("inf"), None, 0
+    history, best_score, best_state, stale, step = [], -float("inf"), None, 0, 0
     for epoch in range(1, epochs + 1):
         model.train()
         losses = []
         bar = tqdm(train_loader, desc=f"{desc} {epoch}/{epochs}", disable=not config.progress, leave=False)
         for batch in bar:
+            _call(hooks, "before_step", step)
             loss = loss_fn(model, batch)
             accelerator.backward(loss)
+            _call(hooks, "after_backward", step)
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
+            _call(hooks, "after_step", step)
+            step += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         record = {"epoch": epoch, "loss": float(np.mean(losses))}
         unwrapped = accelerator.unwrap_model(model)
-        if dev_score is not None:
+        selectable = getattr(hooks, "selectable", lambda epoch: True)(epoch)
+        if dev_score is not None and selectable:
             unwrapped.eval()
             record["dev_score"] = dev_score(unwrapped)
             if record["dev_score"] > best_score:
@@ -89,10 +99,16 @@ def fit_loop(
                 stale += 1
         history.append(record)
         log.info("%s epoch %d: %s", desc, epoch, record)
-        if dev_score is not None and stale >= config.patience:
+        if dev_score is not None and selectable and stale >= config.patience:
             break
     unwrapped = accelerator.unwrap_model(model)
     if best_state is not None:
         unwrapped.load_state_dict(best_state)
     unwrapped.eval()
     return history
+
+
+def _call(hooks, name: str, step: int) -> None:
+    method = getattr(hooks, name, None)
+    if method is not None:
+        method(step)

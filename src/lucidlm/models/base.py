@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
@@ -118,6 +118,13 @@ class LucidModel(nn.Module):
         return Prediction(text=text, label=label, probabilities=probabilities, concepts=concepts)
 
     # ---- persistence ----------------------------------------------------------------------
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """What ``model.safetensors`` holds: the state dict (families may add tensors)."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+
+    def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(tensors, strict=True)
+
     def json_state(self) -> dict:
         """Learned state that is not a tensor (e.g. prototypes' nearest training texts); saved in
         config.json. Families override this and ``load_json_state``."""
@@ -144,7 +151,7 @@ class LucidModel(nn.Module):
                 "state": self.json_state(),
             }
             (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-            save_model(self, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+            save_file(self.checkpoint_tensors(), str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
             self.backbone.config.save_pretrained(staging / BACKBONE_DIR)
             self.tokenizer.save_pretrained(staging / BACKBONE_DIR)
             directory.mkdir(exist_ok=True)
@@ -187,7 +194,7 @@ def load_pretrained(directory: str | Path) -> LucidModel:
     backbone = AutoModel.from_config(AutoConfig.from_pretrained(directory / BACKBONE_DIR))
     tokenizer = load_tokenizer(str(directory / BACKBONE_DIR))
     model = cls(config, spec, backbone, tokenizer)
-    load_model(model, str(directory / WEIGHTS_FILE), strict=True)
+    model.load_checkpoint_tensors(load_file(str(directory / WEIGHTS_FILE)))
     model.training_history = meta.get("training_history", [])
     model.load_json_state(meta.get("state", {}))
     return model.eval()

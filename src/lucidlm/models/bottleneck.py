@@ -80,15 +80,20 @@ class ConceptBottleneckLM(LucidModel):
                 concept_values: torch.Tensor | None = None) -> ModelOutput:
         """``concept_values`` (``[B, K]``, ``MISSING`` = keep the prediction) sets concepts before
         the label head reads them: an intervention."""
-        pooled = self.pooled(input_ids, attention_mask)
-        features = self.dropout(pooled)
         if not self.has_concepts:
-            return ModelOutput(self.label_head(features), (), pooled)
-        concept_logits = tuple(head(features) for head in self.concept_heads)
+            pooled = self.pooled(input_ids, attention_mask)
+            return ModelOutput(self.label_head(self.dropout(pooled)), (), pooled)
+        concept_logits, pooled = self.concept_logits(input_ids, attention_mask)
         probs = [logits.softmax(-1) for logits in concept_logits]
         if concept_values is not None:
             probs = overwrite_concepts(probs, concept_values)
         return ModelOutput(self.label_from_concepts(probs), concept_logits, pooled)
+
+    def concept_logits(self, input_ids, attention_mask) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """One ``[B, n_values_k]`` tensor per concept, and the pooled vector they read."""
+        pooled = self.pooled(input_ids, attention_mask)
+        features = self.dropout(pooled)
+        return tuple(head(features) for head in self.concept_heads), pooled
 
     def label_from_concepts(self, concept_probs: list[torch.Tensor]) -> torch.Tensor:
         return self.label_head(torch.cat(concept_probs, dim=-1))

@@ -1,0 +1,182 @@
+"""Gradual pruning of the per-concept masks during joint training (METHODS §2).
+
+Schedule: dense until ``start`` (epochs), then sparsity rises from ``initial`` to ``final``
+(linear, or cubic as in Zhu & Gupta 2017) until ``end``, then stays at ``final``. Every
+``interval`` steps in between, each concept's mask drops its lowest-scoring *active* weights,
+per layer or globally, so pruned weights stay pruned.
+
+Scores for concept k read the gradient of concept k's loss (+ the task loss) with respect to
+its own masked weights W ⊙ M_k, which the batched pass provides:
+- ``magnitude``: |w| (the same for every concept: it cannot tell subnetworks apart);
+- ``movement``: −Σ_t w·g accumulated over steps (Sanh et al. 2020);
+- ``obert``: w² / (2·[F⁻¹]_jj), F = λI + (1/m)Σ g gᵀ the empirical Fisher of the last m
+  gradients in blocks of B consecutive weights, inverted by Sherman–Morrison (Kurtic et al. 2022).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import LucidError
+from .masking import MaskedLinear
+
+SCORES = ("obert", "magnitude", "movement")
+SCHEDULES = ("linear", "cubic")
+
+
+@dataclass
+class SparsitySchedule:
+    initial: float = 0.2
+    final: float = 0.7
+    start: float = 1.0  # epoch at which pruning starts (dense before)
+    end: float = 5.0  # epoch at which final sparsity is reached
+    kind: str = "cubic"
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise LucidError(f"schedule: expected one of {list(SCHEDULES)}, found {self.kind!r}")
+        if not 0 <= self.initial <= self.final < 1:
+            raise LucidError(f"sparsity: expected 0 <= initial ({self.initial}) <= final ({self.final}) < 1")
+        if not 0 <= self.start <= self.end:
+            raise LucidError(f"pruning epochs: expected 0 <= start ({self.start}) <= end ({self.end})")
+
+    def at(self, epoch: float) -> float:
+        """Target sparsity at a (fractional) epoch."""
+        if epoch < self.start:
+            return 0.0
+        if epoch >= self.end or self.end == self.start:
+            return self.final
+        progress = (epoch - self.start) / (self.end - self.start)
+        if self.kind == "linear":
+            return self.initial + (self.final - self.initial) * progress
+        return self.final + (self.initial - self.final) * (1 - progress) ** 3
+
+
+def obert_inverse_diagonal(gradients: torch.Tensor, block: int, damp: float) -> torch.Tensor:
+    """diag(F⁻¹) for F = λI + (1/m)Σ_i g_i g_iᵀ, block-diagonal in blocks of ``block`` weights.
+
+    ``gradients``: ``[m, n]`` (n weights, flattened). Each block's inverse starts at I/λ and takes
+    one exact Sherman–Morrison update per gradient: F⁻¹ ← F⁻¹ − (F⁻¹g)(F⁻¹g)ᵀ / (m + gᵀF⁻¹g).
+    Computed in float64: with λ = 1e-7 the entries span many orders of magnitude.
+    """
+    m, n = gradients.shape
+    pad = (-n) % block
+    g = torch.nn.functional.pad(gradients.double(), (0, pad)).reshape(m, -1, block)  # [m, blocks, B]
+    inverse = torch.eye(block, dtype=torch.float64).repeat(g.shape[1], 1, 1) / damp
+    for i in range(m):
+        gi = g[i].unsqueeze(-1)  # [blocks, B, 1]
+        fg = inverse @ gi
+        inverse -= (fg @ fg.transpose(1, 2)) / (m + (gi.transpose(1, 2) @ fg))
+    return inverse.diagonal(dim1=1, dim2=2).reshape(-1)[:n].float()
+
+
+class Pruner:
+    """Scores and prunes the masks of ``layers`` while ``fit_loop`` trains (its ``hooks``)."""
+
+    def __init__(self, layers: dict[str, MaskedLinear], schedule: SparsitySchedule, steps_per_epoch: int,
+                 score: str = "obert", scope: str = "layer", interval: int = 10,
+                 obert_gradients: int = 20, obert_block: int = 20, obert_damp: float = 1e-7):
+        if score not in SCORES:
+            raise LucidError(f"pruning score: expected one of {list(SCORES)}, found {score!r}")
+        if scope not in ("layer", "global"):
+            raise LucidError(f"pruning scope: expected 'layer' or 'global', found {scope!r}")
+        self.layers, self.schedule, self.steps_per_epoch = layers, schedule, steps_per_epoch
+        self.score, self.scope, self.interval = score, scope, max(1, interval)
+        self.obert_gradients, self.obert_block, self.obert_damp = obert_gradients, obert_block, obert_damp
+        start, end = (round(e * steps_per_epoch) for e in (schedule.start, schedule.end))
+        # prune at start, every `interval` steps, and once more at end (final sparsity)
+        self.events = sorted(set(range(start, end, self.interval)) | {end})
+        self.movement = {n: torch.zeros_like(layer.mask, dtype=torch.float32) for n, layer in layers.items()} if score == "movement" else {}
+        self.gradients: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+        self.history: list[dict] = []
+
+    # ---- hooks called by fit_loop -----------------------------------------------------------
+    def before_step(self, step: int) -> None:
+        record = self._needs_gradients(step)
+        for layer in self.layers.values():
+            layer.record_grads = record
+            layer.masked_weight = None
+
+    def after_backward(self, step: int) -> None:
+        if not self._needs_gradients(step):
+            return
+        for name, layer in self.layers.items():
+            grad = layer.concept_gradients()
+            if grad is None:
+                continue
+            if self.score == "movement":
+                self.movement[name] -= (layer.weight.detach().unsqueeze(0) * grad).float()
+            elif self.score == "obert":
+                self.gradients[name] = (self.gradients[name] + [grad.detach().cpu()])[-self.obert_gradients:]
+        for layer in self.layers.values():
+            layer.masked_weight = None
+
+    def after_step(self, step: int) -> None:
+        if step + 1 in self.events:  # after `step + 1` optimizer steps
+            self.prune(self.schedule.at((step + 1) / self.steps_per_epoch))
+
+    def selectable(self, epoch: int) -> bool:
+        """Only checkpoints at final sparsity may be chosen as the best one."""
+        return epoch >= self.schedule.end
+
+    # ---- scores and masks -------------------------------------------------------------------
+    def _needs_gradients(self, step: int) -> bool:
+        if self.score == "magnitude" or not self.events:
+            return False
+        if self.score == "movement":
+            return self.events[0] - self.interval <= step < self.events[-1]
+        return any(0 <= event - 1 - step < self.obert_gradients for event in self.events)
+
+    def scores(self, name: str) -> torch.Tensor:
+        """``[K, *weight.shape]``: higher = more worth keeping."""
+        layer = self.layers[name]
+        weight = layer.weight.detach()
+        if self.score == "magnitude" or (self.score == "obert" and not self.gradients[name]):
+            return weight.abs().unsqueeze(0).expand_as(layer.mask).float()
+        if self.score == "movement":
+            return self.movement[name].clone()
+        grads = torch.stack(self.gradients[name])  # [m, K, *shape]
+        out = torch.empty(layer.mask.shape)
+        for k in range(layer.num_masks):
+            diag = obert_inverse_diagonal(grads[:, k].reshape(grads.shape[0], -1), self.obert_block, self.obert_damp)
+            out[k] = (weight.float().cpu() ** 2 / (2 * diag.reshape(weight.shape).clamp_min(1e-30))).to(out.dtype)
+        return out.to(weight.device)
+
+    @torch.no_grad()
+    def prune(self, sparsity: float) -> None:
+        """Set every concept's mask to the top (1 − sparsity) of its active weights by score."""
+        scores = {n: self.scores(n).masked_fill(~layer.mask, -math.inf) for n, layer in self.layers.items()}
+        num_masks = next(iter(self.layers.values())).num_masks
+        for k in range(num_masks):
+            if self.scope == "layer":
+                for name, layer in self.layers.items():
+                    layer.mask[k] = _top(scores[name][k], sparsity)
+            else:
+                flat = torch.cat([scores[n][k].reshape(-1) for n in self.layers])
+                keep = _top(flat, sparsity)
+                offset = 0
+                for name, layer in self.layers.items():
+                    size = layer.mask[k].numel()
+                    layer.mask[k] = keep[offset:offset + size].reshape(layer.mask[k].shape)
+                    offset += size
+        self.history.append({"sparsity": sparsity, "density": density(self.layers)})
+        self.gradients = {n: [] for n in self.layers}
+
+
+def _top(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """A boolean mask keeping the round((1 − sparsity)·n) highest scores (never a -inf one)."""
+    keep = round((1 - sparsity) * scores.numel())
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if keep > 0:
+        mask[torch.topk(scores.reshape(-1), keep).indices] = True
+    return mask.reshape(scores.shape) & torch.isfinite(scores)
+
+
+def density(layers: dict[str, MaskedLinear]) -> list[float]:
+    """Fraction of weights each concept keeps, over all masked layers."""
+    kept = sum(layer.mask.reshape(layer.num_masks, -1).sum(1).double() for layer in layers.values())
+    total = sum(layer.mask[0].numel() for layer in layers.values())
+    return (kept / total).tolist()

@@ -1,0 +1,168 @@
+"""SparseCBM mechanics: per-concept masks, the batched pass, pruning, packing, round trips."""
+
+import itertools
+
+import pytest
+import torch
+
+from lucidlm import LucidError, SparseConceptLM
+from lucidlm.masking import MaskedLinear, pack_masks, routed, select_layers, unpack_masks
+from lucidlm.pruning import Pruner, SparsitySchedule, obert_inverse_diagonal
+
+TEXTS = ["Great pasta, but we waited an hour.", "Loud room, rude waiter, cold soup and a long wait."]
+FAST = dict(epochs=2, batch_size=16, progress=False)
+
+
+def sparse(backbone_dir, task, **config):
+    config = {"sparsity": 0.5, "pruning_start": 0.5, "pruning_end": 1.5, "pruning_interval": 2, "obert_gradients": 3, **config}
+    return SparseConceptLM.from_backbone(str(backbone_dir), task=task.spec, **config)
+
+
+def random_masks(model, density=0.6, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    for layer in model.subnetworks.values():
+        layer.mask.copy_(torch.rand(layer.mask.shape, generator=generator) < density)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert_dir, cebab_small):
+    model = sparse(tiny_bert_dir, cebab_small)
+    model.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
+    return model.eval()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_gpt2_dir"])
+def test_batched_pass_equals_one_subnetwork_after_another(fixture, cebab_small, request):
+    model = sparse(request.getfixturevalue(fixture), cebab_small).eval()
+    random_masks(model)
+    batch = model.encoder.batch(TEXTS)
+    with torch.no_grad():
+        batched, pooled = model.concept_logits(batch["input_ids"], batch["attention_mask"])
+        one_by_one, pooled_ref = model.concept_logits_one_by_one(batch["input_ids"], batch["attention_mask"])
+    assert pooled.shape == (4, 2, 32)
+    torch.testing.assert_close(pooled, pooled_ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(batched, one_by_one):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_gpt2_conv1d_and_layer_choices(tiny_gpt2_dir, tiny_bert_dir, cebab_small):
+    gpt2 = sparse(tiny_gpt2_dir, cebab_small)
+    assert {n.split(".")[-1] for n in gpt2.subnetworks} == {"c_attn", "c_proj", "c_fc"}
+    assert all(layer.transposed for layer in gpt2.subnetworks.values())
+    bert = sparse(tiny_bert_dir, cebab_small).backbone
+    assert len(select_layers(bert, "all")) == 12 and len(select_layers(bert, "ffn")) == 4
+    assert len(select_layers(bert, "attention")) == 8
+    assert all(".1." in n for n in select_layers(bert, "top:1")) and len(select_layers(bert, "top:1")) == 6
+    assert not any("pooler" in n or "embeddings" in n for n in select_layers(bert, "all"))
+    with pytest.raises(LucidError, match="masked_layers"):
+        select_layers(bert, "top:zero")
+
+
+def test_masks_are_truly_per_concept(trained, cebab_small):
+    masks = {n: layer.mask for n, layer in trained.subnetworks.items()}
+    for j, k in itertools.combinations(range(4), 2):
+        inter = sum((m[j] & m[k]).sum().item() for m in masks.values())
+        union = sum((m[j] | m[k]).sum().item() for m in masks.values())
+        assert inter / union < 1.0
+    # concept k's head on mask j != k gives other outputs than on its own mask
+    batch = trained.encoder.batch(TEXTS)
+    with torch.no_grad():
+        own = trained.concept_heads[0](trained.subnetwork_pooled(batch["input_ids"], batch["attention_mask"], 0))
+        other = trained.concept_heads[0](trained.subnetwork_pooled(batch["input_ids"], batch["attention_mask"], 1))
+    assert (own - other).abs().max() > 1e-4
+
+
+def test_density_hits_its_target_per_concept_and_layer(trained):
+    for name, density in trained.mask_density().items():
+        assert density == pytest.approx(0.5, abs=0.01), name
+    for layer in trained.subnetworks.values():
+        per_concept = layer.mask.reshape(4, -1).float().mean(1)
+        assert torch.allclose(per_concept, torch.full((4,), 0.5), atol=0.01)
+    assert trained.pruning_history[-1]["sparsity"] == 0.5
+
+
+def test_pruned_weights_stay_pruned(tiny_bert_dir, cebab_small):
+    model = sparse(tiny_bert_dir, cebab_small)
+    pruner = Pruner(model.subnetworks, SparsitySchedule(), steps_per_epoch=10, score="magnitude")
+    with torch.no_grad():  # make magnitude disagree with the earlier pruning
+        pruner.prune(0.3)
+        before = {n: l.mask.clone() for n, l in model.subnetworks.items()}
+        for layer in model.subnetworks.values():
+            layer.weight.copy_(torch.randn_like(layer.weight))
+        pruner.prune(0.6)
+    for name, layer in model.subnetworks.items():
+        assert not (layer.mask & ~before[name]).any()  # nothing regrows
+        assert layer.mask.float().mean().item() == pytest.approx(0.4, abs=0.01)
+
+
+def test_global_scope_keeps_the_global_density(tiny_bert_dir, cebab_small):
+    model = sparse(tiny_bert_dir, cebab_small, pruning_scope="global")
+    Pruner(model.subnetworks, SparsitySchedule(), 10, score="magnitude", scope="global").prune(0.7)
+    assert all(d == pytest.approx(0.3, abs=0.001) for d in model.mask_density().values())
+    per_layer = [layer.mask[0].float().mean().item() for layer in model.subnetworks.values()]
+    assert max(per_layer) - min(per_layer) > 0.01  # layers differ under a global threshold
+
+
+@pytest.mark.parametrize("kind, expected", [("linear", [0.0, 0.2, 0.45, 0.7, 0.7]), ("cubic", [0.0, 0.2, 0.6375, 0.7, 0.7])])
+def test_sparsity_schedules(kind, expected):
+    schedule = SparsitySchedule(initial=0.2, final=0.7, start=1, end=3, kind=kind)
+    assert [schedule.at(e) for e in (0.5, 1, 2, 3, 10)] == pytest.approx(expected)
+
+
+def test_obert_inverse_diagonal_is_exact():
+    torch.manual_seed(0)
+    m, n, block, damp = 5, 12, 4, 1e-3
+    grads = torch.randn(m, n)
+    diag = obert_inverse_diagonal(grads, block, damp)
+    expected = []
+    for b in range(n // block):
+        g = grads[:, b * block:(b + 1) * block].double()
+        fisher = damp * torch.eye(block, dtype=torch.float64) + g.T @ g / m
+        expected.append(torch.linalg.inv(fisher).diagonal())
+    torch.testing.assert_close(diag, torch.cat(expected).float(), rtol=1e-4, atol=0)
+
+
+def test_mask_packing_round_trip():
+    masks = torch.rand(4, 7, 13) < 0.3
+    packed = pack_masks(masks)
+    assert packed.dtype == torch.uint8 and packed.shape == (4, (7 * 13 + 7) // 8)
+    assert torch.equal(unpack_masks(packed, masks.shape), masks)
+
+
+def test_save_load_round_trip(trained, cebab_small, tmp_path):
+    trained.save_pretrained(tmp_path / "run")
+    loaded = SparseConceptLM.from_pretrained(tmp_path / "run")
+    for name, layer in trained.subnetworks.items():
+        assert torch.equal(loaded.subnetworks[name].mask, layer.mask)
+    assert loaded.pruning_history == trained.pruning_history
+    a, b = trained.infer(cebab_small.test), loaded.infer(cebab_small.test)
+    torch.testing.assert_close(torch.from_numpy(a["label_logits"]), torch.from_numpy(b["label_logits"]), atol=0, rtol=0)
+
+
+def test_checkpoint_is_close_to_the_dense_size(tmp_path, cebab_small):
+    """K=4 bit-packed masks on the default backbone add at most 20% to the dense checkpoint."""
+    from lucidlm import ConceptBottleneckLM
+
+    dense = ConceptBottleneckLM.from_backbone(task=cebab_small.spec, mode="joint")
+    model = SparseConceptLM.from_backbone(task=cebab_small.spec)
+    size = lambda m, d: (m.save_pretrained(tmp_path / d) / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(model, "sparse") <= 1.2 * size(dense, "dense")
+
+
+def test_config_errors(tiny_bert_dir, cebab_small):
+    with pytest.raises(LucidError, match="trains jointly"):
+        sparse(tiny_bert_dir, cebab_small, mode="sequential")
+    with pytest.raises(LucidError, match="sparsity"):
+        sparse(tiny_bert_dir, cebab_small, sparsity=1.2)
+    with pytest.raises(LucidError, match="pruning score"):
+        sparse(tiny_bert_dir, cebab_small, pruning_score="random").fit(cebab_small.train, **FAST)
+    with pytest.raises(LucidError, match="must reach model.pruning_end"):
+        sparse(tiny_bert_dir, cebab_small, pruning_end=4).fit(cebab_small.train, **FAST)
+
+
+def test_routed_restores_the_route(trained):
+    layer = next(iter(trained.subnetworks.values()))
+    assert isinstance(layer, MaskedLinear) and layer.route is None
+    with routed(trained.subnetworks, 2):
+        assert layer.route == 2
+    assert layer.route is None
