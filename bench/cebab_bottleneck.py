@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import time
 from pathlib import Path
@@ -38,12 +39,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", default=["standard", "joint", "sequential", "independent"])
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
     rows, floors = {}, None
     for mode in args.modes:
         experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{mode}")
+        experiment.training.progress = False
         if floors is None:
             floors = majority_floors(load_experiment_task(experiment.data))
         start = time.perf_counter()

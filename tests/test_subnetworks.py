@@ -166,3 +166,59 @@ def test_routed_restores_the_route(trained):
     with routed(trained.subnetworks, 2):
         assert layer.route == 2
     assert layer.route is None
+
+
+def test_explanation_has_three_levels(trained):
+    explanation = trained.explain(TEXTS[0], steps=8)
+    tokens = trained.encoder.batch([TEXTS[0]])["input_ids"].shape[1]
+    assert [t.target for t in explanation.tokens] == ["food", "ambiance", "service", "noise"]
+    assert all(len(t.tokens) == len(t.scores) == tokens for t in explanation.tokens)
+    stats = explanation.subnetworks
+    jaccard = torch.tensor(stats["jaccard"])
+    assert torch.allclose(jaccard.diagonal(), torch.ones(4)) and torch.allclose(jaccard, jaccard.T)
+    assert stats["density"] == pytest.approx(trained.mask_density())
+    assert stats["shared_by_all"] + sum(stats["owned_by_one"].values()) <= 1.0
+    assert {tuple(torch.tensor(v).shape) for v in stats["head_responsibility"].values()} == {(4, 2)}
+    # concept level: the contributions add up to the predicted label's logit, less the bias
+    prediction = explanation.prediction
+    logits = trained(*[trained.encoder.batch([TEXTS[0]])[k] for k in ("input_ids", "attention_mask")]).label_logits[0]
+    c = trained.spec.label_index(prediction.label)
+    total = sum(x.contribution for x in explanation.concepts) + trained.label_head.bias[c].item()
+    assert total == pytest.approx(logits[c].item(), abs=1e-4)
+    assert explanation.to_json()  # serialisable
+
+
+def test_integrated_gradients_completeness(trained):
+    """IG's attributions sum to f(input) − f(baseline) (up to the Riemann error)."""
+    from lucidlm.explain.tokens import integrated_gradients
+
+    batch = trained.encoder.batch([TEXTS[1]])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    score = lambda i, m: trained.single_concept_logits(i, m, 2).softmax(-1)[:, 0]  # noqa: E731
+    attribution = integrated_gradients(trained, ids, mask, score, "service", steps=64)
+    special = torch.tensor(trained.tokenizer.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True)).bool()
+    baseline = torch.where(special, ids[0], torch.full_like(ids[0], trained.tokenizer.pad_token_id)).unsqueeze(0)
+    with torch.no_grad():
+        gap = (score(ids, mask) - score(baseline, mask)).item()
+    assert sum(attribution.scores) == pytest.approx(gap, abs=0.02 * max(1.0, abs(gap)))
+
+
+def test_subnetwork_intervention_is_local_and_keeps_sparsity(trained):
+    masks = {n: l.mask.clone() for n, l in trained.subnetworks.items()}
+    result = trained.intervene_subnetwork(TEXTS[0], "service", "Negative", fraction=0.3)
+    assert result.weights_changed > 0 and not result.committed
+    for name, layer in trained.subnetworks.items():  # this input only: the model is unchanged
+        assert torch.equal(layer.mask, masks[name])
+    for other in ("food", "ambiance", "noise"):  # other concepts run through untouched subnetworks
+        assert result.after.concepts[other] == result.before.concepts[other]
+    committed = trained.intervene_subnetwork(TEXTS[0], "service", "Negative", fraction=0.3, commit=True)
+    assert committed.after.concepts["service"] == result.after.concepts["service"]
+    changed = 0
+    for name, layer in trained.subnetworks.items():
+        assert layer.mask[2].sum() == masks[name][2].sum()  # same sparsity, other weights
+        assert torch.equal(layer.mask[[0, 1, 3]], masks[name][[0, 1, 3]])
+        changed += int((layer.mask[2] != masks[name][2]).sum())
+        layer.mask.copy_(masks[name])  # leave the shared fixture as it was
+    assert changed == committed.weights_changed
+    with pytest.raises(LucidError, match="fraction"):
+        trained.intervene_subnetwork(TEXTS[0], "service", "Negative", fraction=1.5)

@@ -39,6 +39,7 @@ class MaskedLinear(nn.Module):
         self.route: int | str | None = None
         self.record_grads = False  # keep the per-concept masked weights' gradients (pruning scores)
         self.masked_weight: torch.Tensor | None = None
+        self.mask_override: torch.Tensor | None = None  # a float mask for the routed concept (∂L/∂M_k)
 
     @property
     def num_masks(self) -> int:
@@ -48,7 +49,8 @@ class MaskedLinear(nn.Module):
         if self.route is None:
             return self._linear(x, self.weight)
         if self.route != "all":
-            return self._linear(x, self.weight * self.mask[self.route])
+            mask = self.mask[self.route] if self.mask_override is None else self.mask_override
+            return self._linear(x, self.weight * mask)
         weights = self.weight.unsqueeze(0) * self.mask  # [K, *weight.shape]
         if self.record_grads and weights.requires_grad:
             weights.retain_grad()  # dL/d(W ⊙ M_k): concept k's loss (+ task loss) through subnetwork k

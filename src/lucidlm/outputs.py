@@ -49,3 +49,14 @@ class InterventionResult:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "label_changed": self.label_changed}
+
+
+@dataclass
+class SubnetworkInterventionResult(InterventionResult):
+    """A concept's subnetwork rewired for this input (METHODS §2): ``fraction`` of its active
+    weights dropped and as many regrown in every masked layer; ``committed`` if kept."""
+
+    concept: str = ""
+    fraction: float = 0.0
+    weights_changed: int = 0
+    committed: bool = False

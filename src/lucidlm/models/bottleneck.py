@@ -18,6 +18,8 @@ from torch import nn
 from ..data import MISSING, Split
 from ..errors import LucidError
 from ..evaluation import concept_metrics, selection_score, task_metrics
+from ..explain import ConceptContribution, Explanation
+from ..explain.tokens import integrated_gradients
 from ..intervene import concept_values_tensor, overwrite_concepts
 from ..outputs import InterventionResult, ModelOutput
 from ..training import TrainingConfig, fit_loop, set_seed
@@ -113,6 +115,48 @@ class ConceptBottleneckLM(LucidModel):
             InterventionResult(t, dict(interventions), self.to_prediction(t, output, i), self.to_prediction(t, after, i, probs))
             for i, t in enumerate(texts)
         ]
+
+    # ---- explanation ----------------------------------------------------------------------
+    def single_concept_logits(self, input_ids, attention_mask, concept: int) -> torch.Tensor:
+        """Concept ``concept``'s logits alone (what its token attributions differentiate)."""
+        return self.concept_logits(input_ids, attention_mask)[0][concept]
+
+    def label_attribution_score(self):
+        """``(input_ids, attention_mask) -> label logits`` for token attributions, or None."""
+        return lambda ids, mask: self(ids, mask).label_logits
+
+    def explain(self, text: str, steps: int = 20) -> Explanation:
+        """Concepts and their contributions to the predicted label, and integrated-gradients
+        token attributions for each concept's predicted value (and for the label)."""
+        prediction = self.predict(text)[0]
+        batch = self.encoder.batch([text])
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        tokens = []
+        for k, concept in enumerate(self.spec.concepts):
+            value = concept.index(prediction.concepts[concept.name].value)
+            score = lambda i, m, k=k, v=value: self.single_concept_logits(i, m, k).softmax(-1)[:, v]  # noqa: E731
+            tokens.append(integrated_gradients(self, ids, mask, score, target=concept.name, steps=steps))
+        label_score = self.label_attribution_score()
+        if label_score is not None and not self.spec.is_regression:
+            c = self.spec.label_index(prediction.label)
+            tokens.append(integrated_gradients(self, ids, mask, lambda i, m: label_score(i, m).softmax(-1)[:, c], "label", steps))
+        return Explanation(text=text, prediction=prediction, concepts=self.concept_contributions(prediction), tokens=tokens)
+
+    def concept_contributions(self, prediction) -> list[ConceptContribution]:
+        """Label-head weight × concept activation, summed over each concept's values, for the
+        predicted label (its logit is the sum of these plus the head's bias)."""
+        if not self.has_concepts:
+            return []
+        row = 0 if self.spec.is_regression else self.spec.label_index(prediction.label)
+        weight = self.label_head.weight[row].detach().cpu()
+        out, offset = [], 0
+        for concept in self.spec.concepts:
+            probs = torch.tensor([prediction.concepts[concept.name].probabilities[v] for v in concept.values])
+            contribution = float(weight[offset:offset + len(concept.values)] @ probs)
+            value = prediction.concepts[concept.name].value
+            out.append(ConceptContribution(concept.name, value, prediction.concepts[concept.name].probabilities[value], contribution))
+            offset += len(concept.values)
+        return out
 
     # ---- evaluation -----------------------------------------------------------------------
     @torch.no_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
 from ..backbone import pool
 from ..data import Split
@@ -19,9 +20,25 @@ from ..masking import MaskedLinear, pack_masks, routed, select_layers, unpack_ma
 from ..pruning import Pruner, SparsitySchedule, density
 from ..training import TrainingConfig, fit_loop, set_seed
 from ..evaluation import selection_score
+from ..explain import Explanation
+from ..outputs import SubnetworkInterventionResult
+from ..explain.subnetworks import subnetwork_statistics
 from .bottleneck import BottleneckConfig, ConceptBottleneckLM
 
 MASK_PREFIX = "subnetwork_masks."
+
+
+def rewire(mask: torch.Tensor, score: torch.Tensor, fraction: float) -> tuple[torch.Tensor, int]:
+    """Drop ``fraction`` of the active weights with the lowest score, regrow as many pruned ones
+    with the highest score; returns the new mask and how many were swapped each way."""
+    flat_mask, flat_score = mask.reshape(-1), score.reshape(-1)
+    n = min(round(fraction * int(flat_mask.sum())), int((~flat_mask).sum()))
+    new = flat_mask.clone()
+    if n > 0:
+        drop = torch.topk(flat_score.masked_fill(~flat_mask, float("inf")), n, largest=False).indices
+        grow = torch.topk(flat_score.masked_fill(flat_mask, -float("inf")), n).indices
+        new[drop], new[grow] = False, True
+    return new.reshape(mask.shape), n
 
 
 @dataclass
@@ -87,6 +104,69 @@ class SparseConceptLM(ConceptBottleneckLM):
         """The pooled vector through one concept's subnetwork (``None``: the dense backbone)."""
         with routed(self.subnetworks, concept):
             return self.pooled(input_ids, attention_mask)
+
+    # ---- explanation ------------------------------------------------------------------------
+    def single_concept_logits(self, input_ids, attention_mask, concept: int) -> torch.Tensor:
+        """Through concept ``concept``'s own subnetwork: its token attributions say what *it* reads."""
+        return self.concept_heads[concept](self.dropout(self.subnetwork_pooled(input_ids, attention_mask, concept)))
+
+    def label_attribution_score(self):
+        return None  # the label reads the concepts: its explanation is their contributions
+
+    def subnetwork_statistics(self) -> dict:
+        return subnetwork_statistics(self.subnetworks, self.spec.concept_names, self.backbone.config.num_attention_heads)
+
+    def explain(self, text: str, steps: int = 20) -> Explanation:
+        """Three levels: tokens per concept through its subnetwork, the subnetworks, the concepts."""
+        explanation = super().explain(text, steps)
+        explanation.subnetworks = self.subnetwork_statistics()
+        return explanation
+
+    # ---- intervention -----------------------------------------------------------------------
+    def intervene_subnetwork(self, text: str, concept: str, value: str, fraction: float = 0.2,
+                             commit: bool = False) -> SubnetworkInterventionResult:
+        """Rewire concept ``concept``'s subnetwork toward its true ``value`` for this input.
+
+        With the weights frozen, g = ∂L_k/∂M_k for L_k = CE(concept k, value); every weight is
+        scored s = |g ⊙ W|; in each masked layer the ``fraction`` of active weights with the
+        lowest s are dropped and as many pruned weights with the highest s regrown, so the
+        sparsity stays fixed. The new mask holds for this input only unless ``commit``.
+        """
+        if not 0 < fraction < 1:
+            raise LucidError(f"fraction: expected a number in (0, 1), found {fraction}")
+        k = self.spec.concept_names.index(self.spec.concept(concept).name)
+        target = torch.tensor([self.spec.concept(concept).index(value)], device=self.device)
+        self.eval()
+        batch = self.encoder.batch([text])
+        ids, attention = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        with torch.no_grad():
+            before = self(ids, attention)
+        layers = list(self.subnetworks.values())
+        for layer in layers:
+            layer.mask_override = layer.mask[k].float().requires_grad_()
+        try:
+            with torch.enable_grad():
+                loss = F.cross_entropy(self.single_concept_logits(ids, attention, k), target)
+                grads = torch.autograd.grad(loss, [layer.mask_override for layer in layers])
+        finally:
+            for layer in layers:
+                layer.mask_override = None
+        old_masks = [layer.mask[k].clone() for layer in layers]
+        changed = 0
+        with torch.no_grad():
+            for layer, grad in zip(layers, grads):
+                new_mask, n = rewire(layer.mask[k], (grad * layer.weight).abs(), fraction)
+                layer.mask[k] = new_mask
+                changed += 2 * n
+            after = self(ids, attention)
+            if not commit:
+                for layer, old in zip(layers, old_masks):
+                    layer.mask[k] = old
+        return SubnetworkInterventionResult(
+            text=text, interventions={concept: value}, before=self.to_prediction(text, before, 0),
+            after=self.to_prediction(text, after, 0), concept=concept, fraction=fraction,
+            weights_changed=changed, committed=commit,
+        )
 
     # ---- masks --------------------------------------------------------------------------------
     def mask_density(self) -> dict[str, float]:

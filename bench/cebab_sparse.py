@@ -1,0 +1,125 @@
+"""SparseCBM on CEBaB test (default backbone, train_exclusive, chosen on dev) at final sparsity
+0.5 and 0.7, beside the joint and standard models of bench/cebab_bottleneck.py; mask density
+per concept; and subnetwork intervention on test concepts the model gets wrong.
+
+    python bench/cebab_sparse.py [--sparsity 0.5 0.7] [--interventions 200] [--fraction 0.2]
+
+Writes bench/results/cebab_sparse.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import transformers
+
+from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def subnetwork_interventions(model, split, limit: int, fraction: float, seed: int = 0) -> dict:
+    """On (row, concept) pairs whose concept prediction is wrong: does rewiring the concept's
+    subnetwork toward the gold value correct it, move the label, break other correct concepts?"""
+    inferred = model.infer(split)
+    predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
+    wrong = np.argwhere(predicted != split.concepts)
+    rng = np.random.default_rng(seed)
+    chosen = wrong[np.sort(rng.choice(len(wrong), min(limit, len(wrong)), replace=False))]
+    corrected = broken = others = label_before = label_after = 0
+    start = time.perf_counter()
+    for row, k in chosen:
+        concept = model.spec.concepts[k]
+        result = model.intervene_subnetwork(split.texts[row], concept.name, concept.values[split.concepts[row, k]], fraction)
+        corrected += result.after.concepts[concept.name].value == concept.values[split.concepts[row, k]]
+        gold_label = model.spec.classes[split.labels[row]]
+        label_before += result.before.label == gold_label
+        label_after += result.after.label == gold_label
+        for j, other in enumerate(model.spec.concepts):
+            if j != k and predicted[row, j] == split.concepts[row, j]:
+                others += 1
+                broken += result.after.concepts[other.name].value != other.values[split.concepts[row, j]]
+    n = len(chosen)
+    return {
+        "pairs_wrong_in_test": int(len(wrong)), "pairs_intervened": n, "fraction": fraction,
+        "concepts_corrected": corrected / n, "task_accuracy_before": label_before / n,
+        "task_accuracy_after": label_after / n, "other_correct_concepts_broken": broken / max(others, 1),
+        "seconds_per_intervention": (time.perf_counter() - start) / n,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sparsity", nargs="+", type=float, default=[0.7, 0.5])
+    parser.add_argument("--interventions", type=int, default=200)
+    parser.add_argument("--fraction", type=float, default=0.2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    rows = {}
+    for sparsity in args.sparsity:
+        experiment = read_experiment(ROOT / "configs" / "cebab-sparse.yaml", output_dir=ROOT / "runs" / f"bench-cebab-sparse-{sparsity}")
+        experiment.model["sparsity"] = sparsity
+        experiment.training.progress = False
+        start = time.perf_counter()
+        model, metrics = run_experiment(experiment)
+        seconds = time.perf_counter() - start
+        test = load_experiment_task(experiment.data).test
+        rows[f"sparse-{sparsity}"] = {
+            "test": metrics["test"], "dev": metrics["dev"], "train_seconds": seconds,
+            "mask_density": model.mask_density(), "target_density": 1 - sparsity,
+            "jaccard": model.subnetwork_statistics()["jaccard"],
+            "subnetwork_intervention": subnetwork_interventions(model, test, args.interventions, args.fraction),
+            "config": experiment.to_dict(),
+        }
+        print(json.dumps({k: v for k, v in rows[f"sparse-{sparsity}"].items() if k != "config"}, indent=1), flush=True)
+        write_results(args, rows)  # after each run, so a finished run is never lost
+
+
+def write_results(args, rows: dict) -> None:
+    baseline_file = RESULTS / "cebab_bottleneck.json"
+    baselines = json.loads(baseline_file.read_text())["modes"] if baseline_file.is_file() else {}
+    result = {
+        "command": "python bench/cebab_sparse.py " + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
+        "sparse": rows,
+        "baselines": {m: {"test": baselines[m]["test"]} for m in ("standard", "joint") if m in baselines},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "cebab_sparse.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "cebab_sparse.md").write_text(markdown(result))
+    print(markdown(result), flush=True)
+
+
+def markdown(result: dict) -> str:
+    lines = ["# SparseCBM on CEBaB test (all-MiniLM-L6-v2, train_exclusive, chosen on dev)", "",
+             f"Command: `{result['command']}`; standard and joint rows from `bench/cebab_bottleneck.py`.", "",
+             "| model | task acc | task macro-F1 | concept acc | concept macro-F1 | mask density per concept (target) |",
+             "|---|---|---|---|---|---|"]
+    models = {**{m: r for m, r in result["baselines"].items()}, **result["sparse"]}
+    for name, row in models.items():
+        t, c = row["test"]["task"], row["test"].get("concepts")
+        density = ", ".join(f"{k} {v:.3f}" for k, v in row.get("mask_density", {}).items())
+        target = f" ({row['target_density']:.2f})" if "target_density" in row else ""
+        lines.append(f"| {name} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | "
+                     f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {density}{target} |" if c else
+                     f"| {name} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | – | – | – |")
+    lines += ["", "Subnetwork intervention on test (row, concept) pairs predicted wrong, given the gold value:", "",
+              "| model | pairs | p | concepts corrected | task acc before → after | other correct concepts broken |",
+              "|---|---|---|---|---|---|"]
+    for name, row in result["sparse"].items():
+        s = row["subnetwork_intervention"]
+        lines.append(f"| {name} | {s['pairs_intervened']} of {s['pairs_wrong_in_test']} | {s['fraction']} | {s['concepts_corrected']:.1%} | "
+                     f"{s['task_accuracy_before']:.1%} → {s['task_accuracy_after']:.1%} | {s['other_correct_concepts_broken']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
