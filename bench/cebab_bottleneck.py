@@ -56,7 +56,10 @@ def main() -> None:
             "epochs_run": sum(1 for r in model.training_history if "epoch" in r), "config": experiment.to_dict(),
         }
         print(f"{mode}: {json.dumps(metrics['test']['task'])}", flush=True)
+        write_results(rows, floors)  # after each mode, so a finished run is never lost
 
+
+def write_results(rows: dict, floors: dict) -> None:
     result = {
         "command": "python bench/cebab_bottleneck.py",
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
@@ -67,7 +70,7 @@ def main() -> None:
     (RESULTS / "cebab_bottleneck.json").write_text(json.dumps(result, indent=2))
     table = markdown(result)
     (RESULTS / "cebab_bottleneck.md").write_text(table)
-    print(table)
+    print(table, flush=True)
 
 
 def markdown(result: dict) -> str:

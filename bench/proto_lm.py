@@ -72,7 +72,7 @@ def ablation(experiment: Experiment, variants: dict[str, dict]) -> dict:
         model = PrototypeLM.from_backbone(task=task.spec, seed=experiment.training.seed, **{**options, **change})
         model.fit(task.train, eval_data=task.dev, config=experiment.training)
         rows[name] = {"change": change, "test": model.evaluate(task.test)["task"], "seconds": time.perf_counter() - start}
-        print(f"ablation {name}: {json.dumps(rows[name]['test'])}", flush=True)
+        print(f"ablation {name}: {json.dumps(rows[name]['test'])} ({rows[name]['seconds']:.0f} s)", flush=True)
     return rows
 
 
@@ -105,8 +105,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs for every model")
     parser.add_argument("--dev-rows", type=int, default=0, help="dev rows for model selection; 0: all")
     parser.add_argument("--ablation-train", type=int, default=1000, help="SST-2 training rows of the ablation")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 leaves a core to other work)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["sst2", "cebab", "ablation", "timing"])
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     started = time.perf_counter()
@@ -115,10 +117,15 @@ def main() -> None:
     cebab = read_experiment(ROOT / "configs" / "cebab-proto.yaml")
     result = {
         "command": "python bench/proto_lm.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "skip" and v),
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "skip" and v)
+            + (" --skip " + " ".join(args.skip) if args.skip else ""),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "comparison": {}, "hard_projection": {},
     }
+    if "timing" not in args.skip:
+        spec = load_experiment_task(sst2.data).spec
+        result["timing"] = head_timing(spec, batch=64, tokens=50, prototypes=1000, repeats=10)
+        print(f"timing: {json.dumps(result['timing'])}", flush=True)
     for name, experiment, rows in (("sst2", sst2, args.sst2_train), ("cebab", cebab, args.cebab_train)):
         if name in args.skip:
             continue
@@ -135,6 +142,7 @@ def main() -> None:
         result["hard_projection"][name] = hard_projection(proto["model"], experiment)
         print(f"{name}: proto {json.dumps(proto['test'])} standard {json.dumps(standard['test'])} "
               f"hard projection {json.dumps(result['hard_projection'][name])}", flush=True)
+        save(result, started)
 
     if "ablation" not in args.skip:
         experiment = with_budget(sst2, args, "sst2-ablation", args.ablation_train)
@@ -146,17 +154,18 @@ def main() -> None:
                 "50 per class": {"prototypes_per_class": 50},
             }),
         }
-    if "timing" not in args.skip:
-        spec = load_experiment_task(sst2.data).spec
-        result["timing"] = head_timing(spec, batch=64, tokens=50, prototypes=1000, repeats=10)
-        print(f"timing: {json.dumps(result['timing'])}", flush=True)
 
+    print(save(result, started))
+
+
+def save(result: dict, started: float) -> str:
+    """Write what is measured so far (a cut-short run still leaves its figures); return the table."""
     result["wall_seconds"] = time.perf_counter() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "proto_lm.json").write_text(json.dumps(result, indent=2))
     table = markdown(result)
     (RESULTS / "proto_lm.md").write_text(table)
-    print(table)
+    return table
 
 
 def markdown(result: dict) -> str:

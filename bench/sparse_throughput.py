@@ -45,8 +45,8 @@ def step(model, batch, mode: str, train: bool) -> None:
     with torch.set_grad_enabled(train):
         logits, _ = concept_logits(batch["input_ids"], batch["attention_mask"])
         if train:
-            probs = [x.softmax(-1) for x in logits]
-            loss = torch.nn.functional.cross_entropy(model.label_from_concepts(probs), batch["labels"])
+            label_logits = model.label_from_concepts(model.concept_activations(logits))
+            loss = torch.nn.functional.cross_entropy(label_logits, batch["labels"])
             loss = loss + sum(torch.nn.functional.cross_entropy(x, batch["concepts"][:, k]) for k, x in enumerate(logits))
             loss.backward()
             model.zero_grad(set_to_none=True)

@@ -143,3 +143,19 @@ def test_config_validation(tiny_bert_dir, cebab_small):
         make(tiny_bert_dir, cebab_small, "jointly")
     with pytest.raises(LucidError, match="unknown key"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, lambda_=1)
+
+
+def test_forced_logits_are_training_percentiles(tiny_bert_dir, cebab_small):
+    """Setting a concept forces its logits: the value's to its 95th training percentile, the
+    others' to their 5th (Koh et al. 2020)."""
+    model = make(tiny_bert_dir, cebab_small, "joint")
+    column = torch.arange(100.0).unsqueeze(1)
+    model.calibrate_interventions([column * torch.tensor([1.0, 2.0, -1.0])] * 4)
+    expected = torch.tensor([[94.05, 9.9, -94.05], [4.95, 188.1, -94.05], [4.95, 9.9, -4.95]])
+    torch.testing.assert_close(model.intervention_table[0], expected)
+    activations = [torch.zeros(2, 3)] * 4
+    values = torch.tensor([[1, MISSING, MISSING, MISSING], [MISSING] * 4])
+    set_ = model.set_concepts(activations, values)
+    torch.testing.assert_close(set_[0], torch.stack([expected[1], torch.zeros(3)]))
+    probs_model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_activation="probs")
+    assert torch.equal(probs_model.set_concepts(activations, values)[0][0], torch.tensor([0.0, 1.0, 0.0]))

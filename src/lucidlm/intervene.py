@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .data import MISSING, TaskSpec
 
@@ -19,11 +18,14 @@ def concept_values_tensor(spec: TaskSpec, interventions: dict[str, str], batch_s
     return values
 
 
-def overwrite_concepts(concept_probs: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
-    """Set concept k of row i to the one-hot of ``values[i, k]`` unless that is ``MISSING``."""
+def overwrite_concepts(activations: list[torch.Tensor], values: torch.Tensor,
+                       tables: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Set concept k of row i to row ``values[i, k]`` of ``tables[k]`` (one-hot when no table is
+    given) unless the value is ``MISSING``."""
     out = []
-    for k, probs in enumerate(concept_probs):
-        value = values[:, k].to(probs.device)
-        one_hot = F.one_hot(value.clamp(min=0), probs.size(-1)).to(probs.dtype)
-        out.append(torch.where((value == MISSING).unsqueeze(-1), probs, one_hot))
+    for k, activation in enumerate(activations):
+        value = values[:, k].to(activation.device)
+        size = activation.size(-1)
+        table = torch.eye(size, dtype=activation.dtype, device=activation.device) if tables is None else tables[k]
+        out.append(torch.where((value == MISSING).unsqueeze(-1), activation, table[value.clamp(min=0)]))
     return out

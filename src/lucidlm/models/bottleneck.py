@@ -1,8 +1,11 @@
 """Concept bottleneck language models (METHODS §1; Tan et al., PAKDD 2024).
 
-text -> backbone -> pooled h -> one head per concept -> concept probabilities -> label head -> y.
-The label head reads each concept's softmax probabilities, so a predicted concept, a gold one
-(one-hot) and a user's intervention (one-hot) all live in the same space.
+text -> backbone -> pooled h -> one head per concept -> concept logits c -> label head -> y.
+
+An intervention sets concept k to value v by forcing its logits: value v's logit to its 95th
+percentile over the training set and the other values' logits to their 5th (Koh et al. 2020),
+so an intervened concept looks like a confidently predicted one to the label head. With
+``concept_activation: probs`` the head reads softmax probabilities and an intervention is one-hot.
 """
 
 from __future__ import annotations
@@ -26,22 +29,27 @@ from ..training import TrainingConfig, fit_loop, set_seed
 from .base import LucidModel, ModelConfig
 
 MODES = ("standard", "joint", "sequential", "independent")
+ACTIVATIONS = ("logits", "probs")
+PERCENTILES = (0.05, 0.95)  # where an intervention forces a concept's logits (Koh et al. 2020)
 
 
 @dataclass
 class BottleneckConfig(ModelConfig):
     mode: str = "joint"
     concept_loss_weight: float = 1.0  # λ in L = CE(y) + λ·Σ_k CE(c_k) (joint mode)
+    concept_activation: str = "logits"  # what the label head reads: logits (METHODS §1) or probs
     # While the label head is trained (joint, sequential), each gold concept replaces the
-    # predicted one with this probability ("RandInt", Espinosa Zarlenga et al. 2022), so the
-    # head also learns from one-hot concepts and a user's intervention is not out of
-    # distribution. 0 gives the plain method of METHODS §1.
+    # predicted one with this probability, as an intervention would ("RandInt", Espinosa
+    # Zarlenga et al. 2022), so a user's intervention is not out of the head's experience.
+    # 0 gives the plain method of METHODS §1.
     intervention_rate: float = 0.25
 
     def __post_init__(self):
         super().__post_init__()
         if self.mode not in MODES:
             raise LucidError(f"mode: expected one of {list(MODES)}, found {self.mode!r}")
+        if self.concept_activation not in ACTIVATIONS:
+            raise LucidError(f"concept_activation: expected one of {list(ACTIVATIONS)}, found {self.concept_activation!r}")
 
 
 def task_loss(spec, label_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -73,6 +81,14 @@ class ConceptBottleneckLM(LucidModel):
                 raise LucidError(f"mode {config.mode!r} needs concepts; the task {spec.name!r} has none")
             self.concept_heads = nn.ModuleList(nn.Linear(self.hidden_size, len(c.values)) for c in spec.concepts)
             self.label_head = nn.Linear(sum(len(c.values) for c in spec.concepts), spec.num_labels)
+            # Row v of table k: the activation that sets concept k to value v (see the module doc).
+            width = max(len(c.values) for c in spec.concepts)
+            table = torch.zeros(len(spec.concepts), width, width)
+            for k, c in enumerate(spec.concepts):
+                n = len(c.values)
+                eye = torch.eye(n)
+                table[k, :n, :n] = eye if config.concept_activation == "probs" else 5.0 * (2 * eye - 1)
+            self.register_buffer("intervention_table", table)
 
     @property
     def has_concepts(self) -> bool:
@@ -86,10 +102,10 @@ class ConceptBottleneckLM(LucidModel):
             pooled = self.pooled(input_ids, attention_mask)
             return ModelOutput(self.label_head(self.dropout(pooled)), (), pooled)
         concept_logits, pooled = self.concept_logits(input_ids, attention_mask)
-        probs = [logits.softmax(-1) for logits in concept_logits]
+        activations = self.concept_activations(concept_logits)
         if concept_values is not None:
-            probs = overwrite_concepts(probs, concept_values)
-        return ModelOutput(self.label_from_concepts(probs), concept_logits, pooled)
+            activations = self.set_concepts(activations, concept_values)
+        return ModelOutput(self.label_from_concepts(activations), concept_logits, pooled)
 
     def concept_logits(self, input_ids, attention_mask) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """One ``[B, n_values_k]`` tensor per concept, and the pooled vector they read."""
@@ -97,8 +113,33 @@ class ConceptBottleneckLM(LucidModel):
         features = self.dropout(pooled)
         return tuple(head(features) for head in self.concept_heads), pooled
 
-    def label_from_concepts(self, concept_probs: list[torch.Tensor]) -> torch.Tensor:
-        return self.label_head(torch.cat(concept_probs, dim=-1))
+    def concept_activations(self, concept_logits) -> list[torch.Tensor]:
+        """What the label head reads of each concept: its logits, or its probabilities."""
+        if self.config.concept_activation == "probs":
+            return [logits.softmax(-1) for logits in concept_logits]
+        return list(concept_logits)
+
+    def set_concepts(self, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
+        """Activations with concept k set to ``values[:, k]`` where that is not ``MISSING``."""
+        tables = [self.intervention_table[k, :len(c.values), :len(c.values)] for k, c in enumerate(self.spec.concepts)]
+        return overwrite_concepts(activations, values, tables)
+
+    def label_from_concepts(self, activations: list[torch.Tensor]) -> torch.Tensor:
+        return self.label_head(torch.cat(activations, dim=-1))
+
+    @torch.no_grad()
+    def calibrate_interventions(self, concept_logits: list[torch.Tensor], momentum: float = 0.0) -> None:
+        """Set the forced logits from the 5th/95th percentiles of ``concept_logits`` (training
+        predictions); ``momentum`` > 0 moves them only part of the way (a running estimate)."""
+        if self.config.concept_activation == "probs":
+            return
+        for k, logits in enumerate(concept_logits):
+            n = logits.shape[1]
+            low, high = (torch.quantile(logits.detach().float(), q, dim=0) for q in PERCENTILES)
+            eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+            table = torch.where(eye, high.unsqueeze(0), low.unsqueeze(0))
+            current = self.intervention_table[k, :n, :n]
+            current.copy_(momentum * current + (1 - momentum) * table.to(current))
 
     # ---- intervention ---------------------------------------------------------------------
     def intervene(self, texts, interventions: dict[str, str]) -> list[InterventionResult]:
@@ -109,8 +150,9 @@ class ConceptBottleneckLM(LucidModel):
         values = concept_values_tensor(self.spec, interventions, len(texts))
         output = self.forward_texts(texts)
         with torch.no_grad():
+            activations = self.set_concepts(self.concept_activations(output.concept_logits), values)
+            after = ModelOutput(self.label_from_concepts(activations), output.concept_logits, output.pooled)
             probs = overwrite_concepts([logits.softmax(-1) for logits in output.concept_logits], values)
-            after = ModelOutput(self.label_from_concepts(probs), output.concept_logits, output.pooled)
         return [
             InterventionResult(t, dict(interventions), self.to_prediction(t, output, i), self.to_prediction(t, after, i, probs))
             for i, t in enumerate(texts)
@@ -128,7 +170,8 @@ class ConceptBottleneckLM(LucidModel):
     def explain(self, text: str, steps: int = 20) -> Explanation:
         """Concepts and their contributions to the predicted label, and integrated-gradients
         token attributions for each concept's predicted value (and for the label)."""
-        prediction = self.predict(text)[0]
+        output = self.forward_texts([text])
+        prediction = self.to_prediction(text, output, 0)
         batch = self.encoder.batch([text])
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         tokens = []
@@ -140,22 +183,24 @@ class ConceptBottleneckLM(LucidModel):
         if label_score is not None and not self.spec.is_regression:
             c = self.spec.label_index(prediction.label)
             tokens.append(integrated_gradients(self, ids, mask, lambda i, m: label_score(i, m).softmax(-1)[:, c], "label", steps))
-        return Explanation(text=text, prediction=prediction, concepts=self.concept_contributions(prediction), tokens=tokens)
+        return Explanation(text=text, prediction=prediction, concepts=self.concept_contributions(output, prediction),
+                           tokens=tokens)
 
-    def concept_contributions(self, prediction) -> list[ConceptContribution]:
+    def concept_contributions(self, output: ModelOutput, prediction) -> list[ConceptContribution]:
         """Label-head weight × concept activation, summed over each concept's values, for the
-        predicted label (its logit is the sum of these plus the head's bias)."""
+        predicted label: its logit is the sum of these plus the head's bias."""
         if not self.has_concepts:
             return []
         row = 0 if self.spec.is_regression else self.spec.label_index(prediction.label)
-        weight = self.label_head.weight[row].detach().cpu()
+        weight = self.label_head.weight[row].detach()
+        activations = self.concept_activations(output.concept_logits)
         out, offset = [], 0
-        for concept in self.spec.concepts:
-            probs = torch.tensor([prediction.concepts[concept.name].probabilities[v] for v in concept.values])
-            contribution = float(weight[offset:offset + len(concept.values)] @ probs)
+        for concept, activation in zip(self.spec.concepts, activations):
+            size = len(concept.values)
+            contribution = float(weight[offset:offset + size] @ activation[0].detach())
             value = prediction.concepts[concept.name].value
             out.append(ConceptContribution(concept.name, value, prediction.concepts[concept.name].probabilities[value], contribution))
-            offset += len(concept.values)
+            offset += size
         return out
 
     # ---- evaluation -----------------------------------------------------------------------
@@ -163,17 +208,18 @@ class ConceptBottleneckLM(LucidModel):
     def infer(self, split: Split, batch_size: int = 64) -> dict[str, np.ndarray]:
         """Label logits, concept probabilities, and label logits with every gold concept set."""
         self.eval()
-        label_logits, probs, gold_logits = [], [], []
+        label_logits, concept_logits, gold_logits = [], [], []
         for batch in self.encoder.loader(split, batch_size):
             out = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
             label_logits.append(out.label_logits.cpu())
             if self.has_concepts:
-                p = [logits.softmax(-1) for logits in out.concept_logits]
-                probs.append([x.cpu() for x in p])
-                gold_logits.append(self.label_from_concepts(overwrite_concepts(p, batch["concepts"])).cpu())
+                concept_logits.append([x.cpu() for x in out.concept_logits])
+                gold = self.set_concepts(self.concept_activations(out.concept_logits), batch["concepts"])
+                gold_logits.append(self.label_from_concepts(gold).cpu())
         result = {"label_logits": torch.cat(label_logits).numpy()}
         if self.has_concepts:
-            result["concept_probs"] = [torch.cat(ps).numpy() for ps in zip(*probs)]
+            result["concept_logits"] = [torch.cat(xs).numpy() for xs in zip(*concept_logits)]
+            result["concept_probs"] = [torch.from_numpy(x).softmax(-1).numpy() for x in result["concept_logits"]]
             result["gold_concept_label_logits"] = torch.cat(gold_logits).numpy()
         return result
 
@@ -199,13 +245,20 @@ class ConceptBottleneckLM(LucidModel):
         if mode in ("standard", "joint"):
             dev_score = (lambda m: selection_score(m.evaluate(eval_data, config.eval_batch_size))) if eval_data else None
             self.training_history = fit_loop(self, self._param_groups(config), loader, self._loss(mode), dev_score, config, desc=mode)
+            self.calibrate_on(train, config)
             return self
         # sequential / independent: x -> c first, chosen on dev concept accuracy ...
         dev_score = (lambda m: m.evaluate(eval_data, config.eval_batch_size)["concepts"]["accuracy"]) if eval_data else None
         self.training_history = fit_loop(self, self._param_groups(config), loader, self._loss("concepts"), dev_score, config, desc="x→c")
+        self.calibrate_on(train, config)
         # ... then c -> y on predicted (sequential) or gold (independent) concepts, x -> c frozen.
         self._fit_label_head(train, eval_data, gold=(mode == "independent"), config=config)
         return self
+
+    def calibrate_on(self, train: Split, config: TrainingConfig) -> None:
+        """Forced intervention logits from the trained model's predictions on the training set."""
+        if self.has_concepts:
+            self.calibrate_interventions([torch.from_numpy(x) for x in self.infer(train, config.eval_batch_size)["concept_logits"]])
 
     def _param_groups(self, config: TrainingConfig) -> list[dict]:
         heads = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
@@ -222,6 +275,8 @@ class ConceptBottleneckLM(LucidModel):
             if objective == "joint" and self.config.intervention_rate > 0:
                 values = random_interventions(batch["concepts"], self.config.intervention_rate)
             out = model(batch["input_ids"], batch["attention_mask"], values)
+            if values is not None:  # a running estimate of the forced logits, for the next steps
+                self.calibrate_interventions(out.concept_logits, momentum=0.9)
             total = out.label_logits.new_zeros(())
             if objective in ("standard", "joint"):
                 total = total + task_loss(self.spec, out.label_logits, batch["labels"])
@@ -232,16 +287,14 @@ class ConceptBottleneckLM(LucidModel):
         return loss
 
     def _fit_label_head(self, train: Split, dev: Split | None, gold: bool, config: TrainingConfig) -> None:
-        """The c -> y stage: a linear model (scikit-learn, exact and repeatable) on concept
-        probabilities; its L2 strength is chosen on dev, where it always reads *predicted* concepts."""
-        inferred = self.infer(train, config.eval_batch_size)
-        probs = [torch.from_numpy(p) for p in inferred["concept_probs"]]
+        """The c -> y stage: a linear model (scikit-learn, exact and repeatable) on the concept
+        activations; its L2 strength is chosen on dev, where it always reads *predicted* concepts."""
+        features = self._activations(train, config)
         values = torch.from_numpy(train.concepts)
         if not gold:
             values = random_interventions(values, self.config.intervention_rate, torch.Generator().manual_seed(config.seed))
-        probs = overwrite_concepts(probs, values)
-        features = torch.cat(probs, -1).numpy()
-        dev_features = np.concatenate(self.infer(dev, config.eval_batch_size)["concept_probs"], -1) if dev else None
+        features = torch.cat(self.set_concepts(features, values), -1).numpy()
+        dev_features = torch.cat(self._activations(dev, config), -1).numpy() if dev else None
         best = None
         for strength in (0.01, 0.1, 1.0, 10.0, 100.0) if dev is not None else (1.0,):
             if self.spec.is_regression:
@@ -257,6 +310,11 @@ class ConceptBottleneckLM(LucidModel):
             self.label_head.weight.copy_(torch.as_tensor(best[1], dtype=torch.float32))
             self.label_head.bias.copy_(torch.as_tensor(best[2], dtype=torch.float32))
         self.training_history.append({"stage": "c→y", "gold_concepts": gold, "dev_score": float(best[0])})
+
+    @torch.no_grad()
+    def _activations(self, split: Split, config: TrainingConfig) -> list[torch.Tensor]:
+        logits = [torch.from_numpy(x) for x in self.infer(split, config.eval_batch_size)["concept_logits"]]
+        return self.concept_activations(logits)
 
     def _head_score(self, weight, bias, features, labels) -> float:
         logits = features @ weight.T + bias

@@ -207,4 +207,5 @@ class SparseConceptLM(ConceptBottleneckLM):
         self.training_history = fit_loop(self, self._param_groups(config), loader, self._loss("joint"), dev_score,
                                          config, desc="sparse", hooks=pruner)
         self.pruning_history = pruner.history
+        self.calibrate_on(train, config)
         return self
