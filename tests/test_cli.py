@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -135,3 +136,52 @@ def test_real_process_one_error_line_and_debug_traceback(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "not a saved lucidlm run" in lines[0]
     debug = lucidlm_process("--debug", "predict", tmp_path, TEXT)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.fixture(scope="module")
+def sparse_run(tiny_config):
+    config = yaml.safe_load(tiny_config.read_text())
+    config["model"] = {"family": "sparse", "backbone": config["model"]["backbone"], "sparsity": 0.5,
+                       "pruning_start": 0.5, "pruning_end": 1.5, "pruning_interval": 1, "obert_gradients": 2}
+    config["training"]["epochs"] = 2
+    path = tiny_config.parent / "sparse.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = tiny_config.parent / "run-sparse"
+    result = lucidlm("train", path, "-o", run_dir, "--json")
+    assert result.exit_code == 0, result.stderr
+    return run_dir
+
+
+def test_sparse_explain_and_subnetwork_intervention(sparse_run):
+    from lucidlm.models import load_pretrained
+
+    explained = lucidlm("explain", sparse_run, TEXT, "--json")
+    assert explained.exit_code == 0, explained.stderr
+    explanation = json.loads(explained.stdout)
+    assert [t["target"] for t in explanation["tokens"]] == ["food", "ambiance", "service", "noise"]
+    assert explanation["subnetworks"]["density"]["food"] == pytest.approx(0.5, abs=0.01)
+    table = lucidlm("explain", sparse_run, TEXT)
+    assert table.exit_code == 0 and "Jaccard" in table.stdout
+
+    before = {n: l.mask.clone() for n, l in load_pretrained(sparse_run).subnetworks.items()}
+    local = lucidlm("intervene", sparse_run, TEXT, "--set", "service=Negative", "--subnetwork", "--json")
+    assert local.exit_code == 0, local.stderr
+    assert json.loads(local.stdout)["committed"] is False
+    unchanged = load_pretrained(sparse_run).subnetworks
+    assert all(torch.equal(unchanged[n].mask, m) for n, m in before.items())
+
+    committed = lucidlm("intervene", sparse_run, TEXT, "--set", "service=Negative", "--subnetwork", "--commit", "--json")
+    assert committed.exit_code == 0, committed.stderr
+    changed = load_pretrained(sparse_run).subnetworks
+    assert sum(int((changed[n].mask != m).sum()) for n, m in before.items()) == json.loads(committed.stdout)["weights_changed"]
+
+    two = lucidlm("intervene", sparse_run, TEXT, "--set", "service=Negative", "--set", "food=Positive", "--subnetwork")
+    assert two.exit_code == 1 and "one concept at a time" in two.stderr
+
+
+def test_subnetwork_options_need_a_sparse_model(trained_run):
+    run_dir, _ = trained_run
+    result = lucidlm("intervene", run_dir, TEXT, "--set", "service=Negative", "--subnetwork")
+    assert result.exit_code == 1 and "no concept subnetworks" in result.stderr
+    result = lucidlm("intervene", run_dir, TEXT, "--set", "service=Negative", "--commit")
+    assert result.exit_code == 1 and "--commit applies to --subnetwork" in result.stderr
