@@ -65,7 +65,8 @@ def _preset_folder(path, folder: str) -> Path | None:
 def load_cebab(path=None, train_split: str = "train_exclusive") -> Task:
     """CEBaB v1.1 from a folder of its JSON files, or from the hub dataset ``CEBaB/CEBaB``.
 
-    Splits: ``train`` (= ``train_split``), ``dev``, ``test``; the other train variants are in ``extras``.
+    Splits: ``train`` (``train_split``: ``train_exclusive``, ``train_inclusive`` or
+    ``train_observational``), ``dev``, ``test``.
     Row ids are CEBaB's ``id`` so that (original, edit) pairs can be found again.
     """
     spec = cebab_spec()

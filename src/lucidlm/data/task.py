@@ -57,11 +57,11 @@ class Task:
     extras: dict[str, Split] = field(default_factory=dict)
 
     def split(self, name: str) -> Split:
-        found = {"train": self.train, "dev": self.dev, "test": self.test, **self.extras}.get(name)
-        if found is None:
-            available = [k for k, v in {"train": self.train, "dev": self.dev, "test": self.test, **self.extras}.items() if v is not None]
+        splits = {"train": self.train, "dev": self.dev, "test": self.test, **self.extras}
+        if splits.get(name) is None:
+            available = [k for k, v in splits.items() if v is not None]
             raise LucidError(f"task {self.spec.name!r} has no split {name!r}; available: {available}")
-        return found
+        return splits[name]
 
 
 def build_split(rows: list[dict], spec: TaskSpec, source: str, id_field: str | None = None) -> Split:
