@@ -185,3 +185,27 @@ def test_subnetwork_options_need_a_sparse_model(trained_run):
     assert result.exit_code == 1 and "no concept subnetworks" in result.stderr
     result = lucidlm("intervene", run_dir, TEXT, "--set", "service=Negative", "--commit")
     assert result.exit_code == 1 and "--commit applies to --subnetwork" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "train, dev, message",
+    [
+        ("review,stars\nGood.,5\nBad.,1\n", "review,stars\nFine.,3\n", "dev.csv, row 1, field 'stars': unknown label '3'"),
+        ("text,stars\nGood.,5\nBad.,1\n", "review,stars\nFine.,5\n", "missing column 'review'"),
+        ("review,stars,food\nGood.,5,Positive\nBad.,1,Negative\n", "review,stars,food\nFine.,5,Tasty\n",
+         "unknown value 'Tasty' for concept 'food'"),
+        ("review,stars\n", "review,stars\nFine.,5\n", "has no rows"),
+    ],
+)
+def test_train_bad_data_one_line_nonzero_nothing_written(train, dev, message, tmp_path, tiny_bert_dir):
+    (tmp_path / "train.csv").write_text(train)
+    (tmp_path / "dev.csv").write_text(dev)
+    concepts = ["food"] if "food" in train else []
+    config = {"data": {"source": "train.csv", "text": "review", "label": "stars", "dev": "dev.csv", "concepts": concepts},
+              "model": {"family": "bottleneck", "mode": "joint" if concepts else "standard", "backbone": str(tiny_bert_dir)},
+              "training": {"epochs": 1}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = lucidlm("train", tmp_path / "config.yaml", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert message in result.stderr.replace("\n", " "), result.stderr
+    assert not (tmp_path / "out").exists()
