@@ -2,10 +2,11 @@
 
 text -> backbone -> pooled h -> one head per concept -> concept logits c -> label head -> y.
 
-An intervention sets concept k to value v by forcing its logits: value v's logit to its 95th
-percentile over the training set and the other values' logits to their 5th (Koh et al. 2020),
-so an intervened concept looks like a confidently predicted one to the label head. With
-``concept_activation: probs`` the head reads softmax probabilities and an intervention is one-hot.
+An intervention sets concept k to value v by forcing its logits to the mean logits of the
+training rows whose concept k is v and predicted v: a typical, correctly recognised v, which the
+label head knows how to read. (The 5th/95th-percentile rule of Koh et al. 2020, made for binary
+concepts, gives extreme vectors that a softmax concept never shows.) With ``concept_activation:
+probs`` the head reads softmax probabilities and an intervention is one-hot.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from .base import LucidModel, ModelConfig
 
 MODES = ("standard", "joint", "sequential", "independent")
 ACTIVATIONS = ("logits", "probs")
-PERCENTILES = (0.05, 0.95)  # where an intervention forces a concept's logits (Koh et al. 2020)
 
 
 @dataclass
@@ -124,22 +124,30 @@ class ConceptBottleneckLM(LucidModel):
         tables = [self.intervention_table[k, :len(c.values), :len(c.values)] for k, c in enumerate(self.spec.concepts)]
         return overwrite_concepts(activations, values, tables)
 
+    def corrections(self, concept_logits, values: torch.Tensor) -> torch.Tensor:
+        """``values`` less the ones the model already predicts (those become ``MISSING``): setting
+        a concept to the value it has changes nothing, so its activation is left as predicted."""
+        predicted = torch.stack([logits.argmax(-1) for logits in concept_logits], dim=1).to(values.device)
+        return torch.where(values == predicted, torch.full_like(values, MISSING), values)
+
     def label_from_concepts(self, activations: list[torch.Tensor]) -> torch.Tensor:
         return self.label_head(torch.cat(activations, dim=-1))
 
     @torch.no_grad()
-    def calibrate_interventions(self, concept_logits: list[torch.Tensor], momentum: float = 0.0) -> None:
-        """Set the forced logits from the 5th/95th percentiles of ``concept_logits`` (training
-        predictions); ``momentum`` > 0 moves them only part of the way (a running estimate)."""
+    def calibrate_interventions(self, concept_logits: list[torch.Tensor], gold: torch.Tensor, momentum: float = 0.0) -> None:
+        """Forced logits of value v := mean of ``concept_logits`` over rows whose gold and
+        predicted value are v (training data). ``momentum`` > 0 moves them only part of the way
+        (the running estimate used while training); a value with no such row keeps its vector."""
         if self.config.concept_activation == "probs":
             return
         for k, logits in enumerate(concept_logits):
-            n = logits.shape[1]
-            low, high = (torch.quantile(logits.detach().float(), q, dim=0) for q in PERCENTILES)
-            eye = torch.eye(n, dtype=torch.bool, device=logits.device)
-            table = torch.where(eye, high.unsqueeze(0), low.unsqueeze(0))
-            current = self.intervention_table[k, :n, :n]
-            current.copy_(momentum * current + (1 - momentum) * table.to(current))
+            logits = logits.detach().float()
+            recognised = gold[:, k].to(logits.device) == logits.argmax(-1)
+            for v in range(logits.shape[1]):
+                rows = recognised & (logits.argmax(-1) == v)
+                if rows.any():
+                    current = self.intervention_table[k, v, :logits.shape[1]]
+                    current.copy_(momentum * current + (1 - momentum) * logits[rows].mean(0).to(current))
 
     # ---- intervention ---------------------------------------------------------------------
     def intervene(self, texts, interventions: dict[str, str]) -> list[InterventionResult]:
@@ -150,9 +158,10 @@ class ConceptBottleneckLM(LucidModel):
         values = concept_values_tensor(self.spec, interventions, len(texts))
         output = self.forward_texts(texts)
         with torch.no_grad():
-            activations = self.set_concepts(self.concept_activations(output.concept_logits), values)
+            changed = self.corrections(output.concept_logits, values)
+            activations = self.set_concepts(self.concept_activations(output.concept_logits), changed)
             after = ModelOutput(self.label_from_concepts(activations), output.concept_logits, output.pooled)
-            probs = overwrite_concepts([logits.softmax(-1) for logits in output.concept_logits], values)
+            probs = overwrite_concepts([logits.softmax(-1) for logits in output.concept_logits], changed)
         return [
             InterventionResult(t, dict(interventions), self.to_prediction(t, output, i), self.to_prediction(t, after, i, probs))
             for i, t in enumerate(texts)
@@ -208,29 +217,37 @@ class ConceptBottleneckLM(LucidModel):
     def infer(self, split: Split, batch_size: int = 64) -> dict[str, np.ndarray]:
         """Label logits, concept probabilities, and label logits with every gold concept set."""
         self.eval()
-        label_logits, concept_logits, gold_logits = [], [], []
+        label_logits, concept_logits, gold_logits, forced_logits = [], [], [], []
         for batch in self.encoder.loader(split, batch_size):
             out = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
             label_logits.append(out.label_logits.cpu())
             if self.has_concepts:
                 concept_logits.append([x.cpu() for x in out.concept_logits])
-                gold = self.set_concepts(self.concept_activations(out.concept_logits), batch["concepts"])
-                gold_logits.append(self.label_from_concepts(gold).cpu())
+                activations = self.concept_activations(out.concept_logits)
+                gold = self.corrections(out.concept_logits, batch["concepts"].to(self.device))
+                gold_logits.append(self.label_from_concepts(self.set_concepts(activations, gold)).cpu())
+                forced = self.set_concepts(activations, batch["concepts"].to(self.device))
+                forced_logits.append(self.label_from_concepts(forced).cpu())
         result = {"label_logits": torch.cat(label_logits).numpy()}
         if self.has_concepts:
             result["concept_logits"] = [torch.cat(xs).numpy() for xs in zip(*concept_logits)]
             result["concept_probs"] = [torch.from_numpy(x).softmax(-1).numpy() for x in result["concept_logits"]]
             result["gold_concept_label_logits"] = torch.cat(gold_logits).numpy()
+            result["forced_concept_label_logits"] = torch.cat(forced_logits).numpy()
         return result
 
     def evaluate(self, split: Split, batch_size: int = 64) -> dict:
-        """Task metrics; concept metrics; and task metrics with every concept set to its gold value."""
+        """Task metrics; concept metrics; task metrics with every concept set to its gold value
+        (``task_gold_concepts``: the wrongly predicted ones corrected, the others left as they
+        are), and with every concept's activation forced to its gold value, right or wrong
+        (``task_forced_concepts``: what is left of the label once concepts carry nothing else)."""
         inferred = self.infer(split, batch_size)
         metrics = {"n": len(split), "task": task_metrics(self.spec, split.labels, inferred["label_logits"])}
         if self.has_concepts:
             predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
             metrics["concepts"] = concept_metrics(split.concepts, predicted, self.spec.concept_names)
             metrics["task_gold_concepts"] = task_metrics(self.spec, split.labels, inferred["gold_concept_label_logits"])
+            metrics["task_forced_concepts"] = task_metrics(self.spec, split.labels, inferred["forced_concept_label_logits"])
         return metrics
 
     # ---- training -------------------------------------------------------------------------
@@ -258,7 +275,8 @@ class ConceptBottleneckLM(LucidModel):
     def calibrate_on(self, train: Split, config: TrainingConfig) -> None:
         """Forced intervention logits from the trained model's predictions on the training set."""
         if self.has_concepts:
-            self.calibrate_interventions([torch.from_numpy(x) for x in self.infer(train, config.eval_batch_size)["concept_logits"]])
+            logits = [torch.from_numpy(x) for x in self.infer(train, config.eval_batch_size)["concept_logits"]]
+            self.calibrate_interventions(logits, torch.from_numpy(train.concepts))
 
     def _param_groups(self, config: TrainingConfig) -> list[dict]:
         heads = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
@@ -276,7 +294,7 @@ class ConceptBottleneckLM(LucidModel):
                 values = random_interventions(batch["concepts"], self.config.intervention_rate)
             out = model(batch["input_ids"], batch["attention_mask"], values)
             if values is not None:  # a running estimate of the forced logits, for the next steps
-                self.calibrate_interventions(out.concept_logits, momentum=0.9)
+                self.calibrate_interventions(out.concept_logits, batch["concepts"], momentum=0.9)
             total = out.label_logits.new_zeros(())
             if objective in ("standard", "joint"):
                 total = total + task_loss(self.spec, out.label_logits, batch["labels"])
