@@ -2,6 +2,7 @@
 cohesion/separation terms and of the prototype count; hard projection; the head's cost.
 
     python bench/proto_lm.py [--sst2-train 3000] [--epochs 2] [--ablation-train 1000] ...
+    python bench/proto_lm.py --skip sst2 timing --merge ...   # the other sections, added to the last run's
 
 Prints the figures and writes bench/results/proto_lm.{json,md}. The main comparison trains from
 the ready configs configs/{sst2,cebab}-proto.yaml, as `lucidlm train` does; the standard model
@@ -31,14 +32,14 @@ RESULTS = ROOT / "bench" / "results"
 STANDARD = {"family": "bottleneck", "mode": "standard", "pooling": "mean"}
 
 
-def with_budget(experiment: Experiment, args, name: str, train_rows: int | None) -> Experiment:
+def with_budget(experiment: Experiment, args, name: str, train_rows: int | None, epochs: int | None = None) -> Experiment:
     """The config's experiment with this benchmark's budget: rows, epochs, dev size, no progress bars."""
     subsample = dict(experiment.data.get("subsample") or {})
     if train_rows:
         subsample["train"] = train_rows
     if args.dev_rows:
         subsample["dev"] = args.dev_rows
-    training = replace(experiment.training, epochs=args.epochs, progress=False)
+    training = replace(experiment.training, epochs=epochs or args.epochs, progress=False)
     return replace(experiment, data={**experiment.data, "subsample": subsample}, training=training,
                    output_dir=ROOT / "runs" / f"bench-{name}")
 
@@ -103,10 +104,12 @@ def main() -> None:
     parser.add_argument("--sst2-train", type=int, default=3000, help="SST-2 training rows (a fixed seeded subset)")
     parser.add_argument("--cebab-train", type=int, default=0, help="CEBaB training rows; 0: all of train_exclusive")
     parser.add_argument("--epochs", type=int, default=2, help="epochs for every model")
+    parser.add_argument("--cebab-epochs", type=int, default=0, help="epochs on CEBaB; 0: --epochs")
     parser.add_argument("--dev-rows", type=int, default=0, help="dev rows for model selection; 0: all")
     parser.add_argument("--ablation-train", type=int, default=1000, help="SST-2 training rows of the ablation")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 leaves a core to other work)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["sst2", "cebab", "ablation", "timing"])
+    parser.add_argument("--merge", action="store_true", help="add to the sections of the last run's results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.utils.logging.set_verbosity_error()
@@ -115,27 +118,31 @@ def main() -> None:
 
     sst2 = read_experiment(ROOT / "configs" / "sst2-proto.yaml")
     cebab = read_experiment(ROOT / "configs" / "cebab-proto.yaml")
-    result = {
-        "command": "python bench/proto_lm.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "skip" and v)
-            + (" --skip " + " ".join(args.skip) if args.skip else ""),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "comparison": {}, "hard_projection": {},
-    }
+    command = "python bench/proto_lm.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("skip", "merge") and v
+    ) + (" --skip " + " ".join(args.skip) if args.skip else "") + (" --merge" if args.merge else "")
+    result = {"commands": [], "comparison": {}, "hard_projection": {}, "wall_seconds_before": 0.0}
+    if args.merge and (RESULTS / "proto_lm.json").is_file():
+        result = json.loads((RESULTS / "proto_lm.json").read_text())
+        result["wall_seconds_before"] = result.pop("wall_seconds")
+        result.setdefault("commands", [result.pop("command")] if "command" in result else [])
+    result["commands"].append(command)
+    result["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     if "timing" not in args.skip:
         spec = load_experiment_task(sst2.data).spec
         result["timing"] = head_timing(spec, batch=64, tokens=50, prototypes=1000, repeats=10)
         print(f"timing: {json.dumps(result['timing'])}", flush=True)
-    for name, experiment, rows in (("sst2", sst2, args.sst2_train), ("cebab", cebab, args.cebab_train)):
+    budgets = (("sst2", sst2, args.sst2_train, args.epochs), ("cebab", cebab, args.cebab_train, args.cebab_epochs or args.epochs))
+    for name, experiment, rows, epochs in budgets:
         if name in args.skip:
             continue
-        experiment = with_budget(experiment, args, f"{name}-proto", rows)
+        experiment = with_budget(experiment, args, f"{name}-proto", rows, epochs)
         task = load_experiment_task(experiment.data)
         floor = float(np.bincount(task.test.labels).max() / len(task.test))
         proto, standard = train(experiment), train(experiment, STANDARD)
         result["comparison"][name] = {
             "train_rows": len(task.train), "dev_rows": len(task.dev), "test_rows": len(task.test),
-            "majority_floor": floor, "epochs": args.epochs,
+            "majority_floor": floor, "epochs": epochs,
             "prototype": {k: v for k, v in proto.items() if k != "model"},
             "standard": {k: v for k, v in standard.items() if k != "model"},
         }
@@ -160,7 +167,7 @@ def main() -> None:
 
 def save(result: dict, started: float) -> str:
     """Write what is measured so far (a cut-short run still leaves its figures); return the table."""
-    result["wall_seconds"] = time.perf_counter() - started
+    result["wall_seconds"] = result["wall_seconds_before"] + time.perf_counter() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "proto_lm.json").write_text(json.dumps(result, indent=2))
     table = markdown(result)
@@ -170,17 +177,18 @@ def save(result: dict, started: float) -> str:
 
 def markdown(result: dict) -> str:
     lines = ["# proto-lm vs standard fine-tuning, all-MiniLM-L6-v2", "",
-             f"Command: `{result['command']}` ({result['wall_seconds'] / 60:.0f} min on "
-             f"{result['machine']['threads']} CPU threads). Chosen on dev, reported on test.", ""]
+             "Commands: " + "; ".join(f"`{c}`" for c in result["commands"]) + f" ({result['wall_seconds'] / 60:.0f} min "
+             f"in all, {result['machine']['threads']} CPU thread(s), the machine shared with other jobs). Each model "
+             "is chosen on dev (a fixed subset of dev rows when stated) and reported on the full test split.", ""]
     if result["comparison"]:
-        lines += ["| task | train rows | epochs | majority | model | test acc | test macro-F1 | epochs run | train+eval s |",
+        lines += ["| task | train rows | dev rows | epochs | test majority | model | test acc | test macro-F1 | train+eval s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, c in result["comparison"].items():
             for kind in ("prototype", "standard"):
                 r = c[kind]
-                lines.append(f"| {name} | {c['train_rows']} | {c['epochs']} | {c['majority_floor']:.1%} | "
+                lines.append(f"| {name} | {c['train_rows']} | {c['dev_rows']} | {c['epochs']} | {c['majority_floor']:.1%} | "
                              f"{'PrototypeLM' if kind == 'prototype' else 'standard (ConceptBottleneckLM)'} | "
-                             f"{r['test']['accuracy']:.1%} | {r['test']['macro_f1']:.3f} | {r['epochs_run']} | {r['seconds']:.0f} |")
+                             f"{r['test']['accuracy']:.1%} | {r['test']['macro_f1']:.3f} | {r['seconds']:.0f} |")
         lines += ["", "Hard projection (each prototype moved onto its nearest own-class training example):", "",
                   "| task | test acc before | after | macro-F1 before | after |", "|---|---|---|---|---|"]
         for name, h in result["hard_projection"].items():
@@ -194,9 +202,10 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {r['test']['accuracy']:.1%} | {r['test']['macro_f1']:.3f} | {r['seconds']:.0f} |")
     if "timing" in result:
         t = result["timing"]
-        lines += ["", f"Head cost at P = {t['prototypes']}, batch {t['batch']} × {t['tokens']} tokens (median of "
-                  f"{t['repeats']}): backbone {t['backbone_seconds'] * 1000:.0f} ms, prototype head "
-                  f"{t['head_seconds'] * 1000:.1f} ms, **{t['head_share']:.1%}** of the backbone's forward (target ≤ 5%)."]
+        lines += ["", (f"Head cost at P = {t['prototypes']}, batch {t['batch']} × {t['tokens']} tokens (median of "
+                       f"{t['repeats']}): backbone {t['backbone_seconds'] * 1000:.0f} ms, prototype head "
+                       f"{t['head_seconds'] * 1000:.1f} ms, **{t['head_share']:.1%}** of the backbone's forward "
+                       "(target ≤ 5%).")]
     return "\n".join(lines) + "\n"
 
 

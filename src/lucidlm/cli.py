@@ -1,4 +1,4 @@
-"""The command line: ``lucidlm train | evaluate | predict | intervene``.
+"""The command line: ``lucidlm train | evaluate | predict | intervene | explain``.
 
 Tables and progress bars for people, ``--json`` for programs. A user error prints one line
 (``error: ...``) and exits with status 1; ``--debug`` shows the traceback instead.
@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import LucidError
@@ -129,9 +130,15 @@ def intervene(
     run_dir: Path = typer.Argument(...),
     text: str = typer.Argument(...),
     set_: list[str] = typer.Option(..., "--set", help="concept=value; repeat for several."),
+    subnetwork: bool = typer.Option(False, "--subnetwork", help="Rewire the concept's subnetwork (SparseCBM)."),
+    fraction: float = typer.Option(0.2, "--fraction", help="Share of active weights swapped per layer (--subnetwork)."),
+    commit: bool = typer.Option(False, "--commit", help="Keep the rewired subnetwork: save it into RUN_DIR."),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Set concepts to given values and show the prediction before and after."""
+    """Set concepts to given values and show the prediction before and after.
+
+    With --subnetwork (SparseCBM), the concept's subnetwork is rewired toward the given value
+    instead, for this text only unless --commit."""
     from .models import load_pretrained
 
     interventions = {}
@@ -140,14 +147,26 @@ def intervene(
         if not sep or not name or not value:
             raise LucidError(f"--set {item!r}: expected concept=value, e.g. --set service=Negative")
         interventions[name.strip()] = value.strip()
+    if commit and not subnetwork:
+        raise LucidError("--commit applies to --subnetwork interventions")
     model = load_pretrained(run_dir)
-    if not hasattr(model, "intervene"):
+    if subnetwork:
+        if not hasattr(model, "intervene_subnetwork"):
+            raise LucidError(f"{run_dir}: a {model.family} model has no concept subnetworks; drop --subnetwork")
+        if len(interventions) != 1:
+            raise LucidError(f"--subnetwork rewires one concept at a time; found {len(interventions)} --set options")
+        (name, value), = interventions.items()
+        result = model.intervene_subnetwork(text, name, value, fraction=fraction, commit=commit)
+        if commit:
+            model.save_pretrained(run_dir)
+    elif not hasattr(model, "intervene"):
         raise LucidError(f"{run_dir}: a {model.family} model has no concept interventions")
-    result = model.intervene([text], interventions)[0]
+    else:
+        result = model.intervene([text], interventions)[0]
     if as_json:
         emit_json(result.to_dict())
         return
-    table = Table(title=text, title_justify="left")
+    table = Table(title=escape(text), title_justify="left")
     table.add_column("")
     table.add_column("before")
     table.add_column("after")
@@ -157,6 +176,30 @@ def intervene(
         table.add_row(name, f"{b.value} ({b.probabilities[b.value]:.2f})", f"{a.value} ({a.probabilities[a.value]:.2f})",
                       style="yellow" if name in interventions else None)
     out.print(table)
+    if subnetwork:
+        out.print(f"{result.weights_changed} weights of {result.concept!r}'s subnetwork swapped"
+                  f"{'; committed to ' + str(run_dir) if result.committed else ' for this text only'}")
+
+
+@app.command()
+@user_errors
+def explain(
+    run_dir: Path = typer.Argument(...),
+    text: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Explain a prediction with whatever the model's own forward pass offers (concepts,
+    token scores, prototypes, subnetworks)."""
+    from .models import load_pretrained
+
+    model = load_pretrained(run_dir)
+    if not hasattr(model, "explain"):
+        raise LucidError(f"{run_dir}: a {model.family} model has no explanations")
+    explanation = model.explain(text)
+    if as_json:
+        emit_json(explanation.to_dict())
+        return
+    show_explanation(explanation)
 
 
 def _label_cell(p) -> str:
@@ -164,13 +207,61 @@ def _label_cell(p) -> str:
 
 
 def show_prediction(p) -> None:
-    table = Table(title=p.text, title_justify="left")
+    table = Table(title=escape(p.text), title_justify="left")
     table.add_column("")
     table.add_column("value")
     table.add_column("probability")
     table.add_row("label", str(p.label), f"{p.probabilities[p.label]:.3f}" if p.probabilities else "", style="bold")
     for name, c in p.concepts.items():
         table.add_row(name, c.value, f"{c.probabilities[c.value]:.3f}")
+    out.print(table)
+
+
+def show_explanation(e) -> None:
+    """Each filled part of an ``Explanation`` as a table; empty parts are left out."""
+    show_prediction(e.prediction)
+    if e.concepts:
+        table = Table(title="concepts", title_justify="left")
+        for name in ("concept", "value", "probability", "contribution"):
+            table.add_column(name, justify="left" if name in ("concept", "value") else "right")
+        for c in e.concepts:
+            table.add_row(escape(c.concept), escape(c.value), f"{c.probability:.3f}", f"{c.contribution:+.3f}")
+        out.print(table)
+    for attribution in e.tokens:
+        table = Table(title=escape(f"token scores: {attribution.target} ({attribution.method})"), title_justify="left")
+        table.add_column("token")
+        table.add_column("score", justify="right")
+        table.add_column("")
+        top = max((abs(s) for s in attribution.scores), default=0.0) or 1.0
+        for token, score in zip(attribution.tokens, attribution.scores):
+            table.add_row(escape(token), f"{score:.3f}", "█" * round(20 * abs(score) / top))
+        out.print(table)
+    for match in e.prototypes:
+        kind = f", class {match.prototype_class}" if match.prototype_class is not None else ""
+        contributions = ", ".join(f"{k}: {v:+.3f}" for k, v in match.contributions.items())
+        table = Table(title=escape(f"prototype {match.prototype}{kind}: similarity {match.similarity:.3f}; "
+                                   f"contributions {contributions}"), title_justify="left")
+        table.add_column("nearest training example")
+        table.add_column("label")
+        table.add_column("distance", justify="right")
+        table.add_column("most attended")
+        for example in match.nearest_examples:
+            text = example.text if example.text_pair is None else f"{example.text} ‖ {example.text_pair}"
+            table.add_row(escape(text), escape(str(example.label)), f"{example.distance:.3f}", escape(", ".join(example.top_tokens)))
+        out.print(table)
+    if e.subnetworks:
+        show_subnetworks(e.subnetworks)
+
+
+def show_subnetworks(stats: dict) -> None:
+    """Per concept: density, weights owned alone, and Jaccard overlap with every other concept."""
+    names = stats["concepts"]
+    table = Table(title=f"subnetworks (weights kept by all concepts: {stats['shared_by_all']:.1%})", title_justify="left")
+    for column in ["concept", "density", "owned alone"] + [f"Jaccard {n}" for n in names]:
+        table.add_column(escape(column), justify="left" if column == "concept" else "right")
+    for k, name in enumerate(names):
+        table.add_row(escape(name), f"{stats['density'][name]:.1%}", f"{stats['owned_by_one'][name]:.1%}",
+                      *(f"{x:.2f}" for x in stats["jaccard"][k]))
     out.print(table)
 
 
@@ -185,6 +276,7 @@ def show_metrics(metrics: dict, title: str) -> None:
         rows += [("concepts (all)", metrics["concepts"])]
         rows += [(f"  {k}", v) for k, v in metrics["concepts"]["per_concept"].items()]
         rows += [("task, gold concepts", metrics["task_gold_concepts"])]
+        rows += [("task, all concepts forced", metrics["task_forced_concepts"])]
     for label, values in rows:
         table.add_row(label, *(f"{values[n]:.4f}" if n in values else "" for n in names))
     out.print(table)

@@ -37,6 +37,7 @@ class TrainingExample:
     distance: float
     label: str | float | None = None
     top_tokens: list[str] = field(default_factory=list)
+    text_pair: str | None = None  # the second text of a sentence-pair task
 
 
 @dataclass
@@ -44,7 +45,7 @@ class PrototypeMatch:
     """A learned prototype as it bears on this input (proto-lm)."""
 
     prototype: int
-    prototype_class: str
+    prototype_class: str | None  # None for regression, where prototypes belong to no class
     similarity: float
     contributions: dict[str, float]  # class -> similarity × classification weight
     nearest_examples: list[TrainingExample] = field(default_factory=list)
@@ -58,6 +59,7 @@ class Explanation:
     tokens: list[TokenAttribution] = field(default_factory=list)
     subnetworks: dict | None = None  # SparseCBM: densities, overlaps, shared/owned weights
     prototypes: list[PrototypeMatch] = field(default_factory=list)
+    text_pair: str | None = None  # the second text of a sentence-pair task
 
     def to_dict(self) -> dict:
         return asdict(self)
