@@ -17,7 +17,7 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,25 @@ def train(experiment: Experiment, model: dict | None = None) -> dict:
     return {"model": trained, "test": metrics["test"]["task"], "dev": metrics["dev"]["task"],
             "seconds": time.perf_counter() - start,
             "epochs_run": sum(1 for r in trained.training_history if "epoch" in r), "config": experiment.to_dict()}
+
+
+def reused_standard(experiment: Experiment) -> dict | None:
+    """The standard model of bench/cebab_bottleneck.py, if its data and training match exactly."""
+    path = RESULTS / "cebab_bottleneck.json"
+    row = json.loads(path.read_text())["modes"].get("standard") if path.is_file() else None
+    if row is None:
+        return None
+    trained = row["config"]
+    same = (trained["training"] == {**asdict(experiment.training), "progress": trained["training"]["progress"]}
+            and _data(trained["data"]) == _data(experiment.data) and trained["model"]["backbone"] == experiment.model["backbone"])
+    if not same:
+        return None
+    return {"test": row["test"]["task"], "dev": row["dev"]["task"], "seconds": row["train_seconds"],
+            "epochs_run": row["epochs_run"], "config": trained, "reused_from": "bench/results/cebab_bottleneck.json"}
+
+
+def _data(data: dict) -> dict:
+    return {k: v for k, v in data.items() if v or k != "subsample"}
 
 
 def hard_projection(model: PrototypeLM, experiment: Experiment) -> dict:
@@ -110,6 +129,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 leaves a core to other work)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["sst2", "cebab", "ablation", "timing"])
     parser.add_argument("--merge", action="store_true", help="add to the sections of the last run's results")
+    parser.add_argument("--reuse-standard", action="store_true",
+                        help="CEBaB: take the standard model from bench/results/cebab_bottleneck.json when it was "
+                             "trained with exactly this budget (same data, training config and seed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.utils.logging.set_verbosity_error()
@@ -139,7 +161,9 @@ def main() -> None:
         experiment = with_budget(experiment, args, f"{name}-proto", rows, epochs)
         task = load_experiment_task(experiment.data)
         floor = float(np.bincount(task.test.labels).max() / len(task.test))
-        proto, standard = train(experiment), train(experiment, STANDARD)
+        proto = train(experiment)
+        standard = reused_standard(experiment) if name == "cebab" and args.reuse_standard else None
+        standard = standard or train(experiment, STANDARD)
         result["comparison"][name] = {
             "train_rows": len(task.train), "dev_rows": len(task.dev), "test_rows": len(task.test),
             "majority_floor": floor, "epochs": epochs,
