@@ -26,6 +26,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/cebab_bottleneck.py
+	$(BIN)/python bench/cebab_sparse.py
+	$(BIN)/python bench/sparse_throughput.py
+	$(BIN)/python bench/proto_lm.py
 
 clean:
 	rm -rf $(VENV) runs
