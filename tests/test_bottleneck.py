@@ -8,7 +8,7 @@ from lucidlm import ConceptBottleneckLM, LucidError, load_pretrained
 from lucidlm.data import MISSING
 from lucidlm.intervene import overwrite_concepts
 
-FAST = dict(epochs=1, batch_size=16, progress=False, head_epochs=5)
+FAST = dict(epochs=1, batch_size=16, progress=False)
 TEXT = "Great pasta, but we waited an hour and the room was loud."
 
 

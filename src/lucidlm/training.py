@@ -32,7 +32,6 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     patience: int = 2  # epochs without a better dev score before stopping
     seed: int = 0
-    head_epochs: int = 50  # the c -> y stage of sequential and independent training
     progress: bool = True
 
 
