@@ -53,10 +53,13 @@ def step(model, batch, mode: str, train: bool) -> None:
 
 
 def peak_memory(mode: str, train: bool, batch_size: int, density: float) -> float:
-    """MiB above the loaded model's resident size, for one warm step of ``mode`` in a fresh process."""
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import sparse_throughput as b, psutil, resource; "
-            f"m, x = b.build({batch_size}, {density}); base = psutil.Process().memory_info().rss; "
-            f"b.step(m, x, {mode!r}, {train}); print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20)")
+    """Peak MiB above the loaded model's resident size during one step of ``mode``, in a fresh
+    process (Linux: writing 5 to /proc/self/clear_refs resets the peak, VmHWM, after loading)."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import sparse_throughput as b; "
+            f"m, x = b.build({batch_size}, {density}); b.step(m, x, {mode!r}, {train}); "
+            "kib = lambda k: int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1]); "
+            "base = kib('VmRSS:'); open('/proc/self/clear_refs', 'w').write('5'); "
+            f"b.step(m, x, {mode!r}, {train}); print((kib('VmHWM:') - base) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

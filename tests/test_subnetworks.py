@@ -43,6 +43,12 @@ def test_batched_pass_equals_one_subnetwork_after_another(fixture, cebab_small, 
     torch.testing.assert_close(pooled, pooled_ref, atol=1e-5, rtol=1e-5)
     for a, b in zip(batched, one_by_one):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    random_masks(model, seed=1)  # inference caches W ⊙ M: a mask change must be seen
+    with torch.no_grad():
+        batched, _ = model.concept_logits(batch["input_ids"], batch["attention_mask"])
+        one_by_one, _ = model.concept_logits_one_by_one(batch["input_ids"], batch["attention_mask"])
+    for a, b in zip(batched, one_by_one):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_gpt2_conv1d_and_layer_choices(tiny_gpt2_dir, tiny_bert_dir, cebab_small):

@@ -40,6 +40,7 @@ class MaskedLinear(nn.Module):
         self.record_grads = False  # keep the per-concept masked weights' gradients (pruning scores)
         self.masked_weight: torch.Tensor | None = None
         self.mask_override: torch.Tensor | None = None  # a float mask for the routed concept (∂L/∂M_k)
+        self._inference_weights: tuple[tuple, torch.Tensor] | None = None  # (versions, [K, in, out])
 
     @property
     def num_masks(self) -> int:
@@ -51,17 +52,30 @@ class MaskedLinear(nn.Module):
         if self.route != "all":
             mask = self.mask[self.route] if self.mask_override is None else self.mask_override
             return self._linear(x, self.weight * mask)
-        weights = self.weight.unsqueeze(0) * self.mask  # [K, *weight.shape]
-        if self.record_grads and weights.requires_grad:
-            weights.retain_grad()  # dL/d(W ⊙ M_k): concept k's loss (+ task loss) through subnetwork k
-            self.masked_weight = weights
         groups = x.reshape(self.num_masks, -1, x.shape[-1])
-        per_concept = weights if self.transposed else weights.transpose(1, 2)  # [K, in, out]
+        if torch.is_grad_enabled():
+            weights = self.weight.unsqueeze(0) * self.mask  # [K, *weight.shape]
+            if self.record_grads and weights.requires_grad:
+                weights.retain_grad()  # dL/d(W ⊙ M_k): concept k's loss (+ task loss) through subnetwork k
+                self.masked_weight = weights
+            per_concept = weights if self.transposed else weights.transpose(1, 2)  # [K, in, out]
+        else:
+            per_concept = self._cached_inference_weights()
         if self.bias is None:
             out = torch.bmm(groups, per_concept)
         else:
             out = torch.baddbmm(self.bias.view(1, 1, -1), groups, per_concept)
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _cached_inference_weights(self) -> torch.Tensor:
+        """W ⊙ M_k for all k as ``[K, in, out]``, kept until the weight or the masks change (their
+        version counters move on every in-place update), so inference does not rebuild it."""
+        versions = (self.weight._version, self.mask._version, self.weight.data_ptr(), self.mask.data_ptr())
+        if self._inference_weights is None or self._inference_weights[0] != versions:
+            weights = self.weight.detach().unsqueeze(0) * self.mask
+            weights = weights if self.transposed else weights.transpose(1, 2)
+            self._inference_weights = (versions, weights.contiguous())
+        return self._inference_weights[1]
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight.t() if self.transposed else weight, self.bias)
