@@ -2,9 +2,9 @@
 0.5 and 0.7, beside the joint and standard models of bench/cebab_bottleneck.py; mask density
 per concept; and subnetwork intervention on test concepts the model gets wrong.
 
-    python bench/cebab_sparse.py [--sparsity 0.5 0.7] [--interventions 200] [--fraction 0.2]
+    python bench/cebab_sparse.py [--sparsity 0.5 0.7] [--granularity weight|neuron] [--interventions 200] [--fraction 0.2]
 
-Writes bench/results/cebab_sparse.{json,md}.
+Writes bench/results/cebab_sparse.{json,md}, merging with the rows already there.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--sparsity", nargs="+", type=float, default=[0.7, 0.5])
     parser.add_argument("--interventions", type=int, default=200)
     parser.add_argument("--fraction", type=float, default=0.2)
+    parser.add_argument("--granularity", choices=("weight", "neuron"), default="weight")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
@@ -66,30 +67,36 @@ def main() -> None:
 
     rows = {}
     for sparsity in args.sparsity:
-        experiment = read_experiment(ROOT / "configs" / "cebab-sparse.yaml", output_dir=ROOT / "runs" / f"bench-cebab-sparse-{sparsity}")
+        name = f"sparse-{sparsity}" + ("-neuron" if args.granularity == "neuron" else "")
+        experiment = read_experiment(ROOT / "configs" / "cebab-sparse.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{name}")
         experiment.model["sparsity"] = sparsity
+        experiment.model["granularity"] = args.granularity
         experiment.training.progress = False
         start = time.perf_counter()
         model, metrics = run_experiment(experiment)
         seconds = time.perf_counter() - start
         test = load_experiment_task(experiment.data).test
-        rows[f"sparse-{sparsity}"] = {
+        rows[name] = {
+            "command": f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
+                       f"--interventions {args.interventions} --fraction {args.fraction}",
             "test": metrics["test"], "dev": metrics["dev"], "train_seconds": seconds,
             "mask_density": model.mask_density(), "target_density": 1 - sparsity,
             "jaccard": model.subnetwork_statistics()["jaccard"],
             "subnetwork_intervention": subnetwork_interventions(model, test, args.interventions, args.fraction),
             "config": experiment.to_dict(),
         }
-        print(json.dumps({k: v for k, v in rows[f"sparse-{sparsity}"].items() if k != "config"}, indent=1), flush=True)
-        write_results(args, rows)  # after each run, so a finished run is never lost
+        print(json.dumps({k: v for k, v in rows[name].items() if k != "config"}, indent=1), flush=True)
+        write_results(rows)  # after each run, so a finished run is never lost
 
 
-def write_results(args, rows: dict) -> None:
-    baseline_file = RESULTS / "cebab_bottleneck.json"
+def write_results(rows: dict) -> None:
+    baseline_file, results_file = RESULTS / "cebab_bottleneck.json", RESULTS / "cebab_sparse.json"
     baselines = json.loads(baseline_file.read_text())["modes"] if baseline_file.is_file() else {}
+    earlier = json.loads(results_file.read_text()) if results_file.is_file() else {"sparse": {}}
+    for row in earlier["sparse"].values():  # rows of runs before each row carried its command
+        row.setdefault("command", earlier.get("command"))
     result = {
-        "command": "python bench/cebab_sparse.py " + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
-        "sparse": rows,
+        "sparse": {**earlier["sparse"], **rows},
         "baselines": {m: {"test": baselines[m]["test"]} for m in ("standard", "joint") if m in baselines},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -100,17 +107,18 @@ def write_results(args, rows: dict) -> None:
 
 def markdown(result: dict) -> str:
     lines = ["# SparseCBM on CEBaB test (all-MiniLM-L6-v2, train_exclusive, chosen on dev)", "",
-             f"Command: `{result['command']}`; standard and joint rows from `bench/cebab_bottleneck.py`.", "",
-             "| model | task acc | task macro-F1 | concept acc | concept macro-F1 | mask density per concept (target) |",
-             "|---|---|---|---|---|---|"]
+             "Standard and joint rows from `bench/cebab_bottleneck.py`; the command of each sparse row below.", "",
+             "| model | task acc | task macro-F1 | concept acc | concept macro-F1 | mask density per concept (target) | train+eval s |",
+             "|---|---|---|---|---|---|---|"]
     models = {**{m: r for m, r in result["baselines"].items()}, **result["sparse"]}
     for name, row in models.items():
         t, c = row["test"]["task"], row["test"].get("concepts")
         density = ", ".join(f"{k} {v:.3f}" for k, v in row.get("mask_density", {}).items())
         target = f" ({row['target_density']:.2f})" if "target_density" in row else ""
+        seconds = f"{row['train_seconds']:.0f}" if "train_seconds" in row else "–"
         lines.append(f"| {name} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | "
-                     f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {density}{target} |" if c else
-                     f"| {name} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | – | – | – |")
+                     f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {density}{target} | {seconds} |" if c else
+                     f"| {name} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | – | – | – | – |")
     lines += ["", "Subnetwork intervention on test (row, concept) pairs predicted wrong, given the gold value:", "",
               "| model | pairs | p | concepts corrected | task acc before → after | other correct concepts broken |",
               "|---|---|---|---|---|---|"]
@@ -118,6 +126,7 @@ def markdown(result: dict) -> str:
         s = row["subnetwork_intervention"]
         lines.append(f"| {name} | {s['pairs_intervened']} of {s['pairs_wrong_in_test']} | {s['fraction']} | {s['concepts_corrected']:.1%} | "
                      f"{s['task_accuracy_before']:.1%} → {s['task_accuracy_after']:.1%} | {s['other_correct_concepts_broken']:.1%} |")
+    lines += ["", "Commands:", ""] + [f"- {name}: `{row['command']}`" for name, row in result["sparse"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -10,12 +10,19 @@ subnetwork a forward pass uses:
   concept-major (rows ``k*B .. (k+1)*B-1`` belong to concept k), and each layer multiplies
   group k by W ⊙ M_k with one batched matmul. Everything between the linear layers (attention
   scores, LayerNorm, activations) is per row, so this equals K separate passes.
+
+Neuron-level masks (``UnitGroup``) keep whole *units* (attention heads, feed-forward neurons)
+or none: the layers that make a unit keep or drop its rows (its output features), the layer
+that reads it its columns. In the batched pass each such layer then gathers only the units
+concept k keeps, so each subnetwork is a smaller dense network: at sparsity s the K passes
+cost about K·(1 − s) of one dense pass instead of K.
 """
 
 from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,14 +40,19 @@ class MaskedLinear(nn.Module):
         super().__init__()
         self.transposed = isinstance(layer, Conv1D)  # Conv1D stores its weight as [in, out]
         self.weight, self.bias = layer.weight, layer.bias
-        self.out_features = self.weight.shape[1] if self.transposed else self.weight.shape[0]
+        self.in_features, self.out_features = self.weight.shape if self.transposed else self.weight.shape[::-1]
         # Masks live in the weight's own layout; they are saved bit-packed, not in the state dict.
         self.register_buffer("mask", torch.ones(num_masks, *self.weight.shape, dtype=torch.bool), persistent=False)
         self.route: int | str | None = None
         self.record_grads = False  # keep the per-concept masked weights' gradients (pruning scores)
         self.masked_weight: torch.Tensor | None = None
         self.mask_override: torch.Tensor | None = None  # a float mask for the routed concept (∂L/∂M_k)
-        self._inference_weights: tuple[tuple, torch.Tensor] | None = None  # (versions, [K, in, out])
+        self._inference_weights: tuple | None = None  # (versions, what inference multiplies by)
+        # Neuron-level masks: "out" if this layer makes units (its output features), "in" if it
+        # reads them (its input features); unit_size features form one unit (a head's width).
+        self.unit_axis: str | None = None
+        self.unit_size = 1
+        self.gathered: torch.Tensor | None = None  # [K, units·size] features of the last gathered pass
 
     @property
     def num_masks(self) -> int:
@@ -52,37 +64,102 @@ class MaskedLinear(nn.Module):
         if self.route != "all":
             mask = self.mask[self.route] if self.mask_override is None else self.mask_override
             return self._linear(x, self.weight * mask)
+        if self.unit_axis is not None:
+            return self._forward_units(x)
         groups = x.reshape(self.num_masks, -1, x.shape[-1])
         if torch.is_grad_enabled():
             weights = self.weight.unsqueeze(0) * self.mask  # [K, *weight.shape]
             if self.record_grads and weights.requires_grad:
                 weights.retain_grad()  # dL/d(W ⊙ M_k): concept k's loss (+ task loss) through subnetwork k
                 self.masked_weight = weights
-            per_concept = weights if self.transposed else weights.transpose(1, 2)  # [K, in, out]
+            per_concept = self.in_out(weights)
         else:
-            per_concept = self._cached_inference_weights()
+            per_concept = self._cached(self._all_masked_weights)
         if self.bias is None:
             out = torch.bmm(groups, per_concept)
         else:
             out = torch.baddbmm(self.bias.view(1, 1, -1), groups, per_concept)
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def _cached_inference_weights(self) -> torch.Tensor:
-        """W ⊙ M_k for all k as ``[K, in, out]``, kept until the weight or the masks change (their
-        version counters move on every in-place update), so inference does not rebuild it."""
+    def _cached(self, build):
+        """Inference weights, kept until the weight or the masks change (their version counters
+        move on every in-place update), so inference does not rebuild them every pass."""
         versions = (self.weight._version, self.mask._version, self.weight.data_ptr(), self.mask.data_ptr())
         if self._inference_weights is None or self._inference_weights[0] != versions:
-            weights = self.weight.detach().unsqueeze(0) * self.mask
-            weights = weights if self.transposed else weights.transpose(1, 2)
-            self._inference_weights = (versions, weights.contiguous())
+            self._inference_weights = (versions, build())
         return self._inference_weights[1]
+
+    def _all_masked_weights(self) -> torch.Tensor:
+        """W ⊙ M_k for all k as ``[K, in, out]``."""
+        weights = self.weight.detach().unsqueeze(0) * self.mask
+        return self.in_out(weights).contiguous()
+
+    def in_out(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A view of a mask-shaped ``[K, *weight.shape]`` tensor as ``[K, in, out]``."""
+        return tensor if self.transposed else tensor.transpose(1, 2)
+
+    # ---- neuron-level masks: gather the kept units ---------------------------------------------
+    def kept_features(self) -> torch.Tensor:
+        """``[K, n·size]`` indices of the features of the units each concept keeps, in order,
+        padded to the largest count with dropped units (their masked weights are 0, so the
+        padding adds nothing: a dropped unit's reader columns are zero)."""
+        mask = self.in_out(self.mask)
+        features = mask.any(1) if self.unit_axis == "out" else mask.any(2)  # [K, features]
+        units = features.reshape(self.num_masks, -1, self.unit_size).any(-1)  # [K, units]
+        count = int(units.sum(1).max())
+        order = torch.sort((~units).to(torch.int8), dim=1, stable=True).indices[:, :count]  # kept first
+        offsets = torch.arange(self.unit_size, device=order.device)
+        return (order.unsqueeze(-1) * self.unit_size + offsets).reshape(self.num_masks, -1)
+
+    def _gathered_weights(self, features: torch.Tensor) -> torch.Tensor:
+        """Concept k's kept part of W ⊙ M_k as ``[K, in', out']`` for a batched matmul."""
+        weight = self.weight if self.transposed else self.weight.t()  # [in, out]
+        mask = self.in_out(self.mask)
+        k = torch.arange(self.num_masks, device=features.device).unsqueeze(-1)
+        if self.unit_axis == "out":
+            return weight[:, features].permute(1, 0, 2) * mask[k, :, features].transpose(1, 2)
+        return weight[features] * mask[k, features]
+
+    def _gathered_for_inference(self) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.kept_features()
+        return features, self._gathered_weights(features).detach().contiguous()
+
+    def _forward_units(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            features = self.kept_features()
+            weights = self._gathered_weights(features)
+            if self.record_grads and weights.requires_grad:
+                weights.retain_grad()
+                self.masked_weight, self.gathered = weights, features
+        else:
+            features, weights = self._cached(self._gathered_for_inference)
+        groups = x.reshape(self.num_masks, -1, weights.shape[1])
+        if self.bias is None:
+            out = torch.bmm(groups, weights)
+        elif self.unit_axis == "out":  # each concept adds the bias of its own units
+            out = torch.baddbmm(self.bias[features].unsqueeze(1), groups, weights)
+        else:
+            out = torch.baddbmm(self.bias.view(1, 1, -1), groups, weights)
+        return out.reshape(*x.shape[:-1], weights.shape[2])
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight.t() if self.transposed else weight, self.bias)
 
     def concept_gradients(self) -> torch.Tensor | None:
-        """``[K, *weight.shape]`` gradients of the last recorded batched pass, if any."""
-        return None if self.masked_weight is None else self.masked_weight.grad
+        """``[K, *weight.shape]`` gradients of the last recorded batched pass, if any (0 for the
+        units a neuron-level pass did not gather: they are pruned)."""
+        if self.masked_weight is None or self.masked_weight.grad is None:
+            return None
+        grad = self.masked_weight.grad
+        if self.unit_axis is None:
+            return grad
+        full = torch.zeros(self.num_masks, self.in_features, self.out_features, dtype=grad.dtype, device=grad.device)
+        k = torch.arange(self.num_masks, device=grad.device).unsqueeze(-1)
+        if self.unit_axis == "out":
+            full[k, :, self.gathered] = grad.transpose(1, 2)
+        else:
+            full[k, self.gathered] = grad
+        return self.in_out(full)
 
 
 def _block_index(name: str) -> int | None:
@@ -127,6 +204,105 @@ def wrap_layers(backbone: nn.Module, names: list[str], num_masks: int) -> dict[s
             setattr(parent, child, layer)
         wrapped[name] = layer
     return wrapped
+
+
+@dataclass
+class UnitGroup:
+    """Layers of one block that share units: the ``makers`` produce them (attention heads from the
+    query, key and value projections; neurons from the feed-forward input), the ``reader`` reads
+    them (the attention output; the feed-forward output). A unit is kept or dropped in all of them."""
+
+    kind: str  # "heads" | "neurons"
+    block: int
+    makers: dict[str, MaskedLinear]
+    reader: tuple[str, MaskedLinear]
+    unit_size: int
+
+    def _reader_mask(self) -> torch.Tensor:
+        layer = self.reader[1]
+        return layer.in_out(layer.mask)  # [K, in, out]: the units are slices of `in`
+
+    @property
+    def num_units(self) -> int:
+        return self._reader_mask().shape[1] // self.unit_size
+
+    @property
+    def weights_per_unit(self) -> int:
+        return self.unit_size * (sum(layer.in_features for layer in self.makers.values()) + self.reader[1].out_features)
+
+    def unit_masks(self) -> torch.Tensor:
+        """``[K, units]``: the units each concept keeps."""
+        mask = self._reader_mask()
+        return mask.any(2).reshape(mask.shape[0], -1, self.unit_size).any(-1)
+
+    def unit_sums(self, per_weight: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[K, units]``: sums of per-weight values (mask-shaped, by layer name) over each unit's
+        weights in every layer of the group."""
+        total = 0
+        for name, layer in self.makers.items():
+            values = layer.in_out(per_weight[name])  # a unit is a slice of `out`
+            total = total + values.sum(1).reshape(values.shape[0], -1, self.unit_size).sum(-1)
+        name, layer = self.reader
+        values = layer.in_out(per_weight[name])  # a unit is a slice of `in`
+        return total + values.sum(2).reshape(values.shape[0], -1, self.unit_size).sum(-1)
+
+    @torch.no_grad()
+    def set_units(self, k: int, keep: torch.Tensor) -> None:
+        """Concept k keeps exactly the units ``keep`` (``[units]`` booleans), whole."""
+        features = keep.repeat_interleave(self.unit_size)
+        for layer in self.makers.values():
+            mask = layer.in_out(layer.mask)[k]
+            mask.copy_(features.unsqueeze(0).expand_as(mask))
+        mask = self._reader_mask()[k]
+        mask.copy_(features.unsqueeze(1).expand_as(mask))
+
+
+def unit_groups(backbone: nn.Module, layers: dict[str, MaskedLinear]) -> list[UnitGroup]:
+    """Group the masked layers into heads and neurons, block by block, and mark them for the
+    gathered batched pass. Heads need separate query, key and value projections whose attention
+    reshapes by the head width (BERT and its kin); a fused projection (GPT-2's ``c_attn``) cannot
+    drop heads without rewriting the attention, so such models mask feed-forward neurons only."""
+    heads = backbone.config.num_attention_heads
+    groups = []
+    for block in sorted({_block_index(n) for n in layers}):
+        names = [n for n in layers if _block_index(n) == block]
+        attention = [n for n in names if is_attention(n)]
+        feed_forward = [n for n in names if not is_attention(n)]
+        if attention:
+            makers = [n for n in attention if n.rsplit(".", 1)[-1] in ("query", "key", "value")]
+            readers = [n for n in attention if n not in makers]
+            if len(makers) != 3 or len(readers) != 1:
+                raise LucidError(f"granularity 'neuron': heads need separate query, key and value projections; block {block} "
+                                 f"has attention layers {attention}. Use masked_layers: ffn for this backbone")
+            size = layers[makers[0]].out_features // heads
+            groups.append(UnitGroup("heads", block, {n: layers[n] for n in makers}, (readers[0], layers[readers[0]]), size))
+        if feed_forward:
+            first, second = (layers[n] for n in feed_forward) if len(feed_forward) == 2 else (None, None)
+            if first is None or first.out_features != second.in_features:
+                raise LucidError(f"granularity 'neuron': expected a feed-forward input and output layer in block {block}, "
+                                 f"found {feed_forward}")
+            groups.append(UnitGroup("neurons", block, {feed_forward[0]: first}, (feed_forward[1], second), 1))
+    for group in groups:
+        for layer in group.makers.values():
+            layer.unit_axis, layer.unit_size = "out", group.unit_size
+        group.reader[1].unit_axis, group.reader[1].unit_size = "in", group.unit_size
+    return groups
+
+
+def units_to_keep(groups: list[UnitGroup], sparsity: float) -> list[int]:
+    """How many units each group keeps at ``sparsity``, block by block: the coarse units (heads)
+    round to the nearest count, the finest (neurons) then take the rest of the block's budget,
+    so a block's weight density meets 1 − sparsity though a head is 1/12 of a layer."""
+    counts = [0] * len(groups)
+    for block in sorted({g.block for g in groups}):
+        members = sorted((i for i, g in enumerate(groups) if g.block == block), key=lambda i: -groups[i].weights_per_unit)
+        budget = (1 - sparsity) * sum(groups[i].num_units * groups[i].weights_per_unit for i in members)
+        for i in members[:-1]:
+            counts[i] = round((1 - sparsity) * groups[i].num_units)
+            budget -= counts[i] * groups[i].weights_per_unit
+        last = groups[members[-1]]
+        counts[members[-1]] = min(max(round(budget / last.weights_per_unit), 0), last.num_units)
+    return counts
 
 
 @contextmanager

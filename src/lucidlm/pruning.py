@@ -11,6 +11,10 @@ its own masked weights W ⊙ M_k, which the batched pass provides:
 - ``movement``: −Σ_t w·g accumulated over steps (Sanh et al. 2020);
 - ``obert``: w² / (2·[F⁻¹]_jj), F = λI + (1/m)Σ g gᵀ the empirical Fisher of the last m
   gradients in blocks of B consecutive weights, inverted by Sherman–Morrison (Kurtic et al. 2022).
+
+With neuron-level masks (``groups``) whole units are pruned: a unit's score is the sum of its
+weights' scores (for oBERT, the single-weight saliencies, ignoring correlations between the
+weights of a unit), and each block keeps the counts of ``units_to_keep``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import LucidError
-from .masking import MaskedLinear
+from .masking import MaskedLinear, UnitGroup, units_to_keep
 
 SCORES = ("obert", "magnitude", "movement")
 SCHEDULES = ("linear", "cubic")
@@ -78,12 +82,15 @@ class Pruner:
 
     def __init__(self, layers: dict[str, MaskedLinear], schedule: SparsitySchedule, steps_per_epoch: int,
                  score: str = "obert", scope: str = "layer", interval: int = 10,
-                 obert_gradients: int = 20, obert_block: int = 20, obert_damp: float = 1e-7):
+                 obert_gradients: int = 20, obert_block: int = 20, obert_damp: float = 1e-7,
+                 groups: list[UnitGroup] | None = None):
         if score not in SCORES:
             raise LucidError(f"pruning score: expected one of {list(SCORES)}, found {score!r}")
         if scope not in ("layer", "global"):
             raise LucidError(f"pruning scope: expected 'layer' or 'global', found {scope!r}")
-        self.layers, self.schedule, self.steps_per_epoch = layers, schedule, steps_per_epoch
+        if groups and scope != "layer":
+            raise LucidError(f"pruning scope: neuron-level masks prune block by block ('layer'), found {scope!r}")
+        self.layers, self.schedule, self.steps_per_epoch, self.groups = layers, schedule, steps_per_epoch, groups
         self.score, self.scope, self.interval = score, scope, max(1, interval)
         self.obert_gradients, self.obert_block, self.obert_damp = obert_gradients, obert_block, obert_damp
         start, end = (round(e * steps_per_epoch) for e in (schedule.start, schedule.end))
@@ -148,6 +155,9 @@ class Pruner:
     @torch.no_grad()
     def prune(self, sparsity: float) -> None:
         """Set every concept's mask to the top (1 − sparsity) of its active weights by score."""
+        if self.groups:
+            self._prune_units(sparsity)
+            return
         scores = {n: self.scores(n).masked_fill(~layer.mask, -math.inf) for n, layer in self.layers.items()}
         num_masks = next(iter(self.layers.values())).num_masks
         for k in range(num_masks):
@@ -162,13 +172,28 @@ class Pruner:
                     size = layer.mask[k].numel()
                     layer.mask[k] = keep[offset:offset + size].reshape(layer.mask[k].shape)
                     offset += size
+        self._record(sparsity)
+
+    def _prune_units(self, sparsity: float) -> None:
+        """Keep every concept's ``units_to_keep`` best units of each group (pruned units score -inf)."""
+        scores = {n: self.scores(n) for n in self.layers}
+        for group, keep in zip(self.groups, units_to_keep(self.groups, sparsity)):
+            unit_scores = group.unit_sums(scores).masked_fill(~group.unit_masks(), -math.inf)
+            for k in range(unit_scores.shape[0]):
+                group.set_units(k, _keep_top(unit_scores[k], keep))
+        self._record(sparsity)
+
+    def _record(self, sparsity: float) -> None:
         self.history.append({"sparsity": sparsity, "density": density(self.layers)})
         self.gradients = {n: [] for n in self.layers}
 
 
 def _top(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """A boolean mask keeping the round((1 − sparsity)·n) highest scores (never a -inf one)."""
-    keep = round((1 - sparsity) * scores.numel())
+    return _keep_top(scores, round((1 - sparsity) * scores.numel()))
+
+
+def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     if keep > 0:
         mask[torch.topk(scores.reshape(-1), keep).indices] = True

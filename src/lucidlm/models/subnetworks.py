@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..backbone import pool
 from ..data import Split
 from ..errors import LucidError
-from ..masking import MaskedLinear, pack_masks, routed, select_layers, unpack_masks, wrap_layers
+from ..masking import MaskedLinear, pack_masks, routed, select_layers, unit_groups, unpack_masks, wrap_layers
 from ..pruning import Pruner, SparsitySchedule, density
 from ..training import TrainingConfig, fit_loop, set_seed
 from ..evaluation import selection_score
@@ -28,9 +28,9 @@ from .bottleneck import BottleneckConfig, ConceptBottleneckLM
 MASK_PREFIX = "subnetwork_masks."
 
 
-def rewire(mask: torch.Tensor, score: torch.Tensor, fraction: float) -> tuple[torch.Tensor, int]:
-    """Drop ``fraction`` of the active weights with the lowest score, regrow as many pruned ones
-    with the highest score; returns the new mask and how many were swapped each way."""
+def rewire(mask: torch.Tensor, score: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Drop ``fraction`` of the active entries (weights or units) with the lowest score, regrow as
+    many pruned ones with the highest score."""
     flat_mask, flat_score = mask.reshape(-1), score.reshape(-1)
     n = min(round(fraction * int(flat_mask.sum())), int((~flat_mask).sum()))
     new = flat_mask.clone()
@@ -38,12 +38,13 @@ def rewire(mask: torch.Tensor, score: torch.Tensor, fraction: float) -> tuple[to
         drop = torch.topk(flat_score.masked_fill(~flat_mask, float("inf")), n, largest=False).indices
         grow = torch.topk(flat_score.masked_fill(flat_mask, -float("inf")), n).indices
         new[drop], new[grow] = False, True
-    return new.reshape(mask.shape), n
+    return new.reshape(mask.shape)
 
 
 @dataclass
 class SparseConfig(BottleneckConfig):
     masked_layers: str = "all"  # all | ffn | attention | top:N
+    granularity: str = "weight"  # weight | neuron (whole attention heads and feed-forward neurons)
     sparsity: float = 0.7  # final sparsity of every concept's mask
     initial_sparsity: float = 0.2
     schedule: str = "cubic"  # linear | cubic
@@ -60,6 +61,10 @@ class SparseConfig(BottleneckConfig):
         super().__post_init__()
         if self.mode != "joint":
             raise LucidError(f"mode: a sparse concept model trains jointly; found {self.mode!r}")
+        if self.granularity not in ("weight", "neuron"):
+            raise LucidError(f"granularity: expected 'weight' or 'neuron', found {self.granularity!r}")
+        if self.granularity == "neuron" and self.pruning_scope != "layer":
+            raise LucidError(f"pruning_scope: neuron-level masks prune block by block ('layer'), found {self.pruning_scope!r}")
         self.sparsity_schedule()  # validates
 
     def sparsity_schedule(self) -> SparsitySchedule:
@@ -75,6 +80,8 @@ class SparseConceptLM(ConceptBottleneckLM):
         self.subnetworks: dict[str, MaskedLinear] = wrap_layers(
             self.backbone, select_layers(self.backbone, config.masked_layers), len(spec.concepts)
         )
+        # neuron-level masks: heads and neurons kept whole, gathered in the batched pass
+        self.unit_groups = unit_groups(self.backbone, self.subnetworks) if config.granularity == "neuron" else []
         self.pruning_history: list[dict] = []
 
     @property
@@ -130,7 +137,8 @@ class SparseConceptLM(ConceptBottleneckLM):
         With the weights frozen, g = ∂L_k/∂M_k for L_k = CE(concept k, value); every weight is
         scored s = |g ⊙ W|; in each masked layer the ``fraction`` of active weights with the
         lowest s are dropped and as many pruned weights with the highest s regrown, so the
-        sparsity stays fixed. The new mask holds for this input only unless ``commit``.
+        sparsity stays fixed; with neuron-level masks the same is done to whole units, scored by
+        the sum of s over their weights. The new mask holds for this input only unless ``commit``.
         """
         if not 0 < fraction < 1:
             raise LucidError(f"fraction: expected a number in (0, 1), found {fraction}")
@@ -152,12 +160,10 @@ class SparseConceptLM(ConceptBottleneckLM):
             for layer in layers:
                 layer.mask_override = None
         old_masks = [layer.mask[k].clone() for layer in layers]
-        changed = 0
         with torch.no_grad():
-            for layer, grad in zip(layers, grads):
-                new_mask, n = rewire(layer.mask[k], (grad * layer.weight).abs(), fraction)
-                layer.mask[k] = new_mask
-                changed += 2 * n
+            scores = {name: (grad * layer.weight).abs() for (name, layer), grad in zip(self.subnetworks.items(), grads)}
+            self._rewire(k, scores, fraction)
+            changed = sum(int((layer.mask[k] != old).sum()) for layer, old in zip(layers, old_masks))
             after = self(ids, attention)
             if not commit:
                 for layer, old in zip(layers, old_masks):
@@ -167,6 +173,15 @@ class SparseConceptLM(ConceptBottleneckLM):
             after=self.to_prediction(text, after, 0), concept=concept, fraction=fraction,
             weights_changed=changed, committed=commit,
         )
+
+    def _rewire(self, k: int, scores: dict[str, torch.Tensor], fraction: float) -> None:
+        if not self.unit_groups:
+            for name, layer in self.subnetworks.items():
+                layer.mask[k] = rewire(layer.mask[k], scores[name], fraction)
+            return
+        scores = {name: score.unsqueeze(0) for name, score in scores.items()}
+        for group in self.unit_groups:
+            group.set_units(k, rewire(group.unit_masks()[k], group.unit_sums(scores)[0], fraction))
 
     # ---- masks --------------------------------------------------------------------------------
     def mask_density(self) -> dict[str, float]:
@@ -202,7 +217,7 @@ class SparseConceptLM(ConceptBottleneckLM):
         loader = self.encoder.loader(train, config.batch_size, shuffle=True, seed=config.seed)
         pruner = Pruner(self.subnetworks, self.config.sparsity_schedule(), len(loader), self.config.pruning_score,
                         self.config.pruning_scope, self.config.pruning_interval, self.config.obert_gradients,
-                        self.config.obert_block, self.config.obert_damp)
+                        self.config.obert_block, self.config.obert_damp, self.unit_groups)
         dev_score = (lambda m: selection_score(m.evaluate(eval_data, config.eval_batch_size))) if eval_data else None
         self.training_history = fit_loop(self, self._param_groups(config), loader, self._loss("joint"), dev_score,
                                          config, desc="sparse", hooks=pruner)
