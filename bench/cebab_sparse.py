@@ -2,8 +2,10 @@
 0.5 and 0.7, beside the joint and standard models of bench/cebab_bottleneck.py; mask density
 per concept; and subnetwork intervention on test concepts the model gets wrong.
 
-    python bench/cebab_sparse.py [--sparsity 0.5 0.7] [--granularity weight|neuron] [--interventions 200] [--fraction 0.2]
+    python bench/cebab_sparse.py [--sparsity 0.5 0.7] [--granularity weight|neuron] [--interventions 200]
+                                 [--fractions 0.1 0.2 0.3] [--reuse]
 
+``--reuse`` loads the runs saved by an earlier invocation and measures only the interventions.
 Writes bench/results/cebab_sparse.{json,md}, merging with the rows already there.
 """
 
@@ -19,6 +21,7 @@ import numpy as np
 import transformers
 
 from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment
+from lucidlm.models import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -58,43 +61,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsity", nargs="+", type=float, default=[0.7, 0.5])
     parser.add_argument("--interventions", type=int, default=200)
-    parser.add_argument("--fraction", type=float, default=0.2)
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2, 0.3], help="p: the paper code's range")
     parser.add_argument("--granularity", choices=("weight", "neuron"), default="weight")
+    parser.add_argument("--reuse", action="store_true", help="load the saved runs; measure the interventions only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
-    rows = {}
+    rows, earlier = {}, read_results()["sparse"]
     for sparsity in args.sparsity:
         name = f"sparse-{sparsity}" + ("-neuron" if args.granularity == "neuron" else "")
         experiment = read_experiment(ROOT / "configs" / "cebab-sparse.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{name}")
         experiment.model["sparsity"] = sparsity
         experiment.model["granularity"] = args.granularity
         experiment.training.progress = False
-        start = time.perf_counter()
-        model, metrics = run_experiment(experiment)
-        seconds = time.perf_counter() - start
+        if args.reuse:
+            model, row = load_pretrained(experiment.output_dir), dict(earlier[name])
+        else:
+            start = time.perf_counter()
+            model, metrics = run_experiment(experiment)
+            row = {
+                "command": f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
+                           f"--interventions {args.interventions} --fractions {' '.join(map(str, args.fractions))}",
+                "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,
+                "mask_density": model.mask_density(), "target_density": 1 - sparsity,
+                "jaccard": model.subnetwork_statistics()["jaccard"], "config": experiment.to_dict(),
+            }
         test = load_experiment_task(experiment.data).test
-        rows[name] = {
-            "command": f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
-                       f"--interventions {args.interventions} --fraction {args.fraction}",
-            "test": metrics["test"], "dev": metrics["dev"], "train_seconds": seconds,
-            "mask_density": model.mask_density(), "target_density": 1 - sparsity,
-            "jaccard": model.subnetwork_statistics()["jaccard"],
-            "subnetwork_intervention": subnetwork_interventions(model, test, args.interventions, args.fraction),
-            "config": experiment.to_dict(),
-        }
-        print(json.dumps({k: v for k, v in rows[name].items() if k != "config"}, indent=1), flush=True)
+        row["subnetwork_intervention"] = [subnetwork_interventions(model, test, args.interventions, p) for p in args.fractions]
+        rows[name] = row
+        print(json.dumps({k: v for k, v in row.items() if k != "config"}, indent=1), flush=True)
         write_results(rows)  # after each run, so a finished run is never lost
 
 
-def write_results(rows: dict) -> None:
-    baseline_file, results_file = RESULTS / "cebab_bottleneck.json", RESULTS / "cebab_sparse.json"
-    baselines = json.loads(baseline_file.read_text())["modes"] if baseline_file.is_file() else {}
+def read_results() -> dict:
+    results_file = RESULTS / "cebab_sparse.json"
     earlier = json.loads(results_file.read_text()) if results_file.is_file() else {"sparse": {}}
-    for row in earlier["sparse"].values():  # rows of runs before each row carried its command
+    for row in earlier["sparse"].values():  # rows from before each row carried its command
         row.setdefault("command", earlier.get("command"))
+        if isinstance(row.get("subnetwork_intervention"), dict):
+            row["subnetwork_intervention"] = [row["subnetwork_intervention"]]
+    return earlier
+
+
+def write_results(rows: dict) -> None:
+    baseline_file = RESULTS / "cebab_bottleneck.json"
+    baselines = json.loads(baseline_file.read_text())["modes"] if baseline_file.is_file() else {}
+    earlier = read_results()
     result = {
         "sparse": {**earlier["sparse"], **rows},
         "baselines": {m: {"test": baselines[m]["test"]} for m in ("standard", "joint") if m in baselines},
@@ -122,8 +136,8 @@ def markdown(result: dict) -> str:
     lines += ["", "Subnetwork intervention on test (row, concept) pairs predicted wrong, given the gold value:", "",
               "| model | pairs | p | concepts corrected | task acc before → after | other correct concepts broken |",
               "|---|---|---|---|---|---|"]
-    for name, row in result["sparse"].items():
-        s = row["subnetwork_intervention"]
+    interventions = [(name, s) for name, row in result["sparse"].items() for s in row["subnetwork_intervention"]]
+    for name, s in interventions:
         lines.append(f"| {name} | {s['pairs_intervened']} of {s['pairs_wrong_in_test']} | {s['fraction']} | {s['concepts_corrected']:.1%} | "
                      f"{s['task_accuracy_before']:.1%} → {s['task_accuracy_after']:.1%} | {s['other_correct_concepts_broken']:.1%} |")
     lines += ["", "Commands:", ""] + [f"- {name}: `{row['command']}`" for name, row in result["sparse"].items()]
