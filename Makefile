@@ -29,6 +29,7 @@ bench: setup
 	$(BIN)/python bench/cebab_sparse.py
 	$(BIN)/python bench/sparse_throughput.py
 	$(BIN)/python bench/proto_lm.py
+	$(BIN)/python bench/evaluation_suite.py
 
 clean:
 	rm -rf $(VENV) runs

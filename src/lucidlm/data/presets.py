@@ -37,16 +37,20 @@ def cebab_spec(concepts=CEBAB_ASPECTS, name="cebab") -> TaskSpec:
     )
 
 
-def _cebab_rows(rows: list[dict], spec: TaskSpec) -> list[dict]:
+def cebab_concept_value(value) -> str:
+    """A CEBaB aspect label as a concept value: empty and ``no majority`` are ``unknown``."""
+    return "unknown" if value in ("", None, "no majority") else value
+
+
+def _cebab_rows(rows: list[dict], spec: TaskSpec, drop_no_majority: bool = True) -> list[dict]:
     """Apply the CEBaB conventions: drop ``no majority`` labels, fold empty concepts into unknown."""
     kept = []
     for row in rows:
-        if str(row.get(spec.label)) == "no majority":
+        if drop_no_majority and str(row.get(spec.label)) == "no majority":
             continue
         row = dict(row)
         for c in spec.concepts:
-            if row.get(c.column) in ("", None, "no majority"):
-                row[c.column] = "unknown"
+            row[c.column] = cebab_concept_value(row.get(c.column))
         kept.append(row)
     return kept
 

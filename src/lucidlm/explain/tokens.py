@@ -1,7 +1,8 @@
-"""Token attributions by integrated gradients on the input embeddings (captum).
+"""Token attributions on the input embeddings (captum): integrated gradients, the families'
+own token explanation, and gradient × input, the one-pass post-hoc baseline.
 
-The baseline replaces every real token by the pad token and keeps special tokens ([CLS],
-[SEP]) in place, so an attribution says what the words contribute, not the frame.
+The integrated-gradients baseline replaces every real token by the pad token and keeps special
+tokens ([CLS], [SEP]) in place, so an attribution says what the words contribute, not the frame.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from captum.attr import LayerIntegratedGradients
+from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 
 from .explanation import TokenAttribution
 
@@ -30,4 +31,19 @@ def integrated_gradients(
     return TokenAttribution(
         target=target, method=f"integrated_gradients(steps={steps})",
         tokens=tokenizer.convert_ids_to_tokens(input_ids[0].tolist()), scores=scores.tolist(),
+    )
+
+
+def gradient_x_input(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target: str,
+) -> TokenAttribution:
+    """Gradient of ``score`` with respect to each token's input embedding, dotted with that
+    embedding (one backward pass; one row here)."""
+    method = LayerGradientXActivation(score, model.backbone.get_input_embeddings())
+    with torch.enable_grad():
+        attributions = method.attribute(input_ids, additional_forward_args=(attention_mask,))
+    return TokenAttribution(
+        target=target, method="gradient_x_input",
+        tokens=model.tokenizer.convert_ids_to_tokens(input_ids[0].tolist()), scores=attributions.sum(-1)[0].detach().tolist(),
     )

@@ -133,6 +133,22 @@ class ConceptBottleneckLM(LucidModel):
     def label_from_concepts(self, activations: list[torch.Tensor]) -> torch.Tensor:
         return self.label_head(torch.cat(activations, dim=-1))
 
+    def intervened_label_logits(self, concept_logits, values: torch.Tensor, correct_only: bool = True) -> torch.Tensor:
+        """Label logits of a batch whose concept logits are already computed, with concept k of
+        row i set to ``values[i, k]`` (``MISSING``: left as predicted): an intervention without
+        another backbone pass. ``correct_only`` leaves a concept set to the value it already
+        predicts as it is (as ``intervene`` does); without it every given value is forced."""
+        if correct_only:
+            values = self.corrections(concept_logits, values)
+        return self.label_from_concepts(self.set_concepts(self.concept_activations(concept_logits), values))
+
+    def concept_contribution_matrix(self, activations: list[torch.Tensor], label_rows: torch.Tensor) -> torch.Tensor:
+        """``[B, K]``: for row i, label-head weight of label ``label_rows[i]`` × concept k's
+        activation, summed over k's values; that label's logit is the row's sum plus the bias."""
+        weight = self.label_head.weight[label_rows]  # [B, F]
+        sizes = [a.size(-1) for a in activations]
+        return torch.stack([(w * a).sum(-1) for w, a in zip(weight.split(sizes, dim=-1), activations)], dim=1)
+
     @torch.no_grad()
     def calibrate_interventions(self, concept_logits: list[torch.Tensor], gold: torch.Tensor, momentum: float = 0.0) -> None:
         """Forced logits of value v := mean of ``concept_logits`` over rows whose gold and
@@ -184,7 +200,7 @@ class ConceptBottleneckLM(LucidModel):
         batch = self.encoder.batch([text])
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         tokens = []
-        for k, concept in enumerate(self.spec.concepts):
+        for k, concept in enumerate(self.spec.concepts if self.has_concepts else ()):  # standard: the task's concepts, no heads
             value = concept.index(prediction.concepts[concept.name].value)
             score = lambda i, m, k=k, v=value: self.single_concept_logits(i, m, k).softmax(-1)[:, v]  # noqa: E731
             tokens.append(integrated_gradients(self, ids, mask, score, target=concept.name, steps=steps))
@@ -201,15 +217,12 @@ class ConceptBottleneckLM(LucidModel):
         if not self.has_concepts:
             return []
         row = 0 if self.spec.is_regression else self.spec.label_index(prediction.label)
-        weight = self.label_head.weight[row].detach()
-        activations = self.concept_activations(output.concept_logits)
-        out, offset = [], 0
-        for concept, activation in zip(self.spec.concepts, activations):
-            size = len(concept.values)
-            contribution = float(weight[offset:offset + size] @ activation[0].detach())
+        activations = [a[:1].detach() for a in self.concept_activations(output.concept_logits)]
+        contributions = self.concept_contribution_matrix(activations, torch.tensor([row], device=self.device))[0].tolist()
+        out = []
+        for concept, contribution in zip(self.spec.concepts, contributions):
             value = prediction.concepts[concept.name].value
             out.append(ConceptContribution(concept.name, value, prediction.concepts[concept.name].probabilities[value], contribution))
-            offset += size
         return out
 
     # ---- evaluation -----------------------------------------------------------------------
@@ -223,11 +236,9 @@ class ConceptBottleneckLM(LucidModel):
             label_logits.append(out.label_logits.cpu())
             if self.has_concepts:
                 concept_logits.append([x.cpu() for x in out.concept_logits])
-                activations = self.concept_activations(out.concept_logits)
-                gold = self.corrections(out.concept_logits, batch["concepts"].to(self.device))
-                gold_logits.append(self.label_from_concepts(self.set_concepts(activations, gold)).cpu())
-                forced = self.set_concepts(activations, batch["concepts"].to(self.device))
-                forced_logits.append(self.label_from_concepts(forced).cpu())
+                gold = batch["concepts"].to(self.device)
+                gold_logits.append(self.intervened_label_logits(out.concept_logits, gold).cpu())
+                forced_logits.append(self.intervened_label_logits(out.concept_logits, gold, correct_only=False).cpu())
         result = {"label_logits": torch.cat(label_logits).numpy()}
         if self.has_concepts:
             result["concept_logits"] = [torch.cat(xs).numpy() for xs in zip(*concept_logits)]

@@ -1,0 +1,229 @@
+"""Causal concept effects on CEBaB (Abraham et al., NeurIPS 2022; METHODS §4).
+
+A CEBaB edit rewrites one aspect of an original review, so an (original, edit) pair is a
+counterfactual: the aspect went from value a to b, the rest stayed. For a model N:
+
+- ICaCE = N(edit) − N(original): the model's true effect, a vector over the label classes
+  (N is the label probability distribution);
+- EICaCE: an explainer's estimate of it that never sees the edit. A concept bottleneck
+  estimates it by intervening on its own concept: N(original with concept a→b) − N(original)
+  (as ``intervene`` does it: a concept already predicted b is left as it is);
+- the simple baseline estimates it, for every pair of aspect a→b, by the mean over the training
+  pairs of the same aspect a→b of the *true* label distribution's change (the annotators'
+  votes, normalised, ``no majority`` rows included; see ``label_distribution``). ``train_exclusive``
+  holds no pairs (its edits' originals are not in it), so it reads ``train_inclusive``: every
+  original behind train_exclusive's texts with all its edits, none of them in dev or test.
+  A direction no training pair shows is estimated as no effect (counted).
+
+Scores per pair, as the CEBaB benchmark's code computes them: L2 = ‖ICaCE − EICaCE‖₂, cosine
+distance = 1 − cos(ICaCE, EICaCE) (1 when either vector is zero), norm difference =
+| ‖ICaCE‖₂ − ‖EICaCE‖₂ |; averaged over all pairs, per aspect, and per aspect and direction
+(lower is better).
+
+Pairs follow CEBaB's conventions: the aspect is the edit's ``edit_type``; a and b are that
+aspect's *validated* majority values in the original and the edit (not ``edit_goal``, which an
+edit may miss), with empty and ``no majority`` read as ``unknown`` (this project's convention);
+pairs where a = b are dropped. Only (original → edit) pairs are used; CEBaB's code also scores
+(edit → original) and (edit → edit) pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import MISSING
+from ..data.presets import CEBAB_ASPECTS, _cebab_rows, cebab_spec
+from ..data.tables import read_rows
+from ..errors import LucidError
+from .outputs import TextOutputs, softmax
+
+CEBAB_CLASSES = ("1", "2", "3", "4", "5")
+DISTANCES = ("l2", "cosine", "norm_diff")
+
+
+@dataclass(frozen=True)
+class CounterfactualPair:
+    """An original review and one edit of it that changed ``aspect`` from ``before`` to ``after``.
+    ``label_effect``: the true label distribution of the edit minus the original's (training data)."""
+
+    original_id: str
+    edit_id: str
+    original: str
+    edit: str
+    aspect: str
+    before: str
+    after: str
+    label_effect: tuple[float, ...] | None = None
+
+    @property
+    def direction(self) -> tuple[str, str, str]:
+        return self.aspect, self.before, self.after
+
+
+def label_distribution(row: dict, classes=CEBAB_CLASSES) -> np.ndarray:
+    """The annotators' votes over ``classes``, normalised (``review_label_distribution``); a row
+    without votes gets the one-hot of its majority label."""
+    votes = row.get("review_label_distribution")
+    counts = np.zeros(len(classes))
+    if isinstance(votes, dict):
+        for label, n in votes.items():
+            if str(label) in classes:
+                counts[classes.index(str(label))] += float(n)
+    if counts.sum() == 0:
+        label = str(row.get("review_majority"))
+        if label not in classes:
+            raise LucidError(f"CEBaB row {row.get('id')!r}: no label votes and no majority label among {list(classes)}")
+        counts[classes.index(label)] = 1.0
+    return counts / counts.sum()
+
+
+def cebab_pairs(rows: list[dict], with_label_effect: bool = False) -> list[CounterfactualPair]:
+    """The (original, edit) pairs of CEBaB rows (conventions in the module doc). Aspects are read
+    as the ``cebab`` preset reads them; a row whose label has no majority is kept, since its
+    label *distribution* (the votes) is what a pair's label effect needs."""
+    spec = cebab_spec()
+    rows = _cebab_rows(rows, spec, drop_no_majority=False)
+    columns = {c.name: c.column for c in spec.concepts}
+    for field in ("original_id", "is_original", "edit_type", "id", "description"):
+        if rows and field not in rows[0]:
+            raise LucidError(f"CEBaB rows: missing field {field!r}; (original, edit) pairs need it")
+    originals = {r["original_id"]: r for r in rows if r["is_original"]}
+    pairs = []
+    for edit in rows:
+        original = originals.get(edit["original_id"])
+        aspect = edit.get("edit_type")
+        if edit["is_original"] or original is None or aspect not in CEBAB_ASPECTS:
+            continue
+        before, after = original[columns[aspect]], edit[columns[aspect]]
+        if before == after:  # the edit changed nothing the validators saw
+            continue
+        effect = None
+        if with_label_effect:
+            effect = tuple((label_distribution(edit) - label_distribution(original)).tolist())
+        pairs.append(CounterfactualPair(str(original["id"]), str(edit["id"]), original["description"], edit["description"],
+                                        aspect, before, after, effect))
+    return pairs
+
+
+def load_cebab_pairs(folder: str | Path, split: str, with_label_effect: bool = False) -> list[CounterfactualPair]:
+    """Pairs of a CEBaB split file (``dev``, ``test``, ``train_inclusive``, …) in ``folder``."""
+    return cebab_pairs(read_rows(Path(folder) / f"{split}.json"), with_label_effect)
+
+
+# ---- estimators and scores -----------------------------------------------------------------
+
+
+def average_effect_estimator(train_pairs: list[CounterfactualPair]) -> dict[tuple[str, str, str], np.ndarray]:
+    """Aspect a→b -> the mean true label effect of the training pairs that made that change."""
+    groups: dict[tuple[str, str, str], list] = {}
+    for pair in train_pairs:
+        if pair.label_effect is None:
+            raise LucidError(f"training pair {pair.edit_id}: no label effect (load it with with_label_effect=True)")
+        groups.setdefault(pair.direction, []).append(pair.label_effect)
+    return {direction: np.mean(effects, axis=0) for direction, effects in groups.items()}
+
+
+def estimate_effects(estimator: dict, pairs: list[CounterfactualPair], num_classes: int) -> tuple[np.ndarray, int]:
+    """``[P, C]`` estimates for ``pairs`` and how many fell back to zero (direction unseen)."""
+    estimates = np.zeros((len(pairs), num_classes))
+    unseen = 0
+    for i, pair in enumerate(pairs):
+        if pair.direction in estimator:
+            estimates[i] = estimator[pair.direction]
+        else:
+            unseen += 1
+    return estimates, unseen
+
+
+def cosine_distance(u: np.ndarray, v: np.ndarray) -> float:
+    """1 − cos(u, v); 1 when either is zero, where the cosine is undefined (CEBaB's rule)."""
+    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+    if nu == 0 or nv == 0:
+        return 1.0
+    return float(1.0 - (u @ v) / (nu * nv))
+
+
+def effect_distances(icace: np.ndarray, eicace: np.ndarray) -> dict[str, np.ndarray]:
+    """Per pair: L2, cosine distance and norm difference between true and estimated effects."""
+    return {
+        "l2": np.linalg.norm(icace - eicace, axis=1),
+        "cosine": np.array([cosine_distance(u, v) for u, v in zip(icace, eicace)]),
+        "norm_diff": np.abs(np.linalg.norm(icace, axis=1) - np.linalg.norm(eicace, axis=1)),
+    }
+
+
+def summarize(pairs: list[CounterfactualPair], values: dict[str, np.ndarray]) -> dict:
+    """Means of per-pair ``values`` over all pairs, per aspect and per aspect a→b, with counts."""
+
+    def mean_of(rows) -> dict:
+        rows = np.asarray(rows, dtype=int)
+        return {"n": int(len(rows)), **{name: float(v[rows].mean()) if len(rows) else None for name, v in values.items()}}
+
+    aspects = sorted({p.aspect for p in pairs}, key=lambda a: CEBAB_ASPECTS.index(a) if a in CEBAB_ASPECTS else len(CEBAB_ASPECTS))
+    directions = sorted({p.direction for p in pairs})
+    return {
+        "overall": mean_of(range(len(pairs))),
+        "per_aspect": {a: mean_of([i for i, p in enumerate(pairs) if p.aspect == a]) for a in aspects},
+        "per_direction": {f"{a}: {x}→{y}": mean_of([i for i, p in enumerate(pairs) if p.direction == (a, x, y)])
+                          for a, x, y in directions},
+    }
+
+
+# ---- the models ----------------------------------------------------------------------------
+
+
+def causal_applicability(model, cebab: str | Path | None) -> str | None:
+    if cebab is None:
+        return "no CEBaB data given: the causal suite reads CEBaB's (original, edit) pairs (cebab=FOLDER, --cebab FOLDER)"
+    if not Path(cebab).is_dir():
+        return f"{cebab}: no such folder (expected CEBaB's JSON files)"
+    if tuple(model.spec.classes) != CEBAB_CLASSES:
+        return f"the model's labels {list(model.spec.classes)} are not CEBaB's five review classes"
+    return None
+
+
+@torch.no_grad()
+def concept_intervention_effects(model, outputs: TextOutputs, pairs: list[CounterfactualPair]) -> tuple[np.ndarray, np.ndarray]:
+    """EICaCE of a concept model: its label distribution on each original with the edited
+    aspect's concept set to the edit's value, minus without. Returns the estimates of the pairs
+    whose aspect is one of the model's concepts, and those pairs' indices."""
+    names = model.spec.concept_names
+    usable = np.array([i for i, p in enumerate(pairs) if p.aspect in names and p.after in model.spec.concept(p.aspect).values], dtype=int)
+    if len(usable) == 0:
+        return np.zeros((0, model.spec.num_labels)), usable
+    chosen = [pairs[i] for i in usable]
+    found = outputs.get([p.original for p in chosen])
+    concept_logits = [torch.from_numpy(x).to(model.device) for x in found["concept_logits"]]
+    values = torch.full((len(chosen), len(names)), MISSING, dtype=torch.long)
+    for i, pair in enumerate(chosen):
+        values[i, names.index(pair.aspect)] = model.spec.concept(pair.aspect).index(pair.after)
+    after = model.intervened_label_logits(concept_logits, values.to(model.device)).softmax(-1).cpu().numpy()
+    return after - softmax(found["label_logits"]), usable
+
+
+def causal_effects(model, outputs: TextOutputs, pairs: list[CounterfactualPair],
+                   estimator: dict[tuple[str, str, str], np.ndarray]) -> dict:
+    """ICaCE of ``model`` on ``pairs``, scored against the baseline ``estimator`` and, for a
+    concept model, against its own interventions."""
+    p_original = softmax(outputs.get([p.original for p in pairs])["label_logits"])
+    p_edit = softmax(outputs.get([p.edit for p in pairs])["label_logits"])
+    icace = p_edit - p_original
+    baseline, unseen = estimate_effects(estimator, pairs, icace.shape[1])
+    result = {
+        "n_pairs": len(pairs),
+        "icace_norm": summarize(pairs, {"mean": np.linalg.norm(icace, axis=1)}),
+        "estimators": {"average_training_effect": {**summarize(pairs, effect_distances(icace, baseline)),
+                                                   "directions_unseen_in_training": unseen}},
+    }
+    if getattr(model, "has_concepts", False):
+        eicace, usable = concept_intervention_effects(model, outputs, pairs)
+        chosen = [pairs[i] for i in usable]
+        result["estimators"]["concept_intervention"] = {
+            **summarize(chosen, effect_distances(icace[usable], eicace)), "pairs_without_the_concept": len(pairs) - len(usable)}
+    else:
+        result["estimators"]["concept_intervention"] = {"skipped": f"a {model.family} model without concepts has no concept to intervene on"}
+    return result

@@ -1,0 +1,283 @@
+"""Are the explanations true? One entry, ``run_suite``, for every family; the results as JSON,
+markdown tables and a PNG of the intervention curves.
+
+Suites: ``faithfulness`` (tokens and concepts, see ``faithfulness``), ``causal`` (CEBaB's
+concept effects, see ``causal``) and ``interventions`` (see ``curves``). A suite or part that
+does not apply to a model (no concepts, no CEBaB pairs, …) says why under ``skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from ..data import Task
+from ..errors import LucidError
+from .causal import average_effect_estimator, causal_applicability, causal_effects, load_cebab_pairs
+from .curves import intervention_curves
+from .faithfulness import FRACTIONS, concept_faithfulness, token_faithfulness
+from .metrics import task_metrics
+from .outputs import TextOutputs
+
+SUITES = ("faithfulness", "causal", "interventions")
+RESULT_FILES = {"json": "evaluation.json", "markdown": "evaluation.md", "plot": "intervention_curves.png"}
+
+
+def parse_suites(text: str | Sequence[str]) -> list[str]:
+    """``"faithfulness,causal"`` -> the suites, in the order given; unknown names are an error."""
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    unknown = [s for s in names if s not in SUITES]
+    if unknown:
+        raise LucidError(f"--suite: unknown suite(s) {unknown}; expected a comma-separated list of {list(SUITES)}")
+    if not names:
+        raise LucidError(f"--suite: no suite named; expected a comma-separated list of {list(SUITES)}")
+    return list(dict.fromkeys(names))
+
+
+def describe(model) -> dict:
+    config = model.config
+    return {"family": model.family, "mode": getattr(config, "mode", None), "backbone": config.backbone,
+            "concepts": model.spec.concept_names if getattr(model, "has_concepts", False) else []}
+
+
+def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: str = "test", samples: int = 200,
+              seed: int = 0, cebab: str | Path | None = None, causal_splits: Sequence[str] = ("dev", "test"),
+              baseline_split: str = "train_inclusive", random_repeats: int = 5, batch_size: int = 64) -> dict:
+    """Run the named suites on ``task``'s ``split``; the same seed gives the same results.
+
+    ``samples``: rows drawn (with ``seed``) for token faithfulness, the slow part; the other
+    suites use every row. ``cebab``: the folder of CEBaB's JSON files, whose ``causal_splits``
+    give the (original, edit) pairs and whose ``baseline_split`` the baseline's training pairs.
+    """
+    suites = parse_suites(suites)
+    evaluated = task.split(split)
+    outputs = TextOutputs(model, batch_size)
+    results = {"model": describe(model), "split": split, "n": len(evaluated), "seed": seed, "suites": suites}
+    if not model.spec.is_regression:
+        results["task"] = task_metrics(model.spec, evaluated.labels, outputs.get(evaluated.texts)["label_logits"])
+    if "faithfulness" in suites:
+        results["faithfulness"] = {
+            "tokens": token_faithfulness(model, evaluated, samples, seed, FRACTIONS, batch_size),
+            "concepts": concept_faithfulness(model, outputs, evaluated, seed, random_repeats),
+        }
+    if "causal" in suites:
+        reason = causal_applicability(model, cebab)
+        if reason:
+            results["causal"] = {"skipped": reason}
+        else:
+            train_pairs = load_cebab_pairs(cebab, baseline_split, with_label_effect=True)
+            estimator = average_effect_estimator(train_pairs)
+            results["causal"] = {
+                "data": str(cebab), "baseline_training_split": baseline_split, "baseline_training_pairs": len(train_pairs),
+                "pairs": "original → edit",
+                "splits": {name: causal_effects(model, outputs, load_cebab_pairs(cebab, name), estimator) for name in causal_splits},
+            }
+    if "interventions" in suites:
+        results["interventions"] = intervention_curves(model, outputs, evaluated, seed, random_repeats)
+    return results
+
+
+# ---- reports ---------------------------------------------------------------------------------
+
+
+def _f(x, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _applicable(results: dict[str, dict], get) -> tuple[dict[str, dict], list[str]]:
+    """The models whose part ``get(result)`` ran, and a note for each one it does not apply to."""
+    ran, notes = {}, []
+    for name, result in results.items():
+        part = get(result)
+        if part is None:
+            continue
+        if "skipped" in part:
+            notes.append(f"- {name}: {part['skipped']}")
+        else:
+            ran[name] = part
+    return ran, (["", "Not applicable:", ""] + notes if notes else [])
+
+
+def render_markdown(results: dict[str, dict], title: str = "Are the explanations true?", command: str | None = None) -> str:
+    """Tables of one or several models' ``run_suite`` results (name -> results)."""
+    lines = [f"# {title}", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    first = next(iter(results.values()))
+    lines += [f"Split `{first['split']}`, seed {first['seed']}."]
+    lines += ["", "| model | family | mode | rows | task accuracy |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        acc = r.get("task", {}).get("accuracy")
+        lines.append(f"| {name} | {r['model']['family']} | {r['model']['mode'] or '–'} | {r['n']} | {_f(acc)} |")
+    lines.append("")
+    if any("faithfulness" in r for r in results.values()):
+        lines += _token_table(results) + _concept_table(results)
+    if any("causal" in r for r in results.values()):
+        lines += _causal_tables(results)
+    if any("interventions" in r for r in results.values()):
+        lines += _curve_table(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _token_table(results: dict[str, dict]) -> list[str]:
+    lines = ["## Token faithfulness", ""]
+    ran, notes = _applicable(results, lambda r: r.get("faithfulness", {}).get("tokens"))
+    if not ran:
+        return lines + notes[1:] + [""]
+    part = next(iter(ran.values()))
+    ks = ", ".join(f"{round(100 * k)}" for k in part["fractions"])
+    lines += [
+        f"AOPC over k ∈ {{{ks}}}% of the tokens, deleted from the input ids (special tokens kept; ERASER). "
+        "Comprehensiveness = p(target | x) − p(target | x without its top-k% tokens), higher is more faithful; "
+        "sufficiency = p(target | x) − p(target | only its top-k% tokens), lower is more faithful. "
+        "Target: the predicted label, or each concept's predicted value (row `concepts`: the mean over the concepts, "
+        "each through its own path: SparseCBM's through its subnetwork). Explainers: the model's own token "
+        "explanation, gradient × input, and random scores.",
+        "",
+        "| model | target | explainer | comprehensiveness ↑ | sufficiency ↓ | rows |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, part in ran.items():
+        targets = part["targets"]
+        groups = {"label": [t for t in targets if t == "label"], "concepts": [t for t in targets if t != "label"]}
+        for group, members in groups.items():
+            if not members:
+                continue
+            explainers = list(targets[members[0]])
+            for explainer in explainers:
+                comp = sum(targets[t][explainer]["comprehensiveness"]["aopc"] for t in members) / len(members)
+                suff = sum(targets[t][explainer]["sufficiency"]["aopc"] for t in members) / len(members)
+                label = f"concepts ({len(members)})" if group == "concepts" else group
+                own = " (own)" if explainer == part["own_explainer"] else ""
+                lines.append(f"| {name} | {label} | {explainer}{own} | {_f(comp)} | {_f(suff)} | {part['n']} |")
+    samples = {f"{p['n']} of {p['sampled_from']}" for p in ran.values()}
+    lines += ["", f"Rows: {', '.join(sorted(samples))} drawn with seed {part['seed']}."]
+    return lines + notes + [""]
+
+
+def _concept_table(results: dict[str, dict]) -> list[str]:
+    lines = ["## Concept faithfulness", ""]
+    ran, notes = _applicable(results, lambda r: r.get("faithfulness", {}).get("concepts"))
+    if not ran:
+        return lines + notes[1:] + [""]
+    lines += [
+        "Remove the m concepts that contribute most to the predicted label (label-head weight × activation), "
+        "m = 1 … K−1, or m random ones (mean of several random orders): comprehensiveness = drop of the "
+        "predicted label's probability (↑ for the most contributing, vs random); sufficiency = drop when all "
+        "*but* them are removed (↓). Removal: `unknown` sets the concept to its value unknown; `mean` replaces "
+        "its activation by its mean over the rows. AOPC: mean over m.",
+        "",
+        "| model | removal | concepts removed | comprehensiveness | sufficiency | rows |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, part in ran.items():
+        for how, orders in part["modes"].items():
+            for order, curves in orders.items():
+                lines.append(f"| {name} | {how} | {order.replace('_', ' ')} | {_f(curves['comprehensiveness']['aopc'])} "
+                             f"| {_f(curves['sufficiency']['aopc'])} | {part['n']} |")
+    return lines + notes + [""]
+
+
+def _causal_tables(results: dict[str, dict]) -> list[str]:
+    lines = ["## Causal concept effects (CEBaB)", ""]
+    ran, notes = _applicable(results, lambda r: r.get("causal"))
+    if not ran:
+        return lines + notes[1:] + [""]
+    part = next(iter(ran.values()))
+    lines += [
+        "ICaCE = p(y | edit) − p(y | original) over the five classes, for every (original → edit) pair whose edit "
+        "changed one aspect a→b. Estimators: `concept_intervention` = p(y | original, concept set a→b) − p(y | original); "
+        f"`average_training_effect` = the mean true label-distribution change of the {part['baseline_training_split']} pairs "
+        f"({part['baseline_training_pairs']}) with the same aspect a→b. Scores (lower is better): L2 = ‖ICaCE − EICaCE‖, "
+        "cosine = 1 − cos, norm diff = | ‖ICaCE‖ − ‖EICaCE‖ |, means over pairs. ‖ICaCE‖: how much the model moves.",
+        "",
+        "| model | split | pairs | ‖ICaCE‖ | estimator | L2 ↓ | cosine ↓ | norm diff ↓ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    per_aspect = []
+    for name, part in ran.items():
+        for split, effects in part["splits"].items():
+            for estimator, scores in effects["estimators"].items():
+                if "skipped" in scores:
+                    lines.append(f"| {name} | {split} | {effects['n_pairs']} | {_f(effects['icace_norm']['overall']['mean'])} "
+                                 f"| {estimator} | – | – | – |")
+                    continue
+                o = scores["overall"]
+                lines.append(f"| {name} | {split} | {o['n']} | {_f(effects['icace_norm']['overall']['mean'])} | {estimator} "
+                             f"| {_f(o['l2'])} | {_f(o['cosine'])} | {_f(o['norm_diff'])} |")
+                per_aspect.append((name, split, estimator, scores["per_aspect"]))
+    if per_aspect:
+        aspects = list(per_aspect[0][3])
+        lines += ["", "Per aspect, L2 / cosine / norm diff:", "",
+                  "| model | split | estimator | " + " | ".join(aspects) + " |", "|---|---|---|" + "---|" * len(aspects)]
+        for name, split, estimator, scores in per_aspect:
+            cells = [f"{_f(scores[a]['l2'])} / {_f(scores[a]['cosine'])} / {_f(scores[a]['norm_diff'])}" if a in scores else "–"
+                     for a in aspects]
+            lines.append(f"| {name} | {split} | {estimator} | " + " | ".join(cells) + " |")
+    return lines + notes + [""]
+
+
+def _curve_table(results: dict[str, dict]) -> list[str]:
+    lines = ["## Intervention curves", ""]
+    ran, notes = _applicable(results, lambda r: r.get("interventions"))
+    if not ran:
+        return lines + notes[1:] + [""]
+    width = max(len(p["k"]) for p in ran.values())
+    lines += [
+        "Task accuracy with m concepts set to gold (m = 0 … K), chosen at random (mean of several orders) or most "
+        "uncertain first (highest entropy); a concept already predicted right stays as it is.",
+        "",
+        "| model | order | " + " | ".join(f"m={m}" for m in range(width)) + " |",
+        "|---|---|" + "---|" * width,
+    ]
+    for name, part in ran.items():
+        for order in ("random", "uncertainty"):
+            cells = [_f(x) for x in part[order]] + [""] * (width - len(part[order]))
+            lines.append(f"| {name} | {order} | " + " | ".join(cells) + " |")
+    return lines + notes + [""]
+
+
+def plot_intervention_curves(results: dict[str, dict], path: str | Path) -> Path | None:
+    """A PNG of every model's curves (name -> results); None when no model has them."""
+    curves = {name: r["interventions"] for name, r in results.items()
+              if "interventions" in r and "skipped" not in r["interventions"]}
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, part) in enumerate(curves.items()):
+        color = colors[i % len(colors)]
+        axes.plot(part["k"], part["uncertainty"], marker="o", color=color, label=f"{name}: most uncertain first")
+        axes.plot(part["k"], part["random"], marker="x", linestyle="--", color=color, label=f"{name}: random")
+    axes.set_xlabel("concepts set to gold")
+    axes.set_ylabel("task accuracy")
+    axes.set_title(f"Intervention curves ({next(iter(results.values()))['split']})")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_report(results: dict[str, dict], directory: str | Path, command: str | None = None,
+                 files: dict[str, str] = RESULT_FILES, title: str = "Are the explanations true?") -> dict[str, Path]:
+    """``evaluation.json``, ``evaluation.md`` and ``intervention_curves.png`` in ``directory``."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise LucidError(f"{directory}: exists and is not a folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {"json": directory / files["json"], "markdown": directory / files["markdown"]}
+    written["json"].write_text(json.dumps({"command": command, "results": results}, indent=2))
+    written["markdown"].write_text(render_markdown(results, title, command))
+    plot = plot_intervention_curves(results, directory / files["plot"])
+    if plot is not None:
+        written["plot"] = plot
+    return written

@@ -1,0 +1,335 @@
+"""The evaluation suite: each metric's arithmetic on cases computed by hand, the model glue on tiny
+random models, and ``lucidlm evaluate --suite`` end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from lucidlm import ConceptBottleneckLM, PrototypeLM, SparseConceptLM
+from lucidlm.cli import app
+from lucidlm.data import MISSING
+from lucidlm.errors import LucidError
+from lucidlm.evaluation import parse_suites, run_suite
+from lucidlm.evaluation.causal import (
+    average_effect_estimator, cebab_pairs, cosine_distance, effect_distances, estimate_effects, summarize,
+)
+from lucidlm.evaluation.curves import intervention_curve, uncertainty_order
+from lucidlm.evaluation.faithfulness import (
+    concept_faithfulness, concept_removal_drops, curve_summary, order_by, removal_inputs, tokens_to_remove,
+    token_faithfulness_of,
+)
+from lucidlm.evaluation.outputs import TextOutputs
+
+CLS, SEP = 101, 102
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny models run faster on one thread: their 32-wide matrices gain nothing from a
+    second one, and lose much when another process holds the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- token faithfulness: the arithmetic -------------------------------------------------------
+
+
+def test_top_k_percent_counts_and_deletion_keep_special_tokens():
+    assert [tokens_to_remove(10, f) for f in (0.01, 0.05, 0.10, 0.20, 0.50)] == [1, 1, 1, 2, 5]
+    assert [tokens_to_remove(3, f) for f in (0.01, 0.50)] == [1, 2]  # ⌈1.5⌉ = 2 of 3
+    assert tokens_to_remove(2, 0.50) == 1  # never every token
+    ids, special = [CLS, 7, 8, 9, SEP], [True, False, False, False, True]
+    scores = [5.0, 0.1, 0.9, 0.5, 5.0]  # the special tokens' scores are never used
+    without, only = removal_inputs(ids, special, scores, fractions=(0.2, 0.5))
+    assert without == [[CLS, 7, 9, SEP], [CLS, 7, SEP]]
+    assert only == [[CLS, 8, SEP], [CLS, 8, 9, SEP]]
+    # ties: the earlier position first
+    assert removal_inputs(ids, special, [0, 1, 1, 1, 0], fractions=(0.2,))[0] == [[CLS, 8, 9, SEP]]
+
+
+def test_comprehensiveness_and_sufficiency_on_a_toy_scorer():
+    """p(sequence) = 0.1 + 0.2 × (how many of the tokens 8 and 9 it holds): p(x) = 0.5.
+
+    Explanation A ranks 8, 9, 7: k=20% removes {8}: comp 0.5−0.3 = 0.2, suff 0.5−0.3 = 0.2;
+    k=50% removes {8, 9}: comp 0.5−0.1 = 0.4, suff 0.5−0.5 = 0. AOPC: comp 0.3, suff 0.1.
+    Explanation B ranks 7, 8, 9: k=20%: comp 0.5−0.5 = 0, suff 0.5−0.1 = 0.4; k=50%: comp
+    0.5−0.3 = 0.2, suff 0.5−0.3 = 0.2. AOPC: comp 0.1, suff 0.3."""
+    ids, special = [CLS, 7, 8, 9, SEP], [True, False, False, False, True]
+    calls = []
+
+    def probability(sequences):
+        calls.append(len(sequences))
+        return np.array([0.1 + 0.2 * sum(t in (8, 9) for t in s) for s in sequences])
+
+    found = token_faithfulness_of(ids, special, {"A": [0, 0.2, 0.9, 0.5, 0], "B": [0, 0.9, 0.5, 0.2, 0]},
+                                  probability, fractions=(0.2, 0.5))
+    assert calls == [1 + 2 * 2 * 2]  # one call: the input and every perturbation
+    np.testing.assert_allclose(found["A"]["comprehensiveness"], [0.2, 0.4])
+    np.testing.assert_allclose(found["A"]["sufficiency"], [0.2, 0.0], atol=1e-12)
+    np.testing.assert_allclose(found["B"]["comprehensiveness"], [0.0, 0.2], atol=1e-12)
+    np.testing.assert_allclose(found["B"]["sufficiency"], [0.4, 0.2])
+    summary = curve_summary({k: np.array([v]) for k, v in found["A"].items()})
+    assert summary["comprehensiveness"]["aopc"] == pytest.approx(0.3)
+    assert summary["sufficiency"]["aopc"] == pytest.approx(0.1)
+
+
+# ---- concept faithfulness ---------------------------------------------------------------------
+
+
+def test_concept_removal_drops_by_hand():
+    """p = base − Σ of the removed concepts' weights; the weights are also the contributions."""
+    weights = np.array([[0.3, 0.1, 0.05], [0.0, 0.2, 0.1]])
+    base = np.array([0.9, 0.6])
+    order = order_by(weights)
+    assert order.tolist() == [[0, 1, 2], [1, 2, 0]]
+    drops = concept_removal_drops(base, lambda removed: base - (weights * removed).sum(1), order)
+    # m=1: remove {0} / {1}; keep only them: remove {1,2} / {2,0}. m=2: remove {0,1} / {1,2}; keep: remove {2} / {0}
+    np.testing.assert_allclose(drops["comprehensiveness"], [[0.3, 0.4], [0.2, 0.3]])
+    np.testing.assert_allclose(drops["sufficiency"], [[0.15, 0.05], [0.1, 0.0]])
+
+
+FAST = dict(epochs=1, batch_size=16, progress=False)
+
+
+@pytest.fixture(scope="module")
+def joint_model(tiny_bert_dir, cebab_small):
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="joint")
+    return model.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
+
+
+def test_contributions_sum_to_the_label_logit(joint_model, cebab_small):
+    outputs = TextOutputs(joint_model).get(cebab_small.test.texts)
+    logits = [torch.from_numpy(x) for x in outputs["concept_logits"]]
+    label = torch.from_numpy(outputs["label_logits"].argmax(-1))
+    with torch.no_grad():
+        contributions = joint_model.concept_contribution_matrix(joint_model.concept_activations(logits), label)
+    expected = outputs["label_logits"][np.arange(len(label)), label.numpy()] - joint_model.label_head.bias[label].detach().numpy()
+    np.testing.assert_allclose(contributions.sum(1).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_concept_faithfulness_of_a_head_that_reads_one_concept(tiny_bert_dir, cebab_small):
+    """A label head that reads only food's Positive logit f, toward class 5, which a bias of 10
+    always predicts: p = e^(10+f) / (4 + e^(10+f)). Food contributes f, the others 0, so food
+    ranks first where f > 0 and last where f < 0 (the zeros tie: index order). Removing food to
+    its mean f̄ moves p; removing any other concept moves nothing. So, for m = 1, 2, 3: where
+    f > 0, comprehensiveness = p(f) − p(f̄) and sufficiency = 0; where f < 0, the other way round.
+    To ``unknown``: f becomes the uncalibrated unknown row's −5, unless food is predicted unknown."""
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="joint")
+    with torch.no_grad():
+        model.label_head.weight.zero_()
+        model.label_head.bias.zero_()
+        model.label_head.weight[4, 1] = 1.0  # class "5" <- food: Positive
+        model.label_head.bias[4] = 10.0
+    split = cebab_small.test.select(range(6))
+    outputs = TextOutputs(model)
+    food = outputs.get(split.texts)["concept_logits"][0]
+    f = food[:, 1]
+    assert (f > 0).any() and (f < 0).any()  # both cases occur in these rows
+    result = concept_faithfulness(model, outputs, split, seed=0, repeats=2)
+    assert result["steps"] == [1, 2, 3]
+
+    def p(x):
+        return np.exp(10 + x) / (4 + np.exp(10 + x))
+
+    replaced = {"mean": np.full_like(f, f.mean()), "unknown": np.where(food.argmax(1) == 2, f, -5.0)}
+    for how, value in replaced.items():
+        drop = p(f) - p(value)
+        top = result["modes"][how]["most_contributing"]
+        assert top["comprehensiveness"]["per_step"] == pytest.approx([np.where(f > 0, drop, 0).mean()] * 3, abs=1e-5)
+        assert top["sufficiency"]["per_step"] == pytest.approx([np.where(f < 0, drop, 0).mean()] * 3, abs=1e-5)
+        assert top["comprehensiveness"]["aopc"] == pytest.approx(np.where(f > 0, drop, 0).mean(), abs=1e-5)
+
+
+# ---- causal effects -------------------------------------------------------------------------
+
+
+def test_icace_scores_by_hand():
+    icace = np.array([[0.6, -0.8, 0, 0, 0], [1.0, 0, 0, 0, 0], [0.3, 0.4, 0, 0, 0]])
+    eicace = np.array([[0.3, -0.4, 0, 0, 0], [0, 1.0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    d = effect_distances(icace, eicace)
+    np.testing.assert_allclose(d["l2"], [0.5, math.sqrt(2), 0.5])
+    np.testing.assert_allclose(d["cosine"], [0.0, 1.0, 1.0], atol=1e-12)  # a zero estimate: distance 1 (CEBaB)
+    np.testing.assert_allclose(d["norm_diff"], [0.5, 0.0, 0.5])
+    assert cosine_distance(np.array([1.0, 0]), np.array([-2.0, 0])) == pytest.approx(2.0)
+    pairs = [_pair("food", "Negative", "Positive"), _pair("food", "Negative", "Positive"), _pair("noise", "Positive", "Negative")]
+    summary = summarize(pairs, d)
+    assert summary["overall"] == pytest.approx({"n": 3, "l2": (1 + math.sqrt(2)) / 3, "cosine": 2 / 3, "norm_diff": 1 / 3})
+    assert summary["per_aspect"]["food"] == pytest.approx({"n": 2, "l2": (0.5 + math.sqrt(2)) / 2, "cosine": 0.5, "norm_diff": 0.25})
+    assert summary["per_direction"]["noise: Positive→Negative"]["n"] == 1
+
+
+def _pair(aspect, before, after, effect=None):
+    from lucidlm.evaluation.causal import CounterfactualPair
+
+    return CounterfactualPair("o", "e", "orig", "edit", aspect, before, after, effect)
+
+
+def _row(rid, original_id, is_original, edit_type, food, service, votes, majority):
+    return {"id": rid, "original_id": original_id, "is_original": is_original, "edit_type": edit_type,
+            "description": f"text {rid}", "review_majority": majority, "review_label_distribution": votes,
+            "food_aspect_majority": food, "ambiance_aspect_majority": "", "service_aspect_majority": service,
+            "noise_aspect_majority": ""}
+
+
+def test_cebab_pairs_and_the_average_effect_baseline_by_hand():
+    rows = [
+        _row("1_0", "1", True, None, "Negative", "", {"2": 4, "3": 1}, "2"),
+        _row("1_1", "1", False, "food", "Positive", "", {"4": 5}, "4"),  # food Negative→Positive
+        _row("1_2", "1", False, "service", "Negative", "no majority", {"2": 5}, "2"),  # service unknown→unknown: dropped
+        _row("2_0", "2", True, None, "Negative", "Positive", "", "3"),  # no votes: one-hot of the majority
+        _row("2_1", "2", False, "food", "Positive", "Positive", {"4": 2, "5": 2}, "no majority"),  # kept: it has votes
+        _row("2_2", "2", False, "service", "Negative", "Negative", {"1": 5}, "1"),  # service Positive→Negative
+        _row("3_1", "3", False, "food", "Positive", "", {"5": 5}, "5"),  # its original is absent: no pair
+    ]
+    pairs = cebab_pairs(rows, with_label_effect=True)
+    assert [(p.edit_id, p.direction) for p in pairs] == [
+        ("1_1", ("food", "Negative", "Positive")), ("2_1", ("food", "Negative", "Positive")),
+        ("2_2", ("service", "Positive", "Negative"))]
+    np.testing.assert_allclose(pairs[0].label_effect, [0, -0.8, -0.2, 1.0, 0])
+    np.testing.assert_allclose(pairs[1].label_effect, [0, 0, -1.0, 0.5, 0.5])
+    estimator = average_effect_estimator(pairs)
+    np.testing.assert_allclose(estimator[("food", "Negative", "Positive")], [0, -0.4, -0.6, 0.75, 0.25])
+    estimates, unseen = estimate_effects(estimator, [_pair("food", "Negative", "Positive"), _pair("noise", "Negative", "Positive")], 5)
+    np.testing.assert_allclose(estimates, [[0, -0.4, -0.6, 0.75, 0.25], [0, 0, 0, 0, 0]])
+    assert unseen == 1
+
+
+# ---- intervention curves --------------------------------------------------------------------
+
+
+def test_intervention_curve_by_hand():
+    """Label = the sum of two binary concepts. Predicted concepts [0,0], [1,0], [0,1]; gold [1,1],
+    [1,0], [1,1]; true labels 2, 1, 2. m=0: sums 0, 1, 1: 1/3 right. m=1 (first concept of each
+    order): row 0 sets c0 → 1 (wrong), row 1 c0 → 1 (right), row 2 c0 → 2 (right): 2/3. m=2: all."""
+    predicted = np.array([[0, 0], [1, 0], [0, 1]])
+    gold, labels = np.array([[1, 1], [1, 0], [1, 1]]), np.array([2, 1, 2])
+
+    def label_logits(values):
+        concepts = np.where(values == MISSING, predicted, values)
+        return np.eye(3)[concepts.sum(1)]
+
+    order = np.array([[0, 1], [0, 1], [0, 1]])
+    assert intervention_curve(label_logits, order, gold, labels) == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert intervention_curve(label_logits, order[:, ::-1], gold, labels) == pytest.approx([1 / 3, 1 / 3, 1.0])
+    # entropy: concept 1 of row 0 is the most uncertain; row 1's concepts tie (lower index first)
+    probs = [np.array([[0.9, 0.1], [0.5, 0.5], [0.99, 0.01]]), np.array([[0.5, 0.5], [0.5, 0.5], [0.6, 0.4]])]
+    assert uncertainty_order(probs).tolist() == [[1, 0], [0, 1], [1, 0]]
+
+
+def test_curves_start_at_task_accuracy_and_end_at_gold_concepts(joint_model, cebab_small):
+    results = run_suite(joint_model, cebab_small, "interventions", seed=0)
+    curves = results["interventions"]
+    metrics = joint_model.evaluate(cebab_small.test)
+    assert curves["k"] == [0, 1, 2, 3, 4]
+    for order in ("random", "uncertainty"):
+        assert curves[order][0] == pytest.approx(metrics["task"]["accuracy"])
+        assert curves[order][-1] == pytest.approx(metrics["task_gold_concepts"]["accuracy"])
+
+
+# ---- the suite ------------------------------------------------------------------------------
+
+
+def test_unknown_suite_names_are_refused():
+    assert parse_suites("causal, faithfulness,causal") == ["causal", "faithfulness"]
+    with pytest.raises(LucidError, match=r"unknown suite\(s\) \['faithful'\]"):
+        parse_suites("faithful,causal")
+
+
+def test_families_without_concepts_skip_with_a_reason(tiny_bert_dir, cebab_small, cebab_dir):
+    standard = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="standard")
+    proto = PrototypeLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, prototypes_per_class=2)
+    for model, own in ((standard, "integrated_gradients"), (proto, "attention")):
+        results = run_suite(model, cebab_small, "faithfulness,causal,interventions", samples=2, cebab=cebab_dir,
+                            causal_splits=("test",))
+        assert "no concepts" in results["faithfulness"]["concepts"]["skipped"]
+        assert "no concepts" in results["interventions"]["skipped"]
+        tokens = results["faithfulness"]["tokens"]
+        assert list(tokens["targets"]) == ["label"] and tokens["own_explainer"] == own
+        effects = results["causal"]["splits"]["test"]
+        assert "skipped" in effects["estimators"]["concept_intervention"]
+        assert effects["estimators"]["average_training_effect"]["overall"]["n"] == effects["n_pairs"] == 1313
+    no_data = run_suite(standard, cebab_small, "causal")
+    assert "no CEBaB data" in no_data["causal"]["skipped"]
+
+
+def test_sparse_concepts_are_explained_through_their_subnetworks(tiny_bert_dir, cebab_small):
+    model = SparseConceptLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, sparsity=0.5)
+    for layer in model.subnetworks.values():  # a different random half of the weights for every concept
+        generator = torch.Generator().manual_seed(layer.mask.numel())
+        layer.mask.copy_(torch.rand(layer.mask.shape, generator=generator) < 0.5)
+    results = run_suite(model, cebab_small, "faithfulness,interventions", samples=2)
+    targets = results["faithfulness"]["tokens"]["targets"]
+    assert sorted(targets) == sorted(cebab_small.spec.concept_names)  # the label reads the concepts: no label target
+    assert set(targets["food"]) == {"integrated_gradients", "gradient_x_input", "random"}
+    assert results["interventions"]["uncertainty"][0] == pytest.approx(results["task"]["accuracy"])
+
+
+def test_same_seed_same_results_other_seed_other_random_baseline(joint_model, cebab_small):
+    first, again, other = (run_suite(joint_model, cebab_small, "faithfulness", samples=2, seed=s) for s in (3, 3, 4))
+    assert first == again
+    random = lambda r: r["faithfulness"]["concepts"]["modes"]["mean"]["random"]  # noqa: E731
+    assert random(first) != random(other)
+
+
+# ---- the command line -----------------------------------------------------------------------
+
+
+def test_cli_evaluate_suite_writes_json_markdown_and_plot(tmp_path, tiny_bert_dir, cebab_dir):
+    config = {
+        "data": {"source": "cebab", "path": str(cebab_dir), "subsample": {"train": 48, "dev": 24, "test": 40}},
+        "model": {"family": "bottleneck", "mode": "joint", "backbone": str(tiny_bert_dir)},
+        "training": {"epochs": 1, "batch_size": 16, "seed": 0},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", str(tmp_path / "tiny.yaml"), "-o", str(tmp_path / "run"), "--json"])
+    assert trained.exit_code == 0, trained.stderr
+
+    bad = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--suite", "faithfulness,causal,curves"])
+    assert bad.exit_code == 1 and "unknown suite(s) ['curves']" in bad.stderr and len(bad.stderr.strip().splitlines()) <= 2
+
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--suite", "faithfulness,causal,interventions",
+                                 "--samples", "3", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    written = json.loads((out / "evaluation.json").read_text())
+    assert written["command"].startswith("lucidlm evaluate") and "--suite faithfulness,causal,interventions" in written["command"]
+    results = written["results"][tmp_path.joinpath("run").name]
+    assert json.loads(result.stdout)["results"] == results
+    assert results["n"] == 40 and results["suites"] == ["faithfulness", "causal", "interventions"]
+
+    tokens = results["faithfulness"]["tokens"]
+    assert tokens["n"] == 3 and tokens["fractions"] == [0.01, 0.05, 0.1, 0.2, 0.5]
+    assert set(tokens["targets"]) == {"label", "food", "ambiance", "service", "noise"}
+    for explainers in tokens["targets"].values():
+        for scores in explainers.values():
+            for name in ("comprehensiveness", "sufficiency"):
+                assert len(scores[name]["per_step"]) == 5 and -1 <= scores[name]["aopc"] <= 1
+
+    modes = results["faithfulness"]["concepts"]["modes"]
+    assert set(modes) == {"unknown", "mean"} and len(modes["mean"]["random"]["sufficiency"]["per_step"]) == 3
+
+    causal = results["causal"]
+    assert causal["baseline_training_split"] == "train_inclusive" and causal["baseline_training_pairs"] > 5000
+    assert {s: e["n_pairs"] for s, e in causal["splits"].items()} == {"dev": 1299, "test": 1313}
+    for effects in causal["splits"].values():
+        for scores in effects["estimators"].values():
+            assert set(scores["per_aspect"]) == {"food", "ambiance", "service", "noise"}
+            assert 0 <= scores["overall"]["l2"] <= 2 and 0 <= scores["overall"]["cosine"] <= 2
+            assert 0 <= scores["overall"]["norm_diff"] <= math.sqrt(2)
+
+    curves = results["interventions"]
+    assert curves["k"] == [0, 1, 2, 3, 4] and all(0 <= a <= 1 for a in curves["random"] + curves["uncertainty"])
+    assert curves["random"][0] == curves["uncertainty"][0] == pytest.approx(results["task"]["accuracy"])
+
+    markdown = (out / "evaluation.md").read_text()
+    for heading in ("## Token faithfulness", "## Concept faithfulness", "## Causal concept effects", "## Intervention curves"):
+        assert heading in markdown
+    assert (out / "intervention_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
