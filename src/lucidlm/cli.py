@@ -1,4 +1,5 @@
-"""The command line: ``lucidlm train | evaluate | predict | intervene | explain``.
+"""The command line: ``lucidlm train | evaluate | predict | intervene | explain``
+(``evaluate --suite``: are the explanations true?).
 
 Tables and progress bars for people, ``--json`` for programs. A user error prints one line
 (``error: ...``) and exits with status 1; ``--debug`` shows the traceback instead.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -86,10 +89,26 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="train, dev or test."),
     config: Optional[Path] = typer.Option(None, "--config", help="Read the data from this config instead of the run's."),
     as_json: bool = typer.Option(False, "--json"),
+    suite: Optional[str] = typer.Option(
+        None, "--suite", help="Are the explanations true? Comma-separated: faithfulness, causal, interventions."),
+    output_dir: Optional[Path] = typer.Option(
+        None, "--output-dir", "-o", help="Where --suite writes evaluation.json, evaluation.md, intervention_curves.png (default: RUN_DIR)."),
+    samples: int = typer.Option(200, "--samples", help="Rows drawn (seeded) for token faithfulness, the slow part."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the drawn rows and the random baselines."),
+    cebab: Optional[Path] = typer.Option(
+        None, "--cebab", help="CEBaB's folder, for the causal suite's (original, edit) pairs (default: the run's data, if CEBaB)."),
 ):
-    """Evaluate a saved run on a split of its data."""
+    """Evaluate a saved run on a split of its data; with --suite, also whether its explanations
+    are true (faithfulness, causal concept effects, intervention curves)."""
     from .experiment import load_experiment_task, load_run, read_experiment
 
+    suites = None
+    if suite is not None:
+        from .evaluation import parse_suites
+
+        suites = parse_suites(suite)
+        if samples < 1:
+            raise LucidError(f"--samples: expected a number of rows >= 1, found {samples}")
     model, record = load_run(run_dir)
     if config is not None:
         data = read_experiment(config).data
@@ -98,11 +117,46 @@ def evaluate(
     else:
         raise LucidError(f"{run_dir}: the run records no data set; name one with --config CONFIG.yaml")
     task = load_experiment_task(data)
+    if suites is not None:
+        return _evaluate_suites(model, task, suites, run_dir, split, output_dir, samples, seed,
+                                cebab if cebab is not None else _cebab_folder(data), as_json)
     metrics = model.evaluate(task.split(split))
     if as_json:
         emit_json(metrics)
     else:
         show_metrics(metrics, f"{split} ({metrics['n']} rows)")
+
+
+def _cebab_folder(data: dict) -> Path | None:
+    """The run's CEBaB folder, when its data set is the ``cebab`` preset read from a folder."""
+    if data.get("source") != "cebab":
+        return None
+    if data.get("path"):
+        return Path(data["path"])
+    from .data.presets import DATA_ENV
+
+    folder = Path(os.environ.get(DATA_ENV, "")) / "cebab"
+    return folder if os.environ.get(DATA_ENV) and folder.is_dir() else None
+
+
+def _evaluate_suites(model, task, suites, run_dir: Path, split: str, output_dir: Optional[Path], samples: int,
+                     seed: int, cebab: Optional[Path], as_json: bool) -> None:
+    from rich.markdown import Markdown
+
+    from .evaluation import run_suite, write_report
+
+    task.split(split)  # an unknown split is an error before any work
+    results = run_suite(model, task, suites, split=split, samples=samples, seed=seed, cebab=cebab)
+    options = [str(run_dir), "--suite", ",".join(suites), "--split", split, "--samples", str(samples), "--seed", str(seed)]
+    options += ["--cebab", str(cebab)] if cebab is not None else []
+    options += ["--output-dir", str(output_dir)] if output_dir is not None else []
+    command = "lucidlm evaluate " + " ".join(shlex.quote(o) for o in options)
+    written = write_report({run_dir.name: results}, output_dir or run_dir, command)
+    if as_json:
+        emit_json({"results": results, "written": {k: str(v) for k, v in written.items()}})
+        return
+    out.print(Markdown(written["markdown"].read_text()))
+    out.print("wrote " + ", ".join(str(p) for p in written.values()))
 
 
 @app.command()
@@ -280,6 +334,39 @@ def show_metrics(metrics: dict, title: str) -> None:
     for label, values in rows:
         table.add_row(label, *(f"{values[n]:.4f}" if n in values else "" for n in names))
     out.print(table)
+
+
+@app.command()
+@user_errors
+def serve(
+    run_dir: Path = typer.Argument(..., help="A saved run."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; 0.0.0.0 opens it to the network."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+):
+    """Serve a web page and a JSON API over a run: type a text, see the label, concepts, tokens and
+    prototypes, change a concept and compare before and after."""
+    from .web.serve import load_app, run_server
+
+    web_app = load_app(run_dir)
+    out.print(f"serving {escape(str(run_dir))} on [bold]http://{host}:{port}[/] (Ctrl+C stops)")
+    run_server(web_app, host, port)
+
+
+@app.command()
+@user_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="A saved run."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The HTML file to write (default: RUN_DIR/report.html)."),
+    split: str = typer.Option("test", "--split", help="The split the confusion matrices and examples come from."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Predict on at most this many rows (a fixed random sample)."),
+    examples: int = typer.Option(3, "--examples", help="Worked examples, each explained and corrected."),
+):
+    """Write one self-contained HTML report of a run (opens with no network): metrics, confusion
+    matrices, subnetworks or prototypes, evaluation suite results, worked examples."""
+    from .web.report import write_report
+
+    written = write_report(run_dir, output or run_dir / "report.html", split=split, limit=limit, examples=examples)
+    out.print(f"wrote [bold]{escape(str(written))}[/]")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,160 @@
+"""``lucidlm serve``: a JSON API over one saved run, and a page that uses it.
+
+    GET  /                          the page (HTML, one script, one style sheet; no build step, no CDN)
+    GET  /api/info                  family, classes, concepts and their values
+    POST /api/predict               label, probabilities, concepts and their contributions
+    POST /api/explain               the full ``Explanation``
+    POST /api/intervene             set concept values: the prediction before and after
+    POST /api/intervene-subnetwork  rewire a concept's subnetwork for this text (SparseCBM)
+    GET  /openapi.json              the API's schema
+
+Limits: a text holds at most ``MAX_TEXT_CHARS`` characters and a request body at most
+``MAX_BODY_BYTES`` bytes (413). Invalid input, malformed JSON included, is answered 422 with a
+one-line ``detail`` naming the field; a request a model family cannot serve is answered 400.
+The server reads only the run it was started with and its own three static files: no endpoint
+takes a path.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from .. import __version__
+from ..errors import LucidError
+from . import schemas
+from .schemas import MAX_BODY_BYTES, MAX_TEXT_CHARS
+from .service import ModelService, Unsupported
+
+STATIC = ("index.html", "app.js", "style.css")
+MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+# The page loads nothing from anywhere else, and nothing may frame it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+ERRORS = {400: {"model": schemas.Error, "description": "This model family cannot do that."},
+          413: {"model": schemas.Error, "description": f"The request body is over {MAX_BODY_BYTES} bytes."},
+          422: {"model": schemas.Error, "description": "Invalid input: the detail names the field."}}
+
+
+def create_app(model, run_dir: str | Path | None = None) -> FastAPI:
+    """The web app over a loaded model (any family); ``run_dir`` only names the run on the page."""
+    service = ModelService(model, run_dir)
+    app = FastAPI(title="lucidlm", version=__version__, docs_url=None, redoc_url=None,  # their pages load a CDN
+                  description="Predict, explain and correct an interpretable language-model classifier.")
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    add_error_handlers(app)
+    static = {name: files(__package__).joinpath("static", name).read_bytes() for name in STATIC}
+
+    def page(name: str):
+        def serve() -> Response:
+            return Response(static[name], media_type=MEDIA_TYPES[Path(name).suffix], headers=PAGE_HEADERS)
+        return serve
+
+    for route, name in (("/", "index.html"), ("/static/app.js", "app.js"), ("/static/style.css", "style.css")):
+        app.add_api_route(route, page(name), methods=["GET"], include_in_schema=False)
+
+    # Plain ``def`` endpoints run in the server's thread pool; the service's lock serialises the model.
+    @app.get("/api/info", response_model=schemas.Info)
+    def info():
+        """What this run is: family, label classes, concepts and the values each can take."""
+        return {**service.info(), "max_text_chars": MAX_TEXT_CHARS}
+
+    @app.post("/api/predict", response_model=schemas.PredictResponse, responses=ERRORS)
+    def predict(request: schemas.TextRequest):
+        """The label with its probabilities; each concept's value, probabilities and contribution."""
+        return service.predict(request.text)
+
+    @app.post("/api/explain", response_model=schemas.Explanation, responses=ERRORS)
+    def explain(request: schemas.TextRequest):
+        """The model's own explanation (token scores, concepts, subnetworks, prototypes). Slower:
+        token attributions take integrated gradients for concept models."""
+        return service.explain(request.text)
+
+    @app.post("/api/intervene", response_model=schemas.InterventionResponse, responses=ERRORS)
+    def intervene(request: schemas.InterveneRequest):
+        """Set concepts to given values and recompute the label: before and after."""
+        return service.intervene(request.text, request.values)
+
+    @app.post("/api/intervene-subnetwork", response_model=schemas.SubnetworkInterventionResponse, responses=ERRORS)
+    def intervene_subnetwork(request: schemas.SubnetworkRequest):
+        """Rewire one concept's subnetwork toward a value, for this text only (SparseCBM)."""
+        return service.intervene_subnetwork(request.text, request.concept, request.value, request.fraction)
+
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Unsupported)
+    async def unsupported(request: Request, error: Unsupported):
+        return JSONResponse({"detail": str(error), "errors": []}, status_code=400)
+
+    @app.exception_handler(LucidError)
+    async def user_error(request: Request, error: LucidError):
+        return JSONResponse({"detail": str(error), "errors": []}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        details = [describe(e) for e in error.errors()]
+        # The input is not echoed back: it may be long, or not even encodable (a lone surrogate).
+        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in error.errors()]
+        return JSONResponse({"detail": "; ".join(details) or "invalid request", "errors": jsonable_encoder(errors)},
+                            status_code=422)
+
+
+def describe(error: dict) -> str:
+    """One pydantic error as a person reads it: the field, then what was wrong."""
+    location = [str(part) for part in error.get("loc", ()) if part != "body"]
+    if error.get("type") == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "")
+        return f"malformed JSON: {reason or error.get('msg', '')} (at character {location[0] if location else '?'})"
+    field = ".".join(location) or "body"
+    if error.get("type") == "string_too_long" and isinstance(error.get("input"), str):
+        limit = (error.get("ctx") or {}).get("max_length")
+        return f"{field}: at most {limit} characters, found {len(error['input'])}"
+    return f"{field}: {error.get('msg', 'invalid').removeprefix('Value error, ')}"
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before anything parses it,
+    whether it declares its length or streams in chunks."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self.too_large(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self.too_large(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def too_large(self, scope, receive, send):
+        detail = f"request body: at most {self.limit} bytes"
+        await JSONResponse({"detail": detail, "errors": []}, status_code=413)(scope, receive, send)

@@ -1,0 +1,342 @@
+"""``lucidlm report``: one self-contained HTML file about a saved run.
+
+It holds the run's metrics (``run.json``); confusion matrices of the label and of every concept,
+computed now from the model on a split of the run's data; per-concept metrics; for SparseCBM the
+mask density per layer and the concepts' overlap heat map; for proto-lm the prototypes with their
+nearest training examples; the evaluation suite's results when the run has them
+(``evaluation.json``, ``evaluation.md``, PNG figures); and worked examples, each explained and
+corrected. CSS is inline, figures are inline SVG or base64 PNG: the file opens with no network.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from .. import __version__
+from ..data import MISSING
+from ..errors import LucidError
+from .html import GREEN, RED, cell, confusion_table, esc, fmt, heatmap_svg, png_data_uri, shade, table, token_spans
+from .report_json import render_json
+
+EVALUATION_JSON, EVALUATION_MD, CURVES_PNG = "evaluation.json", "evaluation.md", "intervention_curves.png"
+MISREAD = "background:#fde68a;"  # a concept value that differs from gold, or that the user set
+
+
+def write_report(run_dir: str | Path, output: str | Path, **options) -> Path:
+    """Render the report of ``run_dir`` (see ``build_report``) into the file ``output``."""
+    output = Path(output)
+    if output.is_dir():
+        raise LucidError(f"{output}: is a folder; name the report's file, e.g. -o report.html")
+    html = build_report(run_dir, **options)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(html, encoding="utf-8")
+    return output
+
+
+def build_report(run_dir: str | Path, split: str = "test", limit: int | None = None, examples: int = 3) -> str:
+    """The report as one HTML string. Predictions (confusion matrices, worked examples) come from
+    ``split`` of the run's data, limited to a fixed random ``limit`` rows when given."""
+    from ..experiment import load_experiment_task, load_run
+
+    if limit is not None and limit < 1:
+        raise LucidError(f"--limit: expected a number of rows >= 1, found {limit}")
+    if examples < 0:
+        raise LucidError(f"--examples: expected a number >= 0, found {examples}")
+    run_dir = Path(run_dir)
+    model, record = load_run(run_dir)
+    rows, rows_note = None, ""
+    if record is None:
+        rows_note = "The run has no run.json (it was saved by save_pretrained, not lucidlm train), so no data to predict on."
+    else:
+        try:
+            task = load_experiment_task(record["experiment"]["data"])
+        except LucidError as e:  # e.g. the data moved: the rest of the report still holds
+            rows_note = f"The run's data could not be read, so nothing was predicted: {e}"
+        else:
+            rows = task.split(split)  # a wrong --split is the user's mistake: an error
+    if rows is not None:
+        total = len(rows)
+        if limit is not None and limit < total:
+            rows = rows.sample(limit, seed=0)
+            rows_note = f"Computed now on {len(rows):,} of the {total:,} {split} rows (a fixed random sample, --limit {limit})."
+        else:
+            rows_note = f"Computed now on all {total:,} {split} rows."
+
+    sections = [("overview", "The run", overview(model, record, run_dir)),
+                ("metrics", "Metrics", metrics_section(record))]
+    sections.append(("predictions", "Confusion matrices", predictions_section(model, rows, rows_note)))
+    if hasattr(model, "subnetwork_statistics"):
+        sections.append(("subnetworks", "Concept subnetworks", subnetworks_section(model.subnetwork_statistics())))
+    if model.family == "prototype":
+        sections.append(("prototypes", "Prototypes", prototypes_section(model)))
+    sections.append(("evaluation", "Evaluation suite", evaluation_section(run_dir)))
+    sections.append(("examples", "Worked examples", examples_section(model, rows, examples)))
+    return page(f"lucidlm report: {run_dir.name}", sections)
+
+
+# ---- sections ---------------------------------------------------------------------------------
+def overview(model, record: dict | None, run_dir: Path) -> str:
+    spec, config = model.spec, model.config
+    facts = [("family", model.family), ("mode", getattr(config, "mode", None)), ("backbone", config.backbone),
+             ("task", spec.name), ("label", f"{spec.label}: " + (", ".join(spec.classes) if spec.classes else "a number"))]
+    facts += [(f"concept {c.name}", ", ".join(c.values)) for c in spec.concepts]
+    if hasattr(config, "sparsity"):
+        facts.append(("sparsity", f"{config.sparsity:.0%} of every concept's masked weights pruned ({config.granularity} level)"))
+    if hasattr(config, "prototypes_per_class"):
+        facts.append(("prototypes", f"{config.prototypes_per_class} per class"))
+    if record is not None:
+        data = record["experiment"]["data"]
+        facts.append(("data", f"{data.get('source')}" + (f" ({data['path']})" if data.get("path") else "")))
+        training = record["experiment"].get("training", {})
+        facts.append(("training", ", ".join(f"{k} {training[k]}" for k in ("epochs", "batch_size", "learning_rate", "seed") if k in training)))
+    html = table(["", "value"], [(esc(k), esc(v)) for k, v in facts if v is not None], cls="facts")
+    epochs = [h for h in model.training_history if "epoch" in h]
+    if epochs:
+        keys = [k for k in ("epoch", "loss", "dev_score") if any(k in h for h in epochs)]
+        html += "<h3>Training</h3>" + table(keys, [[fmt(h.get(k, "")) for k in keys] for h in epochs], cls="narrow")
+    return html
+
+
+def metrics_section(record: dict | None) -> str:
+    if record is None or not record.get("metrics"):
+        return '<p class="note">No metrics recorded: the run has no run.json.</p>'
+    parts = []
+    for split, metrics in record["metrics"].items():
+        parts.append(f"<h3>{esc(split)} ({fmt(metrics.get('n', '?'))} rows)</h3>" + metrics_tables(metrics))
+    return "".join(parts)
+
+
+SUMMARY_ROWS = (("task", "task"), ("concepts", "concepts (all)"), ("task_gold_concepts", "task, wrong concepts corrected to gold"),
+                ("task_forced_concepts", "task, every concept forced to gold"))
+
+
+def metrics_tables(metrics: dict) -> str:
+    """A split's metrics: the summary rows, then one row per concept."""
+    rows = [(label, metrics[key]) for key, label in SUMMARY_ROWS if isinstance(metrics.get(key), dict)]
+    names = list(dict.fromkeys(k for _, values in rows for k, v in values.items() if not isinstance(v, dict)))
+    html = table([""] + names, [[esc(label)] + [fmt(values.get(n, "")) for n in names] for label, values in rows], cls="metrics")
+    per_concept = metrics.get("concepts", {}).get("per_concept", {})
+    if per_concept:
+        columns = list(dict.fromkeys(k for v in per_concept.values() for k in v))
+        html += table(["concept"] + columns, [[esc(name)] + [cell(fmt(v.get(c, "")), shade(v.get(c, 0)) if isinstance(v.get(c), float) else "")
+                                              for c in columns] for name, v in per_concept.items()],
+                      "Per concept", "metrics per-concept")
+    return html
+
+
+def predictions_section(model, rows, note: str) -> str:
+    if rows is None:
+        return f'<p class="note">{esc(note)}</p>'
+    inferred = model.infer(rows)
+    spec = model.spec
+    parts = [f'<p class="note">{esc(note)}</p>']
+    if spec.is_regression:
+        predicted = inferred["label_logits"][:, 0]
+        mse = float(np.mean((predicted - rows.labels) ** 2))
+        parts.append(f"<p>A regression task has no confusion matrix; mean squared error on these rows: {fmt(mse)}.</p>")
+    else:
+        predicted = inferred["label_logits"].argmax(-1)
+        accuracy = float((predicted == rows.labels).mean())
+        matrix = confusion_matrix(rows.labels, predicted, labels=list(range(len(spec.classes))))
+        parts.append(confusion_table(matrix.tolist(), spec.classes, f"Label ({spec.label}): accuracy {accuracy:.3f} on these rows"))
+    concept_tables = []
+    for k, concept in enumerate(spec.concepts if "concept_probs" in inferred else ()):
+        known = rows.concepts[:, k] != MISSING
+        if not known.any():
+            continue
+        gold, guess = rows.concepts[known, k], inferred["concept_probs"][k][known].argmax(-1)
+        matrix = confusion_matrix(gold, guess, labels=list(range(len(concept.values))))
+        caption = f"Concept {concept.name}: accuracy {float((gold == guess).mean()):.3f} on {int(known.sum()):,} rows with a gold value"
+        concept_tables.append(f'<div class="grid-item">{confusion_table(matrix.tolist(), concept.values, caption)}</div>')
+    if concept_tables:
+        parts.append(f'<h3>Concepts</h3><div class="grid">{"".join(concept_tables)}</div>')
+    return "".join(parts)
+
+
+def subnetworks_section(stats: dict) -> str:
+    names = stats["concepts"]
+    parts = [f"<p>Weights kept by every concept: {stats['shared_by_all']:.1%}. Each concept's density is the share of "
+             "the masked weights its subnetwork keeps; owned alone, the share no other concept keeps.</p>"]
+    parts.append(table(["concept", "density", "owned alone"],
+                       [[esc(n), fmt(stats["density"][n]), fmt(stats["owned_by_one"][n])] for n in names], cls="narrow"))
+    parts.append("<h3>Overlap of the concepts' masks (Jaccard)</h3>")
+    parts.append(heatmap_svg(stats["jaccard"], names, names, "Jaccard overlap of the concept masks"))
+    rows = [[esc(layer)] + [cell(f"{d:.1%}", shade(d)) for d in densities] for layer, densities in stats["density_per_layer"].items()]
+    parts.append("<h3>Mask density per layer</h3>" + table(["layer"] + names, rows, cls="density"))
+    heads = stats.get("head_responsibility") or {}
+    if heads:
+        blocks = []
+        for block, shares in heads.items():
+            columns = [f"head {h}" for h in range(len(shares[0]))] if shares else []
+            body = [[esc(n)] + [cell(f"{s:.2f}", shade(s)) for s in shares[k]] for k, n in enumerate(names)]
+            blocks.append(f'<div class="grid-item">{table(["concept"] + columns, body, esc(block), "heads")}</div>')
+        parts.append("<h3>Attention heads: the share of each head's weights a concept keeps</h3>"
+                     f'<div class="grid">{"".join(blocks)}</div>')
+    return "".join(parts)
+
+
+def prototypes_section(model) -> str:
+    projection = getattr(model, "projection", None)
+    if projection is None:
+        return '<p class="note">No projection was run: the prototypes have no training examples to show.</p>'
+    parts = [f"<p>{model.num_prototypes} prototypes, each shown by its nearest training examples"
+             f"{' of its own class' if projection.own_class else ''}"
+             f"{'; hard projection moved each onto its nearest example' if projection.hard else ''}.</p>"]
+    by_class: dict[str, list[int]] = {}
+    for j in range(model.num_prototypes):
+        by_class.setdefault(str(model.prototype_class_name(j)), []).append(j)
+    for number, (name, prototypes) in enumerate(by_class.items()):
+        cards = "".join(prototype_card(j, projection.examples[j]) for j in prototypes)
+        heading = f"class {name}" if name != "None" else "all prototypes"
+        parts.append(f'<details class="proto-class"{" open" if number == 0 else ""}>'
+                     f"<summary>{esc(heading)} ({len(prototypes)} prototypes)</summary>{cards}</details>")
+    return "".join(parts)
+
+
+def prototype_card(j: int, examples, similarity: float | None = None, limit: int | None = None,
+                   prototype_class: str | None = None) -> str:
+    shown = examples[:limit] if limit else examples
+    items = "".join(
+        f"<li><q>{esc(e.text if e.text_pair is None else f'{e.text} ‖ {e.text_pair}')}</q> "
+        f'<span class="muted">label {esc(e.label)} · distance {e.distance:.3f}'
+        f"{' · attends to ' + esc(', '.join(e.top_tokens)) if e.top_tokens else ''}</span></li>"
+        for e in shown)
+    title = (f"Prototype {j}" + (f" of class {prototype_class}" if prototype_class is not None else "")
+             + (f" · similarity {similarity:.3f}" if similarity is not None else ""))
+    return f'<div class="card"><h4>{esc(title)}</h4><ol class="examples">{items}</ol></div>'
+
+
+def evaluation_section(run_dir: Path) -> str:
+    """The evaluation suite's files, whichever exist: results as tables, figures inline."""
+    parts = []
+    path = run_dir / EVALUATION_JSON
+    if path.is_file():
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+            parts.append(f'<div class="evaluation">{render_json(results)}</div>')
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            parts.append(f'<p class="note">{EVALUATION_JSON} could not be read: {esc(e)}</p>')
+    figures = sorted(run_dir.glob("*.png"), key=lambda p: (p.name != CURVES_PNG, p.name))
+    for figure in figures:
+        parts.append(f'<figure><img src="{png_data_uri(figure.read_bytes())}" alt="{esc(figure.stem.replace("_", " "))}">'
+                     f"<figcaption>{esc(figure.name)}</figcaption></figure>")
+    markdown = run_dir / EVALUATION_MD
+    if markdown.is_file():
+        parts.append(f"<details><summary>{EVALUATION_MD}, as written</summary>"
+                     f"<pre>{esc(markdown.read_text(encoding='utf-8', errors='replace'))}</pre></details>")
+    if not parts:
+        return (f'<p class="note">This run has no evaluation suite results ({EVALUATION_JSON}, {CURVES_PNG}): '
+                "intervention curves and faithfulness tables appear here once the suite has been run on it.</p>")
+    return "".join(parts)
+
+
+def examples_section(model, rows, count: int) -> str:
+    if rows is None or count == 0 or not hasattr(model, "explain"):
+        return '<p class="note">No worked examples: no data to draw them from.</p>' if count else ""
+    picks = np.linspace(0, len(rows) - 1, num=min(count, len(rows))).round().astype(int).tolist()
+    parts = []
+    for number, i in enumerate(dict.fromkeys(picks), start=1):
+        text = rows.texts[i]
+        try:
+            parts.append(worked_example(model, number, text, rows.labels[i], rows.concepts[i]))
+        except LucidError as e:  # e.g. a text longer than the model reads
+            parts.append(f'<article class="example"><h3>Example {number}</h3><p class="note">{esc(e)}</p></article>')
+    return "".join(parts)
+
+
+def worked_example(model, number: int, text: str, gold_label, gold_concepts: np.ndarray) -> str:
+    spec = model.spec
+    explanation = model.explain(text)
+    prediction = explanation.prediction
+    gold = float(gold_label) if spec.is_regression else spec.classes[int(gold_label)]
+    gold_values = {c.name: (c.values[int(v)] if v != MISSING else None) for c, v in zip(spec.concepts, gold_concepts)}
+    verdict = ("" if spec.is_regression else " ✓" if prediction.label == gold else " ✗")
+    probability = prediction.probabilities.get(prediction.label)
+    parts = [f'<article class="example"><h3>Example {number}</h3><blockquote>{esc(text)}</blockquote>',
+             f"<p>Gold label <strong>{fmt(gold)}</strong>; predicted <strong>{fmt(prediction.label)}</strong>"
+             f"{f' ({probability:.1%})' if probability is not None else ''}{verdict}</p>"]
+    if explanation.concepts:
+        top = max(abs(c.contribution) for c in explanation.concepts) or 1.0
+        body = [[esc(c.concept), esc(gold_values.get(c.concept) or "–"),
+                 cell(esc(c.value), "" if gold_values.get(c.concept) in (None, c.value) else MISREAD),
+                 fmt(c.probability), cell(f"{c.contribution:+.3f}", shade(abs(c.contribution) / top, GREEN if c.contribution >= 0 else RED))]
+                for c in explanation.concepts]
+        parts.append(table(["concept", "gold", "predicted", "probability", "contribution"], body, cls="narrow"))
+    for attribution in explanation.tokens:
+        signed = attribution.method != "attention"
+        parts.append(f'<p class="muted">{esc(attribution.target)} ({esc(attribution.method)})</p>'
+                     + token_spans(attribution.tokens, attribution.scores, signed))
+    for match in explanation.prototypes:
+        parts.append(prototype_card(match.prototype, match.nearest_examples, match.similarity, 2, match.prototype_class))
+    if explanation.concepts and getattr(model, "has_concepts", False):
+        parts.append(example_intervention(model, text, explanation, gold_values))
+    return "".join(parts) + "</article>"
+
+
+def example_intervention(model, text: str, explanation, gold_values: dict) -> str:
+    """Correct the concepts the model misread to their gold values; when it misread none, flip
+    its most contributing concept to the value that lowers the predicted label's probability most."""
+    corrections = {c.concept: gold_values[c.concept] for c in explanation.concepts
+                   if gold_values.get(c.concept) not in (None, c.value)}
+    if corrections:
+        title, result = "Correcting the concepts the model misread", model.intervene([text], corrections)[0]
+    else:
+        top = max(explanation.concepts, key=lambda c: abs(c.contribution))
+        others = [v for v in model.spec.concept(top.concept).values if v != top.value]
+        results = [model.intervene([text], {top.concept: v})[0] for v in others]
+        result = min(results, key=lambda r: r.after.probabilities.get(r.before.label, 0.0))
+        title = f"No concept misread; flipping the most contributing one, {top.concept}"
+    setting = ", ".join(f"{k} = {v}" for k, v in result.interventions.items())
+    columns = "".join(f'<div class="side"><h4>{side}</h4>{prediction_summary(p, result.interventions)}</div>'
+                      for side, p in (("Before", result.before), (f"After {setting}", result.after)))
+    change = (f"the label changes from {result.before.label} to {result.after.label}" if result.label_changed
+              else f"the label stays {result.after.label}")
+    return f'<h4>{esc(title)}: {esc(change)}</h4><div class="compare">{columns}</div>'
+
+
+def prediction_summary(prediction, changed: dict) -> str:
+    rows = [[esc(name), cell(fmt(p), shade(p))] for name, p in prediction.probabilities.items()]
+    rows += [[esc(name), cell(esc(c.value), MISREAD if name in changed else "")] for name, c in prediction.concepts.items()]
+    return f"<p>label <strong>{fmt(prediction.label)}</strong></p>" + table(["", ""], rows, cls="narrow")
+
+
+# ---- the page ---------------------------------------------------------------------------------
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;line-height:1.45;margin:0}
+header,main{max-width:72rem;margin:0 auto;padding:0 1.25rem}header{border-bottom:1px solid #d1d9e0;padding-bottom:.6rem}
+h1{font-size:1.5rem;margin:1rem 0 .3rem}h2{font-size:1.25rem;margin:2rem 0 .6rem;border-bottom:1px solid #d1d9e0}
+h3{font-size:1.05rem;margin:1.2rem 0 .4rem}h4{font-size:.95rem;margin:.8rem 0 .3rem}
+nav ul{display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;list-style:none;padding:0;margin:.4rem 0}
+table{border-collapse:collapse;margin:.4rem 0 .8rem;font-size:.9rem}caption{text-align:left;font-weight:600;padding:.2rem 0}
+th,td{padding:.25rem .55rem;border-bottom:1px solid #d1d9e0;text-align:right;font-variant-numeric:tabular-nums}
+th[scope=row],thead th:first-child{text-align:left}thead th{color:#59636e;font-weight:600}
+td .cell{display:block;padding:.15rem .3rem;border-radius:3px}
+.muted,.note{color:#59636e}.note{font-style:italic}
+.grid{display:flex;flex-wrap:wrap;gap:.5rem 2rem}.compare{display:grid;grid-template-columns:1fr 1fr;gap:1rem}
+.side{border:1px solid #d1d9e0;border-radius:8px;padding:.2rem .8rem;background:#f6f8fa}
+.tokens{line-height:2}.tok{padding:.1rem .15rem;border-radius:3px}
+.card{border:1px solid #d1d9e0;border-radius:8px;padding:.2rem .9rem;margin:.5rem 0}
+.examples li{margin-bottom:.3rem}blockquote{margin:.4rem 0;padding:.4rem .9rem;border-left:4px solid #2563eb;background:#f6f8fa}
+.example{border-top:1px dashed #d1d9e0;margin-top:1rem}figure img{max-width:100%}
+.facts td,.kv td{text-align:left}
+pre{white-space:pre-wrap;background:#f6f8fa;padding:.6rem;border-radius:6px;font-size:.85rem}
+details>summary{cursor:pointer;font-weight:600;margin:.4rem 0}.evaluation{overflow-x:auto}
+.evaluation h3,.evaluation h4,.evaluation h5,.evaluation h6{margin:.7rem 0 .3rem}.evaluation h5{font-size:.9rem}.evaluation h6{font-size:.85rem}
+"""
+
+
+def page(title: str, sections: list[tuple[str, str, str]]) -> str:
+    generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    nav = "".join(f'<li><a href="#{key}">{esc(heading)}</a></li>' for key, heading, _ in sections)
+    body = "".join(f'<section id="{key}" aria-labelledby="{key}-h"><h2 id="{key}-h">{esc(heading)}</h2>{html}</section>'
+                   for key, heading, html in sections)
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
+            f"<style>{STYLE}</style></head><body><header><h1>{esc(title)}</h1>"
+            f'<p class="muted">lucidlm {__version__} · generated {generated}</p><nav aria-label="sections"><ul>{nav}</ul></nav>'
+            f"</header><main>{body}</main></body></html>\n")

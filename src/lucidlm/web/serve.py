@@ -1,0 +1,53 @@
+"""Load a run and serve it with uvicorn (``lucidlm serve``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import LucidError
+
+
+def load_app(run_dir: str | Path):
+    """The web app over the saved run in ``run_dir`` (a FastAPI app)."""
+    try:
+        from .app import create_app
+    except ImportError as e:
+        raise LucidError(f"lucidlm serve needs the web extra ({e.name} is missing): pip install 'lucidlm[web]'") from None
+    from ..models import load_pretrained
+
+    return create_app(load_pretrained(run_dir), run_dir)
+
+
+def run_server(web_app, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Blocks until the server stops. Listens on localhost unless ``host`` says otherwise."""
+    import uvicorn
+
+    if not 0 < port < 65536:
+        raise LucidError(f"--port: expected a TCP port in 1..65535, found {port}")
+    uvicorn.run(web_app, host=host, port=port, log_level="warning")
+
+
+@contextmanager
+def serving(web_app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``web_app`` from a background thread while the block runs; yields its base URL.
+    Port 0 takes a free one. For tests, scripts and notebooks."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(web_app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the web server did not start on {host}:{port}")
+        time.sleep(0.05)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

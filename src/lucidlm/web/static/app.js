@@ -1,0 +1,346 @@
+// The page of `lucidlm serve`: reads /api/info, then for a text asks /api/predict (fast) and
+// /api/explain (slower), and /api/intervene or /api/intervene-subnetwork when the user corrects a
+// concept. Plain DOM, no framework, no build step; text goes in through textContent only.
+"use strict";
+
+const state = { info: null, text: "", prediction: null, request: 0 };
+const $ = (selector) => document.querySelector(selector);
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === "text") node.textContent = value;
+    else if (key === "class") node.className = value;
+    else if (key.startsWith("data-") || key.startsWith("aria-") || ["id", "title", "for", "role", "value"].includes(key)) {
+      node.setAttribute(key, value);
+    } else node[key] = value;
+  }
+  for (const child of children) if (child != null) node.append(child);
+  return node;
+}
+
+async function api(path, body) {
+  const response = await fetch(path, body === undefined ? {} : {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.detail || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+const percent = (p) => `${(100 * p).toFixed(1)}%`;
+const signed = (x) => (x >= 0 ? "+" : "−") + Math.abs(x).toFixed(3);
+
+function setStatus(message) { $("#status").textContent = message; }
+
+function showError(message) {
+  const box = $("#error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+function show(id, visible = true) { $(id).hidden = !visible; }
+
+// ---- the run ----------------------------------------------------------------------------------
+async function loadInfo() {
+  try {
+    state.info = await api("/api/info");
+  } catch (error) {
+    showError(`Could not read the model: ${error.message}`);
+    return;
+  }
+  const info = state.info;
+  const parts = [`run ${info.run || "(unnamed)"}`, `${info.family}${info.mode ? ` (${info.mode})` : ""}`,
+    `backbone ${info.backbone}`, `task ${info.task}`];
+  if (info.classes.length) parts.push(`labels ${info.classes.join(", ")}`);
+  $("#run-info").textContent = parts.join(" · ");
+  $("#text").maxLength = info.max_text_chars;
+  updateCount();
+  if (info.can_intervene_subnetwork) {
+    const concepts = $("#subnetwork-concept");
+    for (const c of info.concepts) concepts.append(el("option", { value: c.name, text: c.name }));
+    concepts.addEventListener("change", fillSubnetworkValues);
+    fillSubnetworkValues();
+  }
+}
+
+function fillSubnetworkValues() {
+  const concept = state.info.concepts.find((c) => c.name === $("#subnetwork-concept").value);
+  const values = $("#subnetwork-value");
+  values.replaceChildren(...concept.values.map((v) => el("option", { value: v, text: v })));
+}
+
+function updateCount() {
+  const limit = state.info ? state.info.max_text_chars : 0;
+  $("#char-count").textContent = limit ? `${$("#text").value.length} / ${limit} characters` : "";
+}
+
+// ---- predict and explain ---------------------------------------------------------------------
+async function submitText(event) {
+  event.preventDefault();
+  const text = $("#text").value;
+  const request = ++state.request;  // a newer request makes older answers stale
+  showError("");
+  setStatus("Predicting…");
+  for (const id of ["#compare-section", "#tokens-section", "#prototypes-section", "#subnetworks-section"]) show(id, false);
+  try {
+    const prediction = await api("/api/predict", { text });
+    if (request !== state.request) return;
+    state.text = text;
+    state.prediction = prediction;
+    renderPrediction(prediction);
+    renderConcepts(prediction);
+    show("#subnetwork-section", state.info.can_intervene_subnetwork);
+    setStatus("Explaining (token attributions take a moment)…");
+    const explanation = await api("/api/explain", { text });
+    if (request !== state.request) return;
+    renderExplanation(explanation);
+    setStatus("");
+  } catch (error) {
+    if (request !== state.request) return;
+    setStatus("");
+    showError(error.message);
+  }
+}
+
+function probabilityBars(probabilities, highlight) {
+  const list = el("ul", { class: "bars" });
+  for (const [name, p] of Object.entries(probabilities)) {
+    const bar = el("span", { class: "bar" });
+    bar.style.width = percent(p);
+    list.append(el("li", { class: name === highlight ? "top" : "" },
+      el("span", { class: "bar-name", text: name }),
+      el("span", { class: "bar-track", role: "presentation" }, bar),
+      el("span", { class: "bar-value", text: percent(p) })));
+  }
+  return list;
+}
+
+function labelBlock(prediction) {
+  const p = prediction.probabilities[prediction.label];
+  return el("p", { class: "label" }, "Label ",
+    el("strong", { class: "label-value", "data-label": String(prediction.label), text: String(prediction.label) }),
+    p === undefined ? null : el("span", { class: "muted", text: ` (${percent(p)})` }));
+}
+
+function renderPrediction(prediction) {
+  const box = $("#prediction");
+  box.replaceChildren(labelBlock(prediction));
+  if (Object.keys(prediction.probabilities).length) box.append(probabilityBars(prediction.probabilities, prediction.label));
+  show("#prediction-section");
+}
+
+function renderConcepts(prediction) {
+  const names = Object.keys(prediction.concepts);
+  show("#concepts-section", names.length > 0);
+  show("#reset", false);
+  const contributions = Object.fromEntries(prediction.contributions.map((c) => [c.concept, c.contribution]));
+  const largest = Math.max(1e-9, ...Object.values(contributions).map(Math.abs));
+  const body = $("#concepts tbody");
+  body.replaceChildren();
+  for (const name of names) {
+    const concept = prediction.concepts[name];
+    const select = el("select", { "data-concept": name, "aria-label": `${name}: value`, disabled: !state.info.can_intervene });
+    for (const value of Object.keys(concept.probabilities)) select.append(el("option", { value, text: value }));
+    select.value = concept.value;
+    select.addEventListener("change", interveneOnConcepts);
+    const contribution = contributions[name];
+    const bar = el("span", { class: `contribution ${contribution >= 0 ? "pos" : "neg"}` });
+    bar.style.width = `${(50 * Math.abs(contribution || 0)) / largest}%`;
+    body.append(el("tr", { "data-concept": name },
+      el("th", { scope: "row", text: name }),
+      el("td", { class: "read-value", text: concept.value }),
+      el("td", { text: percent(concept.probabilities[concept.value]) }),
+      el("td", {}, el("div", { class: "contribution-cell" },
+        el("span", { class: "contribution-track", role: "presentation" }, bar),
+        el("span", { text: contribution === undefined ? "" : signed(contribution) }))),
+      el("td", {}, select)));
+  }
+}
+
+// ---- corrections -----------------------------------------------------------------------------
+function changedConcepts() {
+  const values = {};
+  for (const select of document.querySelectorAll("#concepts select")) {
+    const name = select.dataset.concept;
+    if (select.value !== state.prediction.concepts[name].value) values[name] = select.value;
+    select.closest("tr").classList.toggle("changed", name in values);
+  }
+  return values;
+}
+
+async function interveneOnConcepts() {
+  const values = changedConcepts();
+  show("#reset", Object.keys(values).length > 0);
+  if (!Object.keys(values).length) { show("#compare-section", false); return; }
+  const request = ++state.request;
+  showError("");
+  setStatus("Recomputing the label with your concept values…");
+  try {
+    const result = await api("/api/intervene", { text: state.text, values });
+    if (request !== state.request) return;
+    renderComparison(result, `You set ${describeValues(values)}.`);
+    setStatus("");
+  } catch (error) {
+    if (request === state.request) { setStatus(""); showError(error.message); }
+  }
+}
+
+async function rewireSubnetwork(event) {
+  event.preventDefault();
+  if (!state.prediction) { showError("Predict a text first."); return; }
+  const body = { text: state.text, concept: $("#subnetwork-concept").value, value: $("#subnetwork-value").value,
+    fraction: Number($("#subnetwork-fraction").value) };
+  const request = ++state.request;
+  showError("");
+  setStatus("Rewiring the subnetwork…");
+  try {
+    const result = await api("/api/intervene-subnetwork", body);
+    if (request !== state.request) return;
+    renderComparison(result, `The subnetwork of ${body.concept} was rewired toward ${body.value}: `
+      + `${result.weights_changed.toLocaleString()} weights swapped, for this text only.`);
+    setStatus("");
+  } catch (error) {
+    if (request === state.request) { setStatus(""); showError(error.message); }
+  }
+}
+
+function resetConcepts() {
+  for (const select of document.querySelectorAll("#concepts select")) {
+    select.value = state.prediction.concepts[select.dataset.concept].value;
+  }
+  changedConcepts();
+  show("#reset", false);
+  show("#compare-section", false);
+}
+
+function describeValues(values) {
+  return Object.entries(values).map(([name, value]) => `${name} = ${value}`).join(", ");
+}
+
+function predictionCard(prediction, other, changed) {
+  const card = [labelBlock(prediction)];
+  if (Object.keys(prediction.probabilities).length) card.push(probabilityBars(prediction.probabilities, prediction.label));
+  const concepts = el("dl", { class: "concept-list" });
+  for (const [name, concept] of Object.entries(prediction.concepts)) {
+    const differs = other.concepts[name] && other.concepts[name].value !== concept.value;
+    concepts.append(el("dt", { text: name, class: changed.includes(name) ? "changed" : "" }),
+      el("dd", { class: differs ? "changed" : "", text: `${concept.value} (${percent(concept.probabilities[concept.value])})` }));
+  }
+  if (concepts.childElementCount) card.push(concepts);
+  return card;
+}
+
+function renderComparison(result, summary) {
+  const changed = Object.keys(result.interventions);
+  $("#before .body").replaceChildren(...predictionCard(result.before, result.after, changed));
+  $("#after .body").replaceChildren(...predictionCard(result.after, result.before, changed));
+  const verdict = result.label_changed
+    ? `The label changes from ${result.before.label} to ${result.after.label}.`
+    : `The label stays ${result.after.label}.`;
+  $("#compare-summary").textContent = `${summary} ${verdict}`;
+  $("#compare-section").dataset.labelChanged = String(result.label_changed);
+  show("#compare-section");
+}
+
+// ---- explanation -----------------------------------------------------------------------------
+function renderExplanation(explanation) {
+  renderTokens(explanation.tokens);
+  renderPrototypes(explanation.prototypes);
+  renderSubnetworks(explanation.subnetworks);
+}
+
+const SPECIAL = new Set(["[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>", "<|endoftext|>"]);
+
+function renderTokens(attributions) {
+  show("#tokens-section", attributions.length > 0);
+  if (!attributions.length) return;
+  const select = $("#token-target");
+  select.replaceChildren(...attributions.map((a, i) => el("option", { value: String(i), text: a.target })));
+  select.onchange = () => drawTokens(attributions[Number(select.value)]);
+  drawTokens(attributions[0]);
+}
+
+function drawTokens(attribution) {
+  const attention = attribution.method === "attention";
+  for (const key of document.querySelectorAll("[data-legend]")) key.hidden = (key.dataset.legend === "attention") !== attention;
+  $("#token-method").textContent = attention
+    ? "Token attention: how much each token weighs in the text's pooled representation."
+    : `Scores by ${attribution.method.replace(/_/g, " ")} toward ${describeTarget(attribution.target)}.`;
+  const kept = attribution.tokens.map((t, i) => [t, attribution.scores[i]]).filter(([t]) => !SPECIAL.has(t));
+  const largest = Math.max(1e-12, ...kept.map(([, s]) => Math.abs(s)));
+  const marked = kept.some(([t]) => t.startsWith("Ġ") || t.startsWith("▁"));
+  const box = $("#tokens");
+  box.replaceChildren();
+  for (const [token, score] of kept) {
+    let text = token, space = !marked;
+    if (token.startsWith("##")) { text = token.slice(2); space = false; }
+    else if (token.startsWith("Ġ") || token.startsWith("▁")) { text = token.slice(1); space = true; }
+    if (space && box.childNodes.length) box.append(" ");
+    const span = el("span", { class: `tok ${attention ? "att" : score >= 0 ? "pos" : "neg"}`, text,
+      title: `${attribution.target}: ${score.toFixed(4)}` });
+    span.style.setProperty("--strength", (Math.abs(score) / largest).toFixed(3));
+    box.append(span);
+  }
+}
+
+function describeTarget(target) {
+  const prediction = state.prediction;
+  if (target === "label" && prediction) return `the label ${prediction.label}`;
+  const concept = prediction && prediction.concepts[target];
+  return concept ? `${target} = ${concept.value} (the value the model reads)` : target;
+}
+
+function renderPrototypes(prototypes) {
+  show("#prototypes-section", prototypes.length > 0);
+  const list = $("#prototypes");
+  list.replaceChildren();
+  for (const match of prototypes) {
+    const pulls = Object.entries(match.contributions).map(([c, v]) => `${c} ${signed(v)}`).join(", ");
+    const examples = el("ol", { class: "examples" });
+    for (const example of match.nearest_examples) {
+      examples.append(el("li", {},
+        el("q", { text: example.text_pair ? `${example.text} ‖ ${example.text_pair}` : example.text }),
+        el("span", { class: "muted", text: ` label ${example.label} · distance ${example.distance.toFixed(3)}`
+          + (example.top_tokens.length ? ` · attends to ${example.top_tokens.join(", ")}` : "") })));
+    }
+    list.append(el("li", { class: "card" },
+      el("h3", { text: `Prototype ${match.prototype}` + (match.prototype_class !== null ? ` of class ${match.prototype_class}` : "") }),
+      el("p", { class: "muted", text: `similarity ${match.similarity.toFixed(3)} · pull toward each class: ${pulls}` }),
+      match.nearest_examples.length ? examples : el("p", { class: "muted", text: "No projection: no training examples recorded." })));
+  }
+}
+
+function renderSubnetworks(stats) {
+  show("#subnetworks-section", Boolean(stats));
+  if (!stats) return;
+  const table = el("table", {});
+  const head = el("tr", {}, ...["Concept", "Density", "Weights it alone keeps", ...stats.concepts.map((c) => `Jaccard with ${c}`)]
+    .map((h) => el("th", { scope: "col", text: h })));
+  table.append(el("thead", {}, head));
+  const body = el("tbody");
+  stats.concepts.forEach((name, k) => {
+    const row = el("tr", {}, el("th", { scope: "row", text: name }),
+      el("td", { text: percent(stats.density[name]) }), el("td", { text: percent(stats.owned_by_one[name]) }));
+    for (const overlap of stats.jaccard[k]) {
+      const cell = el("td", { class: overlap > 0.6 ? "heat dark" : "heat", text: overlap.toFixed(2) });
+      cell.style.setProperty("--strength", overlap.toFixed(3));
+      row.append(cell);
+    }
+    body.append(row);
+  });
+  table.append(body);
+  $("#subnetworks").replaceChildren(
+    el("p", { class: "muted", text: `Weights kept by every concept: ${percent(stats.shared_by_all)}.` }), table);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#text-form").addEventListener("submit", submitText);
+  $("#text").addEventListener("input", updateCount);
+  $("#text").addEventListener("keydown", (event) => {  // Ctrl+Enter (or ⌘+Enter) submits
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("#text-form").requestSubmit();
+  });
+  $("#reset").addEventListener("click", resetConcepts);
+  $("#subnetwork-form").addEventListener("submit", rewireSubnetwork);
+  loadInfo();
+});

@@ -1,0 +1,155 @@
+"""The page of ``lucidlm serve`` in a real browser: Debian's Chromium driven by Playwright (never a
+downloaded browser). A user types a review, sees the label, flips a concept, and sees the label
+and the page change; on a SparseCBM run, rewires a subnetwork; on proto-lm, sees prototypes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from lucidlm.models import SparseConceptLM, load_pretrained
+from lucidlm.web.app import create_app
+from lucidlm.web.serve import serving
+from tiny_runs import train_tiny_run
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (CI installs it: apt-get install chromium)")
+REVIEWS = [
+    "Great pasta, but we waited an hour.",
+    "The food was cold and the waiter was rude, but the room was quiet.",
+    "Lovely ambiance and friendly staff; the noise level was fine and the steak superb.",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_bert_dir, cebab_dir):
+    folder = tmp_path_factory.mktemp("browser")
+    return {kind: train_tiny_run(folder, kind, tiny_bert_dir, cebab_dir) for kind in ("joint", "proto")}
+
+
+def open_page(browser, url):
+    """A page at ``url`` that records console errors (a blocked script or style shows there) and
+    any request that leaves the server."""
+    page = browser.new_page(locale="en-US")
+    page.errors, page.foreign = [], []
+    page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.on("request", lambda request: request.url.startswith(url) or page.foreign.append(request.url))
+    page.goto(url)
+    page.wait_for_selector("#run-info:not(:has-text('Loading'))")
+    return page
+
+
+def predict(page, text: str) -> None:
+    page.fill("#text", text)
+    page.click("#predict")
+    page.wait_for_selector("#tokens-section:not([hidden])", timeout=30_000)  # the explanation arrived
+
+
+def a_flip_that_changes_the_label(client):
+    """(review, concept, value, before, after) where setting the concept changes this tiny model's label,
+    found through the API as a user would by trying."""
+    info = client.get("/api/info").json()
+    for text in REVIEWS:
+        predicted = client.post("/api/predict", json={"text": text}).json()
+        for concept in info["concepts"]:
+            for value in concept["values"]:
+                if value == predicted["concepts"][concept["name"]]["value"]:
+                    continue
+                result = client.post("/api/intervene", json={"text": text, "values": {concept["name"]: value}}).json()
+                if result["label_changed"]:
+                    return text, concept["name"], value, result["before"]["label"], result["after"]["label"]
+    pytest.fail("no single concept flip changes the tiny model's label on any review; add reviews to REVIEWS")
+
+
+def test_type_a_review_flip_a_concept_and_see_the_label_change(browser, runs):
+    app = create_app(load_pretrained(runs["joint"]), runs["joint"])
+    text, concept, value, before, after = a_flip_that_changes_the_label(TestClient(app))
+    with serving(app) as url:
+        page = open_page(browser, url)
+        assert "bottleneck (joint)" in page.inner_text("#run-info")
+        predict(page, text)
+        assert page.inner_text("#prediction .label-value") == before
+        assert page.locator("#concepts tbody tr").count() == 4
+        assert page.is_hidden("#compare-section")
+
+        page.select_option(f"select[data-concept='{concept}']", value)
+        page.wait_for_selector("#compare-section:not([hidden])")
+        assert page.inner_text("#before .label-value") == before
+        assert page.inner_text("#after .label-value") == after != before
+        assert f"changes from {before} to {after}" in page.inner_text("#compare-summary")
+        assert page.get_attribute(f"#concepts tr[data-concept='{concept}']", "class") == "changed"
+        assert page.locator("#tokens .tok").count() > 3  # tokens highlighted for the chosen target
+
+        page.click("#reset")  # back to the model's own reading: the comparison goes away
+        assert page.is_hidden("#compare-section") and page.input_value(f"select[data-concept='{concept}']") != value
+        assert page.errors == [] and page.foreign == []
+        page.close()
+
+
+def test_too_long_a_text_shows_the_servers_message(browser, runs):
+    app = create_app(load_pretrained(runs["joint"]), runs["joint"])
+    with serving(app) as url:
+        page = open_page(browser, url)
+        page.fill("#text", "word " * 300)  # within the character cap, beyond the tiny model's 128 tokens
+        page.click("#predict")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "this model reads at most 128" in page.inner_text("#error")
+        assert page.get_attribute("#text", "maxlength") == "2000"
+        page.close()
+
+
+def test_proto_page_shows_prototypes_with_their_training_examples(browser, runs):
+    model = load_pretrained(runs["proto"])
+    with serving(create_app(model, runs["proto"])) as url:
+        page = open_page(browser, url)
+        predict(page, REVIEWS[0])
+        page.wait_for_selector("#prototypes-section:not([hidden])")
+        assert page.is_hidden("#concepts-section") and page.is_hidden("#subnetwork-section")
+        first = page.locator("#prototypes > li").first.inner_text()
+        number = int(first.split()[1])
+        assert model.projection.examples[number][0].text in first
+        assert page.locator("#tokens .tok.att").count() > 3 and page.input_value("#token-target") == "0"
+        assert page.errors == [] and page.foreign == []
+        page.close()
+
+
+def test_rewire_a_subnetwork_and_compare(browser, cebab_small, tiny_bert_dir):
+    import torch
+
+    model = SparseConceptLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec).eval()
+    generator = torch.Generator().manual_seed(0)
+    for layer in model.subnetworks.values():  # half of every mask pruned at random: weights to swap
+        layer.mask.copy_(torch.rand(layer.mask.shape, generator=generator) < 0.5)
+    with serving(create_app(model)) as url:
+        page = open_page(browser, url)
+        predict(page, REVIEWS[1])
+        assert page.is_visible("#subnetworks-section") and page.locator("#subnetworks td.heat").count() == 16
+        page.select_option("#subnetwork-concept", "service")
+        page.select_option("#subnetwork-value", "Positive")
+        page.fill("#subnetwork-fraction", "0.3")
+        page.click("#subnetwork-run")
+        page.wait_for_selector("#compare-section:not([hidden])")
+        summary = page.inner_text("#compare-summary")
+        assert "subnetwork of service was rewired toward Positive" in summary and "for this text only" in summary
+        # The page shows what the model computes for the same rewiring (which it did not keep).
+        expected = model.intervene_subnetwork(REVIEWS[1], "service", "Positive", fraction=0.3)
+        assert f"{expected.weights_changed:,} weights swapped" in summary and expected.weights_changed > 0
+        service = expected.after.concepts["service"]
+        shown = page.locator("#after dd").nth(model.spec.concept_names.index("service")).inner_text()
+        assert shown == f"{service.value} ({100 * service.probabilities[service.value]:.1f}%)"
+        assert page.inner_text("#after .label-value") == expected.after.label
+        assert page.errors == [] and page.foreign == []
+        page.close()

@@ -1,0 +1,185 @@
+"""The web API of ``lucidlm serve`` on tiny runs: answers equal the library's values, limits give
+clear 4xx answers, the CLI listens on localhost by default, and schemathesis finds no 5xx."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+import torch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from typer.testing import CliRunner
+
+from lucidlm.cli import app as cli
+from lucidlm.models import load_pretrained
+from lucidlm.web.app import create_app
+from lucidlm.web.schemas import MAX_BODY_BYTES, MAX_TEXT_CHARS
+from tiny_runs import train_tiny_run
+
+TEXT = "Great pasta, but we waited an hour."
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_bert_dir, cebab_dir):
+    folder = tmp_path_factory.mktemp("web")
+    return {kind: train_tiny_run(folder, kind, tiny_bert_dir, cebab_dir) for kind in ("joint", "sparse", "proto")}
+
+
+@pytest.fixture(scope="module")
+def models(runs):
+    return {kind: load_pretrained(run) for kind, run in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def clients(models, runs):
+    return {kind: TestClient(create_app(model, runs[kind])) for kind, model in models.items()}
+
+
+def test_info_names_the_run_and_its_concepts(clients):
+    joint = clients["joint"].get("/api/info").json()
+    assert joint["run"] == "joint" and joint["family"] == "bottleneck" and joint["classes"] == ["1", "2", "3", "4", "5"]
+    assert [c["name"] for c in joint["concepts"]] == ["food", "ambiance", "service", "noise"]
+    assert joint["concepts"][0]["values"] == ["Negative", "Positive", "unknown"]
+    assert joint["can_intervene"] and not joint["can_intervene_subnetwork"] and joint["max_text_chars"] == MAX_TEXT_CHARS
+    assert clients["sparse"].get("/api/info").json()["can_intervene_subnetwork"]
+    proto = clients["proto"].get("/api/info").json()
+    assert proto["family"] == "prototype" and proto["concepts"] == [] and not proto["can_intervene"]
+
+
+def test_predict_equals_the_model_and_contributions_sum_to_the_logit(clients, models):
+    answer = clients["joint"].post("/api/predict", json={"text": TEXT})
+    assert answer.status_code == 200
+    body, model = answer.json(), models["joint"]
+    expected = model.predict([TEXT])[0]
+    assert body["label"] == expected.label
+    assert body["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+    assert {k: v["value"] for k, v in body["concepts"].items()} == {k: v.value for k, v in expected.concepts.items()}
+    # The label's logit is the sum of the concepts' contributions plus the label head's bias.
+    logits = model.forward_texts([TEXT]).label_logits[0]
+    row = model.spec.label_index(body["label"])
+    total = sum(c["contribution"] for c in body["contributions"]) + float(model.label_head.bias[row].detach())
+    assert total == pytest.approx(float(logits[row]), abs=1e-4)
+    assert [c["concept"] for c in body["contributions"]] == ["food", "ambiance", "service", "noise"]
+
+
+def test_intervene_sets_the_values_and_keeps_before_as_predicted(clients):
+    client = clients["joint"]
+    predicted = client.post("/api/predict", json={"text": TEXT}).json()
+    answer = client.post("/api/intervene", json={"text": TEXT, "values": {"service": "Positive", "food": "Negative"}})
+    assert answer.status_code == 200
+    result = answer.json()
+    assert result["before"]["label"] == predicted["label"]
+    assert result["before"]["probabilities"] == pytest.approx(predicted["probabilities"], abs=1e-5)
+    assert result["after"]["concepts"]["service"]["value"] == "Positive"
+    assert result["after"]["concepts"]["food"]["value"] == "Negative"
+    assert result["label_changed"] == (result["before"]["label"] != result["after"]["label"])
+
+
+def test_explain_returns_the_explanation_of_each_family(clients, models):
+    joint = clients["joint"].post("/api/explain", json={"text": TEXT}).json()
+    assert [t["target"] for t in joint["tokens"]] == ["food", "ambiance", "service", "noise", "label"]
+    assert joint["tokens"][0]["tokens"][0] == "[CLS]" and len(joint["tokens"][0]["scores"]) == len(joint["tokens"][0]["tokens"])
+    assert joint["subnetworks"] is None and joint["prototypes"] == []
+
+    sparse = clients["sparse"].post("/api/explain", json={"text": TEXT}).json()
+    assert sparse["subnetworks"]["density"]["food"] == pytest.approx(0.5, abs=0.01)
+    assert len(sparse["subnetworks"]["jaccard"]) == 4
+
+    proto = clients["proto"].post("/api/explain", json={"text": TEXT}).json()
+    assert proto["tokens"][0]["target"] == "attention" and sum(proto["tokens"][0]["scores"]) == pytest.approx(1.0, abs=1e-4)
+    nearest = models["proto"].projection.examples[proto["prototypes"][0]["prototype"]]
+    assert [e["text"] for e in proto["prototypes"][0]["nearest_examples"]] == [e.text for e in nearest]
+
+
+def test_subnetwork_intervention_never_commits(clients, models):
+    masks = {name: layer.mask.clone() for name, layer in models["sparse"].subnetworks.items()}
+    answer = clients["sparse"].post("/api/intervene-subnetwork",
+                                    json={"text": TEXT, "concept": "service", "value": "Negative", "fraction": 0.3})
+    assert answer.status_code == 200
+    result = answer.json()
+    assert result["weights_changed"] > 0 and result["committed"] is False and result["fraction"] == 0.3
+    assert all(torch.equal(models["sparse"].subnetworks[name].mask, mask) for name, mask in masks.items())
+
+
+@pytest.mark.parametrize("kind, path, body, message", [
+    ("joint", "/api/intervene-subnetwork", {"text": TEXT, "concept": "service", "value": "Negative"}, "no concept subnetworks"),
+    ("proto", "/api/intervene", {"text": TEXT, "values": {"service": "Negative"}}, "nothing to intervene on"),
+])
+def test_what_a_family_cannot_do_is_a_400_that_says_so(clients, kind, path, body, message):
+    answer = clients[kind].post(path, json=body)
+    assert answer.status_code == 400 and message in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"text": "a" * (MAX_TEXT_CHARS + 1)}, 422, f"text: at most {MAX_TEXT_CHARS} characters, found {MAX_TEXT_CHARS + 1}"),
+    ({"text": "word " * 200}, 422, "tokens long; this model reads at most 128"),
+    ({"text": "   "}, 422, "text: expected some words"),
+    ({"text": TEXT, "path": "/etc/passwd"}, 422, "path: Extra inputs are not permitted"),
+    ({"txt": TEXT}, 422, "text: Field required"),
+    ({"text": "x" * (MAX_BODY_BYTES + 10)}, 413, f"at most {MAX_BODY_BYTES} bytes"),
+])
+def test_invalid_text_gets_a_4xx_naming_the_field_and_limit(clients, body, status, message):
+    answer = clients["joint"].post("/api/predict", json=body)
+    assert answer.status_code == status
+    assert message in answer.json()["detail"]
+
+
+def test_malformed_json_and_unknown_concepts_are_422(clients):
+    client = clients["joint"]
+    broken = client.post("/api/predict", content=b'{"text": "Great', headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and broken.json()["detail"].startswith("malformed JSON")
+    surrogate = client.post("/api/predict", content=b'{"text": "\\ud800"}', headers={"content-type": "application/json"})
+    assert surrogate.status_code == 422 and surrogate.json()["detail"].startswith("text:")
+    unknown = client.post("/api/intervene", json={"text": TEXT, "values": {"decor": "Positive"}})
+    assert unknown.status_code == 422 and "unknown concept 'decor'" in unknown.json()["detail"]
+    value = client.post("/api/intervene", json={"text": TEXT, "values": {"food": "Tasty"}})
+    assert value.status_code == 422 and "concept 'food': unknown value 'Tasty'" in value.json()["detail"]
+    empty = client.post("/api/intervene", json={"text": TEXT, "values": {}})
+    assert empty.status_code == 422 and empty.json()["detail"].startswith("values:")
+
+
+def test_no_endpoint_takes_a_path_and_the_page_is_served_with_a_strict_policy(clients):
+    client = clients["joint"]
+    schema = client.get("/openapi.json").json()
+    fields = {name for component in schema["components"]["schemas"].values() if component["title"].endswith("Request")
+              for name in component.get("properties", {})}
+    assert fields == {"text", "values", "concept", "value", "fraction"}
+    assert all(not operation.get("parameters") for methods in schema["paths"].values() for operation in methods.values())
+    page = client.get("/")
+    assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
+    assert '<script src="/static/app.js"' in page.text and "http" not in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/../app.py").status_code == 404 and client.get("/docs").status_code == 404
+
+
+def test_serve_listens_on_localhost_unless_told(runs, monkeypatch):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    plain = CliRunner().invoke(cli, ["serve", str(runs["joint"])])
+    assert plain.exit_code == 0, plain.output
+    opened = CliRunner().invoke(cli, ["serve", str(runs["joint"]), "--host", "0.0.0.0", "--port", "8123"])
+    assert opened.exit_code == 0, opened.output
+    assert [(c["host"], c["port"]) for c in calls] == [("127.0.0.1", 8000), ("0.0.0.0", 8123)]
+    missing = CliRunner().invoke(cli, ["serve", str(runs["joint"] / "nowhere")])
+    assert missing.exit_code == 1 and "no such folder" in missing.stderr
+
+
+# ---- property-based: every operation of the OpenAPI schema, valid and invalid input ---------------
+@pytest.fixture(scope="module")
+def api_schema(models, runs):
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(models["sparse"], runs["sparse"]))
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
+def test_no_input_gets_a_server_error(case):
+    response = case.call()
+    case.validate_response(response, checks=[not_a_server_error])
+    assert response.status_code < 500, response.text
