@@ -1,14 +1,15 @@
 """Are the explanations true? The evaluation suite (faithfulness, causal concept effects,
 intervention curves) on the saved CEBaB runs of the earlier benchmarks; inference only.
 
-    python bench/evaluation_suite.py [--runs runs/bench-cebab-joint ...] [--samples 50] [--seed 0]
+    python bench/evaluation_suite.py [--runs runs/bench-cebab-joint ...] [--samples 50] [--seed 0] [--merge]
 
 Each run is read as `lucidlm evaluate RUN --suite faithfulness,causal,interventions` reads it
 (its own data set, split test); a run folder that does not exist is skipped with a message.
 Token faithfulness uses --samples test rows drawn with --seed (the slow part: integrated
 gradients per target); everything else uses every row, and the causal suite every
 (original → edit) pair of CEBaB dev and test. Writes bench/results/evaluation_suite.{json,md}
-and bench/results/intervention_curves.png, after every run.
+and bench/results/intervention_curves.png, after every run; ``--merge`` keeps the runs already
+there (measured with the same --samples and --seed) and adds or replaces the ones given.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50, help="test rows for token faithfulness")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cebab", type=Path, default=CEBAB, help="CEBaB's folder (the causal suite's pairs)")
+    parser.add_argument("--merge", action="store_true", help="keep the runs already in the results file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
@@ -47,7 +49,10 @@ def main() -> None:
     command = f"python bench/evaluation_suite.py --samples {args.samples} --seed {args.seed}"
     if args.runs != parser.get_default("runs"):
         command += " --runs " + " ".join(_shown(r) for r in args.runs)
-    results, seconds, missing = {}, {}, []
+    results, seconds, commands, missing = {}, {}, {}, []
+    if args.merge:
+        command += " --merge"
+        results, seconds, commands = earlier_results(args.samples, args.seed)
     for run_dir in args.runs:
         if not run_dir.is_dir():
             print(f"{_shown(run_dir)}: no such run, skipped", flush=True)
@@ -58,9 +63,26 @@ def main() -> None:
         task = load_experiment_task(record["experiment"]["data"])
         name = run_dir.name.removeprefix("bench-cebab-")
         results[name] = run_suite(model, task, SUITES, split="test", samples=args.samples, seed=args.seed, cebab=args.cebab)
-        seconds[name] = time.perf_counter() - start
-        print(f"{name}: {seconds[name]:.0f} s", flush=True)
-        write(results, seconds, missing, command)
+        seconds[name] = {"seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
+        commands[name] = command
+        print(f"{name}: {seconds[name]['seconds']:.0f} s", flush=True)
+        write(results, seconds, commands, missing)
+
+
+def earlier_results(samples: int, seed: int) -> tuple[dict, dict, dict]:
+    """The results file's runs, their seconds and the command that measured each; refused if
+    they were measured with other token-faithfulness rows than ``samples`` and ``seed`` draw."""
+    path = RESULTS / FILES["json"]
+    record = json.loads(path.read_text())
+    results = record["results"]
+    for name, result in results.items():
+        tokens = result.get("faithfulness", {}).get("tokens", {})
+        if result["seed"] != seed or tokens.get("n", 0) + tokens.get("left_out", 0) not in (0, min(samples, result["n"])):
+            raise SystemExit(f"{path}: run {name} was measured with other --samples or --seed; rerun it instead of merging")
+    commands = record.get("commands") or {name: record["command"] for name in results}
+    threads = record.get("machine", {}).get("threads")  # files from before per-run threads
+    seconds = {name: s if isinstance(s, dict) else {"seconds": s, "threads": threads} for name, s in record["seconds"].items()}
+    return results, seconds, commands
 
 
 def _shown(path: Path) -> str:
@@ -70,18 +92,23 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def write(results: dict, seconds: dict, missing: list[str], command: str) -> None:
+def write(results: dict, seconds: dict, commands: dict[str, str], missing: list[str]) -> None:
     title = "Are the explanations true? The saved CEBaB runs, test split"
-    written = write_report(results, RESULTS, command, FILES, title)
+    written = write_report(results, RESULTS, None, FILES, title)
     record = json.loads(written["json"].read_text())
-    record.update(seconds=seconds, runs_missing=missing,
-                  machine={"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()})
+    record.update(commands=commands, seconds=seconds, runs_missing=missing,
+                  machine={"platform": platform.platform(), "torch": torch.__version__})
     written["json"].write_text(json.dumps(record, indent=2))
-    timing = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
-    notes = [f"Seconds per run (CPU, {torch.get_num_threads()} thread(s)): {timing}."]
+    timing = ", ".join(f"{name} {s['seconds']:.0f} s ({s['threads']} thread{'s' * (s['threads'] != 1)})"
+                       for name, s in seconds.items())
+    runs_of = {}  # command -> the runs it measured
+    for name, command in commands.items():
+        runs_of.setdefault(command, []).append(name)
+    notes = [f"Command: `{c}` ({', '.join(names)})." for c, names in runs_of.items()] + [""]
+    notes += [f"Seconds per run on CPU: {timing}."]
     if missing:
         notes.append(f"Runs not found, skipped: {', '.join(missing)}.")
-    markdown = render_markdown(results, title, command)
+    markdown = written["markdown"].read_text()
     head, sep, rest = markdown.partition("\n## ")  # the notes go under the first table
     written["markdown"].write_text(head.rstrip("\n") + "\n\n" + "\n".join(notes) + "\n" + sep + rest)
     print(f"wrote {', '.join(str(p.relative_to(ROOT)) for p in written.values())}", flush=True)
