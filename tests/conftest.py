@@ -20,6 +20,12 @@ if not DATA.is_dir():  # a checkout elsewhere can point at the data
     DATA = Path(os.environ.get("LUCIDLM_DATA", DATA))
 CEBAB = DATA / "cebab"
 
+# The browser tests drive Debian's Chromium (never a downloaded one). A developer without it skips
+# them; CI, whose .ci/run installs it, never does: there a missing browser fails the tests.
+CHROMIUM = Path("/usr/bin/chromium")
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
+                                    reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+
 
 @pytest.fixture(scope="session")
 def cebab_dir() -> Path:

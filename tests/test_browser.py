@@ -4,18 +4,16 @@ and the page change; on a SparseCBM run, rewires a subnetwork; on proto-lm, sees
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 
 from lucidlm.models import SparseConceptLM, load_pretrained
 from lucidlm.web.app import create_app
 from lucidlm.web.serve import serving
+from conftest import CHROMIUM, needs_chromium
 from tiny_runs import train_tiny_run
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (CI installs it: apt-get install chromium)")
+pytestmark = needs_chromium
 REVIEWS = [
     "Great pasta, but we waited an hour.",
     "The food was cold and the waiter was rude, but the room was quiet.",

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from lucidlm.cli import app as cli
 from lucidlm.models import load_pretrained
 from lucidlm.web.report import build_report
+from conftest import CHROMIUM, needs_chromium
 from tiny_runs import train_tiny_run
 
-CHROMIUM = Path("/usr/bin/chromium")
 # A 1×1 PNG, standing in for the evaluation suite's intervention_curves.png.
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 
@@ -137,7 +137,7 @@ def test_proto_report_shows_every_prototype_with_its_examples(runs):
     assert "Concept subnetworks" not in html
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (CI installs it: apt-get install chromium)")
+@needs_chromium
 def test_chromium_opens_the_report_with_no_request(joint_report):
     from playwright.sync_api import sync_playwright
 

@@ -48,6 +48,7 @@ class MaskedLinear(nn.Module):
         self.masked_weight: torch.Tensor | None = None
         self.mask_override: torch.Tensor | None = None  # a float mask for the routed concept (∂L/∂M_k)
         self._inference_weights: tuple | None = None  # (versions, what inference multiplies by)
+        self._unit_layout: tuple | None = None  # (mask versions, kept features, their gathered mask)
         # Neuron-level masks: "out" if this layer makes units (its output features), "in" if it
         # reads them (its input features); unit_size features form one unit (a head's width).
         self.unit_axis: str | None = None
@@ -111,23 +112,35 @@ class MaskedLinear(nn.Module):
         offsets = torch.arange(self.unit_size, device=order.device)
         return (order.unsqueeze(-1) * self.unit_size + offsets).reshape(self.num_masks, -1)
 
-    def _gathered_weights(self, features: torch.Tensor) -> torch.Tensor:
-        """Concept k's kept part of W ⊙ M_k as ``[K, in', out']`` for a batched matmul."""
+    def unit_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept features and the mask gathered to them (``[K, in', out']``), kept until the
+        masks change: they move only when pruning or an intervention rewrites a mask, so a
+        training step does not rebuild them."""
+        versions = (self.mask._version, self.mask.data_ptr())
+        if self._unit_layout is None or self._unit_layout[0] != versions:
+            features = self.kept_features()
+            mask = self.in_out(self.mask)
+            k = torch.arange(self.num_masks, device=features.device).unsqueeze(-1)
+            gathered = mask[k, :, features].transpose(1, 2) if self.unit_axis == "out" else mask[k, features]
+            self._unit_layout = (versions, features, gathered)
+        return self._unit_layout[1:]
+
+    def _gathered_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept features, and concept k's kept part of W ⊙ M_k as ``[K, in', out']`` for a
+        batched matmul."""
+        features, mask = self.unit_layout()
         weight = self.weight if self.transposed else self.weight.t()  # [in, out]
-        mask = self.in_out(self.mask)
-        k = torch.arange(self.num_masks, device=features.device).unsqueeze(-1)
         if self.unit_axis == "out":
-            return weight[:, features].permute(1, 0, 2) * mask[k, :, features].transpose(1, 2)
-        return weight[features] * mask[k, features]
+            return features, weight[:, features].permute(1, 0, 2) * mask
+        return features, weight[features] * mask
 
     def _gathered_for_inference(self) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.kept_features()
-        return features, self._gathered_weights(features).detach().contiguous()
+        features, weights = self._gathered_weights()
+        return features, weights.detach().contiguous()
 
     def _forward_units(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
-            features = self.kept_features()
-            weights = self._gathered_weights(features)
+            features, weights = self._gathered_weights()
             if self.record_grads and weights.requires_grad:
                 weights.retain_grad()
                 self.masked_weight, self.gathered = weights, features
