@@ -3,9 +3,10 @@
 per concept; and subnetwork intervention on test concepts the model gets wrong.
 
     python bench/cebab_sparse.py [--sparsity 0.5 0.7] [--granularity weight|neuron] [--interventions 200]
-                                 [--fractions 0.1 0.2 0.3] [--reuse]
+                                 [--fractions 0.1 0.2 0.3] [--scores saliency taylor] [--reuse]
 
-``--reuse`` loads the runs saved by an earlier invocation and measures only the interventions.
+``--reuse`` loads the runs saved by an earlier invocation and measures only the interventions
+(the (score, p) pairs given; the others already in the results stay).
 Writes bench/results/cebab_sparse.{json,md}, merging with the rows already there.
 """
 
@@ -22,12 +23,13 @@ import transformers
 
 from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment
 from lucidlm.models import load_pretrained
+from lucidlm.models.subnetworks import REWIRE_SCORES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def subnetwork_interventions(model, split, limit: int, fraction: float, seed: int = 0) -> dict:
+def subnetwork_interventions(model, split, limit: int, fraction: float, score: str, seed: int = 0) -> dict:
     """On (row, concept) pairs whose concept prediction is wrong: does rewiring the concept's
     subnetwork toward the gold value correct it, move the label, break other correct concepts?"""
     inferred = model.infer(split)
@@ -39,7 +41,8 @@ def subnetwork_interventions(model, split, limit: int, fraction: float, seed: in
     start = time.perf_counter()
     for row, k in chosen:
         concept = model.spec.concepts[k]
-        result = model.intervene_subnetwork(split.texts[row], concept.name, concept.values[split.concepts[row, k]], fraction)
+        result = model.intervene_subnetwork(split.texts[row], concept.name, concept.values[split.concepts[row, k]], fraction,
+                                            score=score)
         corrected += result.after.concepts[concept.name].value == concept.values[split.concepts[row, k]]
         gold_label = model.spec.classes[split.labels[row]]
         label_before += result.before.label == gold_label
@@ -50,7 +53,7 @@ def subnetwork_interventions(model, split, limit: int, fraction: float, seed: in
                 broken += result.after.concepts[other.name].value != other.values[split.concepts[row, j]]
     n = len(chosen)
     return {
-        "pairs_wrong_in_test": int(len(wrong)), "pairs_intervened": n, "fraction": fraction,
+        "pairs_wrong_in_test": int(len(wrong)), "pairs_intervened": n, "fraction": fraction, "score": score,
         "concepts_corrected": corrected / n, "task_accuracy_before": label_before / n,
         "task_accuracy_after": label_after / n, "other_correct_concepts_broken": broken / max(others, 1),
         "seconds_per_intervention": (time.perf_counter() - start) / n,
@@ -62,6 +65,8 @@ def main() -> None:
     parser.add_argument("--sparsity", nargs="+", type=float, default=[0.7, 0.5])
     parser.add_argument("--interventions", type=int, default=200)
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2, 0.3], help="p: the paper code's range")
+    parser.add_argument("--scores", nargs="+", choices=REWIRE_SCORES, default=list(REWIRE_SCORES),
+                        help="saliency |g⊙W| (METHODS §2) and/or taylor (signed first-order)")
     parser.add_argument("--granularity", choices=("weight", "neuron"), default="weight")
     parser.add_argument("--reuse", action="store_true", help="load the saved runs; measure the interventions only")
     args = parser.parse_args()
@@ -89,7 +94,13 @@ def main() -> None:
                 "jaccard": model.subnetwork_statistics()["jaccard"], "config": experiment.to_dict(),
             }
         test = load_experiment_task(experiment.data).test
-        row["subnetwork_intervention"] = [subnetwork_interventions(model, test, args.interventions, p) for p in args.fractions]
+        settings = [(score, p) for score in args.scores for p in args.fractions]
+        measured = [subnetwork_interventions(model, test, args.interventions, p, score) for score, p in settings]
+        kept = [m for m in row.get("subnetwork_intervention", []) if (m["score"], m["fraction"]) not in settings]
+        row["subnetwork_intervention"] = kept + measured  # --reuse keeps the (score, p) it does not measure again
+        row["interventions_command"] = (f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
+                                        f"--interventions {args.interventions} --fractions {' '.join(map(str, args.fractions))} "
+                                        f"--scores {' '.join(args.scores)}" + (" --reuse" if args.reuse else ""))
         rows[name] = row
         print(json.dumps({k: v for k, v in row.items() if k != "config"}, indent=1), flush=True)
         write_results(rows)  # after each run, so a finished run is never lost
@@ -102,6 +113,8 @@ def read_results() -> dict:
         row.setdefault("command", earlier.get("command"))
         if isinstance(row.get("subnetwork_intervention"), dict):
             row["subnetwork_intervention"] = [row["subnetwork_intervention"]]
+        for measured in row.get("subnetwork_intervention", []):  # from before the taylor score
+            measured.setdefault("score", "saliency")
     return earlier
 
 
@@ -134,13 +147,19 @@ def markdown(result: dict) -> str:
                      f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {density}{target} | {seconds} |" if c else
                      f"| {name} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | – | – | – | – |")
     lines += ["", "Subnetwork intervention on test (row, concept) pairs predicted wrong, given the gold value:", "",
-              "| model | pairs | p | concepts corrected | task acc before → after | other correct concepts broken |",
-              "|---|---|---|---|---|---|"]
+              "| model | pairs | score | p | concepts corrected | task acc before → after | other correct concepts broken |",
+              "|---|---|---|---|---|---|---|"]
     interventions = [(name, s) for name, row in result["sparse"].items() for s in row["subnetwork_intervention"]]
     for name, s in interventions:
-        lines.append(f"| {name} | {s['pairs_intervened']} of {s['pairs_wrong_in_test']} | {s['fraction']} | {s['concepts_corrected']:.1%} | "
+        lines.append(f"| {name} | {s['pairs_intervened']} of {s['pairs_wrong_in_test']} | {s['score']} | {s['fraction']} | "
+                     f"{s['concepts_corrected']:.1%} | "
                      f"{s['task_accuracy_before']:.1%} → {s['task_accuracy_after']:.1%} | {s['other_correct_concepts_broken']:.1%} |")
-    lines += ["", "Commands:", ""] + [f"- {name}: `{row['command']}`" for name, row in result["sparse"].items()]
+    lines += ["", "score: saliency = |g ⊙ W| (METHODS §2); taylor = −g, the signed first-order change of the concept's loss.",
+              "", "Commands:", ""]
+    for name, row in result["sparse"].items():
+        lines.append(f"- {name}: `{row['command']}`")
+        if row.get("interventions_command", row["command"]) != row["command"]:
+            lines.append(f"  - its interventions: `{row['interventions_command']}`")
     return "\n".join(lines) + "\n"
 
 

@@ -138,12 +138,13 @@ def test_rewire_a_subnetwork_and_compare(browser, cebab_small, tiny_bert_dir):
         page.select_option("#subnetwork-concept", "service")
         page.select_option("#subnetwork-value", "Positive")
         page.fill("#subnetwork-fraction", "0.3")
+        page.select_option("#subnetwork-score", "taylor")
         page.click("#subnetwork-run")
         page.wait_for_selector("#compare-section:not([hidden])")
         summary = page.inner_text("#compare-summary")
         assert "subnetwork of service was rewired toward Positive" in summary and "for this text only" in summary
         # The page shows what the model computes for the same rewiring (which it did not keep).
-        expected = model.intervene_subnetwork(REVIEWS[1], "service", "Positive", fraction=0.3)
+        expected = model.intervene_subnetwork(REVIEWS[1], "service", "Positive", fraction=0.3, score="taylor")
         assert f"{expected.weights_changed:,} weights swapped" in summary and expected.weights_changed > 0
         service = expected.after.concepts["service"]
         shown = page.locator("#after dd").nth(model.spec.concept_names.index("service")).inner_text()

@@ -228,3 +228,18 @@ def test_subnetwork_intervention_is_local_and_keeps_sparsity(trained):
     assert changed == committed.weights_changed
     with pytest.raises(LucidError, match="fraction"):
         trained.intervene_subnetwork(TEXTS[0], "service", "Negative", fraction=1.5)
+
+
+def test_taylor_rewiring_moves_the_concept_toward_the_given_value(trained):
+    masks = {n: l.mask.clone() for n, l in trained.subnetworks.items()}
+    for text in TEXTS:
+        before = trained.predict(text)[0].concepts["service"]
+        value = next(v for v in ("Negative", "Positive", "unknown") if v != before.value)
+        result = trained.intervene_subnetwork(text, "service", value, fraction=0.05, score="taylor")
+        assert result.score == "taylor" and result.to_dict()["score"] == "taylor"
+        # flipping the weights whose first-order effect lowers the concept's loss raises p(value)
+        assert result.after.concepts["service"].probabilities[value] > before.probabilities[value]
+    for name, layer in trained.subnetworks.items():
+        assert torch.equal(layer.mask, masks[name])
+    with pytest.raises(LucidError, match="score"):
+        trained.intervene_subnetwork(TEXTS[0], "service", "Negative", score="random")

@@ -95,10 +95,10 @@ def test_explain_returns_the_explanation_of_each_family(clients, models):
 def test_subnetwork_intervention_never_commits(clients, models):
     masks = {name: layer.mask.clone() for name, layer in models["sparse"].subnetworks.items()}
     answer = clients["sparse"].post("/api/intervene-subnetwork",
-                                    json={"text": TEXT, "concept": "service", "value": "Negative", "fraction": 0.3})
+                                    json={"text": TEXT, "concept": "service", "value": "Negative", "fraction": 0.3, "score": "taylor"})
     assert answer.status_code == 200
     result = answer.json()
-    assert result["weights_changed"] > 0 and result["committed"] is False and result["fraction"] == 0.3
+    assert result["weights_changed"] > 0 and result["committed"] is False and (result["fraction"], result["score"]) == (0.3, "taylor")
     assert all(torch.equal(models["sparse"].subnetworks[name].mask, mask) for name, mask in masks.items())
 
 
@@ -144,7 +144,7 @@ def test_no_endpoint_takes_a_path_and_the_page_is_served_with_a_strict_policy(cl
     schema = client.get("/openapi.json").json()
     fields = {name for component in schema["components"]["schemas"].values() if component["title"].endswith("Request")
               for name in component.get("properties", {})}
-    assert fields == {"text", "values", "concept", "value", "fraction"}
+    assert fields == {"text", "values", "concept", "value", "fraction", "score"}
     assert all(not operation.get("parameters") for methods in schema["paths"].values() for operation in methods.values())
     page = client.get("/")
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]

@@ -187,6 +187,7 @@ def intervene(
     subnetwork: bool = typer.Option(False, "--subnetwork", help="Rewire the concept's subnetwork (SparseCBM)."),
     fraction: float = typer.Option(0.2, "--fraction", help="Share of active weights swapped per layer (--subnetwork)."),
     commit: bool = typer.Option(False, "--commit", help="Keep the rewired subnetwork: save it into RUN_DIR."),
+    score: str = typer.Option("saliency", "--score", help="Which weights to swap (--subnetwork): saliency |g⊙W| (the paper's) or taylor (signed first-order)."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Set concepts to given values and show the prediction before and after.
@@ -210,7 +211,7 @@ def intervene(
         if len(interventions) != 1:
             raise LucidError(f"--subnetwork rewires one concept at a time; found {len(interventions)} --set options")
         (name, value), = interventions.items()
-        result = model.intervene_subnetwork(text, name, value, fraction=fraction, commit=commit)
+        result = model.intervene_subnetwork(text, name, value, fraction=fraction, commit=commit, score=score)
         if commit:
             model.save_pretrained(run_dir)
     elif not hasattr(model, "intervene"):

@@ -54,9 +54,11 @@ class InterventionResult:
 @dataclass
 class SubnetworkInterventionResult(InterventionResult):
     """A concept's subnetwork rewired for this input (METHODS §2): ``fraction`` of its active
-    weights dropped and as many regrown in every masked layer; ``committed`` if kept."""
+    weights dropped and as many regrown in every masked layer, chosen by ``score``; ``committed``
+    if kept."""
 
     concept: str = ""
     fraction: float = 0.0
+    score: str = "saliency"
     weights_changed: int = 0
     committed: bool = False

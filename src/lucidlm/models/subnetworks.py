@@ -26,6 +26,7 @@ from ..explain.subnetworks import subnetwork_statistics
 from .bottleneck import BottleneckConfig, ConceptBottleneckLM
 
 MASK_PREFIX = "subnetwork_masks."
+REWIRE_SCORES = ("saliency", "taylor")
 
 
 def rewire(mask: torch.Tensor, score: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -131,17 +132,24 @@ class SparseConceptLM(ConceptBottleneckLM):
 
     # ---- intervention -----------------------------------------------------------------------
     def intervene_subnetwork(self, text: str, concept: str, value: str, fraction: float = 0.2,
-                             commit: bool = False) -> SubnetworkInterventionResult:
+                             commit: bool = False, score: str = "saliency") -> SubnetworkInterventionResult:
         """Rewire concept ``concept``'s subnetwork toward its true ``value`` for this input.
 
         With the weights frozen, g = ∂L_k/∂M_k for L_k = CE(concept k, value); every weight is
-        scored s = |g ⊙ W|; in each masked layer the ``fraction`` of active weights with the
-        lowest s are dropped and as many pruned weights with the highest s regrown, so the
-        sparsity stays fixed; with neuron-level masks the same is done to whole units, scored by
-        the sum of s over their weights. The new mask holds for this input only unless ``commit``.
+        scored s = |g ⊙ W| (``score="saliency"``, METHODS §2); in each masked layer the
+        ``fraction`` of active weights with the lowest s are dropped and as many pruned weights
+        with the highest s regrown, so the sparsity stays fixed; with neuron-level masks the same
+        is done to whole units, scored by the sum of s over their weights. The new mask holds for
+        this input only unless ``commit``.
+
+        ``score="taylor"`` uses the sign of g instead: flipping M_j changes L_k by about
+        g_j·ΔM_j, so it drops the active weights with the largest g (whose removal lowers L_k
+        most) and regrows the pruned ones with the most negative g (s = −g).
         """
         if not 0 < fraction < 1:
             raise LucidError(f"fraction: expected a number in (0, 1), found {fraction}")
+        if score not in REWIRE_SCORES:
+            raise LucidError(f"score: expected one of {list(REWIRE_SCORES)}, found {score!r}")
         k = self.spec.concept_names.index(self.spec.concept(concept).name)
         target = torch.tensor([self.spec.concept(concept).index(value)], device=self.device)
         self.eval()
@@ -161,7 +169,10 @@ class SparseConceptLM(ConceptBottleneckLM):
                 layer.mask_override = None
         old_masks = [layer.mask[k].clone() for layer in layers]
         with torch.no_grad():
-            scores = {name: (grad * layer.weight).abs() for (name, layer), grad in zip(self.subnetworks.items(), grads)}
+            if score == "saliency":
+                scores = {name: (grad * layer.weight).abs() for (name, layer), grad in zip(self.subnetworks.items(), grads)}
+            else:
+                scores = {name: -grad for name, grad in zip(self.subnetworks, grads)}
             self._rewire(k, scores, fraction)
             changed = sum(int((layer.mask[k] != old).sum()) for layer, old in zip(layers, old_masks))
             after = self(ids, attention)
@@ -170,7 +181,7 @@ class SparseConceptLM(ConceptBottleneckLM):
                     layer.mask[k] = old
         return SubnetworkInterventionResult(
             text=text, interventions={concept: value}, before=self.to_prediction(text, before, 0),
-            after=self.to_prediction(text, after, 0), concept=concept, fraction=fraction,
+            after=self.to_prediction(text, after, 0), concept=concept, fraction=fraction, score=score,
             weights_changed=changed, committed=commit,
         )
 

@@ -86,7 +86,7 @@ def create_app(model, run_dir: str | Path | None = None) -> FastAPI:
     @app.post("/api/intervene-subnetwork", response_model=schemas.SubnetworkInterventionResponse, responses=ERRORS)
     def intervene_subnetwork(request: schemas.SubnetworkRequest):
         """Rewire one concept's subnetwork toward a value, for this text only (SparseCBM)."""
-        return service.intervene_subnetwork(request.text, request.concept, request.value, request.fraction)
+        return service.intervene_subnetwork(request.text, request.concept, request.value, request.fraction, request.score)
 
     return app
 

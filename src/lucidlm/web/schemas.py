@@ -4,7 +4,7 @@ write the OpenAPI schema. Answers mirror the library's own values (``Prediction`
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -45,6 +45,8 @@ class SubnetworkRequest(TextRequest):
     concept: str = Field(..., min_length=1, max_length=200, examples=["service"])
     value: str = Field(..., min_length=1, max_length=200, examples=["Negative"])
     fraction: float = Field(0.2, gt=0, lt=1, description="Share of the active weights swapped in every masked layer.")
+    score: Literal["saliency", "taylor"] = Field(
+        "saliency", description="saliency: |g ⊙ W| (the paper's); taylor: the signed first-order change of the concept's loss.")
 
 
 # ---- answers ---------------------------------------------------------------------------------
@@ -102,6 +104,7 @@ class InterventionResponse(BaseModel):
 class SubnetworkInterventionResponse(InterventionResponse):
     concept: str
     fraction: float
+    score: str
     weights_changed: int
     committed: bool = Field(description="Always false: the web page never changes the saved model.")
 

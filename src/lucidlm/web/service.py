@@ -64,10 +64,10 @@ class ModelService:
         with self.lock:
             return self.model.intervene([text], values)[0].to_dict()
 
-    def intervene_subnetwork(self, text: str, concept: str, value: str, fraction: float) -> dict:
+    def intervene_subnetwork(self, text: str, concept: str, value: str, fraction: float, score: str = "saliency") -> dict:
         """For this text only: the web page never commits a rewired subnetwork to the saved run."""
         if not self.can_intervene_subnetwork:
             raise Unsupported(f"a {self.model.family} model has no concept subnetworks; "
                               "subnetwork interventions need a SparseCBM run (family 'sparse')")
         with self.lock:
-            return self.model.intervene_subnetwork(text, concept, value, fraction=fraction, commit=False).to_dict()
+            return self.model.intervene_subnetwork(text, concept, value, fraction=fraction, commit=False, score=score).to_dict()

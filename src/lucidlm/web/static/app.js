@@ -190,7 +190,7 @@ async function rewireSubnetwork(event) {
   event.preventDefault();
   if (!state.prediction) { showError("Predict a text first."); return; }
   const body = { text: state.text, concept: $("#subnetwork-concept").value, value: $("#subnetwork-value").value,
-    fraction: Number($("#subnetwork-fraction").value) };
+    fraction: Number($("#subnetwork-fraction").value), score: $("#subnetwork-score").value };
   const request = ++state.request;
   showError("");
   setStatus("Rewiring the subnetwork…");
