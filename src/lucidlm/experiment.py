@@ -1,6 +1,6 @@
 """Experiments from YAML: data, model and training in one file; ``lucidlm train`` runs one.
 
-    data:     {source: cebab, path: ../../shared/data/cebab, subsample: {train: 200}}
+    data:     {source: cebab, path: data/cebab, subsample: {train: 200}}
     model:    {family: bottleneck, mode: joint, backbone: sentence-transformers/all-MiniLM-L6-v2}
     training: {epochs: 5, seed: 0}
     output_dir: runs/cebab-joint      # optional; default runs/<config name> in the working folder

@@ -14,7 +14,7 @@ from .task import MISSING, Split, Task, build_split, load_table_task
 def load_task(source: str | Path, **options) -> Task:
     """Load a task by preset name (``cebab``, ``cebab-augmented``, ``sst2``) or from a table file.
 
-    ``load_task("cebab", path="../shared/data/cebab")``;
+    ``load_task("cebab", path="data/cebab")`` (a folder of the CEBaB v1.1 JSON files);
     ``load_task("reviews.csv", text="review", label="stars", concepts=["food"], dev="dev.csv")``.
     """
     if str(source) in PRESETS:
