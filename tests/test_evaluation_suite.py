@@ -233,6 +233,33 @@ def test_curves_start_at_task_accuracy_and_end_at_gold_concepts(joint_model, ceb
         assert curves[order][-1] == pytest.approx(metrics["task_gold_concepts"]["accuracy"])
 
 
+def test_sentence_pairs_are_scored_on_both_texts(tmp_path, tiny_bert_dir):
+    """Rows that share their first text but not their second are different inputs: the suite's
+    cache keys and runs both texts, so its figures are the model's own on the pair task."""
+    rows = ["premise,hypothesis,label,topic,mood"]
+    for i in range(24):
+        rows.append(f"The kitchen closed at {i % 4} pm.,{'Dinner was served late' if i % 2 else 'Nobody could eat'} on day {i}.,"
+                    f"{'yes' if i % 3 else 'no'},{'food' if i % 2 else 'time'},{'calm' if i % 5 else 'angry'}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    from lucidlm import load_task
+
+    task = load_task(str(tmp_path / "pairs.csv"), text="premise", text_pair="hypothesis", label="label",
+                     concepts=["topic", "mood"], dev=str(tmp_path / "pairs.csv"), test=str(tmp_path / "pairs.csv"))
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, mode="joint", seed=1)
+    split = task.test
+    inferred = model.infer(split)
+    found = TextOutputs(model).get(split.texts, split.text_pairs)
+    np.testing.assert_allclose(found["label_logits"], inferred["label_logits"], atol=1e-5)
+    np.testing.assert_allclose(found["concept_logits"][0], inferred["concept_logits"][0], atol=1e-5)
+    assert len({tuple(np.round(x, 5)) for x in found["label_logits"][:4]}) == 4  # same premise, other pairs
+    results = run_suite(model, task, "faithfulness,interventions")
+    metrics = model.evaluate(split)
+    assert results["task"] == metrics["task"]
+    assert results["interventions"]["random"][0] == pytest.approx(metrics["task"]["accuracy"])
+    assert results["interventions"]["random"][-1] == pytest.approx(metrics["task_gold_concepts"]["accuracy"])
+    assert results["faithfulness"]["concepts"]["n"] == len(split)
+
+
 # ---- the suite ------------------------------------------------------------------------------
 
 

@@ -55,7 +55,7 @@ def intervention_curves(model, outputs: TextOutputs, split: Split, seed: int = 0
     if reason:
         return {"skipped": reason}
     model.eval()
-    found = outputs.get(split.texts)
+    found = outputs.get(split.texts, split.text_pairs)
     concept_logits = [torch.from_numpy(x).to(model.device) for x in found["concept_logits"]]
 
     def label_logits(values: np.ndarray) -> np.ndarray:

@@ -250,7 +250,7 @@ def concept_faithfulness(model, outputs: TextOutputs, split: Split, seed: int = 
     if reason:
         return {"skipped": reason}
     model.eval()
-    found = outputs.get(split.texts)
+    found = outputs.get(split.texts, split.text_pairs)
     concept_logits = [torch.from_numpy(x).to(model.device) for x in found["concept_logits"]]
     activations = model.concept_activations(concept_logits)
     predicted = torch.from_numpy(found["label_logits"].argmax(-1)).to(model.device)

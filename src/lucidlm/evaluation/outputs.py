@@ -8,26 +8,33 @@ from ..data import MISSING, Split
 
 
 class TextOutputs:
-    """Each text's label logits and concept logits (``model.infer``, batched, truncated as in
-    training); a text already seen is not run again."""
+    """Each input's label logits and concept logits (``model.infer``, batched, truncated as in
+    training); an input already seen is not run again. An input is a text, or a text and its
+    pair on sentence-pair tasks: both are read by the model and both key the cache."""
 
     def __init__(self, model, batch_size: int = 64):
         self.model, self.batch_size = model, batch_size
-        self._rows: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
+        self._rows: dict[tuple[str, str | None], tuple[np.ndarray, list[np.ndarray]]] = {}
 
-    def get(self, texts) -> dict:
+    def get(self, texts, text_pairs=None) -> dict:
         """``label_logits`` ``[N, C]`` and ``concept_logits`` (one ``[N, V_k]`` array a concept;
-        empty for models without concepts), in the order of ``texts``."""
+        empty for models without concepts), in the order of ``texts`` (with ``text_pairs``)."""
         texts = list(texts)
-        new = list(dict.fromkeys(t for t in texts if t not in self._rows))
+        pairs = [None] * len(texts) if text_pairs is None else list(text_pairs)
+        if len(pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+        keys = list(zip(texts, pairs))
+        new = list(dict.fromkeys(key for key in keys if key not in self._rows))
         if new:
             k = len(self.model.spec.concepts)
-            blank = Split(texts=new, labels=np.zeros(len(new), dtype=np.int64), concepts=np.full((len(new), k), MISSING))
+            blank = Split(texts=[t for t, _ in new], labels=np.zeros(len(new), dtype=np.int64),
+                          concepts=np.full((len(new), k), MISSING),
+                          text_pairs=None if text_pairs is None else [p for _, p in new])
             inferred = self.model.infer(blank, self.batch_size)
             concepts = inferred.get("concept_logits", [])
-            for i, text in enumerate(new):
-                self._rows[text] = (inferred["label_logits"][i], [c[i] for c in concepts])
-        rows = [self._rows[t] for t in texts]
+            for i, key in enumerate(new):
+                self._rows[key] = (inferred["label_logits"][i], [c[i] for c in concepts])
+        rows = [self._rows[key] for key in keys]
         n_concepts = len(rows[0][1]) if rows else 0
         return {
             "label_logits": np.stack([r[0] for r in rows]) if rows else np.zeros((0, self.model.spec.num_labels)),

@@ -55,7 +55,7 @@ def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: st
     outputs = TextOutputs(model, batch_size)
     results = {"model": describe(model), "split": split, "n": len(evaluated), "seed": seed, "suites": suites}
     if not model.spec.is_regression:
-        results["task"] = task_metrics(model.spec, evaluated.labels, outputs.get(evaluated.texts)["label_logits"])
+        results["task"] = task_metrics(model.spec, evaluated.labels, outputs.get(evaluated.texts, evaluated.text_pairs)["label_logits"])
     if "faithfulness" in suites:
         results["faithfulness"] = {
             "tokens": token_faithfulness(model, evaluated, samples, seed, FRACTIONS, batch_size),
