@@ -101,6 +101,20 @@ def test_pruned_weights_stay_pruned(tiny_bert_dir, cebab_small):
         assert layer.mask.float().mean().item() == pytest.approx(0.4, abs=0.01)
 
 
+def test_the_last_pruning_event_applies_the_final_sparsity(tiny_bert_dir, cebab_small):
+    """end = 0.6 epochs of 4 steps rounds to step 2, where the schedule reads 0.5 epochs (0.688):
+    the last event must still reach 0.7, as model selection assumes from then on."""
+    model = sparse(tiny_bert_dir, cebab_small)
+    pruner = Pruner(model.subnetworks, SparsitySchedule(0.2, 0.7, 0.25, 0.6), steps_per_epoch=4, score="magnitude",
+                    interval=1)
+    assert pruner.events == [1, 2]
+    for step in range(8):
+        pruner.after_step(step)
+    assert [h["sparsity"] for h in pruner.history] == pytest.approx([0.2, 0.7])
+    assert all(d == pytest.approx(0.3, abs=0.001) for d in model.mask_density().values())
+    assert pruner.selectable(1)
+
+
 def test_global_scope_keeps_the_global_density(tiny_bert_dir, cebab_small):
     model = sparse(tiny_bert_dir, cebab_small, pruning_scope="global")
     Pruner(model.subnetworks, SparsitySchedule(), 10, score="magnitude", scope="global").prune(0.7)

@@ -123,7 +123,10 @@ class Pruner:
 
     def after_step(self, step: int) -> None:
         if step + 1 in self.events:  # after `step + 1` optimizer steps
-            self.prune(self.schedule.at((step + 1) / self.steps_per_epoch))
+            # The last event applies the final sparsity exactly: its step is ``end`` epochs rounded
+            # to a whole step, which may fall short of ``end`` (and of the schedule's final value).
+            last = step + 1 == self.events[-1]
+            self.prune(self.schedule.final if last else self.schedule.at((step + 1) / self.steps_per_epoch))
 
     def selectable(self, epoch: int) -> bool:
         """Only checkpoints at final sparsity may be chosen as the best one."""
