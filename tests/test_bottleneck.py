@@ -161,3 +161,44 @@ def test_forced_logits_are_typical_recognised_logits(tiny_bert_dir, cebab_small)
     torch.testing.assert_close(set_[0], torch.stack([expected[1], torch.zeros(3)]))
     probs_model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_activation="probs")
     assert torch.equal(probs_model.set_concepts(activations, values)[0][0], torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_label_heads_read_predicted_concepts_unless_random_interventions_are_asked(tiny_bert_dir, cebab_small):
+    """METHODS §1: sequential's c→y and joint's CE(y) read *predicted* concepts. RandInt (gold
+    concepts mixed in while the label head trains) is an explicit option, off by default."""
+    from dataclasses import replace
+
+    from lucidlm.models.bottleneck import concept_loss, task_loss
+
+    model = make(tiny_bert_dir, cebab_small, "sequential")
+    assert model.config.random_intervention_rate == 0.0
+    model.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
+    head = model.label_head.weight.detach().clone()
+    # c→y with the gold concepts scrambled: the same head, since it never reads them
+    scrambled = replace(cebab_small.train, concepts=np.random.default_rng(0).permutation(cebab_small.train.concepts))
+    model._fit_label_head(scrambled, cebab_small.dev, gold=False, config=model_config())
+    assert torch.equal(model.label_head.weight, head)
+    model.config.random_intervention_rate = 0.5  # asked for: gold concepts reach the head
+    model._fit_label_head(scrambled, cebab_small.dev, gold=False, config=model_config())
+    assert not torch.equal(model.label_head.weight, head)
+
+    joint = make(tiny_bert_dir, cebab_small, "joint").eval()  # eval: no dropout, so one loss is exact
+    batch = next(iter(joint.encoder.loader(cebab_small.train, 16)))
+    out = joint(batch["input_ids"], batch["attention_mask"])
+    plain = task_loss(joint.spec, out.label_logits, batch["labels"]) + concept_loss(out.concept_logits, batch["concepts"])
+    torch.testing.assert_close(joint._loss("joint")(joint, batch), plain)
+    joint.config.random_intervention_rate = 1.0
+    assert not torch.allclose(joint._loss("joint")(joint, batch), plain)
+    with pytest.raises(LucidError, match=r"random_intervention_rate: expected a probability in \[0, 1\], found 1.5"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, random_intervention_rate=1.5)
+
+
+def test_runs_saved_before_the_option_was_named_still_load(tiny_bert_dir, cebab_small, tmp_path):
+    import json
+
+    model = make(tiny_bert_dir, cebab_small, "joint")
+    model.save_pretrained(tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    meta["model"]["intervention_rate"] = meta["model"].pop("random_intervention_rate") + 0.25
+    (tmp_path / "run" / "config.json").write_text(json.dumps(meta))
+    assert load_pretrained(tmp_path / "run").config.random_intervention_rate == 0.25

@@ -7,6 +7,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ class ModelConfig:
     pooling: str | None = None  # mean | cls | last; None picks mean for encoders, last for decoders
     max_length: int = 128  # training texts are truncated to this many tokens
     dropout: float = 0.1
+    # Keys that older saved runs wrote under another name: {old: new}, renamed when loading.
+    renamed_keys: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self):
         if self.pooling is not None and self.pooling not in POOLINGS:
@@ -189,7 +192,8 @@ def load_pretrained(directory: str | Path) -> LucidModel:
     directory = Path(directory)
     meta = read_run_config(directory)
     cls = LucidModel.registry[meta["family"]]
-    config = from_dict(cls.config_class, meta["model"], f"{directory / CONFIG_FILE}: model")
+    saved = {cls.config_class.renamed_keys.get(k, k): v for k, v in meta["model"].items()}
+    config = from_dict(cls.config_class, saved, f"{directory / CONFIG_FILE}: model")
     spec = TaskSpec.from_dict(meta["task"])
     backbone = AutoModel.from_config(AutoConfig.from_pretrained(directory / BACKBONE_DIR))
     tokenizer = load_tokenizer(str(directory / BACKBONE_DIR))

@@ -12,6 +12,7 @@ probs`` the head reads softmax probabilities and an intervention is one-hot.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,11 +39,13 @@ class BottleneckConfig(ModelConfig):
     mode: str = "joint"
     concept_loss_weight: float = 1.0  # λ in L = CE(y) + λ·Σ_k CE(c_k) (joint mode)
     concept_activation: str = "logits"  # what the label head reads: logits (METHODS §1) or probs
-    # While the label head is trained (joint, sequential), each gold concept replaces the
-    # predicted one with this probability, as an intervention would ("RandInt", Espinosa
-    # Zarlenga et al. 2022), so a user's intervention is not out of the head's experience.
-    # 0 gives the plain method of METHODS §1.
-    intervention_rate: float = 0.25
+    # RandInt (Espinosa Zarlenga et al. 2022): while the label head trains (joint: CE(y);
+    # sequential: the c→y fit), each concept is replaced by its *gold* value with this
+    # probability, as a user's intervention would, so that corrections are within the head's
+    # experience. 0 (default) is the plain method of METHODS §1, where the label head reads
+    # predicted concepts only; independent mode reads gold concepts anyway and ignores it.
+    random_intervention_rate: float = 0.0
+    renamed_keys: ClassVar[dict[str, str]] = {"intervention_rate": "random_intervention_rate"}  # lucidlm ≤ 0.1.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -50,6 +53,8 @@ class BottleneckConfig(ModelConfig):
             raise LucidError(f"mode: expected one of {list(MODES)}, found {self.mode!r}")
         if self.concept_activation not in ACTIVATIONS:
             raise LucidError(f"concept_activation: expected one of {list(ACTIVATIONS)}, found {self.concept_activation!r}")
+        if not 0.0 <= self.random_intervention_rate <= 1.0:
+            raise LucidError(f"random_intervention_rate: expected a probability in [0, 1], found {self.random_intervention_rate!r}")
 
 
 def task_loss(spec, label_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -301,8 +306,8 @@ class ConceptBottleneckLM(LucidModel):
 
         def loss(model, batch):
             values = None
-            if objective == "joint" and self.config.intervention_rate > 0:
-                values = random_interventions(batch["concepts"], self.config.intervention_rate)
+            if objective == "joint" and self.config.random_intervention_rate > 0:
+                values = random_interventions(batch["concepts"], self.config.random_intervention_rate)
             out = model(batch["input_ids"], batch["attention_mask"], values)
             if values is not None:  # a running estimate of the forced logits, for the next steps
                 self.calibrate_interventions(out.concept_logits, batch["concepts"], momentum=0.9)
@@ -321,7 +326,7 @@ class ConceptBottleneckLM(LucidModel):
         features = self._activations(train, config)
         values = torch.from_numpy(train.concepts)
         if not gold:
-            values = random_interventions(values, self.config.intervention_rate, torch.Generator().manual_seed(config.seed))
+            values = random_interventions(values, self.config.random_intervention_rate, torch.Generator().manual_seed(config.seed))
         features = torch.cat(self.set_concepts(features, values), -1).numpy()
         dev_features = torch.cat(self._activations(dev, config), -1).numpy() if dev else None
         best = None
