@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/cebab-joint.yaml
+RUN = runs/$(basename $(notdir $(CONFIG)))
 
 .PHONY: setup cebab test bench clean
 
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 cebab: setup
 	$(BIN)/lucidlm train $(CONFIG)
-	$(BIN)/lucidlm intervene runs/$(basename $(notdir $(CONFIG))) "Great pasta, but we waited an hour." --set service=Negative
+	$(BIN)/lucidlm demo $(RUN)
 
 test: setup
 	$(BIN)/python -m pytest

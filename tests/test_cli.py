@@ -209,3 +209,87 @@ def test_train_bad_data_one_line_nonzero_nothing_written(train, dev, message, tm
     assert result.exit_code == 1
     assert message in result.stderr.replace("\n", " "), result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_committed_rewiring_brings_the_run_record_up_to_date(sparse_run, tmp_path):
+    """run.json (what `lucidlm report` shows) and the forced-concept logits describe the model as
+    committed, not as trained; when the data is gone, the record says its metrics are stale."""
+    import shutil
+
+    from lucidlm.experiment import load_experiment_task, load_run
+    from lucidlm.training import TrainingConfig
+    from lucidlm.web.report import build_report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(sparse_run, run_dir)
+    trained = json.loads((run_dir / "run.json").read_text())
+    committed = lucidlm("intervene", run_dir, TEXT, "--set", "service=Negative", "--subnetwork", "--fraction", "0.3",
+                        "--commit")
+    assert committed.exit_code == 0, committed.stderr
+    assert "dev and test evaluated again" in committed.stdout
+    record = json.loads((run_dir / "run.json").read_text())
+    assert [c["change"]["subnetwork"] for c in record["commits"]] == ["service"]
+    assert record["commits"][0]["metrics_before"] == trained["metrics"]
+    model, _ = load_run(run_dir)
+    task = load_experiment_task(record["experiment"]["data"])
+    assert record["metrics"]["test"] == json.loads(json.dumps(model.evaluate(task.test)))
+    table = model.intervention_table.clone()
+    model.calibrate_on(task.train, TrainingConfig())
+    assert torch.equal(model.intervention_table, table)
+    assert "measured again after the last one" in build_report(run_dir, limit=4, examples=0)
+
+    record["experiment"]["data"]["path"] = str(tmp_path / "moved")
+    (run_dir / "run.json").write_text(json.dumps(record))
+    again = lucidlm("intervene", run_dir, TEXT, "--set", "food=Positive", "--subnetwork", "--commit")
+    assert again.exit_code == 0, again.stderr
+    stale = json.loads((run_dir / "run.json").read_text())
+    assert stale["metrics"] == record["metrics"] and "describe the model before its committed change" in stale["metrics_stale"]
+    assert "Stale:" in build_report(run_dir, limit=4, examples=0)
+
+
+def makefile_demo_commands(run_dir: Path) -> list[list[str]]:
+    """The commands `make cebab` runs after training, for the run in ``run_dir``."""
+    import shlex
+
+    recipe, lines = False, []
+    for line in (Path(__file__).resolve().parents[1] / "Makefile").read_text().splitlines():
+        if line.startswith("cebab:"):
+            recipe = True
+        elif recipe and line.startswith("\t"):
+            lines.append(line.strip())
+        elif recipe:
+            break
+    assert lines and "lucidlm train $(CONFIG)" in lines[0], lines
+    return [shlex.split(line.replace("$(BIN)/lucidlm", "").replace("$(RUN)", str(run_dir))) for line in lines[1:]]
+
+
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory, tiny_bert_dir, cebab_dir):
+    from tiny_runs import train_tiny_run
+
+    folder = tmp_path_factory.mktemp("families")
+    return {kind: train_tiny_run(folder, kind, tiny_bert_dir, cebab_dir) for kind in ("standard", "joint", "sparse", "proto")}
+
+
+@pytest.mark.parametrize("kind", ["standard", "joint", "sparse", "proto"])
+def test_the_main_job_ends_with_a_demo_that_fits_the_family(kind, family_runs):
+    run_dir = family_runs[kind]
+    commands = makefile_demo_commands(run_dir)
+    for command in commands:
+        result = lucidlm(*command)
+        assert result.exit_code == 0, result.output
+    shown = lucidlm("demo", run_dir, "--json")
+    assert shown.exit_code == 0, shown.output
+    demo = json.loads(shown.stdout)
+    if kind in ("standard", "proto"):
+        assert demo["intervention"] is None and demo["explanation"]["tokens"]
+        assert bool(demo["explanation"]["prototypes"]) == (kind == "proto")
+        return
+    # a correction that changes concepts, to their gold values, and what it does to the label
+    intervention = demo["intervention"]
+    assert intervention["interventions"], "nothing was corrected"
+    for concept, value in intervention["interventions"].items():
+        assert intervention["before"]["concepts"][concept]["value"] != value
+        assert intervention["after"]["concepts"][concept]["value"] == value == demo["gold_concepts"][concept]
+    assert intervention["label_changed"] == (intervention["before"]["label"] != intervention["after"]["label"])
+    assert f"gold {demo['gold_label']}" in lucidlm(*commands[-1]).stdout

@@ -11,16 +11,17 @@ import yaml
 from lucidlm.experiment import read_experiment, run_experiment
 
 MODELS = {
+    "standard": {"family": "bottleneck", "mode": "standard"},
     "joint": {"family": "bottleneck", "mode": "joint"},
     "sparse": {"family": "sparse", "sparsity": 0.5, "pruning_start": 0.25, "pruning_end": 0.75, "pruning_interval": 1,
                "pruning_score": "movement"},
     "proto": {"family": "prototype", "prototypes_per_class": 2, "nearest_examples": 2},
 }
-EPOCHS = {"joint": 1, "sparse": 1, "proto": 1}
+EPOCHS = {"standard": 1, "joint": 1, "sparse": 1, "proto": 1}
 
 
 def train_tiny_run(folder: Path, kind: str, backbone: Path, cebab: Path, test_rows: int = 32) -> Path:
-    """Train and save a tiny ``kind`` run (joint, sparse or proto) in ``folder / kind``."""
+    """Train and save a tiny ``kind`` run (standard, joint, sparse or proto) in ``folder / kind``."""
     config = {
         "data": {"source": "cebab", "path": str(cebab), "subsample": {"train": 64, "dev": 32, "test": test_rows}},
         "model": {**MODELS[kind], "backbone": str(backbone)},

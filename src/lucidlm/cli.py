@@ -1,4 +1,4 @@
-"""The command line: ``lucidlm train | evaluate | predict | intervene | explain``
+"""The command line: ``lucidlm train | evaluate | predict | intervene | explain | demo``
 (``evaluate --suite``: are the explanations true?).
 
 Tables and progress bars for people, ``--json`` for programs. A user error prints one line
@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -204,7 +205,7 @@ def intervene(
         interventions[name.strip()] = value.strip()
     if commit and not subnetwork:
         raise LucidError("--commit applies to --subnetwork interventions")
-    model = load_pretrained(run_dir)
+    model, record = load_pretrained(run_dir), None
     if subnetwork:
         if not hasattr(model, "intervene_subnetwork"):
             raise LucidError(f"{run_dir}: a {model.family} model has no concept subnetworks; drop --subnetwork")
@@ -213,7 +214,10 @@ def intervene(
         (name, value), = interventions.items()
         result = model.intervene_subnetwork(text, name, value, fraction=fraction, commit=commit, score=score)
         if commit:
-            model.save_pretrained(run_dir)
+            from .experiment import commit_to_run
+
+            record = commit_to_run(run_dir, model, {"subnetwork": name, "value": value, "fraction": fraction,
+                                                    "score": score, "text": text})
     elif not hasattr(model, "intervene"):
         raise LucidError(f"{run_dir}: a {model.family} model has no concept interventions")
     else:
@@ -221,19 +225,13 @@ def intervene(
     if as_json:
         emit_json(result.to_dict())
         return
-    table = Table(title=escape(text), title_justify="left")
-    table.add_column("")
-    table.add_column("before")
-    table.add_column("after")
-    table.add_row("label", _label_cell(result.before), _label_cell(result.after), style="bold")
-    for name in result.before.concepts:
-        b, a = result.before.concepts[name], result.after.concepts[name]
-        table.add_row(name, f"{b.value} ({b.probabilities[b.value]:.2f})", f"{a.value} ({a.probabilities[a.value]:.2f})",
-                      style="yellow" if name in interventions else None)
-    out.print(table)
+    show_intervention(result)
     if subnetwork:
         out.print(f"{result.weights_changed} weights of {result.concept!r}'s subnetwork swapped"
                   f"{'; committed to ' + str(run_dir) if result.committed else ' for this text only'}")
+    if record:
+        out.print(f"run.json: {record['metrics_stale']}" if "metrics_stale" in record else
+                  "run.json: dev and test evaluated again after the change (earlier metrics kept under 'commits')")
 
 
 @app.command()
@@ -255,6 +253,63 @@ def explain(
         emit_json(explanation.to_dict())
         return
     show_explanation(explanation)
+
+
+@app.command()
+@user_errors
+def demo(
+    run_dir: Path = typer.Argument(..., help="A saved run (what `lucidlm train` writes)."),
+    split: str = typer.Option("test", "--split", help="The split the example comes from."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Read the data from this config instead of the run's."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Show what a trained model offers on one example of its data. A concept model: a text whose
+    concepts it misreads, explained, then corrected to the gold concepts, with the label before
+    and after. Other families: the example's prediction and explanation."""
+    from .data import MISSING
+    from .experiment import load_experiment_task, load_run, read_experiment
+    from .intervene import choose_correction, showcase_row
+
+    model, record = load_run(run_dir)
+    if config is None and record is None:
+        raise LucidError(f"{run_dir}: the run records no data set; name one with --config CONFIG.yaml")
+    rows = load_experiment_task(read_experiment(config).data if config else record["experiment"]["data"]).split(split)
+    has_concepts = bool(model.spec.concepts) and getattr(model, "has_concepts", False)
+    i = showcase_row(model, rows) if has_concepts else min(range(min(len(rows), 200)), key=lambda j: (len(rows.texts[j]), j))
+    text, spec = rows.texts[i], model.spec
+    gold_label = float(rows.labels[i]) if spec.is_regression else spec.classes[int(rows.labels[i])]
+    gold = {c.name: (c.values[int(v)] if v != MISSING else None) for c, v in zip(spec.concepts, rows.concepts[i])}
+    explanation = model.explain(text)
+    title, result = choose_correction(model, text, explanation, gold) if has_concepts else (None, None)
+    if as_json:
+        emit_json({"row": int(i), "text": text, "gold_label": gold_label, "gold_concepts": gold,
+                   "explanation": explanation.to_dict(), "correction": title,
+                   "intervention": result.to_dict() if result else None})
+        return
+    out.print(f"[bold]{split} row {i}[/] (gold label {escape(str(gold_label))})")
+    if result is None:
+        show_explanation(explanation)
+        out.print(f"a {model.family} model has no concepts to correct (concept models: configs/cebab-joint.yaml)")
+        return
+    show_explanation(replace(explanation, tokens=[]))  # the concepts; token scores: lucidlm explain
+    show_intervention(result)
+    change = (f"changes the label from {result.before.label} to {result.after.label}" if result.label_changed
+              else f"leaves the label at {result.after.label}")
+    setting = ", ".join(f"{k}={v}" for k, v in result.interventions.items())
+    out.print(f"{escape(title)}: {escape(setting)} {change} (gold {escape(str(gold_label))})")
+
+
+def show_intervention(result) -> None:
+    table = Table(title=escape(result.text), title_justify="left")
+    table.add_column("")
+    table.add_column("before")
+    table.add_column("after")
+    table.add_row("label", _label_cell(result.before), _label_cell(result.after), style="bold")
+    for name in result.before.concepts:
+        b, a = result.before.concepts[name], result.after.concepts[name]
+        table.add_row(name, f"{b.value} ({b.probabilities[b.value]:.2f})", f"{a.value} ({a.probabilities[a.value]:.2f})",
+                      style="yellow" if name in result.interventions else None)
+    out.print(table)
 
 
 def _label_cell(p) -> str:

@@ -98,6 +98,44 @@ def run_experiment(experiment: Experiment) -> tuple[LucidModel, dict]:
     return model, metrics
 
 
+def commit_to_run(run_dir: str | Path, model: LucidModel, change: dict) -> dict:
+    """Save ``model``, changed after training (e.g. a committed subnetwork rewiring), into its run
+    folder, and keep the run's record true to it: the forced-concept logits are recalibrated on
+    the training data, dev and test are evaluated again, and ``change`` is kept in the record's
+    ``commits`` with the metrics it replaced. When the run's data cannot be read, the record keeps
+    the old metrics and says under ``metrics_stale`` that they describe the model before the change.
+    Returns the record (``{}`` for a folder with no ``run.json``)."""
+    run_dir = Path(run_dir)
+    run_file = run_dir / RUN_FILE
+    record = json.loads(run_file.read_text()) if run_file.is_file() else None
+    task = None
+    if record is not None:
+        try:
+            task = load_experiment_task(record["experiment"]["data"])
+        except LucidError as e:
+            record["metrics_stale"] = (f"the metrics describe the model before its committed change "
+                                       f"({_describe(change)}): its data could not be read to evaluate it again ({e})")
+    if task is not None:
+        training = from_dict(TrainingConfig, record["experiment"].get("training"), f"{run_file}: training")
+        model.calibrate_on(task.train, training)
+        metrics = {name: model.evaluate(split, training.eval_batch_size)
+                   for name, split in (("dev", task.dev), ("test", task.test)) if split is not None}
+        record.setdefault("commits", []).append({"change": change, "metrics_before": record.get("metrics")})
+        record["metrics"] = metrics
+        record.pop("metrics_stale", None)
+    model.save_pretrained(run_dir)
+    if record is None:
+        return {}
+    staging = run_file.with_name(f".{RUN_FILE}.tmp")
+    staging.write_text(json.dumps(record, indent=2))
+    staging.replace(run_file)
+    return record
+
+
+def _describe(change: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in change.items())
+
+
 def load_run(run_dir: str | Path) -> tuple[LucidModel, dict | None]:
     """A saved model and, when it was trained by ``run_experiment``, its experiment record."""
     model = load_pretrained(run_dir)

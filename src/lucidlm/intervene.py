@@ -1,10 +1,17 @@
-"""Concept-value interventions (METHODS §1): replace predicted concepts by given values."""
+"""Concept-value interventions (METHODS §1): replace predicted concepts by given values; and the
+choice of a correction worth showing (the report's worked examples, ``lucidlm demo``)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 
 from .data import MISSING, TaskSpec
+
+if TYPE_CHECKING:
+    from .outputs import InterventionResult
 
 
 def concept_values_tensor(spec: TaskSpec, interventions: dict[str, str], batch_size: int) -> torch.Tensor:
@@ -29,3 +36,38 @@ def overwrite_concepts(activations: list[torch.Tensor], values: torch.Tensor,
         table = torch.eye(size, dtype=activation.dtype, device=activation.device) if tables is None else tables[k]
         out.append(torch.where((value == MISSING).unsqueeze(-1), activation, table[value.clamp(min=0)]))
     return out
+
+
+# ---- showing what a correction does ------------------------------------------------------------
+
+
+def showcase_row(model, split, batch_size: int = 64) -> int:
+    """The row of ``split`` that best shows a correction: the model misreads a concept there and
+    setting the misread concepts to gold changes its label to the gold one; failing that, changes
+    its label; failing that, any misread concept; failing that, the first row. Shortest text first
+    among equals (it is shown to a person)."""
+    inferred = model.infer(split, batch_size)
+    predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
+    known = split.concepts != MISSING
+    misread = ((predicted != split.concepts) & known).any(1)
+    before, after = inferred["label_logits"].argmax(-1), inferred["gold_concept_label_logits"].argmax(-1)
+    preference = [misread & (before != after) & (after == split.labels), misread & (before != after), misread]
+    for rows in preference:
+        if rows.any():
+            return min(np.flatnonzero(rows), key=lambda i: (len(split.texts[i]), i))
+    return 0
+
+
+def choose_correction(model, text: str, explanation, gold_values: dict[str, str | None]) -> tuple[str, "InterventionResult"]:
+    """The misread concepts of ``text`` set to their gold values; when the model misread none, its
+    most contributing concept set to the value that lowers the predicted label's probability most.
+    Returns a title saying which, and the intervention's before and after."""
+    corrections = {c.concept: gold_values[c.concept] for c in explanation.concepts
+                   if gold_values.get(c.concept) not in (None, c.value)}
+    if corrections:
+        return "Correcting the concepts the model misread", model.intervene([text], corrections)[0]
+    top = max(explanation.concepts, key=lambda c: abs(c.contribution))
+    others = [v for v in model.spec.concept(top.concept).values if v != top.value]
+    results = [model.intervene([text], {top.concept: v})[0] for v in others]
+    result = min(results, key=lambda r: r.after.probabilities.get(r.before.label, 0.0))
+    return f"No concept misread; flipping the most contributing one, {top.concept}", result

@@ -20,6 +20,7 @@ from sklearn.metrics import confusion_matrix
 from .. import __version__
 from ..data import MISSING
 from ..errors import LucidError
+from ..intervene import choose_correction
 from .html import GREEN, RED, cell, confusion_table, esc, fmt, heatmap_svg, png_data_uri, shade, table, token_spans
 from .report_json import render_json
 
@@ -106,6 +107,12 @@ def metrics_section(record: dict | None) -> str:
     if record is None or not record.get("metrics"):
         return '<p class="note">No metrics recorded: the run has no run.json.</p>'
     parts = []
+    if record.get("metrics_stale"):
+        parts.append(f'<p class="note"><strong>Stale:</strong> {esc(record["metrics_stale"])}.</p>')
+    elif record.get("commits"):
+        changes = "; ".join(", ".join(f"{k} {v}" for k, v in c["change"].items()) for c in record["commits"])
+        parts.append(f'<p class="note">The model was changed after training ({len(record["commits"])} committed '
+                     f'change(s): {esc(changes)}); these metrics were measured again after the last one.</p>')
     for split, metrics in record["metrics"].items():
         parts.append(f"<h3>{esc(split)} ({fmt(metrics.get('n', '?'))} rows)</h3>" + metrics_tables(metrics))
     return "".join(parts)
@@ -279,18 +286,7 @@ def worked_example(model, number: int, text: str, gold_label, gold_concepts: np.
 
 
 def example_intervention(model, text: str, explanation, gold_values: dict) -> str:
-    """Correct the concepts the model misread to their gold values; when it misread none, flip
-    its most contributing concept to the value that lowers the predicted label's probability most."""
-    corrections = {c.concept: gold_values[c.concept] for c in explanation.concepts
-                   if gold_values.get(c.concept) not in (None, c.value)}
-    if corrections:
-        title, result = "Correcting the concepts the model misread", model.intervene([text], corrections)[0]
-    else:
-        top = max(explanation.concepts, key=lambda c: abs(c.contribution))
-        others = [v for v in model.spec.concept(top.concept).values if v != top.value]
-        results = [model.intervene([text], {top.concept: v})[0] for v in others]
-        result = min(results, key=lambda r: r.after.probabilities.get(r.before.label, 0.0))
-        title = f"No concept misread; flipping the most contributing one, {top.concept}"
+    title, result = choose_correction(model, text, explanation, gold_values)
     setting = ", ".join(f"{k} = {v}" for k, v in result.interventions.items())
     columns = "".join(f'<div class="side"><h4>{side}</h4>{prediction_summary(p, result.interventions)}</div>'
                       for side, p in (("Before", result.before), (f"After {setting}", result.after)))
