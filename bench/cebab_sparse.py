@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import transformers
 
+from cebab_bottleneck import random_intervention_rate  # noqa: E402 (bench/ is on the path)
 from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment
 from lucidlm.models import load_pretrained
 from lucidlm.models.subnetworks import REWIRE_SCORES
@@ -124,7 +125,7 @@ def write_results(rows: dict) -> None:
     earlier = read_results()
     result = {
         "sparse": {**earlier["sparse"], **rows},
-        "baselines": {m: {"test": baselines[m]["test"]} for m in ("standard", "joint") if m in baselines},
+        "baselines": {m: {"test": baselines[m]["test"], "config": baselines[m]["config"]} for m in ("standard", "joint") if m in baselines},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cebab_sparse.json").write_text(json.dumps(result, indent=2))
@@ -135,17 +136,20 @@ def write_results(rows: dict) -> None:
 def markdown(result: dict) -> str:
     lines = ["# SparseCBM on CEBaB test (all-MiniLM-L6-v2, train_exclusive, chosen on dev)", "",
              "Standard and joint rows from `bench/cebab_bottleneck.py`; the command of each sparse row below.", "",
-             "| model | task acc | task macro-F1 | concept acc | concept macro-F1 | mask density per concept (target) | train+eval s |",
-             "|---|---|---|---|---|---|---|"]
+             "RandInt: `random_intervention_rate`, the probability with which each concept is replaced by its gold "
+             "value while the label head trains.", "",
+             "| model | RandInt | task acc | task macro-F1 | concept acc | concept macro-F1 | mask density per concept (target) | train+eval s |",
+             "|---|---|---|---|---|---|---|---|"]
     models = {**{m: r for m, r in result["baselines"].items()}, **result["sparse"]}
     for name, row in models.items():
         t, c = row["test"]["task"], row["test"].get("concepts")
         density = ", ".join(f"{k} {v:.3f}" for k, v in row.get("mask_density", {}).items())
         target = f" ({row['target_density']:.2f})" if "target_density" in row else ""
         seconds = f"{row['train_seconds']:.0f}" if "train_seconds" in row else "–"
-        lines.append(f"| {name} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | "
+        randint = random_intervention_rate(row) if "config" in row else "–"
+        lines.append(f"| {name} | {randint} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | "
                      f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {density}{target} | {seconds} |" if c else
-                     f"| {name} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | – | – | – | – |")
+                     f"| {name} | {randint} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | – | – | – | – |")
     lines += ["", "Subnetwork intervention on test (row, concept) pairs predicted wrong, given the gold value:", "",
               "| model | pairs | score | p | concepts corrected | task acc before → after | other correct concepts broken |",
               "|---|---|---|---|---|---|---|"]

@@ -75,6 +75,11 @@ def earlier_results(samples: int, seed: int) -> tuple[dict, dict, dict]:
     path = RESULTS / FILES["json"]
     record = json.loads(path.read_text())
     results = record["results"]
+    for result in results.values():
+        # Runs evaluated before the option was named trained with RandInt 0.25 in joint and
+        # sequential modes and SparseCBM (``intervention_rate``'s default then).
+        model = result["model"]
+        model.setdefault("random_intervention_rate", 0.25 if model["mode"] in ("joint", "sequential") else None)
     for name, result in results.items():
         tokens = result.get("faithfulness", {}).get("tokens", {})
         if result["seed"] != seed or tokens.get("n", 0) + tokens.get("left_out", 0) not in (0, min(samples, result["n"])):

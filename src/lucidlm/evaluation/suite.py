@@ -37,7 +37,10 @@ def parse_suites(text: str | Sequence[str]) -> list[str]:
 
 def describe(model) -> dict:
     config = model.config
-    return {"family": model.family, "mode": getattr(config, "mode", None), "backbone": config.backbone,
+    mode = getattr(config, "mode", None)
+    # RandInt: gold concepts mixed in while the label head trained (joint, sequential; 0 = none)
+    randint = getattr(config, "random_intervention_rate", None) if mode in ("joint", "sequential") else None
+    return {"family": model.family, "mode": mode, "backbone": config.backbone, "random_intervention_rate": randint,
             "concepts": model.spec.concept_names if getattr(model, "has_concepts", False) else []}
 
 
@@ -106,10 +109,13 @@ def render_markdown(results: dict[str, dict], title: str = "Are the explanations
         lines += [f"Command: `{command}`", ""]
     first = next(iter(results.values()))
     lines += [f"Split `{first['split']}`, seed {first['seed']}."]
-    lines += ["", "| model | family | mode | rows | task accuracy |", "|---|---|---|---|---|"]
+    lines += ["", "| model | family | mode | RandInt | rows | task accuracy |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
-        acc = r.get("task", {}).get("accuracy")
-        lines.append(f"| {name} | {r['model']['family']} | {r['model']['mode'] or '–'} | {r['n']} | {_f(acc)} |")
+        acc, randint = r.get("task", {}).get("accuracy"), r["model"].get("random_intervention_rate")
+        lines.append(f"| {name} | {r['model']['family']} | {r['model']['mode'] or '–'} | "
+                     f"{'–' if randint is None else f'{randint:g}'} | {r['n']} | {_f(acc)} |")
+    lines += ["", "RandInt: the probability with which each concept was replaced by its gold value while the label "
+              "head trained (`random_intervention_rate`; 0: it read predicted concepts only)."]
     lines.append("")
     if any("faithfulness" in r for r in results.values()):
         lines += _token_table(results) + _concept_table(results)
