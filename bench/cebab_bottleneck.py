@@ -31,7 +31,7 @@ MODES = ("standard", "joint", "sequential", "independent", "joint-augmented")
 
 def majority_floors_of(rows: dict) -> dict:
     """The floors of CEBaB's four-aspect test set (the rows of configs/cebab-<mode>.yaml)."""
-    return next((r["majority_floors_test"] for m, r in rows.items() if m != "joint-augmented" and "majority_floors_test" in r), {})
+    return next((r["majority_floors_test"] for m, r in rows.items() if not m.startswith("joint-augmented") and "majority_floors_test" in r), {})
 
 
 def majority_floors(task) -> dict:
@@ -47,6 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
                         help="joint-augmented: the joint model on C3M's 13 concepts (configs/cebab-joint-augmented.yaml)")
+    parser.add_argument("--random-intervention-rate", type=float, default=None,
+                        help="train at this RandInt rate instead of the config's; the rows are named '<mode>, RandInt <rate>'")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
@@ -54,17 +56,24 @@ def main() -> None:
 
     rows = {}
     for mode in args.modes:
-        experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{mode}")
+        name, rate = mode, args.random_intervention_rate
+        if rate is not None:
+            name = f"{mode}, RandInt {rate:g}"
+        experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml",
+                                     output_dir=ROOT / "runs" / f"bench-cebab-{name.replace(', RandInt ', '-randint')}")
+        if rate is not None:
+            experiment.model["random_intervention_rate"] = rate
         experiment.training.progress = False
         floors = majority_floors(load_experiment_task(experiment.data))
         start = time.perf_counter()
         model, metrics = run_experiment(experiment)
-        rows[mode] = {
-            "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,
+        command = "python bench/cebab_bottleneck.py --modes " + mode + (f" --random-intervention-rate {rate:g}" if rate is not None else "")
+        rows[name] = {
+            "command": command, "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,
             "epochs_run": sum(1 for r in model.training_history if "epoch" in r), "config": experiment.to_dict(),
             "majority_floors_test": floors,
         }
-        print(f"{mode}: {json.dumps(metrics['test']['task'])}", flush=True)
+        print(f"{name}: {json.dumps(metrics['test']['task'])}", flush=True)
         write_results(rows)  # after each mode, so a finished run is never lost
 
 
@@ -75,7 +84,7 @@ def write_results(rows: dict) -> None:
     if previous.is_file():
         earlier = json.loads(previous.read_text())
         rows, floors = {**earlier["modes"], **rows}, earlier.get("majority_floors_test", {})
-    rows = {m: rows[m] for m in MODES if m in rows}
+    rows = dict(sorted(rows.items(), key=lambda item: (MODES.index(item[0].split(",")[0]), item[0])))
     result = {
         "command": "python bench/cebab_bottleneck.py",
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
@@ -130,6 +139,9 @@ def markdown(result: dict) -> str:
         lines += ["", "joint-augmented: the joint model on the 13 concepts of C3M (`cebab-augmented`, CEBaB reviews; "
                   f"its test set: {result['modes']['joint-augmented']['test']['n']} rows, majority floors task "
                   f"{f['task_accuracy']:.1%}, concept {f['concept_accuracy']:.1%})."]
+    commands = [f"- {m}: `{r['command']}`" for m, r in result["modes"].items() if "command" in r]
+    if commands:
+        lines += ["", "Rows run on their own (the others: the command above):", "", *commands]
     per_concept = [(m, r["test"]["concepts"]["per_concept"]) for m, r in result["modes"].items() if "concepts" in r["test"]]
     if per_concept:
         names = list(per_concept[0][1])
