@@ -102,7 +102,7 @@ def random_intervention_rate(row: dict) -> str:
     """The row's RandInt rate as trained. Runs before the option was named trained at 0.25 in
     every mode (``intervention_rate``, not in their configs)."""
     model = row["config"]["model"]
-    if model.get("mode") in ("standard", "independent"):
+    if model.get("family") == "standard" or model.get("mode") in ("standard", "independent"):
         return "–"
     return f"{model.get('random_intervention_rate', 0.25):g}"
 

@@ -24,7 +24,8 @@ import transformers
 from cebab_bottleneck import random_intervention_rate  # noqa: E402 (bench/ is on the path)
 from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment
 from lucidlm.models import load_pretrained
-from lucidlm.models.subnetworks import REWIRE_SCORES
+from lucidlm import SubnetworkRewiring
+from lucidlm.masking import REWIRING_SCORES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -42,8 +43,8 @@ def subnetwork_interventions(model, split, limit: int, fraction: float, score: s
     start = time.perf_counter()
     for row, k in chosen:
         concept = model.spec.concepts[k]
-        result = model.intervene_subnetwork(split.texts[row], concept.name, concept.values[split.concepts[row, k]], fraction,
-                                            score=score)
+        rewiring = SubnetworkRewiring(concept.name, concept.values[split.concepts[row, k]], fraction, score=score)
+        result = model.intervene(split.texts[row], rewiring)[0]
         corrected += result.after.concepts[concept.name].value == concept.values[split.concepts[row, k]]
         gold_label = model.spec.classes[split.labels[row]]
         label_before += result.before.label == gold_label
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--sparsity", nargs="+", type=float, default=[0.7, 0.5])
     parser.add_argument("--interventions", type=int, default=200)
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2, 0.3], help="p: the paper code's range")
-    parser.add_argument("--scores", nargs="+", choices=REWIRE_SCORES, default=list(REWIRE_SCORES),
+    parser.add_argument("--scores", nargs="+", choices=REWIRING_SCORES.names, default=REWIRING_SCORES.names,
                         help="saliency |g⊙W| (METHODS §2) and/or taylor (signed first-order)")
     parser.add_argument("--granularity", choices=("weight", "neuron"), default="weight")
     parser.add_argument("--reuse", action="store_true", help="load the saved runs; measure the interventions only")

@@ -6,7 +6,7 @@ cohesion/separation terms and of the prototype count; hard projection; the head'
 
 Prints the figures and writes bench/results/proto_lm.{json,md}. The main comparison trains from
 the ready configs configs/{sst2,cebab}-proto.yaml, as `lucidlm train` does; the standard model
-(`ConceptBottleneckLM`, mode standard) gets the same data, backbone and training section. Every
+(`StandardLM`) gets the same data, backbone and training section. Every
 model is chosen on dev and reported on test (SST-2: GLUE dev; CEBaB: test).
 """
 
@@ -29,7 +29,7 @@ from lucidlm.experiment import Experiment, load_experiment_task, read_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-STANDARD = {"family": "bottleneck", "mode": "standard", "pooling": "mean"}
+STANDARD = {"family": "standard", "pooling": "mean"}
 
 
 def with_budget(experiment: Experiment, args, name: str, train_rows: int | None, epochs: int | None = None) -> Experiment:
@@ -211,7 +211,7 @@ def markdown(result: dict) -> str:
             for kind in ("prototype", "standard"):
                 r = c[kind]
                 lines.append(f"| {name} | {c['train_rows']} | {c['dev_rows']} | {c['epochs']} | {c['majority_floor']:.1%} | "
-                             f"{'PrototypeLM' if kind == 'prototype' else 'standard (ConceptBottleneckLM)'} | "
+                             f"{'PrototypeLM' if kind == 'prototype' else 'standard (StandardLM)'} | "
                              f"{r['test']['accuracy']:.1%} | {r['test']['macro_f1']:.3f} | {r['seconds']:.0f} |")
         lines += ["", "Hard projection (each prototype moved onto its nearest own-class training example):", "",
                   "| task | test acc before | after | macro-F1 before | after |", "|---|---|---|---|---|"]

@@ -56,7 +56,7 @@ def build(batch_size: int, density: float, granularity: str = "weight"):
 def dense_concept_logits(model, input_ids, attention_mask):
     """Every concept head on one dense pass: the cost of a joint bottleneck model."""
     pooled = model.subnetwork_pooled(input_ids, attention_mask, None)
-    return tuple(head(pooled) for head in model.concept_heads), pooled
+    return tuple(head(pooled) for head in model.concept_layer.heads), pooled
 
 
 def step(model, batch, mode: str, train: bool) -> None:

@@ -75,10 +75,10 @@ def test_pooling_ignores_padding(how):
 @pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_gpt2_dir"])
 def test_padded_batch_pools_like_single_texts(fixture, request):
     """A text's pooled vector does not depend on what it is batched with (padding is masked)."""
-    from lucidlm import ConceptBottleneckLM, TaskSpec
+    from lucidlm import StandardLM, TaskSpec
 
     path = str(request.getfixturevalue(fixture))
-    model = ConceptBottleneckLM.from_backbone(path, task=TaskSpec(classes=("a", "b")), mode="standard").eval()
+    model = StandardLM.from_backbone(path, task=TaskSpec(classes=("a", "b"))).eval()
     texts = ["The food was great.", "Loud room, rude waiter, cold soup, and we waited an hour for it."]
     batch = model.encoder.batch(texts)
     with torch.no_grad():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lucidlm import ConceptBottleneckLM, LucidError, load_pretrained
+from lucidlm import ConceptBottleneckLM, LucidError, StandardLM, load_pretrained
 from lucidlm.data import MISSING
 from lucidlm.intervene import overwrite_concepts
 
@@ -13,6 +13,9 @@ TEXT = "Great pasta, but we waited an hour and the room was loud."
 
 
 def make(backbone_dir, task, mode, seed=0):
+    """A bottleneck in ``mode``; ``standard``: the black-box family the bottleneck is compared with."""
+    if mode == "standard":
+        return StandardLM.from_backbone(str(backbone_dir), task=task.spec, seed=seed)
     return ConceptBottleneckLM.from_backbone(str(backbone_dir), task=task.spec, mode=mode, seed=seed)
 
 
@@ -76,8 +79,10 @@ def test_intervention_errors(tiny_bert_dir, cebab_small):
         model.intervene(TEXT, {"decor": "Positive"})
     with pytest.raises(LucidError, match="concept 'service': unknown value 'Great'"):
         model.intervene(TEXT, {"service": "Great"})
-    with pytest.raises(LucidError, match="standard .* no concepts"):
+    with pytest.raises(LucidError, match="a standard model cannot take a ConceptValues correction; it takes no corrections"):
         make(tiny_bert_dir, cebab_small, "standard").intervene(TEXT, {"service": "Negative"})
+    with pytest.raises(LucidError, match="the black-box baseline is the 'standard' family"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="standard")
 
 
 def test_overwrite_concepts_keeps_missing():
@@ -109,7 +114,7 @@ def test_save_load_round_trip_predicts_exactly_the_same(fixture, mode, cebab_sma
     model.save_pretrained(tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["backbone", "config.json", "model.safetensors"]
     assert not list(tmp_path.glob(".run.*"))  # no staging folder left behind
-    loaded = ConceptBottleneckLM.from_pretrained(tmp_path / "run")
+    loaded = type(model).from_pretrained(tmp_path / "run")
     assert loaded.config == model.config and loaded.spec == model.spec
     assert loaded.training_history == model.training_history
     a, b = model.infer(cebab_small.test), loaded.infer(cebab_small.test)
@@ -154,7 +159,7 @@ def test_forced_logits_are_typical_recognised_logits(tiny_bert_dir, cebab_small)
     gold = torch.tensor([0, 0, 1, 2, 1])  # the last row is predicted 0 but is 1: not used
     model.calibrate_interventions([logits] * 4, gold.unsqueeze(1).repeat(1, 4))
     expected = torch.tensor([[3.0, 0, 0], [0, 3, 1], [0, 1, 5]])
-    torch.testing.assert_close(model.intervention_table[0], expected)
+    torch.testing.assert_close(model.concept_layer.intervention_table[0], expected)
     activations = [torch.zeros(2, 3)] * 4
     values = torch.tensor([[1, MISSING, MISSING, MISSING], [MISSING] * 4])
     set_ = model.set_concepts(activations, values)
@@ -186,9 +191,9 @@ def test_label_heads_read_predicted_concepts_unless_random_interventions_are_ask
     batch = next(iter(joint.encoder.loader(cebab_small.train, 16)))
     out = joint(batch["input_ids"], batch["attention_mask"])
     plain = task_loss(joint.spec, out.label_logits, batch["labels"]) + concept_loss(out.concept_logits, batch["concepts"])
-    torch.testing.assert_close(joint._loss("joint")(joint, batch), plain)
+    torch.testing.assert_close(joint.training_loss(joint, batch), plain)
     joint.config.random_intervention_rate = 1.0
-    assert not torch.allclose(joint._loss("joint")(joint, batch), plain)
+    assert not torch.allclose(joint.training_loss(joint, batch), plain)
     with pytest.raises(LucidError, match=r"random_intervention_rate: expected a probability in \[0, 1\], found 1.5"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, random_intervention_rate=1.5)
 

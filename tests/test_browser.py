@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from lucidlm import SubnetworkRewiring
 from lucidlm.models import SparseConceptLM, load_pretrained
 from lucidlm.web.app import create_app
 from lucidlm.web.serve import serving
@@ -144,7 +145,7 @@ def test_rewire_a_subnetwork_and_compare(browser, cebab_small, tiny_bert_dir):
         summary = page.inner_text("#compare-summary")
         assert "subnetwork of service was rewired toward Positive" in summary and "for this text only" in summary
         # The page shows what the model computes for the same rewiring (which it did not keep).
-        expected = model.intervene_subnetwork(REVIEWS[1], "service", "Positive", fraction=0.3, score="taylor")
+        expected = model.intervene(REVIEWS[1], SubnetworkRewiring("service", "Positive", fraction=0.3, score="taylor"))[0]
         assert f"{expected.weights_changed:,} weights swapped" in summary and expected.weights_changed > 0
         service = expected.after.concepts["service"]
         shown = page.locator("#after dd").nth(model.spec.concept_names.index("service")).inner_text()

@@ -182,7 +182,7 @@ def test_sparse_explain_and_subnetwork_intervention(sparse_run):
 def test_subnetwork_options_need_a_sparse_model(trained_run):
     run_dir, _ = trained_run
     result = lucidlm("intervene", run_dir, TEXT, "--set", "service=Negative", "--subnetwork")
-    assert result.exit_code == 1 and "no concept subnetworks" in result.stderr
+    assert result.exit_code == 1 and "a bottleneck model cannot take a SubnetworkRewiring correction" in result.stderr
     result = lucidlm("intervene", run_dir, TEXT, "--set", "service=Negative", "--commit")
     assert result.exit_code == 1 and "--commit applies to --subnetwork" in result.stderr
 
@@ -202,8 +202,9 @@ def test_train_bad_data_one_line_nonzero_nothing_written(train, dev, message, tm
     (tmp_path / "dev.csv").write_text(dev)
     concepts = ["food"] if "food" in train else []
     config = {"data": {"source": "train.csv", "text": "review", "label": "stars", "dev": "dev.csv", "concepts": concepts},
-              "model": {"family": "bottleneck", "mode": "joint" if concepts else "standard", "backbone": str(tiny_bert_dir)},
+              "model": {"family": "bottleneck", "mode": "joint"} if concepts else {"family": "standard"},
               "training": {"epochs": 1}}
+    config["model"]["backbone"] = str(tiny_bert_dir)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = lucidlm("train", tmp_path / "config.yaml", "-o", tmp_path / "out")
     assert result.exit_code == 1
@@ -234,9 +235,9 @@ def test_a_committed_rewiring_brings_the_run_record_up_to_date(sparse_run, tmp_p
     model, _ = load_run(run_dir)
     task = load_experiment_task(record["experiment"]["data"])
     assert record["metrics"]["test"] == json.loads(json.dumps(model.evaluate(task.test)))
-    table = model.intervention_table.clone()
+    table = model.concept_layer.intervention_table.clone()
     model.calibrate_on(task.train, TrainingConfig())
-    assert torch.equal(model.intervention_table, table)
+    assert torch.equal(model.concept_layer.intervention_table, table)
     assert "measured again after the last one" in build_report(run_dir, limit=4, examples=0)
 
     record["experiment"]["data"]["path"] = str(tmp_path / "moved")

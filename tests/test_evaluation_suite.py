@@ -10,7 +10,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from lucidlm import ConceptBottleneckLM, PrototypeLM, SparseConceptLM
+from lucidlm import ConceptBottleneckLM, PrototypeLM, SparseConceptLM, StandardLM
 from lucidlm.cli import app
 from lucidlm.data import MISSING
 from lucidlm.errors import LucidError
@@ -270,7 +270,7 @@ def test_unknown_suite_names_are_refused():
 
 
 def test_families_without_concepts_skip_with_a_reason(tiny_bert_dir, cebab_small, cebab_dir):
-    standard = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="standard")
+    standard = StandardLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec)
     proto = PrototypeLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, prototypes_per_class=2)
     for model, own in ((standard, "integrated_gradients"), (proto, "attention")):
         results = run_suite(model, cebab_small, "faithfulness,causal,interventions", samples=2, cebab=cebab_dir,

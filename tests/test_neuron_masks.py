@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lucidlm import LucidError, SparseConceptLM
+from lucidlm import LucidError, SparseConceptLM, SubnetworkRewiring
 from lucidlm.masking import units_to_keep
 from lucidlm.pruning import Pruner, SparsitySchedule
 
@@ -108,7 +108,7 @@ def test_neuron_training_intervention_and_round_trip(tiny_bert_dir, cebab_small,
     assert all(d == pytest.approx(0.5, abs=0.01) for d in model.mask_density().values())
     assert all(whole_units(g) for g in model.unit_groups)
     masks = [g.unit_masks() for g in model.unit_groups]
-    result = model.intervene_subnetwork(TEXTS[0], "service", "Negative", fraction=0.5, commit=True)
+    result = model.intervene(TEXTS[0], SubnetworkRewiring("service", "Negative", fraction=0.5, commit=True))[0]
     assert result.weights_changed > 0
     for group, old in zip(model.unit_groups, masks):
         new = group.unit_masks()

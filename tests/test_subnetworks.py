@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from lucidlm import LucidError, SparseConceptLM
+from lucidlm import LucidError, SparseConceptLM, SubnetworkRewiring
 from lucidlm.masking import MaskedLinear, pack_masks, routed, select_layers, unpack_masks
 from lucidlm.pruning import Pruner, SparsitySchedule, obert_inverse_diagonal
 
@@ -73,8 +73,8 @@ def test_masks_are_truly_per_concept(trained, cebab_small):
     # concept k's head on mask j != k gives other outputs than on its own mask
     batch = trained.encoder.batch(TEXTS)
     with torch.no_grad():
-        own = trained.concept_heads[0](trained.subnetwork_pooled(batch["input_ids"], batch["attention_mask"], 0))
-        other = trained.concept_heads[0](trained.subnetwork_pooled(batch["input_ids"], batch["attention_mask"], 1))
+        own = trained.concept_layer.heads[0](trained.subnetwork_pooled(batch["input_ids"], batch["attention_mask"], 0))
+        other = trained.concept_layer.heads[0](trained.subnetwork_pooled(batch["input_ids"], batch["attention_mask"], 1))
     assert (own - other).abs().max() > 1e-4
 
 
@@ -174,7 +174,7 @@ def test_config_errors(tiny_bert_dir, cebab_small):
         sparse(tiny_bert_dir, cebab_small, mode="sequential")
     with pytest.raises(LucidError, match="sparsity"):
         sparse(tiny_bert_dir, cebab_small, sparsity=1.2)
-    with pytest.raises(LucidError, match="pruning score"):
+    with pytest.raises(LucidError, match="pruning_score: expected one of"):
         sparse(tiny_bert_dir, cebab_small, pruning_score="random").fit(cebab_small.train, **FAST)
     with pytest.raises(LucidError, match="must reach model.pruning_end"):
         sparse(tiny_bert_dir, cebab_small, pruning_end=4).fit(cebab_small.train, **FAST)
@@ -225,13 +225,13 @@ def test_integrated_gradients_completeness(trained):
 
 def test_subnetwork_intervention_is_local_and_keeps_sparsity(trained):
     masks = {n: l.mask.clone() for n, l in trained.subnetworks.items()}
-    result = trained.intervene_subnetwork(TEXTS[0], "service", "Negative", fraction=0.3)
+    result = trained.intervene(TEXTS[0], SubnetworkRewiring("service", "Negative", fraction=0.3))[0]
     assert result.weights_changed > 0 and not result.committed
     for name, layer in trained.subnetworks.items():  # this input only: the model is unchanged
         assert torch.equal(layer.mask, masks[name])
     for other in ("food", "ambiance", "noise"):  # other concepts run through untouched subnetworks
         assert result.after.concepts[other] == result.before.concepts[other]
-    committed = trained.intervene_subnetwork(TEXTS[0], "service", "Negative", fraction=0.3, commit=True)
+    committed = trained.intervene(TEXTS[0], SubnetworkRewiring("service", "Negative", fraction=0.3, commit=True))[0]
     assert committed.after.concepts["service"] == result.after.concepts["service"]
     changed = 0
     for name, layer in trained.subnetworks.items():
@@ -241,7 +241,7 @@ def test_subnetwork_intervention_is_local_and_keeps_sparsity(trained):
         layer.mask.copy_(masks[name])  # leave the shared fixture as it was
     assert changed == committed.weights_changed
     with pytest.raises(LucidError, match="fraction"):
-        trained.intervene_subnetwork(TEXTS[0], "service", "Negative", fraction=1.5)
+        trained.intervene(TEXTS[0], SubnetworkRewiring("service", "Negative", fraction=1.5))[0]
 
 
 def test_taylor_rewiring_moves_the_concept_toward_the_given_value(trained):
@@ -249,11 +249,11 @@ def test_taylor_rewiring_moves_the_concept_toward_the_given_value(trained):
     for text in TEXTS:
         before = trained.predict(text)[0].concepts["service"]
         value = next(v for v in ("Negative", "Positive", "unknown") if v != before.value)
-        result = trained.intervene_subnetwork(text, "service", value, fraction=0.05, score="taylor")
+        result = trained.intervene(text, SubnetworkRewiring("service", value, fraction=0.05, score="taylor"))[0]
         assert result.score == "taylor" and result.to_dict()["score"] == "taylor"
         # flipping the weights whose first-order effect lowers the concept's loss raises p(value)
         assert result.after.concepts["service"].probabilities[value] > before.probabilities[value]
     for name, layer in trained.subnetworks.items():
         assert torch.equal(layer.mask, masks[name])
     with pytest.raises(LucidError, match="score"):
-        trained.intervene_subnetwork(TEXTS[0], "service", "Negative", score="random")
+        trained.intervene(TEXTS[0], SubnetworkRewiring("service", "Negative", score="random"))[0]

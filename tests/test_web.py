@@ -103,8 +103,10 @@ def test_subnetwork_intervention_never_commits(clients, models):
 
 
 @pytest.mark.parametrize("kind, path, body, message", [
-    ("joint", "/api/intervene-subnetwork", {"text": TEXT, "concept": "service", "value": "Negative"}, "no concept subnetworks"),
-    ("proto", "/api/intervene", {"text": TEXT, "values": {"service": "Negative"}}, "nothing to intervene on"),
+    ("joint", "/api/intervene-subnetwork", {"text": TEXT, "concept": "service", "value": "Negative"},
+     "a bottleneck model cannot take a SubnetworkRewiring correction; it takes ConceptValues"),
+    ("proto", "/api/intervene", {"text": TEXT, "values": {"service": "Negative"}},
+     "a prototype model cannot take a ConceptValues correction; it takes no corrections"),
 ])
 def test_what_a_family_cannot_do_is_a_400_that_says_so(clients, kind, path, body, message):
     answer = clients[kind].post(path, json=body)

@@ -11,7 +11,7 @@ import yaml
 from lucidlm.experiment import read_experiment, run_experiment
 
 MODELS = {
-    "standard": {"family": "bottleneck", "mode": "standard"},
+    "standard": {"family": "standard"},
     "joint": {"family": "bottleneck", "mode": "joint"},
     "sparse": {"family": "sparse", "sparsity": 0.5, "pruning_start": 0.25, "pruning_end": 0.75, "pruning_interval": 1,
                "pruning_score": "movement"},

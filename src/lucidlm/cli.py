@@ -195,6 +195,7 @@ def intervene(
 
     With --subnetwork (SparseCBM), the concept's subnetwork is rewired toward the given value
     instead, for this text only unless --commit."""
+    from .intervene import ConceptValues, SubnetworkRewiring
     from .models import load_pretrained
 
     interventions = {}
@@ -207,21 +208,18 @@ def intervene(
         raise LucidError("--commit applies to --subnetwork interventions")
     model, record = load_pretrained(run_dir), None
     if subnetwork:
-        if not hasattr(model, "intervene_subnetwork"):
-            raise LucidError(f"{run_dir}: a {model.family} model has no concept subnetworks; drop --subnetwork")
         if len(interventions) != 1:
             raise LucidError(f"--subnetwork rewires one concept at a time; found {len(interventions)} --set options")
         (name, value), = interventions.items()
-        result = model.intervene_subnetwork(text, name, value, fraction=fraction, commit=commit, score=score)
-        if commit:
-            from .experiment import commit_to_run
-
-            record = commit_to_run(run_dir, model, {"subnetwork": name, "value": value, "fraction": fraction,
-                                                    "score": score, "text": text})
-    elif not hasattr(model, "intervene"):
-        raise LucidError(f"{run_dir}: a {model.family} model has no concept interventions")
+        correction = SubnetworkRewiring(name, value, fraction=fraction, score=score, commit=commit)
     else:
-        result = model.intervene([text], interventions)[0]
+        correction = ConceptValues(interventions)
+    result = model.intervene([text], correction)[0]
+    if commit:
+        from .experiment import commit_to_run
+
+        record = commit_to_run(run_dir, model, {"subnetwork": name, "value": value, "fraction": fraction,
+                                                "score": score, "text": text})
     if as_json:
         emit_json(result.to_dict())
         return
@@ -246,8 +244,6 @@ def explain(
     from .models import load_pretrained
 
     model = load_pretrained(run_dir)
-    if not hasattr(model, "explain"):
-        raise LucidError(f"{run_dir}: a {model.family} model has no explanations")
     explanation = model.explain(text)
     if as_json:
         emit_json(explanation.to_dict())
@@ -269,12 +265,13 @@ def demo(
     from .data import MISSING
     from .experiment import load_experiment_task, load_run, read_experiment
     from .intervene import choose_correction, showcase_row
+    from .models import ConceptModel
 
     model, record = load_run(run_dir)
     if config is None and record is None:
         raise LucidError(f"{run_dir}: the run records no data set; name one with --config CONFIG.yaml")
     rows = load_experiment_task(read_experiment(config).data if config else record["experiment"]["data"]).split(split)
-    has_concepts = bool(model.spec.concepts) and getattr(model, "has_concepts", False)
+    has_concepts = isinstance(model, ConceptModel)
     i = showcase_row(model, rows) if has_concepts else min(range(min(len(rows), 200)), key=lambda j: (len(rows.texts[j]), j))
     text, spec = rows.texts[i], model.spec
     gold_label = float(rows.labels[i]) if spec.is_regression else spec.classes[int(rows.labels[i])]

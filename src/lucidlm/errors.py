@@ -6,3 +6,7 @@ class LucidError(Exception):
 
     The message names what was wrong, where, what was expected and what was found.
     """
+
+
+class Unsupported(LucidError):
+    """A well-formed request that this model family cannot serve (the web API answers 400)."""

@@ -19,7 +19,8 @@ import yaml
 from .config import from_dict
 from .data import Task, load_task
 from .errors import LucidError
-from .models import LucidModel, load_pretrained
+from .models import FAMILIES, LucidModel, load_pretrained
+from .models.base import canonical_family
 from .training import TrainingConfig
 
 SECTIONS = ("data", "model", "training", "output_dir")
@@ -63,11 +64,10 @@ def read_experiment(path: str | Path, output_dir: str | Path | None = None) -> E
         if isinstance(data.get(key), str) and (key != "source" or (base / data[key]).exists()):
             data[key] = str((base / data[key]).resolve())
     model = dict(raw["model"])
-    family = model.get("family", "bottleneck")
-    if family not in LucidModel.registry:
-        raise LucidError(f"{path}: model.family {family!r} is unknown; expected one of {sorted(LucidModel.registry)}")
-    # Check the model keys now, before any training starts.
-    from_dict(LucidModel.registry[family].config_class, {k: v for k, v in model.items() if k != "family"}, f"{path}: model")
+    family, options = canonical_family(model.pop("family", "bottleneck"), model)
+    # Check the model keys and named choices now, before any data or model is loaded.
+    from_dict(FAMILIES.get(family, f"{path}: model.family").config_class, options, f"{path}: model")
+    model = {"family": family, **options}
     training = from_dict(TrainingConfig, raw.get("training"), f"{path}: training")
     if output_dir is None:
         output_dir = base / raw["output_dir"] if raw.get("output_dir") else Path("runs") / path.stem
@@ -88,7 +88,7 @@ def run_experiment(experiment: Experiment) -> tuple[LucidModel, dict]:
     """Train, select on dev, evaluate on dev and test, and save the run (model + ``run.json``)."""
     task = load_experiment_task(experiment.data)
     model_options = {k: v for k, v in experiment.model.items() if k != "family"}
-    cls = LucidModel.registry[experiment.model.get("family", "bottleneck")]
+    cls = FAMILIES.get(experiment.model.get("family", "bottleneck"))
     model = cls.from_backbone(task=task.spec, seed=experiment.training.seed, **model_options)
     model.fit(task.train, eval_data=task.dev, config=experiment.training)
     metrics = {name: model.evaluate(split, experiment.training.eval_batch_size)

@@ -3,15 +3,51 @@ choice of a correction worth showing (the report's worked examples, ``lucidlm de
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .data import MISSING, TaskSpec
+from .errors import LucidError
+from .masking import REWIRING_SCORES
 
 if TYPE_CHECKING:
     from .outputs import InterventionResult
+
+
+# ---- corrections: what a person tells the model, as values --------------------------------------
+
+
+@dataclass(frozen=True)
+class ConceptValues:
+    """Set concepts to given values: ``ConceptValues({"service": "Negative"})`` (METHODS §1)."""
+
+    values: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SubnetworkRewiring:
+    """Rewire ``concept``'s subnetwork toward ``value`` for the input (METHODS §2): ``fraction``
+    of its active weights (or units) in every masked layer swapped, chosen by ``score`` (a name
+    in ``masking.REWIRING_SCORES``); kept in the model only if ``commit``."""
+
+    concept: str
+    value: str
+    fraction: float = 0.2
+    score: str = "saliency"
+    commit: bool = False
+
+    def __post_init__(self):
+        if not 0 < self.fraction < 1:
+            raise LucidError(f"fraction: expected a number in (0, 1), found {self.fraction}")
+        REWIRING_SCORES.check(self.score, "score")
+
+
+def as_correction(correction):
+    """A plain ``{"concept": "value"}`` mapping is a ``ConceptValues``; other values pass as they are."""
+    return ConceptValues(dict(correction)) if isinstance(correction, dict) else correction
 
 
 def concept_values_tensor(spec: TaskSpec, interventions: dict[str, str], batch_size: int) -> torch.Tensor:
@@ -65,9 +101,9 @@ def choose_correction(model, text: str, explanation, gold_values: dict[str, str 
     corrections = {c.concept: gold_values[c.concept] for c in explanation.concepts
                    if gold_values.get(c.concept) not in (None, c.value)}
     if corrections:
-        return "Correcting the concepts the model misread", model.intervene([text], corrections)[0]
+        return "Correcting the concepts the model misread", model.intervene([text], ConceptValues(corrections))[0]
     top = max(explanation.concepts, key=lambda c: abs(c.contribution))
     others = [v for v in model.spec.concept(top.concept).values if v != top.value]
-    results = [model.intervene([text], {top.concept: v})[0] for v in others]
+    results = [model.intervene([text], ConceptValues({top.concept: v}))[0] for v in others]
     result = min(results, key=lambda r: r.after.probabilities.get(r.before.label, 0.0))
     return f"No concept misread; flipping the most contributing one, {top.concept}", result

@@ -31,6 +31,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .errors import LucidError
+from .registry import Registry
 
 LAYER_CHOICES = ("all", "ffn", "attention", "top:N")
 
@@ -341,3 +342,34 @@ def unpack_masks(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     count = int(np.prod(shape[1:]))
     bits = np.unpackbits(packed.cpu().numpy(), axis=1, count=count)
     return torch.from_numpy(bits.astype(bool)).reshape(shape)
+
+
+# ---- rewiring a concept's mask for one input (METHODS §2) -----------------------------------
+# (g = ∂L_k/∂M_k, the layer's weight W) -> [*W.shape]: which weights are worth having active
+REWIRING_SCORES: Registry = Registry("score")
+
+
+@REWIRING_SCORES.register("saliency")
+def saliency_rewiring_score(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """s = |g ⊙ W|, the paper's."""
+    return (grad * weight).abs()
+
+
+@REWIRING_SCORES.register("taylor")
+def taylor_rewiring_score(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """s = −g: flipping M_j changes L_k by about g_j·ΔM_j, so this drops the active weights whose
+    removal lowers L_k most and regrows the pruned ones whose return lowers it most."""
+    return -grad
+
+
+def rewire(mask: torch.Tensor, score: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Drop ``fraction`` of the active entries (weights or units) with the lowest score, regrow as
+    many pruned ones with the highest score."""
+    flat_mask, flat_score = mask.reshape(-1), score.reshape(-1)
+    n = min(round(fraction * int(flat_mask.sum())), int((~flat_mask).sum()))
+    new = flat_mask.clone()
+    if n > 0:
+        drop = torch.topk(flat_score.masked_fill(~flat_mask, float("inf")), n, largest=False).indices
+        grow = torch.topk(flat_score.masked_fill(flat_mask, -float("inf")), n).indices
+        new[drop], new[grow] = False, True
+    return new.reshape(mask.shape)

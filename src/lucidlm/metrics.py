@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from ..data.task import MISSING
+from .data.task import MISSING
 
 
 def classification_metrics(gold: np.ndarray, predicted: np.ndarray) -> dict[str, float]:

@@ -42,13 +42,13 @@ class InterventionResult:
     interventions: dict[str, str]
     before: Prediction
     after: Prediction
+    label_changed: bool = field(init=False, default=False)
 
-    @property
-    def label_changed(self) -> bool:
-        return self.before.label != self.after.label
+    def __post_init__(self):
+        self.label_changed = self.before.label != self.after.label
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "label_changed": self.label_changed}
+        return asdict(self)
 
 
 @dataclass

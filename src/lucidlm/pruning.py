@@ -25,10 +25,24 @@ from dataclasses import dataclass
 import torch
 
 from .errors import LucidError
+from .registry import Registry
+from .training import TrainingHooks
 from .masking import MaskedLinear, UnitGroup, units_to_keep
 
-SCORES = ("obert", "magnitude", "movement")
-SCHEDULES = ("linear", "cubic")
+# (initial, final, progress in [0, 1] through the pruning epochs) -> sparsity
+SCHEDULES: Registry = Registry("schedule")
+PRUNING_SCOPES = ("layer", "global")  # the lowest scores of each layer, or of the whole backbone
+
+
+@SCHEDULES.register("linear")
+def linear_schedule(initial: float, final: float, progress: float) -> float:
+    return initial + (final - initial) * progress
+
+
+@SCHEDULES.register("cubic")
+def cubic_schedule(initial: float, final: float, progress: float) -> float:
+    """Fast at first, slow near the end (Zhu & Gupta 2017)."""
+    return final + (initial - final) * (1 - progress) ** 3
 
 
 @dataclass
@@ -40,8 +54,7 @@ class SparsitySchedule:
     kind: str = "cubic"
 
     def __post_init__(self):
-        if self.kind not in SCHEDULES:
-            raise LucidError(f"schedule: expected one of {list(SCHEDULES)}, found {self.kind!r}")
+        SCHEDULES.check(self.kind, "schedule")
         if not 0 <= self.initial <= self.final < 1:
             raise LucidError(f"sparsity: expected 0 <= initial ({self.initial}) <= final ({self.final}) < 1")
         if not 0 <= self.start <= self.end:
@@ -54,9 +67,7 @@ class SparsitySchedule:
         if epoch >= self.end or self.end == self.start:
             return self.final
         progress = (epoch - self.start) / (self.end - self.start)
-        if self.kind == "linear":
-            return self.initial + (self.final - self.initial) * progress
-        return self.final + (self.initial - self.final) * (1 - progress) ** 3
+        return SCHEDULES.get(self.kind)(self.initial, self.final, progress)
 
 
 def obert_inverse_diagonal(gradients: torch.Tensor, block: int, damp: float) -> torch.Tensor:
@@ -77,27 +88,106 @@ def obert_inverse_diagonal(gradients: torch.Tensor, block: int, damp: float) -> 
     return inverse.diagonal(dim1=1, dim2=2).reshape(-1)[:n].float()
 
 
-class Pruner:
+PRUNING_SCORES: Registry = Registry("pruning_score")
+
+
+class PruningScore:
+    """How one pruning score watches training and scores weights; the ``Pruner`` asks it which
+    steps it needs concept gradients at, hands them over, and prunes by its scores."""
+
+    def __init__(self, pruner: "Pruner"):
+        self.pruner = pruner
+
+    def needs_gradients(self, step: int) -> bool:
+        return False
+
+    def observe(self, name: str, layer: MaskedLinear, grad: torch.Tensor) -> None:
+        """``grad``: ``[K, *weight.shape]``, each concept's loss gradient through its own mask."""
+
+    def scores(self, name: str, layer: MaskedLinear) -> torch.Tensor:
+        """``[K, *weight.shape]``: higher = more worth keeping."""
+        raise NotImplementedError
+
+    def pruned(self) -> None:
+        """Called after every pruning event."""
+
+
+@PRUNING_SCORES.register("magnitude")
+class MagnitudeScore(PruningScore):
+    """|w|, the same for every concept: it cannot tell subnetworks apart."""
+
+    def scores(self, name, layer):
+        return layer.weight.detach().abs().unsqueeze(0).expand_as(layer.mask).float()
+
+
+@PRUNING_SCORES.register("movement")
+class MovementScore(PruningScore):
+    """−Σ_t w·g, accumulated from one interval before the first event (Sanh et al. 2020)."""
+
+    def __init__(self, pruner):
+        super().__init__(pruner)
+        self.movement = {n: torch.zeros_like(layer.mask, dtype=torch.float32) for n, layer in pruner.layers.items()}
+
+    def needs_gradients(self, step):
+        events = self.pruner.events
+        return events[0] - self.pruner.interval <= step < events[-1]
+
+    def observe(self, name, layer, grad):
+        self.movement[name] -= (layer.weight.detach().unsqueeze(0) * grad).float()
+
+    def scores(self, name, layer):
+        return self.movement[name].clone()
+
+
+@PRUNING_SCORES.register("obert")
+class OBertScore(PruningScore):
+    """w² / (2·[F⁻¹]_jj) from the m gradients before each event (METHODS §2; Kurtic et al. 2022);
+    |w| when no gradient was seen."""
+
+    def __init__(self, pruner):
+        super().__init__(pruner)
+        self.gradients: dict[str, list[torch.Tensor]] = {n: [] for n in pruner.layers}
+
+    def needs_gradients(self, step):
+        return any(0 <= event - 1 - step < self.pruner.obert_gradients for event in self.pruner.events)
+
+    def observe(self, name, layer, grad):
+        self.gradients[name] = (self.gradients[name] + [grad.detach().cpu()])[-self.pruner.obert_gradients:]
+
+    def scores(self, name, layer):
+        if not self.gradients[name]:
+            return MagnitudeScore.scores(self, name, layer)
+        weight = layer.weight.detach()
+        grads = torch.stack(self.gradients[name])  # [m, K, *shape]
+        out = torch.empty(layer.mask.shape)
+        for k in range(layer.num_masks):
+            diag = obert_inverse_diagonal(grads[:, k].reshape(grads.shape[0], -1), self.pruner.obert_block, self.pruner.obert_damp)
+            out[k] = (weight.float().cpu() ** 2 / (2 * diag.reshape(weight.shape).clamp_min(1e-30))).to(out.dtype)
+        return out.to(weight.device)
+
+    def pruned(self):
+        self.gradients = {n: [] for n in self.gradients}
+
+
+class Pruner(TrainingHooks):
     """Scores and prunes the masks of ``layers`` while ``fit_loop`` trains (its ``hooks``)."""
 
     def __init__(self, layers: dict[str, MaskedLinear], schedule: SparsitySchedule, steps_per_epoch: int,
                  score: str = "obert", scope: str = "layer", interval: int = 10,
                  obert_gradients: int = 20, obert_block: int = 20, obert_damp: float = 1e-7,
                  groups: list[UnitGroup] | None = None):
-        if score not in SCORES:
-            raise LucidError(f"pruning score: expected one of {list(SCORES)}, found {score!r}")
-        if scope not in ("layer", "global"):
-            raise LucidError(f"pruning scope: expected 'layer' or 'global', found {scope!r}")
+        score_class = PRUNING_SCORES.get(score, "pruning_score")
+        if scope not in PRUNING_SCOPES:
+            raise LucidError(f"pruning_scope: expected one of {list(PRUNING_SCOPES)}, found {scope!r}")
         if groups and scope != "layer":
-            raise LucidError(f"pruning scope: neuron-level masks prune block by block ('layer'), found {scope!r}")
+            raise LucidError(f"pruning_scope: neuron-level masks prune block by block ('layer'), found {scope!r}")
         self.layers, self.schedule, self.steps_per_epoch, self.groups = layers, schedule, steps_per_epoch, groups
-        self.score, self.scope, self.interval = score, scope, max(1, interval)
+        self.scope, self.interval = scope, max(1, interval)
         self.obert_gradients, self.obert_block, self.obert_damp = obert_gradients, obert_block, obert_damp
         start, end = (round(e * steps_per_epoch) for e in (schedule.start, schedule.end))
         # prune at start, every `interval` steps, and once more at end (final sparsity)
         self.events = sorted(set(range(start, end, self.interval)) | {end})
-        self.movement = {n: torch.zeros_like(layer.mask, dtype=torch.float32) for n, layer in layers.items()} if score == "movement" else {}
-        self.gradients: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+        self.score = score_class(self)
         self.history: list[dict] = []
 
     # ---- hooks called by fit_loop -----------------------------------------------------------
@@ -112,12 +202,8 @@ class Pruner:
             return
         for name, layer in self.layers.items():
             grad = layer.concept_gradients()
-            if grad is None:
-                continue
-            if self.score == "movement":
-                self.movement[name] -= (layer.weight.detach().unsqueeze(0) * grad).float()
-            elif self.score == "obert":
-                self.gradients[name] = (self.gradients[name] + [grad.detach().cpu()])[-self.obert_gradients:]
+            if grad is not None:
+                self.score.observe(name, layer, grad)
         for layer in self.layers.values():
             layer.masked_weight = None
 
@@ -134,26 +220,11 @@ class Pruner:
 
     # ---- scores and masks -------------------------------------------------------------------
     def _needs_gradients(self, step: int) -> bool:
-        if self.score == "magnitude" or not self.events:
-            return False
-        if self.score == "movement":
-            return self.events[0] - self.interval <= step < self.events[-1]
-        return any(0 <= event - 1 - step < self.obert_gradients for event in self.events)
+        return bool(self.events) and self.score.needs_gradients(step)
 
     def scores(self, name: str) -> torch.Tensor:
         """``[K, *weight.shape]``: higher = more worth keeping."""
-        layer = self.layers[name]
-        weight = layer.weight.detach()
-        if self.score == "magnitude" or (self.score == "obert" and not self.gradients[name]):
-            return weight.abs().unsqueeze(0).expand_as(layer.mask).float()
-        if self.score == "movement":
-            return self.movement[name].clone()
-        grads = torch.stack(self.gradients[name])  # [m, K, *shape]
-        out = torch.empty(layer.mask.shape)
-        for k in range(layer.num_masks):
-            diag = obert_inverse_diagonal(grads[:, k].reshape(grads.shape[0], -1), self.obert_block, self.obert_damp)
-            out[k] = (weight.float().cpu() ** 2 / (2 * diag.reshape(weight.shape).clamp_min(1e-30))).to(out.dtype)
-        return out.to(weight.device)
+        return self.score.scores(name, self.layers[name])
 
     @torch.no_grad()
     def prune(self, sparsity: float) -> None:
@@ -188,7 +259,7 @@ class Pruner:
 
     def _record(self, sparsity: float) -> None:
         self.history.append({"sparsity": sparsity, "density": density(self.layers)})
-        self.gradients = {n: [] for n in self.layers}
+        self.score.pruned()
 
 
 def _top(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -42,6 +42,24 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class TrainingHooks:
+    """What a family may do around each optimizer step (SparseCBM's pruner does all of it).
+    ``step`` counts optimizer steps from 0 over the whole run."""
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def after_backward(self, step: int) -> None:
+        pass
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def selectable(self, epoch: int) -> bool:
+        """Whether the model after this epoch may be chosen as the best one."""
+        return True
+
+
 def fit_loop(
     model: torch.nn.Module,
     param_groups: list[dict],
@@ -51,13 +69,11 @@ def fit_loop(
     config: TrainingConfig,
     epochs: int | None = None,
     desc: str = "train",
-    hooks=None,
+    hooks: TrainingHooks | None = None,
 ) -> list[dict]:
     """Train ``model`` in place; returns one record per epoch (loss, dev score). Keeps the best.
-
-    ``hooks`` (e.g. a pruner) may define ``before_step(step)``, ``after_backward(step)``,
-    ``after_step(step)`` and ``selectable(epoch) -> bool`` (which epochs may be chosen as best).
-    """
+    ``hooks`` (e.g. a pruner) act around each step and say which epochs may be chosen."""
+    hooks = hooks or TrainingHooks()
     set_seed(config.seed)
     epochs = config.epochs if epochs is None else epochs
     accelerator = Accelerator()
@@ -72,22 +88,22 @@ def fit_loop(
         losses = []
         bar = tqdm(train_loader, desc=f"{desc} {epoch}/{epochs}", disable=not config.progress, leave=False)
         for batch in bar:
-            _call(hooks, "before_step", step)
+            hooks.before_step(step)
             loss = loss_fn(model, batch)
             accelerator.backward(loss)
-            _call(hooks, "after_backward", step)
+            hooks.after_backward(step)
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            _call(hooks, "after_step", step)
+            hooks.after_step(step)
             step += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         record = {"epoch": epoch, "loss": float(np.mean(losses))}
         unwrapped = accelerator.unwrap_model(model)
-        selectable = getattr(hooks, "selectable", lambda epoch: True)(epoch)
+        selectable = hooks.selectable(epoch)
         if dev_score is not None and selectable:
             unwrapped.eval()
             record["dev_score"] = dev_score(unwrapped)
@@ -105,9 +121,3 @@ def fit_loop(
         unwrapped.load_state_dict(best_state)
     unwrapped.eval()
     return history
-
-
-def _call(hooks, name: str, step: int) -> None:
-    method = getattr(hooks, name, None)
-    if method is not None:
-        method(step)

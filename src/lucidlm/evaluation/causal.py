@@ -39,6 +39,7 @@ from ..data import MISSING
 from ..data.presets import CEBAB_ASPECTS, _cebab_rows, cebab_spec
 from ..data.tables import read_rows
 from ..errors import LucidError
+from ..models import ConceptModel
 from .outputs import TextOutputs, softmax
 
 CEBAB_CLASSES = ("1", "2", "3", "4", "5")
@@ -219,7 +220,7 @@ def causal_effects(model, outputs: TextOutputs, pairs: list[CounterfactualPair],
         "estimators": {"average_training_effect": {**summarize(pairs, effect_distances(icace, baseline)),
                                                    "directions_unseen_in_training": unseen}},
     }
-    if getattr(model, "has_concepts", False):
+    if isinstance(model, ConceptModel):
         eicace, usable = concept_intervention_effects(model, outputs, pairs)
         chosen = [pairs[i] for i in usable]
         result["estimators"]["concept_intervention"] = {

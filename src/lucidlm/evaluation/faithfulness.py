@@ -41,6 +41,7 @@ from ..data import MISSING, Split
 from ..errors import LucidError
 from ..explain.tokens import gradient_x_input
 from ..intervene import overwrite_concepts
+from ..models import ConceptModel
 from .outputs import TextOutputs, softmax
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.20, 0.50)
@@ -165,8 +166,6 @@ def token_applicability(model, split: Split) -> str | None:
         return "a regression task has no class probabilities to remove tokens from"
     if split.text_pairs is not None:
         return "token removal is not defined here for sentence-pair tasks"
-    if not hasattr(model, "explain"):
-        return f"a {model.family} model gives no token explanations"
     return None
 
 
@@ -231,9 +230,8 @@ def token_faithfulness(model, split: Split, samples: int = 200, seed: int = 0,
 
 
 def concept_applicability(model) -> str | None:
-    if not getattr(model, "has_concepts", False):
-        what = f"{model.family} model" + (f" (mode {model.config.mode})" if hasattr(model.config, "mode") else "")
-        return f"a {what} has no concepts"
+    if not isinstance(model, ConceptModel):
+        return f"a {model.family} model has no concepts"
     if model.spec.is_regression:
         return "a regression task has no predicted label probability"
     if len(model.spec.concepts) < 2:

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data import Task
+from ..models import ConceptModel
 from ..errors import LucidError
 from .causal import average_effect_estimator, causal_applicability, causal_effects, load_cebab_pairs
 from .curves import intervention_curves
 from .faithfulness import FRACTIONS, concept_faithfulness, token_faithfulness
-from .metrics import task_metrics
+from ..metrics import task_metrics
 from .outputs import TextOutputs
 
 SUITES = ("faithfulness", "causal", "interventions")
@@ -36,12 +37,11 @@ def parse_suites(text: str | Sequence[str]) -> list[str]:
 
 
 def describe(model) -> dict:
-    config = model.config
-    mode = getattr(config, "mode", None)
+    summary = model.summary()
     # RandInt: gold concepts mixed in while the label head trained (joint, sequential; 0 = none)
-    randint = getattr(config, "random_intervention_rate", None) if mode in ("joint", "sequential") else None
-    return {"family": model.family, "mode": mode, "backbone": config.backbone, "random_intervention_rate": randint,
-            "concepts": model.spec.concept_names if getattr(model, "has_concepts", False) else []}
+    return {"family": model.family, "mode": summary["mode"], "backbone": summary["backbone"],
+            "random_intervention_rate": summary.get("random_intervention_rate"),
+            "concepts": model.spec.concept_names if isinstance(model, ConceptModel) else []}
 
 
 def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: str = "test", samples: int = 200,

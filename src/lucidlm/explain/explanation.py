@@ -12,12 +12,19 @@ from ..outputs import Prediction
 @dataclass
 class TokenAttribution:
     """Scores over the input's tokens toward one ``target``: a concept name, ``"label"``, or
-    ``"attention"`` (proto-lm's token attention). ``method`` says how they were computed."""
+    ``"attention"`` (proto-lm's token attention). ``method`` says how they were computed.
+
+    How to show the tokens is decided once, here, for every view (CLI, page, report):
+    ``special`` marks [CLS]-like tokens a view leaves out, ``words`` is each token as shown
+    (without ``##``, ``Ġ`` or ``▁``) and ``space_before`` whether a space precedes it."""
 
     target: str
     method: str
     tokens: list[str]
     scores: list[float]
+    special: list[bool] = field(default_factory=list)
+    words: list[str] = field(default_factory=list)
+    space_before: list[bool] = field(default_factory=list)
 
 
 @dataclass

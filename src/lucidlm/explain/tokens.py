@@ -15,6 +15,26 @@ from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 from .explanation import TokenAttribution
 
 
+def token_attribution(tokenizer, ids: list[int], scores: list[float], target: str, method: str) -> TokenAttribution:
+    """Scores over the tokens of ``ids``, with how to show them (see ``TokenAttribution``)."""
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    special = [bool(s) for s in tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)]
+    # WordPiece marks continuations (##); byte-level BPE (Ġ) and SentencePiece (▁) mark word starts.
+    marked = any(t.startswith(("Ġ", "▁")) for t, s in zip(tokens, special) if not s)
+    words, space_before = [], []
+    for token in tokens:
+        if token.startswith("##"):
+            word, space = token[2:], False
+        elif token.startswith(("Ġ", "▁")):
+            word, space = token[1:], True
+        else:
+            word, space = token, not marked
+        words.append(word)
+        space_before.append(space)
+    return TokenAttribution(target=target, method=method, tokens=tokens, scores=list(scores), special=special,
+                            words=words, space_before=space_before)
+
+
 def integrated_gradients(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target: str, steps: int = 20,
@@ -28,10 +48,7 @@ def integrated_gradients(
         attributions = method.attribute(input_ids, baselines=baseline, additional_forward_args=(attention_mask,),
                                         n_steps=steps, internal_batch_size=steps)
     scores = attributions.sum(-1)[0].detach()
-    return TokenAttribution(
-        target=target, method=f"integrated_gradients(steps={steps})",
-        tokens=tokenizer.convert_ids_to_tokens(input_ids[0].tolist()), scores=scores.tolist(),
-    )
+    return token_attribution(tokenizer, input_ids[0].tolist(), scores.tolist(), target, f"integrated_gradients(steps={steps})")
 
 
 def gradient_x_input(
@@ -43,7 +60,5 @@ def gradient_x_input(
     method = LayerGradientXActivation(score, model.backbone.get_input_embeddings())
     with torch.enable_grad():
         attributions = method.attribute(input_ids, additional_forward_args=(attention_mask,))
-    return TokenAttribution(
-        target=target, method="gradient_x_input",
-        tokens=model.tokenizer.convert_ids_to_tokens(input_ids[0].tolist()), scores=attributions.sum(-1)[0].detach().tolist(),
-    )
+    return token_attribution(model.tokenizer, input_ids[0].tolist(), attributions.sum(-1)[0].detach().tolist(), target,
+                             "gradient_x_input")

@@ -1,7 +1,10 @@
-from .base import LucidModel, ModelConfig, load_pretrained
+from .base import FAMILIES, ConceptModel, LucidModel, ModelConfig, PrototypeModel, SubnetworkModel, load_pretrained
 from .bottleneck import MODES, BottleneckConfig, ConceptBottleneckLM
+from .concept_layers import CONCEPT_LAYERS
+from .standard import StandardConfig, StandardLM
 from .subnetworks import SparseConceptLM, SparseConfig
 from .prototypes import PrototypeConfig, PrototypeLM, PrototypeProjection
 
-__all__ = ["LucidModel", "ModelConfig", "load_pretrained", "MODES", "BottleneckConfig", "ConceptBottleneckLM", "SparseConceptLM", "SparseConfig"]
-__all__ += ["PrototypeConfig", "PrototypeLM", "PrototypeProjection"]
+__all__ = ["FAMILIES", "ConceptModel", "LucidModel", "ModelConfig", "PrototypeModel", "SubnetworkModel", "load_pretrained"]
+__all__ += ["MODES", "BottleneckConfig", "ConceptBottleneckLM", "CONCEPT_LAYERS", "StandardConfig", "StandardLM"]
+__all__ += ["SparseConceptLM", "SparseConfig", "PrototypeConfig", "PrototypeLM", "PrototypeProjection"]

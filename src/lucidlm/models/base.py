@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import ClassVar
 from pathlib import Path
 
@@ -16,13 +16,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from .. import __version__
+from ..version import __version__
 from ..backbone import DEFAULT_BACKBONE, POOLINGS, backbone_max_length, default_pooling, load_backbone, load_tokenizer, pool
 from ..config import from_dict
-from ..data import TaskSpec, TextEncoder
-from ..errors import LucidError
-from ..outputs import ConceptPrediction, ModelOutput, Prediction
-from ..training import set_seed
+from ..data import Split, TaskSpec, TextEncoder
+from ..errors import LucidError, Unsupported
+from ..explain import Explanation
+from ..intervene import as_correction
+from ..metrics import selection_score, task_metrics
+from ..outputs import ConceptPrediction, InterventionResult, ModelOutput, Prediction
+from ..registry import Registry
+from ..training import TrainingConfig, TrainingHooks, fit_loop, set_seed
 
 CONFIG_FILE, WEIGHTS_FILE, BACKBONE_DIR = "config.json", "model.safetensors", "backbone"
 
@@ -39,22 +43,34 @@ class ModelConfig:
     renamed_keys: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self):
-        if self.pooling is not None and self.pooling not in POOLINGS:
-            raise LucidError(f"pooling: expected one of {list(POOLINGS)}, found {self.pooling!r}")
+        if self.pooling is not None:
+            POOLINGS.check(self.pooling, "pooling")
+
+
+FAMILIES: Registry = Registry("model.family")
 
 
 class LucidModel(nn.Module):
-    """Base of the families. Subclasses set ``family`` and ``config_class`` and define
-    ``forward(input_ids, attention_mask) -> ModelOutput``, ``fit`` and ``evaluate``."""
+    """The contract every family keeps (docs/ARCHITECTURE.md).
+
+    A family sets ``family`` and ``config_class`` (registered by name on subclassing), and
+    defines ``forward(input_ids, attention_mask) -> ModelOutput``, ``training_loss`` and
+    ``explain``. What it can do beyond predicting and explaining is declared by its type
+    (``ConceptModel``, ``SubnetworkModel``, ``PrototypeModel``) and by ``corrections``, the
+    correction values its ``intervene`` takes; callers ask those, never the object.
+
+    ``fit`` is one skeleton for every family: seeds, the training loop on Accelerate (dev
+    selection, early stopping, best state), with the family's hooks around it.
+    """
 
     family: str = ""
     config_class: type = ModelConfig
-    registry: dict[str, type["LucidModel"]] = {}
+    corrections: tuple[type, ...] = ()  # the correction values ``intervene`` takes
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if cls.family:
-            LucidModel.registry[cls.family] = cls
+        if "family" in cls.__dict__ and cls.family:
+            FAMILIES.register(cls.family)(cls)
 
     def __init__(self, config: ModelConfig, spec: TaskSpec, backbone: nn.Module, tokenizer):
         super().__init__()
@@ -87,6 +103,11 @@ class LucidModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def summary(self) -> dict:
+        """What this model is, for people (the report, the page, the evaluation suite's tables):
+        family, backbone, and the settings that tell its runs apart. Families add theirs."""
+        return {"family": self.family, "mode": None, "backbone": self.config.backbone}
+
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool(hidden, attention_mask, self.config.pooling)
@@ -99,10 +120,42 @@ class LucidModel(nn.Module):
         batch = self.encoder.batch(texts, text_pairs)
         return self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
 
-    def predict(self, texts, text_pairs=None) -> list[Prediction]:
+    def predict(self, texts, pairs=None) -> list[Prediction]:
+        """The label (and concepts, for concept models) of each text (with its pair, on pair tasks)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        output = self.forward_texts(texts, text_pairs)
+        pairs = [pairs] if isinstance(pairs, str) else pairs
+        output = self.forward_texts(texts, pairs)
         return [self.to_prediction(t, output, i) for i, t in enumerate(texts)]
+
+    def explain(self, text: str, *, pair: str | None = None, **options) -> Explanation:
+        """The prediction of one text and what the model's own forward pass says about it."""
+        raise Unsupported(f"a {self.family} model gives no explanations")
+
+    def intervene(self, texts, correction) -> list[InterventionResult]:
+        """The prediction of each text before and after a correction: concept values
+        (``{"service": "Negative"}`` or ``ConceptValues``), a ``SubnetworkRewiring``, … as the
+        family's ``corrections`` allow. A correction it cannot take is refused here, for all."""
+        correction = as_correction(correction)
+        if not isinstance(correction, self.corrections):
+            takes = ", ".join(kind.__name__ for kind in self.corrections) or "no corrections"
+            raise Unsupported(f"a {self.family} model cannot take a {type(correction).__name__} correction; it takes {takes}")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.apply_correction(texts, correction)
+
+    def apply_correction(self, texts: list[str], correction) -> list[InterventionResult]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def infer(self, split: Split, batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Label logits ``[N, C]`` of a split (families add their own outputs)."""
+        self.eval()
+        logits = [self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).label_logits.cpu()
+                  for batch in self.encoder.loader(split, batch_size)]
+        return {"label_logits": torch.cat(logits).numpy()}
+
+    def evaluate(self, split: Split, batch_size: int = 64) -> dict:
+        """Task metrics on a split (families add their own)."""
+        return {"n": len(split), "task": task_metrics(self.spec, split.labels, self.infer(split, batch_size)["label_logits"])}
 
     def to_prediction(self, text: str, output: ModelOutput, i: int,
                       concept_probs: list[torch.Tensor] | None = None) -> Prediction:
@@ -119,6 +172,55 @@ class LucidModel(nn.Module):
             p = probs[i].tolist()
             concepts[spec.name] = ConceptPrediction(spec.values[int(np.argmax(p))], dict(zip(spec.values, p)))
         return Prediction(text=text, label=label, probabilities=probabilities, concepts=concepts)
+
+    # ---- training: one skeleton, the family's hooks ----------------------------------------------
+    def fit(self, train: Split, eval_data: Split | None = None, config: TrainingConfig | None = None, **overrides):
+        """Train on ``train``; model selection and early stopping read ``eval_data`` (dev), never test."""
+        config = replace(config or TrainingConfig(), **overrides)
+        self.check_training_data(train, config)
+        set_seed(config.seed)
+        self.before_training(train, config)
+        loader = self.encoder.loader(train, config.batch_size, shuffle=True, seed=config.seed)
+        hooks = self.training_hooks(len(loader), config)
+        dev_score = None if eval_data is None else (lambda model: model.dev_score(eval_data, config.eval_batch_size))
+        self.training_history = fit_loop(self, self.param_groups(config), loader, self.training_loss, dev_score, config,
+                                         desc=self.training_stage, hooks=hooks)
+        self.after_training(train, eval_data, config, hooks)
+        return self
+
+    def training_loss(self, forward: nn.Module, batch: dict) -> torch.Tensor:
+        """The loss of one batch; ``forward`` is this model as the training loop wraps it."""
+        raise NotImplementedError
+
+    @property
+    def training_stage(self) -> str:
+        """What the progress bar calls the training loop."""
+        return self.family
+
+    def check_training_data(self, train: Split, config: TrainingConfig) -> None:
+        """Refuse, before any training, data or settings the family cannot train on."""
+
+    def before_training(self, train: Split, config: TrainingConfig) -> None:
+        """After seeding, before the loop (e.g. prototypes started from training examples)."""
+
+    def training_hooks(self, steps_per_epoch: int, config: TrainingConfig) -> TrainingHooks | None:
+        """What the loop calls around each step (``training.TrainingHooks``), or None."""
+        return None
+
+    def after_training(self, train: Split, eval_data: Split | None, config: TrainingConfig, hooks) -> None:
+        """After the best epoch is restored (e.g. a second stage, calibration, projection)."""
+
+    def dev_score(self, split: Split, batch_size: int = 64) -> float:
+        """What model selection maximises on dev."""
+        return selection_score(self.evaluate(split, batch_size))
+
+    def param_groups(self, config: TrainingConfig) -> list[dict]:
+        """The backbone at ``learning_rate``, the freshly initialised rest at ``head_learning_rate``."""
+        heads = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+        return [
+            {"params": list(self.backbone.parameters()), "lr": config.learning_rate},
+            {"params": heads, "lr": config.head_learning_rate},
+        ]
 
     # ---- persistence ----------------------------------------------------------------------
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
@@ -168,6 +270,17 @@ class LucidModel(nn.Module):
         return directory
 
 
+def canonical_family(family: str, options: dict) -> tuple[str, dict]:
+    """``family: bottleneck, mode: standard`` (configs and runs from before the standard model
+    was a family of its own) is the ``standard`` family; the bottleneck's options it had are
+    dropped (they had no effect on it)."""
+    if family == "bottleneck" and options.get("mode") == "standard":
+        standard = FAMILIES.get("standard")
+        known = {f.name for f in fields(standard.config_class)}
+        return "standard", {k: v for k, v in options.items() if k in known}
+    return family, options
+
+
 def read_run_config(directory: str | Path) -> dict:
     directory = Path(directory)
     if not directory.is_dir():
@@ -182,8 +295,8 @@ def read_run_config(directory: str | Path) -> dict:
             f"{directory}: not a saved lucidlm run (expected {CONFIG_FILE} with a 'family' and {WEIGHTS_FILE}, "
             "as save_pretrained writes them)"
         )
-    if meta["family"] not in LucidModel.registry:
-        raise LucidError(f"{path}: unknown model family {meta['family']!r}; known: {sorted(LucidModel.registry)}")
+    meta["family"], meta["model"] = canonical_family(meta["family"], meta.get("model", {}))
+    FAMILIES.get(meta["family"], f"{path}: family")
     return meta
 
 
@@ -191,7 +304,7 @@ def load_pretrained(directory: str | Path) -> LucidModel:
     """Any family's saved run; the loaded model predicts exactly what the saved one did."""
     directory = Path(directory)
     meta = read_run_config(directory)
-    cls = LucidModel.registry[meta["family"]]
+    cls = FAMILIES.get(meta["family"])
     saved = {cls.config_class.renamed_keys.get(k, k): v for k, v in meta["model"].items()}
     config = from_dict(cls.config_class, saved, f"{directory / CONFIG_FILE}: model")
     spec = TaskSpec.from_dict(meta["task"])
@@ -202,3 +315,49 @@ def load_pretrained(directory: str | Path) -> LucidModel:
     model.training_history = meta.get("training_history", [])
     model.load_json_state(meta.get("state", {}))
     return model.eval()
+
+
+# ---- capabilities: what a family can do beyond predicting and explaining, as types ------------
+
+
+class ConceptModel(LucidModel):
+    """A model whose label reads human concepts (METHODS §1): every forward pass gives concept
+    logits, the label can be recomputed from them with concepts set to given values without
+    another backbone pass, and ``intervene`` takes ``ConceptValues``."""
+
+    def concept_activations(self, concept_logits) -> list[torch.Tensor]:
+        """What the label head reads of each concept."""
+        raise NotImplementedError
+
+    def label_from_concepts(self, activations: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def intervened_label_logits(self, concept_logits, values: torch.Tensor, correct_only: bool = True) -> torch.Tensor:
+        """Label logits with concept k of row i set to ``values[i, k]`` (``MISSING``: as predicted)."""
+        raise NotImplementedError
+
+    def concept_contribution_matrix(self, activations: list[torch.Tensor], label_rows: torch.Tensor) -> torch.Tensor:
+        """``[B, K]``: each concept's contribution to the logit of ``label_rows[i]``."""
+        raise NotImplementedError
+
+    def concept_contributions(self, output: ModelOutput, prediction: Prediction) -> list:
+        raise NotImplementedError
+
+
+class SubnetworkModel(ConceptModel):
+    """A concept model whose concepts each read their own sparse subnetwork of the backbone
+    (METHODS §2): ``subnetwork_statistics``, ``mask_density``, and ``SubnetworkRewiring``
+    corrections."""
+
+    def subnetwork_statistics(self) -> dict:
+        raise NotImplementedError
+
+    def mask_density(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class PrototypeModel(LucidModel):
+    """A model whose label reads similarities to learned prototypes (METHODS §3), each shown by
+    its nearest training examples (``projection``)."""
+
+    projection = None

@@ -1,44 +1,42 @@
 """Concept bottleneck language models (METHODS §1; Tan et al., PAKDD 2024).
 
-text -> backbone -> pooled h -> one head per concept -> concept logits c -> label head -> y.
-
-An intervention sets concept k to value v by forcing its logits to the mean logits of the
-training rows whose concept k is v and predicted v: a typical, correctly recognised v, which the
-label head knows how to read. (The 5th/95th-percentile rule of Koh et al. 2020, made for binary
-concepts, gives extreme vectors that a softmax concept never shows.) With ``concept_activation:
-probs`` the head reads softmax probabilities and an intervention is one-hot.
+text -> backbone -> pooled h -> concept layer (one head per concept) -> concept activations ->
+label head -> y. Modes: joint, sequential, independent (the black-box baseline is the
+``standard`` family). What the label head reads of a concept, and what an intervention sets it
+to, is the concept layer's business (``concept_layers``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression, Ridge
 from torch import nn
 
 from ..data import MISSING, Split
 from ..errors import LucidError
-from ..evaluation import concept_metrics, selection_score, task_metrics
 from ..explain import ConceptContribution, Explanation
 from ..explain.tokens import integrated_gradients
-from ..intervene import concept_values_tensor, overwrite_concepts
+from ..intervene import ConceptValues, concept_values_tensor, overwrite_concepts
+from ..metrics import concept_metrics, selection_score, task_metrics
 from ..outputs import InterventionResult, ModelOutput
-from ..training import TrainingConfig, fit_loop, set_seed
-from .base import LucidModel, ModelConfig
+from ..training import TrainingConfig
+from .base import ConceptModel, ModelConfig
+from .concept_layers import ACTIVATIONS, CONCEPT_LAYERS
+from .losses import concept_loss, task_loss
 
-MODES = ("standard", "joint", "sequential", "independent")
-ACTIVATIONS = ("logits", "probs")
+MODES = ("joint", "sequential", "independent")
 
 
 @dataclass
 class BottleneckConfig(ModelConfig):
     mode: str = "joint"
+    concept_layer: str = "scalar"  # a name in concept_layers.CONCEPT_LAYERS
     concept_loss_weight: float = 1.0  # λ in L = CE(y) + λ·Σ_k CE(c_k) (joint mode)
-    concept_activation: str = "logits"  # what the label head reads: logits (METHODS §1) or probs
+    concept_activation: str = "logits"  # what the scalar layer's label head reads: logits (METHODS §1) or probs
     # RandInt (Espinosa Zarlenga et al. 2022): while the label head trains (joint: CE(y);
     # sequential: the c→y fit), each concept is replaced by its *gold* value with this
     # probability, as a user's intervention would, so that corrections are within the head's
@@ -50,62 +48,39 @@ class BottleneckConfig(ModelConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.mode not in MODES:
-            raise LucidError(f"mode: expected one of {list(MODES)}, found {self.mode!r}")
+            hint = "; the black-box baseline is the 'standard' family" if self.mode == "standard" else ""
+            raise LucidError(f"mode: expected one of {list(MODES)}, found {self.mode!r}{hint}")
+        CONCEPT_LAYERS.check(self.concept_layer, "concept_layer")
         if self.concept_activation not in ACTIVATIONS:
             raise LucidError(f"concept_activation: expected one of {list(ACTIVATIONS)}, found {self.concept_activation!r}")
         if not 0.0 <= self.random_intervention_rate <= 1.0:
             raise LucidError(f"random_intervention_rate: expected a probability in [0, 1], found {self.random_intervention_rate!r}")
 
 
-def task_loss(spec, label_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if spec.is_regression:
-        return F.mse_loss(label_logits[:, 0], labels.float())
-    return F.cross_entropy(label_logits, labels)
-
-
-def concept_loss(concept_logits, concepts: torch.Tensor) -> torch.Tensor:
-    """Σ_k CE(c_k) over the rows that have a gold value for concept k."""
-    total = concept_logits[0].new_zeros(())
-    for k, logits in enumerate(concept_logits):
-        if (concepts[:, k] != MISSING).any():
-            total = total + F.cross_entropy(logits, concepts[:, k], ignore_index=MISSING)
-    return total
-
-
-class ConceptBottleneckLM(LucidModel):
+class ConceptBottleneckLM(ConceptModel):
     family = "bottleneck"
     config_class = BottleneckConfig
+    corrections = (ConceptValues,)
+    # Checkpoints written before the concept layer was a module of its own: {old prefix: new}.
+    legacy_tensor_names: ClassVar[dict[str, str]] = {"concept_heads.": "concept_layer.heads.",
+                                                     "intervention_table": "concept_layer.intervention_table"}
 
     def __init__(self, config: BottleneckConfig, spec, backbone, tokenizer):
         super().__init__(config, spec, backbone, tokenizer)
-        if config.mode == "standard":  # the black-box baseline: h -> y
-            self.concept_heads = nn.ModuleList()
-            self.label_head = nn.Linear(self.hidden_size, spec.num_labels)
-        else:
-            if not spec.concepts:
-                raise LucidError(f"mode {config.mode!r} needs concepts; the task {spec.name!r} has none")
-            self.concept_heads = nn.ModuleList(nn.Linear(self.hidden_size, len(c.values)) for c in spec.concepts)
-            self.label_head = nn.Linear(sum(len(c.values) for c in spec.concepts), spec.num_labels)
-            # Row v of table k: the activation that sets concept k to value v (see the module doc).
-            width = max(len(c.values) for c in spec.concepts)
-            table = torch.zeros(len(spec.concepts), width, width)
-            for k, c in enumerate(spec.concepts):
-                n = len(c.values)
-                eye = torch.eye(n)
-                table[k, :n, :n] = eye if config.concept_activation == "probs" else 5.0 * (2 * eye - 1)
-            self.register_buffer("intervention_table", table)
+        if not spec.concepts:
+            raise LucidError(f"a {self.family} model needs concepts; the task {spec.name!r} has none "
+                             "(the 'standard' family needs none)")
+        self.concept_layer = CONCEPT_LAYERS.get(config.concept_layer)(spec, self.hidden_size, config)
+        self.label_head = nn.Linear(self.concept_layer.width, spec.num_labels)
 
-    @property
-    def has_concepts(self) -> bool:
-        return len(self.concept_heads) > 0
+    def summary(self) -> dict:
+        return {**super().summary(), "mode": self.config.mode, "concept_layer": self.config.concept_layer,
+                "random_intervention_rate": self.config.random_intervention_rate if self.config.mode != "independent" else None}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 concept_values: torch.Tensor | None = None) -> ModelOutput:
         """``concept_values`` (``[B, K]``, ``MISSING`` = keep the prediction) sets concepts before
         the label head reads them: an intervention."""
-        if not self.has_concepts:
-            pooled = self.pooled(input_ids, attention_mask)
-            return ModelOutput(self.label_head(self.dropout(pooled)), (), pooled)
         concept_logits, pooled = self.concept_logits(input_ids, attention_mask)
         activations = self.concept_activations(concept_logits)
         if concept_values is not None:
@@ -116,20 +91,19 @@ class ConceptBottleneckLM(LucidModel):
         """One ``[B, n_values_k]`` tensor per concept, and the pooled vector they read."""
         pooled = self.pooled(input_ids, attention_mask)
         features = self.dropout(pooled)
-        return tuple(head(features) for head in self.concept_heads), pooled
+        return self.concept_layer.concept_logits([features] * len(self.spec.concepts)), pooled
 
     def concept_activations(self, concept_logits) -> list[torch.Tensor]:
-        """What the label head reads of each concept: its logits, or its probabilities."""
-        if self.config.concept_activation == "probs":
-            return [logits.softmax(-1) for logits in concept_logits]
-        return list(concept_logits)
+        return self.concept_layer.activations(concept_logits)
 
     def set_concepts(self, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
         """Activations with concept k set to ``values[:, k]`` where that is not ``MISSING``."""
-        tables = [self.intervention_table[k, :len(c.values), :len(c.values)] for k, c in enumerate(self.spec.concepts)]
-        return overwrite_concepts(activations, values, tables)
+        return self.concept_layer.set_values(activations, values)
 
-    def corrections(self, concept_logits, values: torch.Tensor) -> torch.Tensor:
+    def calibrate_interventions(self, concept_logits: list[torch.Tensor], gold: torch.Tensor, momentum: float = 0.0) -> None:
+        self.concept_layer.calibrate(concept_logits, gold, momentum)
+
+    def corrections_of(self, concept_logits, values: torch.Tensor) -> torch.Tensor:
         """``values`` less the ones the model already predicts (those become ``MISSING``): setting
         a concept to the value it has changes nothing, so its activation is left as predicted."""
         predicted = torch.stack([logits.argmax(-1) for logits in concept_logits], dim=1).to(values.device)
@@ -144,7 +118,7 @@ class ConceptBottleneckLM(LucidModel):
         another backbone pass. ``correct_only`` leaves a concept set to the value it already
         predicts as it is (as ``intervene`` does); without it every given value is forced."""
         if correct_only:
-            values = self.corrections(concept_logits, values)
+            values = self.corrections_of(concept_logits, values)
         return self.label_from_concepts(self.set_concepts(self.concept_activations(concept_logits), values))
 
     def concept_contribution_matrix(self, activations: list[torch.Tensor], label_rows: torch.Tensor) -> torch.Tensor:
@@ -154,37 +128,18 @@ class ConceptBottleneckLM(LucidModel):
         sizes = [a.size(-1) for a in activations]
         return torch.stack([(w * a).sum(-1) for w, a in zip(weight.split(sizes, dim=-1), activations)], dim=1)
 
-    @torch.no_grad()
-    def calibrate_interventions(self, concept_logits: list[torch.Tensor], gold: torch.Tensor, momentum: float = 0.0) -> None:
-        """Forced logits of value v := mean of ``concept_logits`` over rows whose gold and
-        predicted value are v (training data). ``momentum`` > 0 moves them only part of the way
-        (the running estimate used while training); a value with no such row keeps its vector."""
-        if self.config.concept_activation == "probs":
-            return
-        for k, logits in enumerate(concept_logits):
-            logits = logits.detach().float()
-            recognised = gold[:, k].to(logits.device) == logits.argmax(-1)
-            for v in range(logits.shape[1]):
-                rows = recognised & (logits.argmax(-1) == v)
-                if rows.any():
-                    current = self.intervention_table[k, v, :logits.shape[1]]
-                    current.copy_(momentum * current + (1 - momentum) * logits[rows].mean(0).to(current))
-
     # ---- intervention ---------------------------------------------------------------------
-    def intervene(self, texts, interventions: dict[str, str]) -> list[InterventionResult]:
+    def apply_correction(self, texts: list[str], correction: ConceptValues) -> list[InterventionResult]:
         """Set concepts to given values (``{"service": "Negative"}``) and recompute the label."""
-        if not self.has_concepts:
-            raise LucidError("a standard (concept-free) model has no concepts to intervene on")
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        values = concept_values_tensor(self.spec, interventions, len(texts))
+        values = concept_values_tensor(self.spec, correction.values, len(texts))
         output = self.forward_texts(texts)
         with torch.no_grad():
-            changed = self.corrections(output.concept_logits, values)
+            changed = self.corrections_of(output.concept_logits, values)
             activations = self.set_concepts(self.concept_activations(output.concept_logits), changed)
             after = ModelOutput(self.label_from_concepts(activations), output.concept_logits, output.pooled)
             probs = overwrite_concepts([logits.softmax(-1) for logits in output.concept_logits], changed)
         return [
-            InterventionResult(t, dict(interventions), self.to_prediction(t, output, i), self.to_prediction(t, after, i, probs))
+            InterventionResult(t, dict(correction.values), self.to_prediction(t, output, i), self.to_prediction(t, after, i, probs))
             for i, t in enumerate(texts)
         ]
 
@@ -197,15 +152,16 @@ class ConceptBottleneckLM(LucidModel):
         """``(input_ids, attention_mask) -> label logits`` for token attributions, or None."""
         return lambda ids, mask: self(ids, mask).label_logits
 
-    def explain(self, text: str, steps: int = 20) -> Explanation:
+    def explain(self, text: str, *, pair: str | None = None, steps: int = 20) -> Explanation:
         """Concepts and their contributions to the predicted label, and integrated-gradients
         token attributions for each concept's predicted value (and for the label)."""
-        output = self.forward_texts([text])
+        pairs = [pair] if pair is not None else None
+        output = self.forward_texts([text], pairs)
         prediction = self.to_prediction(text, output, 0)
-        batch = self.encoder.batch([text])
+        batch = self.encoder.batch([text], pairs)
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         tokens = []
-        for k, concept in enumerate(self.spec.concepts if self.has_concepts else ()):  # standard: the task's concepts, no heads
+        for k, concept in enumerate(self.spec.concepts):
             value = concept.index(prediction.concepts[concept.name].value)
             score = lambda i, m, k=k, v=value: self.single_concept_logits(i, m, k).softmax(-1)[:, v]  # noqa: E731
             tokens.append(integrated_gradients(self, ids, mask, score, target=concept.name, steps=steps))
@@ -213,14 +169,12 @@ class ConceptBottleneckLM(LucidModel):
         if label_score is not None and not self.spec.is_regression:
             c = self.spec.label_index(prediction.label)
             tokens.append(integrated_gradients(self, ids, mask, lambda i, m: label_score(i, m).softmax(-1)[:, c], "label", steps))
-        return Explanation(text=text, prediction=prediction, concepts=self.concept_contributions(output, prediction),
-                           tokens=tokens)
+        return Explanation(text=text, text_pair=pair, prediction=prediction,
+                           concepts=self.concept_contributions(output, prediction), tokens=tokens)
 
     def concept_contributions(self, output: ModelOutput, prediction) -> list[ConceptContribution]:
         """Label-head weight × concept activation, summed over each concept's values, for the
         predicted label: its logit is the sum of these plus the head's bias."""
-        if not self.has_concepts:
-            return []
         row = 0 if self.spec.is_regression else self.spec.label_index(prediction.label)
         activations = [a[:1].detach() for a in self.concept_activations(output.concept_logits)]
         contributions = self.concept_contribution_matrix(activations, torch.tensor([row], device=self.device))[0].tolist()
@@ -239,17 +193,15 @@ class ConceptBottleneckLM(LucidModel):
         for batch in self.encoder.loader(split, batch_size):
             out = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
             label_logits.append(out.label_logits.cpu())
-            if self.has_concepts:
-                concept_logits.append([x.cpu() for x in out.concept_logits])
-                gold = batch["concepts"].to(self.device)
-                gold_logits.append(self.intervened_label_logits(out.concept_logits, gold).cpu())
-                forced_logits.append(self.intervened_label_logits(out.concept_logits, gold, correct_only=False).cpu())
+            concept_logits.append([x.cpu() for x in out.concept_logits])
+            gold = batch["concepts"].to(self.device)
+            gold_logits.append(self.intervened_label_logits(out.concept_logits, gold).cpu())
+            forced_logits.append(self.intervened_label_logits(out.concept_logits, gold, correct_only=False).cpu())
         result = {"label_logits": torch.cat(label_logits).numpy()}
-        if self.has_concepts:
-            result["concept_logits"] = [torch.cat(xs).numpy() for xs in zip(*concept_logits)]
-            result["concept_probs"] = [torch.from_numpy(x).softmax(-1).numpy() for x in result["concept_logits"]]
-            result["gold_concept_label_logits"] = torch.cat(gold_logits).numpy()
-            result["forced_concept_label_logits"] = torch.cat(forced_logits).numpy()
+        result["concept_logits"] = [torch.cat(xs).numpy() for xs in zip(*concept_logits)]
+        result["concept_probs"] = [torch.from_numpy(x).softmax(-1).numpy() for x in result["concept_logits"]]
+        result["gold_concept_label_logits"] = torch.cat(gold_logits).numpy()
+        result["forced_concept_label_logits"] = torch.cat(forced_logits).numpy()
         return result
 
     def evaluate(self, split: Split, batch_size: int = 64) -> dict:
@@ -259,66 +211,56 @@ class ConceptBottleneckLM(LucidModel):
         (``task_forced_concepts``: what is left of the label once concepts carry nothing else)."""
         inferred = self.infer(split, batch_size)
         metrics = {"n": len(split), "task": task_metrics(self.spec, split.labels, inferred["label_logits"])}
-        if self.has_concepts:
-            predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
-            metrics["concepts"] = concept_metrics(split.concepts, predicted, self.spec.concept_names)
-            metrics["task_gold_concepts"] = task_metrics(self.spec, split.labels, inferred["gold_concept_label_logits"])
-            metrics["task_forced_concepts"] = task_metrics(self.spec, split.labels, inferred["forced_concept_label_logits"])
+        predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
+        metrics["concepts"] = concept_metrics(split.concepts, predicted, self.spec.concept_names)
+        metrics["task_gold_concepts"] = task_metrics(self.spec, split.labels, inferred["gold_concept_label_logits"])
+        metrics["task_forced_concepts"] = task_metrics(self.spec, split.labels, inferred["forced_concept_label_logits"])
         return metrics
 
-    # ---- training -------------------------------------------------------------------------
-    def fit(self, train: Split, eval_data: Split | None = None, config: TrainingConfig | None = None, **overrides):
-        """Train in this model's mode. Model selection reads ``eval_data`` (dev), never test."""
-        config = replace(config or TrainingConfig(), **overrides)
-        if self.has_concepts and train.concepts.shape[1] != len(self.spec.concepts):
-            raise LucidError(f"{train.source}: the data has no concept labels; mode {self.config.mode!r} needs them")
-        set_seed(config.seed)
-        loader = self.encoder.loader(train, config.batch_size, shuffle=True, seed=config.seed)
-        mode = self.config.mode
-        if mode in ("standard", "joint"):
-            dev_score = (lambda m: selection_score(m.evaluate(eval_data, config.eval_batch_size))) if eval_data else None
-            self.training_history = fit_loop(self, self._param_groups(config), loader, self._loss(mode), dev_score, config, desc=mode)
-            self.calibrate_on(train, config)
-            return self
-        # sequential / independent: x -> c first, chosen on dev concept accuracy ...
-        dev_score = (lambda m: m.evaluate(eval_data, config.eval_batch_size)["concepts"]["accuracy"]) if eval_data else None
-        self.training_history = fit_loop(self, self._param_groups(config), loader, self._loss("concepts"), dev_score, config, desc="x→c")
+    # ---- training: the family's hooks into LucidModel.fit ---------------------------------
+    @property
+    def trains_label_jointly(self) -> bool:
+        """Joint: x→c→y in one loop. Sequential and independent: x→c first, then c→y."""
+        return self.config.mode == "joint"
+
+    @property
+    def training_stage(self) -> str:
+        return self.config.mode if self.trains_label_jointly else "x→c"
+
+    def check_training_data(self, train: Split, config: TrainingConfig) -> None:
+        if train.concepts.shape[1] != len(self.spec.concepts):
+            raise LucidError(f"{train.source}: the data has no concept labels; a {self.family} model needs them")
+
+    def training_loss(self, forward: nn.Module, batch: dict) -> torch.Tensor:
+        """Joint: CE(y) + λ·Σ_k CE(c_k), with RandInt if asked; the x→c stage: Σ_k CE(c_k)."""
+        if not self.trains_label_jointly:
+            out = forward(batch["input_ids"], batch["attention_mask"])
+            return concept_loss(out.concept_logits, batch["concepts"])
+        values = None
+        if self.config.random_intervention_rate > 0:
+            values = random_interventions(batch["concepts"], self.config.random_intervention_rate)
+        out = forward(batch["input_ids"], batch["attention_mask"], values)
+        if values is not None:  # a running estimate of the forced logits, for the next steps
+            self.calibrate_interventions(out.concept_logits, batch["concepts"], momentum=0.9)
+        return (task_loss(self.spec, out.label_logits, batch["labels"])
+                + self.config.concept_loss_weight * concept_loss(out.concept_logits, batch["concepts"]))
+
+    def dev_score(self, split: Split, batch_size: int = 64) -> float:
+        """Joint: the task's selection score; the x→c stage: concept accuracy."""
+        metrics = self.evaluate(split, batch_size)
+        return selection_score(metrics) if self.trains_label_jointly else metrics["concepts"]["accuracy"]
+
+    def after_training(self, train: Split, eval_data: Split | None, config: TrainingConfig, hooks) -> None:
+        """Forced intervention logits from the trained model; then, unless joint, c→y on predicted
+        (sequential) or gold (independent) concepts, x→c frozen."""
         self.calibrate_on(train, config)
-        # ... then c -> y on predicted (sequential) or gold (independent) concepts, x -> c frozen.
-        self._fit_label_head(train, eval_data, gold=(mode == "independent"), config=config)
-        return self
+        if not self.trains_label_jointly:
+            self._fit_label_head(train, eval_data, gold=(self.config.mode == "independent"), config=config)
 
     def calibrate_on(self, train: Split, config: TrainingConfig) -> None:
         """Forced intervention logits from the trained model's predictions on the training set."""
-        if self.has_concepts:
-            logits = [torch.from_numpy(x) for x in self.infer(train, config.eval_batch_size)["concept_logits"]]
-            self.calibrate_interventions(logits, torch.from_numpy(train.concepts))
-
-    def _param_groups(self, config: TrainingConfig) -> list[dict]:
-        heads = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
-        return [
-            {"params": list(self.backbone.parameters()), "lr": config.learning_rate},
-            {"params": heads, "lr": config.head_learning_rate},
-        ]
-
-    def _loss(self, objective: str):
-        weight = self.config.concept_loss_weight if objective == "joint" else 1.0
-
-        def loss(model, batch):
-            values = None
-            if objective == "joint" and self.config.random_intervention_rate > 0:
-                values = random_interventions(batch["concepts"], self.config.random_intervention_rate)
-            out = model(batch["input_ids"], batch["attention_mask"], values)
-            if values is not None:  # a running estimate of the forced logits, for the next steps
-                self.calibrate_interventions(out.concept_logits, batch["concepts"], momentum=0.9)
-            total = out.label_logits.new_zeros(())
-            if objective in ("standard", "joint"):
-                total = total + task_loss(self.spec, out.label_logits, batch["labels"])
-            if objective in ("joint", "concepts"):
-                total = total + weight * concept_loss(out.concept_logits, batch["concepts"])
-            return total
-
-        return loss
+        logits = [torch.from_numpy(x) for x in self.infer(train, config.eval_batch_size)["concept_logits"]]
+        self.calibrate_interventions(logits, torch.from_numpy(train.concepts))
 
     def _fit_label_head(self, train: Split, dev: Split | None, gold: bool, config: TrainingConfig) -> None:
         """The c -> y stage: a linear model (scikit-learn, exact and repeatable) on the concept
@@ -353,6 +295,14 @@ class ConceptBottleneckLM(LucidModel):
     def _head_score(self, weight, bias, features, labels) -> float:
         logits = features @ weight.T + bias
         return selection_score({"task": task_metrics(self.spec, labels, logits)})
+
+    # ---- persistence ----------------------------------------------------------------------
+    def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        renamed = {}
+        for name, tensor in tensors.items():
+            old = next((p for p in self.legacy_tensor_names if name.startswith(p)), None)
+            renamed[self.legacy_tensor_names[old] + name[len(old):] if old else name] = tensor
+        super().load_checkpoint_tensors(renamed)
 
 
 def random_interventions(gold: torch.Tensor, rate: float, generator=None) -> torch.Tensor:

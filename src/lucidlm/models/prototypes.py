@@ -24,12 +24,13 @@ from torch import nn
 
 from ..data import Split
 from ..errors import LucidError
-from ..evaluation import selection_score, task_metrics
-from ..explain import Explanation, PrototypeMatch, TokenAttribution, TrainingExample
+from ..explain import Explanation, PrototypeMatch, TrainingExample
+from ..explain.tokens import token_attribution
+from ..metrics import selection_score, task_metrics
 from ..outputs import ModelOutput
-from ..training import TrainingConfig, fit_loop, set_seed
-from .base import LucidModel, ModelConfig
-from .bottleneck import task_loss
+from ..training import TrainingConfig
+from .base import ModelConfig, PrototypeModel
+from .losses import task_loss
 
 PROJECTIONS = ("soft", "hard")
 OWN_CLASS_WEIGHT, OTHER_CLASS_WEIGHT = 1.0, -0.5  # the label head's start (METHODS §3)
@@ -145,7 +146,7 @@ def separation_loss(distances: torch.Tensor, own: torch.Tensor, k: int, epsilon:
 
 
 # ---- the model ----------------------------------------------------------------------------
-class PrototypeLM(LucidModel):
+class PrototypeLM(PrototypeModel):
     family = "prototype"
     config_class = PrototypeConfig
 
@@ -238,21 +239,24 @@ class PrototypeLM(LucidModel):
             warm_start: bool = False, **overrides):
         """Start the prototypes from training examples (kept as they are with ``warm_start``),
         train everything, choose the epoch on ``eval_data`` (dev, never test), then project."""
-        config = replace(config or TrainingConfig(), **overrides)
-        set_seed(config.seed)
-        if not warm_start:
+        self._warm_start = warm_start
+        return super().fit(train, eval_data, config, **overrides)
+
+    @property
+    def training_stage(self) -> str:
+        return "proto-lm"
+
+    def before_training(self, train: Split, config: TrainingConfig) -> None:
+        if not self._warm_start:
             self.initialize_from_data(train, seed=config.seed, batch_size=config.eval_batch_size)
-        loader = self.encoder.loader(train, config.batch_size, shuffle=True, seed=config.seed)
-        dev_score = (lambda m: selection_score(m.evaluate(eval_data, config.eval_batch_size))) if eval_data else None
 
-        def loss(model, batch):
-            return self.loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    def training_loss(self, forward, batch: dict) -> torch.Tensor:
+        return self.loss(forward(batch["input_ids"], batch["attention_mask"]), batch["labels"])
 
-        self.training_history = fit_loop(self, self._param_groups(config), loader, loss, dev_score, config, desc="proto-lm")
+    def after_training(self, train: Split, eval_data: Split | None, config: TrainingConfig, hooks) -> None:
         self.project(train, hard=self.config.projection == "hard", eval_data=eval_data, batch_size=config.eval_batch_size)
-        return self
 
-    def _param_groups(self, config: TrainingConfig) -> list[dict]:
+    def param_groups(self, config: TrainingConfig) -> list[dict]:
         return [
             {"params": list(self.backbone.parameters()), "lr": config.learning_rate},
             {"params": list(self.token_attention.parameters()), "lr": config.head_learning_rate},
@@ -371,12 +375,16 @@ class PrototypeLM(LucidModel):
         return float(label) if self.spec.is_regression else self.spec.classes[int(label)]
 
     # ---- explanation --------------------------------------------------------------------
-    def explain(self, text: str, top_k: int = 3, text_pair: str | None = None) -> Explanation:
+    def summary(self) -> dict:
+        return {**super().summary(), "prototypes_per_class": self.config.prototypes_per_class}
+
+    def explain(self, text: str, *, pair: str | None = None, top_k: int = 3) -> Explanation:
         """The prediction, its ``top_k`` most similar prototypes (similarity, similarity × class
         weight for each class, nearest training examples), and the token attention α."""
         if not isinstance(top_k, int) or top_k < 1:
             raise LucidError(f"top_k: expected an integer >= 1, found {top_k!r}")
-        output = self.forward_texts([text], [text_pair] if text_pair is not None else None)
+        pairs = [pair] if pair is not None else None
+        output = self.forward_texts([text], pairs)
         similarity = output.prototype_similarity[0]
         contributions = similarity[:, None] * self.label_head.weight.detach().T  # [P, C]
         class_names = [self.spec.label] if self.spec.is_regression else list(self.spec.classes)
@@ -388,12 +396,9 @@ class PrototypeLM(LucidModel):
             )
             for j in similarity.topk(min(top_k, self.num_prototypes)).indices.tolist()
         ]
-        ids = self.encoder.batch([text], [text_pair] if text_pair is not None else None)["input_ids"][0]
-        attention = TokenAttribution(
-            target="attention", method="attention",
-            tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()), scores=output.token_attention[0].tolist(),
-        )
-        return Explanation(text=text, text_pair=text_pair, prediction=self.to_prediction(text, output, 0),
+        ids = self.encoder.batch([text], pairs)["input_ids"][0]
+        attention = token_attribution(self.tokenizer, ids.tolist(), output.token_attention[0].tolist(), "attention", "attention")
+        return Explanation(text=text, text_pair=pair, prediction=self.to_prediction(text, output, 0),
                            tokens=[attention], prototypes=prototypes)
 
     # ---- persistence --------------------------------------------------------------------

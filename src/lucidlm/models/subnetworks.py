@@ -8,7 +8,7 @@ through its own mask, the label reads every concept's pass, and GPT-2's Conv1D l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,43 +16,30 @@ import torch.nn.functional as F
 from ..backbone import pool
 from ..data import Split
 from ..errors import LucidError
-from ..masking import MaskedLinear, pack_masks, routed, select_layers, unit_groups, unpack_masks, wrap_layers
-from ..pruning import Pruner, SparsitySchedule, density
-from ..training import TrainingConfig, fit_loop, set_seed
-from ..evaluation import selection_score
 from ..explain import Explanation
-from ..outputs import SubnetworkInterventionResult
 from ..explain.subnetworks import subnetwork_statistics
+from ..intervene import ConceptValues, SubnetworkRewiring
+from ..masking import (
+    REWIRING_SCORES, MaskedLinear, pack_masks, rewire, routed, select_layers, unit_groups, unpack_masks, wrap_layers,
+)
+from ..outputs import InterventionResult, SubnetworkInterventionResult
+from ..pruning import PRUNING_SCOPES, PRUNING_SCORES, Pruner, SparsitySchedule, density
+from ..training import TrainingConfig
+from .base import SubnetworkModel
 from .bottleneck import BottleneckConfig, ConceptBottleneckLM
 
 MASK_PREFIX = "subnetwork_masks."
-REWIRE_SCORES = ("saliency", "taylor")
-
-
-def rewire(mask: torch.Tensor, score: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Drop ``fraction`` of the active entries (weights or units) with the lowest score, regrow as
-    many pruned ones with the highest score."""
-    flat_mask, flat_score = mask.reshape(-1), score.reshape(-1)
-    n = min(round(fraction * int(flat_mask.sum())), int((~flat_mask).sum()))
-    new = flat_mask.clone()
-    if n > 0:
-        drop = torch.topk(flat_score.masked_fill(~flat_mask, float("inf")), n, largest=False).indices
-        grow = torch.topk(flat_score.masked_fill(flat_mask, -float("inf")), n).indices
-        new[drop], new[grow] = False, True
-    return new.reshape(mask.shape)
-
-
 @dataclass
 class SparseConfig(BottleneckConfig):
     masked_layers: str = "all"  # all | ffn | attention | top:N
     granularity: str = "weight"  # weight | neuron (whole attention heads and feed-forward neurons)
     sparsity: float = 0.7  # final sparsity of every concept's mask
     initial_sparsity: float = 0.2
-    schedule: str = "cubic"  # linear | cubic
+    schedule: str = "cubic"  # a name in pruning.SCHEDULES: linear | cubic
     pruning_start: float = 1.0  # epochs: dense before, final sparsity from pruning_end on
     pruning_end: float = 4.0
     pruning_interval: int = 10  # steps between pruning events
-    pruning_score: str = "obert"  # obert | magnitude | movement
+    pruning_score: str = "obert"  # a name in pruning.PRUNING_SCORES: obert | magnitude | movement
     pruning_scope: str = "layer"  # layer | global
     obert_gradients: int = 20  # m
     obert_block: int = 20  # B
@@ -64,6 +51,9 @@ class SparseConfig(BottleneckConfig):
             raise LucidError(f"mode: a sparse concept model trains jointly; found {self.mode!r}")
         if self.granularity not in ("weight", "neuron"):
             raise LucidError(f"granularity: expected 'weight' or 'neuron', found {self.granularity!r}")
+        PRUNING_SCORES.check(self.pruning_score, "pruning_score")
+        if self.pruning_scope not in PRUNING_SCOPES:
+            raise LucidError(f"pruning_scope: expected one of {list(PRUNING_SCOPES)}, found {self.pruning_scope!r}")
         if self.granularity == "neuron" and self.pruning_scope != "layer":
             raise LucidError(f"pruning_scope: neuron-level masks prune block by block ('layer'), found {self.pruning_scope!r}")
         self.sparsity_schedule()  # validates
@@ -72,9 +62,10 @@ class SparseConfig(BottleneckConfig):
         return SparsitySchedule(self.initial_sparsity, self.sparsity, self.pruning_start, self.pruning_end, self.schedule)
 
 
-class SparseConceptLM(ConceptBottleneckLM):
+class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
     family = "sparse"
     config_class = SparseConfig
+    corrections = (ConceptValues, SubnetworkRewiring)
 
     def __init__(self, config: SparseConfig, spec, backbone, tokenizer):
         super().__init__(config, spec, backbone, tokenizer)
@@ -97,12 +88,12 @@ class SparseConceptLM(ConceptBottleneckLM):
             hidden = self.backbone(input_ids=input_ids.repeat(k, 1), attention_mask=attention_mask.repeat(k, 1)).last_hidden_state
         pooled = pool(hidden, attention_mask.repeat(k, 1), self.config.pooling).reshape(k, input_ids.shape[0], -1)
         features = self.dropout(pooled)
-        return tuple(head(features[i]) for i, head in enumerate(self.concept_heads)), pooled
+        return self.concept_layer.concept_logits(list(features)), pooled
 
     def concept_logits_one_by_one(self, input_ids, attention_mask):
         """The definition, one subnetwork after another (the reference the batched pass must equal)."""
         logits, pooled = [], []
-        for k, head in enumerate(self.concept_heads):
+        for k, head in enumerate(self.concept_layer.heads):
             with routed(self.subnetworks, k):
                 pooled.append(self.pooled(input_ids, attention_mask))
             logits.append(head(self.dropout(pooled[-1])))
@@ -116,7 +107,7 @@ class SparseConceptLM(ConceptBottleneckLM):
     # ---- explanation ------------------------------------------------------------------------
     def single_concept_logits(self, input_ids, attention_mask, concept: int) -> torch.Tensor:
         """Through concept ``concept``'s own subnetwork: its token attributions say what *it* reads."""
-        return self.concept_heads[concept](self.dropout(self.subnetwork_pooled(input_ids, attention_mask, concept)))
+        return self.concept_layer.heads[concept](self.dropout(self.subnetwork_pooled(input_ids, attention_mask, concept)))
 
     def label_attribution_score(self):
         return None  # the label reads the concepts: its explanation is their contributions
@@ -124,32 +115,33 @@ class SparseConceptLM(ConceptBottleneckLM):
     def subnetwork_statistics(self) -> dict:
         return subnetwork_statistics(self.subnetworks, self.spec.concept_names, self.backbone.config.num_attention_heads)
 
-    def explain(self, text: str, steps: int = 20) -> Explanation:
+    def summary(self) -> dict:
+        return {**super().summary(), "sparsity": self.config.sparsity, "granularity": self.config.granularity}
+
+    def explain(self, text: str, *, pair: str | None = None, steps: int = 20) -> Explanation:
         """Three levels: tokens per concept through its subnetwork, the subnetworks, the concepts."""
-        explanation = super().explain(text, steps)
+        explanation = super().explain(text, pair=pair, steps=steps)
         explanation.subnetworks = self.subnetwork_statistics()
         return explanation
 
     # ---- intervention -----------------------------------------------------------------------
-    def intervene_subnetwork(self, text: str, concept: str, value: str, fraction: float = 0.2,
-                             commit: bool = False, score: str = "saliency") -> SubnetworkInterventionResult:
-        """Rewire concept ``concept``'s subnetwork toward its true ``value`` for this input.
+    def apply_correction(self, texts: list[str], correction) -> list[InterventionResult]:
+        if isinstance(correction, SubnetworkRewiring):
+            return [self.rewire_subnetwork(text, correction) for text in texts]
+        return super().apply_correction(texts, correction)
+
+    def rewire_subnetwork(self, text: str, rewiring: SubnetworkRewiring) -> SubnetworkInterventionResult:
+        """Rewire concept ``rewiring.concept``'s subnetwork toward its true value for this input.
 
         With the weights frozen, g = ∂L_k/∂M_k for L_k = CE(concept k, value); every weight is
-        scored s = |g ⊙ W| (``score="saliency"``, METHODS §2); in each masked layer the
-        ``fraction`` of active weights with the lowest s are dropped and as many pruned weights
-        with the highest s regrown, so the sparsity stays fixed; with neuron-level masks the same
-        is done to whole units, scored by the sum of s over their weights. The new mask holds for
-        this input only unless ``commit``.
-
-        ``score="taylor"`` uses the sign of g instead: flipping M_j changes L_k by about
-        g_j·ΔM_j, so it drops the active weights with the largest g (whose removal lowers L_k
-        most) and regrows the pruned ones with the most negative g (s = −g).
+        scored by the rewiring score (``masking.REWIRING_SCORES``: the paper's s = |g ⊙ W|, or
+        the signed ``taylor``); in each masked layer the ``fraction`` of active weights with the
+        lowest s are dropped and as many pruned weights with the highest s regrown, so the
+        sparsity stays fixed; with neuron-level masks the same is done to whole units, scored by
+        the sum of s over their weights. The new mask holds for this input only unless ``commit``.
         """
-        if not 0 < fraction < 1:
-            raise LucidError(f"fraction: expected a number in (0, 1), found {fraction}")
-        if score not in REWIRE_SCORES:
-            raise LucidError(f"score: expected one of {list(REWIRE_SCORES)}, found {score!r}")
+        concept, value, fraction, commit = rewiring.concept, rewiring.value, rewiring.fraction, rewiring.commit
+        score_of = REWIRING_SCORES.get(rewiring.score, "score")
         k = self.spec.concept_names.index(self.spec.concept(concept).name)
         target = torch.tensor([self.spec.concept(concept).index(value)], device=self.device)
         self.eval()
@@ -169,10 +161,7 @@ class SparseConceptLM(ConceptBottleneckLM):
                 layer.mask_override = None
         old_masks = [layer.mask[k].clone() for layer in layers]
         with torch.no_grad():
-            if score == "saliency":
-                scores = {name: (grad * layer.weight).abs() for (name, layer), grad in zip(self.subnetworks.items(), grads)}
-            else:
-                scores = {name: -grad for name, grad in zip(self.subnetworks, grads)}
+            scores = {name: score_of(grad, layer.weight) for (name, layer), grad in zip(self.subnetworks.items(), grads)}
             self._rewire(k, scores, fraction)
             changed = sum(int((layer.mask[k] != old).sum()) for layer, old in zip(layers, old_masks))
             after = self(ids, attention)
@@ -181,7 +170,7 @@ class SparseConceptLM(ConceptBottleneckLM):
                     layer.mask[k] = old
         return SubnetworkInterventionResult(
             text=text, interventions={concept: value}, before=self.to_prediction(text, before, 0),
-            after=self.to_prediction(text, after, 0), concept=concept, fraction=fraction, score=score,
+            after=self.to_prediction(text, after, 0), concept=concept, fraction=fraction, score=rewiring.score,
             weights_changed=changed, committed=commit,
         )
 
@@ -218,20 +207,21 @@ class SparseConceptLM(ConceptBottleneckLM):
     def load_json_state(self, state: dict) -> None:
         self.pruning_history = state.get("pruning_history", [])
 
-    # ---- training -----------------------------------------------------------------------------
-    def fit(self, train: Split, eval_data: Split | None = None, config: TrainingConfig | None = None, **overrides):
-        """Joint training with gradual pruning of every concept's mask (see ``pruning``)."""
-        config = replace(config or TrainingConfig(), **overrides)
+    # ---- training: joint, with gradual pruning of every concept's mask (see ``pruning``) --------
+    @property
+    def training_stage(self) -> str:
+        return "sparse"
+
+    def check_training_data(self, train: Split, config: TrainingConfig) -> None:
+        super().check_training_data(train, config)
         if config.epochs < self.config.pruning_end:
             raise LucidError(f"training.epochs ({config.epochs}) must reach model.pruning_end ({self.config.pruning_end})")
-        set_seed(config.seed)
-        loader = self.encoder.loader(train, config.batch_size, shuffle=True, seed=config.seed)
-        pruner = Pruner(self.subnetworks, self.config.sparsity_schedule(), len(loader), self.config.pruning_score,
-                        self.config.pruning_scope, self.config.pruning_interval, self.config.obert_gradients,
-                        self.config.obert_block, self.config.obert_damp, self.unit_groups)
-        dev_score = (lambda m: selection_score(m.evaluate(eval_data, config.eval_batch_size))) if eval_data else None
-        self.training_history = fit_loop(self, self._param_groups(config), loader, self._loss("joint"), dev_score,
-                                         config, desc="sparse", hooks=pruner)
+
+    def training_hooks(self, steps_per_epoch: int, config: TrainingConfig) -> Pruner:
+        return Pruner(self.subnetworks, self.config.sparsity_schedule(), steps_per_epoch, self.config.pruning_score,
+                      self.config.pruning_scope, self.config.pruning_interval, self.config.obert_gradients,
+                      self.config.obert_block, self.config.obert_damp, self.unit_groups)
+
+    def after_training(self, train: Split, eval_data: Split | None, config: TrainingConfig, pruner: Pruner) -> None:
         self.pruning_history = pruner.history
         self.calibrate_on(train, config)
-        return self

@@ -25,11 +25,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from .. import __version__
-from ..errors import LucidError
+from ..errors import LucidError, Unsupported
+from ..explain import Explanation
+from ..outputs import InterventionResult, SubnetworkInterventionResult
+from ..version import __version__
 from . import schemas
 from .schemas import MAX_BODY_BYTES, MAX_TEXT_CHARS
-from .service import ModelService, Unsupported
+from .service import ModelService
 
 STATIC = ("index.html", "app.js", "style.css")
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -67,23 +69,23 @@ def create_app(model, run_dir: str | Path | None = None) -> FastAPI:
         """What this run is: family, label classes, concepts and the values each can take."""
         return {**service.info(), "max_text_chars": MAX_TEXT_CHARS}
 
-    @app.post("/api/predict", response_model=schemas.PredictResponse, responses=ERRORS)
+    @app.post("/api/predict", response_model=schemas.PredictAnswer, responses=ERRORS)
     def predict(request: schemas.TextRequest):
         """The label with its probabilities; each concept's value, probabilities and contribution."""
         return service.predict(request.text)
 
-    @app.post("/api/explain", response_model=schemas.Explanation, responses=ERRORS)
+    @app.post("/api/explain", response_model=Explanation, responses=ERRORS)
     def explain(request: schemas.TextRequest):
         """The model's own explanation (token scores, concepts, subnetworks, prototypes). Slower:
         token attributions take integrated gradients for concept models."""
         return service.explain(request.text)
 
-    @app.post("/api/intervene", response_model=schemas.InterventionResponse, responses=ERRORS)
+    @app.post("/api/intervene", response_model=InterventionResult, responses=ERRORS)
     def intervene(request: schemas.InterveneRequest):
         """Set concepts to given values and recompute the label: before and after."""
         return service.intervene(request.text, request.values)
 
-    @app.post("/api/intervene-subnetwork", response_model=schemas.SubnetworkInterventionResponse, responses=ERRORS)
+    @app.post("/api/intervene-subnetwork", response_model=SubnetworkInterventionResult, responses=ERRORS)
     def intervene_subnetwork(request: schemas.SubnetworkRequest):
         """Rewire one concept's subnetwork toward a value, for this text only (SparseCBM)."""
         return service.intervene_subnetwork(request.text, request.concept, request.value, request.fraction, request.score)

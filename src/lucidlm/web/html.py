@@ -90,32 +90,19 @@ def heatmap_svg(matrix: Sequence[Sequence[float]], rows: Sequence[str], columns:
     return "".join(parts)
 
 
-SPECIAL_TOKENS = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>", "<|endoftext|>"}
-
-
-def token_spans(tokens: Sequence[str], scores: Sequence[float], signed: bool = True) -> str:
-    """Tokens shaded by score, relative to the largest magnitude: green for positive, red for
-    negative (one blue for unsigned scores such as attention). Special tokens are left out."""
-    kept = [(t, s) for t, s in zip(tokens, scores) if t not in SPECIAL_TOKENS]
-    top = max((abs(s) for _, s in kept), default=0.0) or 1.0
-    marked = any(t.startswith(("Ġ", "▁")) for t, _ in kept)
+def token_spans(attribution, signed: bool = True) -> str:
+    """An attribution's tokens shaded by score, relative to the largest magnitude: green for
+    positive, red for negative (one blue for unsigned scores such as attention). Special tokens
+    are left out; words and spaces as ``TokenAttribution`` says."""
+    kept = [(w, sp, s) for w, sp, s, special in zip(attribution.words, attribution.space_before, attribution.scores,
+                                                     attribution.special) if not special]
+    top = max((abs(s) for _, _, s in kept), default=0.0) or 1.0
     spans = []
-    for token, score in kept:
-        text, space = display_token(token, marked)
+    for word, space, score in kept:
         colour = (GREEN if score >= 0 else RED) if signed else BLUE
         spans.append(f'{" " if space else ""}<span class="tok" style="{shade(abs(score) / top, colour)}" '
-                     f'title="{score:+.4f}">{esc(text)}</span>')
+                     f'title="{score:+.4f}">{esc(word)}</span>')
     return f'<p class="tokens">{"".join(spans).strip()}</p>'
-
-
-def display_token(token: str, marked_spaces: bool = False) -> tuple[str, bool]:
-    """A sub-word as shown, and whether a space goes before it. WordPiece marks continuations
-    (``##``); byte-level BPE (``Ġ``) and SentencePiece (``▁``) mark word starts instead."""
-    if token.startswith("##"):
-        return token[2:], False
-    if token.startswith(("Ġ", "▁")):
-        return token[1:], True
-    return token, not marked_spaces
 
 
 def png_data_uri(data: bytes) -> str:

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from .. import __version__
+from ..version import __version__
 from ..data import MISSING
 from ..errors import LucidError
 from ..intervene import choose_correction
+from ..models import ConceptModel, PrototypeModel, SubnetworkModel
 from .html import GREEN, RED, cell, confusion_table, esc, fmt, heatmap_svg, png_data_uri, shade, table, token_spans
 from .report_json import render_json
 
@@ -71,9 +72,9 @@ def build_report(run_dir: str | Path, split: str = "test", limit: int | None = N
     sections = [("overview", "The run", overview(model, record, run_dir)),
                 ("metrics", "Metrics", metrics_section(record))]
     sections.append(("predictions", "Confusion matrices", predictions_section(model, rows, rows_note)))
-    if hasattr(model, "subnetwork_statistics"):
+    if isinstance(model, SubnetworkModel):
         sections.append(("subnetworks", "Concept subnetworks", subnetworks_section(model.subnetwork_statistics())))
-    if model.family == "prototype":
+    if isinstance(model, PrototypeModel):
         sections.append(("prototypes", "Prototypes", prototypes_section(model)))
     sections.append(("evaluation", "Evaluation suite", evaluation_section(run_dir)))
     sections.append(("examples", "Worked examples", examples_section(model, rows, examples)))
@@ -82,14 +83,16 @@ def build_report(run_dir: str | Path, split: str = "test", limit: int | None = N
 
 # ---- sections ---------------------------------------------------------------------------------
 def overview(model, record: dict | None, run_dir: Path) -> str:
-    spec, config = model.spec, model.config
-    facts = [("family", model.family), ("mode", getattr(config, "mode", None)), ("backbone", config.backbone),
+    spec, summary = model.spec, model.summary()
+    facts = [("family", model.family), ("mode", summary["mode"]), ("backbone", summary["backbone"]),
              ("task", spec.name), ("label", f"{spec.label}: " + (", ".join(spec.classes) if spec.classes else "a number"))]
     facts += [(f"concept {c.name}", ", ".join(c.values)) for c in spec.concepts]
-    if hasattr(config, "sparsity"):
-        facts.append(("sparsity", f"{config.sparsity:.0%} of every concept's masked weights pruned ({config.granularity} level)"))
-    if hasattr(config, "prototypes_per_class"):
-        facts.append(("prototypes", f"{config.prototypes_per_class} per class"))
+    if "random_intervention_rate" in summary:
+        facts.append(("RandInt", summary["random_intervention_rate"]))
+    if "sparsity" in summary:
+        facts.append(("sparsity", f"{summary['sparsity']:.0%} of every concept's masked weights pruned ({summary['granularity']} level)"))
+    if "prototypes_per_class" in summary:
+        facts.append(("prototypes", f"{summary['prototypes_per_class']} per class"))
     if record is not None:
         data = record["experiment"]["data"]
         facts.append(("data", f"{data.get('source')}" + (f" ({data['path']})" if data.get("path") else "")))
@@ -188,7 +191,7 @@ def subnetworks_section(stats: dict) -> str:
 
 
 def prototypes_section(model) -> str:
-    projection = getattr(model, "projection", None)
+    projection = model.projection
     if projection is None:
         return '<p class="note">No projection was run: the prototypes have no training examples to show.</p>'
     parts = [f"<p>{model.num_prototypes} prototypes, each shown by its nearest training examples"
@@ -243,7 +246,7 @@ def evaluation_section(run_dir: Path) -> str:
 
 
 def examples_section(model, rows, count: int) -> str:
-    if rows is None or count == 0 or not hasattr(model, "explain"):
+    if rows is None or count == 0:
         return '<p class="note">No worked examples: no data to draw them from.</p>' if count else ""
     picks = np.linspace(0, len(rows) - 1, num=min(count, len(rows))).round().astype(int).tolist()
     parts = []
@@ -277,10 +280,10 @@ def worked_example(model, number: int, text: str, gold_label, gold_concepts: np.
     for attribution in explanation.tokens:
         signed = attribution.method != "attention"
         parts.append(f'<p class="muted">{esc(attribution.target)} ({esc(attribution.method)})</p>'
-                     + token_spans(attribution.tokens, attribution.scores, signed))
+                     + token_spans(attribution, signed))
     for match in explanation.prototypes:
         parts.append(prototype_card(match.prototype, match.nearest_examples, match.similarity, 2, match.prototype_class))
-    if explanation.concepts and getattr(model, "has_concepts", False):
+    if explanation.concepts and isinstance(model, ConceptModel):
         parts.append(example_intervention(model, text, explanation, gold_values))
     return "".join(parts) + "</article>"
 

@@ -250,7 +250,6 @@ function renderExplanation(explanation) {
   renderSubnetworks(explanation.subnetworks);
 }
 
-const SPECIAL = new Set(["[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>", "<|endoftext|>"]);
 
 function renderTokens(attributions) {
   show("#tokens-section", attributions.length > 0);
@@ -267,15 +266,13 @@ function drawTokens(attribution) {
   $("#token-method").textContent = attention
     ? "Token attention: how much each token weighs in the text's pooled representation."
     : `Scores by ${attribution.method.replace(/_/g, " ")} toward ${describeTarget(attribution.target)}.`;
-  const kept = attribution.tokens.map((t, i) => [t, attribution.scores[i]]).filter(([t]) => !SPECIAL.has(t));
-  const largest = Math.max(1e-12, ...kept.map(([, s]) => Math.abs(s)));
-  const marked = kept.some(([t]) => t.startsWith("Ġ") || t.startsWith("▁"));
+  // Which tokens to show, as what words and with what spaces, comes computed from the server.
+  const kept = attribution.words.map((w, i) => [w, attribution.space_before[i], attribution.scores[i]])
+    .filter((_, i) => !attribution.special[i]);
+  const largest = Math.max(1e-12, ...kept.map(([, , s]) => Math.abs(s)));
   const box = $("#tokens");
   box.replaceChildren();
-  for (const [token, score] of kept) {
-    let text = token, space = !marked;
-    if (token.startsWith("##")) { text = token.slice(2); space = false; }
-    else if (token.startsWith("Ġ") || token.startsWith("▁")) { text = token.slice(1); space = true; }
+  for (const [text, space, score] of kept) {
     if (space && box.childNodes.length) box.append(" ");
     const span = el("span", { class: `tok ${attention ? "att" : score >= 0 ? "pos" : "neg"}`, text,
       title: `${attribution.target}: ${score.toFixed(4)}` });

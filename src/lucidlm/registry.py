@@ -1,0 +1,50 @@
+"""Named choices (families, concept layers, poolings, pruning and rewiring scores, schedules) as
+registries, after timm's ``@register_model``: adding one is one function or class and one
+``@REGISTRY.register("name")``; a config naming an unknown one fails when it is read, with the
+names there are."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+from .errors import LucidError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(entry: T) -> T:
+            if name in self._entries and self._entries[name] is not entry:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def get(self, name: str, field: str | None = None) -> T:
+        """The entry called ``name``; else an error naming ``field`` (default: the kind) and the valid names."""
+        if name not in self._entries:
+            raise LucidError(f"{field or self.kind}: expected one of {self.names}, found {name!r}")
+        return self._entries[name]
+
+    def check(self, name: str, field: str | None = None) -> str:
+        self.get(name, field)
+        return name
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def items(self):
+        return self._entries.items()
