@@ -82,3 +82,13 @@ def cebab_small(cebab_dir):
     task = load_task("cebab", path=cebab_dir)
     task.train, task.dev, task.test = task.train.sample(96), task.dev.sample(48), task.test.sample(48)
     return task
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, tiny_bert_dir, cebab_dir) -> dict[str, Path]:
+    """Saved runs of every family (standard, joint, sparse, proto), as ``lucidlm train`` writes
+    them, trained for seconds on the tiny BERT. Shared: a test that changes a run copies it first."""
+    from tiny_runs import MODELS, train_tiny_run
+
+    folder = tmp_path_factory.mktemp("tiny-runs")
+    return {kind: train_tiny_run(folder, kind, tiny_bert_dir, cebab_dir) for kind in MODELS}

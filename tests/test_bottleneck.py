@@ -198,12 +198,35 @@ def test_label_heads_read_predicted_concepts_unless_random_interventions_are_ask
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, random_intervention_rate=1.5)
 
 
-def test_runs_saved_before_the_option_was_named_still_load(tiny_bert_dir, cebab_small, tmp_path):
+def test_runs_saved_before_the_contract_still_load(tiny_bert_dir, cebab_small, tmp_path):
+    """Runs written by lucidlm 0.1.0 before this layout: the concept heads at the model's top level,
+    RandInt as ``intervention_rate``, the black box as ``family: bottleneck, mode: standard``."""
     import json
 
-    model = make(tiny_bert_dir, cebab_small, "joint")
-    model.save_pretrained(tmp_path / "run")
-    meta = json.loads((tmp_path / "run" / "config.json").read_text())
-    meta["model"]["intervention_rate"] = meta["model"].pop("random_intervention_rate") + 0.25
-    (tmp_path / "run" / "config.json").write_text(json.dumps(meta))
-    assert load_pretrained(tmp_path / "run").config.random_intervention_rate == 0.25
+    from safetensors.torch import load_file, save_file
+
+    def downgrade(run, family_options):
+        meta = json.loads((run / "config.json").read_text())
+        meta["family"], meta["model"] = family_options(meta["model"])
+        (run / "config.json").write_text(json.dumps(meta))
+        tensors = {name.replace("concept_layer.heads.", "concept_heads.").replace("concept_layer.intervention_table",
+                                                                                "intervention_table"): t
+                   for name, t in load_file(str(run / "model.safetensors")).items()}
+        save_file(tensors, str(run / "model.safetensors"))
+
+    joint = make(tiny_bert_dir, cebab_small, "joint")
+    joint.config.random_intervention_rate = 0.25
+    joint.save_pretrained(tmp_path / "joint")
+    downgrade(tmp_path / "joint", lambda m: ("bottleneck", {**{k: v for k, v in m.items() if k not in (
+        "random_intervention_rate", "concept_layer")}, "intervention_rate": 0.25}))
+    loaded = load_pretrained(tmp_path / "joint")
+    assert loaded.config.random_intervention_rate == 0.25 and loaded.config.concept_layer == "scalar"
+    assert loaded.predict(TEXT) == joint.predict(TEXT)
+    assert torch.equal(loaded.concept_layer.intervention_table, joint.concept_layer.intervention_table)
+
+    standard = make(tiny_bert_dir, cebab_small, "standard")
+    standard.save_pretrained(tmp_path / "standard")
+    downgrade(tmp_path / "standard", lambda m: ("bottleneck", {**m, "mode": "standard", "concept_loss_weight": 1.0,
+                                                                "concept_activation": "logits", "intervention_rate": 0.25}))
+    loaded = load_pretrained(tmp_path / "standard")
+    assert isinstance(loaded, StandardLM) and loaded.predict(TEXT) == standard.predict(TEXT)

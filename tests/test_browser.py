@@ -12,7 +12,6 @@ from lucidlm.models import SparseConceptLM, load_pretrained
 from lucidlm.web.app import create_app
 from lucidlm.web.serve import serving
 from conftest import CHROMIUM, needs_chromium
-from tiny_runs import train_tiny_run
 
 pytestmark = needs_chromium
 REVIEWS = [
@@ -33,9 +32,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_bert_dir, cebab_dir):
-    folder = tmp_path_factory.mktemp("browser")
-    return {kind: train_tiny_run(folder, kind, tiny_bert_dir, cebab_dir) for kind in ("joint", "proto")}
+def runs(tiny_runs):
+    return tiny_runs
 
 
 def open_page(browser, url):

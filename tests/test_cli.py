@@ -265,17 +265,9 @@ def makefile_demo_commands(run_dir: Path) -> list[list[str]]:
     return [shlex.split(line.replace("$(BIN)/lucidlm", "").replace("$(RUN)", str(run_dir))) for line in lines[1:]]
 
 
-@pytest.fixture(scope="module")
-def family_runs(tmp_path_factory, tiny_bert_dir, cebab_dir):
-    from tiny_runs import train_tiny_run
-
-    folder = tmp_path_factory.mktemp("families")
-    return {kind: train_tiny_run(folder, kind, tiny_bert_dir, cebab_dir) for kind in ("standard", "joint", "sparse", "proto")}
-
-
 @pytest.mark.parametrize("kind", ["standard", "joint", "sparse", "proto"])
-def test_the_main_job_ends_with_a_demo_that_fits_the_family(kind, family_runs):
-    run_dir = family_runs[kind]
+def test_the_main_job_ends_with_a_demo_that_fits_the_family(kind, tiny_runs):
+    run_dir = tiny_runs[kind]
     commands = makefile_demo_commands(run_dir)
     for command in commands:
         result = lucidlm(*command)

@@ -19,7 +19,6 @@ from lucidlm.cli import app as cli
 from lucidlm.models import load_pretrained
 from lucidlm.web.report import build_report
 from conftest import CHROMIUM, needs_chromium
-from tiny_runs import train_tiny_run
 
 # A 1×1 PNG, standing in for the evaluation suite's intervention_curves.png.
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
@@ -55,9 +54,8 @@ def references(html: str) -> References:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_bert_dir, cebab_dir):
-    folder = tmp_path_factory.mktemp("report")
-    return {kind: train_tiny_run(folder, kind, tiny_bert_dir, cebab_dir) for kind in ("joint", "sparse", "proto")}
+def runs(tiny_runs):
+    return tiny_runs
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,13 @@ from lucidlm.cli import app as cli
 from lucidlm.models import load_pretrained
 from lucidlm.web.app import create_app
 from lucidlm.web.schemas import MAX_BODY_BYTES, MAX_TEXT_CHARS
-from tiny_runs import train_tiny_run
 
 TEXT = "Great pasta, but we waited an hour."
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_bert_dir, cebab_dir):
-    folder = tmp_path_factory.mktemp("web")
-    return {kind: train_tiny_run(folder, kind, tiny_bert_dir, cebab_dir) for kind in ("joint", "sparse", "proto")}
+def runs(tiny_runs):
+    return tiny_runs
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ class MaskedLinear(nn.Module):
         self.route: int | str | None = None
         self.record_grads = False  # keep the per-concept masked weights' gradients (pruning scores)
         self.masked_weight: torch.Tensor | None = None
-        self.mask_override: torch.Tensor | None = None  # a float mask for the routed concept (∂L/∂M_k)
+        self.mask_override: torch.Tensor | None = None  # set only by ``differentiable_masks``
         self._inference_weights: tuple | None = None  # (versions, what inference multiplies by)
         self._unit_layout: tuple | None = None  # (mask versions, kept features, their gathered mask)
         # Neuron-level masks: "out" if this layer makes units (its output features), "in" if it
@@ -330,6 +330,20 @@ def routed(layers: dict[str, MaskedLinear], route: int | str | None):
     finally:
         for name, layer in layers.items():
             layer.route = previous[name]
+
+
+@contextmanager
+def differentiable_masks(layers: list[MaskedLinear], concept: int):
+    """Inside the block, concept ``concept``'s masks are float tensors that take gradients
+    (∂L/∂M_k, for rewiring); yields them, one a layer. The boolean masks are untouched."""
+    overrides = [layer.mask[concept].float().requires_grad_() for layer in layers]
+    for layer, override in zip(layers, overrides):
+        layer.mask_override = override
+    try:
+        yield overrides
+    finally:
+        for layer in layers:
+            layer.mask_override = None
 
 
 def pack_masks(masks: torch.Tensor) -> torch.Tensor:

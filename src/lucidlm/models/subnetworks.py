@@ -20,7 +20,8 @@ from ..explain import Explanation
 from ..explain.subnetworks import subnetwork_statistics
 from ..intervene import ConceptValues, SubnetworkRewiring
 from ..masking import (
-    REWIRING_SCORES, MaskedLinear, pack_masks, rewire, routed, select_layers, unit_groups, unpack_masks, wrap_layers,
+    REWIRING_SCORES, MaskedLinear, differentiable_masks, pack_masks, rewire, routed, select_layers, unit_groups,
+    unpack_masks, wrap_layers,
 )
 from ..outputs import InterventionResult, SubnetworkInterventionResult
 from ..pruning import PRUNING_SCOPES, PRUNING_SCORES, Pruner, SparsitySchedule, density
@@ -150,15 +151,9 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
         with torch.no_grad():
             before = self(ids, attention)
         layers = list(self.subnetworks.values())
-        for layer in layers:
-            layer.mask_override = layer.mask[k].float().requires_grad_()
-        try:
-            with torch.enable_grad():
-                loss = F.cross_entropy(self.single_concept_logits(ids, attention, k), target)
-                grads = torch.autograd.grad(loss, [layer.mask_override for layer in layers])
-        finally:
-            for layer in layers:
-                layer.mask_override = None
+        with differentiable_masks(layers, k) as masks, torch.enable_grad():
+            loss = F.cross_entropy(self.single_concept_logits(ids, attention, k), target)
+            grads = torch.autograd.grad(loss, masks)
         old_masks = [layer.mask[k].clone() for layer in layers]
         with torch.no_grad():
             scores = {name: score_of(grad, layer.weight) for (name, layer), grad in zip(self.subnetworks.items(), grads)}
