@@ -101,7 +101,7 @@ def evaluate(
 ):
     """Evaluate a saved run on a split of its data; with --suite, also whether its explanations
     are true (faithfulness, causal concept effects, intervention curves)."""
-    from .experiment import load_experiment_task, load_run, read_experiment
+    from .experiment import load_experiment_task, load_run
 
     suites = None
     if suite is not None:
@@ -111,12 +111,7 @@ def evaluate(
         if samples < 1:
             raise LucidError(f"--samples: expected a number of rows >= 1, found {samples}")
     model, record = load_run(run_dir)
-    if config is not None:
-        data = read_experiment(config).data
-    elif record is not None:
-        data = record["experiment"]["data"]
-    else:
-        raise LucidError(f"{run_dir}: the run records no data set; name one with --config CONFIG.yaml")
+    data = run_data(run_dir, record, config)
     task = load_experiment_task(data)
     if suites is not None:
         return _evaluate_suites(model, task, suites, run_dir, split, output_dir, samples, seed,
@@ -126,6 +121,17 @@ def evaluate(
         emit_json(metrics)
     else:
         show_metrics(metrics, f"{split} ({metrics['n']} rows)")
+
+
+def run_data(run_dir: Path, record: dict | None, config: Optional[Path]) -> dict:
+    """The data section a run is evaluated on: ``--config``'s, else the one the run records."""
+    from .experiment import read_experiment
+
+    if config is not None:
+        return read_experiment(config).data
+    if record is None:
+        raise LucidError(f"{run_dir}: the run records no data set; name one with --config CONFIG.yaml")
+    return record["experiment"]["data"]
 
 
 def _cebab_folder(data: dict) -> Path | None:
@@ -263,14 +269,12 @@ def demo(
     concepts it misreads, explained, then corrected to the gold concepts, with the label before
     and after. Other families: the example's prediction and explanation."""
     from .data import MISSING
-    from .experiment import load_experiment_task, load_run, read_experiment
+    from .experiment import load_experiment_task, load_run
     from .intervene import choose_correction, showcase_row
     from .models import ConceptModel
 
     model, record = load_run(run_dir)
-    if config is None and record is None:
-        raise LucidError(f"{run_dir}: the run records no data set; name one with --config CONFIG.yaml")
-    rows = load_experiment_task(read_experiment(config).data if config else record["experiment"]["data"]).split(split)
+    rows = load_experiment_task(run_data(run_dir, record, config)).split(split)
     has_concepts = isinstance(model, ConceptModel)
     i = showcase_row(model, rows) if has_concepts else min(range(min(len(rows), 200)), key=lambda j: (len(rows.texts[j]), j))
     text, spec = rows.texts[i], model.spec
