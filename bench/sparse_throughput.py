@@ -53,22 +53,23 @@ def build(batch_size: int, density: float, granularity: str = "weight"):
     return model, batch
 
 
-def dense_concept_logits(model, input_ids, attention_mask):
+def dense_concept_states(model, input_ids, attention_mask):
     """Every concept head on one dense pass: the cost of a joint bottleneck model."""
     pooled = model.subnetwork_pooled(input_ids, attention_mask, None)
-    return tuple(head(pooled) for head in model.concept_layer.heads), pooled
+    return model.concept_layer.states([pooled] * model.num_concepts), pooled
 
 
 def step(model, batch, mode: str, train: bool) -> None:
     """One inference pass, or one training step's forward + backward, over all K concepts."""
     how = MODES[mode][1]
-    concept_logits = {"batched": model.concept_logits, "one_by_one": model.concept_logits_one_by_one,
-                      "dense": lambda *a: dense_concept_logits(model, *a)}[how]
+    concept_states = {"batched": model.concept_states, "one_by_one": model.concept_states_one_by_one,
+                      "dense": lambda *a: dense_concept_states(model, *a)}[how]
     model.train(train)
     with torch.set_grad_enabled(train):
-        logits, _ = concept_logits(batch["input_ids"], batch["attention_mask"])
+        states, _ = concept_states(batch["input_ids"], batch["attention_mask"])
         if train:
-            label_logits = model.label_from_concepts(model.concept_activations(logits))
+            logits = model.concept_logits_of(states)
+            label_logits = model.label_from_concepts(model.concept_activations(states))
             loss = torch.nn.functional.cross_entropy(label_logits, batch["labels"])
             loss = loss + sum(torch.nn.functional.cross_entropy(x, batch["concepts"][:, k]) for k, x in enumerate(logits))
             loss.backward()

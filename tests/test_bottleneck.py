@@ -162,10 +162,10 @@ def test_forced_logits_are_typical_recognised_logits(tiny_bert_dir, cebab_small)
     torch.testing.assert_close(model.concept_layer.intervention_table[0], expected)
     activations = [torch.zeros(2, 3)] * 4
     values = torch.tensor([[1, MISSING, MISSING, MISSING], [MISSING] * 4])
-    set_ = model.set_concepts(activations, values)
+    set_ = model.set_concepts(activations, activations, values)  # scalar states are the logits
     torch.testing.assert_close(set_[0], torch.stack([expected[1], torch.zeros(3)]))
     probs_model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_activation="probs")
-    assert torch.equal(probs_model.set_concepts(activations, values)[0][0], torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(probs_model.set_concepts(activations, activations, values)[0][0], torch.tensor([0.0, 1.0, 0.0]))
 
 
 def test_label_heads_read_predicted_concepts_unless_random_interventions_are_asked(tiny_bert_dir, cebab_small):

@@ -49,10 +49,10 @@ def test_gathered_pass_equals_one_subnetwork_after_another(fixture, layers, ceba
     batch = model.encoder.batch(TEXTS)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
-        batched, pooled = model.concept_logits(ids, mask)
-        one_by_one, pooled_ref = model.concept_logits_one_by_one(ids, mask)
+        batched, pooled = model.concept_states(ids, mask)
+        one_by_one, pooled_ref = model.concept_states_one_by_one(ids, mask)
     torch.testing.assert_close(pooled, pooled_ref, atol=1e-5, rtol=1e-5)
-    batched_grad, _ = model.concept_logits(ids, mask)  # the training path (no cache) too
+    batched_grad, _ = model.concept_states(ids, mask)  # the training path (no cache) too
     for a, b, c in zip(batched, one_by_one, batched_grad):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(c, b, atol=1e-5, rtol=1e-5)
@@ -66,7 +66,7 @@ def test_gathered_gradients_are_the_weight_level_ones_on_kept_units(tiny_bert_di
     def gradients():
         for layer in model.subnetworks.values():
             layer.record_grads, layer.masked_weight = True, None
-        logits, _ = model.concept_logits(batch["input_ids"], batch["attention_mask"])
+        logits, _ = model.concept_states(batch["input_ids"], batch["attention_mask"])
         sum(x.square().sum() for x in logits).backward()
         return {n: layer.concept_gradients() for n, layer in model.subnetworks.items()}
 

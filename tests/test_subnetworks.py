@@ -37,16 +37,16 @@ def test_batched_pass_equals_one_subnetwork_after_another(fixture, cebab_small, 
     random_masks(model)
     batch = model.encoder.batch(TEXTS)
     with torch.no_grad():
-        batched, pooled = model.concept_logits(batch["input_ids"], batch["attention_mask"])
-        one_by_one, pooled_ref = model.concept_logits_one_by_one(batch["input_ids"], batch["attention_mask"])
+        batched, pooled = model.concept_states(batch["input_ids"], batch["attention_mask"])
+        one_by_one, pooled_ref = model.concept_states_one_by_one(batch["input_ids"], batch["attention_mask"])
     assert pooled.shape == (4, 2, 32)
     torch.testing.assert_close(pooled, pooled_ref, atol=1e-5, rtol=1e-5)
     for a, b in zip(batched, one_by_one):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     random_masks(model, seed=1)  # inference caches W ⊙ M: a mask change must be seen
     with torch.no_grad():
-        batched, _ = model.concept_logits(batch["input_ids"], batch["attention_mask"])
-        one_by_one, _ = model.concept_logits_one_by_one(batch["input_ids"], batch["attention_mask"])
+        batched, _ = model.concept_states(batch["input_ids"], batch["attention_mask"])
+        one_by_one, _ = model.concept_states_one_by_one(batch["input_ids"], batch["attention_mask"])
     for a, b in zip(batched, one_by_one):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 

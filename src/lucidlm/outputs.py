@@ -10,11 +10,14 @@ import torch
 @dataclass
 class ModelOutput:
     """A forward pass. ``concept_logits`` holds one ``[B, n_values_k]`` tensor per concept (empty
-    for models without concepts); ``pooled`` is the backbone's pooled vector ``[B, H]``."""
+    for models without concepts); ``pooled`` is the backbone's pooled vector ``[B, H]``;
+    ``concept_states`` what the concept layer computed of each concept, from which the label can
+    be recomputed with concepts set to values (``models.concept_layers``)."""
 
     label_logits: torch.Tensor
     concept_logits: tuple[torch.Tensor, ...] = ()
     pooled: torch.Tensor | None = None
+    concept_states: tuple[torch.Tensor, ...] = ()
 
 
 @dataclass

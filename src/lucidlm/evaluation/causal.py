@@ -198,11 +198,11 @@ def concept_intervention_effects(model, outputs: TextOutputs, pairs: list[Counte
         return np.zeros((0, model.spec.num_labels)), usable
     chosen = [pairs[i] for i in usable]
     found = outputs.get([p.original for p in chosen])
-    concept_logits = [torch.from_numpy(x).to(model.device) for x in found["concept_logits"]]
+    states = [torch.from_numpy(x).to(model.device) for x in found["concept_states"]]
     values = torch.full((len(chosen), len(names)), MISSING, dtype=torch.long)
     for i, pair in enumerate(chosen):
         values[i, names.index(pair.aspect)] = model.spec.concept(pair.aspect).index(pair.after)
-    after = model.intervened_label_logits(concept_logits, values.to(model.device)).softmax(-1).cpu().numpy()
+    after = model.intervened_label_logits(states, values.to(model.device)).softmax(-1).cpu().numpy()
     return after - softmax(found["label_logits"]), usable
 
 

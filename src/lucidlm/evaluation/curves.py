@@ -56,10 +56,10 @@ def intervention_curves(model, outputs: TextOutputs, split: Split, seed: int = 0
         return {"skipped": reason}
     model.eval()
     found = outputs.get(split.texts, split.text_pairs)
-    concept_logits = [torch.from_numpy(x).to(model.device) for x in found["concept_logits"]]
+    states = [torch.from_numpy(x).to(model.device) for x in found["concept_states"]]
 
     def label_logits(values: np.ndarray) -> np.ndarray:
-        return model.intervened_label_logits(concept_logits, torch.from_numpy(values).to(model.device)).cpu().numpy()
+        return model.intervened_label_logits(states, torch.from_numpy(values).to(model.device)).cpu().numpy()
 
     gold, labels = split.concepts, split.labels
     rng = np.random.default_rng(seed)

@@ -249,8 +249,8 @@ def concept_faithfulness(model, outputs: TextOutputs, split: Split, seed: int = 
         return {"skipped": reason}
     model.eval()
     found = outputs.get(split.texts, split.text_pairs)
-    concept_logits = [torch.from_numpy(x).to(model.device) for x in found["concept_logits"]]
-    activations = model.concept_activations(concept_logits)
+    states = [torch.from_numpy(x).to(model.device) for x in found["concept_states"]]
+    activations = model.concept_activations(states)
     predicted = torch.from_numpy(found["label_logits"].argmax(-1)).to(model.device)
     base = softmax(found["label_logits"])[np.arange(len(predicted)), predicted.cpu().numpy()]
     contributions = model.concept_contribution_matrix(activations, predicted).cpu().numpy()
@@ -263,7 +263,7 @@ def concept_faithfulness(model, outputs: TextOutputs, split: Split, seed: int = 
             if how == UNKNOWN:
                 unknown = torch.tensor([c.values.index(UNKNOWN) for c in model.spec.concepts], device=model.device)
                 values = torch.where(removed_t, unknown[None, :], torch.full_like(removed_t, MISSING, dtype=torch.long))
-                logits = model.intervened_label_logits(concept_logits, values)
+                logits = model.intervened_label_logits(states, values)
             else:
                 values = torch.where(removed_t, 0, MISSING)
                 logits = model.label_from_concepts(overwrite_concepts(activations, values, means))

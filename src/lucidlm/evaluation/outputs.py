@@ -14,11 +14,13 @@ class TextOutputs:
 
     def __init__(self, model, batch_size: int = 64):
         self.model, self.batch_size = model, batch_size
-        self._rows: dict[tuple[str, str | None], tuple[np.ndarray, list[np.ndarray]]] = {}
+        self._rows: dict[tuple[str, str | None], tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]] = {}
 
     def get(self, texts, text_pairs=None) -> dict:
-        """``label_logits`` ``[N, C]`` and ``concept_logits`` (one ``[N, V_k]`` array a concept;
-        empty for models without concepts), in the order of ``texts`` (with ``text_pairs``)."""
+        """``label_logits`` ``[N, C]``, ``concept_logits`` (one ``[N, V_k]`` array a concept; empty
+        for models without concepts) and ``concept_states`` (the concept layer's, from which
+        ``model.intervened_label_logits`` recomputes the label), in the order of ``texts`` (with
+        ``text_pairs``)."""
         texts = list(texts)
         pairs = [None] * len(texts) if text_pairs is None else list(text_pairs)
         if len(pairs) != len(texts):
@@ -31,14 +33,15 @@ class TextOutputs:
                           concepts=np.full((len(new), k), MISSING),
                           text_pairs=None if text_pairs is None else [p for _, p in new])
             inferred = self.model.infer(blank, self.batch_size)
-            concepts = inferred.get("concept_logits", [])
+            concepts, states = inferred.get("concept_logits", []), inferred.get("concept_states", [])
             for i, key in enumerate(new):
-                self._rows[key] = (inferred["label_logits"][i], [c[i] for c in concepts])
+                self._rows[key] = (inferred["label_logits"][i], [c[i] for c in concepts], [s[i] for s in states])
         rows = [self._rows[key] for key in keys]
         n_concepts = len(rows[0][1]) if rows else 0
         return {
             "label_logits": np.stack([r[0] for r in rows]) if rows else np.zeros((0, self.model.spec.num_labels)),
             "concept_logits": [np.stack([r[1][k] for r in rows]) for k in range(n_concepts)],
+            "concept_states": [np.stack([r[2][k] for r in rows]) for k in range(n_concepts)],
         }
 
 

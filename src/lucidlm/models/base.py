@@ -322,17 +322,21 @@ def load_pretrained(directory: str | Path) -> LucidModel:
 
 class ConceptModel(LucidModel):
     """A model whose label reads human concepts (METHODS §1): every forward pass gives concept
-    logits, the label can be recomputed from them with concepts set to given values without
-    another backbone pass, and ``intervene`` takes ``ConceptValues``."""
+    logits and the concept layer's states (``ModelOutput.concept_states``), from which the label
+    is recomputed with concepts set to given values without another backbone pass; ``intervene``
+    takes ``ConceptValues``."""
 
-    def concept_activations(self, concept_logits) -> list[torch.Tensor]:
+    def concept_logits_of(self, states) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def concept_activations(self, states) -> list[torch.Tensor]:
         """What the label head reads of each concept."""
         raise NotImplementedError
 
     def label_from_concepts(self, activations: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def intervened_label_logits(self, concept_logits, values: torch.Tensor, correct_only: bool = True) -> torch.Tensor:
+    def intervened_label_logits(self, states, values: torch.Tensor, correct_only: bool = True) -> torch.Tensor:
         """Label logits with concept k of row i set to ``values[i, k]`` (``MISSING``: as predicted)."""
         raise NotImplementedError
 

@@ -37,12 +37,14 @@ class BottleneckConfig(ModelConfig):
     concept_layer: str = "scalar"  # a name in concept_layers.CONCEPT_LAYERS
     concept_loss_weight: float = 1.0  # λ in L = CE(y) + λ·Σ_k CE(c_k) (joint mode)
     concept_activation: str = "logits"  # what the scalar layer's label head reads: logits (METHODS §1) or probs
+    concept_embedding_size: int = 16  # m, the embedding layer's size of each value's embedding (CEM's default)
     # RandInt (Espinosa Zarlenga et al. 2022): while the label head trains (joint: CE(y);
     # sequential: the c→y fit), each concept is replaced by its *gold* value with this
     # probability, as a user's intervention would, so that corrections are within the head's
-    # experience. 0 (default) is the plain method of METHODS §1, where the label head reads
-    # predicted concepts only; independent mode reads gold concepts anyway and ignores it.
-    random_intervention_rate: float = 0.0
+    # experience. Default (None): the method's own, 0.25 for concept embeddings (CEM) and 0 for
+    # scalar concepts, the plain method of METHODS §1, where the label head reads predicted
+    # concepts only. Independent mode reads gold concepts anyway and ignores it.
+    random_intervention_rate: float | None = None
     renamed_keys: ClassVar[dict[str, str]] = {"intervention_rate": "random_intervention_rate"}  # lucidlm ≤ 0.1.0
 
     def __post_init__(self):
@@ -51,6 +53,10 @@ class BottleneckConfig(ModelConfig):
             hint = "; the black-box baseline is the 'standard' family" if self.mode == "standard" else ""
             raise LucidError(f"mode: expected one of {list(MODES)}, found {self.mode!r}{hint}")
         CONCEPT_LAYERS.check(self.concept_layer, "concept_layer")
+        if self.random_intervention_rate is None:
+            self.random_intervention_rate = 0.25 if self.concept_layer == "embedding" else 0.0
+        if not isinstance(self.concept_embedding_size, int) or self.concept_embedding_size < 1:
+            raise LucidError(f"concept_embedding_size: expected an integer >= 1, found {self.concept_embedding_size!r}")
         if self.concept_activation not in ACTIVATIONS:
             raise LucidError(f"concept_activation: expected one of {list(ACTIVATIONS)}, found {self.concept_activation!r}")
         if not 0.0 <= self.random_intervention_rate <= 1.0:
@@ -81,27 +87,30 @@ class ConceptBottleneckLM(ConceptModel):
                 concept_values: torch.Tensor | None = None) -> ModelOutput:
         """``concept_values`` (``[B, K]``, ``MISSING`` = keep the prediction) sets concepts before
         the label head reads them: an intervention."""
-        concept_logits, pooled = self.concept_logits(input_ids, attention_mask)
-        activations = self.concept_activations(concept_logits)
+        states, pooled = self.concept_states(input_ids, attention_mask)
+        activations = self.concept_activations(states)
         if concept_values is not None:
-            activations = self.set_concepts(activations, concept_values)
-        return ModelOutput(self.label_from_concepts(activations), concept_logits, pooled)
+            activations = self.set_concepts(states, activations, concept_values)
+        return ModelOutput(self.label_from_concepts(activations), self.concept_layer.logits(states), pooled, states)
 
-    def concept_logits(self, input_ids, attention_mask) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """One ``[B, n_values_k]`` tensor per concept, and the pooled vector they read."""
+    def concept_states(self, input_ids, attention_mask) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The concept layer's state of each concept, and the pooled vector they read."""
         pooled = self.pooled(input_ids, attention_mask)
         features = self.dropout(pooled)
-        return self.concept_layer.concept_logits([features] * len(self.spec.concepts)), pooled
+        return self.concept_layer.states([features] * len(self.spec.concepts)), pooled
 
-    def concept_activations(self, concept_logits) -> list[torch.Tensor]:
-        return self.concept_layer.activations(concept_logits)
+    def concept_logits_of(self, states) -> tuple[torch.Tensor, ...]:
+        return self.concept_layer.logits(states)
 
-    def set_concepts(self, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
+    def concept_activations(self, states) -> list[torch.Tensor]:
+        return self.concept_layer.activations(states)
+
+    def set_concepts(self, states, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
         """Activations with concept k set to ``values[:, k]`` where that is not ``MISSING``."""
-        return self.concept_layer.set_values(activations, values)
+        return self.concept_layer.set_values(states, activations, values)
 
-    def calibrate_interventions(self, concept_logits: list[torch.Tensor], gold: torch.Tensor, momentum: float = 0.0) -> None:
-        self.concept_layer.calibrate(concept_logits, gold, momentum)
+    def calibrate_interventions(self, states, gold: torch.Tensor, momentum: float = 0.0) -> None:
+        self.concept_layer.calibrate(states, gold, momentum)
 
     def corrections_of(self, concept_logits, values: torch.Tensor) -> torch.Tensor:
         """``values`` less the ones the model already predicts (those become ``MISSING``): setting
@@ -112,14 +121,14 @@ class ConceptBottleneckLM(ConceptModel):
     def label_from_concepts(self, activations: list[torch.Tensor]) -> torch.Tensor:
         return self.label_head(torch.cat(activations, dim=-1))
 
-    def intervened_label_logits(self, concept_logits, values: torch.Tensor, correct_only: bool = True) -> torch.Tensor:
-        """Label logits of a batch whose concept logits are already computed, with concept k of
+    def intervened_label_logits(self, states, values: torch.Tensor, correct_only: bool = True) -> torch.Tensor:
+        """Label logits of a batch whose concept states are already computed, with concept k of
         row i set to ``values[i, k]`` (``MISSING``: left as predicted): an intervention without
         another backbone pass. ``correct_only`` leaves a concept set to the value it already
         predicts as it is (as ``intervene`` does); without it every given value is forced."""
         if correct_only:
-            values = self.corrections_of(concept_logits, values)
-        return self.label_from_concepts(self.set_concepts(self.concept_activations(concept_logits), values))
+            values = self.corrections_of(self.concept_logits_of(states), values)
+        return self.label_from_concepts(self.set_concepts(states, self.concept_activations(states), values))
 
     def concept_contribution_matrix(self, activations: list[torch.Tensor], label_rows: torch.Tensor) -> torch.Tensor:
         """``[B, K]``: for row i, label-head weight of label ``label_rows[i]`` × concept k's
@@ -135,8 +144,8 @@ class ConceptBottleneckLM(ConceptModel):
         output = self.forward_texts(texts)
         with torch.no_grad():
             changed = self.corrections_of(output.concept_logits, values)
-            activations = self.set_concepts(self.concept_activations(output.concept_logits), changed)
-            after = ModelOutput(self.label_from_concepts(activations), output.concept_logits, output.pooled)
+            activations = self.set_concepts(output.concept_states, self.concept_activations(output.concept_states), changed)
+            after = ModelOutput(self.label_from_concepts(activations), output.concept_logits, output.pooled, output.concept_states)
             probs = overwrite_concepts([logits.softmax(-1) for logits in output.concept_logits], changed)
         return [
             InterventionResult(t, dict(correction.values), self.to_prediction(t, output, i), self.to_prediction(t, after, i, probs))
@@ -146,7 +155,8 @@ class ConceptBottleneckLM(ConceptModel):
     # ---- explanation ----------------------------------------------------------------------
     def single_concept_logits(self, input_ids, attention_mask, concept: int) -> torch.Tensor:
         """Concept ``concept``'s logits alone (what its token attributions differentiate)."""
-        return self.concept_logits(input_ids, attention_mask)[0][concept]
+        states, _ = self.concept_states(input_ids, attention_mask)
+        return self.concept_logits_of(states[concept:concept + 1])[0]
 
     def label_attribution_score(self):
         """``(input_ids, attention_mask) -> label logits`` for token attributions, or None."""
@@ -176,7 +186,7 @@ class ConceptBottleneckLM(ConceptModel):
         """Label-head weight × concept activation, summed over each concept's values, for the
         predicted label: its logit is the sum of these plus the head's bias."""
         row = 0 if self.spec.is_regression else self.spec.label_index(prediction.label)
-        activations = [a[:1].detach() for a in self.concept_activations(output.concept_logits)]
+        activations = [a[:1].detach() for a in self.concept_activations(output.concept_states)]
         contributions = self.concept_contribution_matrix(activations, torch.tensor([row], device=self.device))[0].tolist()
         out = []
         for concept, contribution in zip(self.spec.concepts, contributions):
@@ -187,18 +197,21 @@ class ConceptBottleneckLM(ConceptModel):
     # ---- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, split: Split, batch_size: int = 64) -> dict[str, np.ndarray]:
-        """Label logits, concept probabilities, and label logits with every gold concept set."""
+        """Label logits, concept logits and probabilities, the concept layer's states, and label
+        logits with every gold concept set."""
         self.eval()
-        label_logits, concept_logits, gold_logits, forced_logits = [], [], [], []
+        label_logits, concept_logits, states, gold_logits, forced_logits = [], [], [], [], []
         for batch in self.encoder.loader(split, batch_size):
             out = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
             label_logits.append(out.label_logits.cpu())
             concept_logits.append([x.cpu() for x in out.concept_logits])
+            states.append([x.cpu() for x in out.concept_states])
             gold = batch["concepts"].to(self.device)
-            gold_logits.append(self.intervened_label_logits(out.concept_logits, gold).cpu())
-            forced_logits.append(self.intervened_label_logits(out.concept_logits, gold, correct_only=False).cpu())
+            gold_logits.append(self.intervened_label_logits(out.concept_states, gold).cpu())
+            forced_logits.append(self.intervened_label_logits(out.concept_states, gold, correct_only=False).cpu())
         result = {"label_logits": torch.cat(label_logits).numpy()}
         result["concept_logits"] = [torch.cat(xs).numpy() for xs in zip(*concept_logits)]
+        result["concept_states"] = [torch.cat(xs).numpy() for xs in zip(*states)]
         result["concept_probs"] = [torch.from_numpy(x).softmax(-1).numpy() for x in result["concept_logits"]]
         result["gold_concept_label_logits"] = torch.cat(gold_logits).numpy()
         result["forced_concept_label_logits"] = torch.cat(forced_logits).numpy()
@@ -241,7 +254,7 @@ class ConceptBottleneckLM(ConceptModel):
             values = random_interventions(batch["concepts"], self.config.random_intervention_rate)
         out = forward(batch["input_ids"], batch["attention_mask"], values)
         if values is not None:  # a running estimate of the forced logits, for the next steps
-            self.calibrate_interventions(out.concept_logits, batch["concepts"], momentum=0.9)
+            self.calibrate_interventions(out.concept_states, batch["concepts"], momentum=0.9)
         return (task_loss(self.spec, out.label_logits, batch["labels"])
                 + self.config.concept_loss_weight * concept_loss(out.concept_logits, batch["concepts"]))
 
@@ -259,18 +272,18 @@ class ConceptBottleneckLM(ConceptModel):
 
     def calibrate_on(self, train: Split, config: TrainingConfig) -> None:
         """Forced intervention logits from the trained model's predictions on the training set."""
-        logits = [torch.from_numpy(x) for x in self.infer(train, config.eval_batch_size)["concept_logits"]]
-        self.calibrate_interventions(logits, torch.from_numpy(train.concepts))
+        states = [torch.from_numpy(x) for x in self.infer(train, config.eval_batch_size)["concept_states"]]
+        self.calibrate_interventions(states, torch.from_numpy(train.concepts))
 
     def _fit_label_head(self, train: Split, dev: Split | None, gold: bool, config: TrainingConfig) -> None:
         """The c -> y stage: a linear model (scikit-learn, exact and repeatable) on the concept
         activations; its L2 strength is chosen on dev, where it always reads *predicted* concepts."""
-        features = self._activations(train, config)
+        states = self._states(train, config)
         values = torch.from_numpy(train.concepts)
         if not gold:
             values = random_interventions(values, self.config.random_intervention_rate, torch.Generator().manual_seed(config.seed))
-        features = torch.cat(self.set_concepts(features, values), -1).numpy()
-        dev_features = torch.cat(self._activations(dev, config), -1).numpy() if dev else None
+        features = torch.cat(self.set_concepts(states, self.concept_activations(states), values), -1).numpy()
+        dev_features = torch.cat(self.concept_activations(self._states(dev, config)), -1).numpy() if dev else None
         best = None
         for strength in (0.01, 0.1, 1.0, 10.0, 100.0) if dev is not None else (1.0,):
             if self.spec.is_regression:
@@ -288,9 +301,8 @@ class ConceptBottleneckLM(ConceptModel):
         self.training_history.append({"stage": "c→y", "gold_concepts": gold, "dev_score": float(best[0])})
 
     @torch.no_grad()
-    def _activations(self, split: Split, config: TrainingConfig) -> list[torch.Tensor]:
-        logits = [torch.from_numpy(x) for x in self.infer(split, config.eval_batch_size)["concept_logits"]]
-        return self.concept_activations(logits)
+    def _states(self, split: Split, config: TrainingConfig) -> list[torch.Tensor]:
+        return [torch.from_numpy(x) for x in self.infer(split, config.eval_batch_size)["concept_states"]]
 
     def _head_score(self, weight, bias, features, labels) -> float:
         logits = features @ weight.T + bias

@@ -1,6 +1,9 @@
 """Concept layers: what sits between the backbone's pooled vector and the label head of a concept
-model. A layer turns each concept's features into its logits, says what the label head reads of
-each concept, and what it reads when a person sets a concept to a value (an intervention).
+model. A layer turns each concept's features into its *state* (scalar layer: the concept's
+logits; embedding layer: one embedding per value), and from the states gives the concept logits,
+what the label head reads of each concept (its activation), and what it reads when a person sets
+a concept to a value (an intervention). Model outputs and the evaluation suite carry the states,
+so an intervention never needs another backbone pass.
 
 Registered by name (``concept_layer`` in a model config); adding one is one class here.
 """
@@ -10,9 +13,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..data import TaskSpec
+from ..data import MISSING, TaskSpec
 from ..intervene import overwrite_concepts
 from ..registry import Registry
 
@@ -49,29 +53,35 @@ class ScalarConceptLayer(nn.Module):
         """The size of what the label head reads."""
         return sum(len(c.values) for c in self.spec.concepts)
 
-    def concept_logits(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """``features[k]``: ``[B, H]``, what concept k reads (the same pooled vector for every concept
-        of a bottleneck; concept k's subnetwork output for SparseCBM)."""
-        return tuple(head(f) for head, f in zip(self.heads, features))
+    def state(self, k: int, features: torch.Tensor) -> torch.Tensor:
+        """Concept k's state from what it reads, ``features`` ``[B, H]`` (the same pooled vector for
+        every concept of a bottleneck; concept k's subnetwork output for SparseCBM): its logits."""
+        return self.heads[k](features)
 
-    def activations(self, concept_logits) -> list[torch.Tensor]:
+    def states(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(self.state(k, f) for k, f in enumerate(features))
+
+    def logits(self, states) -> tuple[torch.Tensor, ...]:
+        return tuple(states)
+
+    def activations(self, states) -> list[torch.Tensor]:
         if self.activation == "probs":
-            return [logits.softmax(-1) for logits in concept_logits]
-        return list(concept_logits)
+            return [logits.softmax(-1) for logits in states]
+        return list(states)
 
-    def set_values(self, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
+    def set_values(self, states, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
         """Activations with concept k set to ``values[:, k]`` where that is not ``MISSING``."""
         tables = [self.intervention_table[k, :len(c.values), :len(c.values)] for k, c in enumerate(self.spec.concepts)]
         return overwrite_concepts(activations, values, tables)
 
     @torch.no_grad()
-    def calibrate(self, concept_logits: list[torch.Tensor], gold: torch.Tensor, momentum: float = 0.0) -> None:
-        """Forced logits of value v := mean of ``concept_logits`` over rows whose gold and
+    def calibrate(self, states, gold: torch.Tensor, momentum: float = 0.0) -> None:
+        """Forced logits of value v := mean of the concept logits over rows whose gold and
         predicted value are v (training data). ``momentum`` > 0 moves them only part of the way
         (the running estimate used while training); a value with no such row keeps its vector."""
         if self.activation == "probs":
             return
-        for k, logits in enumerate(concept_logits):
+        for k, logits in enumerate(states):
             logits = logits.detach().float()
             recognised = gold[:, k].to(logits.device) == logits.argmax(-1)
             for v in range(logits.shape[1]):
@@ -79,3 +89,51 @@ class ScalarConceptLayer(nn.Module):
                 if rows.any():
                     current = self.intervention_table[k, v, :logits.shape[1]]
                     current.copy_(momentum * current + (1 - momentum) * logits[rows].mean(0).to(current))
+
+
+@CONCEPT_LAYERS.register("embedding")
+class EmbeddingConceptLayer(nn.Module):
+    """Concept Embedding Models (METHODS §6; Espinosa Zarlenga et al., NeurIPS 2022).
+
+    For concept k and each of its values v, an embedding e_kv = LeakyReLU(W_kv·h + b_kv) of size
+    m (concept k's state: ``[B, V_k, m]``); probabilities p_k = softmax_v ψ(e_kv), ψ one scoring
+    layer shared by every concept; the label head reads the mixed embeddings ĉ_k = Σ_v p_kv·e_kv.
+    An intervention sets p_k to the one-hot of the given value: ĉ_k = e_kv. The label can thus
+    carry more than the concept values (the embeddings) and still obey a correction.
+    """
+
+    def __init__(self, spec: TaskSpec, hidden_size: int, config):
+        super().__init__()
+        self.spec, self.size = spec, config.concept_embedding_size
+        # all of concept k's value embeddings in one matrix: [H] -> [V_k · m]
+        self.embedders = nn.ModuleList(nn.Linear(hidden_size, len(c.values) * self.size) for c in spec.concepts)
+        self.score = nn.Linear(self.size, 1)  # ψ
+
+    @property
+    def width(self) -> int:
+        return len(self.spec.concepts) * self.size
+
+    def state(self, k: int, features: torch.Tensor) -> torch.Tensor:
+        embeddings = F.leaky_relu(self.embedders[k](features))
+        return embeddings.view(features.shape[0], len(self.spec.concepts[k].values), self.size)
+
+    def states(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(self.state(k, f) for k, f in enumerate(features))
+
+    def logits(self, states) -> tuple[torch.Tensor, ...]:
+        return tuple(self.score(embeddings).squeeze(-1) for embeddings in states)
+
+    def activations(self, states) -> list[torch.Tensor]:
+        return [(logits.softmax(-1).unsqueeze(-1) * embeddings).sum(1)
+                for logits, embeddings in zip(self.logits(states), states)]
+
+    def set_values(self, states, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for k, (activation, embeddings) in enumerate(zip(activations, states)):
+            value = values[:, k].to(activation.device)
+            chosen = embeddings[torch.arange(len(value), device=value.device), value.clamp(min=0)]
+            out.append(torch.where((value == MISSING).unsqueeze(-1), activation, chosen))
+        return out
+
+    def calibrate(self, states, gold: torch.Tensor, momentum: float = 0.0) -> None:
+        """Nothing to calibrate: an intervention reads the input's own embedding of the value."""

@@ -82,23 +82,23 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
         return len(self.spec.concepts)
 
     # ---- forward ----------------------------------------------------------------------------
-    def concept_logits(self, input_ids, attention_mask):
+    def concept_states(self, input_ids, attention_mask):
         """All K subnetworks in one batched pass; ``pooled`` is ``[K, B, H]``."""
         k = self.num_concepts
         with routed(self.subnetworks, "all"):
             hidden = self.backbone(input_ids=input_ids.repeat(k, 1), attention_mask=attention_mask.repeat(k, 1)).last_hidden_state
         pooled = pool(hidden, attention_mask.repeat(k, 1), self.config.pooling).reshape(k, input_ids.shape[0], -1)
         features = self.dropout(pooled)
-        return self.concept_layer.concept_logits(list(features)), pooled
+        return self.concept_layer.states(list(features)), pooled
 
-    def concept_logits_one_by_one(self, input_ids, attention_mask):
+    def concept_states_one_by_one(self, input_ids, attention_mask):
         """The definition, one subnetwork after another (the reference the batched pass must equal)."""
-        logits, pooled = [], []
-        for k, head in enumerate(self.concept_layer.heads):
+        states, pooled = [], []
+        for k in range(self.num_concepts):
             with routed(self.subnetworks, k):
                 pooled.append(self.pooled(input_ids, attention_mask))
-            logits.append(head(self.dropout(pooled[-1])))
-        return tuple(logits), torch.stack(pooled)
+            states.append(self.concept_layer.state(k, self.dropout(pooled[-1])))
+        return tuple(states), torch.stack(pooled)
 
     def subnetwork_pooled(self, input_ids, attention_mask, concept: int | None) -> torch.Tensor:
         """The pooled vector through one concept's subnetwork (``None``: the dense backbone)."""
@@ -108,7 +108,8 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
     # ---- explanation ------------------------------------------------------------------------
     def single_concept_logits(self, input_ids, attention_mask, concept: int) -> torch.Tensor:
         """Through concept ``concept``'s own subnetwork: its token attributions say what *it* reads."""
-        return self.concept_layer.heads[concept](self.dropout(self.subnetwork_pooled(input_ids, attention_mask, concept)))
+        state = self.concept_layer.state(concept, self.dropout(self.subnetwork_pooled(input_ids, attention_mask, concept)))
+        return self.concept_logits_of((state,))[0]
 
     def label_attribution_score(self):
         return None  # the label reads the concepts: its explanation is their contributions
