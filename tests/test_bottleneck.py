@@ -230,3 +230,53 @@ def test_runs_saved_before_the_contract_still_load(tiny_bert_dir, cebab_small, t
                                                                 "concept_activation": "logits", "intervention_rate": 0.25}))
     loaded = load_pretrained(tmp_path / "standard")
     assert isinstance(loaded, StandardLM) and loaded.predict(TEXT) == standard.predict(TEXT)
+
+
+# ---- the concept-embedding layer (CEM) ----------------------------------------------------------
+
+
+def test_concept_embeddings_mix_value_embeddings_by_probability(tiny_bert_dir, cebab_small):
+    """ĉ_k = Σ_v p_kv·e_kv, p_k = softmax_v ψ(e_kv); the label head reads concat(ĉ_k); an
+    intervention sets p_k to one-hot, so ĉ_k becomes the input's own embedding of the value."""
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
+                                              concept_embedding_size=4).eval()
+    assert model.config.random_intervention_rate == 0.25  # CEM's RandInt by default
+    assert model.label_head.in_features == 4 * 4
+    batch = model.encoder.batch([TEXT, "Bad."])
+    out = model(batch["input_ids"], batch["attention_mask"])
+    assert [tuple(e.shape) for e in out.concept_states] == [(2, 3, 4)] * 4
+    layer = model.concept_layer
+    for embeddings, logits in zip(out.concept_states, out.concept_logits):
+        torch.testing.assert_close(logits, layer.score(embeddings)[..., 0])
+    mixed = [(l.softmax(-1)[..., None] * e).sum(1) for l, e in zip(out.concept_logits, out.concept_states)]
+    torch.testing.assert_close(out.label_logits, model.label_head(torch.cat(mixed, -1)))
+    # set service (k = 2) of row 0 to Positive (index 1): ĉ_2 = e_2,Positive of that row
+    values = torch.tensor([[MISSING, MISSING, 1, MISSING], [MISSING] * 4])
+    after = model(batch["input_ids"], batch["attention_mask"], values).label_logits
+    mixed[2] = torch.stack([out.concept_states[2][0, 1], mixed[2][1]])
+    torch.testing.assert_close(after, model.label_head(torch.cat(mixed, -1)))
+    result = model.intervene(TEXT, {"service": "Positive"})[0]
+    assert result.after.concepts["service"].probabilities["Positive"] == 1.0 or result.before.concepts["service"].value == "Positive"
+
+
+def test_concept_embeddings_train_save_load_and_run_in_subnetworks(tiny_bert_dir, cebab_small, tmp_path):
+    from lucidlm import SparseConceptLM
+
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding")
+    model.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
+    model.save_pretrained(tmp_path / "cem")
+    loaded = load_pretrained(tmp_path / "cem")
+    assert loaded.config.concept_layer == "embedding" and loaded.predict(TEXT) == model.predict(TEXT)
+    a, b = model.evaluate(cebab_small.test), loaded.evaluate(cebab_small.test)
+    assert a == b and a["concepts"]["accuracy"] > 0
+    sparse = SparseConceptLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
+                                           sparsity=0.5, pruning_start=0.5, pruning_end=1.0, pruning_interval=2,
+                                           pruning_score="magnitude").eval()
+    batch = sparse.encoder.batch([TEXT, "Bad."])
+    with torch.no_grad():
+        batched, _ = sparse.concept_states(batch["input_ids"], batch["attention_mask"])
+        one_by_one, _ = sparse.concept_states_one_by_one(batch["input_ids"], batch["attention_mask"])
+    for x, y in zip(batched, one_by_one):  # each concept's embeddings from its own subnetwork
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+    with pytest.raises(LucidError, match="concept_layer: expected one of \\['scalar', 'embedding'\\], found 'cem'"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="cem")

@@ -287,3 +287,26 @@ def test_the_main_job_ends_with_a_demo_that_fits_the_family(kind, tiny_runs):
         assert intervention["after"]["concepts"][concept]["value"] == value == demo["gold_concepts"][concept]
     assert intervention["label_changed"] == (intervention["before"]["label"] != intervention["after"]["label"])
     assert f"gold {demo['gold_label']}" in lucidlm(*commands[-1]).stdout
+
+
+def test_a_csv_task_trains_with_concept_embeddings_through_the_cli(tmp_path, tiny_bert_dir):
+    rows = ["review,stars,food,service"]
+    for i in range(40):
+        food, service = ("good", "bad") if i % 2 else ("bad", "good")
+        rows.append(f"The food was {food} and the service was {service} on visit {i}.,{1 + (i % 2) * 4},{food},{service}")
+    (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
+    config = {"data": {"source": "reviews.csv", "text": "review", "label": "stars", "concepts": ["food", "service"],
+                       "dev": "reviews.csv", "test": "reviews.csv"},
+              "model": {"family": "bottleneck", "mode": "joint", "concept_layer": "embedding", "concept_embedding_size": 8,
+                        "backbone": str(tiny_bert_dir)},
+              "training": {"epochs": 1, "batch_size": 8}}
+    (tmp_path / "cem.yaml").write_text(yaml.safe_dump(config))
+    trained = lucidlm("train", tmp_path / "cem.yaml", "-o", tmp_path / "run", "--json")
+    assert trained.exit_code == 0, trained.output
+    assert json.loads(trained.stdout)["metrics"]["test"]["n"] == 40
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert (saved["concept_layer"], saved["concept_embedding_size"], saved["random_intervention_rate"]) == ("embedding", 8, 0.25)
+    before = json.loads(lucidlm("predict", tmp_path / "run", "The food was good.", "--json").stdout)[0]
+    flip = "bad" if before["concepts"]["food"]["value"] == "good" else "good"
+    result = json.loads(lucidlm("intervene", tmp_path / "run", "The food was good.", "--set", f"food={flip}", "--json").stdout)
+    assert result["after"]["concepts"]["food"]["probabilities"][flip] == 1.0
