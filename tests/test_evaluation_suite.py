@@ -18,7 +18,8 @@ from lucidlm.evaluation import parse_suites, run_suite
 from lucidlm.evaluation.causal import (
     average_effect_estimator, cebab_pairs, cosine_distance, effect_distances, estimate_effects, summarize,
 )
-from lucidlm.evaluation.curves import intervention_curve, uncertainty_order
+from lucidlm.evaluation.curves import intervention_curve
+from lucidlm.intervene import uncertainty_order
 from lucidlm.evaluation.faithfulness import (
     concept_faithfulness, concept_removal_drops, curve_summary, order_by, removal_inputs, tokens_to_remove,
     token_faithfulness_of,
@@ -223,12 +224,27 @@ def test_intervention_curve_by_hand():
     assert uncertainty_order(probs).tolist() == [[1, 0], [0, 1], [1, 0]]
 
 
+def test_expected_change_asks_first_about_the_one_concept_the_label_reads(tiny_bert_dir, cebab_small):
+    """A label head that reads only service: setting any other concept changes nothing (TV 0), so
+    service ranks first in every row; the others tie and keep their index order."""
+    from lucidlm.intervene import INTERVENTION_POLICIES
+
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="joint").eval()
+    with torch.no_grad():
+        model.label_head.weight.zero_()
+        model.label_head.weight[:, 6:9] = torch.tensor([[1.0, -1, 0]] * 2 + [[0, 0, 0]] + [[-1.0, 1, 0]] * 2)
+    states = [torch.from_numpy(x) for x in TextOutputs(model).get(cebab_small.test.texts)["concept_states"]]
+    order = INTERVENTION_POLICIES.get("expected_change")(model, states)
+    assert order.tolist() == [[2, 0, 1, 3]] * len(cebab_small.test)
+    assert INTERVENTION_POLICIES.names == ["random", "uncertainty", "expected_change"]
+
+
 def test_curves_start_at_task_accuracy_and_end_at_gold_concepts(joint_model, cebab_small):
     results = run_suite(joint_model, cebab_small, "interventions", seed=0)
     curves = results["interventions"]
     metrics = joint_model.evaluate(cebab_small.test)
     assert curves["k"] == [0, 1, 2, 3, 4]
-    for order in ("random", "uncertainty"):
+    for order in ("random", "uncertainty", "expected_change"):
         assert curves[order][0] == pytest.approx(metrics["task"]["accuracy"])
         assert curves[order][-1] == pytest.approx(metrics["task_gold_concepts"]["accuracy"])
 

@@ -12,6 +12,7 @@ import torch
 from .data import MISSING, TaskSpec
 from .errors import LucidError
 from .masking import REWIRING_SCORES
+from .registry import Registry
 
 if TYPE_CHECKING:
     from .outputs import InterventionResult
@@ -72,6 +73,61 @@ def overwrite_concepts(activations: list[torch.Tensor], values: torch.Tensor,
         table = torch.eye(size, dtype=activation.dtype, device=activation.device) if tables is None else tables[k]
         out.append(torch.where((value == MISSING).unsqueeze(-1), activation, table[value.clamp(min=0)]))
     return out
+
+
+# ---- which concept to ask about (METHODS §6, intervention policies) ------------------------------
+# (model, concept states [N, …] a concept, rng) -> [N, K]: each row's concepts, first to ask first
+INTERVENTION_POLICIES: Registry = Registry("intervention_policy")
+
+
+def random_order(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    return np.argsort(rng.random((n, k)), axis=1)
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    return -(probs * np.log(np.clip(probs, 1e-12, None))).sum(-1)
+
+
+def uncertainty_order(concept_probs: list[np.ndarray]) -> np.ndarray:
+    """``[N, K]`` concept indices, highest entropy first (ties: lower index first)."""
+    uncertainty = np.stack([entropy(p) for p in concept_probs], axis=1)
+    return np.argsort(-uncertainty, axis=1, kind="stable")
+
+
+def concept_probabilities(model, states) -> list[np.ndarray]:
+    return [logits.softmax(-1).detach().cpu().numpy() for logits in model.concept_logits_of(states)]
+
+
+@INTERVENTION_POLICIES.register("random")
+def random_policy(model, states, rng: np.random.Generator) -> np.ndarray:
+    return random_order(len(states[0]), len(states), rng)
+
+
+@INTERVENTION_POLICIES.register("uncertainty")
+def uncertainty_policy(model, states, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Highest entropy of the predicted concept distribution first."""
+    return uncertainty_order(concept_probabilities(model, states))
+
+
+@INTERVENTION_POLICIES.register("expected_change")
+@torch.no_grad()
+def expected_change_policy(model, states, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The largest expected change of the label first: Σ_v p_kv · TV(ŷ, ŷ[k := v]), TV the total
+    variation distance between the label distributions before and after setting k to v."""
+    base = model.intervened_label_logits(states, _missing(states), correct_only=False).softmax(-1)
+    probs = [torch.from_numpy(p).to(base.device) for p in concept_probabilities(model, states)]
+    scores = torch.zeros(len(base), len(states), device=base.device)
+    for k, p in enumerate(probs):
+        for v in range(p.shape[1]):
+            values = _missing(states)
+            values[:, k] = v
+            after = model.intervened_label_logits(states, values, correct_only=False).softmax(-1)
+            scores[:, k] += p[:, v] * 0.5 * (after - base).abs().sum(-1)
+    return np.argsort(-scores.cpu().numpy(), axis=1, kind="stable")
+
+
+def _missing(states) -> torch.Tensor:
+    return torch.full((len(states[0]), len(states)), MISSING, dtype=torch.long, device=states[0].device)
 
 
 # ---- showing what a correction does ------------------------------------------------------------

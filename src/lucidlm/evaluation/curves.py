@@ -1,9 +1,10 @@
 """Intervention curves: task accuracy as 0 … K concepts are set to their gold values.
 
 A user who fixes concepts one at a time should see accuracy rise. For every row the concepts
-are taken in an order, either at random (seeded; the curve is the mean over several random
-orders) or most uncertain first (highest entropy of the concept's predicted distribution), and
-the first m of them are set to gold, m = 0 … K, as ``intervene`` sets them: a concept already
+are taken in an order, at random (seeded; the curve is the mean over several random orders),
+most uncertain first (highest entropy of the concept's predicted distribution) or largest
+expected label change first (``intervene.INTERVENTION_POLICIES``), and the first m of them are
+set to gold, m = 0 … K, as ``intervene`` sets them: a concept already
 predicted right stays as it is. At m = 0 the curve is the task accuracy; at m = K it is the
 accuracy with every concept corrected (``task_gold_concepts`` of ``evaluate``).
 """
@@ -16,20 +17,11 @@ import numpy as np
 import torch
 
 from ..data import MISSING, Split
-from .faithfulness import concept_applicability, random_order
+from ..intervene import INTERVENTION_POLICIES, random_order, uncertainty_order
+from .faithfulness import concept_applicability
 from .outputs import TextOutputs
 
-ORDERS = ("random", "uncertainty")
-
-
-def entropy(probs: np.ndarray) -> np.ndarray:
-    return -(probs * np.log(np.clip(probs, 1e-12, None))).sum(-1)
-
-
-def uncertainty_order(concept_probs: list[np.ndarray]) -> np.ndarray:
-    """``[N, K]`` concept indices, highest entropy first (ties: lower index first)."""
-    uncertainty = np.stack([entropy(p) for p in concept_probs], axis=1)
-    return np.argsort(-uncertainty, axis=1, kind="stable")
+ORDERS = ("random", "uncertainty", "expected_change")
 
 
 def gold_values(order: np.ndarray, gold: np.ndarray, m: int) -> np.ndarray:
@@ -66,8 +58,10 @@ def intervention_curves(model, outputs: TextOutputs, split: Split, seed: int = 0
     random_curves = [intervention_curve(label_logits, random_order(len(split), gold.shape[1], rng), gold, labels)
                      for _ in range(repeats)]
     probs = [torch.from_numpy(x).softmax(-1).numpy() for x in found["concept_logits"]]
+    expected_change = INTERVENTION_POLICIES.get("expected_change")(model, states)
     return {
         "n": len(split), "concepts": gold.shape[1], "k": list(range(gold.shape[1] + 1)),
         "random": np.mean(random_curves, axis=0).tolist(), "random_repeats": repeats, "seed": seed,
         "uncertainty": intervention_curve(label_logits, uncertainty_order(probs), gold, labels),
+        "expected_change": intervention_curve(label_logits, expected_change, gold, labels),
     }

@@ -40,7 +40,7 @@ import torch
 from ..data import MISSING, Split
 from ..errors import LucidError
 from ..explain.tokens import gradient_x_input
-from ..intervene import overwrite_concepts
+from ..intervene import overwrite_concepts, random_order
 from ..models import ConceptModel
 from .outputs import TextOutputs, softmax
 
@@ -119,10 +119,6 @@ def concept_removal_drops(base: np.ndarray, probability: Callable[[np.ndarray], 
 def order_by(scores: np.ndarray) -> np.ndarray:
     """``[N, K]`` concept indices, highest score first (ties: lower index first)."""
     return np.argsort(-scores, axis=1, kind="stable")
-
-
-def random_order(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    return np.argsort(rng.random((n, k)), axis=1)
 
 
 def curve_summary(drops: dict[str, np.ndarray]) -> dict:

@@ -16,7 +16,7 @@ from ..data import Task
 from ..models import ConceptModel
 from ..errors import LucidError
 from .causal import average_effect_estimator, causal_applicability, causal_effects, load_cebab_pairs
-from .curves import intervention_curves
+from .curves import ORDERS, intervention_curves
 from .faithfulness import FRACTIONS, concept_faithfulness, token_faithfulness
 from ..metrics import task_metrics
 from .outputs import TextOutputs
@@ -231,14 +231,15 @@ def _curve_table(results: dict[str, dict]) -> list[str]:
         return lines + notes[1:] + [""]
     width = max(len(p["k"]) for p in ran.values())
     lines += [
-        "Task accuracy with m concepts set to gold (m = 0 … K), chosen at random (mean of several orders) or most "
-        "uncertain first (highest entropy); a concept already predicted right stays as it is.",
+        "Task accuracy with m concepts set to gold (m = 0 … K), chosen at random (mean of several orders), most "
+        "uncertain first (highest entropy) or largest expected label change first (Σ_v p_kv·TV(ŷ, ŷ[k := v])); "
+        "a concept already predicted right stays as it is.",
         "",
         "| model | order | " + " | ".join(f"m={m}" for m in range(width)) + " |",
         "|---|---|" + "---|" * width,
     ]
     for name, part in ran.items():
-        for order in ("random", "uncertainty"):
+        for order in (o for o in ORDERS if o in part):  # results from before a policy existed lack it
             cells = [_f(x) for x in part[order]] + [""] * (width - len(part[order]))
             lines.append(f"| {name} | {order} | " + " | ".join(cells) + " |")
     return lines + notes + [""]
@@ -261,6 +262,9 @@ def plot_intervention_curves(results: dict[str, dict], path: str | Path) -> Path
         color = colors[i % len(colors)]
         axes.plot(part["k"], part["uncertainty"], marker="o", color=color, label=f"{name}: most uncertain first")
         axes.plot(part["k"], part["random"], marker="x", linestyle="--", color=color, label=f"{name}: random")
+        if "expected_change" in part:
+            axes.plot(part["k"], part["expected_change"], marker="s", linestyle=":", color=color,
+                      label=f"{name}: largest expected change first")
     axes.set_xlabel("concepts set to gold")
     axes.set_ylabel("task accuracy")
     axes.set_title(f"Intervention curves ({next(iter(results.values()))['split']})")
