@@ -280,3 +280,27 @@ def test_concept_embeddings_train_save_load_and_run_in_subnetworks(tiny_bert_dir
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
     with pytest.raises(LucidError, match="concept_layer: expected one of \\['scalar', 'embedding'\\], found 'cem'"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="cem")
+
+
+def test_intervention_aware_training_adds_the_loss_after_corrections(tiny_bert_dir, cebab_small):
+    """IntCEM's idea: loss + λ·T/K·CE(y | the policy's first T concepts set to gold), T ~ U{1..K}."""
+    from lucidlm.intervene import uncertainty_order
+    from lucidlm.models.losses import concept_loss, task_loss
+
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
+                                              random_intervention_rate=0.0, intervention_loss_weight=2.0).eval()
+    batch = next(iter(model.encoder.loader(cebab_small.train, 16)))
+    torch.manual_seed(7)
+    loss = model.training_loss(model, batch)
+    out = model(batch["input_ids"], batch["attention_mask"])
+    plain = task_loss(model.spec, out.label_logits, batch["labels"]) + concept_loss(out.concept_logits, batch["concepts"])
+    torch.manual_seed(7)
+    t = int(torch.randint(1, 5, ()))
+    order = uncertainty_order([l.softmax(-1).detach().numpy() for l in out.concept_logits])
+    values = torch.full_like(batch["concepts"], MISSING)
+    rows = torch.arange(16)[:, None]
+    values[rows, torch.from_numpy(order[:, :t])] = batch["concepts"][rows, torch.from_numpy(order[:, :t])]
+    after = model.intervened_label_logits(out.concept_states, values, correct_only=False)
+    torch.testing.assert_close(loss, plain + 2.0 * (t / 4) * task_loss(model.spec, after, batch["labels"]))
+    with pytest.raises(LucidError, match="intervention_policy: expected one of"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_policy="oracle")

@@ -20,7 +20,7 @@ from ..data import MISSING, Split
 from ..errors import LucidError
 from ..explain import ConceptContribution, Explanation
 from ..explain.tokens import integrated_gradients
-from ..intervene import ConceptValues, concept_values_tensor, overwrite_concepts
+from ..intervene import INTERVENTION_POLICIES, ConceptValues, concept_values_tensor, overwrite_concepts
 from ..metrics import concept_metrics, selection_score, task_metrics
 from ..outputs import InterventionResult, ModelOutput
 from ..training import TrainingConfig
@@ -45,6 +45,11 @@ class BottleneckConfig(ModelConfig):
     # scalar concepts, the plain method of METHODS §1, where the label head reads predicted
     # concepts only. Independent mode reads gold concepts anyway and ignores it.
     random_intervention_rate: float | None = None
+    # Intervention-aware training (after IntCEM, Espinosa Zarlenga et al., ICLR 2023): each joint
+    # step also sets T ~ U{1..K} concepts, chosen by ``intervention_policy``, to gold and adds
+    # this weight × T/K × CE(y | intervened), so the label learns to profit from corrections.
+    intervention_loss_weight: float = 0.0
+    intervention_policy: str = "uncertainty"  # a name in intervene.INTERVENTION_POLICIES
     renamed_keys: ClassVar[dict[str, str]] = {"intervention_rate": "random_intervention_rate"}  # lucidlm ≤ 0.1.0
 
     def __post_init__(self):
@@ -59,6 +64,9 @@ class BottleneckConfig(ModelConfig):
             raise LucidError(f"concept_embedding_size: expected an integer >= 1, found {self.concept_embedding_size!r}")
         if self.concept_activation not in ACTIVATIONS:
             raise LucidError(f"concept_activation: expected one of {list(ACTIVATIONS)}, found {self.concept_activation!r}")
+        INTERVENTION_POLICIES.check(self.intervention_policy, "intervention_policy")
+        if self.intervention_loss_weight < 0:
+            raise LucidError(f"intervention_loss_weight: expected a weight >= 0, found {self.intervention_loss_weight!r}")
         if not 0.0 <= self.random_intervention_rate <= 1.0:
             raise LucidError(f"random_intervention_rate: expected a probability in [0, 1], found {self.random_intervention_rate!r}")
 
@@ -255,8 +263,25 @@ class ConceptBottleneckLM(ConceptModel):
         out = forward(batch["input_ids"], batch["attention_mask"], values)
         if values is not None:  # a running estimate of the forced logits, for the next steps
             self.calibrate_interventions(out.concept_states, batch["concepts"], momentum=0.9)
-        return (task_loss(self.spec, out.label_logits, batch["labels"])
+        loss = (task_loss(self.spec, out.label_logits, batch["labels"])
                 + self.config.concept_loss_weight * concept_loss(out.concept_logits, batch["concepts"]))
+        if self.config.intervention_loss_weight > 0:
+            loss = loss + self.config.intervention_loss_weight * self.intervention_aware_loss(out.concept_states, batch)
+        return loss
+
+    def intervention_aware_loss(self, states, batch: dict) -> torch.Tensor:
+        """T/K × CE(y | the first T concepts of the policy's order set to gold), T ~ U{1..K}: the
+        label's loss after a person's corrections, weighted to grow with how many they made."""
+        k = len(self.spec.concepts)
+        t = int(torch.randint(1, k + 1, ()))
+        rng = np.random.default_rng(int(torch.randint(2**31 - 1, ())))  # drawn from torch's seeded generator
+        detached = [s.detach() for s in states]
+        order = torch.from_numpy(INTERVENTION_POLICIES.get(self.config.intervention_policy)(self, detached, rng))
+        gold = batch["concepts"]
+        chosen = torch.zeros_like(gold, dtype=torch.bool).scatter_(1, order[:, :t].to(gold.device), True)
+        values = torch.where(chosen, gold, torch.full_like(gold, MISSING))
+        logits = self.intervened_label_logits(states, values, correct_only=False)
+        return (t / k) * task_loss(self.spec, logits, batch["labels"])
 
     def dev_score(self, split: Split, batch_size: int = 64) -> float:
         """Joint: the task's selection score; the x→c stage: concept accuracy."""
