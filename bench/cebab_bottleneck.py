@@ -1,5 +1,6 @@
-"""CEBaB, default backbone: the four concept bottleneck modes, trained on train_exclusive,
-chosen on dev, reported on test; bottleneck modes also with every concept set to gold.
+"""CEBaB, default backbone: the standard baseline and the concept bottleneck modes (scalar and
+embedding concept layers), trained on train_exclusive, chosen on dev, reported on test;
+bottleneck modes also with every concept set to gold.
 
     python bench/cebab_bottleneck.py [--modes standard joint ...]
 
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-MODES = ("standard", "joint", "sequential", "independent", "joint-augmented")
+MODES = ("standard", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem")
 
 
 def majority_floors_of(rows: dict) -> dict:
@@ -46,7 +47,8 @@ def majority_floors(task) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
-                        help="joint-augmented: the joint model on C3M's 13 concepts (configs/cebab-joint-augmented.yaml)")
+                        help="joint-augmented: the joint model on C3M's 13 concepts (configs/cebab-joint-augmented.yaml); "
+                             "cem: concept embeddings (configs/cebab-cem.yaml); intcem: with intervention-aware training")
     parser.add_argument("--random-intervention-rate", type=float, default=None,
                         help="train at this RandInt rate instead of the config's; the rows are named '<mode>, RandInt <rate>'")
     args = parser.parse_args()
