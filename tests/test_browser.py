@@ -80,6 +80,8 @@ def test_type_a_review_flip_a_concept_and_see_the_label_change(browser, runs):
         predict(page, text)
         assert page.inner_text("#prediction .label-value") == before
         assert page.locator("#concepts tbody tr").count() == 4
+        asked = TestClient(app).post("/api/predict", json={"text": text}).json()["ask_next"]
+        assert page.inner_text("#ask-next").startswith(f"Check first: {asked[0]}?")
         assert page.is_hidden("#compare-section")
 
         page.select_option(f"select[data-concept='{concept}']", value)

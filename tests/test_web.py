@@ -59,6 +59,13 @@ def test_predict_equals_the_model_and_contributions_sum_to_the_logit(clients, mo
     total = sum(c["contribution"] for c in body["contributions"]) + float(model.label_head.bias[row].detach())
     assert total == pytest.approx(float(logits[row]), abs=1e-4)
     assert [c["concept"] for c in body["contributions"]] == ["food", "ambiance", "service", "noise"]
+    # the concepts in the order the expected-label-change policy asks about them
+    from lucidlm.intervene import INTERVENTION_POLICIES
+
+    order = INTERVENTION_POLICIES.get("expected_change")(model, model.forward_texts([TEXT]).concept_states)[0]
+    assert body["ask_next"] == [model.spec.concepts[k].name for k in order]
+    assert sorted(body["ask_next"]) == sorted(["food", "ambiance", "service", "noise"])
+    assert clients["proto"].post("/api/predict", json={"text": TEXT}).json()["ask_next"] == []
 
 
 def test_intervene_sets_the_values_and_keeps_before_as_predicted(clients):

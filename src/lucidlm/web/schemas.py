@@ -56,9 +56,11 @@ class SubnetworkRequest(TextRequest):
 # ---- answers: the library's own values (``outputs``, ``explain``), not a copy kept by hand ------
 @dataclass
 class PredictAnswer(Prediction):
-    """A prediction with each concept's contribution to the predicted label's logit (concept models)."""
+    """A prediction with each concept's contribution to the predicted label's logit, and the
+    concepts in the order the expected-label-change policy would ask about them (concept models)."""
 
     contributions: list[ConceptContribution] = field(default_factory=list)
+    ask_next: list[str] = field(default_factory=list)  # concepts in the order a person should check them
 
 
 class ConceptValues(BaseModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ..intervene import ConceptValues, SubnetworkRewiring
+from ..intervene import INTERVENTION_POLICIES, ConceptValues, SubnetworkRewiring
 from ..models import ConceptModel, SubnetworkModel
 
 
@@ -34,12 +34,15 @@ class ModelService:
 
     def predict(self, text: str) -> dict:
         """The label, its probabilities, the concepts and their contributions: one forward pass."""
+        contributions, ask_next = [], []
         with self.lock:
             output = self.model.forward_texts([text])
             prediction = self.model.to_prediction(text, output, 0)
-            contributions = (self.model.concept_contributions(output, prediction)
-                             if isinstance(self.model, ConceptModel) else [])
-        return {**prediction.to_dict(), "contributions": [vars(c) for c in contributions]}
+            if isinstance(self.model, ConceptModel):
+                contributions = self.model.concept_contributions(output, prediction)
+                order = INTERVENTION_POLICIES.get("expected_change")(self.model, output.concept_states)[0]
+                ask_next = [self.model.spec.concepts[k].name for k in order]
+        return {**prediction.to_dict(), "contributions": [vars(c) for c in contributions], "ask_next": ask_next}
 
     def explain(self, text: str) -> dict:
         with self.lock:

@@ -134,6 +134,11 @@ function renderConcepts(prediction) {
   const names = Object.keys(prediction.concepts);
   show("#concepts-section", names.length > 0);
   show("#reset", false);
+  const ask = $("#ask-next");
+  ask.hidden = !prediction.ask_next.length;
+  ask.textContent = prediction.ask_next.length
+    ? `Check first: ${prediction.ask_next[0]}? (the concept whose correction would move the label most; then ${prediction.ask_next.slice(1).join(", ")})`
+    : "";
   const contributions = Object.fromEntries(prediction.contributions.map((c) => [c.concept, c.contribution]));
   const largest = Math.max(1e-9, ...Object.values(contributions).map(Math.abs));
   const body = $("#concepts tbody");
