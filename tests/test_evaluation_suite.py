@@ -14,7 +14,7 @@ from lucidlm import ConceptBottleneckLM, PrototypeLM, SparseConceptLM, StandardL
 from lucidlm.cli import app
 from lucidlm.data import MISSING
 from lucidlm.errors import LucidError
-from lucidlm.evaluation import parse_suites, run_suite
+from lucidlm.evaluation import parse_suites, render_markdown, run_suite
 from lucidlm.evaluation.causal import (
     average_effect_estimator, cebab_pairs, cosine_distance, effect_distances, estimate_effects, summarize,
 )
@@ -376,3 +376,38 @@ def test_cli_evaluate_suite_writes_json_markdown_and_plot(tmp_path, tiny_bert_di
     for heading in ("## Token faithfulness", "## Concept faithfulness", "## Causal concept effects", "## Intervention curves"):
         assert heading in markdown
     assert (out / "intervention_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path, tiny_bert_dir, cebab_dir):
+    """Completeness from its definition; forced and per-concept figures equal the model's own
+    interventions; the CLI reads the black box's accuracy from its run."""
+    from lucidlm.evaluation.honesty import completeness, one_hot_concepts
+
+    assert completeness(0.52, 0.68, 0.27) == pytest.approx(0.25 / 0.41)
+    assert one_hot_concepts(np.array([[0, MISSING], [2, 1]]), [3, 2]).tolist() == [[1, 0, 0, 0, 0], [0, 0, 1, 0, 1]]
+    results = run_suite(joint_model, cebab_small, "honesty", black_box_accuracy=0.5)
+    h = results["honesty"]
+    metrics = joint_model.evaluate(cebab_small.test)
+    assert h["task_accuracy"] == pytest.approx(metrics["task"]["accuracy"])
+    assert h["task_accuracy_all_concepts_forced"] == pytest.approx(metrics["task_forced_concepts"]["accuracy"])
+    assert h["completeness"] == pytest.approx((h["concept_values_accuracy"] - h["chance_accuracy"]) / (0.5 - h["chance_accuracy"]))
+    split = cebab_small.test
+    for k, (name, change) in enumerate(h["accuracy_change_one_concept_corrected"].items()):
+        hits = 0
+        for i, text in enumerate(split.texts):
+            value = split.concepts[i, k]
+            correction = {name: joint_model.spec.concepts[k].values[value]} if value != MISSING else {}
+            hits += joint_model.intervene(text, correction)[0].after.label == joint_model.spec.classes[split.labels[i]]
+        assert change == pytest.approx(hits / len(split) - h["task_accuracy"], abs=1e-9)
+    assert "Is the bottleneck honest?" in render_markdown({"joint": results})
+
+    (tmp_path / "black").mkdir()
+    (tmp_path / "black" / "run.json").write_text(json.dumps({"metrics": {"test": {"task": {"accuracy": 0.75}}}}))
+    joint_model.save_pretrained(tmp_path / "joint")
+    config = {"data": {"source": "cebab", "path": str(cebab_dir), "subsample": {"train": 96, "dev": 48, "test": 48}},
+              "model": {"family": "bottleneck", "backbone": str(tiny_bert_dir)}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    shown = CliRunner().invoke(app, ["evaluate", str(tmp_path / "joint"), "--suite", "honesty", "--config",
+                                     str(tmp_path / "c.yaml"), "--black-box", str(tmp_path / "black"), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["results"]["honesty"]["black_box_accuracy"] == 0.75

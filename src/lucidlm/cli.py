@@ -91,13 +91,15 @@ def evaluate(
     config: Optional[Path] = typer.Option(None, "--config", help="Read the data from this config instead of the run's."),
     as_json: bool = typer.Option(False, "--json"),
     suite: Optional[str] = typer.Option(
-        None, "--suite", help="Are the explanations true? Comma-separated: faithfulness, causal, interventions."),
+        None, "--suite", help="Are the explanations true? Comma-separated: faithfulness, causal, interventions, honesty."),
     output_dir: Optional[Path] = typer.Option(
         None, "--output-dir", "-o", help="Where --suite writes evaluation.json, evaluation.md, intervention_curves.png (default: RUN_DIR)."),
     samples: int = typer.Option(200, "--samples", help="Rows drawn (seeded) for token faithfulness, the slow part."),
     seed: int = typer.Option(0, "--seed", help="Seed of the drawn rows and the random baselines."),
     cebab: Optional[Path] = typer.Option(
         None, "--cebab", help="CEBaB's folder, for the causal suite's (original, edit) pairs (default: the run's data, if CEBaB)."),
+    black_box: Optional[Path] = typer.Option(
+        None, "--black-box", help="A saved black-box run (e.g. the standard model's) whose accuracy on --split completeness reads (honesty)."),
 ):
     """Evaluate a saved run on a split of its data; with --suite, also whether its explanations
     are true (faithfulness, causal concept effects, intervention curves)."""
@@ -115,12 +117,23 @@ def evaluate(
     task = load_experiment_task(data)
     if suites is not None:
         return _evaluate_suites(model, task, suites, run_dir, split, output_dir, samples, seed,
-                                cebab if cebab is not None else _cebab_folder(data), as_json)
+                                cebab if cebab is not None else _cebab_folder(data), black_box, as_json)
     metrics = model.evaluate(task.split(split))
     if as_json:
         emit_json(metrics)
     else:
         show_metrics(metrics, f"{split} ({metrics['n']} rows)")
+
+
+def _recorded_accuracy(run_dir: Path, split: str) -> float:
+    """The task accuracy on ``split`` that a run trained by ``lucidlm train`` recorded."""
+    from .experiment import RUN_FILE
+
+    path = run_dir / RUN_FILE
+    try:
+        return float(json.loads(path.read_text())["metrics"][split]["task"]["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise LucidError(f"{path}: expected a run.json with the task accuracy on {split!r} (as lucidlm train writes it)") from None
 
 
 def run_data(run_dir: Path, record: dict | None, config: Optional[Path]) -> dict:
@@ -147,15 +160,18 @@ def _cebab_folder(data: dict) -> Path | None:
 
 
 def _evaluate_suites(model, task, suites, run_dir: Path, split: str, output_dir: Optional[Path], samples: int,
-                     seed: int, cebab: Optional[Path], as_json: bool) -> None:
+                     seed: int, cebab: Optional[Path], black_box: Optional[Path], as_json: bool) -> None:
     from rich.markdown import Markdown
 
     from .evaluation import run_suite, write_report
 
     task.split(split)  # an unknown split is an error before any work
-    results = run_suite(model, task, suites, split=split, samples=samples, seed=seed, cebab=cebab)
+    black_box_accuracy = _recorded_accuracy(black_box, split) if black_box is not None else None
+    results = run_suite(model, task, suites, split=split, samples=samples, seed=seed, cebab=cebab,
+                        black_box_accuracy=black_box_accuracy)
     options = [str(run_dir), "--suite", ",".join(suites), "--split", split, "--samples", str(samples), "--seed", str(seed)]
     options += ["--cebab", str(cebab)] if cebab is not None else []
+    options += ["--black-box", str(black_box)] if black_box is not None else []
     options += ["--output-dir", str(output_dir)] if output_dir is not None else []
     command = "lucidlm evaluate " + " ".join(shlex.quote(o) for o in options)
     written = write_report({run_dir.name: results}, output_dir or run_dir, command)

@@ -18,10 +18,11 @@ from ..errors import LucidError
 from .causal import average_effect_estimator, causal_applicability, causal_effects, load_cebab_pairs
 from .curves import ORDERS, intervention_curves
 from .faithfulness import FRACTIONS, concept_faithfulness, token_faithfulness
+from .honesty import bottleneck_honesty
 from ..metrics import task_metrics
 from .outputs import TextOutputs
 
-SUITES = ("faithfulness", "causal", "interventions")
+SUITES = ("faithfulness", "causal", "interventions", "honesty")
 RESULT_FILES = {"json": "evaluation.json", "markdown": "evaluation.md", "plot": "intervention_curves.png"}
 
 
@@ -46,12 +47,14 @@ def describe(model) -> dict:
 
 def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: str = "test", samples: int = 200,
               seed: int = 0, cebab: str | Path | None = None, causal_splits: Sequence[str] = ("dev", "test"),
-              baseline_split: str = "train_inclusive", random_repeats: int = 5, batch_size: int = 64) -> dict:
+              baseline_split: str = "train_inclusive", random_repeats: int = 5, batch_size: int = 64,
+              black_box_accuracy: float | None = None) -> dict:
     """Run the named suites on ``task``'s ``split``; the same seed gives the same results.
 
     ``samples``: rows drawn (with ``seed``) for token faithfulness, the slow part; the other
     suites use every row. ``cebab``: the folder of CEBaB's JSON files, whose ``causal_splits``
     give the (original, edit) pairs and whose ``baseline_split`` the baseline's training pairs.
+    ``black_box_accuracy``: the black box's accuracy on ``split``, for completeness (``honesty``).
     """
     suites = parse_suites(suites)
     evaluated = task.split(split)
@@ -78,6 +81,8 @@ def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: st
             }
     if "interventions" in suites:
         results["interventions"] = intervention_curves(model, outputs, evaluated, seed, random_repeats)
+    if "honesty" in suites:
+        results["honesty"] = bottleneck_honesty(model, outputs, task.train, evaluated, black_box_accuracy)
     return results
 
 
@@ -123,7 +128,32 @@ def render_markdown(results: dict[str, dict], title: str = "Are the explanations
         lines += _causal_tables(results)
     if any("interventions" in r for r in results.values()):
         lines += _curve_table(results)
+    if any("honesty" in r for r in results.values()):
+        lines += _honesty_table(results)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _honesty_table(results: dict[str, dict]) -> list[str]:
+    lines = ["## Is the bottleneck honest?", ""]
+    ran, notes = _applicable(results, lambda r: r.get("honesty"))
+    if not ran:
+        return lines + notes[1:] + [""]
+    names = list(next(iter(ran.values()))["accuracy_change_one_concept_corrected"])
+    lines += [
+        "Completeness η = (a_c − a_r) / (a_b − a_r) (Yeh et al. 2020): a_c the accuracy of a logistic regression "
+        "from the gold concept values alone, a_r chance (the majority class), a_b the black box's accuracy (or the "
+        "model's own). Forced: the model's accuracy with every concept forced to gold. Then the accuracy change "
+        "when one concept alone is corrected to gold.",
+        "",
+        "| model | task acc | all concepts forced | a_c | a_r | a_b | completeness | " + " | ".join(names) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(names),
+    ]
+    for name, h in ran.items():
+        changes = [f"{h['accuracy_change_one_concept_corrected'].get(n, float('nan')):+.3f}" for n in names]
+        lines.append(f"| {name} | {_f(h['task_accuracy'])} | {_f(h['task_accuracy_all_concepts_forced'])} | "
+                     f"{_f(h['concept_values_accuracy'])} | {_f(h['chance_accuracy'])} | {_f(h['black_box_accuracy'])} "
+                     f"({h['black_box']}) | {_f(h['completeness'])} | " + " | ".join(changes) + " |")
+    return lines + notes + [""]
 
 
 def _token_table(results: dict[str, dict]) -> list[str]:

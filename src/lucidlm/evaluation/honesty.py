@@ -1,0 +1,74 @@
+"""Is the bottleneck honest? How much of the label the concept values carry, and what each
+correction buys, so that leakage (a label that reads more than the concepts) is visible.
+
+- Completeness (Yeh et al., NeurIPS 2020; METHODS §6): η = (a_c − a_r) / (a_b − a_r), a_c the
+  accuracy of the best label predictor from the concept values alone (here: a logistic
+  regression on the one-hot gold concept values of the training split, scored on the gold
+  values of the evaluated split), a_b the black box's accuracy (given, or this model's own when
+  none is), a_r chance (the training split's majority class).
+- The model's accuracy with every concept forced to gold next to predicted: what is left of its
+  label once the concepts carry nothing but their values.
+- Per concept: the change in accuracy when that concept alone is corrected to gold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from ..data import MISSING, Split
+from .faithfulness import concept_applicability
+from .outputs import TextOutputs
+
+
+def one_hot_concepts(concepts: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """``[N, Σ V_k]``: each concept's gold value one-hot; all zeros where it has none."""
+    out = np.zeros((len(concepts), sum(sizes)))
+    offset = 0
+    for k, size in enumerate(sizes):
+        known = concepts[:, k] != MISSING
+        out[np.flatnonzero(known), offset + concepts[known, k]] = 1.0
+        offset += size
+    return out
+
+
+def completeness(concept_accuracy: float, black_box_accuracy: float, chance_accuracy: float) -> float:
+    """η = (a_c − a_r) / (a_b − a_r)."""
+    return (concept_accuracy - chance_accuracy) / (black_box_accuracy - chance_accuracy)
+
+
+@torch.no_grad()
+def bottleneck_honesty(model, outputs: TextOutputs, train: Split, split: Split,
+                       black_box_accuracy: float | None = None) -> dict:
+    reason = concept_applicability(model)
+    if reason:
+        return {"skipped": reason}
+    model.eval()
+    found = outputs.get(split.texts, split.text_pairs)
+    states = [torch.from_numpy(x).to(model.device) for x in found["concept_states"]]
+    gold = torch.from_numpy(split.concepts).to(model.device)
+
+    def accuracy(logits) -> float:
+        logits = logits.cpu().numpy() if isinstance(logits, torch.Tensor) else logits
+        return float((logits.argmax(-1) == split.labels).mean())
+
+    predicted = accuracy(found["label_logits"])
+    forced = accuracy(model.intervened_label_logits(states, gold, correct_only=False))
+    per_concept = {}
+    for k, concept in enumerate(model.spec.concepts):
+        alone = torch.full_like(gold, MISSING)
+        alone[:, k] = gold[:, k]
+        per_concept[concept.name] = accuracy(model.intervened_label_logits(states, alone)) - predicted
+    sizes = [len(c.values) for c in model.spec.concepts]
+    from_concepts = LogisticRegression(max_iter=2000).fit(one_hot_concepts(train.concepts, sizes), train.labels)
+    concept_accuracy = float((from_concepts.predict(one_hot_concepts(split.concepts, sizes)) == split.labels).mean())
+    chance = float((split.labels == np.bincount(train.labels).argmax()).mean())
+    black_box = predicted if black_box_accuracy is None else black_box_accuracy
+    return {
+        "n": len(split), "task_accuracy": predicted, "task_accuracy_all_concepts_forced": forced,
+        "accuracy_change_one_concept_corrected": per_concept,
+        "concept_values_accuracy": concept_accuracy, "chance_accuracy": chance,
+        "black_box_accuracy": black_box, "black_box": "given" if black_box_accuracy is not None else "this model",
+        "completeness": completeness(concept_accuracy, black_box, chance),
+    }
