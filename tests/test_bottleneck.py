@@ -257,6 +257,11 @@ def test_concept_embeddings_mix_value_embeddings_by_probability(tiny_bert_dir, c
     torch.testing.assert_close(after, model.label_head(torch.cat(mixed, -1)))
     result = model.intervene(TEXT, {"service": "Positive"})[0]
     assert result.after.concepts["service"].probabilities["Positive"] == 1.0 or result.before.concepts["service"].value == "Positive"
+    # explain: each concept's probability, and its contribution w·ĉ_k; they sum to the label's logit
+    explanation = model.explain(TEXT, steps=4)
+    row = model.spec.label_index(explanation.prediction.label)
+    total = sum(c.contribution for c in explanation.concepts) + float(model.label_head.bias[row])
+    assert total == pytest.approx(float(out.label_logits[0, row]), abs=1e-4)
 
 
 def test_concept_embeddings_train_save_load_and_run_in_subnetworks(tiny_bert_dir, cebab_small, tmp_path):
