@@ -42,7 +42,7 @@ def intervention_curve(label_logits: Callable[[np.ndarray], np.ndarray], order: 
 
 @torch.no_grad()
 def intervention_curves(model, outputs: TextOutputs, split: Split, seed: int = 0, repeats: int = 5) -> dict:
-    """Both curves of ``model`` on ``split`` (random: the mean over ``repeats`` orders per row)."""
+    """The curve of each policy on ``split`` (random: the mean over ``repeats`` orders per row)."""
     reason = concept_applicability(model)
     if reason:
         return {"skipped": reason}
