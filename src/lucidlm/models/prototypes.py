@@ -26,7 +26,7 @@ from ..data import Split
 from ..errors import LucidError
 from ..explain import Explanation, PrototypeMatch, TrainingExample
 from ..explain.tokens import token_attribution
-from ..metrics import selection_score, task_metrics
+from ..metrics import selection_score
 from ..outputs import ModelOutput
 from ..training import TrainingConfig
 from .base import ModelConfig, PrototypeModel
@@ -232,8 +232,6 @@ class PrototypeLM(PrototypeModel):
             pooled.append(out.pooled.cpu())
         return {"label_logits": torch.cat(logits).numpy(), "pooled": torch.cat(pooled).numpy()}
 
-    def evaluate(self, split: Split, batch_size: int = 64) -> dict:
-        return {"n": len(split), "task": task_metrics(self.spec, split.labels, self.infer(split, batch_size)["label_logits"])}
 
     # ---- training -----------------------------------------------------------------------
     def fit(self, train: Split, eval_data: Split | None = None, config: TrainingConfig | None = None,
