@@ -161,6 +161,7 @@ class PrototypeLM(PrototypeModel):
         self.label_head = nn.Linear(num_prototypes, spec.num_labels)
         self._initialize_label_head()
         self.projection: PrototypeProjection | None = None
+        self._warm_start = False  # fit(warm_start=True) keeps the prototypes as they are
 
     def _initialize_label_head(self) -> None:
         """+1 from a class's own prototypes, −0.5 from the others (METHODS §3); zero bias.
