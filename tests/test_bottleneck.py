@@ -260,7 +260,7 @@ def test_concept_embeddings_mix_value_embeddings_by_probability(tiny_bert_dir, c
     # explain: each concept's probability, and its contribution w·ĉ_k; they sum to the label's logit
     explanation = model.explain(TEXT, steps=4)
     row = model.spec.label_index(explanation.prediction.label)
-    total = sum(c.contribution for c in explanation.concepts) + float(model.label_head.bias[row])
+    total = sum(c.contribution for c in explanation.concepts) + float(model.label_head.bias[row].detach())
     assert total == pytest.approx(float(out.label_logits[0, row]), abs=1e-4)
 
 
