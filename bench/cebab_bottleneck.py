@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -94,10 +95,22 @@ def write_results(rows: dict) -> None:
         "modes": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cebab_bottleneck.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "cebab_bottleneck.json").write_text(json.dumps(relative_paths(result), indent=2))
     table = markdown(result)
     (RESULTS / "cebab_bottleneck.md").write_text(table)
     print(table, flush=True)
+
+
+def relative_paths(value, root: Path = ROOT):
+    """``value`` with every path under the repository (or beside it, like ../shared) written
+    relative to the repository, so that results files hold no machine's absolute paths."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v, root) for v in value]
+    if isinstance(value, str) and value.startswith(str(root.parent) + "/"):
+        return os.path.relpath(value, root)
+    return value
 
 
 def random_intervention_rate(row: dict) -> str:

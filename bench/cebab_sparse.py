@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import transformers
 
-from cebab_bottleneck import random_intervention_rate  # noqa: E402 (bench/ is on the path)
+from cebab_bottleneck import random_intervention_rate, relative_paths  # noqa: E402 (bench/ is on the path)
 from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment
 from lucidlm.models import load_pretrained
 from lucidlm import SubnetworkRewiring
@@ -129,7 +129,7 @@ def write_results(rows: dict) -> None:
         "baselines": {m: {"test": baselines[m]["test"], "config": baselines[m]["config"]} for m in ("standard", "joint") if m in baselines},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cebab_sparse.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "cebab_sparse.json").write_text(json.dumps(relative_paths(result), indent=2))
     (RESULTS / "cebab_sparse.md").write_text(markdown(result))
     print(markdown(result), flush=True)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
 from lucidlm.evaluation import SUITES, render_markdown, run_suite, write_report
 from lucidlm.experiment import load_experiment_task, load_run
 
@@ -113,7 +114,7 @@ def write(results: dict, seconds: dict, commands: dict[str, str], missing: list[
     record = json.loads(written["json"].read_text())
     record.update(commands=commands, seconds=seconds, runs_missing=missing,
                   machine={"platform": platform.platform(), "torch": torch.__version__})
-    written["json"].write_text(json.dumps(record, indent=2))
+    written["json"].write_text(json.dumps(relative_paths(record), indent=2))
     timing = ", ".join(f"{name} {s['seconds']:.0f} s ({s['threads']} thread{'s' * (s['threads'] != 1)})"
                        for name, s in seconds.items())
     runs_of = {}  # command -> the runs it measured

@@ -25,6 +25,7 @@ import torch
 import transformers
 
 from lucidlm import PrototypeLM
+from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
 from lucidlm.experiment import Experiment, load_experiment_task, read_experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +194,7 @@ def save(result: dict, started: float) -> str:
     """Write what is measured so far (a cut-short run still leaves its figures); return the table."""
     result["wall_seconds"] = result["wall_seconds_before"] + time.perf_counter() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "proto_lm.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "proto_lm.json").write_text(json.dumps(relative_paths(result), indent=2))
     table = markdown(result)
     (RESULTS / "proto_lm.md").write_text(table)
     return table
