@@ -19,7 +19,7 @@ import torch
 from ..data import MISSING, Split
 from ..intervene import INTERVENTION_POLICIES, random_order, uncertainty_order
 from .faithfulness import concept_applicability
-from .outputs import TextOutputs
+from .outputs import TextOutputs, split_outputs
 
 ORDERS = ("random", "uncertainty", "expected_change")
 
@@ -47,8 +47,7 @@ def intervention_curves(model, outputs: TextOutputs, split: Split, seed: int = 0
     if reason:
         return {"skipped": reason}
     model.eval()
-    found = outputs.get(split.texts, split.text_pairs)
-    states = [torch.from_numpy(x).to(model.device) for x in found["concept_states"]]
+    found, states = split_outputs(model, outputs, split)
 
     def label_logits(values: np.ndarray) -> np.ndarray:
         return model.intervened_label_logits(states, torch.from_numpy(values).to(model.device)).cpu().numpy()

@@ -42,7 +42,7 @@ from ..errors import LucidError
 from ..explain.tokens import gradient_x_input
 from ..intervene import overwrite_concepts, random_order
 from ..models import ConceptModel
-from .outputs import TextOutputs, softmax
+from .outputs import TextOutputs, split_outputs, softmax
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.20, 0.50)
 UNKNOWN = "unknown"
@@ -244,8 +244,7 @@ def concept_faithfulness(model, outputs: TextOutputs, split: Split, seed: int = 
     if reason:
         return {"skipped": reason}
     model.eval()
-    found = outputs.get(split.texts, split.text_pairs)
-    states = [torch.from_numpy(x).to(model.device) for x in found["concept_states"]]
+    found, states = split_outputs(model, outputs, split)
     activations = model.concept_activations(states)
     predicted = torch.from_numpy(found["label_logits"].argmax(-1)).to(model.device)
     base = softmax(found["label_logits"])[np.arange(len(predicted)), predicted.cpu().numpy()]

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 
 from ..data import MISSING, Split
 from .faithfulness import concept_applicability
-from .outputs import TextOutputs
+from .outputs import TextOutputs, split_outputs
 
 
 def one_hot_concepts(concepts: np.ndarray, sizes: list[int]) -> np.ndarray:
@@ -45,8 +45,7 @@ def bottleneck_honesty(model, outputs: TextOutputs, train: Split, split: Split,
     if reason:
         return {"skipped": reason}
     model.eval()
-    found = outputs.get(split.texts, split.text_pairs)
-    states = [torch.from_numpy(x).to(model.device) for x in found["concept_states"]]
+    found, states = split_outputs(model, outputs, split)
     gold = torch.from_numpy(split.concepts).to(model.device)
 
     def accuracy(logits) -> float:

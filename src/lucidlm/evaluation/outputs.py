@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..data import MISSING, Split
 
@@ -43,6 +44,12 @@ class TextOutputs:
             "concept_logits": [np.stack([r[1][k] for r in rows]) for k in range(n_concepts)],
             "concept_states": [np.stack([r[2][k] for r in rows]) for k in range(n_concepts)],
         }
+
+
+def split_outputs(model, outputs: TextOutputs, split: Split) -> tuple[dict, list[torch.Tensor]]:
+    """A split's cached outputs, and its concept states as tensors on the model's device."""
+    found = outputs.get(split.texts, split.text_pairs)
+    return found, [torch.from_numpy(x).to(model.device) for x in found["concept_states"]]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
