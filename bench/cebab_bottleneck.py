@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-MODES = ("standard", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem")
+MODES = ("standard", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem", "intcem-augmented")
 
 
 def majority_floors_of(rows: dict) -> dict:
     """The floors of CEBaB's four-aspect test set (the rows of configs/cebab-<mode>.yaml)."""
-    return next((r["majority_floors_test"] for m, r in rows.items() if not m.startswith("joint-augmented") and "majority_floors_test" in r), {})
+    return next((r["majority_floors_test"] for m, r in rows.items() if "augmented" not in m and "majority_floors_test" in r), {})
 
 
 def majority_floors(task) -> dict:
@@ -49,9 +49,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
                         help="joint-augmented: the joint model on C3M's 13 concepts (configs/cebab-joint-augmented.yaml); "
-                             "cem: concept embeddings (configs/cebab-cem.yaml); intcem: with intervention-aware training")
+                             "cem: concept embeddings (configs/cebab-cem.yaml); intcem: with intervention-aware training; "
+                             "intcem-augmented: IntCEM on C3M's 13 concepts")
     parser.add_argument("--random-intervention-rate", type=float, default=None,
                         help="train at this RandInt rate instead of the config's; the rows are named '<mode>, RandInt <rate>'")
+    parser.add_argument("--intervention-loss-weight", type=float, default=None,
+                        help="train with this IntCEM loss weight instead of the config's; rows named '<mode>, IntCEM weight <w>'")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
@@ -59,18 +62,23 @@ def main() -> None:
 
     rows = {}
     for mode in args.modes:
-        name, rate = mode, args.random_intervention_rate
+        name, rate, weight = mode, args.random_intervention_rate, args.intervention_loss_weight
         if rate is not None:
-            name = f"{mode}, RandInt {rate:g}"
-        experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml",
-                                     output_dir=ROOT / "runs" / f"bench-cebab-{name.replace(', RandInt ', '-randint')}")
+            name += f", RandInt {rate:g}"
+        if weight is not None:
+            name += f", IntCEM weight {weight:g}"
+        folder = name.replace(", RandInt ", "-randint").replace(", IntCEM weight ", "-weight")
+        experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{folder}")
         if rate is not None:
             experiment.model["random_intervention_rate"] = rate
+        if weight is not None:
+            experiment.model["intervention_loss_weight"] = weight
         experiment.training.progress = False
         floors = majority_floors(load_experiment_task(experiment.data))
         start = time.perf_counter()
         model, metrics = run_experiment(experiment)
-        command = "python bench/cebab_bottleneck.py --modes " + mode + (f" --random-intervention-rate {rate:g}" if rate is not None else "")
+        command = ("python bench/cebab_bottleneck.py --modes " + mode + (f" --random-intervention-rate {rate:g}" if rate is not None else "")
+                   + (f" --intervention-loss-weight {weight:g}" if weight is not None else ""))
         rows[name] = {
             "command": command, "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,
             "epochs_run": sum(1 for r in model.training_history if "epoch" in r), "config": experiment.to_dict(),
@@ -149,10 +157,12 @@ def markdown(result: dict) -> str:
                  f"{forced['accuracy']:.1%}" if forced else "–",
                  str(row["epochs_run"]), f"{row['train_seconds']:.0f}"]
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-    if "joint-augmented" in result["modes"]:
-        f = result["modes"]["joint-augmented"]["majority_floors_test"]
-        lines += ["", "joint-augmented: the joint model on the 13 concepts of C3M (`cebab-augmented`, CEBaB reviews; "
-                  f"its test set: {result['modes']['joint-augmented']['test']['n']} rows, majority floors task "
+    augmented = [m for m in result["modes"] if "augmented" in m]
+    if augmented:
+        row = result["modes"][augmented[0]]
+        f = row["majority_floors_test"]
+        lines += ["", f"{', '.join(augmented)}: on the 13 concepts of C3M (`cebab-augmented`, CEBaB reviews; "
+                  f"its test set: {row['test']['n']} rows, majority floors task "
                   f"{f['task_accuracy']:.1%}, concept {f['concept_accuracy']:.1%})."]
     commands = [f"- {m}: `{r['command']}`" for m, r in result["modes"].items() if "command" in r]
     if commands:

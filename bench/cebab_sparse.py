@@ -70,6 +70,10 @@ def main() -> None:
     parser.add_argument("--scores", nargs="+", choices=REWIRING_SCORES.names, default=REWIRING_SCORES.names,
                         help="saliency |g⊙W| (METHODS §2) and/or taylor (signed first-order)")
     parser.add_argument("--granularity", choices=("weight", "neuron"), default="weight")
+    parser.add_argument("--concept-layer", choices=("scalar", "embedding"), default="scalar",
+                        help="embedding: concept embeddings (CEM) on each concept's subnetwork; rows named sparse-<s>-cem")
+    parser.add_argument("--intervention-loss-weight", type=float, default=0.0,
+                        help="IntCEM's loss weight (with --concept-layer embedding); rows named sparse-<s>-intcem")
     parser.add_argument("--reuse", action="store_true", help="load the saved runs; measure the interventions only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -78,10 +82,13 @@ def main() -> None:
 
     rows, earlier = {}, read_results()["sparse"]
     for sparsity in args.sparsity:
-        name = f"sparse-{sparsity}" + ("-neuron" if args.granularity == "neuron" else "")
+        name = (f"sparse-{sparsity}" + ("-neuron" if args.granularity == "neuron" else "")
+                + ("-intcem" if args.intervention_loss_weight else "-cem" if args.concept_layer == "embedding" else ""))
         experiment = read_experiment(ROOT / "configs" / "cebab-sparse.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{name}")
         experiment.model["sparsity"] = sparsity
         experiment.model["granularity"] = args.granularity
+        experiment.model["concept_layer"] = args.concept_layer
+        experiment.model["intervention_loss_weight"] = args.intervention_loss_weight
         experiment.training.progress = False
         if args.reuse:
             model, row = load_pretrained(experiment.output_dir), dict(earlier[name])
@@ -90,7 +97,9 @@ def main() -> None:
             model, metrics = run_experiment(experiment)
             row = {
                 "command": f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
-                           f"--interventions {args.interventions} --fractions {' '.join(map(str, args.fractions))}",
+                           f"--interventions {args.interventions} --fractions {' '.join(map(str, args.fractions))}"
+                           + (f" --concept-layer {args.concept_layer}" if args.concept_layer != "scalar" else "")
+                           + (f" --intervention-loss-weight {args.intervention_loss_weight:g}" if args.intervention_loss_weight else ""),
                 "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,
                 "mask_density": model.mask_density(), "target_density": 1 - sparsity,
                 "jaccard": model.subnetwork_statistics()["jaccard"], "config": experiment.to_dict(),
@@ -102,7 +111,10 @@ def main() -> None:
         row["subnetwork_intervention"] = kept + measured  # --reuse keeps the (score, p) it does not measure again
         row["interventions_command"] = (f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
                                         f"--interventions {args.interventions} --fractions {' '.join(map(str, args.fractions))} "
-                                        f"--scores {' '.join(args.scores)}" + (" --reuse" if args.reuse else ""))
+                                        f"--scores {' '.join(args.scores)}"
+                                        + (f" --concept-layer {args.concept_layer}" if args.concept_layer != "scalar" else "")
+                                        + (f" --intervention-loss-weight {args.intervention_loss_weight:g}" if args.intervention_loss_weight else "")
+                                        + (" --reuse" if args.reuse else ""))
         rows[name] = row
         print(json.dumps({k: v for k, v in row.items() if k != "config"}, indent=1), flush=True)
         write_results(rows)  # after each run, so a finished run is never lost
@@ -126,7 +138,7 @@ def write_results(rows: dict) -> None:
     earlier = read_results()
     result = {
         "sparse": {**earlier["sparse"], **rows},
-        "baselines": {m: {"test": baselines[m]["test"], "config": baselines[m]["config"]} for m in ("standard", "joint") if m in baselines},
+        "baselines": {m: {"test": baselines[m]["test"], "config": baselines[m]["config"]} for m in ("standard", "joint", "cem", "intcem") if m in baselines},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cebab_sparse.json").write_text(json.dumps(relative_paths(result), indent=2))
@@ -139,8 +151,9 @@ def markdown(result: dict) -> str:
              "Standard and joint rows from `bench/cebab_bottleneck.py`; the command of each sparse row below.", "",
              "RandInt: `random_intervention_rate`, the probability with which each concept is replaced by its gold "
              "value while the label head trains.", "",
-             "| model | RandInt | task acc | task macro-F1 | concept acc | concept macro-F1 | mask density per concept (target) | train+eval s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Gold concepts: the concepts predicted wrong set to their gold value (a concept-value correction), the others left as predicted.", "",
+             "| model | concept layer | RandInt | task acc | task macro-F1 | concept acc | concept macro-F1 | task acc, gold concepts | mask density per concept (target) | train+eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     models = {**{m: r for m, r in result["baselines"].items()}, **result["sparse"]}
     for name, row in models.items():
         t, c = row["test"]["task"], row["test"].get("concepts")
@@ -148,9 +161,12 @@ def markdown(result: dict) -> str:
         target = f" ({row['target_density']:.2f})" if "target_density" in row else ""
         seconds = f"{row['train_seconds']:.0f}" if "train_seconds" in row else "–"
         randint = random_intervention_rate(row) if "config" in row else "–"
-        lines.append(f"| {name} | {randint} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | "
-                     f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {density}{target} | {seconds} |" if c else
-                     f"| {name} | {randint} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | – | – | – | – |")
+        layer = row["config"]["model"].get("concept_layer", "scalar") if c else "–"
+        gold = row["test"].get("task_gold_concepts")
+        gold = f"{gold['accuracy']:.1%}" if gold else "–"
+        lines.append(f"| {name} | {layer} | {randint} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | "
+                     f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {gold} | {density}{target} | {seconds} |" if c else
+                     f"| {name} | – | {randint} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | – | – | – | – | – |")
     lines += ["", "Subnetwork intervention on test (row, concept) pairs predicted wrong, given the gold value:", "",
               "| model | pairs | score | p | concepts corrected | task acc before → after | other correct concepts broken |",
               "|---|---|---|---|---|---|---|"]
