@@ -66,15 +66,21 @@ def train(
     config: Path = typer.Argument(..., help="Experiment YAML (see configs/)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to save the run."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run whose checkpoint is in the run folder."),
 ):
-    """Train a model from a config, choose it on dev, evaluate on dev and test, save the run."""
+    """Train a model from a config, choose it on dev, evaluate on dev and test, save the run.
+    Several processes (accelerate launch, torchrun) train it data-parallel; the main one writes."""
+    
     from .experiment import read_experiment, run_experiment
+    from .training import process_state
 
     experiment = read_experiment(config, output_dir)
     if experiment.output_dir.exists() and not experiment.output_dir.is_dir():
         raise LucidError(f"{experiment.output_dir}: exists and is not a folder")
-    experiment.training.progress = experiment.training.progress and not as_json and err.is_terminal
-    _, metrics = run_experiment(experiment)
+    experiment.training.progress = experiment.training.progress and not as_json
+    _, metrics = run_experiment(experiment, resume=resume)
+    if not process_state().is_main_process:
+        return
     if as_json:
         emit_json({"run_dir": str(experiment.output_dir), "metrics": metrics})
         return
@@ -415,12 +421,18 @@ def serve(
     run_dir: Path = typer.Argument(..., help="A saved run."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; 0.0.0.0 opens it to the network."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    queue_size: int = typer.Option(64, "--queue-size", min=1, help="Requests that may wait for the model; more get 503."),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Concurrent predictions gathered into one forward pass."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a batch waits for more predictions."),
+    explain_cache: int = typer.Option(256, "--explain-cache", min=0, help="Explanations kept (least recently used go)."),
 ):
     """Serve a web page and a JSON API over a run: type a text, see the label, concepts, tokens and
     prototypes, change a concept and compare before and after."""
     from .web.serve import load_app, run_server
+    from .web.worker import ServingLimits
 
-    web_app = load_app(run_dir)
+    limits = ServingLimits(queue_size=queue_size, max_batch=max_batch, max_wait=max_wait_ms / 1000, explain_cache=explain_cache)
+    web_app = load_app(run_dir, limits)
     out.print(f"serving {escape(str(run_dir))} on [bold]http://{host}:{port}[/] (Ctrl+C stops)")
     run_server(web_app, host, port)
 

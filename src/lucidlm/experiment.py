@@ -11,17 +11,19 @@ Relative paths inside a config are read from the config file's folder.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
+from .checkpoints import CHECKPOINT_DIR, STATE_FILE
 from .config import from_dict
 from .data import Task, load_task
 from .errors import LucidError
 from .models import FAMILIES, LucidModel, load_pretrained
 from .models.base import canonical_family
-from .training import TrainingConfig
+from .training import TrainingConfig, process_state
 
 SECTIONS = ("data", "model", "training", "output_dir")
 PATH_OPTIONS = ("path", "dev", "test")
@@ -84,17 +86,31 @@ def load_experiment_task(data: dict) -> Task:
     return task
 
 
-def run_experiment(experiment: Experiment) -> tuple[LucidModel, dict]:
-    """Train, select on dev, evaluate on dev and test, and save the run (model + ``run.json``)."""
+def run_experiment(experiment: Experiment, resume: bool = False) -> tuple[LucidModel, dict]:
+    """Train, select on dev, evaluate on dev and test, and save the run (model + ``run.json``).
+    Training checkpoints into the run folder; ``resume`` continues an interrupted run from there.
+    With several processes (``accelerate launch``, ``torchrun``) all train, the main one writes."""
+    processes = process_state()
+    checkpoint = experiment.output_dir / CHECKPOINT_DIR / STATE_FILE
+    if resume and not checkpoint.is_file():
+        finished = (experiment.output_dir / RUN_FILE).is_file()
+        raise LucidError(f"{experiment.output_dir}: " + ("holds a finished run; there is nothing to resume" if finished
+                                                         else f"no checkpoint to resume from ({checkpoint})"))
+    if not resume and checkpoint.is_file():
+        raise LucidError(f"{experiment.output_dir}: holds the checkpoint of an interrupted run; add --resume to continue "
+                         "it, or delete the folder to start over")
     task = load_experiment_task(experiment.data)
     model_options = {k: v for k, v in experiment.model.items() if k != "family"}
     cls = FAMILIES.get(experiment.model.get("family", "bottleneck"))
     model = cls.from_backbone(task=task.spec, seed=experiment.training.seed, **model_options)
-    model.fit(task.train, eval_data=task.dev, config=experiment.training)
+    model.fit(task.train, eval_data=task.dev, config=experiment.training, run_dir=experiment.output_dir, resume=resume)
     metrics = {name: model.evaluate(split, experiment.training.eval_batch_size)
                for name, split in (("dev", task.dev), ("test", task.test)) if split is not None}
-    model.save_pretrained(experiment.output_dir)
-    (experiment.output_dir / RUN_FILE).write_text(json.dumps({"experiment": experiment.to_dict(), "metrics": metrics}, indent=2))
+    if processes.is_main_process:
+        model.save_pretrained(experiment.output_dir)
+        (experiment.output_dir / RUN_FILE).write_text(json.dumps({"experiment": experiment.to_dict(), "metrics": metrics}, indent=2))
+        shutil.rmtree(checkpoint.parent, ignore_errors=True)  # the saved run supersedes it
+    processes.wait_for_everyone()
     return model, metrics
 
 

@@ -26,7 +26,7 @@ import torch
 
 from .errors import LucidError
 from .registry import Registry
-from .training import TrainingHooks
+from .training import TrainingHooks, mean_over_processes
 from .masking import MaskedLinear, UnitGroup, units_to_keep
 
 # (initial, final, progress in [0, 1] through the pruning epochs) -> sparsity
@@ -111,6 +111,13 @@ class PruningScore:
     def pruned(self) -> None:
         """Called after every pruning event."""
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """What a training checkpoint keeps of the score's accumulated evidence."""
+        return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
 
 @PRUNING_SCORES.register("magnitude")
 class MagnitudeScore(PruningScore):
@@ -137,6 +144,13 @@ class MovementScore(PruningScore):
 
     def scores(self, name, layer):
         return self.movement[name].clone()
+
+    def state(self):
+        return {f"movement.{n}": m for n, m in self.movement.items()}
+
+    def load_state(self, tensors):
+        for n in self.movement:
+            self.movement[n] = tensors[f"movement.{n}"].to(self.movement[n].device)
 
 
 @PRUNING_SCORES.register("obert")
@@ -167,6 +181,15 @@ class OBertScore(PruningScore):
 
     def pruned(self):
         self.gradients = {n: [] for n in self.gradients}
+
+    def state(self):
+        return {f"gradients.{n}.{i}": g for n, gs in self.gradients.items() for i, g in enumerate(gs)}
+
+    def load_state(self, tensors):
+        for n in self.gradients:
+            self.gradients[n] = []
+            while f"gradients.{n}.{len(self.gradients[n])}" in tensors:
+                self.gradients[n].append(tensors[f"gradients.{n}.{len(self.gradients[n])}"])
 
 
 class Pruner(TrainingHooks):
@@ -202,8 +225,8 @@ class Pruner(TrainingHooks):
             return
         for name, layer in self.layers.items():
             grad = layer.concept_gradients()
-            if grad is not None:
-                self.score.observe(name, layer, grad)
+            if grad is not None:  # a process's gradients are of its share of the batch: averaged, as DDP does
+                self.score.observe(name, layer, mean_over_processes(grad))
         for layer in self.layers.values():
             layer.masked_weight = None
 
@@ -217,6 +240,14 @@ class Pruner(TrainingHooks):
     def selectable(self, epoch: int) -> bool:
         """Only checkpoints at final sparsity may be chosen as the best one."""
         return epoch >= self.schedule.end
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The score's evidence and the pruning history (the masks are the model's)."""
+        return {f"score.{k}": v for k, v in self.score.state().items()}, {"history": self.history}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        self.score.load_state({k[len("score."):]: v for k, v in tensors.items() if k.startswith("score.")})
+        self.history = state["history"]
 
     # ---- scores and masks -------------------------------------------------------------------
     def _needs_gradients(self, step: int) -> bool:

@@ -1,29 +1,48 @@
-"""The training loop, on Hugging Face Accelerate: CPU, one GPU, or many with ``accelerate launch``.
+"""The training loop, on Hugging Face Accelerate: CPU, one GPU, or several processes (DDP) started
+by ``accelerate launch`` or ``torchrun``.
 
 Model selection reads the dev split only, after every epoch; the best state is restored at the
-end; training stops early after ``patience`` epochs without improvement.
+end; training stops early after ``patience`` epochs without improvement. ``batch_size`` is the
+global batch: with N processes each takes 1/N of every batch (Accelerate's ``split_batches``), so
+the same config takes the same steps on any number of processes. Given a run folder, the loop
+checkpoints its whole state there (``checkpoints``) at every epoch end and every
+``checkpoint_steps``, and a resumed run ends with the weights an uninterrupted one would have.
+Only the main process writes files and reports progress.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
-from dataclasses import dataclass
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from .checkpoints import (
+    CHECKPOINT_DIR, check_same_settings, load_checkpoint, load_optimizer_state, optimizer_state, prefixed, rng_state,
+    save_checkpoint, set_rng_state,
+)
+from .errors import LucidError
+
 log = logging.getLogger(__name__)
+TRAINING_LOG = "training_log.jsonl"  # in the run folder: one JSON record per logged step and per epoch
 
 
 @dataclass
 class TrainingConfig:
     epochs: int = 5
-    batch_size: int = 16
+    batch_size: int = 16  # global: split over the processes
     eval_batch_size: int = 64
     learning_rate: float = 5e-5  # the pretrained backbone
     head_learning_rate: float = 1e-2  # the freshly initialised heads (the label head reads probabilities in [0, 1])
@@ -32,7 +51,51 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     patience: int = 2  # epochs without a better dev score before stopping
     seed: int = 0
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal; otherwise a line every ``log_steps`` and at each epoch end
+    log_steps: int = 50
+    checkpoint_steps: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
+    trackers: list[str] = field(default_factory=list)  # Accelerate trackers, e.g. ["tensorboard"] or ["wandb"]
+
+    # Settings that change nothing a run learns: a checkpoint resumes under other values of these.
+    reporting_fields = ("progress", "log_steps", "checkpoint_steps", "trackers")
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise LucidError(f"training.{name}: expected an integer >= 1, found {getattr(self, name)!r}")
+        if not isinstance(self.checkpoint_steps, int) or self.checkpoint_steps < 0:
+            raise LucidError(f"training.checkpoint_steps: expected an integer >= 0, found {self.checkpoint_steps!r}")
+        if isinstance(self.trackers, str):
+            self.trackers = [self.trackers]
+
+    def learning_settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in self.reporting_fields}
+
+
+def process_state() -> PartialState:
+    """The processes that train together (one unless started by ``accelerate launch`` or
+    ``torchrun``): CPU processes over gloo where there is no GPU or ``ACCELERATE_USE_CPU`` is set."""
+    return PartialState(cpu=uses_cpu_only())
+
+
+def training_accelerator(config: TrainingConfig, run_dir: Path | None) -> Accelerator:
+    """Accelerate for one training loop: global batches split over the processes; the trackers
+    asked for, each of which must be installed (Accelerate would silently drop it)."""
+    process_state()
+    try:
+        accelerator = Accelerator(cpu=uses_cpu_only(), dataloader_config=DataLoaderConfiguration(split_batches=True),
+                                  log_with=config.trackers or None, project_dir=run_dir)
+    except ValueError as e:  # an unknown tracker
+        raise LucidError(f"training.trackers: {e}") from None
+    kept = {str(getattr(t, "value", t)) for t in accelerator.log_with}
+    missing = [t for t in config.trackers if t != "all" and t not in kept]
+    if missing:
+        raise LucidError(f"training.trackers: {missing[0]!r} is not installed here (pip install {missing[0]})")
+    return accelerator
+
+
+def uses_cpu_only() -> bool:
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
 
 
 def set_seed(seed: int) -> None:
@@ -59,6 +122,35 @@ class TrainingHooks:
         """Whether the model after this epoch may be chosen as the best one."""
         return True
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """What a checkpoint must keep of the hooks (tensors, JSON), for ``load_state``."""
+        return {}, {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        pass
+
+
+def mean_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over the processes that train together (itself with one)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        tensor = tensor.clone()
+        torch.distributed.all_reduce(tensor)
+        tensor /= torch.distributed.get_world_size()
+    return tensor
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: everything a checkpoint holds besides tensors."""
+    epoch: int = 1  # the epoch in progress (1-based)
+    batches_done: int = 0  # of that epoch
+    step: int = 0  # optimizer steps over the run
+    losses: list[float] = field(default_factory=list)  # of the epoch in progress
+    history: list[dict] = field(default_factory=list)
+    best_score: float = -float("inf")
+    stale: int = 0
+    finished: bool = False
+
 
 def fit_loop(
     model: torch.nn.Module,
@@ -70,54 +162,211 @@ def fit_loop(
     epochs: int | None = None,
     desc: str = "train",
     hooks: TrainingHooks | None = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    settings: dict | None = None,
 ) -> list[dict]:
     """Train ``model`` in place; returns one record per epoch (loss, dev score). Keeps the best.
-    ``hooks`` (e.g. a pruner) act around each step and say which epochs may be chosen."""
+    ``hooks`` (e.g. a pruner) act around each step and say which epochs may be chosen.
+    ``run_dir``: where checkpoints and the training log go; ``resume`` continues from its
+    checkpoint, which must have been written under the same ``settings`` (model, training, data)."""
     hooks = hooks or TrainingHooks()
     set_seed(config.seed)
     epochs = config.epochs if epochs is None else epochs
-    accelerator = Accelerator()
+    accelerator = training_accelerator(config, run_dir)
+    if config.batch_size % accelerator.num_processes:
+        raise LucidError(f"training.batch_size ({config.batch_size}) is the global batch: it must be a multiple of "
+                         f"the number of processes ({accelerator.num_processes})")
     optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
     total_steps = epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    shuffling = train_loader.generator  # its state at an epoch's start replays that epoch's order
+    settings = {**(settings or {}), "training": config.learning_settings(), "stage": desc}
+    checkpoints = Checkpoints(Path(run_dir) / CHECKPOINT_DIR, settings, accelerator) if run_dir is not None else None
+    state, best_state, pending_rng = LoopState(), None, None
+    if resume:
+        if checkpoints is None:
+            raise LucidError("resume: give the run folder that holds the checkpoint")
+        state, best_state, pending_rng = checkpoints.restore(model, optimizer, scheduler, hooks, shuffling)
+        if state.batches_done == 0:  # at an epoch's start: the generators as they were then
+            set_rng_state(*pending_rng)
+            pending_rng = None
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    report = Progress(desc, epochs, len(train_loader), config, accelerator, run_dir, state.step if resume else None)
 
-    history, best_score, best_state, stale, step = [], -float("inf"), None, 0, 0
-    for epoch in range(1, epochs + 1):
+    while state.epoch <= epochs and not state.finished:
+        epoch = state.epoch
+        epoch_start = shuffling.get_state() if shuffling is not None else None
         model.train()
-        losses = []
-        bar = tqdm(train_loader, desc=f"{desc} {epoch}/{epochs}", disable=not config.progress, leave=False)
-        for batch in bar:
-            hooks.before_step(step)
+        report.start_epoch(epoch, state.batches_done)
+        for i, batch in enumerate(train_loader):
+            if i < state.batches_done:  # resumed mid-epoch: these steps are in the checkpoint
+                continue
+            if pending_rng is not None:
+                set_rng_state(*pending_rng)
+                pending_rng = None
+            hooks.before_step(state.step)
             loss = loss_fn(model, batch)
             accelerator.backward(loss)
-            hooks.after_backward(step)
+            hooks.after_backward(state.step)
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            hooks.after_step(step)
-            step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        record = {"epoch": epoch, "loss": float(np.mean(losses))}
-        unwrapped = accelerator.unwrap_model(model)
+            hooks.after_step(state.step)
+            state.step, state.batches_done = state.step + 1, i + 1
+            state.losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())  # over the processes' shares
+            report.step(state, len(batch["input_ids"]) * accelerator.num_processes, scheduler.get_last_lr()[0])
+            if (checkpoints and config.checkpoint_steps and state.step % config.checkpoint_steps == 0
+                    and state.batches_done < len(train_loader)):
+                checkpoints.save(state, unwrapped, optimizer, scheduler, hooks, epoch_start, best_state)
+        record = {"epoch": epoch, "loss": float(np.mean(state.losses))}
         selectable = hooks.selectable(epoch)
         if dev_score is not None and selectable:
             unwrapped.eval()
             record["dev_score"] = dev_score(unwrapped)
-            if record["dev_score"] > best_score:
-                best_score, stale = record["dev_score"], 0
+            if record["dev_score"] > state.best_score:
+                state.best_score, state.stale = record["dev_score"], 0
                 best_state = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
             else:
-                stale += 1
-        history.append(record)
-        log.info("%s epoch %d: %s", desc, epoch, record)
-        if dev_score is not None and selectable and stale >= config.patience:
-            break
-    unwrapped = accelerator.unwrap_model(model)
+                state.stale += 1
+        state.history.append(record)
+        report.end_epoch(record, state.step)
+        state.finished = dev_score is not None and selectable and state.stale >= config.patience
+        state.epoch, state.batches_done, state.losses = epoch + 1, 0, []
+        if checkpoints:
+            checkpoints.save(state, unwrapped, optimizer, scheduler, hooks, shuffling.get_state() if shuffling is not None else None,
+                             best_state)
+    report.close()
     if best_state is not None:
         unwrapped.load_state_dict(best_state)
     unwrapped.eval()
-    return history
+    return state.history
+
+
+class Checkpoints:
+    """The loop's checkpoint in ``directory`` (written by the main process only)."""
+
+    def __init__(self, directory: Path, settings: dict, accelerator: Accelerator):
+        self.directory, self.settings, self.accelerator = directory, settings, accelerator
+
+    def save(self, state: LoopState, model, optimizer, scheduler, hooks: TrainingHooks,
+             shuffling_state: torch.Tensor | None, best_state: dict | None) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        tensors = {f"model.{k}": v for k, v in model.checkpoint_tensors().items()}
+        optimizer_tensors, optimizer_json = optimizer_state(optimizer)
+        rng_tensors, rng_json = rng_state()
+        hook_tensors, hook_json = hooks.state()
+        tensors.update(optimizer_tensors)
+        tensors.update(rng_tensors)
+        tensors.update({f"hooks.{k}": v for k, v in hook_tensors.items()})
+        tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
+        if shuffling_state is not None:
+            tensors["shuffling"] = shuffling_state
+        save_checkpoint(self.directory, tensors, {
+            "settings": self.settings, "loop": asdict(state), "optimizer": optimizer_json,
+            "scheduler": scheduler.state_dict(), "rng": rng_json, "hooks": hook_json, "has_best": best_state is not None,
+        })
+
+    def restore(self, model, optimizer, scheduler, hooks: TrainingHooks, shuffling: torch.Generator | None):
+        """The loop state, best state and generator states the checkpoint holds, with the model,
+        optimizer, scheduler, hooks and data order set back to where they were."""
+        tensors, saved = load_checkpoint(self.directory)
+        check_same_settings(self.directory, saved["settings"], self.settings)
+        model.load_checkpoint_tensors(prefixed(tensors, "model."))
+        load_optimizer_state(optimizer, tensors, saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        hooks.load_state(prefixed(tensors, "hooks."), saved["hooks"])
+        if shuffling is not None and "shuffling" in tensors:
+            shuffling.set_state(tensors["shuffling"])
+        best_state = prefixed(tensors, "best.") if saved["has_best"] else None
+        state = LoopState(**saved["loop"])
+        log.info("resuming %s at epoch %d, step %d", self.directory, state.epoch, state.step)
+        return state, best_state, (tensors, saved["rng"])
+
+
+class Progress:
+    """Progress for people and for logs: a bar on a terminal, otherwise a line every
+    ``log_steps`` steps and at each epoch end (step, loss, examples/s, ETA, dev score); always
+    the JSON-lines log in the run folder, and Accelerate's trackers when configured. Main
+    process only."""
+
+    def __init__(self, desc: str, epochs: int, steps_per_epoch: int, config: TrainingConfig, accelerator: Accelerator,
+                 run_dir: Path | None, resumed_at: int | None):
+        self.desc, self.epochs, self.steps_per_epoch, self.config = desc, epochs, steps_per_epoch, config
+        self.accelerator, self.main = accelerator, accelerator.is_main_process
+        self.bar_wanted = config.progress and self.main and sys.stderr.isatty()
+        self.lines = config.progress and self.main and not self.bar_wanted
+        self.bar = None
+        self.started, self.first_step, self.examples = time.perf_counter(), resumed_at or 0, 0
+        self.log_file = Path(run_dir) / TRAINING_LOG if run_dir is not None and self.main else None
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._keep_records_up_to(resumed_at or 0)
+        if config.trackers:
+            accelerator.init_trackers(f"lucidlm-{desc}", config=config.learning_settings())
+
+    def start_epoch(self, epoch: int, batches_done: int) -> None:
+        self.epoch = epoch
+        if self.bar_wanted:
+            self.bar = tqdm(total=self.steps_per_epoch, initial=batches_done, desc=f"{self.desc} {epoch}/{self.epochs}", leave=False)
+
+    def step(self, state: LoopState, examples: int, learning_rate: float) -> None:
+        self.examples += examples
+        loss = float(np.mean(state.losses[-20:]))
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}")
+        if state.step % self.config.log_steps:
+            return
+        elapsed = time.perf_counter() - self.started
+        speed = self.examples / elapsed if elapsed > 0 else 0.0
+        steps_left = self.epochs * self.steps_per_epoch - state.step
+        seconds_per_step = elapsed / max(state.step - self.first_step, 1)
+        record = {"stage": self.desc, "event": "step", "epoch": state.epoch, "step": state.step, "loss": loss,
+                  "examples_per_second": speed, "learning_rate": learning_rate, "eta_seconds": steps_left * seconds_per_step}
+        self._record(record)
+        if self.lines:
+            print(f"{self.desc} epoch {state.epoch}/{self.epochs} step {state.step}/{self.epochs * self.steps_per_epoch}: "
+                  f"loss {loss:.4f}, {speed:.1f} examples/s, ETA {timedelta(seconds=round(record['eta_seconds']))}",
+                  file=sys.stderr, flush=True)
+
+    def end_epoch(self, record: dict, step: int) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self._record({"stage": self.desc, "event": "epoch", "step": step, **record})
+        dev = f", dev score {record['dev_score']:.4f}" if "dev_score" in record else ""
+        if self.lines:
+            print(f"{self.desc} epoch {record['epoch']}/{self.epochs} done at step {step}: loss {record['loss']:.4f}{dev}",
+                  file=sys.stderr, flush=True)
+        log.info("%s epoch %d: %s", self.desc, record["epoch"], record)
+
+    def close(self) -> None:
+        if self.config.trackers:
+            self.accelerator.end_training()
+
+    def _record(self, record: dict) -> None:
+        if self.log_file is not None:
+            with self.log_file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.config.trackers:
+            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+
+    def _keep_records_up_to(self, step: int) -> None:
+        """A resumed run's log keeps the records of the steps its checkpoint holds, not those it
+        redoes; a new run starts a new log."""
+        kept = []
+        for line in self.log_file.read_text().splitlines() if self.log_file.is_file() and step else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        staging = self.log_file.with_name(f".{TRAINING_LOG}.tmp")
+        staging.write_text("".join(line + "\n" for line in kept))
+        staging.replace(self.log_file)

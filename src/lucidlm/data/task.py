@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +31,13 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def fingerprint(self) -> str:
+        """A digest of the rows (texts, pairs, labels, concepts): a checkpoint resumes on the same data only."""
+        digest = hashlib.sha256(json.dumps([self.texts, self.text_pairs]).encode())
+        digest.update(np.ascontiguousarray(self.labels).tobytes())
+        digest.update(np.ascontiguousarray(self.concepts).tobytes())
+        return digest.hexdigest()
 
     def select(self, indices) -> "Split":
         indices = list(indices)

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
@@ -71,6 +74,8 @@ class LucidModel(nn.Module):
         super().__init_subclass__(**kwargs)
         if "family" in cls.__dict__ and cls.family:
             FAMILIES.register(cls.family)(cls)
+        if "infer" in cls.__dict__:
+            cls.infer = shared_over_processes(cls.__dict__["infer"])
 
     def __init__(self, config: ModelConfig, spec: TaskSpec, backbone: nn.Module, tokenizer):
         super().__init__()
@@ -174,8 +179,11 @@ class LucidModel(nn.Module):
         return Prediction(text=text, label=label, probabilities=probabilities, concepts=concepts)
 
     # ---- training: one skeleton, the family's hooks ----------------------------------------------
-    def fit(self, train: Split, eval_data: Split | None = None, config: TrainingConfig | None = None, **overrides):
-        """Train on ``train``; model selection and early stopping read ``eval_data`` (dev), never test."""
+    def fit(self, train: Split, eval_data: Split | None = None, config: TrainingConfig | None = None,
+            run_dir: str | Path | None = None, resume: bool = False, **overrides):
+        """Train on ``train``; model selection and early stopping read ``eval_data`` (dev), never test.
+        ``run_dir``: where the training log and checkpoints go; ``resume``: continue from its
+        checkpoint (written with the same model, training settings and data)."""
         config = replace(config or TrainingConfig(), **overrides)
         self.check_training_data(train, config)
         set_seed(config.seed)
@@ -183,10 +191,38 @@ class LucidModel(nn.Module):
         loader = self.encoder.loader(train, config.batch_size, shuffle=True, seed=config.seed)
         hooks = self.training_hooks(len(loader), config)
         dev_score = None if eval_data is None else (lambda model: model.dev_score(eval_data, config.eval_batch_size))
-        self.training_history = fit_loop(self, self.param_groups(config), loader, self.training_loss, dev_score, config,
-                                         desc=self.training_stage, hooks=hooks)
+        settings = {"family": self.family, "model": asdict(self.config), "data": {"train": train.fingerprint()}}
+        with self.parameters_frozen(self.parameters_outside_training()):
+            self.training_history = fit_loop(self, self.param_groups(config), loader, self.training_loss, dev_score, config,
+                                             desc=self.training_stage, hooks=hooks, run_dir=run_dir, resume=resume,
+                                             settings=settings)
         self.after_training(train, eval_data, config, hooks)
         return self
+
+    def parameters_outside_training(self) -> list[nn.Parameter]:
+        """Parameters that the training loss never reaches: the backbone's that the pooled vector
+        does not depend on (e.g. BERT's pooler: lucidlm pools itself), found by one backward pass
+        in eval mode (no random numbers drawn). Data-parallel training must leave them out."""
+        ids = torch.tensor([[self.tokenizer.cls_token_id or self.tokenizer.bos_token_id or 0] * 2], device=self.device)
+        was_training = self.training
+        self.eval()
+        with torch.enable_grad():
+            self.pooled(ids, torch.ones_like(ids)).sum().backward()
+        unreached = [p for p in self.backbone.parameters() if p.requires_grad and p.grad is None]
+        self.zero_grad(set_to_none=True)
+        self.train(was_training)
+        return unreached
+
+    @contextmanager
+    def parameters_frozen(self, parameters: list[nn.Parameter]):
+        """``requires_grad`` off for ``parameters`` while the block runs, then as it was."""
+        for p in parameters:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in parameters:
+                p.requires_grad_(True)
 
     def training_loss(self, forward: nn.Module, batch: dict) -> torch.Tensor:
         """The loss of one batch; ``forward`` is this model as the training loop wraps it."""
@@ -270,6 +306,38 @@ class LucidModel(nn.Module):
         return directory
 
 
+def shared_over_processes(infer):
+    """``infer`` for several processes training together: each infers a contiguous share of the
+    rows and every process gets all of them back in row order (no row twice, as padding a last
+    batch would give), so dev scores, calibration and metrics agree and cost 1/N each. Every
+    family's ``infer`` is wrapped so (``LucidModel.__init_subclass__``); one process: unchanged."""
+
+    @functools.wraps(infer)
+    def wrapper(self, split: Split, *args, **kwargs):
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        processes = torch.distributed.get_world_size() if distributed else 1
+        if processes == 1 or getattr(self, "_inferring_share", False):
+            return infer(self, split, *args, **kwargs)
+        rank, n = torch.distributed.get_rank(), len(split)
+        self._inferring_share = True
+        try:
+            share = infer(self, split.select(range(rank * n // processes, (rank + 1) * n // processes)), *args, **kwargs)
+        finally:
+            self._inferring_share = False
+        shares = [None] * processes
+        torch.distributed.all_gather_object(shares, share)
+        return {key: _concatenate([s[key] for s in shares]) for key in share}
+
+    return wrapper
+
+
+def _concatenate(parts: list):
+    """Row-wise results of each share, joined: arrays, or lists of arrays (one per concept)."""
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return [np.concatenate(column) for column in zip(*parts)]
+
+
 def canonical_family(family: str, options: dict) -> tuple[str, dict]:
     """``family: bottleneck, mode: standard`` (configs and runs from before the standard model
     was a family of its own) is the ``standard`` family; the bottleneck's options it had are
@@ -311,7 +379,11 @@ def load_pretrained(directory: str | Path) -> LucidModel:
     backbone = AutoModel.from_config(AutoConfig.from_pretrained(directory / BACKBONE_DIR))
     tokenizer = load_tokenizer(str(directory / BACKBONE_DIR))
     model = cls(config, spec, backbone, tokenizer)
-    model.load_checkpoint_tensors(load_file(str(directory / WEIGHTS_FILE)))
+    try:
+        tensors = load_file(str(directory / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as e:
+        raise LucidError(f"{directory / WEIGHTS_FILE}: truncated or corrupt ({e}); train the run again or restore the file") from None
+    model.load_checkpoint_tensors(tensors)
     model.training_history = meta.get("training_history", [])
     model.load_json_state(meta.get("state", {}))
     return model.eval()

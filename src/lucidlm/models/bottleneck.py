@@ -248,6 +248,11 @@ class ConceptBottleneckLM(ConceptModel):
     def training_stage(self) -> str:
         return self.config.mode if self.trains_label_jointly else "x→c"
 
+    def parameters_outside_training(self) -> list[nn.Parameter]:
+        """The x→c stage leaves the label head to the c→y fit."""
+        label_head = [] if self.trains_label_jointly else list(self.label_head.parameters())
+        return super().parameters_outside_training() + label_head
+
     def check_training_data(self, train: Split, config: TrainingConfig) -> None:
         if train.concepts.shape[1] != len(self.spec.concepts):
             raise LucidError(f"{train.source}: the data has no concept labels; a {self.family} model needs them")

@@ -1,0 +1,180 @@
+"""Training that survives being killed and that runs on several processes: real subprocesses (a
+SIGKILL mid-epoch; ``torchrun --nproc_per_node 2`` on CPU with gloo) on a tiny BERT."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from lucidlm.checkpoints import CHECKPOINT_DIR, STATE_FILE
+from lucidlm.cli import app
+from lucidlm.training import TRAINING_LOG
+
+WORKER = Path(__file__).with_name("train_worker.py")
+MODELS = {
+    "joint": {"family": "bottleneck", "mode": "joint"},
+    # pruning ramps from step 2 to step 12 of 16: a kill at step 7 falls mid-ramp, mid-epoch
+    "sparse": {"family": "sparse", "sparsity": 0.5, "pruning_start": 0.25, "pruning_end": 1.5, "pruning_interval": 1,
+               "pruning_score": "obert", "obert_gradients": 2, "obert_block": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def still_bert_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """The tiny BERT without dropout: two processes then compute exactly what one does."""
+    path = tmp_path_factory.mktemp("still-bert")
+    config = transformers.AutoConfig.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    transformers.BertModel.from_pretrained(tiny_bert_dir, config=config).save_pretrained(path)
+    transformers.AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(path)
+    return path
+
+
+def write_config(folder: Path, kind: str, backbone: Path, cebab: Path, **model) -> Path:
+    config = {
+        "data": {"source": "cebab", "path": str(cebab), "subsample": {"train": 64, "dev": 32, "test": 32}},
+        "model": {**MODELS[kind], "backbone": str(backbone), **model},
+        "training": {"epochs": 2, "batch_size": 8, "seed": 0, "progress": True, "log_steps": 2, "checkpoint_steps": 3},
+    }
+    path = folder / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train(config: Path, run: Path, weights: Path | None = None, *options: str, processes: int = 1) -> subprocess.CompletedProcess:
+    launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    command = [*launcher, str(WORKER), str(config), str(run), *options] + (["--weights-dir", str(weights)] if weights else [])
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def tensors(folder: Path, rank: int = 0) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / f"rank{rank}.safetensors"))
+
+
+def record(folder: Path, rank: int = 0) -> dict:
+    return json.loads((folder / f"rank{rank}.json").read_text())
+
+
+def log_records(run: Path) -> list[dict]:
+    timing = ("examples_per_second", "eta_seconds")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in (run / TRAINING_LOG).read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["joint", "sparse"])
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(kind, tmp_path, tiny_bert_dir, cebab_dir):
+    # with dropout and random interventions: every generator must come back as it was
+    config = write_config(tmp_path, kind, tiny_bert_dir, cebab_dir, random_intervention_rate=0.25)
+    whole = train(config, tmp_path / "whole", tmp_path / "whole-weights")
+    assert whole.returncode == 0, whole.stderr
+    killed = train(config, tmp_path / "killed", None, "--kill-at-step", "7")
+    assert killed.returncode == -9  # SIGKILL, mid-epoch 1 (8 steps an epoch); the last checkpoint is at step 6
+    assert (tmp_path / "killed" / CHECKPOINT_DIR / STATE_FILE).is_file()
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    resumed = train(config, tmp_path / "killed", tmp_path / "resumed-weights", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+
+    expected, got = tensors(tmp_path / "whole-weights"), tensors(tmp_path / "resumed-weights")
+    assert expected.keys() == got.keys()
+    for name in expected:  # identical, not close
+        assert torch.equal(expected[name], got[name]), name
+    assert record(tmp_path / "whole-weights") == record(tmp_path / "resumed-weights")  # metrics and history
+    assert log_records(tmp_path / "whole") == log_records(tmp_path / "killed")  # each step logged once
+    assert not (tmp_path / "killed" / CHECKPOINT_DIR).exists()  # the saved run supersedes it
+
+
+@pytest.mark.parametrize("kind", ["joint", "sparse"])
+def test_two_processes_train_what_one_process_does_with_the_same_global_batch(kind, tmp_path, still_bert_dir, cebab_dir):
+    config = write_config(tmp_path, kind, still_bert_dir, cebab_dir, dropout=0.0, random_intervention_rate=0.0)
+    one = train(config, tmp_path / "one", tmp_path / "one-weights")
+    assert one.returncode == 0, one.stderr
+    two = train(config, tmp_path / "two", tmp_path / "two-weights", processes=2)
+    assert two.returncode == 0, two.stderr
+
+    rank0, rank1, single = tensors(tmp_path / "two-weights", 0), tensors(tmp_path / "two-weights", 1), tensors(tmp_path / "one-weights")
+    for name in single:
+        assert torch.equal(rank0[name], rank1[name]), name  # the processes never diverge, masks included
+        if name.startswith("subnetwork_masks."):
+            assert torch.equal(rank0[name], single[name]), name  # pruning read the gradients of the whole batch
+        else:
+            torch.testing.assert_close(rank0[name], single[name], rtol=1e-4, atol=1e-5)
+    assert record(tmp_path / "two-weights")["metrics"] == record(tmp_path / "one-weights")["metrics"]
+    # one writer: every step and epoch logged once, one progress report, one run folder
+    steps = [r["step"] for r in log_records(tmp_path / "two") if r["event"] == "step"]
+    assert steps == list(range(2, 17, 2))
+    assert two.stderr.count(f"{kind} epoch 2/2 done") == 1
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_progress_goes_to_logs_as_lines_when_the_output_is_not_a_terminal(tmp_path, tiny_bert_dir, cebab_dir):
+    config = write_config(tmp_path, "joint", tiny_bert_dir, cebab_dir)
+    result = train(config, tmp_path / "run")
+    lines = [line for line in result.stderr.splitlines() if line.startswith("joint epoch")]
+    assert [line.split(":")[0] for line in lines[:2]] == ["joint epoch 1/2 step 2/16", "joint epoch 1/2 step 4/16"]
+    assert "examples/s, ETA " in lines[0]
+    assert lines[-1].startswith("joint epoch 2/2 done at step 16: loss ") and ", dev score " in lines[-1]
+    events = [r["event"] for r in log_records(tmp_path / "run")]
+    assert events.count("step") == 8 and events.count("epoch") == 2
+
+
+def test_resuming_fails_cleanly_on_a_corrupt_checkpoint_a_changed_setting_or_nothing_to_resume(tmp_path, tiny_bert_dir, cebab_dir):
+    config = write_config(tmp_path, "joint", tiny_bert_dir, cebab_dir)
+    run = tmp_path / "run"
+    assert train(config, run, None, "--kill-at-step", "5").returncode == -9
+    runner = CliRunner()
+
+    fresh = runner.invoke(app, ["train", str(config), "-o", str(run)])
+    assert fresh.exit_code == 1 and "holds the checkpoint of an interrupted run; add --resume" in fresh.output
+
+    changed = yaml.safe_load(config.read_text())
+    changed["model"]["concept_loss_weight"] = 2.0
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    result = runner.invoke(app, ["train", str(tmp_path / "changed.yaml"), "-o", str(run), "--resume"])
+    assert result.exit_code == 1
+    assert "model.concept_loss_weight is 1.0 in the checkpoint and 2.0 now" in result.output
+    assert "Traceback" not in result.output
+
+    checkpoint = run / CHECKPOINT_DIR / STATE_FILE
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    result = runner.invoke(app, ["train", str(config), "-o", str(run), "--resume"])
+    assert result.exit_code == 1 and f"{checkpoint}: truncated or corrupt checkpoint" in " ".join(result.output.split())
+
+    shutil.rmtree(run / CHECKPOINT_DIR)
+    result = runner.invoke(app, ["train", str(config), "-o", str(run), "--resume"])
+    assert result.exit_code == 1 and "no checkpoint to resume from" in result.output
+
+
+def test_a_truncated_model_file_is_one_line_naming_it(tiny_runs, tmp_path):
+    run = tmp_path / "joint"
+    shutil.copytree(tiny_runs["joint"], run)
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    result = CliRunner().invoke(app, ["predict", str(run), "The food was great."])
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())
+    assert f"{weights}: truncated or corrupt" in output and "Traceback" not in output
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_training(tiny_bert_dir, cebab_small):
+    from importlib.util import find_spec
+
+    from lucidlm import ConceptBottleneckLM, LucidError
+
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(LucidError, match="training.trackers: Unsupported logging capability: nosuch"):
+        model.fit(cebab_small.train, epochs=1, trackers=["nosuch"], progress=False)
+    if find_spec("tensorboard") is None:
+        with pytest.raises(LucidError, match="training.trackers: 'tensorboard' is not installed here \\(pip install tensorboard\\)"):
+            model.fit(cebab_small.train, epochs=1, trackers=["tensorboard"], progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing trained
