@@ -151,7 +151,7 @@ def test_no_endpoint_takes_a_path_and_the_page_is_served_with_a_strict_policy(cl
     schema = client.get("/openapi.json").json()
     fields = {name for component in schema["components"]["schemas"].values() if component["title"].endswith("Request")
               for name in component.get("properties", {})}
-    assert fields == {"text", "values", "concept", "value", "fraction", "score"}
+    assert fields == {"text", "texts", "values", "concept", "value", "fraction", "score"}
     assert all(not operation.get("parameters") for methods in schema["paths"].values() for operation in methods.values())
     page = client.get("/")
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]

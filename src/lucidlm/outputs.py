@@ -19,6 +19,12 @@ class ModelOutput:
     pooled: torch.Tensor | None = None
     concept_states: tuple[torch.Tensor, ...] = ()
 
+    def row(self, i: int) -> "ModelOutput":
+        """Row ``i`` as a batch of one (SparseCBM's ``pooled`` is ``[K, B, H]``: its batch axis is -2)."""
+        one = slice(i, i + 1)
+        return ModelOutput(self.label_logits[one], tuple(x[one] for x in self.concept_logits),
+                           None if self.pooled is None else self.pooled[..., one, :], tuple(x[one] for x in self.concept_states))
+
 
 @dataclass
 class ConceptPrediction:

@@ -3,6 +3,7 @@
     GET  /                          the page (HTML, one script, one style sheet; no build step, no CDN)
     GET  /api/info                  family, classes, concepts and their values
     POST /api/predict               label, probabilities, concepts and their contributions
+    POST /api/predict-batch         the same for up to ``MAX_BATCH_TEXTS`` texts in one forward pass
     POST /api/explain               the full ``Explanation``
     POST /api/intervene             set concept values: the prediction before and after
     POST /api/intervene-subnetwork  rewire a concept's subnetwork for this text (SparseCBM)
@@ -11,12 +12,17 @@
 Limits: a text holds at most ``MAX_TEXT_CHARS`` characters and a request body at most
 ``MAX_BODY_BYTES`` bytes (413). Invalid input, malformed JSON included, is answered 422 with a
 one-line ``detail`` naming the field; a request a model family cannot serve is answered 400.
+Model work runs on one worker thread behind a bounded queue (``worker``): concurrent predictions
+share forward passes, and past the queue's size a request is answered 503 with Retry-After at
+once. Recent explanations are cached.
 The server reads only the run it was started with and its own three static files: no endpoint
 takes a path.
 """
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
@@ -30,8 +36,9 @@ from ..explain import Explanation
 from ..outputs import InterventionResult, SubnetworkInterventionResult
 from ..version import __version__
 from . import schemas
-from .schemas import MAX_BODY_BYTES, MAX_TEXT_CHARS
+from .schemas import MAX_BATCH_TEXTS, MAX_BODY_BYTES, MAX_TEXT_CHARS
 from .service import ModelService
+from .worker import Overloaded, ServingLimits
 
 STATIC = ("index.html", "app.js", "style.css")
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -43,16 +50,24 @@ PAGE_HEADERS = {
 }
 ERRORS = {400: {"model": schemas.Error, "description": "This model family cannot do that."},
           413: {"model": schemas.Error, "description": f"The request body is over {MAX_BODY_BYTES} bytes."},
-          422: {"model": schemas.Error, "description": "Invalid input: the detail names the field."}}
+          422: {"model": schemas.Error, "description": "Invalid input: the detail names the field."},
+          503: {"model": schemas.Error, "description": "The model's queue is full: retry after the Retry-After seconds."}}
 
 
-def create_app(model, run_dir: str | Path | None = None) -> FastAPI:
+def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits | None = None) -> FastAPI:
     """The web app over a loaded model (any family); ``run_dir`` only names the run on the page."""
-    service = ModelService(model, run_dir)
+    service = ModelService(model, run_dir, limits)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        service.close()
+
     app = FastAPI(title="lucidlm", version=__version__, docs_url=None, redoc_url=None,  # their pages load a CDN
-                  description="Predict, explain and correct an interpretable language-model classifier.")
+                  description="Predict, explain and correct an interpretable language-model classifier.", lifespan=lifespan)
+    app.state.service = service
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-    add_error_handlers(app)
+    add_error_handlers(app, service.limits)
     static = {name: files(__package__).joinpath("static", name).read_bytes() for name in STATIC}
 
     def page(name: str):
@@ -63,37 +78,48 @@ def create_app(model, run_dir: str | Path | None = None) -> FastAPI:
     for route, name in (("/", "index.html"), ("/static/app.js", "app.js"), ("/static/style.css", "style.css")):
         app.add_api_route(route, page(name), methods=["GET"], include_in_schema=False)
 
-    # Plain ``def`` endpoints run in the server's thread pool; the service's lock serialises the model.
+    # The endpoints wait for the model's worker without holding a thread.
     @app.get("/api/info", response_model=schemas.Info)
     def info():
         """What this run is: family, label classes, concepts and the values each can take."""
         return {**service.info(), "max_text_chars": MAX_TEXT_CHARS}
 
     @app.post("/api/predict", response_model=schemas.PredictAnswer, responses=ERRORS)
-    def predict(request: schemas.TextRequest):
+    async def predict(request: schemas.TextRequest):
         """The label with its probabilities; each concept's value, probabilities and contribution."""
-        return service.predict(request.text)
+        return await asyncio.wrap_future(service.predict(request.text))
+
+    @app.post("/api/predict-batch", response_model=list[schemas.PredictAnswer], responses=ERRORS)
+    async def predict_batch(request: schemas.BatchRequest):
+        """Up to ``MAX_BATCH_TEXTS`` (64) texts in one forward pass: one answer each, in order."""
+        return await asyncio.wrap_future(service.predict_many(request.texts))
 
     @app.post("/api/explain", response_model=Explanation, responses=ERRORS)
-    def explain(request: schemas.TextRequest):
+    async def explain(request: schemas.TextRequest):
         """The model's own explanation (token scores, concepts, subnetworks, prototypes). Slower:
         token attributions take integrated gradients for concept models."""
-        return service.explain(request.text)
+        return await asyncio.wrap_future(service.explain(request.text))
 
     @app.post("/api/intervene", response_model=InterventionResult, responses=ERRORS)
-    def intervene(request: schemas.InterveneRequest):
+    async def intervene(request: schemas.InterveneRequest):
         """Set concepts to given values and recompute the label: before and after."""
-        return service.intervene(request.text, request.values)
+        return await asyncio.wrap_future(service.intervene(request.text, request.values))
 
     @app.post("/api/intervene-subnetwork", response_model=SubnetworkInterventionResult, responses=ERRORS)
-    def intervene_subnetwork(request: schemas.SubnetworkRequest):
+    async def intervene_subnetwork(request: schemas.SubnetworkRequest):
         """Rewire one concept's subnetwork toward a value, for this text only (SparseCBM)."""
-        return service.intervene_subnetwork(request.text, request.concept, request.value, request.fraction, request.score)
+        return await asyncio.wrap_future(
+            service.intervene_subnetwork(request.text, request.concept, request.value, request.fraction, request.score))
 
     return app
 
 
-def add_error_handlers(app: FastAPI) -> None:
+def add_error_handlers(app: FastAPI, limits: ServingLimits) -> None:
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, error: Overloaded):
+        detail = f"the model is busy: {limits.queue_size} requests are waiting; retry in {limits.retry_after} s"
+        return JSONResponse({"detail": detail, "errors": []}, status_code=503, headers={"Retry-After": str(limits.retry_after)})
+
     @app.exception_handler(Unsupported)
     async def unsupported(request: Request, error: Unsupported):
         return JSONResponse({"detail": str(error), "errors": []}, status_code=400)

@@ -15,6 +15,7 @@ from ..outputs import Prediction
 
 MAX_TEXT_CHARS = 2000  # a review is far shorter; longer texts are refused before tokenising
 MAX_BODY_BYTES = 64 * 1024  # a whole request body, whatever its fields
+MAX_BATCH_TEXTS = 64  # texts in one /api/predict-batch request
 
 
 
@@ -37,6 +38,23 @@ class TextRequest(Request):
         if not text.strip():
             raise ValueError("expected some words, found only white space")
         return text
+
+
+class BatchRequest(Request):
+    texts: list[str] = Field(..., min_length=1, max_length=MAX_BATCH_TEXTS, description="The texts to classify, together.",
+                             examples=[["Great pasta.", "We waited an hour."]])
+
+    @field_validator("texts")
+    @classmethod
+    def each_text(cls, texts: list[str]) -> list[str]:
+        for i, text in enumerate(texts):
+            if len(text) > MAX_TEXT_CHARS:
+                raise ValueError(f"text {i + 1}: at most {MAX_TEXT_CHARS} characters, found {len(text)}")
+            try:
+                TextRequest.encodable(text)
+            except ValueError as e:
+                raise ValueError(f"text {i + 1}: {e}") from None
+        return texts
 
 
 class InterveneRequest(TextRequest):

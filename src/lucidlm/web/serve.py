@@ -11,15 +11,15 @@ from typing import Iterator
 from ..errors import LucidError
 
 
-def load_app(run_dir: str | Path):
-    """The web app over the saved run in ``run_dir`` (a FastAPI app)."""
+def load_app(run_dir: str | Path, limits=None):
+    """The web app over the saved run in ``run_dir`` (a FastAPI app); ``limits``: ``ServingLimits``."""
     try:
         from .app import create_app
     except ImportError as e:
         raise LucidError(f"lucidlm serve needs the web extra ({e.name} is missing): pip install 'lucidlm[web]'") from None
     from ..models import load_pretrained
 
-    return create_app(load_pretrained(run_dir), run_dir)
+    return create_app(load_pretrained(run_dir), run_dir, limits)
 
 
 def run_server(web_app, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -1,25 +1,26 @@
-"""One loaded model behind a lock: what the web API asks of it, as JSON-able dicts.
-
-The model is not thread-safe (a subnetwork intervention edits masks in place and puts them
-back), and the server answers requests from a thread pool, so every call holds the lock.
-What a family can do comes from its type; what it cannot do, ``model.intervene`` refuses
-(``Unsupported``, HTTP 400).
+"""What the web API asks of one loaded model, as JSON-able dicts. Every model call runs on the
+model's worker thread (``worker``): each method returns a future. What a family can do comes
+from its type; what it cannot do, ``model.intervene`` refuses (``Unsupported``, HTTP 400).
 """
 
 from __future__ import annotations
 
-import threading
+from collections import OrderedDict
+from concurrent.futures import Future
 from pathlib import Path
 
 from ..intervene import INTERVENTION_POLICIES, ConceptValues, SubnetworkRewiring
 from ..models import ConceptModel, SubnetworkModel
+from .worker import ModelWorker, ServingLimits
 
 
 class ModelService:
-    def __init__(self, model, run_dir: str | Path | None = None):
+    def __init__(self, model, run_dir: str | Path | None = None, limits: ServingLimits | None = None):
         self.model = model
         self.run_name = Path(run_dir).name if run_dir is not None else ""
-        self.lock = threading.Lock()
+        self.limits = limits or ServingLimits()
+        self.worker = ModelWorker(self.limits)
+        self.explanations: OrderedDict[str, dict] = OrderedDict()  # least recently used first; the worker's only
 
     def info(self) -> dict:
         model, spec = self.model, self.model.spec
@@ -32,28 +33,53 @@ class ModelService:
             "can_intervene": is_concept_model, "can_intervene_subnetwork": isinstance(model, SubnetworkModel),
         }
 
-    def predict(self, text: str) -> dict:
-        """The label, its probabilities, the concepts and their contributions: one forward pass."""
-        contributions, ask_next = [], []
-        with self.lock:
-            output = self.model.forward_texts([text])
-            prediction = self.model.to_prediction(text, output, 0)
-            if isinstance(self.model, ConceptModel):
-                contributions = self.model.concept_contributions(output, prediction)
-                order = INTERVENTION_POLICIES.get("expected_change")(self.model, output.concept_states)[0]
-                ask_next = [self.model.spec.concepts[k].name for k in order]
-        return {**prediction.to_dict(), "contributions": [vars(c) for c in contributions], "ask_next": ask_next}
+    def predict(self, text: str) -> Future:
+        """One prediction, batched with the others waiting (``PredictAnswer`` as a dict)."""
+        return self.worker.submit(self._predictions, text, batched=True)
 
-    def explain(self, text: str) -> dict:
-        with self.lock:
-            return self.model.explain(text).to_dict()
+    def predict_many(self, texts: list[str]) -> Future:
+        """Several texts in one forward pass: a list of answers."""
+        return self.worker.submit(self._predictions, texts)
 
-    def intervene(self, text: str, values: dict[str, str]) -> dict:
-        with self.lock:
-            return self.model.intervene([text], ConceptValues(values))[0].to_dict()
+    def explain(self, text: str) -> Future:
+        return self.worker.submit(self._explanation, text)
 
-    def intervene_subnetwork(self, text: str, concept: str, value: str, fraction: float, score: str = "saliency") -> dict:
+    def intervene(self, text: str, values: dict[str, str]) -> Future:
+        return self.worker.submit(lambda _: self.model.intervene([text], ConceptValues(values))[0].to_dict(), None)
+
+    def intervene_subnetwork(self, text: str, concept: str, value: str, fraction: float, score: str = "saliency") -> Future:
         """For this text only: the web page never commits a rewired subnetwork to the saved run."""
         rewiring = SubnetworkRewiring(concept, value, fraction, score, commit=False)
-        with self.lock:
-            return self.model.intervene([text], rewiring)[0].to_dict()
+        return self.worker.submit(lambda _: self.model.intervene([text], rewiring)[0].to_dict(), None)
+
+    def close(self) -> None:
+        self.worker.close()
+
+    # ---- on the worker thread ---------------------------------------------------------------
+    def _predictions(self, texts: list[str]) -> list[dict]:
+        """The label, its probabilities, the concepts, their contributions and the order in which
+        to check them: one forward pass for all ``texts``."""
+        output = self.model.forward_texts(texts)
+        orders = None
+        if isinstance(self.model, ConceptModel):
+            orders = INTERVENTION_POLICIES.get("expected_change")(self.model, output.concept_states)
+        answers = []
+        for i, text in enumerate(texts):
+            prediction = self.model.to_prediction(text, output, i)
+            contributions, ask_next = [], []
+            if orders is not None:
+                contributions = self.model.concept_contributions(output.row(i), prediction)
+                ask_next = [self.model.spec.concepts[k].name for k in orders[i]]
+            answers.append({**prediction.to_dict(), "contributions": [vars(c) for c in contributions], "ask_next": ask_next})
+        return answers
+
+    def _explanation(self, text: str) -> dict:
+        """Explanations are deterministic and slow (integrated gradients): the recent ones are kept."""
+        if text in self.explanations:
+            self.explanations.move_to_end(text)
+            return self.explanations[text]
+        explanation = self.model.explain(text).to_dict()
+        self.explanations[text] = explanation
+        while len(self.explanations) > self.limits.explain_cache:
+            self.explanations.popitem(last=False)
+        return explanation

@@ -1,0 +1,109 @@
+"""The server's model worker: one thread owns the model (it is not thread-safe: a subnetwork
+intervention edits masks in place) and runs every model call, fed by a bounded queue.
+
+- Dynamic batching: predictions that are waiting together (or arrive within ``max_wait`` of the
+  first) run as one batched forward pass of at most ``max_batch`` texts, as model servers do.
+- Back-pressure: when ``queue_size`` requests already wait, a new one is refused at once
+  (``Overloaded``: HTTP 503 with Retry-After) instead of waiting without bound.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass
+class ServingLimits:
+    queue_size: int = 64  # requests waiting for the model; more get 503
+    max_batch: int = 32  # predictions in one forward pass
+    max_wait: float = 0.002  # seconds a batch waits for more predictions to join
+    explain_cache: int = 256  # explanations kept (least recently used go first)
+    retry_after: int = 1  # seconds, in a 503's Retry-After
+
+
+STOP = object()  # queued by ``close``
+
+
+class Overloaded(Exception):
+    """The model's queue is full."""
+
+
+@dataclass
+class Job:
+    run: Callable[..., Any]  # one item: run(item) -> result; a batch: run([items]) -> [results]
+    item: Any
+    future: Future
+    batched: bool
+
+
+class ModelWorker:
+    def __init__(self, limits: ServingLimits):
+        self.limits = limits
+        self.jobs: queue.Queue = queue.Queue(maxsize=limits.queue_size)
+        self.thread = threading.Thread(target=self._serve, name="lucidlm-model", daemon=True)
+        self.thread.start()
+
+    def submit(self, run: Callable, item, batched: bool = False) -> Future:
+        """Queue ``run(item)`` (or, ``batched``, ``run([item, ...])`` with others of the same
+        ``run``); the future holds its result. Raises ``Overloaded`` when the queue is full."""
+        future: Future = Future()
+        try:
+            self.jobs.put_nowait(Job(run, item, future, batched))
+        except queue.Full:
+            raise Overloaded from None
+        return future
+
+    def close(self) -> None:
+        self.jobs.put(STOP)
+        self.thread.join(timeout=10)
+
+    def _serve(self) -> None:
+        waiting = None
+        while True:
+            job = waiting if waiting is not None else self.jobs.get()
+            waiting = None
+            if job is STOP:
+                return
+            if not job.batched:
+                _settle([job], lambda: [job.run(job.item)])
+                continue
+            batch = [job]
+            deadline = time.monotonic() + self.limits.max_wait
+            while len(batch) < self.limits.max_batch:
+                try:
+                    following = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if following is not STOP and following.batched and following.run == job.run:
+                    batch.append(following)
+                else:  # another kind of request (or STOP) comes after this batch
+                    waiting = following
+                    break
+            self._run_batch(batch)
+
+    @staticmethod
+    def _run_batch(batch: list[Job]) -> None:
+        try:
+            results = batch[0].run([j.item for j in batch])
+        except Exception:  # one bad input must not fail the others: each alone, its own answer
+            for job in batch:
+                _settle([job], lambda job=job: job.run([job.item]))
+            return
+        for job, result in zip(batch, results):
+            job.future.set_result(result)
+
+
+def _settle(jobs: list[Job], compute: Callable[[], list]) -> None:
+    try:
+        results = compute()
+    except Exception as e:
+        for job in jobs:
+            job.future.set_exception(e)
+        return
+    for job, result in zip(jobs, results):
+        job.future.set_result(result)

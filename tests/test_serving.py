@@ -1,0 +1,99 @@
+"""The server under load, on a tiny run over real HTTP: concurrent predictions share forward
+passes and answer what one-at-a-time requests do; a full queue answers 503 with Retry-After at
+once; explanations are cached within a bound; batches have limits with clear messages."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from lucidlm.models import load_pretrained
+from lucidlm.web.app import create_app
+from lucidlm.web.schemas import MAX_BATCH_TEXTS, MAX_TEXT_CHARS
+from lucidlm.web.serve import serving
+from lucidlm.web.worker import ServingLimits
+
+TEXTS = [f"Review {i}: the pasta was {'great' if i % 2 else 'cold'} and the room was {'quiet' if i % 3 else 'loud'}."
+         for i in range(8)]
+
+
+@pytest.fixture()
+def model(tiny_runs):
+    return load_pretrained(tiny_runs["joint"])
+
+
+def count_forward_passes(model) -> list[int]:
+    """Wraps ``model.forward_texts``: the list gets each pass's batch size."""
+    sizes, forward = [], model.forward_texts
+
+    def counted(texts, pairs=None):
+        sizes.append(len(texts))
+        return forward(texts, pairs)
+
+    model.forward_texts = counted
+    return sizes
+
+
+def test_concurrent_predictions_share_forward_passes_and_answer_as_alone(model):
+    alone = [model.predict(text)[0] for text in TEXTS]
+    sizes = count_forward_passes(model)
+    app = create_app(model, limits=ServingLimits(max_batch=8, max_wait=0.5))
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda text: client.post("/api/predict", json={"text": text}), TEXTS))
+    assert [a.status_code for a in answers] == [200] * 8
+    assert sum(sizes) == 8 and len(sizes) < 8 and max(sizes) > 1  # fewer passes than requests
+    for answer, expected in zip(answers, alone):
+        body = answer.json()
+        assert body["text"] == expected.text and body["label"] == expected.label
+        assert body["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
+        assert len(body["contributions"]) == 4 and sorted(body["ask_next"]) == sorted(expected.concepts)
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once_and_recovers(model):
+    app = create_app(model, limits=ServingLimits(queue_size=1, retry_after=2))
+    release, started = threading.Event(), threading.Event()
+
+    def busy(_):
+        started.set()
+        release.wait(30)
+
+    worker = app.state.service.worker
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        worker.submit(busy, None)
+        assert started.wait(10)  # the worker is busy ...
+        worker.submit(lambda _: None, None)  # ... and the one place in its queue is taken
+        refused = client.post("/api/predict", json={"text": TEXTS[0]})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+        assert refused.json()["detail"] == "the model is busy: 1 requests are waiting; retry in 2 s"
+        release.set()
+        assert client.post("/api/predict", json={"text": TEXTS[0]}).status_code == 200
+
+
+def test_explanations_are_cached_within_a_bound(model):
+    calls, explain = [], model.explain
+    model.explain = lambda text, **options: (calls.append(text), explain(text, steps=2))[1]
+    app = create_app(model, limits=ServingLimits(explain_cache=2))
+    with serving(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        first = client.post("/api/explain", json={"text": TEXTS[0]}).json()
+        assert client.post("/api/explain", json={"text": TEXTS[0]}).json() == first
+        assert calls == [TEXTS[0]]
+        for text in TEXTS[1:3]:  # two more: the first one is the least recently used, and goes
+            client.post("/api/explain", json={"text": text})
+        client.post("/api/explain", json={"text": TEXTS[0]})
+        assert calls == [TEXTS[0], TEXTS[1], TEXTS[2], TEXTS[0]]
+
+
+def test_batch_predictions_have_limits_with_clear_messages(model):
+    app = create_app(model)
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        batch = client.post("/api/predict-batch", json={"texts": TEXTS[:3]})
+        assert batch.status_code == 200
+        assert [a["label"] for a in batch.json()] == [p.label for p in model.predict(TEXTS[:3])]
+        too_many = client.post("/api/predict-batch", json={"texts": ["ok"] * (MAX_BATCH_TEXTS + 1)})
+        assert too_many.status_code == 422 and too_many.json()["detail"].startswith(f"texts: List should have at most {MAX_BATCH_TEXTS}")
+        too_long = client.post("/api/predict-batch", json={"texts": ["ok", "x" * (MAX_TEXT_CHARS + 1)]})
+        assert too_long.status_code == 422
+        assert too_long.json()["detail"] == f"texts: text 2: at most {MAX_TEXT_CHARS} characters, found {MAX_TEXT_CHARS + 1}"
