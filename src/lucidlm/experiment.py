@@ -20,6 +20,7 @@ import yaml
 from .checkpoints import CHECKPOINT_DIR, STATE_FILE
 from .config import from_dict
 from .data import Task, load_task
+from .data.automatic_concepts import with_automatic_concepts
 from .errors import LucidError
 from .models import FAMILIES, LucidModel, load_pretrained
 from .models.base import canonical_family
@@ -65,6 +66,9 @@ def read_experiment(path: str | Path, output_dir: str | Path | None = None) -> E
     for key in PATH_OPTIONS + ("source",):
         if isinstance(data.get(key), str) and (key != "source" or (base / data[key]).exists()):
             data[key] = str((base / data[key]).resolve())
+    automatic = data.get("automatic_concepts")
+    if isinstance(automatic, dict) and isinstance(automatic.get("statements"), str) and (base / automatic["statements"]).is_file():
+        data["automatic_concepts"] = {**automatic, "statements": str((base / automatic["statements"]).resolve())}
     model = dict(raw["model"])
     family, options = canonical_family(model.pop("family", "bottleneck"), model)
     # Check the model keys and named choices now, before any data or model is loaded.
@@ -77,12 +81,16 @@ def read_experiment(path: str | Path, output_dir: str | Path | None = None) -> E
 
 
 def load_experiment_task(data: dict) -> Task:
-    options = {k: v for k, v in data.items() if k not in ("source", "subsample")}
+    """The config's data: a preset or table, subsampled if asked, its concepts replaced by
+    automatic ones (statements scored by a sentence-embedding model) if asked."""
+    options = {k: v for k, v in data.items() if k not in ("source", "subsample", "automatic_concepts")}
     task = load_task(data["source"], **options)
     subsample = data.get("subsample") or {}
     for split_name, n in subsample.items():
         split = task.split(split_name)
         setattr(task, split_name, split.sample(int(n), seed=0))
+    if data.get("automatic_concepts") is not None:
+        task = with_automatic_concepts(task, data["automatic_concepts"])
     return task
 
 

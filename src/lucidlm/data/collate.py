@@ -54,12 +54,16 @@ class TextEncoder:
         for i, row in enumerate(rows):
             row["labels"] = split.labels[i]
             row["concepts"] = split.concepts[i]
+            if split.concept_targets is not None:
+                row["concept_targets"] = split.concept_targets[i]
         generator = torch.Generator().manual_seed(seed)
 
         def collate(batch):
             padded = self.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in batch])
             padded["labels"] = torch.as_tensor(np.stack([r["labels"] for r in batch]))
             padded["concepts"] = torch.as_tensor(np.stack([r["concepts"] for r in batch]))
+            if "concept_targets" in batch[0]:
+                padded["concept_targets"] = torch.as_tensor(np.stack([r["concept_targets"] for r in batch]))
             return padded
 
         return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)

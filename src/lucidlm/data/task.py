@@ -28,6 +28,7 @@ class Split:
     text_pairs: list[str] | None = None
     ids: list[str] | None = None
     source: str = ""
+    concept_targets: np.ndarray | None = None  # [n, K] soft p(yes) of automatic concepts (``automatic_concepts``)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -37,6 +38,8 @@ class Split:
         digest = hashlib.sha256(json.dumps([self.texts, self.text_pairs]).encode())
         digest.update(np.ascontiguousarray(self.labels).tobytes())
         digest.update(np.ascontiguousarray(self.concepts).tobytes())
+        if self.concept_targets is not None:
+            digest.update(np.ascontiguousarray(self.concept_targets).tobytes())
         return digest.hexdigest()
 
     def select(self, indices) -> "Split":
@@ -49,6 +52,7 @@ class Split:
             concepts=self.concepts[indices],
             text_pairs=pick(self.text_pairs),
             ids=pick(self.ids),
+            concept_targets=None if self.concept_targets is None else self.concept_targets[indices],
         )
 
     def sample(self, n: int, seed: int = 0) -> "Split":
@@ -65,6 +69,10 @@ class Task:
     dev: Split | None = None
     test: Split | None = None
     extras: dict[str, Split] = field(default_factory=dict)
+
+    def splits(self) -> dict[str, Split]:
+        """Every split the task has, by name."""
+        return {k: v for k, v in {"train": self.train, "dev": self.dev, "test": self.test, **self.extras}.items() if v is not None}
 
     def split(self, name: str) -> Split:
         splits = {"train": self.train, "dev": self.dev, "test": self.test, **self.extras}

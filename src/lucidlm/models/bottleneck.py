@@ -29,6 +29,9 @@ from .concept_layers import ACTIVATIONS, CONCEPT_LAYERS
 from .losses import concept_loss, task_loss
 
 MODES = ("joint", "sequential", "independent")
+LABEL_PENALTIES = ("l2", "elastic")
+L2_PATH = (0.01, 0.1, 1.0, 10.0, 100.0)  # C = 1 / strength
+ELASTIC_PATH = tuple(np.logspace(-3, 1, 9))  # from a few concepts per class to nearly dense
 
 
 @dataclass
@@ -50,6 +53,11 @@ class BottleneckConfig(ModelConfig):
     # this weight × T/K × CE(y | intervened), so the label learns to profit from corrections.
     intervention_loss_weight: float = 0.0
     intervention_policy: str = "uncertainty"  # a name in intervene.INTERVENTION_POLICIES
+    # The c→y fit (sequential, independent; a refit after joint training when elastic): an L2
+    # penalty, or an elastic net (``elastic``, l1 share ``label_l1_ratio``) for a sparse label
+    # layer in which each class reads few concepts. Its strength is chosen on dev along a path.
+    label_penalty: str = "l2"
+    label_l1_ratio: float = 0.5
     renamed_keys: ClassVar[dict[str, str]] = {"intervention_rate": "random_intervention_rate"}  # lucidlm ≤ 0.1.0
 
     def __post_init__(self):
@@ -65,6 +73,10 @@ class BottleneckConfig(ModelConfig):
         if self.concept_activation not in ACTIVATIONS:
             raise LucidError(f"concept_activation: expected one of {list(ACTIVATIONS)}, found {self.concept_activation!r}")
         INTERVENTION_POLICIES.check(self.intervention_policy, "intervention_policy")
+        if self.label_penalty not in LABEL_PENALTIES:
+            raise LucidError(f"label_penalty: expected one of {list(LABEL_PENALTIES)}, found {self.label_penalty!r}")
+        if not 0.0 < self.label_l1_ratio <= 1.0:
+            raise LucidError(f"label_l1_ratio: expected a share in (0, 1], found {self.label_l1_ratio!r}")
         if self.intervention_loss_weight < 0:
             raise LucidError(f"intervention_loss_weight: expected a weight >= 0, found {self.intervention_loss_weight!r}")
         if not 0.0 <= self.random_intervention_rate <= 1.0:
@@ -261,7 +273,7 @@ class ConceptBottleneckLM(ConceptModel):
         """Joint: CE(y) + λ·Σ_k CE(c_k), with RandInt if asked; the x→c stage: Σ_k CE(c_k)."""
         if not self.trains_label_jointly:
             out = forward(batch["input_ids"], batch["attention_mask"])
-            return concept_loss(out.concept_logits, batch["concepts"])
+            return concept_loss(out.concept_logits, batch["concepts"], batch.get("concept_targets"))
         values = None
         if self.config.random_intervention_rate > 0:
             values = random_interventions(batch["concepts"], self.config.random_intervention_rate)
@@ -269,7 +281,7 @@ class ConceptBottleneckLM(ConceptModel):
         if values is not None:  # a running estimate of the forced logits, for the next steps
             self.calibrate_interventions(out.concept_states, batch["concepts"], momentum=0.9)
         loss = (task_loss(self.spec, out.label_logits, batch["labels"])
-                + self.config.concept_loss_weight * concept_loss(out.concept_logits, batch["concepts"]))
+                + self.config.concept_loss_weight * concept_loss(out.concept_logits, batch["concepts"], batch.get("concept_targets")))
         if self.config.intervention_loss_weight > 0:
             loss = loss + self.config.intervention_loss_weight * self.intervention_aware_loss(out.concept_states, batch)
         return loss
@@ -297,7 +309,7 @@ class ConceptBottleneckLM(ConceptModel):
         """Forced intervention logits from the trained model; then, unless joint, c→y on predicted
         (sequential) or gold (independent) concepts, x→c frozen."""
         self.calibrate_on(train, config)
-        if not self.trains_label_jointly:
+        if not self.trains_label_jointly or self.config.label_penalty == "elastic":
             self._fit_label_head(train, eval_data, gold=(self.config.mode == "independent"), config=config)
 
     def calibrate_on(self, train: Split, config: TrainingConfig) -> None:
@@ -314,21 +326,30 @@ class ConceptBottleneckLM(ConceptModel):
             values = random_interventions(values, self.config.random_intervention_rate, torch.Generator().manual_seed(config.seed))
         features = torch.cat(self.set_concepts(states, self.concept_activations(states), values), -1).numpy()
         dev_features = torch.cat(self.concept_activations(self._states(dev, config)), -1).numpy() if dev else None
-        best = None
-        for strength in (0.01, 0.1, 1.0, 10.0, 100.0) if dev is not None else (1.0,):
+        elastic = self.config.label_penalty == "elastic" and not self.spec.is_regression
+        # the elastic net's solver (saga) wants features on one scale: fitted standardised, folded back after
+        mean, scale = (features.mean(0), features.std(0) + 1e-6) if elastic else (0.0, 1.0)
+        best, path = None, []
+        for strength in (ELASTIC_PATH if elastic else L2_PATH) if dev is not None else (1.0,):
             if self.spec.is_regression:
                 head = Ridge(alpha=1.0 / strength).fit(features, train.labels)
                 weight, bias = head.coef_[None, :], np.atleast_1d(head.intercept_)
             else:
-                head = LogisticRegression(C=strength, max_iter=2000).fit(features, train.labels)
+                options = (dict(l1_ratio=self.config.label_l1_ratio, solver="saga", tol=1e-3, max_iter=3000) if elastic
+                           else dict(max_iter=2000))
+                head = LogisticRegression(C=strength, **options).fit((features - mean) / scale, train.labels)
                 weight, bias = _class_weights(head, self.spec.num_labels)
+                weight = weight / scale
+                bias = bias - weight @ np.broadcast_to(mean, weight.shape[1:])
             score = 0.0 if dev is None else self._head_score(weight, bias, dev_features, dev.labels)
+            path.append({"C": float(strength), "nonzero_weights": int((weight != 0).sum()), "dev_score": float(score)})
             if best is None or score > best[0]:
                 best = (score, weight, bias)
         with torch.no_grad():
             self.label_head.weight.copy_(torch.as_tensor(best[1], dtype=torch.float32))
             self.label_head.bias.copy_(torch.as_tensor(best[2], dtype=torch.float32))
-        self.training_history.append({"stage": "c→y", "gold_concepts": gold, "dev_score": float(best[0])})
+        self.training_history.append({"stage": "c→y", "gold_concepts": gold, "penalty": self.config.label_penalty,
+                                      "dev_score": float(best[0]), "path": path})
 
     @torch.no_grad()
     def _states(self, split: Split, config: TrainingConfig) -> list[torch.Tensor]:

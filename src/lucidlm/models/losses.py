@@ -15,9 +15,15 @@ def task_loss(spec, label_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return F.cross_entropy(label_logits, labels)
 
 
-def concept_loss(concept_logits, concepts: torch.Tensor) -> torch.Tensor:
-    """Σ_k CE(c_k) over the rows that have a gold value for concept k."""
+def concept_loss(concept_logits, concepts: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_k CE(c_k) over the rows that have a gold value for concept k; with ``targets`` (``[B, K]``
+    p(yes) of automatic concepts), the cross-entropy to the soft distribution (1 − p, p)."""
     total = concept_logits[0].new_zeros(())
+    if targets is not None:
+        for k, logits in enumerate(concept_logits):
+            soft = torch.stack([1 - targets[:, k], targets[:, k]], dim=-1).to(logits.dtype)
+            total = total - (soft * logits.log_softmax(-1)).sum(-1).mean()
+        return total
     for k, logits in enumerate(concept_logits):
         if (concepts[:, k] != MISSING).any():
             total = total + F.cross_entropy(logits, concepts[:, k], ignore_index=MISSING)

@@ -220,4 +220,4 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
 
     def after_training(self, train: Split, eval_data: Split | None, config: TrainingConfig, pruner: Pruner) -> None:
         self.pruning_history = pruner.history
-        self.calibrate_on(train, config)
+        super().after_training(train, eval_data, config, pruner)

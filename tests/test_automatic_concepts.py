@@ -1,0 +1,93 @@
+"""Concepts without concept labels: statements read from presets, files and configs (with clear
+errors), scored by the real offline MiniLM (cosines, cached), corrected by the label (ACC), and a
+label-free bottleneck trained, saved and corrected through the CLI on a plain CSV."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from lucidlm import LucidError
+from lucidlm.cli import app
+from lucidlm.data import automatic_concepts as ac
+from lucidlm.data.automatic_concepts import Statement, concept_scores, corrected_scores, read_statements
+
+STATEMENTS = [Statement("The food was delicious.", ("1",)), Statement("The service was slow.", ("0",)),
+              Statement("It was too noisy.")]
+
+
+def lucidlm(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_statements_come_from_presets_files_and_lists_and_bad_ones_are_one_clear_line(tmp_path):
+    cebab = read_statements("cebab", ("1", "2", "3", "4", "5"))
+    assert len(cebab) == 21 and cebab[0] == Statement("The food was delicious.", ("4", "5"), (("food", "Positive"),))
+    assert {s.classes for s in read_statements("sst2", ("0", "1"))} == {("0",), ("1",)}
+    (tmp_path / "mine.txt").write_text("The plot is predictable.\n\n  The acting   is superb. \n")
+    assert [s.text for s in read_statements(tmp_path / "mine.txt")] == ["The plot is predictable.", "The acting is superb."]
+    assert read_statements({"pos": ["Great."], "neg": ["Bad."]}, ("neg", "pos"))[1] == Statement("Bad.", ("neg",))
+
+    with pytest.raises(LucidError, match=r"automatic_concepts.statements: expected a non-empty list of concept statements"):
+        read_statements([])
+    with pytest.raises(LucidError, match=r"concept 3 repeats concept 1: 'the plot is predictable!'"):
+        read_statements(["The plot is predictable.", "Fine.", "the plot is predictable!"])
+    with pytest.raises(LucidError, match=r"missing.yaml: cannot read the concept file \(FileNotFoundError"):
+        read_statements(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("- [unclosed\n")
+    with pytest.raises(LucidError, match=r"broken.yaml: cannot read the concept file \(ScannerError|ParserError"):
+        read_statements(tmp_path / "broken.yaml")
+    with pytest.raises(LucidError, match=r"concept 1 \('Great.'\): unknown class 'positive'; the classes are \['0', '1'\]"):
+        read_statements([{"statement": "Great.", "class": "positive"}], ("0", "1"))
+
+
+def test_scores_are_cosines_of_the_real_sentence_model_cached_on_disk(tmp_path, monkeypatch):
+    texts = ["The pasta was delicious and fresh.", "We waited an hour; the waiter was so slow.", "Loud music, could not hear."]
+    scores = concept_scores(texts, STATEMENTS, cache_dir=str(tmp_path))
+    assert scores.shape == (3, 3) and np.all(np.abs(scores) <= 1.0 + 1e-6)
+    assert scores.argmax(1).tolist() == [0, 1, 2]  # each text is closest to the statement it supports
+    assert len(list((tmp_path / "concept_scores").glob("*.safetensors"))) == 1
+
+    monkeypatch.setattr(ac, "_scorer", lambda name: pytest.fail("a cached scoring loaded the model"))
+    np.testing.assert_array_equal(concept_scores(texts, STATEMENTS, cache_dir=str(tmp_path)), scores)
+
+
+def test_correction_zeroes_statements_of_other_classes_and_clips_negatives():
+    scores = np.array([[0.5, 0.4, -0.2], [0.3, 0.6, 0.1]])
+    corrected = corrected_scores(scores, np.array([1, 0]), STATEMENTS, ("0", "1"))
+    np.testing.assert_array_equal(corrected, [[0.5, 0.0, 0.0], [0.0, 0.6, 0.1]])
+
+
+def test_a_label_free_bottleneck_trains_from_a_plain_csv_through_the_cli(tmp_path, tiny_bert_dir):
+    rows = ["review,stars"] + [f"{'The food was delicious' if i % 2 else 'The service was slow'} on visit {i}.,{i % 2}"
+                               for i in range(40)]
+    (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
+    config = {"data": {"source": "reviews.csv", "text": "review", "label": "stars", "dev": "reviews.csv", "test": "reviews.csv",
+                       "automatic_concepts": {"statements": [{"statement": s.text, "classes": list(s.classes)} for s in STATEMENTS],
+                                              "cache_dir": str(tmp_path / "cache")}},
+              "model": {"family": "bottleneck", "mode": "sequential", "label_penalty": "elastic", "backbone": str(tiny_bert_dir)},
+              "training": {"epochs": 1, "batch_size": 8}}
+    (tmp_path / "label-free.yaml").write_text(yaml.safe_dump(config))
+    trained = lucidlm("train", tmp_path / "label-free.yaml", "-o", tmp_path / "run", "--json")
+    assert trained.exit_code == 0, trained.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert [c["name"] for c in saved["task"]["concepts"]] == [s.text for s in STATEMENTS]
+    assert all(c["values"] == ["no", "yes"] for c in saved["task"]["concepts"])
+    head = saved["training_history"][-1]
+    assert head["penalty"] == "elastic" and len(head["path"]) == 9
+    nonzero = [p["nonzero_weights"] for p in head["path"]]
+    assert nonzero[0] < nonzero[-1]  # the path runs from sparse to dense
+
+    result = lucidlm("intervene", tmp_path / "run", "The food was delicious.", "--set", "It was too noisy.=yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["after"]["concepts"]["It was too noisy."]["probabilities"]["yes"] == 1.0
+
+    config["data"]["automatic_concepts"]["statements"] = []
+    (tmp_path / "empty.yaml").write_text(yaml.safe_dump(config))
+    refused = lucidlm("train", tmp_path / "empty.yaml", "-o", tmp_path / "empty-run")
+    assert refused.exit_code == 1 and "expected a non-empty list of concept statements" in refused.output
+    assert not (tmp_path / "empty-run").exists()
