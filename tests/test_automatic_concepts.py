@@ -91,3 +91,28 @@ def test_a_label_free_bottleneck_trains_from_a_plain_csv_through_the_cli(tmp_pat
     refused = lucidlm("train", tmp_path / "empty.yaml", "-o", tmp_path / "empty-run")
     assert refused.exit_code == 1 and "expected a non-empty list of concept statements" in refused.output
     assert not (tmp_path / "empty-run").exists()
+
+
+def test_the_concept_set_report_finds_silent_and_duplicate_concepts_and_agreement_with_human_labels(tmp_path, tiny_bert_dir, cebab_dir):
+    """On CEBaB's own statements: a statement that repeats another in other words is flagged, the
+    human labels the statements stand for are compared with them, and the report says what the
+    label layer reads."""
+    statements = [{"statement": "The food was delicious.", "classes": ["4", "5"], "matches": {"food": "Positive"}},
+                  {"statement": "The food was really delicious.", "classes": ["4", "5"], "matches": {"food": "Positive"}},
+                  {"statement": "The service was slow.", "classes": ["1", "2"], "matches": {"service": "Negative"}}]
+    config = {"data": {"source": "cebab", "path": str(cebab_dir), "subsample": {"train": 64, "dev": 32, "test": 64},
+                       "automatic_concepts": {"statements": statements, "cache_dir": str(tmp_path / "cache")}},
+              "model": {"family": "bottleneck", "mode": "joint", "label_penalty": "elastic", "backbone": str(tiny_bert_dir)},
+              "training": {"epochs": 1, "batch_size": 16}}
+    (tmp_path / "cebab.yaml").write_text(yaml.safe_dump(config))
+    assert lucidlm("train", tmp_path / "cebab.yaml", "-o", tmp_path / "run").exit_code == 0
+    result = lucidlm("evaluate", tmp_path / "run", "--suite", "concepts", "--json")
+    assert result.exit_code == 0, result.output
+    quality = json.loads(result.stdout)["results"]["concepts"]
+    assert quality["concepts"] == 3 and quality["rows"] == 64
+    assert [d["concepts"] for d in quality["near_duplicates"]] == [["The food was delicious.", "The food was really delicious."]]
+    assert {r["human"] for r in quality["human_agreement"]} == {"food = Positive", "service = Negative"}
+    assert all(0.0 <= r["auc"] <= 1.0 for r in quality["human_agreement"])
+    assert set(quality["label_layer"]) == {"1", "2", "3", "4", "5"}
+    assert set(quality["activations"]) == {s["statement"] for s in statements}
+    assert (tmp_path / "run" / "evaluation.md").read_text().count("## Is the concept set any good?") == 1

@@ -97,7 +97,7 @@ def evaluate(
     config: Optional[Path] = typer.Option(None, "--config", help="Read the data from this config instead of the run's."),
     as_json: bool = typer.Option(False, "--json"),
     suite: Optional[str] = typer.Option(
-        None, "--suite", help="Are the explanations true? Comma-separated: faithfulness, causal, interventions, honesty."),
+        None, "--suite", help="Are the explanations true? Comma-separated: faithfulness, causal, interventions, honesty, concepts."),
     output_dir: Optional[Path] = typer.Option(
         None, "--output-dir", "-o", help="Where --suite writes evaluation.json, evaluation.md, intervention_curves.png (default: RUN_DIR)."),
     samples: int = typer.Option(200, "--samples", help="Rows drawn (seeded) for token faithfulness, the slow part."),
@@ -123,7 +123,7 @@ def evaluate(
     task = load_experiment_task(data)
     if suites is not None:
         return _evaluate_suites(model, task, suites, run_dir, split, output_dir, samples, seed,
-                                cebab if cebab is not None else _cebab_folder(data), black_box, as_json)
+                                cebab if cebab is not None else _cebab_folder(data), black_box, as_json, data)
     metrics = model.evaluate(task.split(split))
     if as_json:
         emit_json(metrics)
@@ -166,15 +166,17 @@ def _cebab_folder(data: dict) -> Path | None:
 
 
 def _evaluate_suites(model, task, suites, run_dir: Path, split: str, output_dir: Optional[Path], samples: int,
-                     seed: int, cebab: Optional[Path], black_box: Optional[Path], as_json: bool) -> None:
+                     seed: int, cebab: Optional[Path], black_box: Optional[Path], as_json: bool, data: dict) -> None:
     from rich.markdown import Markdown
 
     from .evaluation import run_suite, write_report
+    from .experiment import automatic_concept_sources
 
     task.split(split)  # an unknown split is an error before any work
     black_box_accuracy = _recorded_accuracy(black_box, split) if black_box is not None else None
+    statements, human = automatic_concept_sources(data, split) if "concepts" in suites else (None, {})
     results = run_suite(model, task, suites, split=split, samples=samples, seed=seed, cebab=cebab,
-                        black_box_accuracy=black_box_accuracy)
+                        black_box_accuracy=black_box_accuracy, statements=statements, human_concepts=human)
     options = [str(run_dir), "--suite", ",".join(suites), "--split", split, "--samples", str(samples), "--seed", str(seed)]
     options += ["--cebab", str(cebab)] if cebab is not None else []
     options += ["--black-box", str(black_box)] if black_box is not None else []

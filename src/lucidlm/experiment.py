@@ -15,12 +15,13 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .checkpoints import CHECKPOINT_DIR, STATE_FILE
 from .config import from_dict
 from .data import Task, load_task
-from .data.automatic_concepts import with_automatic_concepts
+from .data.automatic_concepts import read_statements, with_automatic_concepts
 from .errors import LucidError
 from .models import FAMILIES, LucidModel, load_pretrained
 from .models.base import canonical_family
@@ -92,6 +93,19 @@ def load_experiment_task(data: dict) -> Task:
     if data.get("automatic_concepts") is not None:
         task = with_automatic_concepts(task, data["automatic_concepts"])
     return task
+
+
+def automatic_concept_sources(data: dict, split: str):
+    """For data with automatic concepts: their statements, and the human concept values (strings,
+    by concept) of ``split`` where the data set has human concepts too (else ``{}``)."""
+    automatic = data.get("automatic_concepts")
+    if automatic is None:
+        return None, {}
+    base = load_experiment_task({k: v for k, v in data.items() if k != "automatic_concepts"})
+    rows = base.split(split)
+    human = {c.name: np.array([c.values[v] if v >= 0 else "" for v in rows.concepts[:, k]])
+             for k, c in enumerate(base.spec.concepts)}
+    return read_statements(automatic["statements"], base.spec.classes), human
 
 
 def run_experiment(experiment: Experiment, resume: bool = False) -> tuple[LucidModel, dict]:

@@ -140,6 +140,12 @@ def _embeddings(model, tokenizer, texts: list[str], batch_size: int) -> torch.Te
     return torch.cat(out)
 
 
+def statement_embeddings(texts: list[str], scorer: str = DEFAULT_SCORER) -> torch.Tensor:
+    """The scorer's normalised sentence embeddings of ``texts`` (e.g. the statements themselves)."""
+    model, tokenizer = _scorer(scorer)
+    return _embeddings(model, tokenizer, texts, 64)
+
+
 def corrected_scores(scores: np.ndarray, labels: np.ndarray, statements: list[Statement], classes: tuple[str, ...]) -> np.ndarray:
     """ACC: a row's scores of statements tied to other classes than its label are 0, negatives are 0."""
     out = np.clip(scores, 0.0, None)

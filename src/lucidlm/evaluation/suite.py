@@ -18,11 +18,12 @@ from ..errors import LucidError
 from .causal import average_effect_estimator, causal_applicability, causal_effects, load_cebab_pairs
 from .curves import ORDERS, intervention_curves
 from .faithfulness import FRACTIONS, concept_faithfulness, token_faithfulness
+from .concept_set import concept_set_quality
 from .honesty import bottleneck_honesty
 from ..metrics import task_metrics
 from .outputs import TextOutputs
 
-SUITES = ("faithfulness", "causal", "interventions", "honesty")
+SUITES = ("faithfulness", "causal", "interventions", "honesty", "concepts")
 RESULT_FILES = {"json": "evaluation.json", "markdown": "evaluation.md", "plot": "intervention_curves.png"}
 
 
@@ -48,13 +49,15 @@ def describe(model) -> dict:
 def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: str = "test", samples: int = 200,
               seed: int = 0, cebab: str | Path | None = None, causal_splits: Sequence[str] = ("dev", "test"),
               baseline_split: str = "train_inclusive", random_repeats: int = 5, batch_size: int = 64,
-              black_box_accuracy: float | None = None) -> dict:
+              black_box_accuracy: float | None = None, statements=None, human_concepts: dict | None = None) -> dict:
     """Run the named suites on ``task``'s ``split``; the same seed gives the same results.
 
     ``samples``: rows drawn (with ``seed``) for token faithfulness, the slow part; the other
     suites use every row. ``cebab``: the folder of CEBaB's JSON files, whose ``causal_splits``
     give the (original, edit) pairs and whose ``baseline_split`` the baseline's training pairs.
     ``black_box_accuracy``: the black box's accuracy on ``split``, for completeness (``honesty``).
+    ``statements``, ``human_concepts``: an automatic concept set's statements and the human concept
+    values of ``split``'s rows, for their agreement (``concepts``; ``experiment.automatic_concept_sources``).
     """
     suites = parse_suites(suites)
     evaluated = task.split(split)
@@ -83,6 +86,8 @@ def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: st
         results["interventions"] = intervention_curves(model, outputs, evaluated, seed, random_repeats)
     if "honesty" in suites:
         results["honesty"] = bottleneck_honesty(model, outputs, task.train, evaluated, black_box_accuracy)
+    if "concepts" in suites:
+        results["concepts"] = concept_set_quality(model, outputs, evaluated, statements, human_concepts)
     return results
 
 
@@ -130,7 +135,29 @@ def render_markdown(results: dict[str, dict], title: str = "Are the explanations
         lines += _curve_table(results)
     if any("honesty" in r for r in results.values()):
         lines += _honesty_table(results)
+    if any("concepts" in r for r in results.values()):
+        lines += _concept_set_tables(results)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _concept_set_tables(results: dict[str, dict]) -> list[str]:
+    lines = ["## Is the concept set any good?", ""]
+    ran, notes = _applicable(results, lambda r: r.get("concepts"))
+    for name, q in ran.items():
+        lines += [f"{name}: {q['concepts']} concepts on {q['rows']} rows. Never fire (active on under 1% of rows): "
+                  f"{', '.join(q['never_fire']) or 'none'}. Near-duplicates (statement cosine > {q['near_duplicate_threshold']}): "
+                  + (", ".join(f"{d['concepts'][0]} ~ {d['concepts'][1]} ({d['cosine']:.2f})" for d in q["near_duplicates"]) or "none") + ".",
+                  "", "| concept | mean p(yes) | std | active share | 10% / 50% / 90% |", "|---|---|---|---|---|"]
+        for concept, a in q["activations"].items():
+            lines.append(f"| {concept} | {_f(a['mean'])} | {_f(a['std'])} | {_f(a['firing'])} | {' / '.join(_f(x) for x in a['quantiles'])} |")
+        lines += ["", "Concepts the label layer reads, per class (weight: the class logit's rise from no to yes):", ""]
+        for label, rows in q["label_layer"].items():
+            lines.append(f"- {label}: " + (", ".join(f"{r['concept']} ({r['weight']:+.2f})" for r in rows) or "none"))
+        if q.get("human_agreement"):
+            lines += ["", "| concept | human label | ROC AUC |", "|---|---|---|"]
+            lines += [f"| {r['concept']} | {r['human']} | {_f(r['auc'])} |" for r in q["human_agreement"]]
+        lines.append("")
+    return lines + notes + [""]
 
 
 def _honesty_table(results: dict[str, dict]) -> list[str]:
