@@ -1,0 +1,161 @@
+"""Concept bottlenecks without concept labels (CB-LLM's recipe), default backbone:
+
+- SST-2: the standard model and the label-free bottleneck on the same 3000 training rows, epochs
+  and seed (configs/sst2-{standard,label-free}.yaml), reported on GLUE dev (our test); the sparse
+  label layer's dev accuracy against its non-zero weights (the path), and what it reads per class.
+- CEBaB: the shipped statements' agreement with the human aspect labels (ROC AUC per aspect and
+  polarity) as raw MiniLM cosines and as the trained label-free model's concepts, and its task
+  accuracy beside the supervised joint model (bench/results/cebab_bottleneck.json).
+- The score cache: the scoring step's time on a second run over the same texts, against the first.
+
+    python bench/label_free.py [--parts cache sst2 cebab]
+
+Writes bench/results/label_free.{json,md}, merging the parts run now into the earlier ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import transformers
+from sklearn.metrics import roc_auc_score
+
+from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
+from lucidlm.data.automatic_concepts import concept_scores, read_statements
+from lucidlm.evaluation.concept_set import label_layer_weights
+from lucidlm.experiment import automatic_concept_sources, load_experiment_task, read_experiment, run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+PARTS = ("cache", "sst2", "cebab")
+
+
+def train(config: str, name: str) -> tuple[object, dict]:
+    experiment = read_experiment(ROOT / "configs" / config, output_dir=ROOT / "runs" / f"bench-{name}")
+    experiment.training.progress = False
+    start = time.perf_counter()
+    model, metrics = run_experiment(experiment)
+    return model, {"config": f"configs/{config}", "test": metrics["test"]["task"], "dev": metrics["dev"]["task"],
+                   "seconds": time.perf_counter() - start, "epochs": sum(1 for r in model.training_history if "epoch" in r)}
+
+
+def cache_part() -> dict:
+    data = read_experiment(ROOT / "configs" / "sst2-label-free.yaml").data
+    task = load_experiment_task({k: v for k, v in data.items() if k != "automatic_concepts"})
+    texts = [t for split in task.splits().values() for t in split.texts]
+    statements = read_statements("sst2")
+    with tempfile.TemporaryDirectory() as cache:
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            concept_scores(texts, statements, cache_dir=cache)
+            times.append(time.perf_counter() - start)
+    return {"texts": len(texts), "statements": len(statements), "first_seconds": times[0], "second_seconds": times[1],
+            "ratio": times[1] / times[0]}
+
+
+def sst2_part() -> dict:
+    _, standard = train("sst2-standard.yaml", "sst2-standard")
+    model, label_free = train("sst2-label-free.yaml", "sst2-label-free")
+    head = next(r for r in reversed(model.training_history) if r.get("stage") == "c→y")
+    label_free.update(path=head["path"], concepts=len(model.spec.concepts),
+                      label_layer={c: rows[:8] for c, rows in label_layer_weights(model).items()})
+    return {"standard": standard, "label-free": label_free}
+
+
+def cebab_part() -> dict:
+    model, row = train("cebab-label-free.yaml", "cebab-label-free")
+    data = read_experiment(ROOT / "configs" / "cebab-label-free.yaml").data
+    statements, human = automatic_concept_sources(data, "test")
+    test = load_experiment_task({k: v for k, v in data.items() if k != "automatic_concepts"}).test
+    raw = concept_scores(test.texts, statements)
+    logits = model.infer(load_experiment_task(data).test)["concept_logits"]
+    trained = np.stack([1.0 / (1.0 + np.exp(x[:, 0] - x[:, 1])) for x in logits], axis=1)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for j, s in enumerate(statements):
+        for match in s.matches:
+            groups.setdefault(match, []).append(j)
+    agreement = []
+    for (concept, value), members in groups.items():
+        truth = human[concept] == value
+        agreement.append({"aspect": concept, "value": value, "statements": [statements[j].text for j in members],
+                          "positives": int(truth.sum()),
+                          "raw_plain": float(roc_auc_score(truth, raw[:, members[0]])),  # one plain statement
+                          "raw": float(roc_auc_score(truth, raw[:, members].mean(1))),
+                          "trained": float(roc_auc_score(truth, trained[:, members].mean(1)))})
+    head = next(r for r in reversed(model.training_history) if r.get("stage") == "c→y")
+    joint_file = RESULTS / "cebab_bottleneck.json"
+    joint = json.loads(joint_file.read_text())["modes"]["joint"]["test"]["task"] if joint_file.is_file() else None
+    return {"label-free": {**row, "path": head["path"]}, "supervised_joint_test": joint, "agreement": agreement}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    results_file = RESULTS / "label_free.json"
+    result = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    for part in args.parts:
+        result[part] = {"cache": cache_part, "sst2": sst2_part, "cebab": cebab_part}[part]()
+        result[part]["command"] = f"python bench/label_free.py --parts {part}"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        results_file.write_text(json.dumps(relative_paths(result), indent=2))
+        (RESULTS / "label_free.md").write_text(markdown(result))
+        print(markdown(result), flush=True)
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Concept bottlenecks without concept labels (all-MiniLM-L6-v2)", ""]
+    if "sst2" in result:
+        s = result["sst2"]
+        lines += ["## SST-2 (GLUE dev as test; 3000 training rows, 2 epochs, seed 0)", "", f"Command: `{s['command']}`.", "",
+                  "| model | test acc | test macro-F1 | dev acc | epochs | train+eval s |", "|---|---|---|---|---|---|"]
+        for name in ("standard", "label-free"):
+            r = s[name]
+            lines.append(f"| {name} | {r['test']['accuracy']:.1%} | {r['test']['macro_f1']:.3f} | {r['dev']['accuracy']:.1%} | "
+                         f"{r['epochs']} | {r['seconds']:.0f} |")
+        gap = s["label-free"]["test"]["accuracy"] - s["standard"]["test"]["accuracy"]
+        lines += ["", f"Label-free minus standard: {100 * gap:+.1f} points ({s['label-free']['concepts']} statements, "
+                  "configs/sst2-label-free.yaml).", "", "The sparse label layer's path (elastic net, l1 share 0.5; the chosen point in bold):", "",
+                  "| C | non-zero weights | dev acc |", "|---|---|---|"]
+        best = max(s["label-free"]["path"], key=lambda p: p["dev_score"])
+        for p in s["label-free"]["path"]:
+            cells = [f"{p['C']:.3g}", str(p["nonzero_weights"]), f"{p['dev_score']:.1%}"]
+            lines.append("| " + " | ".join(f"**{c}**" if p is best else c for c in cells) + " |")
+        lines += ["", "What the chosen label layer reads per class (weight: the class logit's rise from no to yes; the 8 largest):", ""]
+        for label, rows in s["label-free"]["label_layer"].items():
+            lines.append(f"- class {label}: " + (", ".join(f"{r['concept']} ({r['weight']:+.2f})" for r in rows) or "none"))
+        lines.append("")
+    if "cebab" in result:
+        c = result["cebab"]
+        lf, joint = c["label-free"], c.get("supervised_joint_test")
+        lines += ["## CEBaB (test)", "", f"Command: `{c['command']}`.", "",
+                  f"Label-free model (configs/cebab-label-free.yaml, no human concept label read): task accuracy "
+                  f"{lf['test']['accuracy']:.1%} (macro-F1 {lf['test']['macro_f1']:.3f})"
+                  + (f"; the supervised joint model: {joint['accuracy']:.1%} (macro-F1 {joint['macro_f1']:.3f})." if joint else "."), "",
+                  "Agreement with the human aspect labels, ROC AUC: raw MiniLM cosine of the first (plain) statement, of the "
+                  "mean over the statements that stand for the label, and the trained concept layer's mean p(yes) over them.", "",
+                  "| aspect | value | positives | raw, plain statement | raw, its statements | trained |", "|---|---|---|---|---|---|"]
+        for a in c["agreement"]:
+            lines.append(f"| {a['aspect']} | {a['value']} | {a['positives']} | {a['raw_plain']:.3f} | {a['raw']:.3f} | {a['trained']:.3f} |")
+        means = {k: np.mean([a[k] for a in c["agreement"]]) for k in ("raw_plain", "raw", "trained")}
+        lines += [f"| mean | | | {means['raw_plain']:.3f} | {means['raw']:.3f} | {means['trained']:.3f} |", ""]
+    if "cache" in result:
+        k = result["cache"]
+        lines += ["## The score cache", "", f"Command: `{k['command']}`. Scoring {k['texts']} texts against {k['statements']} "
+                  f"statements: {k['first_seconds']:.1f} s the first time, {k['second_seconds']:.2f} s the second "
+                  f"(ratio {k['ratio']:.2%}).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
