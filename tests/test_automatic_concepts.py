@@ -116,3 +116,45 @@ def test_the_concept_set_report_finds_silent_and_duplicate_concepts_and_agreemen
     assert set(quality["label_layer"]) == {"1", "2", "3", "4", "5"}
     assert set(quality["activations"]) == {s["statement"] for s in statements}
     assert (tmp_path / "run" / "evaluation.md").read_text().count("## Is the concept set any good?") == 1
+
+
+def test_concepts_are_proposed_by_a_chat_model_and_statements_naming_a_class_are_ruled_out(tmp_path, tiny_bert_dir, monkeypatch):
+    """``lucidlm concepts propose`` through LiteLLM against a stand-in OpenAI-style server on 127.0.0.1."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from lucidlm.web.serve import serving
+
+    prompts = []
+
+    async def complete(request):
+        prompt = (await request.json())["messages"][0]["content"]
+        prompts.append(prompt)
+        good = "delicious" if 'of the class "praise"' in prompt else "slow"
+        content = f"1. The food was {good}.\n- This review is full of praise.\nThe food was {good}.\n\nThe staff cared."
+        return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": "stand-in",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    stand_in = Starlette(routes=[Route("/v1/chat/completions", complete, methods=["POST"])])
+    monkeypatch.setenv("OPENAI_API_KEY", "not-needed-by-the-stand-in")
+
+    rows = ["review,stars"] + [f"{'Lovely food' if i % 2 else 'Slow service'} on visit {i}.,{i % 2}" for i in range(20)]
+    (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
+    config = {"data": {"source": "reviews.csv", "text": "review", "label": "stars"},
+              "model": {"family": "bottleneck", "backbone": str(tiny_bert_dir)}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(config))
+    with serving(stand_in) as url:
+        result = lucidlm("concepts", "propose", tmp_path / "task.yaml", "--model", "openai/stand-in", "--api-base", f"{url}/v1",
+                         "--class-name", "0=complaint", "--class-name", "1=praise", "--examples", "2", "-o", tmp_path / "concepts.yaml")
+    assert result.exit_code == 0, result.output
+    proposed = yaml.safe_load((tmp_path / "concepts.yaml").read_text())
+    # the statement naming a class ("praise") is ruled out, repeats dropped (within and across classes)
+    assert proposed == {"0": ["The food was slow.", "The staff cared."], "1": ["The food was delicious."]}
+    assert len(prompts) == 2 and 'of the class "complaint"' in prompts[0] and "visit" in prompts[0]  # class names and examples shown
+    assert [s.text for s in read_statements(tmp_path / "concepts.yaml", ("0", "1"))][:1] == ["The food was slow."]
+
+    refused = lucidlm("concepts", "propose", tmp_path / "task.yaml", "--model", "openai/stand-in",
+                      "--api-base", "http://127.0.0.1:9/v1", "-o", tmp_path / "none.yaml")
+    assert refused.exit_code == 1 and "did not answer" in refused.output and not (tmp_path / "none.yaml").exists()

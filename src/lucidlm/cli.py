@@ -456,5 +456,46 @@ def report(
     out.print(f"wrote [bold]{escape(str(written))}[/]")
 
 
+concepts_app = typer.Typer(no_args_is_help=True, help="Concept sets for concept models without concept labels.")
+app.add_typer(concepts_app, name="concepts")
+
+
+@concepts_app.command("propose")
+@user_errors
+def propose_concepts(
+    config: Path = typer.Argument(..., help="Experiment YAML whose data (classes, training texts) the statements are for."),
+    model: str = typer.Option(..., "--model", help="A LiteLLM chat model: ollama/llama3.1, openai/gpt-4o-mini, ..."),
+    output: Path = typer.Option(..., "--output", "-o", help="The concept file to write (YAML, {class: [statements]})."),
+    class_name: list[str] = typer.Option([], "--class-name", help="CLASS=NAME, e.g. 0=negative: what to call a class in the prompt."),
+    per_class: int = typer.Option(10, "--per-class", min=1, help="Statements asked for per class."),
+    examples: int = typer.Option(5, "--examples", min=0, help="Training texts of each class shown to the model."),
+    api_base: Optional[str] = typer.Option(None, "--api-base", help="The model server's URL (e.g. http://127.0.0.1:11434 for Ollama)."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Ask a chat model for concept statements per class; write them for a person to review, then
+    name the file in data.automatic_concepts.statements."""
+    from .data.propose_concepts import propose_statements, write_concept_file
+    from .experiment import load_experiment_task, read_experiment
+
+    names = {}
+    for item in class_name:
+        if "=" not in item:
+            raise LucidError(f"--class-name: expected CLASS=NAME, found {item!r}")
+        key, value = item.split("=", 1)
+        names[key.strip()] = value.strip()
+    data = read_experiment(config).data
+    task = load_experiment_task({k: v for k, v in data.items() if k != "automatic_concepts"})
+    unknown = [c for c in names if c not in task.spec.classes]
+    if unknown:
+        raise LucidError(f"--class-name: unknown class {unknown[0]!r}; the classes are {list(task.spec.classes)}")
+    proposed = propose_statements(task, model, names, per_class, examples, seed, api_base)
+    header = (f"Concept statements proposed by {model} for {config.name} ({per_class} asked per class). Review and edit\n"
+              "them, then name this file in data.automatic_concepts.statements.")
+    written = write_concept_file(proposed, output, header)
+    for label, statements in proposed.items():
+        out.print(f"[bold]{escape(names.get(label, label))}[/]: {len(statements)} statements")
+    out.print(f"wrote [bold]{escape(str(written))}[/]")
+
+
 if __name__ == "__main__":
     app()
