@@ -202,6 +202,51 @@ def test_cebab_pairs_and_the_average_effect_baseline_by_hand():
     assert unseen == 1
 
 
+def test_the_full_pair_protocol_takes_every_one_aspect_difference_in_both_directions():
+    rows = [
+        _row("1_0", "1", True, None, "Negative", "Positive", {"2": 5}, "2"),
+        _row("1_1", "1", False, "food", "Positive", "Positive", {"4": 5}, "4"),  # differs from 1_0 in food
+        _row("1_2", "1", False, "service", "Negative", "Negative", {"1": 5}, "1"),  # differs from 1_0 in service
+    ]  # 1_1 and 1_2 differ in two aspects: no pair
+    pairs = cebab_pairs(rows, protocol="all")
+    assert sorted((p.original_id, p.edit_id, p.direction) for p in pairs) == [
+        ("1_0", "1_1", ("food", "Negative", "Positive")), ("1_0", "1_2", ("service", "Positive", "Negative")),
+        ("1_1", "1_0", ("food", "Positive", "Negative")), ("1_2", "1_0", ("service", "Negative", "Positive"))]
+    assert {p.source_concepts for p in pairs if p.original_id == "1_1"} == {("Positive", "unknown", "Positive", "unknown")}
+    assert len(cebab_pairs(rows)) == 2  # original→edit only
+    with pytest.raises(LucidError, match="pair protocol: expected one of"):
+        cebab_pairs(rows, protocol="both")
+
+
+def test_the_s_learner_and_matching_baselines_read_the_same_models_outputs_by_hand():
+    """A 'model' whose output is a fixed distribution per text: the matching baseline averages the
+    outputs of the training texts with the target values; the S-learner learns the model's class
+    from the values, so with food alone deciding it, setting food flips its prediction."""
+    from lucidlm.evaluation.causal import CounterfactualPair, matching_effects, s_learner_effects
+
+    class Outputs:
+        def __init__(self, table):
+            self.table = table
+
+        def get(self, texts, pairs=None):
+            return {"label_logits": np.log(np.array([self.table[t] for t in texts]))}
+
+    good, bad = [0.05, 0.05, 0.1, 0.3, 0.5], [0.5, 0.3, 0.1, 0.05, 0.05]
+    train_values = [("Positive", "unknown", "unknown", "unknown")] * 6 + [("Negative", "unknown", "unknown", "unknown")] * 6
+    train_texts = [f"t{i}" for i in range(12)]
+    table = {t: (good if i < 6 else bad) for i, t in enumerate(train_texts)} | {"source": bad}
+    pair = CounterfactualPair("s", "e", "source", "edit", "food", "Negative", "Positive", None,
+                              ("Negative", "unknown", "unknown", "unknown"))
+    outputs = Outputs(table)
+    matched, unmatched = matching_effects(train_texts, train_values, outputs, [pair])
+    np.testing.assert_allclose(matched[0], np.array(good) - np.array(bad), atol=1e-9)
+    assert unmatched == 0
+    unseen = CounterfactualPair("s", "e", "source", "edit", "noise", "unknown", "Negative", None, pair.source_concepts)
+    assert matching_effects(train_texts, train_values, outputs, [unseen])[1] == 1
+    effect = s_learner_effects(train_texts, train_values, outputs, [pair])[0]
+    assert effect[4] > 0.3 and effect[0] < -0.3 and abs(effect.sum()) < 1e-9  # toward class 5, away from class 1
+
+
 # ---- intervention curves --------------------------------------------------------------------
 
 

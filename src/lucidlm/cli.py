@@ -106,6 +106,7 @@ def evaluate(
         None, "--cebab", help="CEBaB's folder, for the causal suite's (original, edit) pairs (default: the run's data, if CEBaB)."),
     black_box: Optional[Path] = typer.Option(
         None, "--black-box", help="A saved black-box run (e.g. the standard model's) whose accuracy on --split completeness reads (honesty)."),
+    pairs: str = typer.Option("originals", "--pairs", help="The causal suite's pairs: originals (original → edit) or all (CEBaB's full protocol)."),
 ):
     """Evaluate a saved run on a split of its data; with --suite, also whether its explanations
     are true (faithfulness, causal concept effects, intervention curves)."""
@@ -123,7 +124,7 @@ def evaluate(
     task = load_experiment_task(data)
     if suites is not None:
         return _evaluate_suites(model, task, suites, run_dir, split, output_dir, samples, seed,
-                                cebab if cebab is not None else _cebab_folder(data), black_box, as_json, data)
+                                cebab if cebab is not None else _cebab_folder(data), black_box, as_json, data, pairs)
     metrics = model.evaluate(task.split(split))
     if as_json:
         emit_json(metrics)
@@ -166,7 +167,8 @@ def _cebab_folder(data: dict) -> Path | None:
 
 
 def _evaluate_suites(model, task, suites, run_dir: Path, split: str, output_dir: Optional[Path], samples: int,
-                     seed: int, cebab: Optional[Path], black_box: Optional[Path], as_json: bool, data: dict) -> None:
+                     seed: int, cebab: Optional[Path], black_box: Optional[Path], as_json: bool, data: dict,
+                     pairs: str = "originals") -> None:
     from rich.markdown import Markdown
 
     from .evaluation import run_suite, write_report
@@ -176,10 +178,11 @@ def _evaluate_suites(model, task, suites, run_dir: Path, split: str, output_dir:
     black_box_accuracy = _recorded_accuracy(black_box, split) if black_box is not None else None
     statements, human = automatic_concept_sources(data, split) if "concepts" in suites else (None, {})
     results = run_suite(model, task, suites, split=split, samples=samples, seed=seed, cebab=cebab,
-                        black_box_accuracy=black_box_accuracy, statements=statements, human_concepts=human)
+                        black_box_accuracy=black_box_accuracy, statements=statements, human_concepts=human, pair_protocol=pairs)
     options = [str(run_dir), "--suite", ",".join(suites), "--split", split, "--samples", str(samples), "--seed", str(seed)]
     options += ["--cebab", str(cebab)] if cebab is not None else []
     options += ["--black-box", str(black_box)] if black_box is not None else []
+    options += ["--pairs", pairs] if pairs != "originals" else []
     options += ["--output-dir", str(output_dir)] if output_dir is not None else []
     command = "lucidlm evaluate " + " ".join(shlex.quote(o) for o in options)
     written = write_report({run_dir.name: results}, output_dir or run_dir, command)

@@ -23,8 +23,16 @@ distance = 1 − cos(ICaCE, EICaCE) (1 when either vector is zero), norm differe
 Pairs follow CEBaB's conventions: the aspect is the edit's ``edit_type``; a and b are that
 aspect's *validated* majority values in the original and the edit (not ``edit_goal``, which an
 edit may miss), with empty and ``no majority`` read as ``unknown`` (this project's convention);
-pairs where a = b are dropped. Only (original → edit) pairs are used; CEBaB's code also scores
-(edit → original) and (edit → edit) pairs.
+pairs where a = b are dropped. Two protocols: ``originals`` (those pairs only), and ``all``,
+CEBaB's full one: every ordered pair of texts that share an original (the original and its
+edits) and whose validated values differ in exactly one aspect, in both directions.
+
+Estimators besides the model's own intervention, each computed on the same model's outputs:
+the average training effect (above); CEBaB's S-learner, a logistic regression from the four
+aspects' values to the model's predicted class, fitted on the training texts, whose estimate is
+its prediction with the aspect set to b minus with a; and approximate counterfactuals (CEBaB's
+matching baseline): the model's mean output on the training texts whose four aspect values are
+the source's with the aspect set to b, minus its output on the source.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from .outputs import TextOutputs, softmax
 
 CEBAB_CLASSES = ("1", "2", "3", "4", "5")
 DISTANCES = ("l2", "cosine", "norm_diff")
+PROTOCOLS = ("originals", "all")
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class CounterfactualPair:
     before: str
     after: str
     label_effect: tuple[float, ...] | None = None
+    source_concepts: tuple[str, ...] = ()  # the original's validated value of every CEBaB aspect
 
     @property
     def direction(self) -> tuple[str, str, str]:
@@ -82,37 +92,60 @@ def label_distribution(row: dict, classes=CEBAB_CLASSES) -> np.ndarray:
     return counts / counts.sum()
 
 
-def cebab_pairs(rows: list[dict], with_label_effect: bool = False) -> list[CounterfactualPair]:
-    """The (original, edit) pairs of CEBaB rows (conventions in the module doc). Aspects are read
-    as the ``cebab`` preset reads them; a row whose label has no majority is kept, since its
-    label *distribution* (the votes) is what a pair's label effect needs."""
+def cebab_pairs(rows: list[dict], with_label_effect: bool = False, protocol: str = "originals") -> list[CounterfactualPair]:
+    """The counterfactual pairs of CEBaB rows (conventions and ``protocol`` in the module doc).
+    Aspects are read as the ``cebab`` preset reads them; a row whose label has no majority is
+    kept, since its label *distribution* (the votes) is what a pair's label effect needs."""
+    if protocol not in PROTOCOLS:
+        raise LucidError(f"pair protocol: expected one of {list(PROTOCOLS)}, found {protocol!r}")
     spec = cebab_spec()
     rows = _cebab_rows(rows, spec, drop_no_majority=False)
     columns = {c.name: c.column for c in spec.concepts}
     for field in ("original_id", "is_original", "edit_type", "id", "description"):
         if rows and field not in rows[0]:
             raise LucidError(f"CEBaB rows: missing field {field!r}; (original, edit) pairs need it")
-    originals = {r["original_id"]: r for r in rows if r["is_original"]}
+    values = lambda row: tuple(row[columns[a]] for a in CEBAB_ASPECTS)  # noqa: E731
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["original_id"], []).append(row)
     pairs = []
-    for edit in rows:
-        original = originals.get(edit["original_id"])
-        aspect = edit.get("edit_type")
-        if edit["is_original"] or original is None or aspect not in CEBAB_ASPECTS:
+    for group in groups.values():
+        original = next((r for r in group if r["is_original"]), None)
+        if original is None:
             continue
-        before, after = original[columns[aspect]], edit[columns[aspect]]
-        if before == after:  # the edit changed nothing the validators saw
-            continue
-        effect = None
-        if with_label_effect:
-            effect = tuple((label_distribution(edit) - label_distribution(original)).tolist())
-        pairs.append(CounterfactualPair(str(original["id"]), str(edit["id"]), original["description"], edit["description"],
-                                        aspect, before, after, effect))
+        if protocol == "originals":
+            candidates = [(original, edit, edit.get("edit_type")) for edit in group if not edit["is_original"]]
+        else:
+            candidates = []
+            for u in group:
+                for v in group:
+                    differing = [a for a, x, y in zip(CEBAB_ASPECTS, values(u), values(v)) if x != y]
+                    if u is not v and len(differing) == 1:
+                        candidates.append((u, v, differing[0]))
+        for source, target, aspect in candidates:
+            if aspect not in CEBAB_ASPECTS:
+                continue
+            before, after = source[columns[aspect]], target[columns[aspect]]
+            if before == after:  # the edit changed nothing the validators saw
+                continue
+            effect = tuple((label_distribution(target) - label_distribution(source)).tolist()) if with_label_effect else None
+            pairs.append(CounterfactualPair(str(source["id"]), str(target["id"]), source["description"], target["description"],
+                                            aspect, before, after, effect, values(source)))
     return pairs
 
 
-def load_cebab_pairs(folder: str | Path, split: str, with_label_effect: bool = False) -> list[CounterfactualPair]:
+def cebab_concept_rows(folder: str | Path, split: str) -> tuple[list[str], list[tuple[str, ...]]]:
+    """The texts of a CEBaB split file with every aspect's validated value (the S-learner's and
+    the matching baseline's training data)."""
+    spec = cebab_spec()
+    rows = _cebab_rows(read_rows(Path(folder) / f"{split}.json"), spec, drop_no_majority=False)
+    return [r["description"] for r in rows], [tuple(r[c.column] for c in spec.concepts) for r in rows]
+
+
+def load_cebab_pairs(folder: str | Path, split: str, with_label_effect: bool = False,
+                     protocol: str = "originals") -> list[CounterfactualPair]:
     """Pairs of a CEBaB split file (``dev``, ``test``, ``train_inclusive``, …) in ``folder``."""
-    return cebab_pairs(read_rows(Path(folder) / f"{split}.json"), with_label_effect)
+    return cebab_pairs(read_rows(Path(folder) / f"{split}.json"), with_label_effect, protocol)
 
 
 # ---- estimators and scores -----------------------------------------------------------------
@@ -138,6 +171,59 @@ def estimate_effects(estimator: dict, pairs: list[CounterfactualPair], num_class
         else:
             unseen += 1
     return estimates, unseen
+
+
+def _with_aspect(values: tuple[str, ...], aspect: str, value: str) -> tuple[str, ...]:
+    return tuple(value if a == aspect else v for a, v in zip(CEBAB_ASPECTS, values))
+
+
+def _one_hot(rows: list[tuple[str, ...]]) -> np.ndarray:
+    spec = cebab_spec()
+    return np.array([[float(v == value) for c, v in zip(spec.concepts, row) for value in c.values] for row in rows])
+
+
+def s_learner_effects(train_texts: list[str], train_values: list[tuple[str, ...]], outputs: TextOutputs,
+                      pairs: list[CounterfactualPair]) -> np.ndarray:
+    """CEBaB's S-learner on the model's own outputs: aspects' values -> the model's predicted class
+    (a logistic regression on the training texts); estimate = its probabilities with the aspect
+    set to b minus with a (the source's other values kept)."""
+    from sklearn.linear_model import LogisticRegression
+
+    predicted = outputs.get(train_texts)["label_logits"].argmax(1)
+    if len(np.unique(predicted)) < 2:  # the model predicts one class everywhere: no effect to learn
+        return np.zeros((len(pairs), len(CEBAB_CLASSES)))
+    learner = LogisticRegression(max_iter=2000).fit(_one_hot(train_values), predicted)
+    proba = lambda rows: _class_columns(learner, learner.predict_proba(_one_hot(rows)), len(CEBAB_CLASSES))  # noqa: E731
+    before = proba([p.source_concepts for p in pairs])
+    after = proba([_with_aspect(p.source_concepts, p.aspect, p.after) for p in pairs])
+    return after - before
+
+
+def _class_columns(learner, proba: np.ndarray, num_classes: int) -> np.ndarray:
+    out = np.zeros((len(proba), num_classes))
+    out[:, learner.classes_] = proba
+    return out
+
+
+def matching_effects(train_texts: list[str], train_values: list[tuple[str, ...]], outputs: TextOutputs,
+                     pairs: list[CounterfactualPair]) -> tuple[np.ndarray, int]:
+    """Approximate counterfactuals (CEBaB's matching baseline): the model's mean label distribution
+    over the training texts whose aspect values are the source's with the aspect set to b, minus
+    its distribution on the source. Pairs with no such training text are estimated as no effect
+    (counted)."""
+    p_train = softmax(outputs.get(train_texts)["label_logits"])
+    by_values: dict[tuple[str, ...], list[int]] = {}
+    for i, values in enumerate(train_values):
+        by_values.setdefault(values, []).append(i)
+    p_source = softmax(outputs.get([p.original for p in pairs])["label_logits"])
+    estimates, unmatched = np.zeros_like(p_source), 0
+    for i, pair in enumerate(pairs):
+        matches = by_values.get(_with_aspect(pair.source_concepts, pair.aspect, pair.after))
+        if matches:
+            estimates[i] = p_train[matches].mean(0) - p_source[i]
+        else:
+            unmatched += 1
+    return estimates, unmatched
 
 
 def cosine_distance(u: np.ndarray, v: np.ndarray) -> float:
@@ -207,9 +293,10 @@ def concept_intervention_effects(model, outputs: TextOutputs, pairs: list[Counte
 
 
 def causal_effects(model, outputs: TextOutputs, pairs: list[CounterfactualPair],
-                   estimator: dict[tuple[str, str, str], np.ndarray]) -> dict:
-    """ICaCE of ``model`` on ``pairs``, scored against the baseline ``estimator`` and, for a
-    concept model, against its own interventions."""
+                   estimator: dict[tuple[str, str, str], np.ndarray], train: tuple[list, list] | None = None) -> dict:
+    """ICaCE of ``model`` on ``pairs``, scored against the baseline ``estimator``, the S-learner
+    and the matching baseline fitted on ``train`` (texts, aspect values) with the same model's
+    outputs, and, for a concept model, against its own interventions."""
     p_original = softmax(outputs.get([p.original for p in pairs])["label_logits"])
     p_edit = softmax(outputs.get([p.edit for p in pairs])["label_logits"])
     icace = p_edit - p_original
@@ -220,6 +307,10 @@ def causal_effects(model, outputs: TextOutputs, pairs: list[CounterfactualPair],
         "estimators": {"average_training_effect": {**summarize(pairs, effect_distances(icace, baseline)),
                                                    "directions_unseen_in_training": unseen}},
     }
+    if train is not None:
+        result["estimators"]["s_learner"] = summarize(pairs, effect_distances(icace, s_learner_effects(*train, outputs, pairs)))
+        matched, unmatched = matching_effects(*train, outputs, pairs)
+        result["estimators"]["matching"] = {**summarize(pairs, effect_distances(icace, matched)), "pairs_without_a_match": unmatched}
     if isinstance(model, ConceptModel):
         eicace, usable = concept_intervention_effects(model, outputs, pairs)
         chosen = [pairs[i] for i in usable]

@@ -15,7 +15,7 @@ from typing import Sequence
 from ..data import Task
 from ..models import ConceptModel
 from ..errors import LucidError
-from .causal import average_effect_estimator, causal_applicability, causal_effects, load_cebab_pairs
+from .causal import average_effect_estimator, causal_applicability, causal_effects, cebab_concept_rows, load_cebab_pairs
 from .curves import ORDERS, intervention_curves
 from .faithfulness import FRACTIONS, concept_faithfulness, token_faithfulness
 from .concept_set import concept_set_quality
@@ -49,12 +49,14 @@ def describe(model) -> dict:
 def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: str = "test", samples: int = 200,
               seed: int = 0, cebab: str | Path | None = None, causal_splits: Sequence[str] = ("dev", "test"),
               baseline_split: str = "train_inclusive", random_repeats: int = 5, batch_size: int = 64,
-              black_box_accuracy: float | None = None, statements=None, human_concepts: dict | None = None) -> dict:
+              black_box_accuracy: float | None = None, statements=None, human_concepts: dict | None = None,
+              pair_protocol: str = "originals") -> dict:
     """Run the named suites on ``task``'s ``split``; the same seed gives the same results.
 
     ``samples``: rows drawn (with ``seed``) for token faithfulness, the slow part; the other
     suites use every row. ``cebab``: the folder of CEBaB's JSON files, whose ``causal_splits``
-    give the (original, edit) pairs and whose ``baseline_split`` the baseline's training pairs.
+    give the counterfactual pairs (``pair_protocol``: ``originals`` or ``all``, CEBaB's full
+    protocol) and whose ``baseline_split`` the baselines' training pairs and texts.
     ``black_box_accuracy``: the black box's accuracy on ``split``, for completeness (``honesty``).
     ``statements``, ``human_concepts``: an automatic concept set's statements and the human concept
     values of ``split``'s rows, for their agreement (``concepts``; ``experiment.automatic_concept_sources``).
@@ -75,12 +77,14 @@ def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: st
         if reason:
             results["causal"] = {"skipped": reason}
         else:
-            train_pairs = load_cebab_pairs(cebab, baseline_split, with_label_effect=True)
+            train_pairs = load_cebab_pairs(cebab, baseline_split, with_label_effect=True, protocol=pair_protocol)
             estimator = average_effect_estimator(train_pairs)
+            train_rows = cebab_concept_rows(cebab, baseline_split)
             results["causal"] = {
                 "data": str(cebab), "baseline_training_split": baseline_split, "baseline_training_pairs": len(train_pairs),
-                "pairs": "original → edit",
-                "splits": {name: causal_effects(model, outputs, load_cebab_pairs(cebab, name), estimator) for name in causal_splits},
+                "baseline_training_texts": len(train_rows[0]), "pairs": pair_protocol,
+                "splits": {name: causal_effects(model, outputs, load_cebab_pairs(cebab, name, protocol=pair_protocol), estimator, train_rows)
+                           for name in causal_splits},
             }
     if "interventions" in suites:
         results["interventions"] = intervention_curves(model, outputs, evaluated, seed, random_repeats)
@@ -249,10 +253,15 @@ def _causal_tables(results: dict[str, dict]) -> list[str]:
         return lines + notes[1:] + [""]
     part = next(iter(ran.values()))
     lines += [
-        "ICaCE = p(y | edit) − p(y | original) over the five classes, for every (original → edit) pair whose edit "
-        "changed one aspect a→b. Estimators: `concept_intervention` = p(y | original, concept set a→b) − p(y | original); "
+        f"ICaCE = p(y | target) − p(y | source) over the five classes, for every counterfactual pair of the protocol "
+        f"`{part['pairs']}` (`originals`: an original and its edit that changed one aspect a→b; `all`: CEBaB's full "
+        "protocol, every ordered pair of texts sharing an original that differ in exactly one aspect). Estimators, all on the "
+        "same model: `concept_intervention` = p(y | source, concept set a→b) − p(y | source); "
         f"`average_training_effect` = the mean true label-distribution change of the {part['baseline_training_split']} pairs "
-        f"({part['baseline_training_pairs']}) with the same aspect a→b. Scores (lower is better): L2 = ‖ICaCE − EICaCE‖, "
+        f"({part['baseline_training_pairs']}) with the same aspect a→b; `s_learner` = a logistic regression from the aspects' "
+        f"values to the model's predicted class on the {part.get('baseline_training_texts', '?')} {part['baseline_training_split']} "
+        "texts, with the aspect set to b minus a; `matching` = the model's mean output on the training texts whose aspect values "
+        "are the source's with the aspect set to b, minus its output on the source. Scores (lower is better): L2 = ‖ICaCE − EICaCE‖, "
         "cosine = 1 − cos, norm diff = | ‖ICaCE‖ − ‖EICaCE‖ |, means over pairs. ‖ICaCE‖: how much the model moves.",
         "",
         "| model | split | pairs | ‖ICaCE‖ | estimator | L2 ↓ | cosine ↓ | norm diff ↓ |",
