@@ -120,7 +120,10 @@ def test_proto_page_shows_prototypes_with_their_training_examples(browser, runs)
         first = page.locator("#prototypes > li").first.inner_text()
         number = int(first.split()[1])
         assert model.projection.examples[number][0].text in first
-        assert page.locator("#tokens .tok.att").count() > 3 and page.input_value("#token-target") == "0"
+        # first the label's integrated gradients (through the prototypes), then the attention
+        assert page.locator("#tokens .tok.pos, #tokens .tok.neg").count() > 3 and page.input_value("#token-target") == "0"
+        page.select_option("#token-target", "1")
+        assert page.locator("#tokens .tok.att").count() > 3
         assert page.errors == [] and page.foreign == []
         page.close()
 

@@ -288,7 +288,18 @@ def test_explain_fields(trained):
     everything = trained.explain(TEXT, top_k=trained.num_prototypes)
     sums = [sum(m.contributions[c] for m in everything.prototypes) for c in trained.spec.classes]
     np.testing.assert_allclose(np.array(sums) + trained.label_head.bias.detach().numpy(), output.label_logits[0].numpy(), atol=1e-4)
-    [attention] = explanation.tokens
+    gradients, attention = explanation.tokens
+    assert (gradients.target, gradients.method) == ("label", "integrated_gradients(steps=20)")
+    assert len(gradients.scores) == len(attention.scores)
+    # integrated gradients are complete: the scores sum to p(label | text) − p(label | special tokens only)
+    label = trained.spec.label_index(explanation.prediction.label)
+    ids = trained.encoder.batch([TEXT])["input_ids"]
+    special = torch.tensor(trained.tokenizer.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True), dtype=torch.bool)
+    blank = torch.where(special, ids[0], torch.full_like(ids[0], trained.tokenizer.pad_token_id))[None]
+    with torch.no_grad():
+        drop = (trained(ids, torch.ones_like(ids)).label_logits.softmax(-1)[0, label]
+                - trained(blank, torch.ones_like(ids)).label_logits.softmax(-1)[0, label]).item()
+    assert sum(gradients.scores) == pytest.approx(drop, abs=0.05)
     assert (attention.target, attention.method) == ("attention", "attention")
     assert attention.tokens[0] == "[CLS]" and attention.tokens[-1] == "[SEP]" and len(attention.tokens) == len(attention.scores)
     assert sum(attention.scores) == pytest.approx(1.0, abs=1e-5)
@@ -337,7 +348,7 @@ def test_cli_train_evaluate_explain(tmp_path, tiny_bert_dir, cebab_dir):
     assert explained.exit_code == 0, explained.stderr
     explanation = json.loads(explained.stdout)
     assert len(explanation["prototypes"]) == 3 and len(explanation["prototypes"][0]["nearest_examples"]) == 2
-    assert explanation["tokens"][0]["target"] == "attention"
+    assert [t["target"] for t in explanation["tokens"]] == ["label", "attention"]
     shown = run(app, ["explain", str(tmp_path / "run"), TEXT])
     assert shown.exit_code == 0 and "[CLS]" in shown.stdout and "nearest training example" in shown.stdout
     assert explanation["prototypes"][0]["nearest_examples"][0]["text"][:20] in shown.stdout.replace("\n", " ")

@@ -92,7 +92,8 @@ def test_explain_returns_the_explanation_of_each_family(clients, models):
     assert len(sparse["subnetworks"]["jaccard"]) == 4
 
     proto = clients["proto"].post("/api/explain", json={"text": TEXT}).json()
-    assert proto["tokens"][0]["target"] == "attention" and sum(proto["tokens"][0]["scores"]) == pytest.approx(1.0, abs=1e-4)
+    assert [t["target"] for t in proto["tokens"]] == ["label", "attention"]
+    assert sum(proto["tokens"][1]["scores"]) == pytest.approx(1.0, abs=1e-4)
     nearest = models["proto"].projection.examples[proto["prototypes"][0]["prototype"]]
     assert [e["text"] for e in proto["prototypes"][0]["nearest_examples"]] == [e.text for e in nearest]
 

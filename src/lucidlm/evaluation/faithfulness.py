@@ -192,7 +192,9 @@ def token_faithfulness(model, split: Split, samples: int = 200, seed: int = 0,
             left_out += 1
             continue
         explanation = model.explain(text)
-        for attribution in explanation.tokens:
+        own = [a for a in explanation.tokens if a.target != "attention"]
+        attention = [a for a in explanation.tokens if a.target == "attention"]
+        for attribution in own or attention:
             target = "label" if attribution.target == "attention" else attribution.target
             own_method = attribution.method.split("(")[0]
             score = target_scorer(model, attribution.target, explanation.prediction)
@@ -201,6 +203,8 @@ def token_faithfulness(model, split: Split, samples: int = 200, seed: int = 0,
                 "gradient_x_input": gradient_x_input(model, ids, mask, score, target).scores,
                 "random": rng.random(len(id_list)).tolist(),
             }
+            if target == "label" and own:  # proto-lm's attention, scored beside its label attribution
+                explanations.update({a.method: a.scores for a in attention})
 
             def probability(sequences, score=score):
                 with torch.no_grad():

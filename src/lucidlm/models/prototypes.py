@@ -25,7 +25,7 @@ from torch import nn
 from ..data import Split
 from ..errors import LucidError
 from ..explain import Explanation, PrototypeMatch, TrainingExample
-from ..explain.tokens import token_attribution
+from ..explain.tokens import integrated_gradients, token_attribution
 from ..metrics import selection_score
 from ..outputs import ModelOutput
 from ..training import TrainingConfig
@@ -378,9 +378,11 @@ class PrototypeLM(PrototypeModel):
     def summary(self) -> dict:
         return {**super().summary(), "prototypes_per_class": self.config.prototypes_per_class}
 
-    def explain(self, text: str, *, pair: str | None = None, top_k: int = 3) -> Explanation:
+    def explain(self, text: str, *, pair: str | None = None, top_k: int = 3, steps: int = 20) -> Explanation:
         """The prediction, its ``top_k`` most similar prototypes (similarity, similarity × class
-        weight for each class, nearest training examples), and the token attention α."""
+        weight for each class, nearest training examples), integrated-gradients token attributions
+        of the predicted class's probability (computed from the prototype similarities), and the
+        token attention α."""
         if not isinstance(top_k, int) or top_k < 1:
             raise LucidError(f"top_k: expected an integer >= 1, found {top_k!r}")
         pairs = [pair] if pair is not None else None
@@ -396,10 +398,17 @@ class PrototypeLM(PrototypeModel):
             )
             for j in similarity.topk(min(top_k, self.num_prototypes)).indices.tolist()
         ]
-        ids = self.encoder.batch([text], pairs)["input_ids"][0]
-        attention = token_attribution(self.tokenizer, ids.tolist(), output.token_attention[0].tolist(), "attention", "attention")
-        return Explanation(text=text, text_pair=pair, prediction=self.to_prediction(text, output, 0),
-                           tokens=[attention], prototypes=prototypes)
+        batch = self.encoder.batch([text], pairs)
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        prediction = self.to_prediction(text, output, 0)
+        tokens = []
+        if not self.spec.is_regression:  # through the prototype similarities, as the label reads them
+            label = self.spec.label_index(prediction.label)
+            tokens.append(integrated_gradients(self, ids, mask, lambda i, m: self(i, m).label_logits.softmax(-1)[:, label],
+                                               "label", steps))
+        # α pools the states; it is not an attribution of the label (bench/results/evaluation_suite.md scores both)
+        tokens.append(token_attribution(self.tokenizer, ids[0].tolist(), output.token_attention[0].tolist(), "attention", "attention"))
+        return Explanation(text=text, text_pair=pair, prediction=prediction, tokens=tokens, prototypes=prototypes)
 
     # ---- persistence --------------------------------------------------------------------
     def json_state(self) -> dict:
