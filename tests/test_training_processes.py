@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,10 +53,17 @@ def write_config(folder: Path, kind: str, backbone: Path, cebab: Path, **model) 
 
 
 def train(config: Path, run: Path, weights: Path | None = None, *options: str, processes: int = 1) -> subprocess.CompletedProcess:
-    launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                                                        str(processes), "--master_port", str(free_port())]
     command = [*launcher, str(WORKER), str(config), str(run), *options] + (["--weights-dir", str(weights)] if weights else [])
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tensors(folder: Path, rank: int = 0) -> dict[str, torch.Tensor]:
