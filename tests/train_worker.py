@@ -21,7 +21,7 @@ import transformers
 from safetensors.torch import save_file
 
 from lucidlm.experiment import read_experiment, run_experiment
-from lucidlm.training import process_state
+from lucidlm.training import process_state, show_progress_lines
 
 
 def kill_at_step(n: int) -> None:
@@ -48,6 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     transformers.utils.logging.set_verbosity_error()
     torch.set_num_threads(1)
+    show_progress_lines()  # as ``lucidlm train`` does
     if args.kill_at_step:
         kill_at_step(args.kill_at_step)
     model, metrics = run_experiment(read_experiment(args.config, args.output_dir), resume=args.resume)

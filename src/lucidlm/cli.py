@@ -72,12 +72,13 @@ def train(
     Several processes (accelerate launch, torchrun) train it data-parallel; the main one writes."""
     
     from .experiment import read_experiment, run_experiment
-    from .training import process_state
+    from .training import process_state, show_progress_lines
 
     experiment = read_experiment(config, output_dir)
     if experiment.output_dir.exists() and not experiment.output_dir.is_dir():
         raise LucidError(f"{experiment.output_dir}: exists and is not a folder")
     experiment.training.progress = experiment.training.progress and not as_json
+    show_progress_lines()
     _, metrics = run_experiment(experiment, resume=resume)
     if not process_state().is_main_process:
         return

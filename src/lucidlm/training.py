@@ -36,6 +36,9 @@ from .checkpoints import (
 from .errors import LucidError
 
 log = logging.getLogger(__name__)
+# Progress lines for logs (not a terminal): emitted here, shown by whoever configures this logger
+# (the CLI writes it to stderr: ``show_progress_lines``).
+progress_log = logging.getLogger("lucidlm.progress")
 TRAINING_LOG = "training_log.jsonl"  # in the run folder: one JSON record per logged step and per epoch
 
 
@@ -70,6 +73,16 @@ class TrainingConfig:
 
     def learning_settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.reporting_fields}
+
+
+def show_progress_lines(stream=None) -> None:
+    """Write training's progress lines (``progress_log``) to ``stream`` (stderr), once."""
+    if not progress_log.handlers:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        progress_log.addHandler(handler)
+        progress_log.setLevel(logging.INFO)
+        progress_log.propagate = False
 
 
 def process_state() -> PartialState:
@@ -330,9 +343,8 @@ class Progress:
                   "examples_per_second": speed, "learning_rate": learning_rate, "eta_seconds": steps_left * seconds_per_step}
         self._record(record)
         if self.lines:
-            print(f"{self.desc} epoch {state.epoch}/{self.epochs} step {state.step}/{self.epochs * self.steps_per_epoch}: "
-                  f"loss {loss:.4f}, {speed:.1f} examples/s, ETA {timedelta(seconds=round(record['eta_seconds']))}",
-                  file=sys.stderr, flush=True)
+            progress_log.info(f"{self.desc} epoch {state.epoch}/{self.epochs} step {state.step}/{self.epochs * self.steps_per_epoch}: "
+                  f"loss {loss:.4f}, {speed:.1f} examples/s, ETA {timedelta(seconds=round(record['eta_seconds']))}")
 
     def end_epoch(self, record: dict, step: int) -> None:
         if self.bar is not None:
@@ -341,8 +353,7 @@ class Progress:
         self._record({"stage": self.desc, "event": "epoch", "step": step, **record})
         dev = f", dev score {record['dev_score']:.4f}" if "dev_score" in record else ""
         if self.lines:
-            print(f"{self.desc} epoch {record['epoch']}/{self.epochs} done at step {step}: loss {record['loss']:.4f}{dev}",
-                  file=sys.stderr, flush=True)
+            progress_log.info(f"{self.desc} epoch {record['epoch']}/{self.epochs} done at step {step}: loss {record['loss']:.4f}{dev}")
         log.info("%s epoch %d: %s", self.desc, record["epoch"], record)
 
     def close(self) -> None:
