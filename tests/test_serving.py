@@ -1,5 +1,5 @@
 """The server under load, on a tiny run over real HTTP: concurrent predictions share forward
-passes and answer what one-at-a-time requests do; a full queue answers 503 with Retry-After at
+passes (in groups of similar length) and answer what one-at-a-time requests do; a full queue answers 503 with Retry-After at
 once; explanations are cached within a bound; batches have limits with clear messages."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from lucidlm.models import load_pretrained
 from lucidlm.web.app import create_app
 from lucidlm.web.schemas import MAX_BATCH_TEXTS, MAX_TEXT_CHARS
 from lucidlm.web.serve import serving
+from lucidlm.web.service import ModelService
 from lucidlm.web.worker import ServingLimits
 
 TEXTS = [f"Review {i}: the pasta was {'great' if i % 2 else 'cold'} and the room was {'quiet' if i % 3 else 'loud'}."
@@ -50,6 +51,23 @@ def test_concurrent_predictions_share_forward_passes_and_answer_as_alone(model):
         assert body["text"] == expected.text and body["label"] == expected.label
         assert body["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
         assert len(body["contributions"]) == 4 and sorted(body["ask_next"]) == sorted(expected.concepts)
+
+
+def test_a_batch_runs_as_groups_of_similar_length_and_answers_in_its_order(model):
+    texts = ["Cold pasta.", TEXTS[0] * 3, "Loud room.", TEXTS[1] * 3]
+    alone = [model.predict(text)[0] for text in texts]
+    passes, forward = [], model.forward_texts
+    model.forward_texts = lambda batch, pairs=None: passes.append(list(batch)) or forward(batch, pairs)
+    service = ModelService(model, limits=ServingLimits(length_group=2))
+    try:
+        answers = service.predict_many(texts).result(timeout=60)
+    finally:
+        service.close()
+    assert [set(p) for p in passes] == [{"Cold pasta.", "Loud room."}, {TEXTS[0] * 3, TEXTS[1] * 3}]  # short with short
+    assert [a["text"] for a in answers] == texts
+    for answer, expected in zip(answers, alone):
+        assert answer["label"] == expected.label
+        assert answer["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
 
 
 def test_a_full_queue_answers_503_with_retry_after_at_once_and_recovers(model):

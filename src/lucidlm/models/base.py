@@ -34,6 +34,17 @@ from ..training import TrainingConfig, TrainingHooks, fit_loop, set_seed
 CONFIG_FILE, WEIGHTS_FILE, BACKBONE_DIR = "config.json", "model.safetensors", "backbone"
 
 
+@contextmanager
+def evaluation_mode(module: nn.Module):
+    """``module.eval()`` while the block runs (dropout off), then the mode it had."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 @dataclass
 class ModelConfig:
     """Settings every family has; a family's config adds its own."""
@@ -130,7 +141,8 @@ class LucidModel(nn.Module):
         texts = [texts] if isinstance(texts, str) else list(texts)
         pairs = [pairs] if isinstance(pairs, str) else pairs
         output = self.forward_texts(texts, pairs)
-        return [self.to_prediction(t, output, i) for i, t in enumerate(texts)]
+        concept_probs = [logits.softmax(-1) for logits in output.concept_logits]
+        return [self.to_prediction(t, output, i, concept_probs) for i, t in enumerate(texts)]
 
     def explain(self, text: str, *, pair: str | None = None, **options) -> Explanation:
         """The prediction of one text and what the model's own forward pass says about it."""

@@ -24,6 +24,7 @@ class ServingLimits:
     queue_size: int = 64  # requests waiting for the model; more get 503
     max_batch: int = 32  # predictions in one forward pass
     max_wait: float = 0.002  # seconds a batch waits for more predictions to join
+    length_group: int = 8  # a batch's forward passes take this many texts of similar length
     explain_cache: int = 256  # explanations kept (least recently used go first)
     retry_after: int = 1  # seconds, in a 503's Retry-After
 
