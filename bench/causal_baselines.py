@@ -4,6 +4,8 @@ average training effect, under both pair protocols (original → edit, and CEBaB
 
     python bench/causal_baselines.py [--runs runs/bench-cebab-joint ...] [--pairs originals all]
 
+Runs named <model>-seed<s> (bench/cebab_bottleneck.py --seeds) are also summarised over seeds.
+
 Writes bench/results/causal_baselines.{json,md}, merging runs measured now into earlier ones.
 """
 
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
+import numpy as np
 import transformers
 
 from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
@@ -72,9 +76,32 @@ def markdown(result: dict) -> str:
             for score in ("l2", "cosine", "norm_diff"):
                 ranked = sorted((e for e in ESTIMATORS if "overall" in estimators.get(e, {})), key=lambda e: estimators[e]["overall"][score])
                 best.append(f"{name}, {protocol}, {score}: {ranked[0]}")
-    lines += ["", "Best estimator per score: " + "; ".join(best) + ".", "", "Commands:", ""]
+    lines += ["", "Best estimator per score: " + "; ".join(best) + "."]
+    lines += over_seeds(result)
+    lines += ["", "Commands:", ""]
     lines += [f"- `{row['command']}` ({row['seconds']:.0f} s)" for protocols in result["runs"].values() for row in protocols.values()]
     return "\n".join(lines) + "\n"
+
+
+def over_seeds(result: dict) -> list[str]:
+    """Mean ± standard deviation (ddof 1) over the runs of one model trained with several seeds
+    (runs named ``<model>-seed<s>`` beside ``<model>``, the configs' seed 0)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for name, protocols in result["runs"].items():
+        for protocol, row in protocols.items():
+            groups.setdefault((re.sub(r"-seed\d+$", "", name), protocol), []).append(row["causal"]["splits"]["test"]["estimators"])
+    groups = {key: group for key, group in groups.items() if len(group) > 1}
+    if not groups:
+        return []
+    lines = ["", "Over seeds (mean ± standard deviation of L2 / cosine distance / norm difference):", "",
+             "| model | pairs | seeds | " + " | ".join(ESTIMATORS) + " |", "|---|---|---|" + "---|" * len(ESTIMATORS)]
+    for (name, protocol), group in groups.items():
+        cells = []
+        for estimator in ESTIMATORS:
+            scores = [[g[estimator]["overall"][d] for g in group] for d in ("l2", "cosine", "norm_diff")]
+            cells.append(" / ".join(f"{np.mean(x):.3f} ± {np.std(x, ddof=1):.3f}" for x in scores))
+        lines.append(f"| {name} | {protocol} | {len(group)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 embedding concept layers), trained on train_exclusive, chosen on dev, reported on test;
 bottleneck modes also with every concept set to gold.
 
-    python bench/cebab_bottleneck.py [--modes standard joint ...]
+    python bench/cebab_bottleneck.py [--modes standard joint ...] [--seeds 0 1 2]
 
 Prints a table and writes bench/results/cebab_bottleneck.{json,md}. Each mode trains from its
 ready config configs/cebab-<mode>.yaml, exactly as `lucidlm train` does.
@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -28,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-MODES = ("standard", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem", "intcem-augmented")
+MODES = ("standard", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem", "intcem-augmented",
+         "joint-counterfactual")
 
 
 def majority_floors_of(rows: dict) -> dict:
@@ -55,6 +57,9 @@ def main() -> None:
                         help="train at this RandInt rate instead of the config's; the rows are named '<mode>, RandInt <rate>'")
     parser.add_argument("--intervention-loss-weight", type=float, default=None,
                         help="train with this IntCEM loss weight instead of the config's; rows named '<mode>, IntCEM weight <w>'")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="train each mode once per seed (the configs' is 0); rows of other seeds are named "
+                             "'<mode>, seed <s>' and the table adds mean ± standard deviation over seeds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
@@ -62,30 +67,36 @@ def main() -> None:
 
     rows = {}
     for mode in args.modes:
-        name, rate, weight = mode, args.random_intervention_rate, args.intervention_loss_weight
-        if rate is not None:
-            name += f", RandInt {rate:g}"
-        if weight is not None:
-            name += f", IntCEM weight {weight:g}"
-        folder = name.replace(", RandInt ", "-randint").replace(", IntCEM weight ", "-weight")
-        experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{folder}")
-        if rate is not None:
-            experiment.model["random_intervention_rate"] = rate
-        if weight is not None:
-            experiment.model["intervention_loss_weight"] = weight
-        experiment.training.progress = False
-        floors = majority_floors(load_experiment_task(experiment.data))
-        start = time.perf_counter()
-        model, metrics = run_experiment(experiment)
-        command = ("python bench/cebab_bottleneck.py --modes " + mode + (f" --random-intervention-rate {rate:g}" if rate is not None else "")
-                   + (f" --intervention-loss-weight {weight:g}" if weight is not None else ""))
-        rows[name] = {
-            "command": command, "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,
-            "epochs_run": sum(1 for r in model.training_history if "epoch" in r), "config": experiment.to_dict(),
-            "majority_floors_test": floors,
-        }
-        print(f"{name}: {json.dumps(metrics['test']['task'])}", flush=True)
-        write_results(rows)  # after each mode, so a finished run is never lost
+        for seed in args.seeds:
+            name, rate, weight = mode, args.random_intervention_rate, args.intervention_loss_weight
+            if rate is not None:
+                name += f", RandInt {rate:g}"
+            if weight is not None:
+                name += f", IntCEM weight {weight:g}"
+            if seed != 0:
+                name += f", seed {seed}"
+            folder = (name.replace(", RandInt ", "-randint").replace(", IntCEM weight ", "-weight")
+                      .replace(", seed ", "-seed"))
+            experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{folder}")
+            if rate is not None:
+                experiment.model["random_intervention_rate"] = rate
+            if weight is not None:
+                experiment.model["intervention_loss_weight"] = weight
+            experiment.training.seed = seed
+            experiment.training.progress = False
+            floors = majority_floors(load_experiment_task(experiment.data))
+            start = time.perf_counter()
+            model, metrics = run_experiment(experiment)
+            command = ("python bench/cebab_bottleneck.py --modes " + mode + (f" --random-intervention-rate {rate:g}" if rate is not None else "")
+                       + (f" --intervention-loss-weight {weight:g}" if weight is not None else "")
+                       + (f" --seeds {seed}" if seed != 0 else ""))
+            rows[name] = {
+                "command": command, "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,
+                "epochs_run": sum(1 for r in model.training_history if "epoch" in r), "config": experiment.to_dict(),
+                "majority_floors_test": floors,
+            }
+            print(f"{name}: {json.dumps(metrics['test']['task'])}", flush=True)
+            write_results(rows)  # after each run, so a finished run is never lost
 
 
 def write_results(rows: dict) -> None:
@@ -167,6 +178,7 @@ def markdown(result: dict) -> str:
     commands = [f"- {m}: `{r['command']}`" for m, r in result["modes"].items() if "command" in r]
     if commands:
         lines += ["", "Rows run on their own (the others: the command above):", "", *commands]
+    lines += over_seeds(result["modes"])
     per_concept = [(m, r["test"]["concepts"]["per_concept"]) for m, r in result["modes"].items() if "concepts" in r["test"]]
     if per_concept:
         names = list(per_concept[0][1])
@@ -175,6 +187,37 @@ def markdown(result: dict) -> str:
         for mode, pc in per_concept:
             lines.append(f"| {mode} | " + " | ".join(f"{pc[n]['accuracy']:.1%} / {pc[n]['macro_f1']:.3f}" for n in names) + " |")
     return "\n".join(lines) + "\n"
+
+
+def seed_groups(rows: dict) -> dict[str, list[dict]]:
+    """Rows by their name less ', seed <s>' (the configs' seed 0 has none), those with several seeds."""
+    groups: dict[str, list[dict]] = {}
+    for name, row in rows.items():
+        groups.setdefault(re.sub(r", seed \d+$", "", name), []).append(row)
+    return {name: group for name, group in groups.items() if len(group) > 1}
+
+
+def over_seeds(rows: dict) -> list[str]:
+    """Mean ± standard deviation (over seeds, ddof 1) of the headline figures."""
+    groups = seed_groups(rows)
+    if not groups:
+        return []
+    figures = {
+        "task acc": lambda t: t["task"]["accuracy"],
+        "concept acc": lambda t: t["concepts"]["accuracy"] if "concepts" in t else None,
+        "correction gain (wrong concepts → gold)": lambda t: (t["task_gold_concepts"]["accuracy"] - t["task"]["accuracy"]
+                                                            if "task_gold_concepts" in t else None),
+    }
+    lines = ["", "Over seeds (mean ± standard deviation, points):", "",
+             "| mode | seeds | " + " | ".join(figures) + " |", "|---|---|" + "---|" * len(figures)]
+    for name, group in groups.items():
+        cells = []
+        for read in figures.values():
+            values = [read(row["test"]) for row in group]
+            cells.append("–" if None in values else f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}")
+        seeds = ", ".join(str(row["config"]["training"]["seed"]) for row in group)
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

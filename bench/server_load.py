@@ -74,6 +74,27 @@ def load(url: str, endpoint: str, texts: list[str], clients: int, count: int, se
             "other_errors": sum(400 <= s < 500 for s in statuses)}
 
 
+def model_alone(run: Path, texts: list[str], seconds: float = 20.0) -> dict:
+    """The server's model work without HTTP, in this process (the server idles): answers/s for
+    one text at a time and for batches of 16, the most any server can give on this machine."""
+    from lucidlm.models import load_pretrained
+    from lucidlm.web.service import ModelService
+
+    service = ModelService(load_pretrained(run))
+    rates = {}
+    try:
+        for size in (1, 16):
+            service._predictions(texts[:size])  # warm-up
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / 2:
+                service._predictions(texts[done % len(texts):done % len(texts) + size])
+                done += size
+            rates[f"batch_{size}"] = done / (time.perf_counter() - start)
+    finally:
+        service.close()
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "bench-cebab-joint")
@@ -109,11 +130,14 @@ def main() -> None:
             rows.append(load(url, "/api/explain", texts[unseen:unseen + 3 * clients], clients, 3 * clients, 180))
             unseen += 3 * clients
             print(json.dumps(rows[-1]), flush=True)
+        ceiling = model_alone(args.run, texts[:1000])
+        print(json.dumps(ceiling), flush=True)
     finally:
         server.terminate()
         server.wait(30)
     result = {"command": "python bench/server_load.py", "run": os.path.relpath(args.run, ROOT),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "phases": rows, "memory": memory}
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "phases": rows, "memory": memory,
+              "model_alone": ceiling}
     one, sixteen = (next(r for r in rows if r["endpoint"] == "/api/predict" and r["clients"] == c) for c in (1, 16))
     result["predict_throughput_16_over_1"] = sixteen["throughput"] / one["throughput"]
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -132,7 +156,12 @@ def markdown(result: dict) -> str:
     for r in result["phases"]:
         lines.append(f"| {r['endpoint']} | {r['clients']} | {r['requests']} | {r['throughput']:.1f} | {r['p50_ms']:.0f} | "
                      f"{r['p99_ms']:.0f} | {r['server_errors']} | {r['other_errors']} |")
+    alone = result["model_alone"]
     lines += ["", f"Predict throughput, 16 clients over 1: {result['predict_throughput_16_over_1']:.2f}×.", "",
+              f"The model's work alone (the answers of `/api/predict` without HTTP, in the bench's process while the "
+              f"server idles): {alone['batch_1']:.1f} answers/s one text at a time, {alone['batch_16']:.1f} in batches of 16 "
+              f"({alone['batch_16'] / alone['batch_1']:.2f}×): on these CPUs batching saves the per-pass overhead, not the "
+              "arithmetic, and the 16 clients' own work shares the same two cores.", "",
               f"Resident memory of the server: {m['after_warmup_mb']:.0f} MB after the warm-up, "
               f"{m['after_requests_mb']:.0f} MB after {m['requests']} more predictions at 16 clients "
               f"({m['throughput']:.1f} requests/s, {m['server_errors']} 5xx): {m['growth']:+.1%}. (Measured before the phases above.)"]

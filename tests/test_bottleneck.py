@@ -309,3 +309,68 @@ def test_intervention_aware_training_adds_the_loss_after_corrections(tiny_bert_d
     torch.testing.assert_close(loss, plain + 2.0 * (t / 4) * task_loss(model.spec, after, batch["labels"]))
     with pytest.raises(LucidError, match="intervention_policy: expected one of"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_policy="oracle")
+
+
+def test_cebab_counterfactual_edits_are_edits_of_the_training_texts(cebab_dir):
+    """``counterfactuals: train_inclusive``: every edit starts from a training row and changed
+    exactly the one concept it names to the value it names; selecting rows keeps their edits."""
+    from lucidlm import load_task
+    from lucidlm.data.counterfactuals import load_cebab_pairs
+
+    task = load_task("cebab", path=cebab_dir, counterfactuals="train_inclusive")
+    train, edits = task.train, task.train.counterfactuals
+    assert len(edits) > 2 * len(train) and len(set(edits.sources.tolist())) > 0.95 * len(train)
+    by_texts = {(p.original, p.edit): p for p in load_cebab_pairs(cebab_dir, "train_inclusive", protocol="all")}
+    for i in range(0, len(edits), 97):
+        pair, concept = by_texts[train.texts[edits.sources[i]], edits.texts[i]], task.spec.concepts[edits.concepts[i]]
+        assert (pair.aspect, pair.after) == (concept.name, concept.values[edits.values[i]])
+        assert train.concepts[edits.sources[i], edits.concepts[i]] != edits.values[i]  # a change
+    sample, known = train.sample(50, seed=3), {(train.texts[s], t) for s, t in zip(edits.sources, edits.texts)}
+    kept = sample.counterfactuals
+    assert len(kept) == sum(train.ids[s] in set(sample.ids) for s in edits.sources)
+    assert all((sample.texts[s], t) in known for s, t in zip(kept.sources, kept.texts))
+    with pytest.raises(LucidError, match="'test' is an evaluation split"):
+        load_task("cebab", path=cebab_dir, counterfactuals="test")
+
+
+def test_counterfactual_training_matches_the_intervention_to_the_edit(tiny_bert_dir, cebab_dir):
+    """The loss is KL(N(edit) ‖ N(original with k := b)) on pairs drawn from torch's generator;
+    training with it brings the model's intervention closer to its output on the edits."""
+    from lucidlm import load_task
+    from lucidlm.models.losses import concept_loss, task_loss
+
+    task = load_task("cebab", path=cebab_dir, counterfactuals="train_inclusive")
+    train = task.train.sample(96)
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, counterfactual_loss_weight=2.0,
+                                              counterfactual_batch_size=4).eval()
+    model.before_training(train, None)
+    batch = next(iter(model.encoder.loader(train, 16)))
+    torch.manual_seed(5)
+    loss = model.training_loss(model, batch)
+    out = model(batch["input_ids"], batch["attention_mask"])
+    plain = task_loss(model.spec, out.label_logits, batch["labels"]) + concept_loss(out.concept_logits, batch["concepts"])
+    torch.manual_seed(5)
+    picked = torch.randint(len(train.counterfactuals), (4,)).tolist()
+    edits = train.counterfactuals
+
+    def kl(rows):
+        original = model.forward_texts([train.texts[edits.sources[i]] for i in rows])
+        values = torch.full((len(rows), 4), MISSING)
+        values[torch.arange(len(rows)), torch.as_tensor(edits.concepts[rows])] = torch.as_tensor(edits.values[rows])
+        after = model.intervened_label_logits(original.concept_states, values, correct_only=False).log_softmax(-1)
+        target = model.forward_texts([edits.texts[i] for i in rows]).label_logits.log_softmax(-1)
+        return float((target.exp() * (target - after)).sum(-1).mean())
+
+    torch.testing.assert_close(loss.item(), plain.item() + 2.0 * kl(picked), atol=1e-4, rtol=1e-4)
+    everything = list(range(len(edits)))
+    trained = {}
+    for weight in (0.0, 5.0):
+        model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, counterfactual_loss_weight=weight)
+        model.fit(train, **{**FAST, "epochs": 3})
+        trained[weight] = kl(everything)
+    assert trained[5.0] < 0.8 * trained[0.0]
+    with pytest.raises(LucidError, match="counterfactual_loss_weight needs human edits"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, counterfactual_loss_weight=1.0).fit(
+            load_task("cebab", path=cebab_dir).train.sample(32), **FAST)
+    with pytest.raises(LucidError, match="in joint mode only"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, mode="sequential", counterfactual_loss_weight=1.0)

@@ -8,6 +8,7 @@ with empty and ``no majority`` read as ``unknown``.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,23 +67,39 @@ def _preset_folder(path, folder: str) -> Path | None:
     return None
 
 
-def load_cebab(path=None, train_split: str = "train_exclusive") -> Task:
+def load_cebab(path=None, train_split: str = "train_exclusive", counterfactuals: str | None = None) -> Task:
     """CEBaB v1.1 from a folder of its JSON files, or from the hub dataset ``CEBaB/CEBaB``.
 
     Splits: ``train`` (``train_split``: ``train_exclusive``, ``train_inclusive`` or
     ``train_observational``), ``dev``, ``test``.
     Row ids are CEBaB's ``id`` so that (original, edit) pairs can be found again.
+    ``counterfactuals`` (a split, ``train_inclusive``): the human edits in it of the training
+    texts, by CEBaB's full pair protocol, for counterfactual-consistency training.
     """
     spec = cebab_spec()
     folder = _preset_folder(path, "cebab")
     names = {"train": train_split, "dev": "dev", "test": "test"}
+    if counterfactuals is not None:
+        if counterfactuals in ("dev", "test"):
+            raise LucidError(f"counterfactuals: {counterfactuals!r} is an evaluation split; training reads "
+                             "edits of training texts (train_inclusive)")
+        names["counterfactuals"] = counterfactuals
     if folder is not None:
         raw = {k: read_rows(folder / f"{v}.json") for k, v in names.items()}
         where = {k: str(folder / f"{v}.json") for k, v in names.items()}
     else:
         hub = _hub_splits(CEBAB_HUB, {**names, "dev": "validation"})
         raw, where = hub, {k: f"{CEBAB_HUB}[{k}]" for k in names}
+    pair_rows = raw.pop("counterfactuals", None)
     splits = {k: build_split(_cebab_rows(rows, spec), spec, where[k], id_field="id") for k, rows in raw.items()}
+    if pair_rows is not None:
+        from .counterfactuals import cebab_pairs, edits_of_split  # it reads this module's CEBaB conventions
+
+        edits = edits_of_split(splits["train"], cebab_pairs(pair_rows, protocol="all"))
+        if edits is None:
+            raise LucidError(f"{where['counterfactuals']}: no edit of a text of {where['train']}; "
+                             "counterfactual pairs need the split that holds the training texts' edits (train_inclusive)")
+        splits["train"] = replace(splits["train"], counterfactuals=edits)
     return Task(spec=spec, **splits)
 
 

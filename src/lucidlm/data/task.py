@@ -17,6 +17,30 @@ from .tables import read_rows
 MISSING = -100  # a concept with no gold value in a row; ignored by losses and metrics
 
 
+@dataclass(frozen=True)
+class CounterfactualEdits:
+    """Human edits of a split's rows, for counterfactual-consistency training: edit i rewrote row
+    ``sources[i]`` so that concept ``concepts[i]`` took value ``values[i]`` (indices into the
+    task's spec), the other concepts unchanged. The edited texts need not be rows of the split."""
+
+    sources: np.ndarray  # [P] int64 row indices
+    concepts: np.ndarray  # [P] int64
+    values: np.ndarray  # [P] int64
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def of_rows(self, indices: list[int]) -> "CounterfactualEdits | None":
+        """The edits of rows ``indices`` (in that order, renumbered), or None when none is left."""
+        position = {old: new for new, old in enumerate(indices)}
+        keep = [i for i, s in enumerate(self.sources) if int(s) in position]
+        if not keep:
+            return None
+        return CounterfactualEdits(np.array([position[int(self.sources[i])] for i in keep], dtype=np.int64),
+                                   self.concepts[keep], self.values[keep], [self.texts[i] for i in keep])
+
+
 @dataclass
 class Split:
     """One split of a task. ``labels`` hold class indices (int64) or targets (float32);
@@ -29,6 +53,7 @@ class Split:
     ids: list[str] | None = None
     source: str = ""
     concept_targets: np.ndarray | None = None  # [n, K] soft p(yes) of automatic concepts (``automatic_concepts``)
+    counterfactuals: CounterfactualEdits | None = None  # human edits of its rows (CEBaB ``counterfactuals``)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -40,6 +65,11 @@ class Split:
         digest.update(np.ascontiguousarray(self.concepts).tobytes())
         if self.concept_targets is not None:
             digest.update(np.ascontiguousarray(self.concept_targets).tobytes())
+        if self.counterfactuals is not None:
+            edits = self.counterfactuals
+            digest.update(json.dumps(edits.texts).encode())
+            for array in (edits.sources, edits.concepts, edits.values):
+                digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 
     def select(self, indices) -> "Split":
@@ -53,6 +83,7 @@ class Split:
             text_pairs=pick(self.text_pairs),
             ids=pick(self.ids),
             concept_targets=None if self.concept_targets is None else self.concept_targets[indices],
+            counterfactuals=None if self.counterfactuals is None else self.counterfactuals.of_rows(indices),
         )
 
     def sample(self, n: int, seed: int = 0) -> "Split":

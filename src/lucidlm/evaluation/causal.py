@@ -20,12 +20,7 @@ distance = 1 − cos(ICaCE, EICaCE) (1 when either vector is zero), norm differe
 | ‖ICaCE‖₂ − ‖EICaCE‖₂ |; averaged over all pairs, per aspect, and per aspect and direction
 (lower is better).
 
-Pairs follow CEBaB's conventions: the aspect is the edit's ``edit_type``; a and b are that
-aspect's *validated* majority values in the original and the edit (not ``edit_goal``, which an
-edit may miss), with empty and ``no majority`` read as ``unknown`` (this project's convention);
-pairs where a = b are dropped. Two protocols: ``originals`` (those pairs only), and ``all``,
-CEBaB's full one: every ordered pair of texts that share an original (the original and its
-edits) and whose validated values differ in exactly one aspect, in both directions.
+Pairs follow the conventions of ``data.counterfactuals``.
 
 Estimators besides the model's own intervention, each computed on the same model's outputs:
 the average training effect (above); CEBaB's S-learner, a logistic regression from the four
@@ -37,115 +32,20 @@ the source's with the aspect set to b, minus its output on the source.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data import MISSING
-from ..data.presets import CEBAB_ASPECTS, _cebab_rows, cebab_spec
-from ..data.tables import read_rows
+from ..data.counterfactuals import (CEBAB_CLASSES, PROTOCOLS, CounterfactualPair, cebab_concept_rows, cebab_pairs,  # noqa: F401
+                                    label_distribution, load_cebab_pairs)
+from ..data.presets import CEBAB_ASPECTS, cebab_spec
 from ..errors import LucidError
 from ..models import ConceptModel
 from .outputs import TextOutputs, softmax
 
-CEBAB_CLASSES = ("1", "2", "3", "4", "5")
 DISTANCES = ("l2", "cosine", "norm_diff")
-PROTOCOLS = ("originals", "all")
-
-
-@dataclass(frozen=True)
-class CounterfactualPair:
-    """An original review and one edit of it that changed ``aspect`` from ``before`` to ``after``.
-    ``label_effect``: the true label distribution of the edit minus the original's (training data)."""
-
-    original_id: str
-    edit_id: str
-    original: str
-    edit: str
-    aspect: str
-    before: str
-    after: str
-    label_effect: tuple[float, ...] | None = None
-    source_concepts: tuple[str, ...] = ()  # the original's validated value of every CEBaB aspect
-
-    @property
-    def direction(self) -> tuple[str, str, str]:
-        return self.aspect, self.before, self.after
-
-
-def label_distribution(row: dict, classes=CEBAB_CLASSES) -> np.ndarray:
-    """The annotators' votes over ``classes``, normalised (``review_label_distribution``); a row
-    without votes gets the one-hot of its majority label."""
-    votes = row.get("review_label_distribution")
-    counts = np.zeros(len(classes))
-    if isinstance(votes, dict):
-        for label, n in votes.items():
-            if str(label) in classes:
-                counts[classes.index(str(label))] += float(n)
-    if counts.sum() == 0:
-        label = str(row.get("review_majority"))
-        if label not in classes:
-            raise LucidError(f"CEBaB row {row.get('id')!r}: no label votes and no majority label among {list(classes)}")
-        counts[classes.index(label)] = 1.0
-    return counts / counts.sum()
-
-
-def cebab_pairs(rows: list[dict], with_label_effect: bool = False, protocol: str = "originals") -> list[CounterfactualPair]:
-    """The counterfactual pairs of CEBaB rows (conventions and ``protocol`` in the module doc).
-    Aspects are read as the ``cebab`` preset reads them; a row whose label has no majority is
-    kept, since its label *distribution* (the votes) is what a pair's label effect needs."""
-    if protocol not in PROTOCOLS:
-        raise LucidError(f"pair protocol: expected one of {list(PROTOCOLS)}, found {protocol!r}")
-    spec = cebab_spec()
-    rows = _cebab_rows(rows, spec, drop_no_majority=False)
-    columns = {c.name: c.column for c in spec.concepts}
-    for field in ("original_id", "is_original", "edit_type", "id", "description"):
-        if rows and field not in rows[0]:
-            raise LucidError(f"CEBaB rows: missing field {field!r}; (original, edit) pairs need it")
-    values = lambda row: tuple(row[columns[a]] for a in CEBAB_ASPECTS)  # noqa: E731
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(row["original_id"], []).append(row)
-    pairs = []
-    for group in groups.values():
-        original = next((r for r in group if r["is_original"]), None)
-        if original is None:
-            continue
-        if protocol == "originals":
-            candidates = [(original, edit, edit.get("edit_type")) for edit in group if not edit["is_original"]]
-        else:
-            candidates = []
-            for u in group:
-                for v in group:
-                    differing = [a for a, x, y in zip(CEBAB_ASPECTS, values(u), values(v)) if x != y]
-                    if u is not v and len(differing) == 1:
-                        candidates.append((u, v, differing[0]))
-        for source, target, aspect in candidates:
-            if aspect not in CEBAB_ASPECTS:
-                continue
-            before, after = source[columns[aspect]], target[columns[aspect]]
-            if before == after:  # the edit changed nothing the validators saw
-                continue
-            effect = tuple((label_distribution(target) - label_distribution(source)).tolist()) if with_label_effect else None
-            pairs.append(CounterfactualPair(str(source["id"]), str(target["id"]), source["description"], target["description"],
-                                            aspect, before, after, effect, values(source)))
-    return pairs
-
-
-def cebab_concept_rows(folder: str | Path, split: str) -> tuple[list[str], list[tuple[str, ...]]]:
-    """The texts of a CEBaB split file with every aspect's validated value (the S-learner's and
-    the matching baseline's training data)."""
-    spec = cebab_spec()
-    rows = _cebab_rows(read_rows(Path(folder) / f"{split}.json"), spec, drop_no_majority=False)
-    return [r["description"] for r in rows], [tuple(r[c.column] for c in spec.concepts) for r in rows]
-
-
-def load_cebab_pairs(folder: str | Path, split: str, with_label_effect: bool = False,
-                     protocol: str = "originals") -> list[CounterfactualPair]:
-    """Pairs of a CEBaB split file (``dev``, ``test``, ``train_inclusive``, …) in ``folder``."""
-    return cebab_pairs(read_rows(Path(folder) / f"{split}.json"), with_label_effect, protocol)
 
 
 # ---- estimators and scores -----------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..intervene import INTERVENTION_POLICIES, ConceptValues, concept_values_ten
 from ..metrics import concept_metrics, selection_score, task_metrics
 from ..outputs import InterventionResult, ModelOutput
 from ..training import TrainingConfig
-from .base import ConceptModel, ModelConfig
+from .base import ConceptModel, ModelConfig, evaluation_mode
 from .concept_layers import ACTIVATIONS, CONCEPT_LAYERS
 from .losses import concept_loss, task_loss
 
@@ -53,6 +53,14 @@ class BottleneckConfig(ModelConfig):
     # this weight × T/K × CE(y | intervened), so the label learns to profit from corrections.
     intervention_loss_weight: float = 0.0
     intervention_policy: str = "uncertainty"  # a name in intervene.INTERVENTION_POLICIES
+    # Counterfactual-consistency training (after Causal Proxy Models, Wu et al. 2023, and
+    # interchange-intervention training, Geiger et al. 2022; joint mode, data with human edits of
+    # the training texts, CEBaB ``counterfactuals: train_inclusive``): each step also draws
+    # ``counterfactual_batch_size`` (original, edit) pairs that changed concept k to b and adds
+    # this weight × KL(N(edit) ‖ N(original with k := b)), the edit's side without gradient: the
+    # model's own intervention learns to say what the model does on the edited text.
+    counterfactual_loss_weight: float = 0.0
+    counterfactual_batch_size: int = 8
     # The c→y fit (sequential, independent; a refit after joint training when elastic): an L2
     # penalty, or an elastic net (``elastic``, l1 share ``label_l1_ratio``) for a sparse label
     # layer in which each class reads few concepts. Its strength is chosen on dev along a path.
@@ -79,6 +87,13 @@ class BottleneckConfig(ModelConfig):
             raise LucidError(f"label_l1_ratio: expected a share in (0, 1], found {self.label_l1_ratio!r}")
         if self.intervention_loss_weight < 0:
             raise LucidError(f"intervention_loss_weight: expected a weight >= 0, found {self.intervention_loss_weight!r}")
+        if self.counterfactual_loss_weight < 0:
+            raise LucidError(f"counterfactual_loss_weight: expected a weight >= 0, found {self.counterfactual_loss_weight!r}")
+        if self.counterfactual_loss_weight > 0 and self.mode != "joint":
+            raise LucidError(f"counterfactual_loss_weight: the loss trains the label through the concepts, in joint mode "
+                             f"only; mode is {self.mode!r}")
+        if not isinstance(self.counterfactual_batch_size, int) or self.counterfactual_batch_size < 1:
+            raise LucidError(f"counterfactual_batch_size: expected an integer >= 1, found {self.counterfactual_batch_size!r}")
         if not 0.0 <= self.random_intervention_rate <= 1.0:
             raise LucidError(f"random_intervention_rate: expected a probability in [0, 1], found {self.random_intervention_rate!r}")
 
@@ -100,8 +115,10 @@ class ConceptBottleneckLM(ConceptModel):
         self.label_head = nn.Linear(self.concept_layer.width, spec.num_labels)
 
     def summary(self) -> dict:
-        return {**super().summary(), "mode": self.config.mode, "concept_layer": self.config.concept_layer,
-                "random_intervention_rate": self.config.random_intervention_rate if self.config.mode != "independent" else None}
+        c = self.config
+        return {**super().summary(), "mode": c.mode, "concept_layer": c.concept_layer,
+                "random_intervention_rate": c.random_intervention_rate if c.mode != "independent" else None,
+                "intervention_loss_weight": c.intervention_loss_weight, "counterfactual_loss_weight": c.counterfactual_loss_weight}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 concept_values: torch.Tensor | None = None) -> ModelOutput:
@@ -268,6 +285,20 @@ class ConceptBottleneckLM(ConceptModel):
     def check_training_data(self, train: Split, config: TrainingConfig) -> None:
         if train.concepts.shape[1] != len(self.spec.concepts):
             raise LucidError(f"{train.source}: the data has no concept labels; a {self.family} model needs them")
+        if self.config.counterfactual_loss_weight > 0:
+            if train.counterfactuals is None:
+                raise LucidError(f"{train.source}: counterfactual_loss_weight needs human edits of the training texts "
+                                 "(CEBaB: data option counterfactuals: train_inclusive)")
+            if self.spec.is_regression:
+                raise LucidError("counterfactual_loss_weight: compares label distributions; the task is a regression")
+
+    def before_training(self, train: Split, config: TrainingConfig) -> None:
+        self._counterfactual_rows = None
+        if self.config.counterfactual_loss_weight > 0:  # tokenised once: each step draws from them
+            edits = train.counterfactuals
+            sources = self.encoder.tokenize([train.texts[i] for i in edits.sources])
+            self._counterfactual_rows = (sources, self.encoder.tokenize(edits.texts),
+                                         torch.from_numpy(edits.concepts), torch.from_numpy(edits.values))
 
     def training_loss(self, forward: nn.Module, batch: dict) -> torch.Tensor:
         """Joint: CE(y) + λ·Σ_k CE(c_k), with RandInt if asked; the x→c stage: Σ_k CE(c_k)."""
@@ -284,7 +315,25 @@ class ConceptBottleneckLM(ConceptModel):
                 + self.config.concept_loss_weight * concept_loss(out.concept_logits, batch["concepts"], batch.get("concept_targets")))
         if self.config.intervention_loss_weight > 0:
             loss = loss + self.config.intervention_loss_weight * self.intervention_aware_loss(out.concept_states, batch)
+        if self.config.counterfactual_loss_weight > 0:
+            loss = loss + self.config.counterfactual_loss_weight * self.counterfactual_loss(forward)
         return loss
+
+    def counterfactual_loss(self, forward: nn.Module) -> torch.Tensor:
+        """KL(N(edit) ‖ N(original with k := b)) over pairs drawn from torch's seeded generator
+        (a checkpoint restores it); N(edit) is the model's own label distribution on the human
+        edit, in evaluation mode and without gradient: the target, not something to move."""
+        sources, edits, concepts, values = self._counterfactual_rows
+        picked = torch.randint(len(edits), (min(self.config.counterfactual_batch_size, len(edits)),))
+        original = self.encoder.pad([sources[i] for i in picked.tolist()])
+        edited = self.encoder.pad([edits[i] for i in picked.tolist()])
+        with torch.no_grad(), evaluation_mode(self):
+            target = self(edited["input_ids"].to(self.device), edited["attention_mask"].to(self.device)).label_logits
+        states = forward(original["input_ids"].to(self.device), original["attention_mask"].to(self.device)).concept_states
+        set_to = torch.full((len(picked), len(self.spec.concepts)), MISSING, dtype=torch.long)
+        set_to[torch.arange(len(picked)), concepts[picked]] = values[picked]
+        after = self.intervened_label_logits(states, set_to.to(self.device), correct_only=False)
+        return nn.functional.kl_div(after.log_softmax(-1), target.log_softmax(-1), log_target=True, reduction="batchmean")
 
     def intervention_aware_loss(self, states, batch: dict) -> torch.Tensor:
         """T/K × CE(y | the first T concepts of the policy's order set to gold), T ~ U{1..K}: the

@@ -89,6 +89,11 @@ def overview(model, record: dict | None, run_dir: Path) -> str:
     facts += [(f"concept {c.name}", ", ".join(c.values)) for c in spec.concepts]
     if "random_intervention_rate" in summary:
         facts.append(("RandInt", summary["random_intervention_rate"]))
+    if summary.get("intervention_loss_weight"):
+        facts.append(("intervention-aware training (IntCEM)", f"loss weight {summary['intervention_loss_weight']:g}"))
+    if summary.get("counterfactual_loss_weight"):
+        facts.append(("counterfactual-consistency training", f"loss weight {summary['counterfactual_loss_weight']:g}, "
+                      "on human edits of the training texts"))
     if "sparsity" in summary:
         facts.append(("sparsity", f"{summary['sparsity']:.0%} of every concept's masked weights pruned ({summary['granularity']} level)"))
     if "prototypes_per_class" in summary:
