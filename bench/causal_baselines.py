@@ -27,7 +27,7 @@ from lucidlm.experiment import load_experiment_task, load_run
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CEBAB = ROOT.parent / "shared" / "data" / "cebab"
-ESTIMATORS = ("concept_intervention", "s_learner", "matching", "average_training_effect")
+ESTIMATORS = ("concept_intervention", "subnetwork_rewiring", "s_learner", "matching", "average_training_effect")
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     transformers.utils.logging.set_verbosity_error()
     results_file = RESULTS / "causal_baselines.json"
     result = json.loads(results_file.read_text()) if results_file.is_file() else {"runs": {}}
-    for run in args.runs:
+    for run in (r.resolve() for r in args.runs):
         model, record = load_run(run)
         task = load_experiment_task(record["experiment"]["data"])
         for protocol in args.pairs:
@@ -98,6 +98,9 @@ def over_seeds(result: dict) -> list[str]:
     for (name, protocol), group in groups.items():
         cells = []
         for estimator in ESTIMATORS:
+            if any("overall" not in g.get(estimator, {}) for g in group):
+                cells.append("–")
+                continue
             scores = [[g[estimator]["overall"][d] for g in group] for d in ("l2", "cosine", "norm_diff")]
             cells.append(" / ".join(f"{np.mean(x):.3f} ± {np.std(x, ddof=1):.3f}" for x in scores))
         lines.append(f"| {name} | {protocol} | {len(group)} | " + " | ".join(cells) + " |")

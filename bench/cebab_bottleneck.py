@@ -30,7 +30,7 @@ RESULTS = ROOT / "bench" / "results"
 
 
 MODES = ("standard", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem", "intcem-augmented",
-         "joint-counterfactual")
+         "joint-counterfactual", "proto")
 
 
 def majority_floors_of(rows: dict) -> dict:
@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
                         help="joint-augmented: the joint model on C3M's 13 concepts (configs/cebab-joint-augmented.yaml); "
                              "cem: concept embeddings (configs/cebab-cem.yaml); intcem: with intervention-aware training; "
-                             "intcem-augmented: IntCEM on C3M's 13 concepts")
+                             "intcem-augmented: IntCEM on C3M's 13 concepts; joint-counterfactual: joint with "
+                             "counterfactual-consistency training on CEBaB's human edits; proto: proto-lm (configs/cebab-proto.yaml)")
     parser.add_argument("--random-intervention-rate", type=float, default=None,
                         help="train at this RandInt rate instead of the config's; the rows are named '<mode>, RandInt <rate>'")
     parser.add_argument("--intervention-loss-weight", type=float, default=None,
@@ -136,7 +137,7 @@ def random_intervention_rate(row: dict) -> str:
     """The row's RandInt rate as trained. Runs before the option was named trained at 0.25 in
     every mode (``intervention_rate``, not in their configs)."""
     model = row["config"]["model"]
-    if model.get("family") == "standard" or model.get("mode") in ("standard", "independent"):
+    if model.get("family") not in ("bottleneck", "sparse") or model.get("mode") in ("standard", "independent"):
         return "–"
     return f"{model.get('random_intervention_rate', 0.25):g}"
 

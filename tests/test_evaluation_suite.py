@@ -458,3 +458,30 @@ def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path,
                                      str(tmp_path / "c.yaml"), "--black-box", str(tmp_path / "black"), "--json"])
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["results"]["honesty"]["black_box_accuracy"] == 0.75
+
+
+def test_sparse_models_estimate_causal_effects_by_rewiring_their_subnetworks(tiny_bert_dir, cebab_dir):
+    """SparseCBM's own estimate: the label change when the edited aspect's subnetwork is rewired
+    toward the edit's value for the original text only; the masks are as before afterwards."""
+    from lucidlm import SubnetworkRewiring, load_task
+    from lucidlm.evaluation.causal import causal_effects, load_cebab_pairs
+    from lucidlm.evaluation.outputs import TextOutputs
+
+    model = SparseConceptLM.from_backbone(str(tiny_bert_dir), task=load_task("cebab", path=cebab_dir).spec, sparsity=0.5)
+    for layer in model.subnetworks.values():
+        layer.mask.copy_(torch.rand(layer.mask.shape, generator=torch.Generator().manual_seed(layer.mask.numel())) < 0.5)
+    masks = [layer.mask.clone() for layer in model.subnetworks.values()]
+    pairs = load_cebab_pairs(cebab_dir, "test")[:5]
+    effects = causal_effects(model, TextOutputs(model), pairs, {}, rewiring=(0.1, "taylor"))
+    rewired = effects["estimators"]["subnetwork_rewiring"]
+    assert rewired["overall"]["n"] == 5 and (rewired["fraction"], rewired["score"]) == (0.1, "taylor")
+    distances = []
+    for pair in pairs:
+        result = model.intervene([pair.original], SubnetworkRewiring(pair.aspect, pair.after, 0.1, "taylor"))[0]
+        estimate = np.array([result.after.probabilities[c] - result.before.probabilities[c] for c in model.spec.classes])
+        truth = np.array([model.predict(pair.edit)[0].probabilities[c] - result.before.probabilities[c] for c in model.spec.classes])
+        distances.append(np.linalg.norm(truth - estimate))
+        assert np.abs(estimate).sum() > 0  # the rewiring moved the label
+    assert rewired["overall"]["l2"] == pytest.approx(np.mean(distances), abs=1e-5)
+    assert all(torch.equal(a, layer.mask) for a, layer in zip(masks, model.subnetworks.values()))
+    assert "subnetwork_rewiring" not in causal_effects(model, TextOutputs(model), pairs, {})["estimators"]

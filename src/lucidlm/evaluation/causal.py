@@ -42,7 +42,8 @@ from ..data.counterfactuals import (CEBAB_CLASSES, PROTOCOLS, CounterfactualPair
                                     label_distribution, load_cebab_pairs)
 from ..data.presets import CEBAB_ASPECTS, cebab_spec
 from ..errors import LucidError
-from ..models import ConceptModel
+from ..intervene import SubnetworkRewiring
+from ..models import ConceptModel, SubnetworkModel
 from .outputs import TextOutputs, softmax
 
 DISTANCES = ("l2", "cosine", "norm_diff")
@@ -179,7 +180,7 @@ def concept_intervention_effects(model, outputs: TextOutputs, pairs: list[Counte
     aspect's concept set to the edit's value, minus without. Returns the estimates of the pairs
     whose aspect is one of the model's concepts, and those pairs' indices."""
     names = model.spec.concept_names
-    usable = np.array([i for i, p in enumerate(pairs) if p.aspect in names and p.after in model.spec.concept(p.aspect).values], dtype=int)
+    usable = _usable(model, pairs)
     if len(usable) == 0:
         return np.zeros((0, model.spec.num_labels)), usable
     chosen = [pairs[i] for i in usable]
@@ -192,11 +193,34 @@ def concept_intervention_effects(model, outputs: TextOutputs, pairs: list[Counte
     return after - softmax(found["label_logits"]), usable
 
 
+def _usable(model, pairs: list[CounterfactualPair]) -> np.ndarray:
+    """Indices of the pairs whose aspect and target value are among the model's concepts."""
+    names = model.spec.concept_names
+    return np.array([i for i, p in enumerate(pairs) if p.aspect in names and p.after in model.spec.concept(p.aspect).values], dtype=int)
+
+
+def rewiring_effects(model, pairs: list[CounterfactualPair], fraction: float, score: str) -> tuple[np.ndarray, np.ndarray]:
+    """EICaCE of SparseCBM by its own correction (METHODS §2): each original's label distribution
+    after the edited aspect's subnetwork is rewired toward the edit's value (``fraction`` of its
+    weights, chosen by ``score``), for that text only, minus before. Estimates and the usable
+    pairs' indices."""
+    usable = _usable(model, pairs)
+    estimates = np.zeros((len(usable), model.spec.num_labels))
+    for row, i in enumerate(usable):
+        pair = pairs[i]
+        change = SubnetworkRewiring(pair.aspect, pair.after, fraction, score, commit=False)
+        result = model.intervene([pair.original], change)[0]
+        estimates[row] = [result.after.probabilities[c] - result.before.probabilities[c] for c in model.spec.classes]
+    return estimates, usable
+
+
 def causal_effects(model, outputs: TextOutputs, pairs: list[CounterfactualPair],
-                   estimator: dict[tuple[str, str, str], np.ndarray], train: tuple[list, list] | None = None) -> dict:
+                   estimator: dict[tuple[str, str, str], np.ndarray], train: tuple[list, list] | None = None,
+                   rewiring: tuple[float, str] | None = None) -> dict:
     """ICaCE of ``model`` on ``pairs``, scored against the baseline ``estimator``, the S-learner
     and the matching baseline fitted on ``train`` (texts, aspect values) with the same model's
-    outputs, and, for a concept model, against its own interventions."""
+    outputs, and, for a concept model, against its own interventions (for SparseCBM given
+    ``rewiring``, its fraction and score, also its subnetwork rewiring: one backward pass a pair)."""
     p_original = softmax(outputs.get([p.original for p in pairs])["label_logits"])
     p_edit = softmax(outputs.get([p.edit for p in pairs])["label_logits"])
     icace = p_edit - p_original
@@ -218,4 +242,9 @@ def causal_effects(model, outputs: TextOutputs, pairs: list[CounterfactualPair],
             **summarize(chosen, effect_distances(icace[usable], eicace)), "pairs_without_the_concept": len(pairs) - len(usable)}
     else:
         result["estimators"]["concept_intervention"] = {"skipped": f"a {model.family} model without concepts has no concept to intervene on"}
+    if isinstance(model, SubnetworkModel) and rewiring is not None:
+        eicace, usable = rewiring_effects(model, pairs, *rewiring)
+        result["estimators"]["subnetwork_rewiring"] = {
+            **summarize([pairs[i] for i in usable], effect_distances(icace[usable], eicace)),
+            "fraction": rewiring[0], "score": rewiring[1]}
     return result

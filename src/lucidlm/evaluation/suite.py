@@ -50,13 +50,14 @@ def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: st
               seed: int = 0, cebab: str | Path | None = None, causal_splits: Sequence[str] = ("dev", "test"),
               baseline_split: str = "train_inclusive", random_repeats: int = 5, batch_size: int = 64,
               black_box_accuracy: float | None = None, statements=None, human_concepts: dict | None = None,
-              pair_protocol: str = "originals") -> dict:
+              pair_protocol: str = "originals", rewiring: tuple[float, str] | None = (0.1, "taylor")) -> dict:
     """Run the named suites on ``task``'s ``split``; the same seed gives the same results.
 
     ``samples``: rows drawn (with ``seed``) for token faithfulness, the slow part; the other
     suites use every row. ``cebab``: the folder of CEBaB's JSON files, whose ``causal_splits``
     give the counterfactual pairs (``pair_protocol``: ``originals`` or ``all``, CEBaB's full
-    protocol) and whose ``baseline_split`` the baselines' training pairs and texts.
+    protocol) and whose ``baseline_split`` the baselines' training pairs and texts; ``rewiring``
+    (fraction, score; None: not run): SparseCBM's own estimate by subnetwork rewiring.
     ``black_box_accuracy``: the black box's accuracy on ``split``, for completeness (``honesty``).
     ``statements``, ``human_concepts``: an automatic concept set's statements and the human concept
     values of ``split``'s rows, for their agreement (``concepts``; ``experiment.automatic_concept_sources``).
@@ -83,7 +84,8 @@ def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: st
             results["causal"] = {
                 "data": str(cebab), "baseline_training_split": baseline_split, "baseline_training_pairs": len(train_pairs),
                 "baseline_training_texts": len(train_rows[0]), "pairs": pair_protocol,
-                "splits": {name: causal_effects(model, outputs, load_cebab_pairs(cebab, name, protocol=pair_protocol), estimator, train_rows)
+                "splits": {name: causal_effects(model, outputs, load_cebab_pairs(cebab, name, protocol=pair_protocol), estimator, train_rows,
+                                                 rewiring)
                            for name in causal_splits},
             }
     if "interventions" in suites:
@@ -261,7 +263,8 @@ def _causal_tables(results: dict[str, dict]) -> list[str]:
         f"({part['baseline_training_pairs']}) with the same aspect a→b; `s_learner` = a logistic regression from the aspects' "
         f"values to the model's predicted class on the {part.get('baseline_training_texts', '?')} {part['baseline_training_split']} "
         "texts, with the aspect set to b minus a; `matching` = the model's mean output on the training texts whose aspect values "
-        "are the source's with the aspect set to b, minus its output on the source. Scores (lower is better): L2 = ‖ICaCE − EICaCE‖, "
+        "are the source's with the aspect set to b, minus its output on the source; `subnetwork_rewiring` (SparseCBM) = "
+        "p(y | source, the aspect's subnetwork rewired toward b for this text) − p(y | source). Scores (lower is better): L2 = ‖ICaCE − EICaCE‖, "
         "cosine = 1 − cos, norm diff = | ‖ICaCE‖ − ‖EICaCE‖ |, means over pairs. ‖ICaCE‖: how much the model moves.",
         "",
         "| model | split | pairs | ‖ICaCE‖ | estimator | L2 ↓ | cosine ↓ | norm diff ↓ |",
