@@ -28,6 +28,8 @@ MODELS = {
     # pruning ramps from step 2 to step 12 of 16: a kill at step 7 falls mid-ramp, mid-epoch
     "sparse": {"family": "sparse", "sparsity": 0.5, "pruning_start": 0.25, "pruning_end": 1.5, "pruning_interval": 1,
                "pruning_score": "obert", "obert_gradients": 2, "obert_block": 4},
+    # a second forward pass a step (pairs of texts and their human edits) through the wrapped model
+    "counterfactual": {"family": "bottleneck", "mode": "joint", "counterfactual_loss_weight": 1.0, "counterfactual_batch_size": 4},
 }
 
 
@@ -43,7 +45,8 @@ def still_bert_dir(tmp_path_factory, tiny_bert_dir) -> Path:
 
 def write_config(folder: Path, kind: str, backbone: Path, cebab: Path, **model) -> Path:
     config = {
-        "data": {"source": "cebab", "path": str(cebab), "subsample": {"train": 64, "dev": 32, "test": 32}},
+        "data": {"source": "cebab", "path": str(cebab), "subsample": {"train": 64, "dev": 32, "test": 32},
+                 **({"counterfactuals": "train_inclusive"} if kind == "counterfactual" else {})},
         "model": {**MODELS[kind], "backbone": str(backbone), **model},
         "training": {"epochs": 2, "batch_size": 8, "seed": 0, "progress": True, "log_steps": 2, "checkpoint_steps": 3},
     }
@@ -101,7 +104,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(kind, tmp_p
     assert not (tmp_path / "killed" / CHECKPOINT_DIR).exists()  # the saved run supersedes it
 
 
-@pytest.mark.parametrize("kind", ["joint", "sparse"])
+@pytest.mark.parametrize("kind", ["joint", "sparse", "counterfactual"])
 def test_two_processes_train_what_one_process_does_with_the_same_global_batch(kind, tmp_path, still_bert_dir, cebab_dir):
     config = write_config(tmp_path, kind, still_bert_dir, cebab_dir, dropout=0.0, random_intervention_rate=0.0)
     one = train(config, tmp_path / "one", tmp_path / "one-weights")
@@ -120,7 +123,7 @@ def test_two_processes_train_what_one_process_does_with_the_same_global_batch(ki
     # one writer: every step and epoch logged once, one progress report, one run folder
     steps = [r["step"] for r in log_records(tmp_path / "two") if r["event"] == "step"]
     assert steps == list(range(2, 17, 2))
-    assert two.stderr.count(f"{kind} epoch 2/2 done") == 1
+    assert two.stderr.count(f"{'sparse' if kind == 'sparse' else 'joint'} epoch 2/2 done") == 1
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 
