@@ -82,11 +82,12 @@ def test_a_full_queue_answers_503_with_retry_after_at_once_and_recovers(model):
     with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         worker.submit(busy, None)
         assert started.wait(10)  # the worker is busy ...
-        worker.submit(lambda _: None, None)  # ... and the one place in its queue is taken
+        waiting = worker.submit(lambda _: None, None)  # ... and the one place in its queue is taken
         refused = client.post("/api/predict", json={"text": TEXTS[0]})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
         assert refused.json()["detail"] == "the model is busy: 1 requests are waiting; retry in 2 s"
         release.set()
+        waiting.result(timeout=30)  # the queue has room again
         assert client.post("/api/predict", json={"text": TEXTS[0]}).status_code == 200
 
 
