@@ -58,6 +58,9 @@ def main() -> None:
                         help="train at this RandInt rate instead of the config's; the rows are named '<mode>, RandInt <rate>'")
     parser.add_argument("--intervention-loss-weight", type=float, default=None,
                         help="train with this IntCEM loss weight instead of the config's; rows named '<mode>, IntCEM weight <w>'")
+    parser.add_argument("--counterfactual-loss-weight", type=float, default=None,
+                        help="train with this counterfactual-consistency loss weight instead of the config's; rows named "
+                             "'<mode>, CF weight <w>'")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="train each mode once per seed (the configs' is 0); rows of other seeds are named "
                              "'<mode>, seed <s>' and the table adds mean ± standard deviation over seeds")
@@ -70,19 +73,24 @@ def main() -> None:
     for mode in args.modes:
         for seed in args.seeds:
             name, rate, weight = mode, args.random_intervention_rate, args.intervention_loss_weight
+            cf_weight = args.counterfactual_loss_weight
             if rate is not None:
                 name += f", RandInt {rate:g}"
             if weight is not None:
                 name += f", IntCEM weight {weight:g}"
+            if cf_weight is not None:
+                name += f", CF weight {cf_weight:g}"
             if seed != 0:
                 name += f", seed {seed}"
             folder = (name.replace(", RandInt ", "-randint").replace(", IntCEM weight ", "-weight")
-                      .replace(", seed ", "-seed"))
+                      .replace(", CF weight ", "-cfweight").replace(", seed ", "-seed"))
             experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{folder}")
             if rate is not None:
                 experiment.model["random_intervention_rate"] = rate
             if weight is not None:
                 experiment.model["intervention_loss_weight"] = weight
+            if cf_weight is not None:
+                experiment.model["counterfactual_loss_weight"] = cf_weight
             experiment.training.seed = seed
             experiment.training.progress = False
             floors = majority_floors(load_experiment_task(experiment.data))
@@ -90,6 +98,7 @@ def main() -> None:
             model, metrics = run_experiment(experiment)
             command = ("python bench/cebab_bottleneck.py --modes " + mode + (f" --random-intervention-rate {rate:g}" if rate is not None else "")
                        + (f" --intervention-loss-weight {weight:g}" if weight is not None else "")
+                       + (f" --counterfactual-loss-weight {cf_weight:g}" if cf_weight is not None else "")
                        + (f" --seeds {seed}" if seed != 0 else ""))
             rows[name] = {
                 "command": command, "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,
