@@ -6,9 +6,11 @@
 - CEBaB: the shipped statements' agreement with the human aspect labels (ROC AUC per aspect and
   polarity) as raw MiniLM cosines and as the trained label-free model's concepts, and its task
   accuracy beside the supervised joint model (bench/results/cebab_bottleneck.json).
+- What ACC does to the concepts' agreement with the human aspect labels on the training texts,
+  the targets the concept layer learns (no training: cached scores).
 - The score cache: the scoring step's time on a second run over the same texts, against the first.
 
-    python bench/label_free.py [--parts cache sst2 cebab]
+    python bench/label_free.py [--parts cache sst2 cebab correction]
 
 Writes bench/results/label_free.{json,md}, merging the parts run now into the earlier ones.
 """
@@ -27,13 +29,13 @@ import transformers
 from sklearn.metrics import roc_auc_score
 
 from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
-from lucidlm.data.automatic_concepts import concept_scores, read_statements
+from lucidlm.data.automatic_concepts import concept_scores, corrected_scores, read_statements
 from lucidlm.evaluation.concept_set import label_layer_weights
 from lucidlm.experiment import automatic_concept_sources, load_experiment_task, read_experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PARTS = ("cache", "sst2", "cebab")
+PARTS = ("cache", "sst2", "cebab", "correction")
 
 
 def train(config: str, name: str) -> tuple[object, dict]:
@@ -77,12 +79,8 @@ def cebab_part() -> dict:
     raw = concept_scores(test.texts, statements)
     logits = model.infer(load_experiment_task(data).test)["concept_logits"]
     trained = np.stack([1.0 / (1.0 + np.exp(x[:, 0] - x[:, 1])) for x in logits], axis=1)
-    groups: dict[tuple[str, str], list[int]] = {}
-    for j, s in enumerate(statements):
-        for match in s.matches:
-            groups.setdefault(match, []).append(j)
     agreement = []
-    for (concept, value), members in groups.items():
+    for (concept, value), members in statement_groups(statements).items():
         truth = human[concept] == value
         agreement.append({"aspect": concept, "value": value, "statements": [statements[j].text for j in members],
                           "positives": int(truth.sum()),
@@ -95,6 +93,31 @@ def cebab_part() -> dict:
     return {"label-free": {**row, "path": head["path"]}, "supervised_joint_test": joint, "agreement": agreement}
 
 
+def statement_groups(statements) -> dict[tuple[str, str], list[int]]:
+    """(aspect, value) -> the statements that stand for it (``matches``)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for j, s in enumerate(statements):
+        for match in s.matches:
+            groups.setdefault(match, []).append(j)
+    return groups
+
+
+def correction_part() -> dict:
+    """ROC AUC against the human aspect labels of CEBaB's training texts: the raw scores, and the
+    ACC-corrected scores that the concept layer is trained to reproduce."""
+    data = read_experiment(ROOT / "configs" / "cebab-label-free.yaml").data
+    statements, human = automatic_concept_sources(data, "train")
+    task = load_experiment_task({k: v for k, v in data.items() if k != "automatic_concepts"})
+    raw = concept_scores(task.train.texts, statements)
+    corrected = corrected_scores(raw, task.train.labels, statements, task.spec.classes)
+    rows = []
+    for (concept, value), members in statement_groups(statements).items():
+        truth = human[concept] == value
+        rows.append({"aspect": concept, "value": value, "raw": float(roc_auc_score(truth, raw[:, members].mean(1))),
+                     "corrected": float(roc_auc_score(truth, corrected[:, members].mean(1)))})
+    return {"train_texts": len(task.train), "agreement": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
@@ -105,7 +128,7 @@ def main() -> None:
     results_file = RESULTS / "label_free.json"
     result = json.loads(results_file.read_text()) if results_file.is_file() else {}
     for part in args.parts:
-        result[part] = {"cache": cache_part, "sst2": sst2_part, "cebab": cebab_part}[part]()
+        result[part] = {"cache": cache_part, "sst2": sst2_part, "cebab": cebab_part, "correction": correction_part}[part]()
         result[part]["command"] = f"python bench/label_free.py --parts {part}"
         RESULTS.mkdir(parents=True, exist_ok=True)
         results_file.write_text(json.dumps(relative_paths(result), indent=2))
@@ -149,6 +172,15 @@ def markdown(result: dict) -> str:
             lines.append(f"| {a['aspect']} | {a['value']} | {a['positives']} | {a['raw_plain']:.3f} | {a['raw']:.3f} | {a['trained']:.3f} |")
         means = {k: np.mean([a[k] for a in c["agreement"]]) for k in ("raw_plain", "raw", "trained")}
         lines += [f"| mean | | | {means['raw_plain']:.3f} | {means['raw']:.3f} | {means['trained']:.3f} |", ""]
+    if "correction" in result:
+        k = result["correction"]
+        lines += ["## What ACC teaches the concept layer (CEBaB training texts)", "", f"Command: `{k['command']}`. ROC AUC against "
+                  f"the human aspect labels of the {k['train_texts']} training texts: the raw scores, and the scores after ACC "
+                  "(statements tied to other star ratings than the review's set to zero), the targets the concept layer learns.", "",
+                  "| aspect | value | raw | after ACC |", "|---|---|---|---|"]
+        lines += [f"| {a['aspect']} | {a['value']} | {a['raw']:.3f} | {a['corrected']:.3f} |" for a in k["agreement"]]
+        lines += [f"| mean | | {np.mean([a['raw'] for a in k['agreement']]):.3f} | "
+                  f"{np.mean([a['corrected'] for a in k['agreement']]):.3f} |", ""]
     if "cache" in result:
         k = result["cache"]
         lines += ["## The score cache", "", f"Command: `{k['command']}`. Scoring {k['texts']} texts against {k['statements']} "
