@@ -30,7 +30,7 @@ RESULTS = ROOT / "bench" / "results"
 
 
 MODES = ("standard", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem", "intcem-augmented",
-         "joint-counterfactual", "proto")
+         "joint-counterfactual", "intcem-counterfactual", "proto")
 
 
 def majority_floors_of(rows: dict) -> dict:
@@ -53,7 +53,8 @@ def main() -> None:
                         help="joint-augmented: the joint model on C3M's 13 concepts (configs/cebab-joint-augmented.yaml); "
                              "cem: concept embeddings (configs/cebab-cem.yaml); intcem: with intervention-aware training; "
                              "intcem-augmented: IntCEM on C3M's 13 concepts; joint-counterfactual: joint with "
-                             "counterfactual-consistency training on CEBaB's human edits; proto: proto-lm (configs/cebab-proto.yaml)")
+                             "counterfactual-consistency training on CEBaB's human edits; intcem-counterfactual: IntCEM with it; "
+                             "proto: proto-lm (configs/cebab-proto.yaml)")
     parser.add_argument("--random-intervention-rate", type=float, default=None,
                         help="train at this RandInt rate instead of the config's; the rows are named '<mode>, RandInt <rate>'")
     parser.add_argument("--intervention-loss-weight", type=float, default=None,
