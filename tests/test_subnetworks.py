@@ -1,5 +1,6 @@
 """SparseCBM mechanics: per-concept masks, the batched pass, pruning, packing, round trips."""
 
+import dataclasses
 import itertools
 
 import pytest
@@ -257,3 +258,24 @@ def test_taylor_rewiring_moves_the_concept_toward_the_given_value(trained):
         assert torch.equal(layer.mask, masks[name])
     with pytest.raises(LucidError, match="score"):
         trained.intervene(TEXTS[0], SubnetworkRewiring("service", "Negative", score="random"))[0]
+
+
+def test_a_rewired_concept_embedding_reads_the_new_probabilities_over_the_old_embeddings(tiny_bert_dir, cebab_small):
+    model = sparse(tiny_bert_dir, cebab_small, concept_layer="embedding").eval()
+    random_masks(model)
+    rewiring = SubnetworkRewiring("service", "Negative", fraction=0.3)
+    result = model.intervene(TEXTS[0], rewiring)[0]
+    with torch.no_grad():
+        before = model.forward_texts([TEXTS[0]])
+        committed = model.intervene(TEXTS[0], dataclasses.replace(rewiring, commit=True))[0]
+        rewired = model.forward_texts([TEXTS[0]])  # the committed mask moves embeddings and probabilities
+        p = rewired.concept_logits[2].softmax(-1)
+        activations = model.concept_activations(before.concept_states)
+        activations[2] = (p.unsqueeze(-1) * before.concept_states[2]).sum(1)
+        expected = model.label_from_concepts(activations).softmax(-1)[0].tolist()
+    service = result.after.concepts["service"].probabilities
+    assert service == pytest.approx(committed.after.concepts["service"].probabilities, abs=1e-5)
+    assert not torch.allclose(rewired.concept_states[2], before.concept_states[2], atol=1e-3)  # embeddings moved
+    assert list(result.after.probabilities.values()) == pytest.approx(expected, abs=1e-5)
+    # the committed model reads the new embeddings as well: another label distribution
+    assert list(committed.after.probabilities.values()) != pytest.approx(expected, abs=1e-4)

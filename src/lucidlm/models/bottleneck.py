@@ -125,10 +125,14 @@ class ConceptBottleneckLM(ConceptModel):
         """``concept_values`` (``[B, K]``, ``MISSING`` = keep the prediction) sets concepts before
         the label head reads them: an intervention."""
         states, pooled = self.concept_states(input_ids, attention_mask)
+        return self.output_of(states, pooled, concept_values)
+
+    def output_of(self, states, pooled: torch.Tensor, concept_values: torch.Tensor | None = None) -> ModelOutput:
+        """The forward pass from the concept states on."""
         activations = self.concept_activations(states)
         if concept_values is not None:
             activations = self.set_concepts(states, activations, concept_values)
-        return ModelOutput(self.label_from_concepts(activations), self.concept_layer.logits(states), pooled, states)
+        return ModelOutput(self.label_from_concepts(activations), self.concept_layer.logits(states), pooled, tuple(states))
 
     def concept_states(self, input_ids, attention_mask) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """The concept layer's state of each concept, and the pooled vector they read."""

@@ -74,6 +74,11 @@ class ScalarConceptLayer(nn.Module):
         tables = [self.intervention_table[k, :len(c.values), :len(c.values)] for k, c in enumerate(self.spec.concepts)]
         return overwrite_concepts(activations, values, tables)
 
+    def rewired(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """Concept k's state after a subnetwork rewiring changed it from ``before`` to ``after``
+        for one input (SparseCBM): the rewired logits."""
+        return after
+
     @torch.no_grad()
     def calibrate(self, states, gold: torch.Tensor, momentum: float = 0.0) -> None:
         """Forced logits of value v := mean of the concept logits over rows whose gold and
@@ -134,6 +139,22 @@ class EmbeddingConceptLayer(nn.Module):
             chosen = embeddings[torch.arange(len(value), device=value.device), value.clamp(min=0)]
             out.append(torch.where((value == MISSING).unsqueeze(-1), activation, chosen))
         return out
+
+    def rewired(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """Concept k's state after a subnetwork rewiring changed it from ``before`` to ``after``
+        for one input (SparseCBM). A rewiring minimises the concept's loss: what it corrects is the
+        concept's probabilities. It also moves every value's embedding, which no objective asked
+        for and which carries what the text says beyond the concept; so the label reads the
+        rewired probabilities mixing the embeddings from before, as a value intervention reads
+        the input's own embedding of the value. As a state: each embedding from before moved
+        along ψ's weight w by (δ_v + c)/|w|², with δ_v the logit change ψ(after_v) − ψ(before_v)
+        and c = −Σ_v p'_v·δ_v: ψ then gives the rewired logits + c (the same probabilities p') and
+        the moves cancel in the mixture, Σ_v p'_v·state_v = Σ_v p'_v·before_v."""
+        logits = self.score(after).squeeze(-1)
+        shift = logits - self.score(before).squeeze(-1)
+        shift = shift - (logits.softmax(-1) * shift).sum(-1, keepdim=True)
+        w = self.score.weight[0]
+        return before + shift.unsqueeze(-1) * (w / w.dot(w))
 
     def calibrate(self, states, gold: torch.Tensor, momentum: float = 0.0) -> None:
         """Nothing to calibrate: an intervention reads the input's own embedding of the value."""

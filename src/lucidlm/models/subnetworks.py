@@ -140,7 +140,10 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
         the signed ``taylor``); in each masked layer the ``fraction`` of active weights with the
         lowest s are dropped and as many pruned weights with the highest s regrown, so the
         sparsity stays fixed; with neuron-level masks the same is done to whole units, scored by
-        the sum of s over their weights. The new mask holds for this input only unless ``commit``.
+        the sum of s over their weights. The new mask holds for this input only unless ``commit``;
+        for this input the label reads the concept layer's ``rewired`` state (embeddings: the rewired
+        probabilities over the embeddings from before). A committed mask is the model's from then
+        on, and ``after`` is its plain forward pass.
         """
         concept, value, fraction, commit = rewiring.concept, rewiring.value, rewiring.fraction, rewiring.commit
         score_of = REWIRING_SCORES.get(rewiring.score, "score")
@@ -164,6 +167,9 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
             if not commit:
                 for layer, old in zip(layers, old_masks):
                     layer.mask[k] = old
+                states = list(after.concept_states)
+                states[k] = self.concept_layer.rewired(before.concept_states[k], states[k])
+                after = self.output_of(states, after.pooled)
         return SubnetworkInterventionResult(
             text=text, interventions={concept: value}, before=self.to_prediction(text, before, 0),
             after=self.to_prediction(text, after, 0), concept=concept, fraction=fraction, score=rewiring.score,
