@@ -62,6 +62,13 @@ def main() -> None:
             predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
             wrong_rows = ((predicted != split.concepts) & (split.concepts != MISSING)).any(1)
             corrected = inferred["gold_concept_label_logits"].argmax(1) == split.labels
+            confidence = [p.max(1) for p in inferred["concept_probs"]]
+            wrong = (predicted != split.concepts) & (split.concepts != MISSING)
+            recognised = predicted == split.concepts
+            row["concepts"] = {c.name: {"error_rate": float(wrong[:, k].sum() / (split.concepts[:, k] != MISSING).sum()),
+                                        "confidence_when_right": float(confidence[k][recognised[:, k]].mean()),
+                                        "confidence_when_wrong": float(confidence[k][wrong[:, k]].mean()) if wrong[:, k].any() else None}
+                               for k, c in enumerate(model.spec.concepts)}
             row.update(rows_with_a_wrong_concept=float(wrong_rows.mean()),
                        accuracy_on_those_rows=float(right[wrong_rows].mean()) if wrong_rows.any() else None,
                        accuracy_on_those_rows_corrected=float(corrected[wrong_rows].mean()) if wrong_rows.any() else None)
@@ -106,6 +113,14 @@ def run_markdown(result: dict) -> list[str]:
         fmt = lambda v: "–" if v is None else f"{v:.1%}"  # noqa: E731
         lines.append(f"| {name} | {r['rows']} | {fmt(r['task_accuracy'])} | {fmt(r['rows_with_a_wrong_concept'])} | "
                      f"{fmt(r['accuracy_on_those_rows'])} | {fmt(r['accuracy_on_those_rows_corrected'])} | {alone} | {gold} |")
+    concepts = {name: r["concepts"] for name, r in result["splits"].items() if "concepts" in r}
+    if concepts:
+        lines += ["", "Per concept: error rate, and the mean probability of the predicted value when it is right / wrong.", "",
+                  "| split | " + " | ".join(next(iter(concepts.values()))) + " |", "|---|" + "---|" * len(next(iter(concepts.values())))]
+        for name, per_concept in concepts.items():
+            cells = [f"{c['error_rate']:.1%}, {c['confidence_when_right']:.2f} / "
+                     + ("–" if c["confidence_when_wrong"] is None else f"{c['confidence_when_wrong']:.2f}") for c in per_concept.values()]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
