@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--counterfactual-loss-weight", type=float, default=None,
                         help="train with this counterfactual-consistency loss weight instead of the config's; rows named "
                              "'<mode>, CF weight <w>'")
+    parser.add_argument("--intervention-holdout", type=float, default=None,
+                        help="hold this share of the training rows out of joint training and tune the label head on them "
+                             "(intervention_holdout); rows named '<mode>, holdout <share>'")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="train each mode once per seed (the configs' is 0); rows of other seeds are named "
                              "'<mode>, seed <s>' and the table adds mean ± standard deviation over seeds")
@@ -81,10 +84,12 @@ def main() -> None:
                 name += f", IntCEM weight {weight:g}"
             if cf_weight is not None:
                 name += f", CF weight {cf_weight:g}"
+            if args.intervention_holdout is not None:
+                name += f", holdout {args.intervention_holdout:g}"
             if seed != 0:
                 name += f", seed {seed}"
             folder = (name.replace(", RandInt ", "-randint").replace(", IntCEM weight ", "-weight")
-                      .replace(", CF weight ", "-cfweight").replace(", seed ", "-seed"))
+                      .replace(", CF weight ", "-cfweight").replace(", holdout ", "-holdout").replace(", seed ", "-seed"))
             experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{folder}")
             if rate is not None:
                 experiment.model["random_intervention_rate"] = rate
@@ -92,6 +97,8 @@ def main() -> None:
                 experiment.model["intervention_loss_weight"] = weight
             if cf_weight is not None:
                 experiment.model["counterfactual_loss_weight"] = cf_weight
+            if args.intervention_holdout is not None:
+                experiment.model["intervention_holdout"] = args.intervention_holdout
             experiment.training.seed = seed
             experiment.training.progress = False
             floors = majority_floors(load_experiment_task(experiment.data))
@@ -100,6 +107,7 @@ def main() -> None:
             command = ("python bench/cebab_bottleneck.py --modes " + mode + (f" --random-intervention-rate {rate:g}" if rate is not None else "")
                        + (f" --intervention-loss-weight {weight:g}" if weight is not None else "")
                        + (f" --counterfactual-loss-weight {cf_weight:g}" if cf_weight is not None else "")
+                       + (f" --intervention-holdout {args.intervention_holdout:g}" if args.intervention_holdout is not None else "")
                        + (f" --seeds {seed}" if seed != 0 else ""))
             rows[name] = {
                 "command": command, "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,

@@ -7,6 +7,7 @@ import torch
 from lucidlm import ConceptBottleneckLM, LucidError, StandardLM, load_pretrained
 from lucidlm.data import MISSING
 from lucidlm.intervene import overwrite_concepts
+from lucidlm.training import TrainingConfig
 
 FAST = dict(epochs=1, batch_size=16, progress=False)
 TEXT = "Great pasta, but we waited an hour and the room was loud."
@@ -374,3 +375,25 @@ def test_counterfactual_training_matches_the_intervention_to_the_edit(tiny_bert_
             load_task("cebab", path=cebab_dir).train.sample(32), **FAST)
     with pytest.raises(LucidError, match="in joint mode only"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, mode="sequential", counterfactual_loss_weight=1.0)
+
+
+def test_intervention_holdout_trains_on_the_rest_and_tunes_only_the_label_head_on_the_held_out_rows(tiny_bert_dir, cebab_small):
+    options = dict(concept_layer="embedding", concept_embedding_size=4, intervention_loss_weight=1.0)
+    held = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=0.25, **options)
+    trained_rows = held.training_rows(cebab_small.train, TrainingConfig(seed=0))
+    held_out = held._held_out
+    assert (len(trained_rows), len(held_out)) == (72, 24)
+    assert sorted(trained_rows.texts + held_out.texts) == sorted(cebab_small.train.texts)
+    held.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
+    # the joint stage saw the 72 rows only: the same model trained on them alone, before its head is tuned
+    plain = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, **options)
+    plain.fit(trained_rows, eval_data=cebab_small.dev, **FAST)
+    tuned = {n for n, p in held.state_dict().items() if not torch.equal(p, plain.state_dict()[n])}
+    stage = held.training_history[-1]
+    assert stage["stage"] == "held-out label head" and stage["rows"] == 24
+    assert tuned <= {"label_head.weight", "label_head.bias"} and (tuned != set()) == (stage["best_epoch"] > 0)
+    assert stage["dev_score"] >= plain.dev_score(cebab_small.dev) - 1e-9  # epoch 0, the joint head, is a candidate
+    with pytest.raises(LucidError, match="intervention_holdout: tunes the jointly trained label head; mode is 'sequential'"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", intervention_holdout=0.2)
+    with pytest.raises(LucidError, match=r"intervention_holdout: expected a share in \[0, 1\), found 1.0"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=1.0)

@@ -198,6 +198,7 @@ class LucidModel(nn.Module):
         checkpoint (written with the same model, training settings and data)."""
         config = replace(config or TrainingConfig(), **overrides)
         self.check_training_data(train, config)
+        train = self.training_rows(train, config)
         set_seed(config.seed)
         self.before_training(train, config)
         loader = self.encoder.loader(train, config.batch_size, shuffle=True, seed=config.seed)
@@ -247,6 +248,10 @@ class LucidModel(nn.Module):
 
     def check_training_data(self, train: Split, config: TrainingConfig) -> None:
         """Refuse, before any training, data or settings the family cannot train on."""
+
+    def training_rows(self, train: Split, config: TrainingConfig) -> Split:
+        """The rows the training loop reads (a family may hold some out for a later stage)."""
+        return train
 
     def before_training(self, train: Split, config: TrainingConfig) -> None:
         """After seeding, before the loop (e.g. prototypes started from training examples)."""
