@@ -1,5 +1,7 @@
 """Mechanics of the concept bottleneck family on tiny random BERT and GPT-2 backbones."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from lucidlm import ConceptBottleneckLM, LucidError, StandardLM, load_pretrained
 from lucidlm.data import MISSING
 from lucidlm.intervene import overwrite_concepts
 from lucidlm.training import TrainingConfig
+from lucidlm.web.report import overview
 
 FAST = dict(epochs=1, batch_size=16, progress=False)
 TEXT = "Great pasta, but we waited an hour and the room was loud."
@@ -393,6 +396,7 @@ def test_intervention_holdout_trains_on_the_rest_and_tunes_only_the_label_head_o
     assert stage["stage"] == "held-out label head" and stage["rows"] == 24
     assert tuned <= {"label_head.weight", "label_head.bias"} and (tuned != set()) == (stage["best_epoch"] > 0)
     assert stage["dev_score"] >= plain.dev_score(cebab_small.dev) - 1e-9  # epoch 0, the joint head, is a candidate
+    assert "label head tuned on 25% of the training rows" in overview(held, None, Path("run"))  # the report says so
     with pytest.raises(LucidError, match="intervention_holdout: tunes the jointly trained label head; mode is 'sequential'"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", intervention_holdout=0.2)
     with pytest.raises(LucidError, match=r"intervention_holdout: expected a share in \[0, 1\), found 1.0"):

@@ -94,6 +94,9 @@ def overview(model, record: dict | None, run_dir: Path) -> str:
     if summary.get("counterfactual_loss_weight"):
         facts.append(("counterfactual-consistency training", f"loss weight {summary['counterfactual_loss_weight']:g}, "
                       "on human edits of the training texts"))
+    if summary.get("intervention_holdout"):
+        facts.append(("intervenability tuning", f"label head tuned on {summary['intervention_holdout']:.0%} of the training "
+                      "rows, held out of joint training"))
     if "sparsity" in summary:
         facts.append(("sparsity", f"{summary['sparsity']:.0%} of every concept's masked weights pruned ({summary['granularity']} level)"))
     if "prototypes_per_class" in summary:
