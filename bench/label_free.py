@@ -120,7 +120,9 @@ def correction_part() -> dict:
     for (concept, value), members in statement_groups(statements).items():
         truth = human[concept] == value
         rows.append({"aspect": concept, "value": value, "raw": float(roc_auc_score(truth, raw[:, members].mean(1))),
-                     "corrected": float(roc_auc_score(truth, corrected[:, members].mean(1)))})
+                     "corrected": float(roc_auc_score(truth, corrected[:, members].mean(1))),
+                     # how often a review of each rating has this aspect value: what a tie may rule out
+                     "share_by_rating": {c: float(truth[task.train.labels == i].mean()) for i, c in enumerate(task.spec.classes)}})
     return {"train_texts": len(task.train), "agreement": rows}
 
 
@@ -190,6 +192,14 @@ def markdown(result: dict) -> str:
         lines += [f"| {a['aspect']} | {a['value']} | {a['raw']:.3f} | {a['corrected']:.3f} |" for a in k["agreement"]]
         lines += [f"| mean | | {np.mean([a['raw'] for a in k['agreement']]):.3f} | "
                   f"{np.mean([a['corrected'] for a in k['agreement']]):.3f} |", ""]
+        if "share_by_rating" in k["agreement"][0]:
+            ratings = list(k["agreement"][0]["share_by_rating"])
+            lines += ["The share of training reviews of each rating with the aspect value (what a statement's tie to ratings "
+                      "zeroes on the others):", "", "| aspect | value | " + " | ".join(f"{r} stars" for r in ratings) + " |",
+                      "|---|---|" + "---|" * len(ratings)]
+            lines += [f"| {a['aspect']} | {a['value']} | " + " | ".join(f"{a['share_by_rating'][r]:.0%}" for r in ratings) + " |"
+                      for a in k["agreement"]]
+            lines.append("")
     if "cache" in result:
         k = result["cache"]
         lines += ["## The score cache", "", f"Command: `{k['command']}`. Scoring {k['texts']} texts against {k['statements']} "
