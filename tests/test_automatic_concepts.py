@@ -26,7 +26,7 @@ def lucidlm(*args):
 
 def test_statements_come_from_presets_files_and_lists_and_bad_ones_are_one_clear_line(tmp_path):
     cebab = read_statements("cebab", ("1", "2", "3", "4", "5"))
-    assert len(cebab) == 21 and cebab[0] == Statement("The food was delicious.", ("2", "3", "4", "5"), (("food", "Positive"),))
+    assert len(cebab) == 29 and cebab[0] == Statement("The food was delicious.", ("2", "3", "4", "5"), (("food", "Positive"),))
     assert {s.classes for s in read_statements("sst2", ("0", "1"))} == {("0",), ("1",)}
     (tmp_path / "mine.txt").write_text("The plot is predictable.\n\n  The acting   is superb. \n")
     assert [s.text for s in read_statements(tmp_path / "mine.txt")] == ["The plot is predictable.", "The acting is superb."]
