@@ -401,3 +401,9 @@ def test_intervention_holdout_trains_on_the_rest_and_tunes_only_the_label_head_o
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", intervention_holdout=0.2)
     with pytest.raises(LucidError, match=r"intervention_holdout: expected a share in \[0, 1\), found 1.0"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=1.0)
+    with pytest.raises(LucidError, match="would undo the elastic net's sparsity"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=0.2, label_penalty="elastic")
+    # without dev the tuning runs its epochs and keeps the last
+    blind = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=0.25, **options)
+    blind.fit(cebab_small.train, **FAST)
+    assert blind.training_history[-1]["best_epoch"] == 30 and blind.training_history[-1]["dev_score"] is None

@@ -197,8 +197,8 @@ class LucidModel(nn.Module):
         ``run_dir``: where the training log and checkpoints go; ``resume``: continue from its
         checkpoint (written with the same model, training settings and data)."""
         config = replace(config or TrainingConfig(), **overrides)
-        self.check_training_data(train, config)
         train = self.training_rows(train, config)
+        self.check_training_data(train, config)
         set_seed(config.seed)
         self.before_training(train, config)
         loader = self.encoder.loader(train, config.batch_size, shuffle=True, seed=config.seed)

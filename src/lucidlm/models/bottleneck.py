@@ -64,9 +64,9 @@ class BottleneckConfig(ModelConfig):
     # Intervenability tuning (joint mode; after Laguna et al. 2024, who tune for interventions on
     # held-out data): this share of the training rows is held out of joint training; then the
     # label head alone is tuned on them, RandInt and IntCEM losses included, chosen on dev. The
-    # backbone fits its training rows' concepts (a fraction of a percent wrong, against 8-17% on
-    # CEBaB test), so on them a correction changes nothing and the head never learns from one;
-    # on held-out rows the predicted concepts are wrong as often as on new text.
+    # backbone fits its training rows' concepts (about 1% wrong or less, against 8-17% on CEBaB
+    # test), so on them a correction changes nothing and the head never learns from one; on
+    # held-out rows the predicted concepts are wrong as often as on new text.
     intervention_holdout: float = 0.0
     # The c→y fit (sequential, independent; a refit after joint training when elastic): an L2
     # penalty, or an elastic net (``elastic``, l1 share ``label_l1_ratio``) for a sparse label
@@ -105,6 +105,9 @@ class BottleneckConfig(ModelConfig):
             raise LucidError(f"intervention_holdout: expected a share in [0, 1), found {self.intervention_holdout!r}")
         if self.intervention_holdout > 0 and self.mode != "joint":
             raise LucidError(f"intervention_holdout: tunes the jointly trained label head; mode is {self.mode!r}")
+        if self.intervention_holdout > 0 and self.label_penalty == "elastic":
+            raise LucidError("intervention_holdout: tuning the label head by gradient would undo the elastic net's "
+                             "sparsity; use one of them")
         if not 0.0 <= self.random_intervention_rate <= 1.0:
             raise LucidError(f"random_intervention_rate: expected a probability in [0, 1], found {self.random_intervention_rate!r}")
 
@@ -397,23 +400,30 @@ class ConceptBottleneckLM(ConceptModel):
     def _tune_label_head(self, held_out: Split, dev: Split | None, config: TrainingConfig, epochs: int = 30) -> None:
         """The label head alone, trained on held-out rows' concept states (computed once, backbone
         and concept layer frozen) with the joint loss's RandInt and IntCEM terms; the epoch with
-        the best dev score is kept, the jointly trained head (epoch 0) included."""
-        states = self._states(held_out, config)
-        dev_states = self._states(dev, config) if dev is not None else None
-        labels, gold = torch.from_numpy(held_out.labels), torch.from_numpy(held_out.concepts)
+        the best dev score is kept, the jointly trained head (epoch 0) included (without dev: the
+        last). Its random draws start from the seed, whatever the training loop drew before."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self._tune_label_head_seeded(held_out, dev, config, epochs)
+
+    def _tune_label_head_seeded(self, held_out: Split, dev: Split | None, config: TrainingConfig, epochs: int) -> None:
+        states = [s.to(self.device) for s in self._states(held_out, config)]
+        dev_states = [s.to(self.device) for s in self._states(dev, config)] if dev is not None else None
+        labels, gold = torch.from_numpy(held_out.labels).to(self.device), torch.from_numpy(held_out.concepts).to(self.device)
         generator = torch.Generator().manual_seed(config.seed)
         optimizer = torch.optim.Adam(self.label_head.parameters(), lr=config.head_learning_rate)
 
-        def score() -> float:
+        def score(epoch: int) -> float:
             if dev_states is None:
-                return 0.0
+                return float(epoch)  # no dev: the last epoch
             with torch.no_grad():
-                logits = self.label_from_concepts(self.concept_activations(dev_states)).numpy()
+                logits = self.label_from_concepts(self.concept_activations(dev_states)).cpu().numpy()
             return selection_score({"task": task_metrics(self.spec, dev.labels, logits)})
 
-        best = (score(), 0, {k: v.clone() for k, v in self.label_head.state_dict().items()})
+        best = (score(0), 0, {k: v.clone() for k, v in self.label_head.state_dict().items()})
         for epoch in range(1, epochs + 1):
             for rows in torch.randperm(len(labels), generator=generator).split(config.batch_size):
+                rows = rows.to(self.device)
                 batch = {"labels": labels[rows], "concepts": gold[rows]}
                 part = [s[rows] for s in states]
                 values = random_interventions(batch["concepts"], self.config.random_intervention_rate, generator)
@@ -424,12 +434,12 @@ class ConceptBottleneckLM(ConceptModel):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            current = score()
+            current = score(epoch)
             if current > best[0]:
                 best = (current, epoch, {k: v.clone() for k, v in self.label_head.state_dict().items()})
         self.label_head.load_state_dict(best[2])
         self.training_history.append({"stage": "held-out label head", "rows": len(held_out), "best_epoch": best[1],
-                                      "dev_score": float(best[0])})
+                                      "dev_score": None if dev is None else float(best[0])})
 
     def calibrate_on(self, train: Split, config: TrainingConfig) -> None:
         """Forced intervention logits from the trained model's predictions on the training set."""
