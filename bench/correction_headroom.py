@@ -60,11 +60,11 @@ def main() -> None:
                "accuracy_on_those_rows": None, "accuracy_on_those_rows_corrected": None}
         if concept_model:
             predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
-            wrong_rows = ((predicted != split.concepts) & (split.concepts != MISSING)).any(1)
+            recognised = predicted == split.concepts
+            wrong = ~recognised & (split.concepts != MISSING)
+            wrong_rows = wrong.any(1)
             corrected = inferred["gold_concept_label_logits"].argmax(1) == split.labels
             confidence = [p.max(1) for p in inferred["concept_probs"]]
-            wrong = (predicted != split.concepts) & (split.concepts != MISSING)
-            recognised = predicted == split.concepts
             row["concepts"] = {c.name: {"error_rate": float(wrong[:, k].sum() / (split.concepts[:, k] != MISSING).sum()),
                                         "confidence_when_right": float(confidence[k][recognised[:, k]].mean()),
                                         "confidence_when_wrong": float(confidence[k][wrong[:, k]].mean()) if wrong[:, k].any() else None}

@@ -394,19 +394,16 @@ class ConceptBottleneckLM(ConceptModel):
         if not self.trains_label_jointly or self.config.label_penalty == "elastic":
             self._fit_label_head(train, eval_data, gold=(self.config.mode == "independent"), config=config)
         if getattr(self, "_held_out", None) is not None:
-            self._tune_label_head(self._held_out, eval_data, config)
+            with torch.random.fork_rng(devices=[]):  # its draws start from the seed, whatever training drew
+                torch.manual_seed(config.seed)
+                self._tune_label_head(self._held_out, eval_data, config)
             self._held_out = None
 
     def _tune_label_head(self, held_out: Split, dev: Split | None, config: TrainingConfig, epochs: int = 30) -> None:
         """The label head alone, trained on held-out rows' concept states (computed once, backbone
         and concept layer frozen) with the joint loss's RandInt and IntCEM terms; the epoch with
         the best dev score is kept, the jointly trained head (epoch 0) included (without dev: the
-        last). Its random draws start from the seed, whatever the training loop drew before."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self._tune_label_head_seeded(held_out, dev, config, epochs)
-
-    def _tune_label_head_seeded(self, held_out: Split, dev: Split | None, config: TrainingConfig, epochs: int) -> None:
+        last)."""
         states = [s.to(self.device) for s in self._states(held_out, config)]
         dev_states = [s.to(self.device) for s in self._states(dev, config)] if dev is not None else None
         labels, gold = torch.from_numpy(held_out.labels).to(self.device), torch.from_numpy(held_out.concepts).to(self.device)
