@@ -116,3 +116,17 @@ def test_batch_predictions_have_limits_with_clear_messages(model):
         too_long = client.post("/api/predict-batch", json={"texts": ["ok", "x" * (MAX_TEXT_CHARS + 1)]})
         assert too_long.status_code == 422
         assert too_long.json()["detail"] == f"texts: text 2: at most {MAX_TEXT_CHARS} characters, found {MAX_TEXT_CHARS + 1}"
+
+
+def test_a_failure_of_the_model_work_is_a_500_that_names_it_and_the_server_goes_on(model):
+    def broken(text, **options):
+        raise RuntimeError("Expected all tensors to be on the same device, but found cuda:0 and cpu")
+
+    model.explain = broken
+    app = create_app(model)
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        failed = client.post("/api/explain", json={"text": TEXTS[0]})
+        assert failed.status_code == 500
+        assert failed.json()["detail"] == ("the model failed on this request: RuntimeError: Expected all tensors to be on "
+                                           "the same device, but found cuda:0 and cpu")
+        assert client.post("/api/predict", json={"text": TEXTS[0]}).status_code == 200  # same connection, same server

@@ -431,6 +431,7 @@ def serve(
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Concurrent predictions gathered into one forward pass."),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a batch waits for more predictions."),
     explain_cache: int = typer.Option(256, "--explain-cache", min=0, help="Explanations kept (least recently used go)."),
+    device: str = typer.Option("auto", "--device", help="Where the model runs: auto (the GPU when there is one), cpu, cuda, cuda:N."),
 ):
     """Serve a web page and a JSON API over a run: type a text, see the label, concepts, tokens and
     prototypes, change a concept and compare before and after."""
@@ -438,7 +439,7 @@ def serve(
     from .web.worker import ServingLimits
 
     limits = ServingLimits(queue_size=queue_size, max_batch=max_batch, max_wait=max_wait_ms / 1000, explain_cache=explain_cache)
-    web_app = load_app(run_dir, limits)
+    web_app = load_app(run_dir, limits, device)
     out.print(f"serving {escape(str(run_dir))} on [bold]http://{host}:{port}[/] (Ctrl+C stops)")
     run_server(web_app, host, port)
 

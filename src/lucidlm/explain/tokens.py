@@ -41,7 +41,8 @@ def integrated_gradients(
 ) -> TokenAttribution:
     """Attribute ``score(input_ids, attention_mask) -> [B]`` (one row here) to the tokens."""
     tokenizer = model.tokenizer
-    special = torch.tensor(tokenizer.get_special_tokens_mask(input_ids[0].tolist(), already_has_special_tokens=True), dtype=torch.bool)
+    special = torch.tensor(tokenizer.get_special_tokens_mask(input_ids[0].tolist(), already_has_special_tokens=True),
+                           dtype=torch.bool, device=input_ids.device)
     baseline = torch.where(special.unsqueeze(0), input_ids, torch.full_like(input_ids, tokenizer.pad_token_id))
     method = LayerIntegratedGradients(score, model.backbone.get_input_embeddings())
     with torch.enable_grad():

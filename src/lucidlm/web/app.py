@@ -22,6 +22,7 @@ takes a path.
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -40,6 +41,7 @@ from .schemas import MAX_BATCH_TEXTS, MAX_BODY_BYTES, MAX_TEXT_CHARS
 from .service import ModelService
 from .worker import Overloaded, ServingLimits
 
+log = logging.getLogger(__name__)
 STATIC = ("index.html", "app.js", "style.css")
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 # The page loads nothing from anywhere else, and nothing may frame it.
@@ -51,6 +53,7 @@ PAGE_HEADERS = {
 ERRORS = {400: {"model": schemas.Error, "description": "This model family cannot do that."},
           413: {"model": schemas.Error, "description": f"The request body is over {MAX_BODY_BYTES} bytes."},
           422: {"model": schemas.Error, "description": "Invalid input: the detail names the field."},
+          500: {"model": schemas.Error, "description": "The model failed in a way no input should cause: the detail names the error."},
           503: {"model": schemas.Error, "description": "The model's queue is full: retry after the Retry-After seconds."}}
 
 
@@ -87,31 +90,48 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
     @app.post("/api/predict", response_model=schemas.PredictAnswer, responses=ERRORS)
     async def predict(request: schemas.TextRequest):
         """The label with its probabilities; each concept's value, probabilities and contribution."""
-        return await asyncio.wrap_future(service.predict(request.text))
+        return await answer(service.predict(request.text))
 
     @app.post("/api/predict-batch", response_model=list[schemas.PredictAnswer], responses=ERRORS)
     async def predict_batch(request: schemas.BatchRequest):
         """Up to ``MAX_BATCH_TEXTS`` (64) texts in one forward pass: one answer each, in order."""
-        return await asyncio.wrap_future(service.predict_many(request.texts))
+        return await answer(service.predict_many(request.texts))
 
     @app.post("/api/explain", response_model=Explanation, responses=ERRORS)
     async def explain(request: schemas.TextRequest):
         """The model's own explanation (token scores, concepts, subnetworks, prototypes). Slower:
         token attributions take integrated gradients for concept models."""
-        return await asyncio.wrap_future(service.explain(request.text))
+        return await answer(service.explain(request.text))
 
     @app.post("/api/intervene", response_model=InterventionResult, responses=ERRORS)
     async def intervene(request: schemas.InterveneRequest):
         """Set concepts to given values and recompute the label: before and after."""
-        return await asyncio.wrap_future(service.intervene(request.text, request.values))
+        return await answer(service.intervene(request.text, request.values))
 
     @app.post("/api/intervene-subnetwork", response_model=SubnetworkInterventionResult, responses=ERRORS)
     async def intervene_subnetwork(request: schemas.SubnetworkRequest):
         """Rewire one concept's subnetwork toward a value, for this text only (SparseCBM)."""
-        return await asyncio.wrap_future(
+        return await answer(
             service.intervene_subnetwork(request.text, request.concept, request.value, request.fraction, request.score))
 
     return app
+
+
+class ModelFailure(Exception):
+    """Model work failed in a way that no input should cause (a bug, a device error)."""
+
+
+async def answer(future):
+    """The result of model work. An unexpected failure is logged with its traceback and answered
+    500 with its name, as JSON like every other answer; left to Starlette, it would also close the
+    connection, and a client's next request on it would meet a reset."""
+    try:
+        return await asyncio.wrap_future(future)
+    except (LucidError, Overloaded):
+        raise
+    except Exception as error:
+        log.exception("model work failed")
+        raise ModelFailure(f"{type(error).__name__}: {error}") from error
 
 
 def add_error_handlers(app: FastAPI, limits: ServingLimits) -> None:
@@ -127,6 +147,10 @@ def add_error_handlers(app: FastAPI, limits: ServingLimits) -> None:
     @app.exception_handler(LucidError)
     async def user_error(request: Request, error: LucidError):
         return JSONResponse({"detail": str(error), "errors": []}, status_code=422)
+
+    @app.exception_handler(ModelFailure)
+    async def model_failure(request: Request, error: ModelFailure):
+        return JSONResponse({"detail": f"the model failed on this request: {error}", "errors": []}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):

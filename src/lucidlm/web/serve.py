@@ -11,15 +11,31 @@ from typing import Iterator
 from ..errors import LucidError
 
 
-def load_app(run_dir: str | Path, limits=None):
-    """The web app over the saved run in ``run_dir`` (a FastAPI app); ``limits``: ``ServingLimits``."""
+def load_app(run_dir: str | Path, limits=None, device: str = "auto"):
+    """The web app over the saved run in ``run_dir`` (a FastAPI app); ``limits``: ``ServingLimits``;
+    ``device``: where the model runs (``auto``: the GPU when there is one)."""
     try:
         from .app import create_app
     except ImportError as e:
         raise LucidError(f"lucidlm serve needs the web extra ({e.name} is missing): pip install 'lucidlm[web]'") from None
     from ..models import load_pretrained
 
-    return create_app(load_pretrained(run_dir), run_dir, limits)
+    return create_app(load_pretrained(run_dir).to(serving_device(device)), run_dir, limits)
+
+
+def serving_device(name: str = "auto"):
+    """``auto``: the first GPU when torch sees one, else the CPU; else the torch device named."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LucidError(f"--device: expected auto, cpu, cuda or cuda:N, found {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LucidError(f"--device {name}: torch sees no GPU here; use --device cpu")
+    return device
 
 
 def run_server(web_app, host: str = "127.0.0.1", port: int = 8000) -> None:
