@@ -1,0 +1,211 @@
+"""Choosing the concept-embedding model's options on CEBaB dev: variants of
+configs/cebab-intcem.yaml (and the standard and joint baselines), each trained with the same
+epochs and seeds, run side by side in worker processes (a GPU machine runs many at once).
+
+    python bench/cem_selection.py [--variants intcem "dropout 0.3" ...] [--seeds 0 1] [--jobs 4]
+                                  [--time-limit SECONDS] [--data-root ../shared/data]
+
+For each run: dev and test task accuracy, concept accuracy, and the correction gain (task
+accuracy with the wrongly predicted concepts set to gold, minus without). The choice reads dev
+only (rule in ``chosen``); test is printed beside it so that the choice can be checked, never
+made, on it. Writes bench/results/cem_selection.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+# name: (config under configs/, overrides "section.option": value)
+VARIANTS = {
+    "standard": ("cebab-standard", {}),
+    "joint": ("cebab-joint", {}),
+    "intcem": ("cebab-intcem", {}),
+    "dropout 0.3": ("cebab-intcem", {"model.dropout": 0.3}),
+    "dropout 0.5": ("cebab-intcem", {"model.dropout": 0.5}),
+    "m 4": ("cebab-intcem", {"model.concept_embedding_size": 4}),
+    "m 64": ("cebab-intcem", {"model.concept_embedding_size": 64}),
+    "IntCEM weight 5": ("cebab-intcem", {"model.intervention_loss_weight": 5.0}),
+    "RandInt 0.5": ("cebab-intcem", {"model.random_intervention_rate": 0.5}),
+    "concept weight 3": ("cebab-intcem", {"model.concept_loss_weight": 3.0}),
+    "concept weight 0.3": ("cebab-intcem", {"model.concept_loss_weight": 0.3}),
+    "random policy": ("cebab-intcem", {"model.intervention_policy": "random"}),
+    "lr 5e-5": ("cebab-intcem", {"training.learning_rate": 5e-5}),
+    "10 epochs": ("cebab-intcem", {"training.epochs": 10, "training.patience": 3}),
+    "dropout 0.3, IntCEM weight 3": ("cebab-intcem", {"model.dropout": 0.3, "model.intervention_loss_weight": 3.0}),
+    "holdout 0.1": ("cebab-intcem", {"model.intervention_holdout": 0.1}),
+    "IntCEM weight 10": ("cebab-intcem", {"model.intervention_loss_weight": 10.0}),
+    "IntCEM weight 5, dropout 0.5": ("cebab-intcem", {"model.intervention_loss_weight": 5.0, "model.dropout": 0.5}),
+    "IntCEM weight 5, concept weight 2": ("cebab-intcem", {"model.intervention_loss_weight": 5.0, "model.concept_loss_weight": 2.0}),
+}
+# The rule of the choice, on dev only: among the concept-embedding variants whose mean dev task
+# accuracy is within ACCURACY_SLACK of the standard model's and whose concept accuracy reaches
+# CONCEPT_FLOOR, the highest mean dev correction gain.
+ACCURACY_SLACK = 0.005
+CONCEPT_FLOOR = 0.86
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def train_one(name: str, seed: int, data_root: str, threads: int) -> dict:
+    """One run in a worker process; its figures, or the error that stopped it."""
+    torch.set_num_threads(threads)
+    import transformers
+
+    from lucidlm.experiment import read_experiment, run_experiment
+
+    transformers.utils.logging.set_verbosity_error()
+    config, overrides = VARIANTS[name]
+    folder = ROOT / "runs" / "cem-selection" / f"{slug(name)}-seed{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    try:
+        experiment = read_experiment(ROOT / "configs" / f"{config}.yaml", output_dir=folder)
+        experiment.data["path"] = str(Path(data_root) / "cebab")
+        for key, value in overrides.items():
+            section, option = key.split(".")
+            if section == "model":
+                experiment.model[option] = value
+            else:
+                setattr(experiment.training, option, value)
+        experiment.training.seed = seed
+        experiment.training.progress = False
+        _, metrics = run_experiment(experiment)
+    except Exception:
+        return {"variant": name, "seed": seed, "error": traceback.format_exc()}
+    row = {"variant": name, "seed": seed, "seconds": time.perf_counter() - start}
+    for split in ("dev", "test"):
+        m = metrics[split]
+        row[split] = {"task_accuracy": m["task"]["accuracy"],
+                      "concept_accuracy": m["concepts"]["accuracy"] if "concepts" in m else None,
+                      "correction_gain": (m["task_gold_concepts"]["accuracy"] - m["task"]["accuracy"]
+                                          if "task_gold_concepts" in m else None)}
+    return row
+
+
+def summary(runs: list[dict]) -> dict[str, dict]:
+    """Per variant, the mean over its seeds of each figure."""
+    out = {}
+    for name in VARIANTS:
+        done = [r for r in runs if r["variant"] == name and "error" not in r]
+        if not done:
+            continue
+        out[name] = {"seeds": sorted(r["seed"] for r in done)}
+        for split in ("dev", "test"):
+            for figure in ("task_accuracy", "concept_accuracy", "correction_gain"):
+                values = [r[split][figure] for r in done]
+                out[name][f"{split}_{figure}"] = None if None in values else float(np.mean(values))
+    return out
+
+
+def chosen(means: dict[str, dict]) -> str | None:
+    if "standard" not in means:
+        return None
+    floor = means["standard"]["dev_task_accuracy"] - ACCURACY_SLACK
+    eligible = [n for n, m in means.items()
+                if VARIANTS[n][0] == "cebab-intcem" and m["dev_task_accuracy"] >= floor
+                and m["dev_concept_accuracy"] >= CONCEPT_FLOOR]
+    return max(eligible, key=lambda n: means[n]["dev_correction_gain"], default=None)
+
+
+def machine() -> dict:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"platform": platform.platform(), "torch": torch.__version__, "cpus": os.cpu_count(), "device": device}
+
+
+def write_results(runs: list[dict], command: str) -> None:
+    """Merged into the results file: the runs made now replace earlier runs of the same variant
+    and seed, when the machine is the same kind; others stay."""
+    previous, commands = RESULTS / "cem_selection.json", [command]
+    if previous.is_file():
+        earlier = json.loads(previous.read_text())
+        if earlier["machine"]["device"] == machine()["device"]:
+            made = {(r["variant"], r["seed"]) for r in runs}
+            runs = [r for r in earlier["runs"] if (r["variant"], r["seed"]) not in made] + runs
+            commands = [c for c in earlier["commands"] if c != command] + commands
+    runs = sorted(runs, key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
+    means = summary(runs)
+    result = {"commands": commands, "machine": machine(), "runs": runs, "means": means, "chosen": chosen(means)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "cem_selection.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "cem_selection.md").write_text(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    def cell(value, points=False):
+        if value is None:
+            return "–"
+        return f"{100 * value:+.1f}" if points else f"{value:.1%}"
+
+    m = result["machine"]
+    lines = [f"# Concept-embedding options chosen on CEBaB dev ({m['device']}, torch {m['torch']})", "",
+             "Commands: " + ", ".join(f"`{c}`" for c in result["commands"]) + ". Each row: the mean over the seeds shown; correction gain: task accuracy "
+             "with the wrongly predicted concepts set to gold minus without, in points. Every variant changes "
+             "configs/cebab-intcem.yaml as named (standard, joint: their own configs).", "",
+             "| variant | seeds | dev task acc | dev concept acc | dev correction gain | test task acc | test concept acc | "
+             "test correction gain |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in result["means"].items():
+        lines.append(f"| {name} | {', '.join(map(str, r['seeds']))} | {cell(r['dev_task_accuracy'])} | "
+                     f"{cell(r['dev_concept_accuracy'])} | {cell(r['dev_correction_gain'], True)} | "
+                     f"{cell(r['test_task_accuracy'])} | {cell(r['test_concept_accuracy'])} | "
+                     f"{cell(r['test_correction_gain'], True)} |")
+    lines += ["", f"Chosen on dev (the highest dev correction gain among the concept-embedding variants within "
+              f"{100 * ACCURACY_SLACK:.1f} points of the standard model's dev accuracy, concept accuracy ≥ "
+              f"{CONCEPT_FLOOR:.0%}): **{result['chosen'] or 'none'}**."]
+    errors = [r for r in result["runs"] if "error" in r]
+    if errors:
+        lines += ["", "Runs that failed: " + ", ".join(f"{r['variant']} (seed {r['seed']})" for r in errors) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
+    parser.add_argument("--time-limit", type=float, default=None, help="start no run after this many seconds")
+    parser.add_argument("--data-root", default=os.environ.get("LUCIDLM_DATA", str(ROOT.parent / "shared" / "data")))
+    args = parser.parse_args()
+    command = "python bench/cem_selection.py --seeds " + " ".join(map(str, args.seeds))
+    if args.variants != list(VARIANTS):
+        command += " --variants " + " ".join(f'"{v}"' for v in args.variants)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    queue = [(name, seed) for name in args.variants for seed in args.seeds]
+    runs, start = [], time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        running = set()
+        while queue or running:
+            while queue and len(running) < args.jobs and (args.time_limit is None or time.perf_counter() - start < args.time_limit):
+                name, seed = queue.pop(0)
+                running.add(pool.submit(train_one, name, seed, args.data_root, threads))
+            if not running:
+                break
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                row = future.result()
+                runs.append(row)
+                print(json.dumps(row if "error" not in row else {k: row[k] for k in ("variant", "seed", "error")}), flush=True)
+            write_results(runs, command)
+    if queue:
+        print(f"time limit: not started: {queue}", flush=True)
+    print((RESULTS / "cem_selection.md").read_text(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
