@@ -29,6 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
+# Options a row may train with instead of its config's: flag: (model option, the row name's label,
+# the run folder's label, what it is). Rows and folders name them in this order.
+OVERRIDES = {
+    "random-intervention-rate": ("random_intervention_rate", "RandInt", "randint", "RandInt rate"),
+    "intervention-loss-weight": ("intervention_loss_weight", "IntCEM weight", "weight", "IntCEM loss weight"),
+    "concept-loss-weight": ("concept_loss_weight", "concept weight", "conceptweight", "concept loss weight λ"),
+    "counterfactual-loss-weight": ("counterfactual_loss_weight", "CF weight", "cfweight", "counterfactual-consistency loss weight"),
+    "intervention-holdout": ("intervention_holdout", "holdout", "holdout",
+                             "share of training rows held out of joint training to tune the label head on"),
+}
 MODES = ("standard", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem", "intcem-augmented",
          "joint-counterfactual", "intcem-counterfactual", "proto")
 
@@ -55,16 +65,9 @@ def main() -> None:
                              "intcem-augmented: IntCEM on C3M's 13 concepts; joint-counterfactual: joint with "
                              "counterfactual-consistency training on CEBaB's human edits; intcem-counterfactual: IntCEM with it; "
                              "proto: proto-lm (configs/cebab-proto.yaml)")
-    parser.add_argument("--random-intervention-rate", type=float, default=None,
-                        help="train at this RandInt rate instead of the config's; the rows are named '<mode>, RandInt <rate>'")
-    parser.add_argument("--intervention-loss-weight", type=float, default=None,
-                        help="train with this IntCEM loss weight instead of the config's; rows named '<mode>, IntCEM weight <w>'")
-    parser.add_argument("--counterfactual-loss-weight", type=float, default=None,
-                        help="train with this counterfactual-consistency loss weight instead of the config's; rows named "
-                             "'<mode>, CF weight <w>'")
-    parser.add_argument("--intervention-holdout", type=float, default=None,
-                        help="hold this share of the training rows out of joint training and tune the label head on them "
-                             "(intervention_holdout); rows named '<mode>, holdout <share>'")
+    for flag, (option, label, _, meaning) in OVERRIDES.items():
+        parser.add_argument(f"--{flag}", type=float, default=None,
+                            help=f"train with this {meaning} ({option}) instead of the config's; rows named '<mode>, {label} <value>'")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="train each mode once per seed (the configs' is 0); rows of other seeds are named "
                              "'<mode>, seed <s>' and the table adds mean ± standard deviation over seeds")
@@ -74,40 +77,24 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
 
     rows = {}
+    overrides = {flag: getattr(args, flag.replace("-", "_")) for flag in OVERRIDES}
+    overrides = {flag: value for flag, value in overrides.items() if value is not None}
     for mode in args.modes:
         for seed in args.seeds:
-            name, rate, weight = mode, args.random_intervention_rate, args.intervention_loss_weight
-            cf_weight = args.counterfactual_loss_weight
-            if rate is not None:
-                name += f", RandInt {rate:g}"
-            if weight is not None:
-                name += f", IntCEM weight {weight:g}"
-            if cf_weight is not None:
-                name += f", CF weight {cf_weight:g}"
-            if args.intervention_holdout is not None:
-                name += f", holdout {args.intervention_holdout:g}"
+            name = mode + "".join(f", {OVERRIDES[flag][1]} {value:g}" for flag, value in overrides.items())
+            folder = mode + "".join(f"-{OVERRIDES[flag][2]}{value:g}" for flag, value in overrides.items())
             if seed != 0:
-                name += f", seed {seed}"
-            folder = (name.replace(", RandInt ", "-randint").replace(", IntCEM weight ", "-weight")
-                      .replace(", CF weight ", "-cfweight").replace(", holdout ", "-holdout").replace(", seed ", "-seed"))
+                name, folder = name + f", seed {seed}", folder + f"-seed{seed}"
             experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{folder}")
-            if rate is not None:
-                experiment.model["random_intervention_rate"] = rate
-            if weight is not None:
-                experiment.model["intervention_loss_weight"] = weight
-            if cf_weight is not None:
-                experiment.model["counterfactual_loss_weight"] = cf_weight
-            if args.intervention_holdout is not None:
-                experiment.model["intervention_holdout"] = args.intervention_holdout
+            for flag, value in overrides.items():
+                experiment.model[OVERRIDES[flag][0]] = value
             experiment.training.seed = seed
             experiment.training.progress = False
             floors = majority_floors(load_experiment_task(experiment.data))
             start = time.perf_counter()
             model, metrics = run_experiment(experiment)
-            command = ("python bench/cebab_bottleneck.py --modes " + mode + (f" --random-intervention-rate {rate:g}" if rate is not None else "")
-                       + (f" --intervention-loss-weight {weight:g}" if weight is not None else "")
-                       + (f" --counterfactual-loss-weight {cf_weight:g}" if cf_weight is not None else "")
-                       + (f" --intervention-holdout {args.intervention_holdout:g}" if args.intervention_holdout is not None else "")
+            command = ("python bench/cebab_bottleneck.py --modes " + mode
+                       + "".join(f" --{flag} {value:g}" for flag, value in overrides.items())
                        + (f" --seeds {seed}" if seed != 0 else ""))
             rows[name] = {
                 "command": command, "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,

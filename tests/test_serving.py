@@ -130,3 +130,18 @@ def test_a_failure_of_the_model_work_is_a_500_that_names_it_and_the_server_goes_
         assert failed.json()["detail"] == ("the model failed on this request: RuntimeError: Expected all tensors to be on "
                                            "the same device, but found cuda:0 and cpu")
         assert client.post("/api/predict", json={"text": TEXTS[0]}).status_code == 200  # same connection, same server
+
+
+def test_the_serving_device_is_the_gpu_when_torch_sees_one_and_a_bad_name_is_one_clear_error():
+    import torch
+
+    from lucidlm.errors import LucidError
+    from lucidlm.web.serve import serving_device
+
+    assert serving_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert serving_device("cpu") == torch.device("cpu")
+    with pytest.raises(LucidError, match="--device: expected auto, cpu, cuda or cuda:N, found 'gpu'"):
+        serving_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(LucidError, match="--device cuda: torch sees no GPU here; use --device cpu"):
+            serving_device("cuda")
