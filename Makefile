@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CONFIG ?= configs/cebab-joint.yaml
+CONFIG ?= configs/cebab-intcem.yaml
 RUN = runs/$(basename $(notdir $(CONFIG)))
 
 .PHONY: setup cebab test bench clean
