@@ -52,6 +52,9 @@ VARIANTS = {
     "IntCEM weight 5, dropout 0.5": ("cebab-intcem", {"model.intervention_loss_weight": 5.0, "model.dropout": 0.5}),
     "IntCEM weight 5, concept weight 2": ("cebab-intcem", {"model.intervention_loss_weight": 5.0, "model.concept_loss_weight": 2.0}),
 }
+# What the intcem variants start from: configs/cebab-intcem.yaml with the weights it had before
+# this selection chose its present ones, so that each name keeps its meaning.
+STARTING_POINT = {"model.intervention_loss_weight": 1.0, "model.concept_loss_weight": 1.0}
 # The rule of the choice, on dev only: among the concept-embedding variants whose mean dev task
 # accuracy is within ACCURACY_SLACK of the standard model's and whose concept accuracy reaches
 # CONCEPT_FLOOR, the highest mean dev correction gain.
@@ -78,7 +81,7 @@ def train_one(name: str, seed: int, data_root: str, threads: int) -> dict:
     try:
         experiment = read_experiment(ROOT / "configs" / f"{config}.yaml", output_dir=folder)
         experiment.data["path"] = str(Path(data_root) / "cebab")
-        for key, value in overrides.items():
+        for key, value in ({**STARTING_POINT, **overrides} if config == "cebab-intcem" else overrides).items():
             section, option = key.split(".")
             if section == "model":
                 experiment.model[option] = value
@@ -129,19 +132,20 @@ def machine() -> dict:
     return {"platform": platform.platform(), "torch": torch.__version__, "cpus": os.cpu_count(), "device": device}
 
 
-def write_results(runs: list[dict], command: str) -> None:
+def write_results(runs: list[dict], command: str, note: str | None = None) -> None:
     """Merged into the results file: the runs made now replace earlier runs of the same variant
     and seed, when the machine is the same kind; others stay."""
     previous, commands = RESULTS / "cem_selection.json", [command]
     if previous.is_file():
         earlier = json.loads(previous.read_text())
+        note = note or earlier.get("note")
         if earlier["machine"]["device"] == machine()["device"]:
             made = {(r["variant"], r["seed"]) for r in runs}
             runs = [r for r in earlier["runs"] if (r["variant"], r["seed"]) not in made] + runs
             commands = [c for c in earlier["commands"] if c != command] + commands
     runs = sorted(runs, key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
     means = summary(runs)
-    result = {"commands": commands, "machine": machine(), "runs": runs, "means": means, "chosen": chosen(means)}
+    result = {"commands": commands, "machine": machine(), "note": note, "runs": runs, "means": means, "chosen": chosen(means)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cem_selection.json").write_text(json.dumps(result, indent=2))
     (RESULTS / "cem_selection.md").write_text(markdown(result))
@@ -157,7 +161,8 @@ def markdown(result: dict) -> str:
     lines = [f"# Concept-embedding options chosen on CEBaB dev ({m['device']}, torch {m['torch']})", "",
              "Commands: " + ", ".join(f"`{c}`" for c in result["commands"]) + ". Each row: the mean over the seeds shown; correction gain: task accuracy "
              "with the wrongly predicted concepts set to gold minus without, in points. Every variant changes "
-             "configs/cebab-intcem.yaml as named (standard, joint: their own configs).", "",
+             "configs/cebab-intcem.yaml with IntCEM weight 1 and concept weight 1, its weights before this selection "
+             "(standard, joint: their own configs)." + (f" {result['note']}" if result.get("note") else ""), "",
              "| variant | seeds | dev task acc | dev concept acc | dev correction gain | test task acc | test concept acc | "
              "test correction gain |", "|---|---|---|---|---|---|---|---|"]
     for name, r in result["means"].items():
@@ -181,6 +186,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     parser.add_argument("--time-limit", type=float, default=None, help="start no run after this many seconds")
     parser.add_argument("--data-root", default=os.environ.get("LUCIDLM_DATA", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--note", default=None, help="what a reader should know of this machine's set-up (kept in the results)")
     args = parser.parse_args()
     command = "python bench/cem_selection.py --seeds " + " ".join(map(str, args.seeds))
     if args.variants != list(VARIANTS):
@@ -201,7 +207,7 @@ def main() -> None:
                 row = future.result()
                 runs.append(row)
                 print(json.dumps(row if "error" not in row else {k: row[k] for k in ("variant", "seed", "error")}), flush=True)
-            write_results(runs, command)
+            write_results(runs, command, args.note)
     if queue:
         print(f"time limit: not started: {queue}", flush=True)
     print((RESULTS / "cem_selection.md").read_text(), flush=True)
