@@ -11,7 +11,8 @@
 
 Limits: a text holds at most ``MAX_TEXT_CHARS`` characters and a request body at most
 ``MAX_BODY_BYTES`` bytes (413). Invalid input, malformed JSON included, is answered 422 with a
-one-line ``detail`` naming the field; a request a model family cannot serve is answered 400.
+one-line ``detail`` naming the field; a request a model family cannot serve is answered 400; a
+failure that no input should cause is answered 500 naming the error, on a connection that stays open.
 Model work runs on one worker thread behind a bounded queue (``worker``): concurrent predictions
 share forward passes, and past the queue's size a request is answered 503 with Retry-After at
 once. Recent explanations are cached.
