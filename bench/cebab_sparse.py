@@ -1,9 +1,11 @@
 """SparseCBM on CEBaB test (default backbone, train_exclusive, chosen on dev) at final sparsity
 0.5 and 0.7, beside the joint and standard models of bench/cebab_bottleneck.py; mask density
-per concept; and subnetwork intervention on test concepts the model gets wrong.
+per concept; and subnetwork intervention on concepts the model gets wrong, each rewiring setting
+(score, p) on dev and on test, the one to report chosen on dev.
 
     python bench/cebab_sparse.py [--sparsity 0.5 0.7] [--granularity weight|neuron] [--interventions 200]
-                                 [--fractions 0.1 0.2 0.3] [--scores saliency taylor] [--reuse]
+                                 [--fractions 0.1 0.2 0.3] [--scores saliency taylor] [--concept-layer embedding]
+                                 [--intervention-loss-weight W] [--concept-loss-weight λ] [--reuse]
 
 ``--reuse`` loads the runs saved by an earlier invocation and measures only the interventions
 (the (score, p) pairs given; the others already in the results stay).
