@@ -36,6 +36,7 @@ OVERRIDES = {
     "intervention-loss-weight": ("intervention_loss_weight", "IntCEM weight", "weight", "IntCEM loss weight"),
     "concept-loss-weight": ("concept_loss_weight", "concept weight", "conceptweight", "concept loss weight λ"),
     "counterfactual-loss-weight": ("counterfactual_loss_weight", "CF weight", "cfweight", "counterfactual-consistency loss weight"),
+    "dropout": ("dropout", "dropout", "dropout", "dropout on the pooled vector"),
     "intervention-holdout": ("intervention_holdout", "holdout", "holdout",
                              "share of training rows held out of joint training to tune the label head on"),
 }
