@@ -33,14 +33,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def subnetwork_interventions(model, split, split_name: str, limit: int, fraction: float, score: str, seed: int = 0) -> dict:
-    """On (row, concept) pairs whose concept prediction is wrong: does rewiring the concept's
-    subnetwork toward the gold value correct it, move the label, break other correct concepts?"""
-    inferred = model.infer(split)
-    predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
+def wrong_pairs(model, split, limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's concept predictions on ``split``, the (row, concept) pairs it gets wrong, and
+    ``limit`` of those drawn with ``seed``: one inference pass for every setting measured on it."""
+    predicted = np.stack([p.argmax(-1) for p in model.infer(split)["concept_probs"]], axis=1)
     wrong = np.argwhere(predicted != split.concepts)
     rng = np.random.default_rng(seed)
-    chosen = wrong[np.sort(rng.choice(len(wrong), min(limit, len(wrong)), replace=False))]
+    return predicted, wrong, wrong[np.sort(rng.choice(len(wrong), min(limit, len(wrong)), replace=False))]
+
+
+def subnetwork_interventions(model, split, split_name: str, pairs, fraction: float, score: str) -> dict:
+    """On (row, concept) pairs whose concept prediction is wrong (``pairs``: ``wrong_pairs``'s):
+    does rewiring the concept's subnetwork toward the gold value correct it, move the label, break
+    other correct concepts?"""
+    predicted, wrong, chosen = pairs
     corrected = broken = others = label_before = label_after = 0
     start = time.perf_counter()
     for row, k in chosen:
@@ -128,7 +134,8 @@ def main() -> None:
         task = load_experiment_task(experiment.data)
         settings = [(score, p) for score in args.scores for p in args.fractions]
         # each setting on dev (where the one to report is chosen) and on test
-        measured = [subnetwork_interventions(model, task.split(part), part, args.interventions, p, score)
+        pairs = {part: wrong_pairs(model, task.split(part), args.interventions) for part in ("dev", "test")}
+        measured = [subnetwork_interventions(model, task.split(part), part, pairs[part], p, score)
                     for part in ("dev", "test") for score, p in settings]
         kept = [m for m in row.get("subnetwork_intervention", []) if (m["score"], m["fraction"]) not in settings]
         row["subnetwork_intervention"] = kept + measured  # --reuse keeps the (score, p) it does not measure again
