@@ -407,3 +407,40 @@ def test_intervention_holdout_trains_on_the_rest_and_tunes_only_the_label_head_o
     blind = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=0.25, **options)
     blind.fit(cebab_small.train, **FAST)
     assert blind.training_history[-1]["best_epoch"] == 30 and blind.training_history[-1]["dev_score"] is None
+
+
+def test_concept_level_mixup_mixes_pooled_vectors_and_both_losses(tiny_bert_dir, cebab_small):
+    """C3M's mixup: h = μ·h_i + (1 − μ)·h_π(i), loss = μ·L(i) + (1 − μ)·L(π(i)), μ ~ Beta(α, α)."""
+    from lucidlm.models.losses import Mixup, concept_loss, task_loss
+
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
+                                              random_intervention_rate=0.0, mixup_alpha=0.4).eval()
+    batch = next(iter(model.encoder.loader(cebab_small.train, 16)))
+    torch.manual_seed(5)
+    loss = model.training_loss(model, batch)
+    torch.manual_seed(5)
+    mix = Mixup.draw(0.4, 16, "cpu")
+    assert 0.0 < mix.share < 1.0 and sorted(mix.partner.tolist()) == list(range(16))
+    out = model(batch["input_ids"], batch["attention_mask"], None, mix)
+    plain = model(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(out.pooled, mix.share * plain.pooled + (1 - mix.share) * plain.pooled[mix.partner])
+
+    def joint(labels, concepts):
+        return task_loss(model.spec, out.label_logits, labels) + concept_loss(out.concept_logits, concepts)
+
+    p = mix.partner
+    expected = mix.share * joint(batch["labels"], batch["concepts"]) + (1 - mix.share) * joint(batch["labels"][p], batch["concepts"][p])
+    torch.testing.assert_close(loss, expected)
+    # SparseCBM's pooled vectors are [K, B, H]: rows mix along the batch dimension
+    stacked = torch.randn(3, 16, 8)
+    torch.testing.assert_close(Mixup.apply(mix, stacked)[2], Mixup.apply(mix, stacked[2]))
+    # an intervention on a mixed row may set a concept only to the value both of its rows have
+    gold = torch.tensor([[0, 1], [0, 2]])
+    swap = Mixup(0.5, torch.tensor([1, 0]))
+    assert Mixup.agreed(swap, gold).tolist() == [[0, MISSING], [0, MISSING]]
+    assert Mixup.draw(0.0, 16, "cpu") is None
+    assert "μ ~ Beta(0.4, 0.4)" in overview(model, None, Path("run"))  # the report says so
+    with pytest.raises(LucidError, match="mixup_alpha: expected a Beta parameter >= 0"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mixup_alpha=-0.4)
+    with pytest.raises(LucidError, match="mixup_alpha: mixes the joint loss's rows, in joint mode only; mode is 'sequential'"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", mixup_alpha=0.4)

@@ -26,7 +26,7 @@ from ..outputs import InterventionResult, ModelOutput
 from ..training import TrainingConfig
 from .base import ConceptModel, ModelConfig, evaluation_mode
 from .concept_layers import ACTIVATIONS, CONCEPT_LAYERS
-from .losses import concept_loss, task_loss
+from .losses import Mixup, concept_loss, task_loss
 
 MODES = ("joint", "sequential", "independent")
 LABEL_PENALTIES = ("l2", "elastic")
@@ -68,6 +68,11 @@ class BottleneckConfig(ModelConfig):
     # test), so on them a correction changes nothing and the head never learns from one; on
     # held-out rows the predicted concepts are wrong as often as on new text.
     intervention_holdout: float = 0.0
+    # Concept-level mixup (C3M, Tan et al. 2024; joint mode): each step mixes every row's pooled
+    # vector with another row's of the batch, h = μ·h_i + (1 − μ)·h_π(i), μ ~ Beta(α, α), and both
+    # losses alike, μ·L(row i) + (1 − μ)·L(row π(i)); a regulariser for small, partly
+    # machine-labelled concept sets. 0: off; C3M's α = 0.4.
+    mixup_alpha: float = 0.0
     # The c→y fit (sequential, independent; a refit after joint training when elastic): an L2
     # penalty, or an elastic net (``elastic``, l1 share ``label_l1_ratio``) for a sparse label
     # layer in which each class reads few concepts. Its strength is chosen on dev along a path.
@@ -108,6 +113,10 @@ class BottleneckConfig(ModelConfig):
         if self.intervention_holdout > 0 and self.label_penalty == "elastic":
             raise LucidError("intervention_holdout: tuning the label head by gradient would undo the elastic net's "
                              "sparsity; use one of them")
+        if self.mixup_alpha < 0:
+            raise LucidError(f"mixup_alpha: expected a Beta parameter >= 0 (0: off), found {self.mixup_alpha!r}")
+        if self.mixup_alpha > 0 and self.mode != "joint":
+            raise LucidError(f"mixup_alpha: mixes the joint loss's rows, in joint mode only; mode is {self.mode!r}")
         if not 0.0 <= self.random_intervention_rate <= 1.0:
             raise LucidError(f"random_intervention_rate: expected a probability in [0, 1], found {self.random_intervention_rate!r}")
 
@@ -133,13 +142,14 @@ class ConceptBottleneckLM(ConceptModel):
         return {**super().summary(), "mode": c.mode, "concept_layer": c.concept_layer,
                 "random_intervention_rate": c.random_intervention_rate if c.mode != "independent" else None,
                 "intervention_loss_weight": c.intervention_loss_weight, "counterfactual_loss_weight": c.counterfactual_loss_weight,
-                "intervention_holdout": c.intervention_holdout}
+                "intervention_holdout": c.intervention_holdout, "mixup_alpha": c.mixup_alpha}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                concept_values: torch.Tensor | None = None) -> ModelOutput:
+                concept_values: torch.Tensor | None = None, mix: Mixup | None = None) -> ModelOutput:
         """``concept_values`` (``[B, K]``, ``MISSING`` = keep the prediction) sets concepts before
-        the label head reads them: an intervention."""
-        states, pooled = self.concept_states(input_ids, attention_mask)
+        the label head reads them: an intervention. ``mix``: training's concept-level mixup of
+        the pooled vectors."""
+        states, pooled = self.concept_states(input_ids, attention_mask, mix)
         return self.output_of(states, pooled, concept_values)
 
     def output_of(self, states, pooled: torch.Tensor, concept_values: torch.Tensor | None = None) -> ModelOutput:
@@ -149,9 +159,9 @@ class ConceptBottleneckLM(ConceptModel):
             activations = self.set_concepts(states, activations, concept_values)
         return ModelOutput(self.label_from_concepts(activations), self.concept_layer.logits(states), pooled, tuple(states))
 
-    def concept_states(self, input_ids, attention_mask) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    def concept_states(self, input_ids, attention_mask, mix: Mixup | None = None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """The concept layer's state of each concept, and the pooled vector they read."""
-        pooled = self.pooled(input_ids, attention_mask)
+        pooled = Mixup.apply(mix, self.pooled(input_ids, attention_mask))
         features = self.dropout(pooled)
         return self.concept_layer.states([features] * len(self.spec.concepts)), pooled
 
@@ -338,16 +348,19 @@ class ConceptBottleneckLM(ConceptModel):
         if not self.trains_label_jointly:
             out = forward(batch["input_ids"], batch["attention_mask"])
             return concept_loss(out.concept_logits, batch["concepts"], batch.get("concept_targets"))
+        mix = Mixup.draw(self.config.mixup_alpha, len(batch["labels"]), batch["labels"].device)
+        gold = Mixup.agreed(mix, batch["concepts"])  # a mixed row's gold value: where both rows have it
         values = None
         if self.config.random_intervention_rate > 0:
-            values = random_interventions(batch["concepts"], self.config.random_intervention_rate)
-        out = forward(batch["input_ids"], batch["attention_mask"], values)
+            values = random_interventions(gold, self.config.random_intervention_rate)
+        out = forward(batch["input_ids"], batch["attention_mask"], values, mix)
         if values is not None:  # a running estimate of the forced logits, for the next steps
-            self.calibrate_interventions(out.concept_states, batch["concepts"], momentum=0.9)
-        loss = (task_loss(self.spec, out.label_logits, batch["labels"])
-                + self.config.concept_loss_weight * concept_loss(out.concept_logits, batch["concepts"], batch.get("concept_targets")))
+            self.calibrate_interventions(out.concept_states, gold, momentum=0.9)
+        loss = Mixup.loss(mix, lambda rows: task_loss(self.spec, out.label_logits, rows["labels"])
+                          + self.config.concept_loss_weight * concept_loss(out.concept_logits, rows["concepts"], rows.get("concept_targets")),
+                          batch)
         if self.config.intervention_loss_weight > 0:
-            loss = loss + self.config.intervention_loss_weight * self.intervention_aware_loss(out.concept_states, batch)
+            loss = loss + self.config.intervention_loss_weight * self.intervention_aware_loss(out.concept_states, batch, mix)
         if self.config.counterfactual_loss_weight > 0:
             loss = loss + self.config.counterfactual_loss_weight * self.counterfactual_loss(forward)
         return loss
@@ -368,19 +381,20 @@ class ConceptBottleneckLM(ConceptModel):
         after = self.intervened_label_logits(states, set_to.to(self.device), correct_only=False)
         return nn.functional.kl_div(after.log_softmax(-1), target.log_softmax(-1), log_target=True, reduction="batchmean")
 
-    def intervention_aware_loss(self, states, batch: dict) -> torch.Tensor:
+    def intervention_aware_loss(self, states, batch: dict, mix: Mixup | None = None) -> torch.Tensor:
         """T/K × CE(y | the first T concepts of the policy's order set to gold), T ~ U{1..K}: the
-        label's loss after a person's corrections, weighted to grow with how many they made."""
+        label's loss after a person's corrections, weighted to grow with how many they made.
+        With mixup, a mixed row's concept is set only where both rows have the same gold value."""
         k = len(self.spec.concepts)
         t = int(torch.randint(1, k + 1, ()))
         rng = np.random.default_rng(int(torch.randint(2**31 - 1, ())))  # drawn from torch's seeded generator
         detached = [s.detach() for s in states]
         order = torch.from_numpy(INTERVENTION_POLICIES.get(self.config.intervention_policy)(self, detached, rng))
-        gold = batch["concepts"]
+        gold = Mixup.agreed(mix, batch["concepts"])
         chosen = torch.zeros_like(gold, dtype=torch.bool).scatter_(1, order[:, :t].to(gold.device), True)
         values = torch.where(chosen, gold, torch.full_like(gold, MISSING))
         logits = self.intervened_label_logits(states, values, correct_only=False)
-        return (t / k) * task_loss(self.spec, logits, batch["labels"])
+        return (t / k) * Mixup.loss(mix, lambda rows: task_loss(self.spec, logits, rows["labels"]), batch)
 
     def dev_score(self, split: Split, batch_size: int = 64) -> float:
         """Joint: the task's selection score; the x→c stage: concept accuracy."""

@@ -28,6 +28,7 @@ from ..pruning import PRUNING_SCOPES, PRUNING_SCORES, Pruner, SparsitySchedule, 
 from ..training import TrainingConfig
 from .base import SubnetworkModel
 from .bottleneck import BottleneckConfig, ConceptBottleneckLM
+from .losses import Mixup
 
 MASK_PREFIX = "subnetwork_masks."
 @dataclass
@@ -82,12 +83,13 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
         return len(self.spec.concepts)
 
     # ---- forward ----------------------------------------------------------------------------
-    def concept_states(self, input_ids, attention_mask):
+    def concept_states(self, input_ids, attention_mask, mix: Mixup | None = None):
         """All K subnetworks in one batched pass; ``pooled`` is ``[K, B, H]``."""
         k = self.num_concepts
         with routed(self.subnetworks, "all"):
             hidden = self.backbone(input_ids=input_ids.repeat(k, 1), attention_mask=attention_mask.repeat(k, 1)).last_hidden_state
         pooled = pool(hidden, attention_mask.repeat(k, 1), self.config.pooling).reshape(k, input_ids.shape[0], -1)
+        pooled = Mixup.apply(mix, pooled)
         features = self.dropout(pooled)
         return self.concept_layer.states(list(features)), pooled
 

@@ -97,6 +97,9 @@ def overview(model, record: dict | None, run_dir: Path) -> str:
     if summary.get("intervention_holdout"):
         facts.append(("intervenability tuning", f"label head tuned on {summary['intervention_holdout']:.0%} of the training "
                       "rows, held out of joint training"))
+    if summary.get("mixup_alpha"):
+        facts.append(("concept-level mixup (C3M)", f"rows mixed in proportion μ ~ Beta({summary['mixup_alpha']:g}, "
+                      f"{summary['mixup_alpha']:g}), their losses alike"))
     if "sparsity" in summary:
         facts.append(("sparsity", f"{summary['sparsity']:.0%} of every concept's masked weights pruned ({summary['granularity']} level)"))
     if "prototypes_per_class" in summary:
