@@ -1,0 +1,110 @@
+"""Is a concept model's task accuracy below its black box's by more than the test set's noise?
+Both saved runs predict the same test rows; the difference in accuracy gets a paired bootstrap
+interval (rows resampled together) and McNemar's exact test on the rows where they disagree.
+
+    python bench/paired_accuracy.py --pairs runs/bench-cebab-intcem-augmented:runs/bench-cebab-standard-augmented [--resamples 10000] [--seed 0]
+
+Each pair is MODEL:BASELINE, two run folders trained on the same data set; the test rows of both
+must be the same texts in the same order. Writes bench/results/paired_accuracy.{json,md}, merged
+by pair (a pair given again replaces its row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from scipy.stats import binomtest
+
+from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
+from lucidlm.experiment import load_experiment_task, load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def correct_on_test(run_dir: Path) -> tuple[np.ndarray, list[str]]:
+    """Whether the run's model labels each of its data set's test rows right, and the rows' texts."""
+    model, record = load_run(run_dir)
+    test = load_experiment_task(record["experiment"]["data"]).test
+    logits = model.infer(test)["label_logits"]
+    return logits.argmax(-1) == test.labels, list(test.texts)
+
+
+def compare(model_right: np.ndarray, baseline_right: np.ndarray, resamples: int, seed: int) -> dict:
+    """Accuracy difference (model − baseline) with its paired bootstrap 95% interval, and the
+    exact McNemar p-value (two-sided binomial test on the discordant rows)."""
+    rng = np.random.default_rng(seed)
+    difference = model_right.astype(float) - baseline_right.astype(float)
+    draws = rng.integers(len(difference), size=(resamples, len(difference)))
+    boot = difference[draws].mean(1)
+    only_model, only_baseline = int((model_right & ~baseline_right).sum()), int((~model_right & baseline_right).sum())
+    discordant = only_model + only_baseline
+    return {
+        "n": len(difference), "model_accuracy": float(model_right.mean()), "baseline_accuracy": float(baseline_right.mean()),
+        "difference": float(difference.mean()), "interval_95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+        "only_model_right": only_model, "only_baseline_right": only_baseline,
+        "mcnemar_p": float(binomtest(only_model, discordant).pvalue) if discordant else 1.0,
+        "resamples": resamples, "seed": seed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", nargs="+", required=True, help="MODEL:BASELINE run folders")
+    parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    transformers.utils.logging.set_verbosity_error()
+    pairs = []
+    for pair in args.pairs:
+        model_dir, sep, baseline_dir = pair.partition(":")
+        if not sep or not model_dir or not baseline_dir:
+            parser.error(f"--pairs {pair!r}: expected MODEL:BASELINE, two run folders")
+        pairs.append((Path(model_dir), Path(baseline_dir)))
+
+    path = RESULTS / "paired_accuracy.json"
+    rows = json.loads(path.read_text())["pairs"] if path.is_file() else {}
+    for model_dir, baseline_dir in pairs:
+        model_right, model_texts = correct_on_test(model_dir)
+        baseline_right, baseline_texts = correct_on_test(baseline_dir)
+        if model_texts != baseline_texts:
+            raise SystemExit(f"{model_dir} and {baseline_dir}: their test rows differ ({len(model_texts)} and "
+                             f"{len(baseline_texts)} rows); expected two runs on the same data set")
+        name = f"{model_dir.name.removeprefix('bench-cebab-')} vs {baseline_dir.name.removeprefix('bench-cebab-')}"
+        rows[name] = {"model": str(model_dir.resolve()), "baseline": str(baseline_dir.resolve()),
+                      **compare(model_right, baseline_right, args.resamples, args.seed),
+                      "command": f"python bench/paired_accuracy.py --pairs {model_dir}:{baseline_dir}"
+                                 f" --resamples {args.resamples} --seed {args.seed}"}
+        print(f"{name}: {json.dumps({k: v for k, v in rows[name].items() if k not in ('model', 'baseline')})}", flush=True)
+    result = {"machine": {"platform": platform.platform(), "torch": torch.__version__}, "pairs": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(relative_paths(result), indent=2))
+    (RESULTS / "paired_accuracy.md").write_text(markdown(rows))
+    print(markdown(rows), flush=True)
+
+
+def markdown(rows: dict) -> str:
+    lines = ["# Task accuracy against the black box on the same test rows (paired)", "",
+             "Difference: model − baseline, in points; 95% interval: paired bootstrap over the test rows; "
+             "McNemar: exact two-sided test on the rows only one of the two labels right.", "",
+             "| model vs baseline | test rows | model | baseline | difference | 95% interval | only model right | only baseline right | McNemar p |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        low, high = r["interval_95"]
+        lines.append(f"| {name} | {r['n']} | {r['model_accuracy']:.1%} | {r['baseline_accuracy']:.1%} | "
+                     f"{100 * r['difference']:+.1f} | [{100 * low:+.1f}, {100 * high:+.1f}] | {r['only_model_right']} | "
+                     f"{r['only_baseline_right']} | {r['mcnemar_p']:.2f} |")
+    lines += ["", "Commands:", "", *[f"- {name}: `{r['command']}`" for name, r in rows.items()]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
