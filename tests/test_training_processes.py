@@ -189,3 +189,16 @@ def test_a_tracker_that_is_not_installed_is_refused_before_training(tiny_bert_di
         with pytest.raises(LucidError, match="training.trackers: 'tensorboard' is not installed here \\(pip install tensorboard\\)"):
             model.fit(cebab_small.train, epochs=1, trackers=["tensorboard"], progress=False)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing trained
+
+
+def test_a_checkpoint_written_before_an_option_existed_resumes_at_the_options_default_only():
+    from lucidlm import LucidError
+    from lucidlm.checkpoints import check_same_settings
+
+    saved = {"model": {"mode": "joint"}}  # written before mixup_alpha was an option
+    defaults = {"model": {"mode": "joint", "mixup_alpha": 0.0}}
+    check_same_settings(Path("checkpoint"), saved, {"model": {"mode": "joint", "mixup_alpha": 0.0}}, defaults)
+    with pytest.raises(LucidError, match="model.mixup_alpha is 0.0 in the checkpoint and 0.4 now"):
+        check_same_settings(Path("checkpoint"), saved, {"model": {"mode": "joint", "mixup_alpha": 0.4}}, defaults)
+    with pytest.raises(LucidError, match="model.mixup_alpha is '\\(not set\\)' in the checkpoint and 0.0 now"):
+        check_same_settings(Path("checkpoint"), saved, {"model": {"mode": "joint", "mixup_alpha": 0.0}})

@@ -51,9 +51,11 @@ def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def check_same_settings(path: Path, saved: dict, current: dict) -> None:
-    """One clear line naming the first setting in which the checkpoint and this run differ."""
-    flat_saved, flat_current = _flatten(saved), _flatten(current)
+def check_same_settings(path: Path, saved: dict, current: dict, defaults: dict | None = None) -> None:
+    """One clear line naming the first setting in which the checkpoint and this run differ. A
+    setting the checkpoint lacks (an option added since it was written) counts at its value in
+    ``defaults``, the behaviour from before the option."""
+    flat_saved, flat_current = {**_flatten(defaults or {}), **_flatten(saved)}, _flatten(current)
     for key in sorted(set(flat_saved) | set(flat_current)):
         if flat_saved.get(key, "(not set)") != flat_current.get(key, "(not set)"):
             raise LucidError(f"{path}: {key} is {flat_saved.get(key, '(not set)')!r} in the checkpoint and "

@@ -178,11 +178,13 @@ def fit_loop(
     run_dir: Path | None = None,
     resume: bool = False,
     settings: dict | None = None,
+    setting_defaults: dict | None = None,
 ) -> list[dict]:
     """Train ``model`` in place; returns one record per epoch (loss, dev score). Keeps the best.
     ``hooks`` (e.g. a pruner) act around each step and say which epochs may be chosen.
     ``run_dir``: where checkpoints and the training log go; ``resume`` continues from its
-    checkpoint, which must have been written under the same ``settings`` (model, training, data)."""
+    checkpoint, which must have been written under the same ``settings`` (model, training, data;
+    one it lacks counts at its value in ``setting_defaults``)."""
     hooks = hooks or TrainingHooks()
     set_seed(config.seed)
     epochs = config.epochs if epochs is None else epochs
@@ -195,7 +197,7 @@ def fit_loop(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     shuffling = train_loader.generator  # its state at an epoch's start replays that epoch's order
     settings = {**(settings or {}), "training": config.learning_settings(), "stage": desc}
-    checkpoints = Checkpoints(Path(run_dir) / CHECKPOINT_DIR, settings, accelerator) if run_dir is not None else None
+    checkpoints = Checkpoints(Path(run_dir) / CHECKPOINT_DIR, settings, accelerator, setting_defaults) if run_dir is not None else None
     state, best_state, pending_rng = LoopState(), None, None
     if resume:
         if checkpoints is None:
@@ -262,8 +264,8 @@ def fit_loop(
 class Checkpoints:
     """The loop's checkpoint in ``directory`` (written by the main process only)."""
 
-    def __init__(self, directory: Path, settings: dict, accelerator: Accelerator):
-        self.directory, self.settings, self.accelerator = directory, settings, accelerator
+    def __init__(self, directory: Path, settings: dict, accelerator: Accelerator, defaults: dict | None = None):
+        self.directory, self.settings, self.accelerator, self.defaults = directory, settings, accelerator, defaults
 
     def save(self, state: LoopState, model, optimizer, scheduler, hooks: TrainingHooks,
              shuffling_state: torch.Tensor | None, best_state: dict | None) -> None:
@@ -288,7 +290,7 @@ class Checkpoints:
         """The loop state, best state and generator states the checkpoint holds, with the model,
         optimizer, scheduler, hooks and data order set back to where they were."""
         tensors, saved = load_checkpoint(self.directory)
-        check_same_settings(self.directory, saved["settings"], self.settings)
+        check_same_settings(self.directory, saved["settings"], self.settings, self.defaults)
         model.load_checkpoint_tensors(prefixed(tensors, "model."))
         load_optimizer_state(optimizer, tensors, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

@@ -8,6 +8,7 @@ import json
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import asdict, dataclass, fields, replace
 from typing import ClassVar
 from pathlib import Path
@@ -205,10 +206,11 @@ class LucidModel(nn.Module):
         hooks = self.training_hooks(len(loader), config)
         dev_score = None if eval_data is None else (lambda model: model.dev_score(eval_data, config.eval_batch_size))
         settings = {"family": self.family, "model": asdict(self.config), "data": {"train": train.fingerprint()}}
+        defaults = {"model": {f.name: f.default for f in fields(self.config) if f.default is not NO_DEFAULT}}
         with self.parameters_frozen(self.parameters_outside_training()):
             self.training_history = fit_loop(self, self.param_groups(config), loader, self.training_loss, dev_score, config,
                                              desc=self.training_stage, hooks=hooks, run_dir=run_dir, resume=resume,
-                                             settings=settings)
+                                             settings=settings, setting_defaults=defaults)
         self.after_training(train, eval_data, config, hooks)
         return self
 
