@@ -438,9 +438,35 @@ def test_concept_level_mixup_mixes_pooled_vectors_and_both_losses(tiny_bert_dir,
     gold = torch.tensor([[0, 1], [0, 2]])
     swap = Mixup(0.5, torch.tensor([1, 0]))
     assert Mixup.agreed(swap, gold).tolist() == [[0, MISSING], [0, MISSING]]
-    assert Mixup.draw(0.0, 16, "cpu") is None
+    state = torch.get_rng_state()
+    assert Mixup.draw(0.0, 16, "cpu") is None and torch.equal(torch.get_rng_state(), state)  # off: draws nothing
     assert "μ ~ Beta(0.4, 0.4)" in overview(model, None, Path("run"))  # the report says so
     with pytest.raises(LucidError, match="mixup_alpha: expected a Beta parameter >= 0"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mixup_alpha=-0.4)
     with pytest.raises(LucidError, match="mixup_alpha: mixes the joint loss's rows, in joint mode only; mode is 'sequential'"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", mixup_alpha=0.4)
+
+
+def test_intervention_aware_training_with_mixup_sets_the_concepts_both_rows_agree_on_first(tiny_bert_dir, cebab_small, monkeypatch):
+    """On a mixed row the policy's most uncertain concepts are mostly those where its two rows
+    disagree, which have no gold value: the agreed ones are set first, up to T of them."""
+    from lucidlm.models.losses import Mixup
+
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
+                                              random_intervention_rate=0.0, intervention_loss_weight=1.0).eval()
+    batch = next(iter(model.encoder.loader(cebab_small.train, 16)))
+    mix = Mixup(0.5, torch.arange(16).roll(1))
+    agreed = Mixup.agreed(mix, batch["concepts"]) != MISSING
+    assert (agreed.sum(1) < 4).any()  # some rows disagree somewhere
+    seen = []
+    original = model.intervened_label_logits
+    monkeypatch.setattr(model, "intervened_label_logits", lambda states, values, **kw: seen.append(values) or original(states, values, **kw))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        out = model(batch["input_ids"], batch["attention_mask"], None, mix)
+        model.intervention_aware_loss(out.concept_states, batch, mix)
+        set_here = seen[-1] != MISSING
+        assert not (set_here & ~agreed).any()  # never a concept without a gold value
+        counts, available = set_here.sum(1), agreed.sum(1)
+        t = int(counts.max())
+        assert torch.equal(counts, available.clamp(max=t))  # up to T per row, as many as it has

@@ -384,13 +384,18 @@ class ConceptBottleneckLM(ConceptModel):
     def intervention_aware_loss(self, states, batch: dict, mix: Mixup | None = None) -> torch.Tensor:
         """T/K × CE(y | the first T concepts of the policy's order set to gold), T ~ U{1..K}: the
         label's loss after a person's corrections, weighted to grow with how many they made.
-        With mixup, a mixed row's concept is set only where both rows have the same gold value."""
+        With mixup, a mixed row's concept can be set only where both rows have the same gold
+        value: those come first, in the policy's order (the most uncertain concepts of a mixed row
+        are mostly those where its rows disagree)."""
         k = len(self.spec.concepts)
         t = int(torch.randint(1, k + 1, ()))
         rng = np.random.default_rng(int(torch.randint(2**31 - 1, ())))  # drawn from torch's seeded generator
         detached = [s.detach() for s in states]
         order = torch.from_numpy(INTERVENTION_POLICIES.get(self.config.intervention_policy)(self, detached, rng))
         gold = Mixup.agreed(mix, batch["concepts"])
+        if mix is not None:  # the concepts a mixed row can be set on first, in the policy's order
+            order = order.to(gold.device)
+            order = order.gather(1, (gold == MISSING).gather(1, order).int().argsort(dim=1, stable=True))
         chosen = torch.zeros_like(gold, dtype=torch.bool).scatter_(1, order[:, :t].to(gold.device), True)
         values = torch.where(chosen, gold, torch.full_like(gold, MISSING))
         logits = self.intervened_label_logits(states, values, correct_only=False)
