@@ -5,7 +5,7 @@ interval (rows resampled together) and McNemar's exact test on the rows where th
     python bench/paired_accuracy.py --pairs runs/bench-cebab-intcem-augmented:runs/bench-cebab-standard-augmented [--resamples 10000] [--seed 0]
 
 Each pair is MODEL:BASELINE, two run folders trained on the same data set; the test rows of both
-must be the same texts in the same order. Writes bench/results/paired_accuracy.{json,md}, merged
+must be the same (texts, gold labels) in the same order. Writes bench/results/paired_accuracy.{json,md}, merged
 by pair (a pair given again replaces its row).
 """
 
@@ -29,12 +29,18 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def correct_on_test(run_dir: Path) -> tuple[np.ndarray, list[str]]:
-    """Whether the run's model labels each of its data set's test rows right, and the rows' texts."""
+def correct_on_test(run_dir: Path) -> tuple[np.ndarray, list[tuple]]:
+    """Whether the run's model labels each of its data set's test rows right, and the rows
+    (text, text pair, gold label)."""
     model, record = load_run(run_dir)
+    if record is None:
+        raise SystemExit(f"{run_dir}: no run.json; expected a run trained by `lucidlm train` or a bench")
+    if model.spec.is_regression:
+        raise SystemExit(f"{run_dir}: a regression task has no accuracy to compare")
     test = load_experiment_task(record["experiment"]["data"]).test
     logits = model.infer(test)["label_logits"]
-    return logits.argmax(-1) == test.labels, list(test.texts)
+    pairs = test.text_pairs or [None] * len(test)
+    return logits.argmax(-1) == test.labels, list(zip(test.texts, pairs, test.labels.tolist()))
 
 
 def compare(model_right: np.ndarray, baseline_right: np.ndarray, resamples: int, seed: int) -> dict:
@@ -42,8 +48,8 @@ def compare(model_right: np.ndarray, baseline_right: np.ndarray, resamples: int,
     exact McNemar p-value (two-sided binomial test on the discordant rows)."""
     rng = np.random.default_rng(seed)
     difference = model_right.astype(float) - baseline_right.astype(float)
-    draws = rng.integers(len(difference), size=(resamples, len(difference)))
-    boot = difference[draws].mean(1)
+    boot = np.concatenate([difference[rng.integers(len(difference), size=(min(1000, resamples - start), len(difference)))].mean(1)
+                           for start in range(0, resamples, 1000)])  # in chunks: memory stays small
     only_model, only_baseline = int((model_right & ~baseline_right).sum()), int((~model_right & baseline_right).sum())
     discordant = only_model + only_baseline
     return {
@@ -61,6 +67,8 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.resamples < 1:
+        parser.error(f"--resamples {args.resamples}: expected at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
     pairs = []
@@ -73,11 +81,12 @@ def main() -> None:
     path = RESULTS / "paired_accuracy.json"
     rows = json.loads(path.read_text())["pairs"] if path.is_file() else {}
     for model_dir, baseline_dir in pairs:
-        model_right, model_texts = correct_on_test(model_dir)
-        baseline_right, baseline_texts = correct_on_test(baseline_dir)
-        if model_texts != baseline_texts:
-            raise SystemExit(f"{model_dir} and {baseline_dir}: their test rows differ ({len(model_texts)} and "
-                             f"{len(baseline_texts)} rows); expected two runs on the same data set")
+        model_right, model_rows = correct_on_test(model_dir)
+        baseline_right, baseline_rows = correct_on_test(baseline_dir)
+        if model_rows != baseline_rows:
+            first = next((i for i, (a, b) in enumerate(zip(model_rows, baseline_rows)) if a != b), min(len(model_rows), len(baseline_rows)))
+            raise SystemExit(f"{model_dir} and {baseline_dir}: their test rows differ ({len(model_rows)} and "
+                             f"{len(baseline_rows)} rows, first at row {first}); expected two runs on the same data set")
         name = f"{model_dir.name.removeprefix('bench-cebab-')} vs {baseline_dir.name.removeprefix('bench-cebab-')}"
         rows[name] = {"model": str(model_dir.resolve()), "baseline": str(baseline_dir.resolve()),
                       **compare(model_right, baseline_right, args.resamples, args.seed),
