@@ -11,6 +11,7 @@ ready config configs/cebab-<mode>.yaml, exactly as `lucidlm train` does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -29,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-# Options a row may train with instead of its config's: flag: (model option, the row name's label,
-# the run folder's label, what it is). Rows and folders name them in this order.
+# Options a row may train with instead of its config's: flag: (model option, or training.<option>,
+# the row name's label, the run folder's label, what it is). Rows and folders name them in this order.
 OVERRIDES = {
     "random-intervention-rate": ("random_intervention_rate", "RandInt", "randint", "RandInt rate"),
     "intervention-loss-weight": ("intervention_loss_weight", "IntCEM weight", "weight", "IntCEM loss weight"),
@@ -39,9 +40,12 @@ OVERRIDES = {
     "dropout": ("dropout", "dropout", "dropout", "dropout on the pooled vector"),
     "intervention-holdout": ("intervention_holdout", "holdout", "holdout",
                              "share of training rows held out of joint training to tune the label head on"),
+    "mixup-alpha": ("mixup_alpha", "mixup", "mixup", "concept-level mixup's Beta parameter α (C3M)"),
+    "head-learning-rate": ("training.head_learning_rate", "head lr", "headlr",
+                           "learning rate of everything but the backbone (concept layer, label head)"),
 }
-MODES = ("standard", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem", "intcem-augmented",
-         "joint-counterfactual", "intcem-counterfactual", "proto")
+MODES = ("standard", "standard-augmented", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem",
+         "intcem-augmented", "joint-counterfactual", "intcem-counterfactual", "proto")
 
 
 def majority_floors_of(rows: dict) -> dict:
@@ -61,7 +65,8 @@ def majority_floors(task) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
-                        help="joint-augmented: the joint model on C3M's 13 concepts (configs/cebab-joint-augmented.yaml); "
+                        help="standard-augmented: the standard model on the 13-concept runs' data set (its own test rows); "
+                             "joint-augmented: the joint model on C3M's 13 concepts (configs/cebab-joint-augmented.yaml); "
                              "cem: concept embeddings (configs/cebab-cem.yaml); intcem: with intervention-aware training; "
                              "intcem-augmented: IntCEM on C3M's 13 concepts; joint-counterfactual: joint with "
                              "counterfactual-consistency training on CEBaB's human edits; intcem-counterfactual: IntCEM with it; "
@@ -88,7 +93,11 @@ def main() -> None:
                 name, folder = name + f", seed {seed}", folder + f"-seed{seed}"
             experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{folder}")
             for flag, value in overrides.items():
-                experiment.model[OVERRIDES[flag][0]] = value
+                option = OVERRIDES[flag][0]
+                if option.startswith("training."):  # replace() checks the option and its value
+                    experiment.training = dataclasses.replace(experiment.training, **{option.removeprefix("training."): value})
+                else:
+                    experiment.model[option] = value
             experiment.training.seed = seed
             experiment.training.progress = False
             floors = majority_floors(load_experiment_task(experiment.data))
@@ -179,8 +188,9 @@ def markdown(result: dict) -> str:
     if augmented:
         row = result["modes"][augmented[0]]
         f = row["majority_floors_test"]
-        lines += ["", f"{', '.join(augmented)}: on the 13 concepts of C3M (`cebab-augmented`, CEBaB reviews; "
-                  f"its test set: {row['test']['n']} rows, majority floors task "
+        lines += ["", f"{', '.join(augmented)}: on C3M's data set with its 13 concepts (`cebab-augmented`: CEBaB's "
+                  f"training reviews; its own test set, which differs from CEBaB's by a few rows: {row['test']['n']} rows, "
+                  "so these rows compare with standard-augmented; majority floors task "
                   f"{f['task_accuracy']:.1%}, concept {f['concept_accuracy']:.1%})."]
     commands = [f"- {m}: `{r['command']}`" for m, r in result["modes"].items() if "command" in r]
     if commands:
