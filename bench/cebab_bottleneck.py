@@ -188,7 +188,7 @@ def markdown(result: dict) -> str:
     if augmented:
         row = result["modes"][augmented[0]]
         f = row["majority_floors_test"]
-        lines += ["", f"{', '.join(augmented)}: on C3M's data set with its 13 concepts (`cebab-augmented`: CEBaB's "
+        lines += ["", f"The {len(augmented)} rows of modes *-augmented: on C3M's data set with its 13 concepts (`cebab-augmented`: CEBaB's "
                   f"training reviews; its own test set, which differs from CEBaB's by a few rows: {row['test']['n']} rows, "
                   "so these rows compare with standard-augmented; majority floors task "
                   f"{f['task_accuracy']:.1%}, concept {f['concept_accuracy']:.1%})."]
