@@ -52,6 +52,20 @@ def test_batched_pass_equals_one_subnetwork_after_another(fixture, cebab_small, 
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+
+def test_mixup_mixes_each_subnetworks_pooled_vector_across_the_batch(tiny_bert_dir, cebab_small):
+    from lucidlm.models.losses import Mixup
+
+    model = sparse(tiny_bert_dir, cebab_small, concept_layer="embedding", mixup_alpha=0.4).eval()
+    random_masks(model)
+    batch = model.encoder.batch(TEXTS + ["Quiet and clean."])
+    mix = Mixup(0.3, torch.tensor([2, 0, 1]))
+    with torch.no_grad():
+        states, pooled = model.concept_states(batch["input_ids"], batch["attention_mask"], mix)
+        _, plain = model.concept_states(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(pooled, 0.3 * plain + 0.7 * plain[:, [2, 0, 1]])  # [K, B, H]: rows of each concept
+    torch.testing.assert_close(states[1], model.concept_layer.state(1, model.dropout(pooled[1])))
+
 def test_gpt2_conv1d_and_layer_choices(tiny_gpt2_dir, tiny_bert_dir, cebab_small):
     gpt2 = sparse(tiny_gpt2_dir, cebab_small)
     assert {n.split(".")[-1] for n in gpt2.subnetworks} == {"c_attn", "c_proj", "c_fc"}
