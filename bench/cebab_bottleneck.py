@@ -30,22 +30,33 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-# Options a row may train with instead of its config's: flag: (model option, or training.<option>,
+# Options a row may train with instead of its config's: flag: (model.<option> or training.<option>,
 # the row name's label, the run folder's label, what it is). Rows and folders name them in this order.
 OVERRIDES = {
-    "random-intervention-rate": ("random_intervention_rate", "RandInt", "randint", "RandInt rate"),
-    "intervention-loss-weight": ("intervention_loss_weight", "IntCEM weight", "weight", "IntCEM loss weight"),
-    "concept-loss-weight": ("concept_loss_weight", "concept weight", "conceptweight", "concept loss weight λ"),
-    "counterfactual-loss-weight": ("counterfactual_loss_weight", "CF weight", "cfweight", "counterfactual-consistency loss weight"),
-    "dropout": ("dropout", "dropout", "dropout", "dropout on the pooled vector"),
-    "intervention-holdout": ("intervention_holdout", "holdout", "holdout",
+    "random-intervention-rate": ("model.random_intervention_rate", "RandInt", "randint", "RandInt rate"),
+    "intervention-loss-weight": ("model.intervention_loss_weight", "IntCEM weight", "weight", "IntCEM loss weight"),
+    "concept-loss-weight": ("model.concept_loss_weight", "concept weight", "conceptweight", "concept loss weight λ"),
+    "counterfactual-loss-weight": ("model.counterfactual_loss_weight", "CF weight", "cfweight", "counterfactual-consistency loss weight"),
+    "dropout": ("model.dropout", "dropout", "dropout", "dropout on the pooled vector"),
+    "intervention-holdout": ("model.intervention_holdout", "holdout", "holdout",
                              "share of training rows held out of joint training to tune the label head on"),
-    "mixup-alpha": ("mixup_alpha", "mixup", "mixup", "concept-level mixup's Beta parameter α (C3M)"),
+    "mixup-alpha": ("model.mixup_alpha", "mixup", "mixup", "concept-level mixup's Beta parameter α (C3M)"),
     "head-learning-rate": ("training.head_learning_rate", "head lr", "headlr",
                            "learning rate of everything but the backbone (concept layer, label head)"),
 }
 MODES = ("standard", "standard-augmented", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem",
          "intcem-augmented", "joint-counterfactual", "intcem-counterfactual", "proto")
+
+
+def set_options(experiment, options: dict) -> None:
+    """``{"model.<option>" | "training.<option>": value}`` set on an experiment read from its
+    config; training options through ``dataclasses.replace``, which checks them."""
+    for key, value in options.items():
+        section, option = key.split(".", 1)
+        if section == "model":
+            experiment.model[option] = value
+        else:
+            experiment.training = dataclasses.replace(experiment.training, **{option: value})
 
 
 def majority_floors_of(rows: dict) -> dict:
@@ -92,12 +103,7 @@ def main() -> None:
             if seed != 0:
                 name, folder = name + f", seed {seed}", folder + f"-seed{seed}"
             experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{folder}")
-            for flag, value in overrides.items():
-                option = OVERRIDES[flag][0]
-                if option.startswith("training."):  # replace() checks the option and its value
-                    experiment.training = dataclasses.replace(experiment.training, **{option.removeprefix("training."): value})
-                else:
-                    experiment.model[option] = value
+            set_options(experiment, {OVERRIDES[flag][0]: value for flag, value in overrides.items()})
             experiment.training.seed = seed
             experiment.training.progress = False
             floors = majority_floors(load_experiment_task(experiment.data))

@@ -71,6 +71,7 @@ def train_one(name: str, seed: int, data_root: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     import transformers
 
+    from cebab_bottleneck import set_options  # bench/ is on the path
     from lucidlm.experiment import read_experiment, run_experiment
 
     transformers.utils.logging.set_verbosity_error()
@@ -81,12 +82,7 @@ def train_one(name: str, seed: int, data_root: str, threads: int) -> dict:
     try:
         experiment = read_experiment(ROOT / "configs" / f"{config}.yaml", output_dir=folder)
         experiment.data["path"] = str(Path(data_root) / "cebab")
-        for key, value in ({**STARTING_POINT, **overrides} if config == "cebab-intcem" else overrides).items():
-            section, option = key.split(".")
-            if section == "model":
-                experiment.model[option] = value
-            else:
-                setattr(experiment.training, option, value)
+        set_options(experiment, {**STARTING_POINT, **overrides} if config == "cebab-intcem" else overrides)
         experiment.training.seed = seed
         experiment.training.progress = False
         _, metrics = run_experiment(experiment)
