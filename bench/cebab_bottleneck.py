@@ -43,7 +43,6 @@ OVERRIDES = {
     "mixup-alpha": ("model.mixup_alpha", "mixup", "mixup", "concept-level mixup's Beta parameter α (C3M)"),
     "head-learning-rate": ("training.head_learning_rate", "head lr", "headlr",
                            "learning rate of everything but the backbone (concept layer, label head)"),
-    "auxiliary-label-weight": ("model.auxiliary_label_weight", "aux", "aux", "auxiliary label head weight"),
     "learning-rate": ("training.learning_rate", "lr", "lr", "peak learning rate of the backbone"),
 }
 MODES = ("standard", "standard-augmented", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem",

@@ -73,7 +73,6 @@ class BottleneckConfig(ModelConfig):
     # losses alike, μ·L(row i) + (1 − μ)·L(row π(i)); a regulariser for small, partly
     # machine-labelled concept sets. 0: off; C3M's α = 0.4.
     mixup_alpha: float = 0.0
-    auxiliary_label_weight: float = 0.0
     # The c→y fit (sequential, independent; a refit after joint training when elastic): an L2
     # penalty, or an elastic net (``elastic``, l1 share ``label_l1_ratio``) for a sparse label
     # layer in which each class reads few concepts. Its strength is chosen on dev along a path.
@@ -137,8 +136,6 @@ class ConceptBottleneckLM(ConceptModel):
                              "(the 'standard' family needs none)")
         self.concept_layer = CONCEPT_LAYERS.get(config.concept_layer)(spec, self.hidden_size, config)
         self.label_head = nn.Linear(self.concept_layer.width, spec.num_labels)
-        if config.auxiliary_label_weight > 0:
-            self.auxiliary_head = nn.Linear(self.hidden_size, spec.num_labels)
 
     def summary(self) -> dict:
         c = self.config
@@ -364,9 +361,6 @@ class ConceptBottleneckLM(ConceptModel):
                           batch)
         if self.config.intervention_loss_weight > 0:
             loss = loss + self.config.intervention_loss_weight * self.intervention_aware_loss(out.concept_states, batch, mix)
-        if self.config.auxiliary_label_weight > 0:
-            aux = self.auxiliary_head(self.dropout(out.pooled))
-            loss = loss + self.config.auxiliary_label_weight * Mixup.loss(mix, lambda rows: task_loss(self.spec, aux, rows["labels"]), batch)
         if self.config.counterfactual_loss_weight > 0:
             loss = loss + self.config.counterfactual_loss_weight * self.counterfactual_loss(forward)
         return loss
