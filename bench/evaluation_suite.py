@@ -42,9 +42,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cebab", type=Path, default=CEBAB, help="CEBaB's folder (the causal suite's pairs)")
     parser.add_argument("--merge", action="store_true", help="keep the runs already in the results file")
-    parser.add_argument("--black-box-accuracy", type=float, default=standard_test_accuracy(),
-                        help="the black box's test accuracy for completeness (default: the standard row of "
-                             "bench/results/cebab_bottleneck.json)")
+    parser.add_argument("--black-box-accuracy", type=float, default=None,
+                        help="the black box's test accuracy for completeness (default: per run, the standard "
+                             "model's row of bench/results/cebab_bottleneck.json on the run's data set)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
@@ -66,18 +66,24 @@ def main() -> None:
         model, record = load_run(run_dir)
         task = load_experiment_task(record["experiment"]["data"])
         name = run_dir.name.removeprefix("bench-cebab-")
+        black_box = args.black_box_accuracy or standard_test_accuracy(record["experiment"]["data"]["source"])
         results[name] = run_suite(model, task, SUITES, split="test", samples=args.samples, seed=args.seed, cebab=args.cebab,
-                                  black_box_accuracy=args.black_box_accuracy)
+                                  black_box_accuracy=black_box)
         seconds[name] = {"seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
         commands[name] = command
         print(f"{name}: {seconds[name]['seconds']:.0f} s", flush=True)
         write(results, seconds, commands, missing)
 
 
-def standard_test_accuracy() -> float | None:
+def standard_test_accuracy(source: str) -> float | None:
+    """The test accuracy of bench/results/cebab_bottleneck.json's standard row on data set
+    ``source`` (its seed-0 row of the ready config: the other concept rows' comparison); None if
+    there is none."""
     path = RESULTS / "cebab_bottleneck.json"
-    row = json.loads(path.read_text())["modes"].get("standard") if path.is_file() else None
-    return row["test"]["task"]["accuracy"] if row else None
+    rows = json.loads(path.read_text())["modes"] if path.is_file() else {}
+    return next((row["test"]["task"]["accuracy"] for name, row in rows.items()
+                 if "," not in name and row["config"]["model"]["family"] == "standard"
+                 and row["config"]["data"]["source"] == source), None)
 
 
 def earlier_results(samples: int, seed: int) -> tuple[dict, dict, dict]:
