@@ -222,27 +222,30 @@ def seed_groups(rows: dict) -> dict[str, list[dict]]:
 
 
 def over_seeds(rows: dict) -> list[str]:
-    """Mean ± standard deviation (over seeds, ddof 1) of the headline figures."""
+    """Mean ± standard deviation (over seeds, ddof 1) of the headline figures on test, and of the
+    two dev figures that choose a config (bench/cem_selection.py's rule reads seed means)."""
     groups = seed_groups(rows)
     if not groups:
         return []
+    task = lambda t: t["task"]["accuracy"]  # noqa: E731
+    gain = lambda t: t["task_gold_concepts"]["accuracy"] - t["task"]["accuracy"] if "task_gold_concepts" in t else None  # noqa: E731
     figures = {
-        "task acc": lambda t: t["task"]["accuracy"],
-        "concept acc": lambda t: t["concepts"]["accuracy"] if "concepts" in t else None,
-        "correction gain (wrong concepts → gold)": lambda t: (t["task_gold_concepts"]["accuracy"] - t["task"]["accuracy"]
-                                                            if "task_gold_concepts" in t else None),
+        "task acc": ("test", task),
+        "concept acc": ("test", lambda t: t["concepts"]["accuracy"] if "concepts" in t else None),
+        "correction gain (wrong concepts → gold)": ("test", gain),
+        "dev: task acc": ("dev", task),
+        "dev: correction gain": ("dev", gain),
     }
     lines = ["", "Over seeds (mean ± standard deviation, points):", "",
              "| mode | seeds | " + " | ".join(figures) + " |", "|---|---|" + "---|" * len(figures)]
     for name, group in groups.items():
         cells = []
-        for read in figures.values():
-            values = [read(row["test"]) for row in group]
+        for split, read in figures.values():
+            values = [read(row[split]) for row in group]
             cells.append("–" if None in values else f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}")
         seeds = ", ".join(str(row["config"]["training"]["seed"]) for row in group)
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
     return lines
-
 
 if __name__ == "__main__":
     main()
