@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
 
     command = f"python bench/evaluation_suite.py --samples {args.samples} --seed {args.seed}"
+    if args.black_box_accuracy is not None:
+        command += f" --black-box-accuracy {args.black_box_accuracy:g}"
     if args.runs != parser.get_default("runs"):
         command += " --runs " + " ".join(_shown(r) for r in args.runs)
     results, seconds, commands, missing = {}, {}, {}, []
@@ -66,7 +69,12 @@ def main() -> None:
         model, record = load_run(run_dir)
         task = load_experiment_task(record["experiment"]["data"])
         name = run_dir.name.removeprefix("bench-cebab-")
-        black_box = args.black_box_accuracy or standard_test_accuracy(record["experiment"]["data"]["source"])
+        black_box = args.black_box_accuracy
+        if black_box is None:
+            black_box = standard_test_accuracy(record["experiment"]["data"]["source"])
+            if black_box is None:
+                print(f"{_shown(run_dir)}: no standard row on its data set in cebab_bottleneck.json; completeness "
+                      "divides by the model's own accuracy", flush=True)
         results[name] = run_suite(model, task, SUITES, split="test", samples=args.samples, seed=args.seed, cebab=args.cebab,
                                   black_box_accuracy=black_box)
         seconds[name] = {"seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
@@ -77,13 +85,13 @@ def main() -> None:
 
 def standard_test_accuracy(source: str) -> float | None:
     """The test accuracy of bench/results/cebab_bottleneck.json's standard row on data set
-    ``source`` (its seed-0 row of the ready config: the other concept rows' comparison); None if
-    there is none."""
+    ``source``: the row of a ready config as it is (its command sets no option, seed 0), which the
+    concept rows on that data set compare with; None if there is none."""
     path = RESULTS / "cebab_bottleneck.json"
     rows = json.loads(path.read_text())["modes"] if path.is_file() else {}
-    return next((row["test"]["task"]["accuracy"] for name, row in rows.items()
-                 if "," not in name and row["config"]["model"]["family"] == "standard"
-                 and row["config"]["data"]["source"] == source), None)
+    ready = lambda row: re.fullmatch(r"python bench/cebab_bottleneck\.py --modes \S+", row.get("command", ""))  # noqa: E731
+    return next((row["test"]["task"]["accuracy"] for row in rows.values()
+                 if ready(row) and row["config"]["model"]["family"] == "standard" and row["config"]["data"]["source"] == source), None)
 
 
 def earlier_results(samples: int, seed: int) -> tuple[dict, dict, dict]:
