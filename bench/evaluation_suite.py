@@ -2,6 +2,7 @@
 intervention curves) on the saved CEBaB runs of the earlier benchmarks; inference only.
 
     python bench/evaluation_suite.py [--runs runs/bench-cebab-joint ...] [--samples 50] [--seed 0] [--merge]
+                                     [--suites interventions,honesty]
 
 Each run is read as `lucidlm evaluate RUN --suite faithfulness,causal,interventions` reads it
 (its own data set, split test); a run folder that does not exist is skipped with a message.
@@ -9,7 +10,9 @@ Token faithfulness uses --samples test rows drawn with --seed (the slow part: in
 gradients per target); everything else uses every row, and the causal suite every
 (original → edit) pair of CEBaB dev and test. Writes bench/results/evaluation_suite.{json,md}
 and bench/results/intervention_curves.png, after every run; ``--merge`` keeps the runs already
-there (measured with the same --samples and --seed) and adds or replaces the ones given.
+there (measured with the same --samples and --seed) and adds or replaces the ones given;
+with ``--suites``, only those suites of a run are measured again and the rest of its results
+kept (each run lists every command that measured part of it).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 import transformers
 
 from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
-from lucidlm.evaluation import SUITES, render_markdown, run_suite, write_report
+from lucidlm.evaluation import SUITES, parse_suites, run_suite, write_report
 from lucidlm.experiment import load_experiment_task, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +46,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cebab", type=Path, default=CEBAB, help="CEBaB's folder (the causal suite's pairs)")
     parser.add_argument("--merge", action="store_true", help="keep the runs already in the results file")
+    parser.add_argument("--suites", default=",".join(SUITES),
+                        help=f"comma-separated, of {list(SUITES)}; fewer than all needs --merge and keeps a run's other results")
     parser.add_argument("--black-box-accuracy", type=float, default=None,
                         help="the black box's test accuracy for completeness (default: per run, the standard "
                              "model's row of bench/results/cebab_bottleneck.json on the run's data set)")
     args = parser.parse_args()
+    suites = parse_suites(args.suites)
+    if len(suites) < len(SUITES) and not args.merge:
+        parser.error(f"--suites {args.suites}: measuring part of the suites keeps the rest of each run's results; add --merge")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -56,6 +64,8 @@ def main() -> None:
         command += f" --black-box-accuracy {args.black_box_accuracy:g}"
     if args.runs != parser.get_default("runs"):
         command += " --runs " + " ".join(_shown(r) for r in args.runs)
+    if len(suites) < len(SUITES):
+        command += f" --suites {','.join(suites)}"
     results, seconds, commands, missing = {}, {}, {}, []
     if args.merge:
         command += " --merge"
@@ -75,10 +85,16 @@ def main() -> None:
             if black_box is None:
                 print(f"{_shown(run_dir)}: no standard row on its data set in cebab_bottleneck.json; completeness "
                       "divides by the model's own accuracy", flush=True)
-        results[name] = run_suite(model, task, SUITES, split="test", samples=args.samples, seed=args.seed, cebab=args.cebab,
-                                  black_box_accuracy=black_box)
-        seconds[name] = {"seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
-        commands[name] = command
+        measured = run_suite(model, task, suites, split="test", samples=args.samples, seed=args.seed, cebab=args.cebab,
+                             black_box_accuracy=black_box)
+        if len(suites) < len(SUITES) and name in results:  # the run's other suites stay as they were measured
+            kept = results[name]
+            measured = {**kept, **measured, "suites": [s for s in SUITES if s in kept["suites"] or s in suites]}
+            commands[name] = [*commands[name], command]
+        else:
+            seconds[name] = {"seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
+            commands[name] = [command]
+        results[name] = measured
         print(f"{name}: {seconds[name]['seconds']:.0f} s", flush=True)
         write(results, seconds, commands, missing)
 
@@ -110,6 +126,7 @@ def earlier_results(samples: int, seed: int) -> tuple[dict, dict, dict]:
         if result["seed"] != seed or tokens.get("n", 0) + tokens.get("left_out", 0) not in (0, min(samples, result["n"])):
             raise SystemExit(f"{path}: run {name} was measured with other --samples or --seed; rerun it instead of merging")
     commands = record.get("commands") or {name: record["command"] for name in results}
+    commands = {name: [c] if isinstance(c, str) else c for name, c in commands.items()}  # files from before --suites
     threads = record.get("machine", {}).get("threads")  # files from before per-run threads
     seconds = {name: s if isinstance(s, dict) else {"seconds": s, "threads": threads} for name, s in record["seconds"].items()}
     return results, seconds, commands
@@ -122,7 +139,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def write(results: dict, seconds: dict, commands: dict[str, str], missing: list[str]) -> None:
+def write(results: dict, seconds: dict, commands: dict[str, list[str]], missing: list[str]) -> None:
     title = "Are the explanations true? The saved CEBaB runs, test split"
     written = write_report(results, RESULTS, None, FILES, title)
     record = json.loads(written["json"].read_text())
@@ -132,8 +149,9 @@ def write(results: dict, seconds: dict, commands: dict[str, str], missing: list[
     timing = ", ".join(f"{name} {s['seconds']:.0f} s ({s['threads']} thread{'s' * (s['threads'] != 1)})"
                        for name, s in seconds.items())
     runs_of = {}  # command -> the runs it measured
-    for name, command in commands.items():
-        runs_of.setdefault(command, []).append(name)
+    for name, measured_by in commands.items():
+        for command in measured_by:
+            runs_of.setdefault(command, []).append(name)
     notes = [f"Command: `{c}` ({', '.join(names)})." for c, names in runs_of.items()] + [""]
     notes += [f"Seconds per run on CPU: {timing}."]
     if missing:

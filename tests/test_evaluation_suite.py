@@ -1,6 +1,7 @@
 """The evaluation suite: each metric's arithmetic on cases computed by hand, the model glue on tiny
 random models, and ``lucidlm evaluate --suite`` end to end."""
 
+import itertools
 import json
 import math
 
@@ -18,7 +19,7 @@ from lucidlm.evaluation import parse_suites, render_markdown, run_suite
 from lucidlm.evaluation.causal import (
     average_effect_estimator, cebab_pairs, cosine_distance, effect_distances, estimate_effects, summarize,
 )
-from lucidlm.evaluation.curves import intervention_curve
+from lucidlm.evaluation.curves import expected_random_curve, intervention_curve
 from lucidlm.intervene import uncertainty_order
 from lucidlm.evaluation.faithfulness import (
     concept_faithfulness, concept_removal_drops, curve_summary, order_by, removal_inputs, tokens_to_remove,
@@ -269,6 +270,31 @@ def test_intervention_curve_by_hand():
     assert uncertainty_order(probs).tolist() == [[1, 0], [0, 1], [1, 0]]
 
 
+def test_the_exact_random_curve_is_the_mean_over_every_order():
+    """The random order's curve without sampling: the same as averaging the curve over all K!
+    orders (here 3 concepts, a label that counts the right ones with a threshold), and the
+    by-hand figures of the two-concept case above (m=1: c0 first, 2/3, or c1 first, 1/3)."""
+    rng = np.random.default_rng(0)
+    predicted, gold = rng.integers(0, 2, (40, 3)), rng.integers(0, 2, (40, 3))
+    labels = (gold.sum(1) >= 2).astype(int)
+
+    def label_logits(values):
+        concepts = np.where(values == MISSING, predicted, values)
+        return np.eye(2)[(concepts.sum(1) >= 2).astype(int)]
+
+    every_order = [intervention_curve(label_logits, np.tile(order, (40, 1)), gold, labels)
+                   for order in itertools.permutations(range(3))]
+    exact = expected_random_curve(lambda chosen: label_logits(np.where(chosen, gold, MISSING)), 3, labels)
+    assert exact == pytest.approx(np.mean(every_order, axis=0).tolist())
+    assert exact[0] < exact[-1] == 1.0
+
+    two_predicted = np.array([[0, 0], [1, 0], [0, 1]])
+    two_gold, two_labels = np.array([[1, 1], [1, 0], [1, 1]]), np.array([2, 1, 2])
+    by_sum = lambda v: np.eye(3)[np.where(v == MISSING, two_predicted, v).sum(1)]  # noqa: E731
+    assert expected_random_curve(lambda chosen: by_sum(np.where(chosen, two_gold, MISSING)), 2, two_labels) == pytest.approx(
+        [1 / 3, 1 / 2, 1.0])
+
+
 def test_expected_change_asks_first_about_the_one_concept_the_label_reads(tiny_bert_dir, cebab_small):
     """A label head that reads only service: setting any other concept changes nothing (TV 0), so
     service ranks first in every row; the others tie and keep their index order."""
@@ -292,6 +318,14 @@ def test_curves_start_at_task_accuracy_and_end_at_gold_concepts(joint_model, ceb
     for order in ("random", "uncertainty", "expected_change"):
         assert curves[order][0] == pytest.approx(metrics["task"]["accuracy"])
         assert curves[order][-1] == pytest.approx(metrics["task_gold_concepts"]["accuracy"])
+    # the exact random curve mixes each concept's corrected activation in alone: the same as a
+    # full intervention with that set of concepts given, row by row
+    test = cebab_small.test
+    states = [torch.from_numpy(x) for x in TextOutputs(joint_model).get(test.texts)["concept_states"]]
+    with torch.no_grad():
+        full = expected_random_curve(lambda chosen: joint_model.intervened_label_logits(
+            states, torch.from_numpy(np.where(chosen, test.concepts, MISSING))).numpy(), 4, test.labels)
+    assert curves["random"] == pytest.approx(full) and curves["random_repeats"] is None
 
 
 def test_sentence_pairs_are_scored_on_both_texts(tmp_path, tiny_bert_dir):

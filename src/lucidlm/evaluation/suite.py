@@ -300,7 +300,8 @@ def _curve_table(results: dict[str, dict]) -> list[str]:
         return lines + notes[1:] + [""]
     width = max(len(p["k"]) for p in ran.values())
     lines += [
-        "Task accuracy with m concepts set to gold (m = 0 … K), chosen at random (mean of several orders), most "
+        "Task accuracy with m concepts set to gold (m = 0 … K), chosen at random (its expectation: the mean over every "
+        "set of m concepts, or over several random orders when K > 13), most "
         "uncertain first (highest entropy) or largest expected label change first (Σ_v p_kv·TV(ŷ, ŷ[k := v])); "
         "a concept already predicted right stays as it is.",
         "",

@@ -427,9 +427,14 @@ class ConceptModel(LucidModel):
     def label_from_concepts(self, activations: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def intervened_activations(self, states, values: torch.Tensor, correct_only: bool = True) -> list[torch.Tensor]:
+        """``concept_activations`` with concept k of row i set to ``values[i, k]`` (``MISSING``: as
+        predicted); setting concept k changes concept k's activation only."""
+        raise NotImplementedError
+
     def intervened_label_logits(self, states, values: torch.Tensor, correct_only: bool = True) -> torch.Tensor:
         """Label logits with concept k of row i set to ``values[i, k]`` (``MISSING``: as predicted)."""
-        raise NotImplementedError
+        return self.label_from_concepts(self.intervened_activations(states, values, correct_only))
 
     def concept_contribution_matrix(self, activations: list[torch.Tensor], label_rows: torch.Tensor) -> torch.Tensor:
         """``[B, K]``: each concept's contribution to the logit of ``label_rows[i]``."""

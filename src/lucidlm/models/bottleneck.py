@@ -187,14 +187,15 @@ class ConceptBottleneckLM(ConceptModel):
     def label_from_concepts(self, activations: list[torch.Tensor]) -> torch.Tensor:
         return self.label_head(torch.cat(activations, dim=-1))
 
-    def intervened_label_logits(self, states, values: torch.Tensor, correct_only: bool = True) -> torch.Tensor:
-        """Label logits of a batch whose concept states are already computed, with concept k of
-        row i set to ``values[i, k]`` (``MISSING``: left as predicted): an intervention without
-        another backbone pass. ``correct_only`` leaves a concept set to the value it already
-        predicts as it is (as ``intervene`` does); without it every given value is forced."""
+    def intervened_activations(self, states, values: torch.Tensor, correct_only: bool = True) -> list[torch.Tensor]:
+        """What the label head reads of a batch whose concept states are already computed, with
+        concept k of row i set to ``values[i, k]`` (``MISSING``: left as predicted): an intervention
+        without another backbone pass (``intervened_label_logits``: the label from it).
+        ``correct_only`` leaves a concept set to the value it already predicts as it is (as
+        ``intervene`` does); without it every given value is forced."""
         if correct_only:
             values = self.corrections_of(self.concept_logits_of(states), values)
-        return self.label_from_concepts(self.set_concepts(states, self.concept_activations(states), values))
+        return self.set_concepts(states, self.concept_activations(states), values)
 
     def concept_contribution_matrix(self, activations: list[torch.Tensor], label_rows: torch.Tensor) -> torch.Tensor:
         """``[B, K]``: for row i, label-head weight of label ``label_rows[i]`` × concept k's
