@@ -4,7 +4,7 @@ intervention curves) on the saved CEBaB runs of the earlier benchmarks; inferenc
     python bench/evaluation_suite.py [--runs runs/bench-cebab-joint ...] [--samples 50] [--seed 0] [--merge]
                                      [--suites interventions,honesty]
 
-Each run is read as `lucidlm evaluate RUN --suite faithfulness,causal,interventions` reads it
+Each run is read as `lucidlm evaluate RUN --suite faithfulness,causal,interventions,honesty,concepts` reads it
 (its own data set, split test); a run folder that does not exist is skipped with a message.
 Token faithfulness uses --samples test rows drawn with --seed (the slow part: integrated
 gradients per target); everything else uses every row, and the causal suite every
@@ -85,17 +85,20 @@ def main() -> None:
             if black_box is None:
                 print(f"{_shown(run_dir)}: no standard row on its data set in cebab_bottleneck.json; completeness "
                       "divides by the model's own accuracy", flush=True)
+        partly = len(suites) < len(SUITES)
+        if partly and name not in results:
+            raise SystemExit(f"{_shown(run_dir)}: not in {RESULTS / FILES['json']}; measure all its suites first")
         measured = run_suite(model, task, suites, split="test", samples=args.samples, seed=args.seed, cebab=args.cebab,
                              black_box_accuracy=black_box)
-        if len(suites) < len(SUITES) and name in results:  # the run's other suites stay as they were measured
+        if partly:  # the run's other suites stay as they were measured; its seconds are the full run's
             kept = results[name]
             measured = {**kept, **measured, "suites": [s for s in SUITES if s in kept["suites"] or s in suites]}
-            commands[name] = [*commands[name], command]
+            commands[name] = [*(c for c in commands.get(name, []) if c != command), command]
         else:
             seconds[name] = {"seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
             commands[name] = [command]
         results[name] = measured
-        print(f"{name}: {seconds[name]['seconds']:.0f} s", flush=True)
+        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
         write(results, seconds, commands, missing)
 
 

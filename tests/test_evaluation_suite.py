@@ -272,15 +272,16 @@ def test_intervention_curve_by_hand():
 
 def test_the_exact_random_curve_is_the_mean_over_every_order():
     """The random order's curve without sampling: the same as averaging the curve over all K!
-    orders (here 3 concepts, a label that counts the right ones with a threshold), and the
-    by-hand figures of the two-concept case above (m=1: c0 first, 2/3, or c1 first, 1/3)."""
+    orders (here 3 concepts of unequal weight in the label), and the by-hand figures of the
+    two-concept case above (m=1: c0 first, 2/3, or c1 first, 1/3)."""
     rng = np.random.default_rng(0)
     predicted, gold = rng.integers(0, 2, (40, 3)), rng.integers(0, 2, (40, 3))
-    labels = (gold.sum(1) >= 2).astype(int)
+    weights = np.array([2, 1, 1])
+    labels = (gold @ weights >= 2).astype(int)
 
     def label_logits(values):
         concepts = np.where(values == MISSING, predicted, values)
-        return np.eye(2)[(concepts.sum(1) >= 2).astype(int)]
+        return np.eye(2)[(concepts @ weights >= 2).astype(int)]
 
     every_order = [intervention_curve(label_logits, np.tile(order, (40, 1)), gold, labels)
                    for order in itertools.permutations(range(3))]
@@ -318,14 +319,24 @@ def test_curves_start_at_task_accuracy_and_end_at_gold_concepts(joint_model, ceb
     for order in ("random", "uncertainty", "expected_change"):
         assert curves[order][0] == pytest.approx(metrics["task"]["accuracy"])
         assert curves[order][-1] == pytest.approx(metrics["task_gold_concepts"]["accuracy"])
-    # the exact random curve mixes each concept's corrected activation in alone: the same as a
-    # full intervention with that set of concepts given, row by row
+    assert curves["random_repeats"] is None  # four concepts: the exact expectation, nothing drawn
+
+
+@pytest.mark.parametrize("layer", [{}, {"concept_activation": "probs"}, {"concept_layer": "embedding"}])
+def test_setting_a_concept_changes_its_own_activation_only(tiny_bert_dir, cebab_small, layer):
+    """What the exact random curve rests on: for every set of concepts, mixing each concept's
+    corrected activation (one call with every gold value) into the predicted ones gives the
+    label logits of the intervention with that set, rows already right included."""
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="joint", **layer).eval()
     test = cebab_small.test
-    states = [torch.from_numpy(x) for x in TextOutputs(joint_model).get(test.texts)["concept_states"]]
+    states = [torch.from_numpy(x) for x in TextOutputs(model).get(test.texts)["concept_states"]]
     with torch.no_grad():
-        full = expected_random_curve(lambda chosen: joint_model.intervened_label_logits(
-            states, torch.from_numpy(np.where(chosen, test.concepts, MISSING))).numpy(), 4, test.labels)
-    assert curves["random"] == pytest.approx(full) and curves["random_repeats"] is None
+        predicted, corrected = model.concept_activations(states), model.intervened_activations(states, torch.from_numpy(test.concepts))
+        for mask in range(16):
+            chosen = (mask >> np.arange(4)) & 1 == 1
+            mixed = model.label_from_concepts([c if on else p for on, c, p in zip(chosen, corrected, predicted)])
+            full = model.intervened_label_logits(states, torch.from_numpy(np.where(chosen, test.concepts, MISSING)))
+            assert torch.allclose(mixed, full)
 
 
 def test_sentence_pairs_are_scored_on_both_texts(tmp_path, tiny_bert_dir):

@@ -10,8 +10,8 @@ accuracy with every concept corrected (``task_gold_concepts`` of ``evaluate``).
 The random curve is its expectation: the first m concepts of a uniformly random order are a
 uniformly random set of m, so for up to ``EXACT_RANDOM_MAX_CONCEPTS`` concepts it is the mean
 accuracy over every such set (2^K label-head passes, no backbone pass), with nothing drawn; with
-more, the mean over several seeded random orders. (On CEBaB's 13 concepts one more corrected
-concept moves the expected curve by about 0.15 points, no more than five sampled orders' noise.)
+more, the mean over several seeded random orders. (On CEBaB's 13 concepts a step of the curve,
+about 0.15 points, is as small as the noise of five sampled orders, which made it seem to fall.)
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from ..data import Task
 from ..models import ConceptModel
 from ..errors import LucidError
 from .causal import average_effect_estimator, causal_applicability, causal_effects, cebab_concept_rows, load_cebab_pairs
-from .curves import ORDERS, intervention_curves
+from .curves import EXACT_RANDOM_MAX_CONCEPTS, ORDERS, intervention_curves
 from .faithfulness import FRACTIONS, concept_faithfulness, token_faithfulness
 from .concept_set import concept_set_quality
 from .honesty import bottleneck_honesty
@@ -301,7 +301,7 @@ def _curve_table(results: dict[str, dict]) -> list[str]:
     width = max(len(p["k"]) for p in ran.values())
     lines += [
         "Task accuracy with m concepts set to gold (m = 0 … K), chosen at random (its expectation: the mean over every "
-        "set of m concepts, or over several random orders when K > 13), most "
+        f"set of m concepts; with more than {EXACT_RANDOM_MAX_CONCEPTS} concepts the mean over the random orders named), most "
         "uncertain first (highest entropy) or largest expected label change first (Σ_v p_kv·TV(ŷ, ŷ[k := v])); "
         "a concept already predicted right stays as it is.",
         "",
@@ -311,7 +311,8 @@ def _curve_table(results: dict[str, dict]) -> list[str]:
     for name, part in ran.items():
         for order in (o for o in ORDERS if o in part):  # results from before a policy existed lack it
             cells = [_f(x) for x in part[order]] + [""] * (width - len(part[order]))
-            lines.append(f"| {name} | {order} | " + " | ".join(cells) + " |")
+            sampled = order == "random" and part.get("random_repeats")
+            lines.append(f"| {name} | {f'random ({sampled} orders)' if sampled else order} | " + " | ".join(cells) + " |")
     return lines + notes + [""]
 
 

@@ -433,7 +433,8 @@ class ConceptModel(LucidModel):
         raise NotImplementedError
 
     def intervened_label_logits(self, states, values: torch.Tensor, correct_only: bool = True) -> torch.Tensor:
-        """Label logits with concept k of row i set to ``values[i, k]`` (``MISSING``: as predicted)."""
+        """Label logits with concept k of row i set to ``values[i, k]`` (``MISSING``: as predicted;
+        ``correct_only``: as in ``intervened_activations``)."""
         return self.label_from_concepts(self.intervened_activations(states, values, correct_only))
 
     def concept_contribution_matrix(self, activations: list[torch.Tensor], label_rows: torch.Tensor) -> torch.Tensor:
