@@ -67,6 +67,7 @@ def main() -> None:
     if len(suites) < len(SUITES):
         command += f" --suites {','.join(suites)}"
     results, seconds, commands, missing = {}, {}, {}, []
+    black_boxes = standard_test_accuracies()
     if args.merge:
         command += " --merge"
         results, seconds, commands = earlier_results(args.samples, args.seed)
@@ -81,7 +82,7 @@ def main() -> None:
         name = run_dir.name.removeprefix("bench-cebab-")
         black_box = args.black_box_accuracy
         if black_box is None:
-            black_box = standard_test_accuracy(record["experiment"]["data"]["source"])
+            black_box = black_boxes.get(record["experiment"]["data"]["source"])
             if black_box is None:
                 print(f"{_shown(run_dir)}: no standard row on its data set in cebab_bottleneck.json; completeness "
                       "divides by the model's own accuracy", flush=True)
@@ -102,15 +103,15 @@ def main() -> None:
         write(results, seconds, commands, missing)
 
 
-def standard_test_accuracy(source: str) -> float | None:
-    """The test accuracy of bench/results/cebab_bottleneck.json's standard row on data set
-    ``source``: the row of a ready config as it is (its command sets no option, seed 0), which the
-    concept rows on that data set compare with; None if there is none."""
+def standard_test_accuracies() -> dict[str, float]:
+    """Per data set (``data.source``), the test accuracy of bench/results/cebab_bottleneck.json's
+    standard row: the row of a ready config as it is (its command sets no option, seed 0), which
+    the concept rows on that data set compare with."""
     path = RESULTS / "cebab_bottleneck.json"
     rows = json.loads(path.read_text())["modes"] if path.is_file() else {}
     ready = lambda row: re.fullmatch(r"python bench/cebab_bottleneck\.py --modes \S+", row.get("command", ""))  # noqa: E731
-    return next((row["test"]["task"]["accuracy"] for row in rows.values()
-                 if ready(row) and row["config"]["model"]["family"] == "standard" and row["config"]["data"]["source"] == source), None)
+    return {row["config"]["data"]["source"]: row["test"]["task"]["accuracy"] for row in rows.values()
+            if ready(row) and row["config"]["model"]["family"] == "standard"}
 
 
 def earlier_results(samples: int, seed: int) -> tuple[dict, dict, dict]:
