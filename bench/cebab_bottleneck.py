@@ -44,7 +44,14 @@ OVERRIDES = {
     "head-learning-rate": ("training.head_learning_rate", "head lr", "headlr",
                            "learning rate of everything but the backbone (concept layer, label head)"),
     "learning-rate": ("training.learning_rate", "lr", "lr", "peak learning rate of the backbone"),
+    "batch-size": ("training.batch_size", "batch", "batch", "batch size"),
+    "pooling": ("model.pooling", "pooling", "pooling", "pooling of the backbone's token states (mean, cls, ...)"),
 }
+FLAG_TYPES = {"batch-size": int, "pooling": str}  # the others are floats
+
+
+def shown(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 MODES = ("standard", "standard-augmented", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem",
          "intcem-augmented", "joint-counterfactual", "intcem-counterfactual", "proto")
 
@@ -84,7 +91,7 @@ def main() -> None:
                              "counterfactual-consistency training on CEBaB's human edits; intcem-counterfactual: IntCEM with it; "
                              "proto: proto-lm (configs/cebab-proto.yaml)")
     for flag, (option, label, _, meaning) in OVERRIDES.items():
-        parser.add_argument(f"--{flag}", type=float, default=None,
+        parser.add_argument(f"--{flag}", type=FLAG_TYPES.get(flag, float), default=None,
                             help=f"train with this {meaning} ({option}) instead of the config's; rows named '<mode>, {label} <value>'")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="train each mode once per seed (the configs' is 0); rows of other seeds are named "
@@ -99,8 +106,8 @@ def main() -> None:
     overrides = {flag: value for flag, value in overrides.items() if value is not None}
     for mode in args.modes:
         for seed in args.seeds:
-            name = mode + "".join(f", {OVERRIDES[flag][1]} {value:g}" for flag, value in overrides.items())
-            folder = mode + "".join(f"-{OVERRIDES[flag][2]}{value:g}" for flag, value in overrides.items())
+            name = mode + "".join(f", {OVERRIDES[flag][1]} {shown(value)}" for flag, value in overrides.items())
+            folder = mode + "".join(f"-{OVERRIDES[flag][2]}{shown(value)}" for flag, value in overrides.items())
             if seed != 0:
                 name, folder = name + f", seed {seed}", folder + f"-seed{seed}"
             experiment = read_experiment(ROOT / "configs" / f"cebab-{mode}.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{folder}")
@@ -111,7 +118,7 @@ def main() -> None:
             start = time.perf_counter()
             model, metrics = run_experiment(experiment)
             command = ("python bench/cebab_bottleneck.py --modes " + mode
-                       + "".join(f" --{flag} {value:g}" for flag, value in overrides.items())
+                       + "".join(f" --{flag} {shown(value)}" for flag, value in overrides.items())
                        + (f" --seeds {seed}" if seed != 0 else ""))
             rows[name] = {
                 "command": command, "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,

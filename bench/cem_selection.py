@@ -1,14 +1,17 @@
-"""Choosing the concept-embedding model's options on CEBaB dev: variants of
-configs/cebab-intcem.yaml (and the standard and joint baselines), each trained with the same
-epochs and seeds, run side by side in worker processes (a GPU machine runs many at once).
+"""Choosing the concept-embedding model's options on CEBaB dev: variants of a concept-embedding
+config (and its baselines), each trained with the same epochs and seeds, run side by side in
+worker processes (a GPU machine runs many at once).
 
-    python bench/cem_selection.py [--variants intcem "dropout 0.3" ...] [--seeds 0 1] [--jobs 4]
-                                  [--time-limit SECONDS] [--data-root ../shared/data]
+    python bench/cem_selection.py [--sweep cebab|cebab-augmented] [--variants intcem "dropout 0.3" ...]
+                                  [--seeds 0 1] [--jobs 4] [--time-limit SECONDS] [--data-root ../shared/data]
 
-For each run: dev and test task accuracy, concept accuracy, and the correction gain (task
-accuracy with the wrongly predicted concepts set to gold, minus without). The choice reads dev
-only (rule in ``chosen``); test is printed beside it so that the choice can be checked, never
-made, on it. Writes bench/results/cem_selection.{json,md}.
+Sweeps: ``cebab``, variants of configs/cebab-intcem.yaml on the four human-labelled aspects;
+``cebab-augmented``, variants of configs/cebab-intcem-augmented.yaml as it stands on C3M's 13
+concepts, against configs/cebab-standard-augmented.yaml. For each run: dev and test task
+accuracy, concept accuracy, and the correction gain (task accuracy with the wrongly predicted
+concepts set to gold, minus without). The choice reads dev only (rule in ``chosen``); test is
+printed beside it so that the choice can be checked, never made, on it. Writes
+bench/results/cem_selection[_augmented].{json,md}.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import platform
 import shutil
 import time
 import traceback
+from dataclasses import dataclass
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
@@ -55,6 +59,50 @@ VARIANTS = {
 # What the intcem variants start from: configs/cebab-intcem.yaml with the weights it had before
 # this selection chose its present ones, so that each name keeps its meaning.
 STARTING_POINT = {"model.intervention_loss_weight": 1.0, "model.concept_loss_weight": 1.0}
+
+# The 13-concept sweep: each variant changes configs/cebab-intcem-augmented.yaml as it stands
+# (RandInt 0.08, λ 0.6, dropout 0.5, IntCEM weight 5, m 16, learning rates 1e-4 and 1e-2).
+VARIANTS_AUGMENTED = {
+    "standard": ("cebab-standard-augmented", {}),
+    "config": ("cebab-intcem-augmented", {}),
+    "RandInt 0.25": ("cebab-intcem-augmented", {"model.random_intervention_rate": 0.25}),
+    "concept weight 0.3": ("cebab-intcem-augmented", {"model.concept_loss_weight": 0.3}),
+    "concept weight 1.2": ("cebab-intcem-augmented", {"model.concept_loss_weight": 1.2}),
+    "m 8": ("cebab-intcem-augmented", {"model.concept_embedding_size": 8}),
+    "m 32": ("cebab-intcem-augmented", {"model.concept_embedding_size": 32}),
+    "dropout 0.3": ("cebab-intcem-augmented", {"model.dropout": 0.3}),
+    "dropout 0.7": ("cebab-intcem-augmented", {"model.dropout": 0.7}),
+    "IntCEM weight 2": ("cebab-intcem-augmented", {"model.intervention_loss_weight": 2.0}),
+    "IntCEM weight 10": ("cebab-intcem-augmented", {"model.intervention_loss_weight": 10.0}),
+    "head lr 3e-3": ("cebab-intcem-augmented", {"training.head_learning_rate": 3e-3}),
+    "head lr 3e-2": ("cebab-intcem-augmented", {"training.head_learning_rate": 3e-2}),
+    "lr 1.5e-4": ("cebab-intcem-augmented", {"training.learning_rate": 1.5e-4}),
+    "warmup 0": ("cebab-intcem-augmented", {"training.warmup_ratio": 0.0}),
+    "weight decay 0.1": ("cebab-intcem-augmented", {"training.weight_decay": 0.1}),
+    "pooling cls": ("cebab-intcem-augmented", {"model.pooling": "cls"}),
+    "batch 32": ("cebab-intcem-augmented", {"training.batch_size": 32}),
+}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    variants: dict
+    concept_config: str  # the config whose variants compete; the others are baselines
+    starting_point: dict  # overrides under every variant of concept_config
+    data: str  # for the title
+    results: str  # file name under bench/results, without suffix
+    explanation: str  # what each row changes, for the markdown
+
+
+SWEEPS = {
+    "cebab": Sweep(VARIANTS, "cebab-intcem", STARTING_POINT, "CEBaB", "cem_selection",
+                   "Every variant changes configs/cebab-intcem.yaml with IntCEM weight 1 and concept weight 1, its "
+                   "weights before this selection (standard, joint: their own configs)."),
+    "cebab-augmented": Sweep(VARIANTS_AUGMENTED, "cebab-intcem-augmented", {}, "CEBaB with C3M's 13 concepts",
+                             "cem_selection_augmented",
+                             "Every variant changes configs/cebab-intcem-augmented.yaml as it stands (row 'config'); "
+                             "standard: configs/cebab-standard-augmented.yaml."),
+}
 # The rule of the choice, on dev only: among the concept-embedding variants whose mean dev task
 # accuracy is within ACCURACY_SLACK of the standard model's and whose concept accuracy reaches
 # CONCEPT_FLOOR, the highest mean dev correction gain.
@@ -66,7 +114,7 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
-def train_one(name: str, seed: int, data_root: str, threads: int) -> dict:
+def train_one(sweep_name: str, name: str, seed: int, data_root: str, threads: int) -> dict:
     """One run in a worker process; its figures, or the error that stopped it."""
     torch.set_num_threads(threads)
     import transformers
@@ -75,14 +123,15 @@ def train_one(name: str, seed: int, data_root: str, threads: int) -> dict:
     from lucidlm.experiment import read_experiment, run_experiment
 
     transformers.utils.logging.set_verbosity_error()
-    config, overrides = VARIANTS[name]
-    folder = ROOT / "runs" / "cem-selection" / f"{slug(name)}-seed{seed}"
+    sweep = SWEEPS[sweep_name]
+    config, overrides = sweep.variants[name]
+    folder = ROOT / "runs" / slug(sweep.results) / f"{slug(name)}-seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
     try:
         experiment = read_experiment(ROOT / "configs" / f"{config}.yaml", output_dir=folder)
-        experiment.data["path"] = str(Path(data_root) / "cebab")
-        set_options(experiment, {**STARTING_POINT, **overrides} if config == "cebab-intcem" else overrides)
+        experiment.data["path"] = str(Path(data_root) / experiment.data["source"])
+        set_options(experiment, {**sweep.starting_point, **overrides} if config == sweep.concept_config else overrides)
         experiment.training.seed = seed
         experiment.training.progress = False
         _, metrics = run_experiment(experiment)
@@ -98,10 +147,10 @@ def train_one(name: str, seed: int, data_root: str, threads: int) -> dict:
     return row
 
 
-def summary(runs: list[dict]) -> dict[str, dict]:
+def summary(sweep: Sweep, runs: list[dict]) -> dict[str, dict]:
     """Per variant, the mean over its seeds of each figure."""
     out = {}
-    for name in VARIANTS:
+    for name in sweep.variants:
         done = [r for r in runs if r["variant"] == name and "error" not in r]
         if not done:
             continue
@@ -113,12 +162,12 @@ def summary(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def chosen(means: dict[str, dict]) -> str | None:
+def chosen(sweep: Sweep, means: dict[str, dict]) -> str | None:
     if "standard" not in means:
         return None
     floor = means["standard"]["dev_task_accuracy"] - ACCURACY_SLACK
     eligible = [n for n, m in means.items()
-                if VARIANTS[n][0] == "cebab-intcem" and m["dev_task_accuracy"] >= floor
+                if sweep.variants[n][0] == sweep.concept_config and m["dev_task_accuracy"] >= floor
                 and m["dev_concept_accuracy"] >= CONCEPT_FLOOR]
     return max(eligible, key=lambda n: means[n]["dev_correction_gain"], default=None)
 
@@ -128,10 +177,10 @@ def machine() -> dict:
     return {"platform": platform.platform(), "torch": torch.__version__, "cpus": os.cpu_count(), "device": device}
 
 
-def write_results(runs: list[dict], command: str, note: str | None = None) -> None:
+def write_results(sweep: Sweep, runs: list[dict], command: str, note: str | None = None) -> None:
     """Merged into the results file: the runs made now replace earlier runs of the same variant
     and seed, when the machine is the same kind; others stay."""
-    previous, commands = RESULTS / "cem_selection.json", [command]
+    previous, commands = RESULTS / f"{sweep.results}.json", [command]
     if previous.is_file():
         earlier = json.loads(previous.read_text())
         note = note or earlier.get("note")
@@ -139,26 +188,25 @@ def write_results(runs: list[dict], command: str, note: str | None = None) -> No
             made = {(r["variant"], r["seed"]) for r in runs}
             runs = [r for r in earlier["runs"] if (r["variant"], r["seed"]) not in made] + runs
             commands = [c for c in earlier["commands"] if c != command] + commands
-    runs = sorted(runs, key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
-    means = summary(runs)
-    result = {"commands": commands, "machine": machine(), "note": note, "runs": runs, "means": means, "chosen": chosen(means)}
+    runs = sorted(runs, key=lambda r: (list(sweep.variants).index(r["variant"]), r["seed"]))
+    means = summary(sweep, runs)
+    result = {"commands": commands, "machine": machine(), "note": note, "runs": runs, "means": means, "chosen": chosen(sweep, means)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cem_selection.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / "cem_selection.md").write_text(markdown(result))
+    (RESULTS / f"{sweep.results}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{sweep.results}.md").write_text(markdown(sweep, result))
 
 
-def markdown(result: dict) -> str:
+def markdown(sweep: Sweep, result: dict) -> str:
     def cell(value, points=False):
         if value is None:
             return "–"
         return f"{100 * value:+.1f}" if points else f"{value:.1%}"
 
     m = result["machine"]
-    lines = [f"# Concept-embedding options chosen on CEBaB dev ({m['device']}, torch {m['torch']})", "",
+    lines = [f"# Concept-embedding options chosen on dev, {sweep.data} ({m['device']}, torch {m['torch']})", "",
              "Commands: " + ", ".join(f"`{c}`" for c in result["commands"]) + ". Each row: the mean over the seeds shown; correction gain: task accuracy "
-             "with the wrongly predicted concepts set to gold minus without, in points. Every variant changes "
-             "configs/cebab-intcem.yaml with IntCEM weight 1 and concept weight 1, its weights before this selection "
-             "(standard, joint: their own configs)." + (f" {result['note']}" if result.get("note") else ""), "",
+             "with the wrongly predicted concepts set to gold minus without, in points. " + sweep.explanation
+             + (f" {result['note']}" if result.get("note") else ""), "",
              "| variant | seeds | dev task acc | dev concept acc | dev correction gain | test task acc | test concept acc | "
              "test correction gain |", "|---|---|---|---|---|---|---|---|"]
     for name, r in result["means"].items():
@@ -177,25 +225,33 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--sweep", choices=list(SWEEPS), default="cebab")
+    parser.add_argument("--variants", nargs="+", default=None, help="names in the sweep's table (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     parser.add_argument("--time-limit", type=float, default=None, help="start no run after this many seconds")
     parser.add_argument("--data-root", default=os.environ.get("LUCIDLM_DATA", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--note", default=None, help="what a reader should know of this machine's set-up (kept in the results)")
     args = parser.parse_args()
-    command = "python bench/cem_selection.py --seeds " + " ".join(map(str, args.seeds))
-    if args.variants != list(VARIANTS):
-        command += " --variants " + " ".join(f'"{v}"' for v in args.variants)
+    sweep = SWEEPS[args.sweep]
+    unknown = [v for v in args.variants or [] if v not in sweep.variants]
+    if unknown:
+        parser.error(f"--variants: {unknown} not in the {args.sweep} sweep; its variants: {list(sweep.variants)}")
+    variants = args.variants or list(sweep.variants)
+    command = "python bench/cem_selection.py" + (f" --sweep {args.sweep}" if args.sweep != "cebab" else "")
+    command += " --seeds " + " ".join(map(str, args.seeds))
+    if variants != list(sweep.variants):
+        command += " --variants " + " ".join(f'"{v}"' for v in variants)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    queue = [(name, seed) for name in args.variants for seed in args.seeds]
+    # Seed by seed: under a time limit every variant gets its first seeds before any gets more.
+    queue = [(name, seed) for seed in args.seeds for name in variants]
     runs, start = [], time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         running = set()
         while queue or running:
             while queue and len(running) < args.jobs and (args.time_limit is None or time.perf_counter() - start < args.time_limit):
                 name, seed = queue.pop(0)
-                running.add(pool.submit(train_one, name, seed, args.data_root, threads))
+                running.add(pool.submit(train_one, args.sweep, name, seed, args.data_root, threads))
             if not running:
                 break
             finished, running = wait(running, return_when=FIRST_COMPLETED)
@@ -203,10 +259,10 @@ def main() -> None:
                 row = future.result()
                 runs.append(row)
                 print(json.dumps(row if "error" not in row else {k: row[k] for k in ("variant", "seed", "error")}), flush=True)
-            write_results(runs, command, args.note)
+            write_results(sweep, runs, command, args.note)
     if queue:
         print(f"time limit: not started: {queue}", flush=True)
-    print((RESULTS / "cem_selection.md").read_text(), flush=True)
+    print((RESULTS / f"{sweep.results}.md").read_text(), flush=True)
 
 
 if __name__ == "__main__":
