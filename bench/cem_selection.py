@@ -101,7 +101,9 @@ SWEEPS = {
     "cebab-augmented": Sweep(VARIANTS_AUGMENTED, "cebab-intcem-augmented", {}, "CEBaB with C3M's 13 concepts",
                              "cem_selection_augmented",
                              "Every variant changes configs/cebab-intcem-augmented.yaml as it stands (row 'config'); "
-                             "standard: configs/cebab-standard-augmented.yaml."),
+                             "standard: configs/cebab-standard-augmented.yaml. The pick below is a candidate: the config "
+                             "changes only if the rule also picks it over seeds 0-2 on this repository's CPU rows "
+                             "(bench/results/cebab_bottleneck.md), where the config was chosen."),
 }
 # The rule of the choice, on dev only: among the concept-embedding variants whose mean dev task
 # accuracy is within ACCURACY_SLACK of the standard model's and whose concept accuracy reaches
@@ -217,6 +219,14 @@ def markdown(sweep: Sweep, result: dict) -> str:
     lines += ["", f"Chosen on dev (the highest dev correction gain among the concept-embedding variants within "
               f"{100 * ACCURACY_SLACK:.1f} points of the standard model's dev accuracy, concept accuracy ≥ "
               f"{CONCEPT_FLOOR:.0%}): **{result['chosen'] or 'none'}**."]
+    competing = [r for n, r in result["means"].items() if sweep.variants[n][0] == sweep.concept_config]
+    if len(competing) >= 3:
+        def r(x, y):
+            return np.corrcoef([c[x] for c in competing], [c[y] for c in competing])[0, 1]
+        lines += ["", f"Across these {len(competing)} variants' means, the correlation of dev task accuracy with dev "
+                  f"correction gain is {r('dev_task_accuracy', 'dev_correction_gain'):+.2f}; of dev with test task accuracy "
+                  f"{r('dev_task_accuracy', 'test_task_accuracy'):+.2f}, of dev with test correction gain "
+                  f"{r('dev_correction_gain', 'test_correction_gain'):+.2f} (how far dev ranks the variants as test does)."]
     errors = [r for r in result["runs"] if "error" in r]
     if errors:
         lines += ["", "Runs that failed: " + ", ".join(f"{r['variant']} (seed {r['seed']})" for r in errors) + "."]
