@@ -52,6 +52,8 @@ FLAG_TYPES = {"batch-size": int, "pooling": str}  # the others are floats
 
 def shown(value) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
 MODES = ("standard", "standard-augmented", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem",
          "intcem-augmented", "joint-counterfactual", "intcem-counterfactual", "proto")
 
