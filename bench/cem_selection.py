@@ -62,26 +62,25 @@ STARTING_POINT = {"model.intervention_loss_weight": 1.0, "model.concept_loss_wei
 
 # The 13-concept sweep: each variant changes configs/cebab-intcem-augmented.yaml as it stands
 # (RandInt 0.08, λ 0.6, dropout 0.5, IntCEM weight 5, m 16, learning rates 1e-4 and 1e-2).
-VARIANTS_AUGMENTED = {
-    "standard": ("cebab-standard-augmented", {}),
-    "config": ("cebab-intcem-augmented", {}),
-    "RandInt 0.25": ("cebab-intcem-augmented", {"model.random_intervention_rate": 0.25}),
-    "concept weight 0.3": ("cebab-intcem-augmented", {"model.concept_loss_weight": 0.3}),
-    "concept weight 1.2": ("cebab-intcem-augmented", {"model.concept_loss_weight": 1.2}),
-    "m 8": ("cebab-intcem-augmented", {"model.concept_embedding_size": 8}),
-    "m 32": ("cebab-intcem-augmented", {"model.concept_embedding_size": 32}),
-    "dropout 0.3": ("cebab-intcem-augmented", {"model.dropout": 0.3}),
-    "dropout 0.7": ("cebab-intcem-augmented", {"model.dropout": 0.7}),
-    "IntCEM weight 2": ("cebab-intcem-augmented", {"model.intervention_loss_weight": 2.0}),
-    "IntCEM weight 10": ("cebab-intcem-augmented", {"model.intervention_loss_weight": 10.0}),
-    "head lr 3e-3": ("cebab-intcem-augmented", {"training.head_learning_rate": 3e-3}),
-    "head lr 3e-2": ("cebab-intcem-augmented", {"training.head_learning_rate": 3e-2}),
-    "lr 1.5e-4": ("cebab-intcem-augmented", {"training.learning_rate": 1.5e-4}),
-    "warmup 0": ("cebab-intcem-augmented", {"training.warmup_ratio": 0.0}),
-    "weight decay 0.1": ("cebab-intcem-augmented", {"training.weight_decay": 0.1}),
-    "pooling cls": ("cebab-intcem-augmented", {"model.pooling": "cls"}),
-    "batch 32": ("cebab-intcem-augmented", {"training.batch_size": 32}),
-}
+VARIANTS_AUGMENTED = {"standard": ("cebab-standard-augmented", {})} | {name: ("cebab-intcem-augmented", overrides) for name, overrides in {
+    "config": {},
+    "RandInt 0.25": {"model.random_intervention_rate": 0.25},
+    "concept weight 0.3": {"model.concept_loss_weight": 0.3},
+    "concept weight 1.2": {"model.concept_loss_weight": 1.2},
+    "m 8": {"model.concept_embedding_size": 8},
+    "m 32": {"model.concept_embedding_size": 32},
+    "dropout 0.3": {"model.dropout": 0.3},
+    "dropout 0.7": {"model.dropout": 0.7},
+    "IntCEM weight 2": {"model.intervention_loss_weight": 2.0},
+    "IntCEM weight 10": {"model.intervention_loss_weight": 10.0},
+    "head lr 3e-3": {"training.head_learning_rate": 3e-3},
+    "head lr 3e-2": {"training.head_learning_rate": 3e-2},
+    "lr 1.5e-4": {"training.learning_rate": 1.5e-4},
+    "warmup 0": {"training.warmup_ratio": 0.0},
+    "weight decay 0.1": {"training.weight_decay": 0.1},
+    "pooling cls": {"model.pooling": "cls"},
+    "batch 32": {"training.batch_size": 32},
+}.items()}
 
 
 @dataclass(frozen=True)
