@@ -173,6 +173,16 @@ def chosen(sweep: Sweep, means: dict[str, dict]) -> str | None:
     return max(eligible, key=lambda n: means[n]["dev_correction_gain"], default=None)
 
 
+def paired_test_difference(runs: list[dict], name: str) -> tuple[float, float] | None:
+    """Test task accuracy of variant ``name`` minus the standard model's on the same seeds: the
+    mean and its standard error (None below two shared seeds)."""
+    done = {(r["variant"], r["seed"]): r["test"]["task_accuracy"] for r in runs if "error" not in r}
+    diffs = [done[name, s] - done["standard", s] for (v, s) in done if v == name and ("standard", s) in done]
+    if len(diffs) < 2:
+        return None
+    return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
+
+
 def machine() -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"platform": platform.platform(), "torch": torch.__version__, "cpus": os.cpu_count(), "device": device}
@@ -209,16 +219,20 @@ def markdown(sweep: Sweep, result: dict) -> str:
              "with the wrongly predicted concepts set to gold minus without, in points. " + sweep.explanation
              + (f" {result['note']}" if result.get("note") else ""), "",
              "| variant | seeds | dev task acc | dev concept acc | dev correction gain | test task acc | test concept acc | "
-             "test correction gain |", "|---|---|---|---|---|---|---|---|"]
+             "test correction gain | test Δ vs standard, paired |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["means"].items():
+        paired = paired_test_difference(result["runs"], name) if name != "standard" else None
         lines.append(f"| {name} | {', '.join(map(str, r['seeds']))} | {cell(r['dev_task_accuracy'])} | "
                      f"{cell(r['dev_concept_accuracy'])} | {cell(r['dev_correction_gain'], True)} | "
                      f"{cell(r['test_task_accuracy'])} | {cell(r['test_concept_accuracy'])} | "
-                     f"{cell(r['test_correction_gain'], True)} |")
+                     f"{cell(r['test_correction_gain'], True)} | "
+                     + (f"{round(100 * paired[0], 1) + 0.0:+.1f} ± {100 * paired[1]:.1f} |" if paired else "– |"))
     lines += ["", f"Chosen on dev (the highest dev correction gain among the concept-embedding variants within "
               f"{100 * ACCURACY_SLACK:.1f} points of the standard model's dev accuracy, concept accuracy ≥ "
               f"{CONCEPT_FLOOR:.0%}): **{result['chosen'] or 'none'}**."]
     competing = [r for n, r in result["means"].items() if sweep.variants[n][0] == sweep.concept_config]
+    lines += ["", "Test Δ vs standard: the variant's test task accuracy minus the standard model's on the same seeds, "
+              "mean ± standard error, in points (read after the choice, never for it)."]
     if len(competing) >= 3:
         def r(x, y):
             return np.corrcoef([c[x] for c in competing], [c[y] for c in competing])[0, 1]
@@ -251,6 +265,8 @@ def main() -> None:
     command += " --seeds " + " ".join(map(str, args.seeds))
     if variants != list(sweep.variants):
         command += " --variants " + " ".join(f'"{v}"' for v in variants)
+    if args.time_limit is not None:
+        command += f" --time-limit {args.time_limit:g}"
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     # Seed by seed: under a time limit every variant gets its first seeds before any gets more.
     queue = [(name, seed) for seed in args.seeds for name in variants]
