@@ -274,6 +274,35 @@ def test_taylor_rewiring_moves_the_concept_toward_the_given_value(trained):
         trained.intervene(TEXTS[0], SubnetworkRewiring("service", "Negative", score="random"))[0]
 
 
+def test_a_rewired_scalar_concept_is_read_at_the_scale_its_logits_had(tiny_bert_dir, cebab_small):
+    """Scalar logits: a rewiring decides which value the concept favours, not the scale at which
+    the label head reads it (raw rewired logits left the head's training range on CEBaB)."""
+    model = sparse(tiny_bert_dir, cebab_small).eval()
+    layer = model.concept_layer
+    before = torch.tensor([[2.0, -1.0, 0.5]])
+    wider = torch.tensor([[-3.0, 5.0, 1.0]])  # favours value 1, with twice the spread
+    read = layer.rewired(before, wider)
+    assert read.argmax(-1).item() == 1 and (read.max() - read.min()).item() == pytest.approx(3.0)
+    assert read.mean().item() == pytest.approx(before.mean().item())
+    assert torch.equal(layer.rewired(before, before), before)
+    narrower = torch.tensor([[0.0, 1.0, 0.5]])  # less sure than before: as it is, about before's mean
+    assert layer.rewired(before, narrower) == pytest.approx(narrower + before.mean() - narrower.mean())
+    random_masks(model)
+    rewiring = SubnetworkRewiring("service", "Negative", fraction=0.3, score="taylor")
+    result = model.intervene(TEXTS[0], rewiring)[0]
+    with torch.no_grad():
+        before = model.forward_texts([TEXTS[0]])
+        committed = model.intervene(TEXTS[0], dataclasses.replace(rewiring, commit=True))[0]
+        rewired = model.forward_texts([TEXTS[0]])
+        states = list(before.concept_states)
+        states[2] = layer.rewired(before.concept_states[2], rewired.concept_states[2])
+        expected = model.output_of(states, before.pooled).label_logits.softmax(-1)[0].tolist()
+    # the concept shows what its rewired subnetwork says; the label reads it at the old scale
+    assert result.after.concepts["service"] == committed.after.concepts["service"]
+    assert list(result.after.probabilities.values()) == pytest.approx(expected, abs=1e-5)
+    assert list(committed.after.probabilities.values()) != pytest.approx(expected, abs=1e-4)
+
+
 def test_a_rewired_concept_embedding_reads_the_new_probabilities_over_the_old_embeddings(tiny_bert_dir, cebab_small):
     model = sparse(tiny_bert_dir, cebab_small, concept_layer="embedding").eval()
     random_masks(model)

@@ -8,7 +8,7 @@ through its own mask, the label reads every concept's pass, and GPT-2's Conv1D l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -143,9 +143,10 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
         lowest s are dropped and as many pruned weights with the highest s regrown, so the
         sparsity stays fixed; with neuron-level masks the same is done to whole units, scored by
         the sum of s over their weights. The new mask holds for this input only unless ``commit``;
-        for this input the label reads the concept layer's ``rewired`` state (embeddings: the rewired
-        probabilities over the embeddings from before). A committed mask is the model's from then
-        on, and ``after`` is its plain forward pass.
+        for this input the concept shows its rewired probabilities and the label reads the concept
+        layer's ``rewired`` state (embeddings: the rewired probabilities over the embeddings from
+        before; scalar logits: the rewired logits at the scale of those from before). A committed
+        mask is the model's from then on, and ``after`` is its plain forward pass.
         """
         concept, value, fraction, commit = rewiring.concept, rewiring.value, rewiring.fraction, rewiring.commit
         score_of = REWIRING_SCORES.get(rewiring.score, "score")
@@ -171,7 +172,8 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
                     layer.mask[k] = old
                 states = list(after.concept_states)
                 states[k] = self.concept_layer.rewired(before.concept_states[k], states[k])
-                after = self.output_of(states, after.pooled)
+                # the concept shows what its rewired subnetwork says; the label reads ``rewired``
+                after = replace(self.output_of(states, after.pooled), concept_logits=after.concept_logits)
         return SubnetworkInterventionResult(
             text=text, interventions={concept: value}, before=self.to_prediction(text, before, 0),
             after=self.to_prediction(text, after, 0), concept=concept, fraction=fraction, score=rewiring.score,
