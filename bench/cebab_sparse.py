@@ -216,6 +216,8 @@ def markdown(result: dict) -> str:
         lines.append(f"- {name}: `{row['command']}`")
         if row.get("interventions_command", row["command"]) != row["command"]:
             lines.append(f"  - its interventions: `{row['interventions_command']}`")
+        if row.get("note"):
+            lines.append(f"  - {row['note']}")
     return "\n".join(lines) + "\n"
 
 
