@@ -6,9 +6,12 @@ per concept; and subnetwork intervention on concepts the model gets wrong, each 
     python bench/cebab_sparse.py [--sparsity 0.5 0.7] [--granularity weight|neuron] [--interventions 200]
                                  [--fractions 0.1 0.2 0.3] [--scores saliency taylor] [--concept-layer embedding]
                                  [--intervention-loss-weight W] [--concept-loss-weight λ] [--reuse]
+                                 [--value-correction-only]
 
 ``--reuse`` loads the runs saved by an earlier invocation and measures only the interventions
-(the (score, p) pairs given; the others already in the results stay).
+(the (score, p) pairs given; the others already in the results stay), and on the same pairs the
+value correction (the concept set to gold by a value intervention); ``--value-correction-only``
+measures only that.
 Writes bench/results/cebab_sparse.{json,md}, merging with the rows already there.
 """
 
@@ -70,6 +73,18 @@ def subnetwork_interventions(model, split, split_name: str, pairs, fraction: flo
     }
 
 
+def value_correction(model, split, pairs) -> float:
+    """Task accuracy on the same (row, concept) pairs when the concept is set to its gold value by a
+    value intervention instead: the correction a rewiring is measured against."""
+    _, _, chosen = pairs
+    right = 0
+    for row, k in chosen:
+        concept = model.spec.concepts[k]
+        result = model.intervene(split.texts[row], {concept.name: concept.values[split.concepts[row, k]]})[0]
+        right += result.after.label == model.spec.classes[split.labels[row]]
+    return right / len(chosen)
+
+
 def chosen_on_dev(measured: list[dict]) -> dict | None:
     """The rewiring setting (score, p) to report, read off dev: among the settings that correct at
     least half of the concepts, the one whose corrections help the label most (then the one that
@@ -98,7 +113,11 @@ def main() -> None:
     parser.add_argument("--concept-loss-weight", type=float, default=1.0,
                         help="λ in CE(y) + λ·Σ_k CE(c_k); rows named ...-concept<λ> unless 1")
     parser.add_argument("--reuse", action="store_true", help="load the saved runs; measure the interventions only")
+    parser.add_argument("--value-correction-only", action="store_true",
+                        help="with --reuse: measure only the value correction on the pairs; the rewirings measured stay")
     args = parser.parse_args()
+    if args.value_correction_only and not args.reuse:
+        parser.error("--value-correction-only measures saved runs: add --reuse")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -132,7 +151,7 @@ def main() -> None:
                 "jaccard": model.subnetwork_statistics()["jaccard"], "config": experiment.to_dict(),
             }
         task = load_experiment_task(experiment.data)
-        settings = [(score, p) for score in args.scores for p in args.fractions]
+        settings = [] if args.value_correction_only else [(score, p) for score in args.scores for p in args.fractions]
         # each setting on dev (where the one to report is chosen) and on test
         pairs = {part: wrong_pairs(model, task.split(part), args.interventions) for part in ("dev", "test")}
         measured = [subnetwork_interventions(model, task.split(part), part, pairs[part], p, score)
@@ -140,9 +159,15 @@ def main() -> None:
         kept = [m for m in row.get("subnetwork_intervention", []) if (m["score"], m["fraction"]) not in settings]
         row["subnetwork_intervention"] = kept + measured  # --reuse keeps the (score, p) it does not measure again
         row["rewiring_chosen_on_dev"] = chosen_on_dev(row["subnetwork_intervention"])
-        row["interventions_command"] = (f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
-                                        f"--interventions {args.interventions} --fractions {' '.join(map(str, args.fractions))} "
-                                        f"--scores {' '.join(args.scores)}" + options + (" --reuse" if args.reuse else ""))
+        row["value_correction"] = {part: value_correction(model, task.split(part), pairs[part]) for part in ("dev", "test")}
+        if args.value_correction_only:
+            row["value_correction_command"] = (f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
+                                               f"--interventions {args.interventions}" + options + " --reuse --value-correction-only")
+        else:
+            row.pop("value_correction_command", None)
+            row["interventions_command"] = (f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
+                                            f"--interventions {args.interventions} --fractions {' '.join(map(str, args.fractions))} "
+                                            f"--scores {' '.join(args.scores)}" + options + (" --reuse" if args.reuse else ""))
         rows[name] = row
         print(json.dumps({k: v for k, v in row.items() if k != "config"}, indent=1), flush=True)
         write_results(rows)  # after each run, so a finished run is never lost
@@ -200,22 +225,27 @@ def markdown(result: dict) -> str:
                      f"| {name} | – | {randint} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | – | – | – | – | – |")
     lines += ["", "Subnetwork intervention on (row, concept) pairs predicted wrong, given the gold value; the setting "
               "to report is chosen on dev (`chosen_on_dev`: among the settings that correct at least half of the concepts, "
-              "the one whose corrections help the label most), marked ✓ on its test row:", "",
-              "| model | split | pairs | score | p | concepts corrected | task acc before → after | other correct concepts broken |",
-              "|---|---|---|---|---|---|---|---|"]
+              "the one whose corrections help the label most), marked ✓ on its test row. Value correction: the task accuracy "
+              "on the same pairs when the concept is set to gold by a value intervention instead.", "",
+              "| model | split | pairs | score | p | concepts corrected | task acc before → after | value correction | "
+              "other correct concepts broken |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in result["sparse"].items():
         choice = row.get("rewiring_chosen_on_dev")
         for s in sorted(row["subnetwork_intervention"], key=lambda s: (s["split"] != "dev", s["score"], s["fraction"])):
             mark = " ✓" if s["split"] == "test" and choice == {"score": s["score"], "fraction": s["fraction"]} else ""
+            value = row.get("value_correction", {}).get(s["split"])
             lines.append(f"| {name} | {s['split']}{mark} | {s['pairs_intervened']} of {s['pairs_wrong']} | {s['score']} | "
                          f"{s['fraction']} | {s['concepts_corrected']:.1%} | "
-                         f"{s['task_accuracy_before']:.1%} → {s['task_accuracy_after']:.1%} | {s['other_correct_concepts_broken']:.1%} |")
+                         f"{s['task_accuracy_before']:.1%} → {s['task_accuracy_after']:.1%} | "
+                         f"{'–' if value is None else f'{value:.1%}'} | {s['other_correct_concepts_broken']:.1%} |")
     lines += ["", "score: saliency = |g ⊙ W| (METHODS §2); taylor = −g, the signed first-order change of the concept's loss.",
               "", "Commands:", ""]
     for name, row in result["sparse"].items():
         lines.append(f"- {name}: `{row['command']}`")
         if row.get("interventions_command", row["command"]) != row["command"]:
             lines.append(f"  - its interventions: `{row['interventions_command']}`")
+        if row.get("value_correction_command"):
+            lines.append(f"  - its value correction: `{row['value_correction_command']}`")
         if row.get("note"):
             lines.append(f"  - {row['note']}")
     return "\n".join(lines) + "\n"
