@@ -211,7 +211,7 @@ def markdown(sweep: Sweep, result: dict) -> str:
     def cell(value, points=False):
         if value is None:
             return "–"
-        return f"{100 * value:+.1f}" if points else f"{value:.1%}"
+        return f"{round(100 * value, 1) + 0.0:+.1f}" if points else f"{value:.1%}"  # + 0.0: never "-0.0"
 
     m = result["machine"]
     lines = [f"# Concept-embedding options chosen on dev, {sweep.data} ({m['device']}, torch {m['torch']})", "",
@@ -226,7 +226,7 @@ def markdown(sweep: Sweep, result: dict) -> str:
                      f"{cell(r['dev_concept_accuracy'])} | {cell(r['dev_correction_gain'], True)} | "
                      f"{cell(r['test_task_accuracy'])} | {cell(r['test_concept_accuracy'])} | "
                      f"{cell(r['test_correction_gain'], True)} | "
-                     + (f"{round(100 * paired[0], 1) + 0.0:+.1f} ± {100 * paired[1]:.1f} |" if paired else "– |"))
+                     + (f"{cell(paired[0], True)} ± {100 * paired[1]:.1f} |" if paired else "– |"))
     lines += ["", f"Chosen on dev (the highest dev correction gain among the concept-embedding variants within "
               f"{100 * ACCURACY_SLACK:.1f} points of the standard model's dev accuracy, concept accuracy ≥ "
               f"{CONCEPT_FLOOR:.0%}): **{result['chosen'] or 'none'}**."]
