@@ -311,6 +311,34 @@ def test_expected_change_asks_first_about_the_one_concept_the_label_reads(tiny_b
     assert INTERVENTION_POLICIES.names == ["random", "uncertainty", "expected_change"]
 
 
+def test_expected_change_counts_nothing_for_the_value_a_concept_already_has(tiny_bert_dir, cebab_small):
+    """Setting a concept to the value the model predicts is no correction (the curves and
+    ``intervene`` leave it as it is), so that value adds nothing to the score. A label head that
+    reads service strongly and ambiance weakly, with service read with certainty: service scores
+    about 0 and ambiance is asked first; counting service's forced value (the scalar layer's
+    forced logits, here a milder reading of the same value) would have put service first."""
+    from lucidlm.intervene import INTERVENTION_POLICIES, expected_change_scores
+
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="joint").eval()
+    with torch.no_grad():
+        model.label_head.weight.zero_()
+        model.label_head.weight[:, 6:9] = 0.2 * torch.tensor([[1.0, -1, 0]] * 2 + [[0, 0, 0]] + [[-1.0, 1, 0]] * 2)
+        model.label_head.weight[:, 3:6] = 0.05 * torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+        service = model.concept_layer.heads[2]
+        service.weight.zero_()
+        service.bias.copy_(torch.tensor([12.0, 0.0, 0.0]))  # p(service = its value 0) = 1 - 1.2e-5
+        model.concept_layer.intervention_table[2, 0, :3] = torch.tensor([2.0, 0.0, 0.0])
+    states = [torch.from_numpy(x) for x in TextOutputs(model).get(cebab_small.test.texts)["concept_states"]]
+    scores = expected_change_scores(model, states)
+    assert scores[:, 2].max() < 1e-4
+    missing = torch.full((len(states[0]), 4), MISSING)
+    base = model.intervened_label_logits(states, missing).softmax(-1)
+    forced = model.intervened_label_logits(states, missing.index_fill(1, torch.tensor([2]), 0), correct_only=False).softmax(-1)
+    counted = 0.5 * (forced - base).abs().sum(-1)  # what the predicted value would have added
+    assert (scores[:, 1] > 1e-4).all() and (scores[:, 1] < counted).all()
+    assert (INTERVENTION_POLICIES.get("expected_change")(model, states)[:, 0] == 1).all()
+
+
 def test_curves_start_at_task_accuracy_and_end_at_gold_concepts(joint_model, cebab_small):
     results = run_suite(joint_model, cebab_small, "interventions", seed=0)
     curves = results["interventions"]

@@ -110,20 +110,28 @@ def uncertainty_policy(model, states, rng: np.random.Generator | None = None) ->
 
 
 @INTERVENTION_POLICIES.register("expected_change")
-@torch.no_grad()
 def expected_change_policy(model, states, rng: np.random.Generator | None = None) -> np.ndarray:
-    """The largest expected change of the label first: Σ_v p_kv · TV(ŷ, ŷ[k := v]), TV the total
-    variation distance between the label distributions before and after setting k to v."""
-    base = model.intervened_label_logits(states, _missing(states), correct_only=False).softmax(-1)
+    """The largest expected change of the label first (``expected_change_scores``)."""
+    return np.argsort(-expected_change_scores(model, states).cpu().numpy(), axis=1, kind="stable")
+
+
+@torch.no_grad()
+def expected_change_scores(model, states) -> torch.Tensor:
+    """``[N, K]``: Σ_v p_kv · TV(ŷ, ŷ[k := v]), TV the total variation distance between the label
+    distributions before and after a person sets k to v. Set to the value the model already
+    predicts, a concept is left as it is (``correct_only``, as the curves and ``intervene`` do), so
+    that value adds nothing: a concept read with certainty is not worth asking about, however
+    much the label reads it."""
+    base = model.intervened_label_logits(states, _missing(states)).softmax(-1)
     probs = [torch.from_numpy(p).to(base.device) for p in concept_probabilities(model, states)]
     scores = torch.zeros(len(base), len(states), device=base.device)
     for k, p in enumerate(probs):
         for v in range(p.shape[1]):
             values = _missing(states)
             values[:, k] = v
-            after = model.intervened_label_logits(states, values, correct_only=False).softmax(-1)
+            after = model.intervened_label_logits(states, values, correct_only=True).softmax(-1)
             scores[:, k] += p[:, v] * 0.5 * (after - base).abs().sum(-1)
-    return np.argsort(-scores.cpu().numpy(), axis=1, kind="stable")
+    return scores
 
 
 def _missing(states) -> torch.Tensor:

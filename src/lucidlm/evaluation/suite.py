@@ -302,8 +302,8 @@ def _curve_table(results: dict[str, dict]) -> list[str]:
     lines += [
         "Task accuracy with m concepts set to gold (m = 0 … K), chosen at random (its expectation: the mean over every "
         f"set of m concepts; with more than {EXACT_RANDOM_MAX_CONCEPTS} concepts the mean over the random orders named), most "
-        "uncertain first (highest entropy) or largest expected label change first (Σ_v p_kv·TV(ŷ, ŷ[k := v])); "
-        "a concept already predicted right stays as it is.",
+        "uncertain first (highest entropy) or largest expected label change first (Σ_v p_kv·TV(ŷ, ŷ[k := v]), the "
+        "predicted value adding nothing); a concept already predicted right stays as it is.",
         "",
         "| model | order | " + " | ".join(f"m={m}" for m in range(width)) + " |",
         "|---|---|" + "---|" * width,
