@@ -504,6 +504,7 @@ def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path,
     from lucidlm.evaluation.honesty import completeness, one_hot_concepts
 
     assert completeness(0.52, 0.68, 0.27) == pytest.approx(0.25 / 0.41)
+    assert completeness(0.52, 0.27, 0.27) is None  # a black box at chance: nothing to carry
     assert one_hot_concepts(np.array([[0, MISSING], [2, 1]]), [3, 2]).tolist() == [[1, 0, 0, 0, 0], [0, 0, 1, 0, 1]]
     results = run_suite(joint_model, cebab_small, "honesty", black_box_accuracy=0.5)
     h = results["honesty"]

@@ -33,8 +33,11 @@ def one_hot_concepts(concepts: np.ndarray, sizes: list[int]) -> np.ndarray:
     return out
 
 
-def completeness(concept_accuracy: float, black_box_accuracy: float, chance_accuracy: float) -> float:
-    """η = (a_c − a_r) / (a_b − a_r)."""
+def completeness(concept_accuracy: float, black_box_accuracy: float, chance_accuracy: float) -> float | None:
+    """η = (a_c − a_r) / (a_b − a_r); None when the black box is no better than chance (there is
+    no accuracy above chance to carry)."""
+    if black_box_accuracy <= chance_accuracy:
+        return None
     return (concept_accuracy - chance_accuracy) / (black_box_accuracy - chance_accuracy)
 
 
