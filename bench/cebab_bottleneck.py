@@ -246,16 +246,37 @@ def over_seeds(rows: dict) -> list[str]:
         "dev: task acc": ("dev", task),
         "dev: correction gain": ("dev", gain),
     }
-    lines = ["", "Over seeds (mean ± standard deviation, points):", "",
-             "| mode | seeds | " + " | ".join(figures) + " |", "|---|---|" + "---|" * len(figures)]
+    lines = ["", "Over seeds (mean ± standard deviation, points; paired: the mode's test task accuracy minus "
+             "standard fine-tuning's on the same data set and seeds, mean ± standard error):", "",
+             "| mode | seeds | " + " | ".join(figures) + " | test task acc − standard's, paired |",
+             "|---|---|" + "---|" * (len(figures) + 1)]
     for name, group in groups.items():
         cells = []
         for split, read in figures.values():
             values = [read(row[split]) for row in group]
             cells.append("–" if None in values else f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}")
+        paired = paired_with_standard(rows, group)
+        cells.append("–" if paired is None else f"{round(100 * paired[0], 1) + 0.0:+.1f} ± {100 * paired[1]:.1f}")  # + 0.0: never "-0.0"
         seeds = ", ".join(str(row["config"]["training"]["seed"]) for row in group)
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
     return lines
+
+
+def paired_with_standard(rows: dict, group: list[dict]) -> tuple[float, float] | None:
+    """Test task accuracy of ``group``'s runs minus standard fine-tuning's on the same data set
+    (its test rows) and seed: mean and standard error over the seeds both have (None below two,
+    or for standard fine-tuning itself)."""
+    source = group[0]["config"]["data"]["source"]
+    standard = {row["config"]["training"]["seed"]: row["test"]["task"]["accuracy"] for name, row in rows.items()
+                if name.startswith("standard") and row["config"]["model"].get("family") == "standard"
+                and row["config"]["data"]["source"] == source and "counterfactuals" not in row["config"]["data"]}
+    if group[0]["config"]["model"].get("family") == "standard":
+        return None
+    diffs = [row["test"]["task"]["accuracy"] - standard[row["config"]["training"]["seed"]]
+             for row in group if row["config"]["training"]["seed"] in standard]
+    if len(diffs) < 2:
+        return None
+    return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
 
 
 if __name__ == "__main__":
