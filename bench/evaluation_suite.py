@@ -50,7 +50,7 @@ def main() -> None:
                         help=f"comma-separated, of {list(SUITES)}; fewer than all needs --merge and keeps a run's other results")
     parser.add_argument("--black-box-accuracy", type=float, default=None,
                         help="the black box's test accuracy for completeness (default: per run, the standard "
-                             "model's row of bench/results/cebab_bottleneck.json on the run's data set)")
+                             "model's row of bench/results/cebab_bottleneck.json on the run's data set and seed, else seed 0's)")
     args = parser.parse_args()
     suites = parse_suites(args.suites)
     if len(suites) < len(SUITES) and not args.merge:
@@ -82,7 +82,11 @@ def main() -> None:
         name = run_dir.name.removeprefix("bench-cebab-")
         black_box = args.black_box_accuracy
         if black_box is None:
-            black_box = black_boxes.get(record["experiment"]["data"]["source"])
+            source, seed = record["experiment"]["data"]["source"], record["experiment"]["training"]["seed"]
+            black_box = black_boxes.get((source, seed), black_boxes.get((source, 0)))
+            if black_box is not None and (source, seed) not in black_boxes:
+                print(f"{_shown(run_dir)}: no standard row of seed {seed} on its data set; completeness reads seed 0's",
+                      flush=True)
             if black_box is None:
                 print(f"{_shown(run_dir)}: no standard row on its data set in cebab_bottleneck.json; completeness "
                       "divides by the model's own accuracy", flush=True)
@@ -103,15 +107,15 @@ def main() -> None:
         write(results, seconds, commands, missing)
 
 
-def standard_test_accuracies() -> dict[str, float]:
-    """Per data set (``data.source``), the test accuracy of bench/results/cebab_bottleneck.json's
-    standard row: the row of a ready config as it is (its command sets no option, seed 0), which
-    the concept rows on that data set compare with."""
+def standard_test_accuracies() -> dict[tuple[str, int], float]:
+    """Per data set (``data.source``) and seed, the test accuracy of bench/results/cebab_bottleneck.json's
+    standard row: the row of a ready config as it is (its command sets no option but the seed),
+    which the concept rows on that data set and seed compare with."""
     path = RESULTS / "cebab_bottleneck.json"
     rows = json.loads(path.read_text())["modes"] if path.is_file() else {}
-    ready = lambda row: re.fullmatch(r"python bench/cebab_bottleneck\.py --modes \S+", row.get("command", ""))  # noqa: E731
-    return {row["config"]["data"]["source"]: row["test"]["task"]["accuracy"] for row in rows.values()
-            if ready(row) and row["config"]["model"]["family"] == "standard"}
+    ready = lambda row: re.fullmatch(r"python bench/cebab_bottleneck\.py --modes \S+( --seeds \d+)?", row.get("command", ""))  # noqa: E731
+    return {(row["config"]["data"]["source"], row["config"]["training"]["seed"]): row["test"]["task"]["accuracy"]
+            for row in rows.values() if ready(row) and row["config"]["model"]["family"] == "standard"}
 
 
 def earlier_results(samples: int, seed: int) -> tuple[dict, dict, dict]:
