@@ -317,7 +317,8 @@ def _curve_table(results: dict[str, dict]) -> list[str]:
 
 
 def plot_intervention_curves(results: dict[str, dict], path: str | Path) -> Path | None:
-    """A PNG of every model's curves (name -> results); None when no model has them."""
+    """A PNG of every model's curves (name -> results), one panel a model so that many models stay
+    readable; None when no model has them."""
     curves = {name: r["interventions"] for name, r in results.items()
               if "interventions" in r and "skipped" not in r["interventions"]}
     if not curves:
@@ -327,21 +328,32 @@ def plot_intervention_curves(results: dict[str, dict], path: str | Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (name, part) in enumerate(curves.items()):
-        color = colors[i % len(colors)]
-        axes.plot(part["k"], part["uncertainty"], marker="o", color=color, label=f"{name}: most uncertain first")
-        axes.plot(part["k"], part["random"], marker="x", linestyle="--", color=color, label=f"{name}: random")
-        if "expected_change" in part:
-            axes.plot(part["k"], part["expected_change"], marker="s", linestyle=":", color=color,
-                      label=f"{name}: largest expected change first")
-    axes.set_xlabel("concepts set to gold")
-    axes.set_ylabel("task accuracy")
-    axes.set_title(f"Intervention curves ({next(iter(results.values()))['split']})")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
+    styles = {"uncertainty": ("most uncertain first", "o", "-", "C0"), "random": ("random", "x", "--", "C1"),
+              "expected_change": ("largest expected change first", "s", ":", "C2")}
+    from matplotlib.ticker import MaxNLocator
+
+    columns = min(len(curves), 4)
+    rows = -(-len(curves) // columns)
+    figure, panels = plt.subplots(rows, columns, figsize=(max(3.4 * columns, 7), 2.6 * rows + 0.8), squeeze=False,
+                                  layout="constrained")
+    for axes, (name, part) in zip(panels.flat, curves.items()):
+        for order, (label, marker, line, color) in styles.items():
+            if order in part:
+                axes.plot(part["k"], part[order], marker=marker, markersize=3, linestyle=line, color=color, label=label)
+        axes.set_title(name, fontsize=8)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.tick_params(labelsize=7)
+        axes.grid(alpha=0.3)
+    for axes in panels.flat[len(curves):]:
+        axes.set_visible(False)
+    for i, axes in enumerate(panels.flat[:len(curves)]):
+        if i + columns >= len(curves):  # the lowest panel of its column
+            axes.set_xlabel("concepts set to gold", fontsize=7)
+    for axes in panels[:, 0]:
+        axes.set_ylabel("task accuracy", fontsize=7)
+    handles, labels = panels.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
+    figure.suptitle(f"Intervention curves ({next(iter(results.values()))['split']})", fontsize=10)
     path = Path(path)
     figure.savefig(path, dpi=120)
     plt.close(figure)
