@@ -262,22 +262,27 @@ def over_seeds(rows: dict) -> list[str]:
     return lines
 
 
+def standard_rows(rows: dict) -> dict[tuple[str, int], dict]:
+    """Standard fine-tuning's rows by data set (``data.source``) and seed: the rows of a ready
+    config as it is (their command sets no option but the seed), which the concept rows on that
+    data set and seed compare with."""
+    ready = lambda row: re.fullmatch(r"python bench/cebab_bottleneck\.py --modes \S+( --seeds \d+)?", row.get("command", ""))  # noqa: E731
+    return {(row["config"]["data"]["source"], row["config"]["training"]["seed"]): row for row in rows.values()
+            if ready(row) and row["config"]["model"].get("family") == "standard"}
+
+
 def paired_with_standard(rows: dict, group: list[dict]) -> tuple[float, float] | None:
     """Test task accuracy of ``group``'s runs minus standard fine-tuning's on the same data set
     (its test rows) and seed: mean and standard error over the seeds both have (None below two,
     or for standard fine-tuning itself)."""
-    source = group[0]["config"]["data"]["source"]
-    standard = {row["config"]["training"]["seed"]: row["test"]["task"]["accuracy"] for name, row in rows.items()
-                if name.startswith("standard") and row["config"]["model"].get("family") == "standard"
-                and row["config"]["data"]["source"] == source and "counterfactuals" not in row["config"]["data"]}
     if group[0]["config"]["model"].get("family") == "standard":
         return None
-    diffs = [row["test"]["task"]["accuracy"] - standard[row["config"]["training"]["seed"]]
-             for row in group if row["config"]["training"]["seed"] in standard]
+    standard = standard_rows(rows)
+    diffs = [row["test"]["task"]["accuracy"] - standard[key]["test"]["task"]["accuracy"] for row in group
+             if (key := (row["config"]["data"]["source"], row["config"]["training"]["seed"])) in standard]
     if len(diffs) < 2:
         return None
     return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
-
 
 if __name__ == "__main__":
     main()

@@ -21,14 +21,13 @@ import argparse
 import json
 import logging
 import platform
-import re
 import time
 from pathlib import Path
 
 import torch
 import transformers
 
-from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
+from cebab_bottleneck import relative_paths, standard_rows  # noqa: E402 (bench/ is on the path)
 from lucidlm.evaluation import SUITES, parse_suites, run_suite, write_report
 from lucidlm.experiment import load_experiment_task, load_run
 
@@ -108,14 +107,11 @@ def main() -> None:
 
 
 def standard_test_accuracies() -> dict[tuple[str, int], float]:
-    """Per data set (``data.source``) and seed, the test accuracy of bench/results/cebab_bottleneck.json's
-    standard row: the row of a ready config as it is (its command sets no option but the seed),
-    which the concept rows on that data set and seed compare with."""
+    """Per data set and seed, the test accuracy of standard fine-tuning's row in
+    bench/results/cebab_bottleneck.json (``standard_rows``)."""
     path = RESULTS / "cebab_bottleneck.json"
     rows = json.loads(path.read_text())["modes"] if path.is_file() else {}
-    ready = lambda row: re.fullmatch(r"python bench/cebab_bottleneck\.py --modes \S+( --seeds \d+)?", row.get("command", ""))  # noqa: E731
-    return {(row["config"]["data"]["source"], row["config"]["training"]["seed"]): row["test"]["task"]["accuracy"]
-            for row in rows.values() if ready(row) and row["config"]["model"]["family"] == "standard"}
+    return {key: row["test"]["task"]["accuracy"] for key, row in standard_rows(rows).items()}
 
 
 def earlier_results(samples: int, seed: int) -> tuple[dict, dict, dict]:

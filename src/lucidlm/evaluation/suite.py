@@ -327,11 +327,10 @@ def plot_intervention_curves(results: dict[str, dict], path: str | Path) -> Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     styles = {"uncertainty": ("most uncertain first", "o", "-", "C0"), "random": ("random", "x", "--", "C1"),
               "expected_change": ("largest expected change first", "s", ":", "C2")}
-    from matplotlib.ticker import MaxNLocator
-
     columns = min(len(curves), 4)
     rows = -(-len(curves) // columns)
     figure, panels = plt.subplots(rows, columns, figsize=(max(3.4 * columns, 7), 2.6 * rows + 0.8), squeeze=False,
