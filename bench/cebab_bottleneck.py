@@ -246,6 +246,7 @@ def over_seeds(rows: dict) -> list[str]:
         "dev: task acc": ("dev", task),
         "dev: correction gain": ("dev", gain),
     }
+    standard = standard_rows(rows)
     lines = ["", "Over seeds (mean ± standard deviation, points; paired: the mode's test task accuracy minus "
              "standard fine-tuning's on the same data set and seeds, mean ± standard error):", "",
              "| mode | seeds | " + " | ".join(figures) + " | test task acc − standard's, paired |",
@@ -255,8 +256,8 @@ def over_seeds(rows: dict) -> list[str]:
         for split, read in figures.values():
             values = [read(row[split]) for row in group]
             cells.append("–" if None in values else f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}")
-        paired = paired_with_standard(rows, group)
-        cells.append("–" if paired is None else f"{round(100 * paired[0], 1) + 0.0:+.1f} ± {100 * paired[1]:.1f}")  # + 0.0: never "-0.0"
+        paired = paired_with_standard(standard, group)
+        cells.append("–" if paired is None else f"{signed_points(paired[0])} ± {100 * paired[1]:.1f}")
         seeds = ", ".join(str(row["config"]["training"]["seed"]) for row in group)
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
     return lines
@@ -271,18 +272,26 @@ def standard_rows(rows: dict) -> dict[tuple[str, int], dict]:
             if ready(row) and row["config"]["model"].get("family") == "standard"}
 
 
-def paired_with_standard(rows: dict, group: list[dict]) -> tuple[float, float] | None:
-    """Test task accuracy of ``group``'s runs minus standard fine-tuning's on the same data set
-    (its test rows) and seed: mean and standard error over the seeds both have (None below two,
-    or for standard fine-tuning itself)."""
+def paired_with_standard(standard: dict[tuple[str, int], dict], group: list[dict]) -> tuple[float, float] | None:
+    """Test task accuracy of ``group``'s runs minus standard fine-tuning's (``standard_rows``) on the
+    same data set (its test rows) and seed (``paired_difference``; None for standard fine-tuning
+    itself)."""
     if group[0]["config"]["model"].get("family") == "standard":
         return None
-    standard = standard_rows(rows)
-    diffs = [row["test"]["task"]["accuracy"] - standard[key]["test"]["task"]["accuracy"] for row in group
-             if (key := (row["config"]["data"]["source"], row["config"]["training"]["seed"])) in standard]
+    return paired_difference([row["test"]["task"]["accuracy"] - standard[key]["test"]["task"]["accuracy"] for row in group
+                              if (key := (row["config"]["data"]["source"], row["config"]["training"]["seed"])) in standard])
+
+
+def paired_difference(diffs: list[float]) -> tuple[float, float] | None:
+    """The mean of paired differences and its standard error; None below two pairs."""
     if len(diffs) < 2:
         return None
     return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
+
+
+def signed_points(value: float) -> str:
+    """A fraction as signed points, one decimal; never "-0.0" (the + 0.0)."""
+    return f"{round(100 * value, 1) + 0.0:+.1f}"
 
 if __name__ == "__main__":
     main()

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cebab_bottleneck import paired_difference, signed_points  # noqa: E402 (bench/ is on the path)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
@@ -177,10 +179,7 @@ def paired_test_difference(runs: list[dict], name: str) -> tuple[float, float] |
     """Test task accuracy of variant ``name`` minus the standard model's on the same seeds: the
     mean and its standard error (None below two shared seeds)."""
     done = {(r["variant"], r["seed"]): r["test"]["task_accuracy"] for r in runs if "error" not in r}
-    diffs = [done[name, s] - done["standard", s] for (v, s) in done if v == name and ("standard", s) in done]
-    if len(diffs) < 2:
-        return None
-    return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
+    return paired_difference([done[name, s] - done["standard", s] for (v, s) in done if v == name and ("standard", s) in done])
 
 
 def machine() -> dict:
@@ -211,7 +210,7 @@ def markdown(sweep: Sweep, result: dict) -> str:
     def cell(value, points=False):
         if value is None:
             return "–"
-        return f"{round(100 * value, 1) + 0.0:+.1f}" if points else f"{value:.1%}"  # + 0.0: never "-0.0"
+        return signed_points(value) if points else f"{value:.1%}"
 
     m = result["machine"]
     lines = [f"# Concept-embedding options chosen on dev, {sweep.data} ({m['device']}, torch {m['torch']})", "",
