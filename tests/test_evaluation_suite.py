@@ -350,6 +350,41 @@ def test_curves_start_at_task_accuracy_and_end_at_gold_concepts(joint_model, ceb
     assert curves["random_repeats"] is None  # four concepts: the exact expectation, nothing drawn
 
 
+@pytest.mark.parametrize("layer, certain", [({}, False), ({"concept_activation": "probs"}, True),
+                                              ({"concept_layer": "embedding"}, True)])
+def test_confirming_the_predicted_value_makes_a_concept_certain_where_an_intervention_is_certainty(
+        tiny_bert_dir, cebab_small, layer, certain):
+    """Forced logits are a typical reading of a value, not a surer one: a scalar concept confirmed
+    stays as it is. A one-hot intervention (probabilities, concept embeddings) is the value with
+    certainty, which CEM's interventions and RandInt's training set right or wrong: confirmed, the
+    concept becomes certain. So the curves end at every concept forced to gold there, while
+    ``evaluate``'s gold-concept figure still corrects only the wrong concepts."""
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="joint", **layer).eval()
+    text = cebab_small.test.texts[0]
+    before = model.predict(text)[0]
+    service = before.concepts["service"]
+    after = model.intervene(text, {"service": service.value})[0].after
+    assert max(service.probabilities.values()) < 0.99  # a random model is unsure
+    if certain:
+        assert after.concepts["service"].probabilities[service.value] == 1.0
+        assert after.probabilities != pytest.approx(before.probabilities, abs=1e-6)
+    else:
+        assert after == before
+
+    test = cebab_small.test
+    metrics = model.evaluate(test)
+    found = TextOutputs(model).get(test.texts)
+    states = [torch.from_numpy(x) for x in found["concept_states"]]
+    predicted = np.stack([logits.argmax(-1) for logits in found["concept_logits"]], axis=1)
+    wrong = torch.from_numpy(np.where(predicted == test.concepts, MISSING, test.concepts))
+    with torch.no_grad():
+        corrected = model.intervened_label_logits(states, wrong, correct_only=False).argmax(-1).numpy()
+    assert metrics["task_gold_concepts"]["accuracy"] == pytest.approx(float((corrected == test.labels).mean()))
+    curves = run_suite(model, cebab_small, "interventions", seed=0)["interventions"]
+    end = metrics["task_forced_concepts" if certain else "task_gold_concepts"]["accuracy"]
+    assert all(curves[order][-1] == pytest.approx(end) for order in ("random", "uncertainty", "expected_change"))
+
+
 @pytest.mark.parametrize("layer", [{}, {"concept_activation": "probs"}, {"concept_layer": "embedding"}])
 def test_setting_a_concept_changes_its_own_activation_only(tiny_bert_dir, cebab_small, layer):
     """What the exact random curve rests on: for every set of concepts, mixing each concept's

@@ -7,7 +7,7 @@ counterfactual: the aspect went from value a to b, the rest stayed. For a model 
   (N is the label probability distribution);
 - EICaCE: an explainer's estimate of it that never sees the edit. A concept bottleneck
   estimates it by intervening on its own concept: N(original with concept a→b) − N(original)
-  (as ``intervene`` does it: a concept already predicted b is left as it is);
+  (as ``intervene`` does it: ``corrections_of``);
 - the simple baseline estimates it, for every pair of aspect a→b, by the mean over the training
   pairs of the same aspect a→b of the *true* label distribution's change (the annotators'
   votes, normalised, ``no majority`` rows included; see ``label_distribution``). ``train_exclusive``

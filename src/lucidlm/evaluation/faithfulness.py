@@ -20,7 +20,7 @@ Texts with fewer than two non-special tokens are left out.
 **Concepts.** For a concept model the predicted label ŷ's logit is the sum over concepts of
 label-head weight × concept activation (plus a bias): concept k's contribution. Removing a
 concept replaces its activation, either by the value ``unknown`` (the model's own intervention;
-a concept already predicted ``unknown`` stays as it is) or by its mean activation over the
+set as ``intervene`` sets it) or by its mean activation over the
 evaluated rows. With the concepts ranked by contribution, highest first, for m = 1 … K−1:
 
     comprehensiveness_m = p(ŷ | x) − p(ŷ | its m most contributing concepts removed)

@@ -8,7 +8,8 @@ correction buys, so that leakage (a label that reads more than the concepts) is 
   none is), a_r chance (the training split's majority class).
 - The model's accuracy with every concept forced to gold next to predicted: what is left of its
   label once the concepts carry nothing but their values.
-- Per concept: the change in accuracy when that concept alone is corrected to gold.
+- Per concept: the change in accuracy when that concept alone is set to gold, as ``intervene``
+  sets it (``corrections_of``).
 """
 
 from __future__ import annotations

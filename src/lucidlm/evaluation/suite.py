@@ -176,7 +176,7 @@ def _honesty_table(results: dict[str, dict]) -> list[str]:
         "Completeness η = (a_c − a_r) / (a_b − a_r) (Yeh et al. 2020): a_c the accuracy of a logistic regression "
         "from the gold concept values alone, a_r chance (the majority class), a_b the black box's accuracy (or the "
         "model's own). Forced: the model's accuracy with every concept forced to gold. Then the accuracy change "
-        "when one concept alone is corrected to gold.",
+        "when one concept alone is set to gold, as a person's statement sets it (`intervene`).",
         "",
         "| model | task acc | all concepts forced | a_c | a_r | a_b | completeness | " + " | ".join(names) + " |",
         "|---|---|---|---|---|---|---|" + "---|" * len(names),
@@ -302,8 +302,10 @@ def _curve_table(results: dict[str, dict]) -> list[str]:
     lines += [
         "Task accuracy with m concepts set to gold (m = 0 … K), chosen at random (its expectation: the mean over every "
         f"set of m concepts; with more than {EXACT_RANDOM_MAX_CONCEPTS} concepts the mean over the random orders named), most "
-        "uncertain first (highest entropy) or largest expected label change first (Σ_v p_kv·TV(ŷ, ŷ[k := v]), the "
-        "predicted value adding nothing); a concept already predicted right stays as it is.",
+        "uncertain first (highest entropy) or largest expected label change first (Σ_v p_kv·TV(ŷ, ŷ[k := v])), each set "
+        "as a person's statement sets it: a concept already predicted right stays as it is where its forced logits are "
+        "only a typical reading of the value (scalar logits) and becomes certain where the intervention is one-hot "
+        "(concept embeddings, probabilities).",
         "",
         "| model | order | " + " | ".join(f"m={m}" for m in range(width)) + " |",
         "|---|---|" + "---|" * width,

@@ -417,6 +417,8 @@ class ConceptModel(LucidModel):
     is recomputed with concepts set to given values without another backbone pass; ``intervene``
     takes ``ConceptValues``."""
 
+    confirming_changes_state = False  # see ConceptBottleneckLM
+
     def concept_logits_of(self, states) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 

@@ -178,11 +178,24 @@ class ConceptBottleneckLM(ConceptModel):
     def calibrate_interventions(self, states, gold: torch.Tensor, momentum: float = 0.0) -> None:
         self.concept_layer.calibrate(states, gold, momentum)
 
-    def corrections_of(self, concept_logits, values: torch.Tensor) -> torch.Tensor:
-        """``values`` less the ones the model already predicts (those become ``MISSING``): setting
-        a concept to the value it has changes nothing, so its activation is left as predicted."""
+    @property
+    def confirming_changes_state(self) -> bool:
+        """Whether a person who confirms a predicted value changes the label (the concept layer's
+        ``confirming_changes_state``: concept embeddings and probabilities become certain)."""
+        return self.concept_layer.confirming_changes_state
+
+    @staticmethod
+    def wrong_values(concept_logits, values: torch.Tensor) -> torch.Tensor:
+        """``values`` where the model predicts another value, ``MISSING`` where it predicts them."""
         predicted = torch.stack([logits.argmax(-1) for logits in concept_logits], dim=1).to(values.device)
         return torch.where(values == predicted, torch.full_like(values, MISSING), values)
+
+    def corrections_of(self, concept_logits, values: torch.Tensor) -> torch.Tensor:
+        """What a person's statement of ``values`` sets: where confirming the predicted value
+        changes nothing the label reads (forced logits: ``confirming_changes_state``), the values
+        the model does not already predict; otherwise all of them (one-hot probabilities, concept
+        embeddings: a confirmed concept becomes certain)."""
+        return values if self.confirming_changes_state else self.wrong_values(concept_logits, values)
 
     def label_from_concepts(self, activations: list[torch.Tensor]) -> torch.Tensor:
         return self.label_head(torch.cat(activations, dim=-1))
@@ -191,8 +204,8 @@ class ConceptBottleneckLM(ConceptModel):
         """What the label head reads of a batch whose concept states are already computed, with
         concept k of row i set to ``values[i, k]`` (``MISSING``: left as predicted): an intervention
         without another backbone pass (``intervened_label_logits``: the label from it).
-        ``correct_only`` leaves a concept set to the value it already predicts as it is (as
-        ``intervene`` does); without it every given value is forced."""
+        ``correct_only``: as a person's statement sets them (``corrections_of``, as ``intervene``
+        does); without it every given value is forced."""
         if correct_only:
             values = self.corrections_of(self.concept_logits_of(states), values)
         return self.set_concepts(states, self.concept_activations(states), values)
@@ -274,7 +287,8 @@ class ConceptBottleneckLM(ConceptModel):
             concept_logits.append([x.cpu() for x in out.concept_logits])
             states.append([x.cpu() for x in out.concept_states])
             gold = batch["concepts"].to(self.device)
-            gold_logits.append(self.intervened_label_logits(out.concept_states, gold).cpu())
+            wrong = self.wrong_values(out.concept_logits, gold)
+            gold_logits.append(self.intervened_label_logits(out.concept_states, wrong, correct_only=False).cpu())
             forced_logits.append(self.intervened_label_logits(out.concept_states, gold, correct_only=False).cpu())
         result = {"label_logits": torch.cat(label_logits).numpy()}
         result["concept_logits"] = [torch.cat(xs).numpy() for xs in zip(*concept_logits)]

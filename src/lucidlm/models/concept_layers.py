@@ -53,6 +53,14 @@ class ScalarConceptLayer(nn.Module):
         """The size of what the label head reads."""
         return sum(len(c.values) for c in self.spec.concepts)
 
+    @property
+    def confirming_changes_state(self) -> bool:
+        """Whether setting a concept to the value it already predicts changes what the label reads.
+        Forced logits are a typical reading of the value, not a surer one: a person who confirms
+        the prediction leaves the input's own logits as they are. One-hot probabilities are the
+        value with certainty, which the prediction may lack."""
+        return self.activation == "probs"
+
     def state(self, k: int, features: torch.Tensor) -> torch.Tensor:
         """Concept k's state from what it reads, ``features`` ``[B, H]`` (the same pooled vector for
         every concept of a bottleneck; concept k's subnetwork output for SparseCBM): its logits."""
@@ -117,7 +125,13 @@ class EmbeddingConceptLayer(nn.Module):
     layer shared by every concept; the label head reads the mixed embeddings ĉ_k = Σ_v p_kv·e_kv.
     An intervention sets p_k to the one-hot of the given value: ĉ_k = e_kv. The label can thus
     carry more than the concept values (the embeddings) and still obey a correction.
+
+    Setting a concept to the value it already predicts also makes p_k one-hot: a person who
+    confirms the value removes the concept's uncertainty, as the paper's interventions do and as
+    RandInt and IntCEM train the label head to read (they set the chosen concepts, right or wrong).
     """
+
+    confirming_changes_state = True
 
     def __init__(self, spec: TaskSpec, hidden_size: int, config):
         super().__init__()
