@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lucidlm import SubnetworkRewiring
-from lucidlm.models import SparseConceptLM, load_pretrained
+from lucidlm.models import ConceptBottleneckLM, SparseConceptLM, load_pretrained
 from lucidlm.web.app import create_app
 from lucidlm.web.serve import serving
 from conftest import CHROMIUM, needs_chromium
@@ -80,6 +80,7 @@ def test_type_a_review_flip_a_concept_and_see_the_label_change(browser, runs):
         predict(page, text)
         assert page.inner_text("#prediction .label-value") == before
         assert page.locator("#concepts tbody tr").count() == 4
+        assert page.locator("#concepts input[data-confirm]").count() == 0  # scalar logits: nothing to confirm
         asked = TestClient(app).post("/api/predict", json={"text": text}).json()["ask_next"]
         assert page.inner_text("#ask-next").startswith(f"Check first: {asked[0]}?")
         assert page.is_hidden("#compare-section")
@@ -124,6 +125,36 @@ def test_proto_page_shows_prototypes_with_their_training_examples(browser, runs)
         assert page.locator("#tokens .tok.pos, #tokens .tok.neg").count() > 3 and page.input_value("#token-target") == "0"
         page.select_option("#token-target", "1")
         assert page.locator("#tokens .tok.att").count() > 3
+        assert page.errors == [] and page.foreign == []
+        page.close()
+
+
+def test_confirm_a_concept_embedding_and_see_it_become_certain(browser, cebab_small, tiny_bert_dir):
+    """With concept embeddings a confirmed value becomes certain (p_k one-hot), which can move the
+    label: the page offers "sure" beside the value the model read, and shows what the model computes."""
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding").eval()
+    text = REVIEWS[1]
+    before = model.predict(text)[0]
+    read = before.concepts["service"].value
+    other = next(v for v in model.spec.concept("service").values if v != read)
+    expected = model.intervene(text, {"service": read})[0].after
+    assert expected.probabilities != before.probabilities
+    box, select = "#concepts input[data-confirm='service']", "select[data-concept='service']"
+    with serving(create_app(model)) as url:
+        page = open_page(browser, url)
+        predict(page, text)
+        page.select_option(select, other)  # another value is a correction: nothing to confirm
+        assert page.is_disabled(box)
+        page.select_option(select, read)
+        assert page.is_enabled(box) and page.is_hidden("#compare-section")
+        page.check(box)
+        page.wait_for_selector("#compare-section:not([hidden])")
+        assert page.inner_text("#compare-summary").startswith(f"You confirmed service = {read}, now certain.")
+        shown = page.locator("#after dd").nth(model.spec.concept_names.index("service")).inner_text()
+        assert shown == f"{read} (100.0%)"
+        assert page.inner_text("#after .label-value") == expected.label
+        page.click("#reset")
+        assert not page.is_checked(box) and page.is_hidden("#compare-section")
         assert page.errors == [] and page.foreign == []
         page.close()
 

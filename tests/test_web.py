@@ -40,6 +40,7 @@ def test_info_names_the_run_and_its_concepts(clients):
     assert [c["name"] for c in joint["concepts"]] == ["food", "ambiance", "service", "noise"]
     assert joint["concepts"][0]["values"] == ["Negative", "Positive", "unknown"]
     assert joint["can_intervene"] and not joint["can_intervene_subnetwork"] and joint["max_text_chars"] == MAX_TEXT_CHARS
+    assert not joint["can_confirm"]  # scalar logits: a confirmed value changes nothing
     assert clients["sparse"].get("/api/info").json()["can_intervene_subnetwork"]
     proto = clients["proto"].get("/api/info").json()
     assert proto["family"] == "prototype" and proto["concepts"] == [] and not proto["can_intervene"]

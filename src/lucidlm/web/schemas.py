@@ -97,6 +97,8 @@ class Info(BaseModel):
     concepts: list[ConceptValues]
     can_intervene: bool = Field(description="Concept values can be set (concept models).")
     can_intervene_subnetwork: bool = Field(description="Concept subnetworks can be rewired (SparseCBM).")
+    can_confirm: bool = Field(description="Confirming a concept's predicted value makes it certain and can move the label "
+                                          "(concept embeddings, probabilities); otherwise a confirmed value changes nothing.")
     max_text_chars: int
 
 

@@ -31,6 +31,7 @@ class ModelService:
             "task": spec.name, "label": spec.label, "classes": list(spec.classes),
             "concepts": [{"name": c.name, "values": list(c.values)} for c in spec.concepts] if is_concept_model else [],
             "can_intervene": is_concept_model, "can_intervene_subnetwork": isinstance(model, SubnetworkModel),
+            "can_confirm": is_concept_model and model.confirming_changes_state,
         }
 
     def predict(self, text: str) -> Future:

@@ -149,6 +149,13 @@ function renderConcepts(prediction) {
     for (const value of Object.keys(concept.probabilities)) select.append(el("option", { value, text: value }));
     select.value = concept.value;
     select.addEventListener("change", interveneOnConcepts);
+    const setCell = el("td", {}, select);
+    if (state.info.can_confirm) {  // confirming makes the concept certain, which can move the label
+      const confirm = el("input", { type: "checkbox", "data-confirm": name, "aria-label": `${name}: confirm ${concept.value}` });
+      confirm.addEventListener("change", interveneOnConcepts);
+      setCell.append(el("label", { class: "confirm", title: "The text says what the model read: make the model sure of it" },
+        confirm, " sure"));
+    }
     const contribution = contributions[name];
     const bar = el("span", { class: `contribution ${contribution >= 0 ? "pos" : "neg"}` });
     bar.style.width = `${(50 * Math.abs(contribution || 0)) / largest}%`;
@@ -159,7 +166,7 @@ function renderConcepts(prediction) {
       el("td", {}, el("div", { class: "contribution-cell" },
         el("span", { class: "contribution-track", role: "presentation" }, bar),
         el("span", { text: contribution === undefined ? "" : signed(contribution) }))),
-      el("td", {}, select)));
+      setCell));
   }
 }
 
@@ -168,7 +175,13 @@ function changedConcepts() {
   const values = {};
   for (const select of document.querySelectorAll("#concepts select")) {
     const name = select.dataset.concept;
-    if (select.value !== state.prediction.concepts[name].value) values[name] = select.value;
+    const read = state.prediction.concepts[name].value;
+    const confirm = select.closest("tr").querySelector("input[data-confirm]");
+    if (confirm) {  // only the value read can be confirmed; another value is a correction already
+      confirm.disabled = select.value !== read;
+      if (confirm.disabled) confirm.checked = false;
+    }
+    if (select.value !== read || (confirm && confirm.checked)) values[name] = select.value;
     select.closest("tr").classList.toggle("changed", name in values);
   }
   return values;
@@ -184,7 +197,7 @@ async function interveneOnConcepts() {
   try {
     const result = await api("/api/intervene", { text: state.text, values });
     if (request !== state.request) return;
-    renderComparison(result, `You set ${describeValues(values)}.`);
+    renderComparison(result, describeCorrection(values));
     setStatus("");
   } catch (error) {
     if (request === state.request) { setStatus(""); showError(error.message); }
@@ -214,6 +227,7 @@ function resetConcepts() {
   for (const select of document.querySelectorAll("#concepts select")) {
     select.value = state.prediction.concepts[select.dataset.concept].value;
   }
+  for (const confirm of document.querySelectorAll("#concepts input[data-confirm]")) confirm.checked = false;
   changedConcepts();
   show("#reset", false);
   show("#compare-section", false);
@@ -221,6 +235,17 @@ function resetConcepts() {
 
 function describeValues(values) {
   return Object.entries(values).map(([name, value]) => `${name} = ${value}`).join(", ");
+}
+
+function describeCorrection(values) {
+  const entries = Object.entries(values);
+  const read = ([name, value]) => value === state.prediction.concepts[name].value;
+  const set = Object.fromEntries(entries.filter((entry) => !read(entry)));
+  const confirmed = Object.fromEntries(entries.filter(read));
+  const parts = [];
+  if (Object.keys(set).length) parts.push(`You set ${describeValues(set)}`);
+  if (Object.keys(confirmed).length) parts.push(`${parts.length ? "you" : "You"} confirmed ${describeValues(confirmed)}, now certain`);
+  return `${parts.join("; ")}.`;
 }
 
 function predictionCard(prediction, other, changed) {
