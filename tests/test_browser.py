@@ -4,6 +4,8 @@ and the page change; on a SparseCBM run, rewires a subnetwork; on proto-lm, sees
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -144,17 +146,27 @@ def test_confirm_a_concept_embedding_and_see_it_become_certain(browser, cebab_sm
         page = open_page(browser, url)
         predict(page, text)
         page.select_option(select, other)  # another value is a correction: nothing to confirm
+        page.wait_for_selector("#compare-section:not([hidden])")
         assert page.is_disabled(box)
         page.select_option(select, read)
         assert page.is_enabled(box) and page.is_hidden("#compare-section")
         page.check(box)
-        page.wait_for_selector("#compare-section:not([hidden])")
+        page.wait_for_selector("#compare-summary:has-text('You confirmed')")
         assert page.inner_text("#compare-summary").startswith(f"You confirmed service = {read}, now certain.")
         shown = page.locator("#after dd").nth(model.spec.concept_names.index("service")).inner_text()
         assert shown == f"{read} (100.0%)"
         assert page.inner_text("#after .label-value") == expected.label
         page.click("#reset")
         assert not page.is_checked(box) and page.is_hidden("#compare-section")
+
+        # An answer that arrives after the user took the correction back is not shown.
+        intervene = model.intervene
+        model.intervene = lambda *args, **kwargs: time.sleep(0.8) or intervene(*args, **kwargs)
+        for undo in (lambda: page.uncheck(box), lambda: page.click("#reset")):
+            page.check(box)
+            undo()
+            page.wait_for_timeout(1500)
+            assert page.is_hidden("#compare-section") and not page.is_checked(box)
         assert page.errors == [] and page.foreign == []
         page.close()
 

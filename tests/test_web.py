@@ -12,7 +12,7 @@ from schemathesis.checks import not_a_server_error
 from typer.testing import CliRunner
 
 from lucidlm.cli import app as cli
-from lucidlm.models import load_pretrained
+from lucidlm.models import ConceptBottleneckLM, load_pretrained
 from lucidlm.web.app import create_app
 from lucidlm.web.schemas import MAX_BODY_BYTES, MAX_TEXT_CHARS
 
@@ -44,6 +44,14 @@ def test_info_names_the_run_and_its_concepts(clients):
     assert clients["sparse"].get("/api/info").json()["can_intervene_subnetwork"]
     proto = clients["proto"].get("/api/info").json()
     assert proto["family"] == "prototype" and proto["concepts"] == [] and not proto["can_intervene"]
+
+
+@pytest.mark.parametrize("layer, can_confirm", [({}, False), ({"concept_activation": "probs"}, True),
+                                                ({"concept_layer": "embedding"}, True)])
+def test_info_says_where_confirming_a_value_makes_it_certain(tiny_bert_dir, cebab_small, layer, can_confirm):
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, **layer)
+    with TestClient(create_app(model)) as client:
+        assert client.get("/api/info").json()["can_confirm"] is can_confirm
 
 
 def test_predict_equals_the_model_and_contributions_sum_to_the_logit(clients, models):

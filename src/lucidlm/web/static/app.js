@@ -3,7 +3,9 @@
 // concept. Plain DOM, no framework, no build step; text goes in through textContent only.
 "use strict";
 
-const state = { info: null, text: "", prediction: null, request: 0 };
+// request: the latest text predicted; correction: the latest correction asked (a newer one makes
+// older answers stale, and a new text makes every pending correction stale)
+const state = { info: null, text: "", prediction: null, request: 0, correction: 0 };
 const $ = (selector) => document.querySelector(selector);
 
 function el(tag, attributes = {}, ...children) {
@@ -79,7 +81,8 @@ function updateCount() {
 async function submitText(event) {
   event.preventDefault();
   const text = $("#text").value;
-  const request = ++state.request;  // a newer request makes older answers stale
+  const request = ++state.request;
+  state.correction++;
   showError("");
   setStatus("Predicting…");
   for (const id of ["#compare-section", "#tokens-section", "#prototypes-section", "#subnetworks-section"]) show(id, false);
@@ -190,17 +193,17 @@ function changedConcepts() {
 async function interveneOnConcepts() {
   const values = changedConcepts();
   show("#reset", Object.keys(values).length > 0);
+  const request = ++state.correction;  // also when nothing is left to ask: a pending answer is stale
   if (!Object.keys(values).length) { show("#compare-section", false); return; }
-  const request = ++state.request;
   showError("");
   setStatus("Recomputing the label with your concept values…");
   try {
     const result = await api("/api/intervene", { text: state.text, values });
-    if (request !== state.request) return;
+    if (request !== state.correction) return;
     renderComparison(result, describeCorrection(values));
     setStatus("");
   } catch (error) {
-    if (request === state.request) { setStatus(""); showError(error.message); }
+    if (request === state.correction) { setStatus(""); showError(error.message); }
   }
 }
 
@@ -209,21 +212,22 @@ async function rewireSubnetwork(event) {
   if (!state.prediction) { showError("Predict a text first."); return; }
   const body = { text: state.text, concept: $("#subnetwork-concept").value, value: $("#subnetwork-value").value,
     fraction: Number($("#subnetwork-fraction").value), score: $("#subnetwork-score").value };
-  const request = ++state.request;
+  const request = ++state.correction;
   showError("");
   setStatus("Rewiring the subnetwork…");
   try {
     const result = await api("/api/intervene-subnetwork", body);
-    if (request !== state.request) return;
+    if (request !== state.correction) return;
     renderComparison(result, `The subnetwork of ${body.concept} was rewired toward ${body.value}: `
       + `${result.weights_changed.toLocaleString()} weights swapped, for this text only.`);
     setStatus("");
   } catch (error) {
-    if (request === state.request) { setStatus(""); showError(error.message); }
+    if (request === state.correction) { setStatus(""); showError(error.message); }
   }
 }
 
 function resetConcepts() {
+  state.correction++;  // an answer still on its way is for values no longer shown
   for (const select of document.querySelectorAll("#concepts select")) {
     select.value = state.prediction.concepts[select.dataset.concept].value;
   }
