@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from lucidlm.checkpoints import CHECKPOINT_DIR, STATE_FILE
 from lucidlm.cli import app
-from lucidlm.training import TRAINING_LOG
+from lucidlm.training import TRAINING_LOG, TrainingConfig
 
 WORKER = Path(__file__).with_name("train_worker.py")
 MODELS = {
@@ -118,7 +118,10 @@ def test_two_processes_train_what_one_process_does_with_the_same_global_batch(ki
         if name.startswith("subnetwork_masks."):
             assert torch.equal(rank0[name], single[name]), name  # pruning read the gradients of the whole batch
         else:
-            torch.testing.assert_close(rank0[name], single[name], rtol=1e-4, atol=1e-5)
+            # Adam divides by the gradient's running size: where a gradient is about 0, summing it in
+            # another order can move that weight by a step of the learning rate (5e-5) in a step or two
+            torch.testing.assert_close(rank0[name], single[name], rtol=1e-4, atol=2 * TrainingConfig().learning_rate,
+                                       msg=lambda m: f"{name}: {m}")
     assert record(tmp_path / "two-weights")["metrics"] == record(tmp_path / "one-weights")["metrics"]
     # one writer: every step and epoch logged once, one progress report, one run folder
     steps = [r["step"] for r in log_records(tmp_path / "two") if r["event"] == "step"]
