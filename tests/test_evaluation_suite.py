@@ -313,8 +313,8 @@ def test_expected_change_asks_first_about_the_one_concept_the_label_reads(tiny_b
 
 def test_expected_change_counts_nothing_for_the_value_a_concept_already_has(tiny_bert_dir, cebab_small):
     """For concepts read as logits, setting a concept to the value the model predicts is no
-    correction (the curves and ``intervene`` leave it as it is), so that value adds nothing. A label head that
-    reads service strongly and ambiance weakly, with service read with certainty: service scores
+    correction (the curves and ``intervene`` leave it as it is), so that value adds nothing. A
+    label head that reads service strongly and ambiance weakly, with service read with certainty: service scores
     about 0 and ambiance is asked first; counting service's forced value (the scalar layer's
     forced logits, here a milder reading of the same value) would have put service first."""
     from lucidlm.intervene import INTERVENTION_POLICIES, expected_change_scores
@@ -382,6 +382,7 @@ def test_confirming_the_predicted_value_makes_a_concept_certain_where_an_interve
     assert metrics["task_gold_concepts"]["accuracy"] == pytest.approx(float((corrected == test.labels).mean()))
     curves = run_suite(model, cebab_small, "interventions", seed=0)["interventions"]
     end = metrics["task_forced_concepts" if certain else "task_gold_concepts"]["accuracy"]
+    assert all(curves[order][-1] == pytest.approx(end) for order in ("random", "uncertainty", "expected_change"))
 
     # expected change: Σ_v p_kv·TV(ŷ, ŷ[k := v]), the predicted value counted only where it makes certain
     from lucidlm.intervene import expected_change_scores
@@ -395,11 +396,10 @@ def test_confirming_the_predicted_value_makes_a_concept_certain_where_an_interve
             for v in range(p.shape[1]):
                 values = torch.full_like(wrong, MISSING)
                 values[:, k] = v
-                after = model.intervened_label_logits(states, values, correct_only=False).softmax(-1)
+                set_to_v = model.intervened_label_logits(states, values, correct_only=False).softmax(-1)
                 counted = torch.ones(len(p)) if certain else torch.from_numpy(predicted[:, k] != v).float()
-                manual[:, k] += counted * p[:, v] * 0.5 * (after - base).abs().sum(-1)
+                manual[:, k] += counted * p[:, v] * 0.5 * (set_to_v - base).abs().sum(-1)
     torch.testing.assert_close(scores, manual)
-    assert all(curves[order][-1] == pytest.approx(end) for order in ("random", "uncertainty", "expected_change"))
 
 
 @pytest.mark.parametrize("layer", [{}, {"concept_activation": "probs"}, {"concept_layer": "embedding"}])

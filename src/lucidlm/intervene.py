@@ -121,8 +121,8 @@ def expected_change_scores(model, states) -> torch.Tensor:
     distributions before and after a person sets k to v, as the curves and ``intervene`` set it
     (``corrections_of``). A concept read as logits set to the value the model already predicts is
     left as it is, so that value adds nothing; a concept embedding (or probabilities) becomes
-    certain, which changes the label only as far as the concept was uncertain. Either way a concept read with certainty is not
-    worth asking about, however much the label reads it."""
+    certain, which changes the label only as far as the concept was uncertain. Either way a
+    concept read with certainty is not worth asking about, however much the label reads it."""
     base = model.intervened_label_logits(states, _missing(states)).softmax(-1)
     probs = [torch.from_numpy(p).to(base.device) for p in concept_probabilities(model, states)]
     scores = torch.zeros(len(base), len(states), device=base.device)

@@ -5,9 +5,10 @@ are taken in an order, at random, most uncertain first (highest entropy of the c
 predicted distribution) or largest expected label change first (``intervene.INTERVENTION_POLICIES``),
 and the first m of them are set to gold, m = 0 … K, as ``intervene`` sets them (``corrections_of``:
 a concept predicted right stays as it is for scalar logits and becomes certain, one-hot, for
-concept embeddings and probabilities). At m = 0 the curve is the task accuracy; at m = K it is the accuracy with
-every wrong concept corrected (``task_gold_concepts`` of ``evaluate``), or, where a confirmed
-concept becomes certain, with every concept forced to gold (``task_forced_concepts``).
+concept embeddings and probabilities). At m = 0 the curve is the task accuracy; at m = K it is
+the accuracy with every wrong concept corrected (``task_gold_concepts`` of ``evaluate``), or,
+where a confirmed concept becomes certain, with every concept forced to gold
+(``task_forced_concepts``).
 
 The random curve is its expectation: the first m concepts of a uniformly random order are a
 uniformly random set of m, so for up to ``EXACT_RANDOM_MAX_CONCEPTS`` concepts it is the mean
