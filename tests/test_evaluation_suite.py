@@ -1,6 +1,7 @@
 """The evaluation suite: each metric's arithmetic on cases computed by hand, the model glue on tiny
 random models, and ``lucidlm evaluate --suite`` end to end."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -551,9 +552,10 @@ def test_cli_evaluate_suite_writes_json_markdown_and_plot(tmp_path, tiny_bert_di
 
 
 def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path, tiny_bert_dir, cebab_dir):
-    """Completeness from its definition; forced and per-concept figures equal the model's own
-    interventions; the CLI reads the black box's accuracy from its run."""
-    from lucidlm.evaluation.honesty import completeness, one_hot_concepts
+    """Completeness from its definition, of the gold concept values and of those the model reads;
+    forced and per-concept figures equal the model's own interventions; the CLI reads the black
+    box's accuracy from its run."""
+    from lucidlm.evaluation.honesty import bottleneck_honesty, completeness, one_hot_concepts
 
     assert completeness(0.52, 0.68, 0.27) == pytest.approx(0.25 / 0.41)
     assert completeness(0.52, 0.27, 0.27) is None  # a black box at chance: nothing to carry
@@ -572,7 +574,17 @@ def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path,
             correction = {name: joint_model.spec.concepts[k].values[value]} if value != MISSING else {}
             hits += joint_model.intervene(text, correction)[0].after.label == joint_model.spec.classes[split.labels[i]]
         assert change == pytest.approx(hits / len(split) - h["task_accuracy"], abs=1e-9)
-    assert "Is the bottleneck honest?" in render_markdown({"joint": results})
+    assert h["completeness_of_predicted_values"] == pytest.approx(
+        (h["predicted_values_accuracy"] - h["chance_accuracy"]) / (0.5 - h["chance_accuracy"]))
+    # The model's own a_c differs from the concept set's only through the values it misreads: with
+    # gold values equal to what it reads, the two are one figure.
+    read = np.stack([logits.argmax(-1) for logits in joint_model.infer(split)["concept_logits"]], axis=1)
+    assert (read != split.concepts).any()  # the tiny model misreads: the case is not trivial
+    as_read = bottleneck_honesty(joint_model, TextOutputs(joint_model), cebab_small.train,
+                                 dataclasses.replace(split, concepts=read), black_box_accuracy=0.5)
+    assert as_read["concept_values_accuracy"] == as_read["predicted_values_accuracy"] == h["predicted_values_accuracy"]
+    markdown = render_markdown({"joint": results})
+    assert "Is the bottleneck honest?" in markdown and f"| {h['predicted_values_accuracy']:.3f} |" in markdown
 
     (tmp_path / "black").mkdir()
     (tmp_path / "black" / "run.json").write_text(json.dumps({"metrics": {"test": {"task": {"accuracy": 0.75}}}}))

@@ -175,17 +175,21 @@ def _honesty_table(results: dict[str, dict]) -> list[str]:
     lines += [
         "Completeness η = (a_c − a_r) / (a_b − a_r) (Yeh et al. 2020): a_c the accuracy of a logistic regression "
         "from the gold concept values alone, a_r chance (the majority class), a_b the black box's accuracy (or the "
-        "model's own). Forced: the model's accuracy with every concept forced to gold. Then the accuracy change "
+        "model's own). Read: the same regression on the concept values the model predicts, and its η (the model's "
+        "own completeness); task accuracy above that a_c is what the label reads beyond the values it passes on. "
+        "Forced: the model's accuracy with every concept forced to gold. Then the accuracy change "
         "when one concept alone is set to gold, as a person's statement sets it (`intervene`).",
         "",
-        "| model | task acc | all concepts forced | a_c | a_r | a_b | completeness | " + " | ".join(names) + " |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(names),
+        "| model | task acc | all concepts forced | a_c | a_c read | a_r | a_b | completeness | completeness read | "
+        + " | ".join(names) + " |",
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(names),
     ]
     for name, h in ran.items():
         changes = [f"{h['accuracy_change_one_concept_corrected'].get(n, float('nan')):+.3f}" for n in names]
         lines.append(f"| {name} | {_f(h['task_accuracy'])} | {_f(h['task_accuracy_all_concepts_forced'])} | "
-                     f"{_f(h['concept_values_accuracy'])} | {_f(h['chance_accuracy'])} | {_f(h['black_box_accuracy'])} "
-                     f"({h['black_box']}) | {_f(h['completeness'])} | " + " | ".join(changes) + " |")
+                     f"{_f(h['concept_values_accuracy'])} | {_f(h.get('predicted_values_accuracy'))} | "
+                     f"{_f(h['chance_accuracy'])} | {_f(h['black_box_accuracy'])} ({h['black_box']}) | "
+                     f"{_f(h['completeness'])} | {_f(h.get('completeness_of_predicted_values'))} | " + " | ".join(changes) + " |")
     return lines + notes + [""]
 
 
