@@ -45,9 +45,10 @@ OVERRIDES = {
                            "learning rate of everything but the backbone (concept layer, label head)"),
     "learning-rate": ("training.learning_rate", "lr", "lr", "peak learning rate of the backbone"),
     "batch-size": ("training.batch_size", "batch", "batch", "batch size"),
+    "epochs": ("training.epochs", "epochs", "epochs", "number of epochs (the learning rate decays over them)"),
     "pooling": ("model.pooling", "pooling", "pooling", "pooling of the backbone's token states (mean, cls, ...)"),
 }
-FLAG_TYPES = {"batch-size": int, "pooling": str}  # the others are floats
+FLAG_TYPES = {"batch-size": int, "epochs": int, "pooling": str}  # the others are floats
 
 
 def shown(value) -> str:
