@@ -248,17 +248,18 @@ def over_seeds(rows: dict) -> list[str]:
         "dev: correction gain": ("dev", gain),
     }
     standard = standard_rows(rows)
-    lines = ["", "Over seeds (mean ± standard deviation, points; paired: the mode's test task accuracy minus "
-             "standard fine-tuning's on the same data set and seeds, mean ± standard error):", "",
-             "| mode | seeds | " + " | ".join(figures) + " | test task acc − standard's, paired |",
-             "|---|---|" + "---|" * (len(figures) + 1)]
+    lines = ["", "Over seeds (mean ± standard deviation, points; paired: the mode's task accuracy minus "
+             "standard fine-tuning's on the same data set, split and seeds, mean ± standard error):", "",
+             "| mode | seeds | " + " | ".join(figures) + " | test task acc − standard's, paired | dev: paired |",
+             "|---|---|" + "---|" * (len(figures) + 2)]
     for name, group in groups.items():
         cells = []
         for split, read in figures.values():
             values = [read(row[split]) for row in group]
             cells.append("–" if None in values else f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}")
-        paired = paired_with_standard(standard, group)
-        cells.append("–" if paired is None else f"{signed_points(paired[0])} ± {100 * paired[1]:.1f}")
+        for split in ("test", "dev"):
+            paired = paired_with_standard(standard, group, split)
+            cells.append("–" if paired is None else f"{signed_points(paired[0])} ± {100 * paired[1]:.1f}")
         seeds = ", ".join(str(row["config"]["training"]["seed"]) for row in group)
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
     return lines
@@ -273,13 +274,14 @@ def standard_rows(rows: dict) -> dict[tuple[str, int], dict]:
             if ready(row) and row["config"]["model"].get("family") == "standard"}
 
 
-def paired_with_standard(standard: dict[tuple[str, int], dict], group: list[dict]) -> tuple[float, float] | None:
-    """Test task accuracy of ``group``'s runs minus standard fine-tuning's (``standard_rows``) on the
-    same data set (its test rows) and seed (``paired_difference``; None for standard fine-tuning
-    itself)."""
+def paired_with_standard(standard: dict[tuple[str, int], dict], group: list[dict],
+                         split: str = "test") -> tuple[float, float] | None:
+    """Task accuracy on ``split`` of ``group``'s runs minus standard fine-tuning's (``standard_rows``)
+    on the same data set (its rows of that split) and seed (``paired_difference``; None for standard
+    fine-tuning itself)."""
     if group[0]["config"]["model"].get("family") == "standard":
         return None
-    return paired_difference([row["test"]["task"]["accuracy"] - standard[key]["test"]["task"]["accuracy"] for row in group
+    return paired_difference([row[split]["task"]["accuracy"] - standard[key][split]["task"]["accuracy"] for row in group
                               if (key := (row["config"]["data"]["source"], row["config"]["training"]["seed"])) in standard])
 
 
