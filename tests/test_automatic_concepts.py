@@ -52,8 +52,39 @@ def test_scores_are_cosines_of_the_real_sentence_model_cached_on_disk(tmp_path, 
     assert scores.argmax(1).tolist() == [0, 1, 2]  # each text is closest to the statement it supports
     assert len(list((tmp_path / "concept_scores").glob("*.safetensors"))) == 1
 
-    monkeypatch.setattr(ac, "_scorer", lambda name: pytest.fail("a cached scoring loaded the model"))
+    monkeypatch.setattr(ac, "_scorer", lambda *args: pytest.fail("a cached scoring loaded the model"))
     np.testing.assert_array_equal(concept_scores(texts, STATEMENTS, cache_dir=str(tmp_path)), scores)
+
+
+def test_the_score_cache_follows_the_scorer_files_not_its_name(tmp_path, tiny_bert_dir):
+    """Overwrite a scorer's weights under the same name: its scores are computed again, and
+    equal a fresh scoring by the new weights (the cache had brought back the old ones)."""
+    import shutil
+
+    import torch
+    import transformers
+
+    scorer = tmp_path / "scorer"
+    shutil.copytree(tiny_bert_dir, scorer)
+    texts = ["The pasta was delicious.", "The waiter was slow."]
+    before = concept_scores(texts, STATEMENTS, scorer=str(scorer), cache_dir=str(tmp_path / "cache"))
+    torch.manual_seed(1)
+    transformers.BertModel(transformers.BertConfig.from_pretrained(scorer)).save_pretrained(scorer)
+    after = concept_scores(texts, STATEMENTS, scorer=str(scorer), cache_dir=str(tmp_path / "cache"))
+    fresh = concept_scores(texts, STATEMENTS, scorer=str(scorer), cache_dir=str(tmp_path / "other-cache"))
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, fresh, atol=1e-6)
+    assert len(list((tmp_path / "cache" / "concept_scores").glob("*.safetensors"))) == 2
+
+
+def test_text_pairs_are_refused_not_scored_by_their_first_text(cebab_small):
+    from dataclasses import replace
+
+    from lucidlm.data.automatic_concepts import with_automatic_concepts
+
+    paired = replace(cebab_small, train=replace(cebab_small.train, text_pairs=list(cebab_small.train.texts)))
+    with pytest.raises(LucidError, match="the train split has text pairs; statements are scored against single texts"):
+        with_automatic_concepts(paired, {"statements": "cebab"})
 
 
 def test_correction_zeroes_statements_of_other_classes_and_clips_negatives():

@@ -76,7 +76,33 @@ def test_evaluate_predict_intervene(trained_run):
     assert result["after"]["concepts"]["food"]["value"] == "Positive"
 
     table = lucidlm("intervene", run_dir, TEXT, "--set", "service=Negative")
-    assert table.exit_code == 0 and "before" in table.stdout and "service" in table.stdout
+    assert table.exit_code == 0 and "before" in table.stdout and "service (set)" in table.stdout
+    after = result["after"]["label"]  # the same correction as the JSON one above but for food
+    plain = lucidlm("intervene", run_dir, TEXT, "--set", "service=Negative", "--set", "food=Positive").stdout
+    assert ("changes the label from" if result["label_changed"] else f"leaves the label at {after}") in plain
+    assert "setting service=Negative, food=Positive" in plain
+
+
+def test_a_long_text_is_read_as_training_reads_it_and_the_cli_says_so(trained_run):
+    run_dir, _ = trained_run
+    long = "word " * 600
+    predicted = json.loads(lucidlm("predict", run_dir, long, "--json").stdout)[0]
+    assert predicted["truncated"] and (predicted["tokens_read"], predicted["tokens_total"]) == (128, 602)
+    plain = lucidlm("predict", run_dir, long).stdout.replace("\n", " ")
+    assert "the model read the first 128 of this text's 602 tokens" in plain
+    assert "read the first" not in lucidlm("predict", run_dir, TEXT).stdout
+
+
+def test_token_bars_show_their_sign_and_contribution_is_explained(trained_run):
+    from lucidlm.cli import signed_bar
+
+    assert signed_bar(0.5, 1.0, width=4) == "[green]+██[/]" and signed_bar(-1.0, 1.0, width=4) == "[red]−████[/]"
+    assert signed_bar(0.01, 1.0) == ""
+    run_dir, _ = trained_run
+    explained = lucidlm("explain", run_dir, TEXT)
+    assert explained.exit_code == 0, explained.stderr
+    text = " ".join(explained.stdout.split())
+    assert "+ toward it, − against it" in text and "contribution: what the concept" in text
 
 
 def _bad_config(folder: Path, tiny_config: Path, change) -> Path:
@@ -118,7 +144,6 @@ def test_bad_runs_and_texts(trained_run, tmp_path):
     cases = [
         (("predict", tmp_path, TEXT), "not a saved lucidlm run"),
         (("predict", run_dir, "   "), "text 1 is empty"),
-        (("predict", run_dir, "word " * 600), "tokens long; this model reads at most 128"),
         (("intervene", run_dir, TEXT, "--set", "decor=Positive"), "unknown concept 'decor'"),
         (("intervene", run_dir, TEXT, "--set", "service"), "expected concept=value"),
         (("evaluate", run_dir, "--split", "validation"), "no split 'validation'"),

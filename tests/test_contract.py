@@ -95,6 +95,23 @@ def test_predictions_metrics_and_explanations(fitted, cebab_small):
         assert tokens.special[0] and tokens.special[-1]  # [CLS] … [SEP]
 
 
+def test_a_long_text_gets_the_same_answer_from_predict_and_evaluate(fitted, cebab_small):
+    """predict (so explain and the page) reads what training and evaluate read, the first
+    ``max_length`` tokens, and says it read only part of the text."""
+    _, model = fitted
+    long = " ".join(cebab_small.test.texts[:12])  # several reviews: far past 128 tokens
+    prediction = model.predict([long, TEXT])
+    assert prediction[0].truncated and prediction[0].tokens_read == model.config.max_length == 128
+    assert prediction[0].tokens_total == len(model.tokenizer(long)["input_ids"]) > 128
+    assert not prediction[1].truncated and prediction[1].tokens_read == prediction[1].tokens_total
+    rows = cebab_small.test.select([0, 1])
+    rows.texts = [long, TEXT]
+    logits = torch.as_tensor(model.infer(rows)["label_logits"])
+    for p, row in zip(prediction, logits.softmax(-1)):
+        assert list(p.probabilities.values()) == pytest.approx(row.tolist(), abs=1e-5)
+    assert model.explain(long).prediction.truncated
+
+
 @pytest.mark.parametrize("correction", CORRECTIONS, ids=lambda c: type(c).__name__)
 def test_intervene_or_one_clear_refusal(fitted, correction):
     family, model = fitted

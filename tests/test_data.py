@@ -5,7 +5,8 @@ import pytest
 
 from lucidlm import LucidError, TaskSpec, load_task
 from lucidlm.backbone import load_tokenizer
-from lucidlm.data import MISSING, TextEncoder
+from lucidlm.data import MISSING, Split, TextEncoder
+from lucidlm.data.collate import readable_text
 
 
 def test_cebab_conventions(cebab_dir):
@@ -118,13 +119,30 @@ def test_dynamic_padding_pads_to_the_longest_in_the_batch(cebab_small):
     assert batch["concepts"].shape == (8, 4)
 
 
-def test_user_text_limits():
-    encoder = TextEncoder(load_tokenizer("sentence-transformers/all-MiniLM-L6-v2"), max_length=16, input_limit=32)
+def test_user_texts_are_read_as_training_reads_them():
+    """One text, one reading on every path: the first ``max_length`` tokens (as the training
+    loader), with the text's full length reported; control and format characters removed."""
+    encoder = TextEncoder(load_tokenizer("sentence-transformers/all-MiniLM-L6-v2"), max_length=16)
     with pytest.raises(LucidError, match="text 2 is empty"):
         encoder.batch(["fine", "  "])
-    with pytest.raises(LucidError, match="tokens long; this model reads at most 32"):
-        encoder.batch(["word " * 100])
-    assert encoder.batch(["word " * 20])["input_ids"].shape[1] == 22  # within the limit: not truncated
+    with pytest.raises(LucidError, match="text 1 is empty"):
+        encoder.batch(["\u202e\u200b\x00"])  # nothing a person can read
+    long = encoder.batch(["word " * 100, "word " * 5])
+    assert long["input_ids"].shape[1] == 16 and long["attention_mask"].sum(1).tolist() == [16, 7]
+    assert long["tokens_total"].tolist() == [102, 7]
+    split = Split(texts=["word " * 100], labels=np.zeros(1, dtype=np.int64), concepts=np.zeros((1, 0), dtype=np.int64))
+    trained = next(iter(encoder.loader(split, batch_size=1)))
+    assert trained["input_ids"][0].tolist() == long["input_ids"][0].tolist()
+
+
+@pytest.mark.parametrize("hidden", ["\u202e", "\x00", "\u200b", "\u2066", "\ufeff", "\u00ad"])
+def test_control_and_invisible_characters_do_not_change_what_the_model_reads(hidden):
+    encoder = TextEncoder(load_tokenizer("sentence-transformers/all-MiniLM-L6-v2"), max_length=64)
+    plain = "The food was great, the service slow."
+    marked = plain[:4] + hidden + plain[4:] + hidden
+    assert readable_text(marked) == plain and readable_text("a\tb\nc") == "a\tb\nc"
+    assert encoder.tokenize([marked]) == encoder.tokenize([plain])
+    assert encoder.batch([marked])["input_ids"].tolist() == encoder.batch([plain])["input_ids"].tolist()
 
 
 def test_spec_round_trip(cebab_dir):

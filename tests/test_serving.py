@@ -145,3 +145,69 @@ def test_the_serving_device_is_the_gpu_when_torch_sees_one_and_a_bad_name_is_one
     if not torch.cuda.is_available():
         with pytest.raises(LucidError, match="--device cuda: torch sees no GPU here; use --device cpu"):
             serving_device("cuda")
+
+
+def test_cancelled_requests_never_take_the_model_worker_down(model):
+    """A request cancelled while it waits (its client went away) is skipped; the worker answers the
+    next ones, over the API too, and /api/health says it is alive."""
+    app = create_app(model, limits=ServingLimits(max_wait=0.05))
+    worker = app.state.service.worker
+    release, started = threading.Event(), threading.Event()
+
+    def busy(_):
+        started.set()
+        release.wait(30)
+
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        worker.submit(busy, None)
+        assert started.wait(10)
+        single = worker.submit(lambda _: "never", None)
+        batched = [app.state.service.predict(text) for text in TEXTS[:3]]
+        assert single.cancel() and batched[0].cancel() and batched[2].cancel()
+        release.set()
+        assert batched[1].result(timeout=30)["text"] == TEXTS[1]  # its batch-mates were cancelled
+        # A client that gives up mid-request: its job is cancelled while the worker is busy.
+        started.clear(), release.clear()
+        worker.submit(busy, None)
+        assert started.wait(10)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/api/predict", json={"text": TEXTS[0]}, timeout=0.3)
+        release.set()
+        assert client.post("/api/predict", json={"text": TEXTS[4]}).status_code == 200
+        health = client.get("/api/health")
+        assert health.status_code == 200 and health.json()["alive"] and health.json()["waiting"] == 0
+
+
+def test_health_is_503_when_the_worker_has_stopped(model):
+    app = create_app(model)
+    app.state.service.close()
+    from fastapi.testclient import TestClient
+
+    answer = TestClient(app).get("/api/health")
+    assert answer.status_code == 503 and answer.json()["alive"] is False
+
+
+def test_a_taken_port_is_one_line_before_any_serving_line(tiny_runs):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from lucidlm.cli import app as cli
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        result = CliRunner().invoke(cli, ["serve", str(tiny_runs["joint"]), "--port", str(port)])
+    finally:
+        taken.close()
+    assert result.exit_code == 1 and "serving" not in result.stdout
+    assert result.stderr.strip() == f"error: port {port} on 127.0.0.1 is already in use (another server?); choose another with --port"
+
+
+def test_the_page_answers_head(model):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(model))
+    assert client.head("/").status_code == 200 and client.head("/static/app.js").status_code == 200

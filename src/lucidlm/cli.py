@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import LucidError
+from .explain.explanation import CONTRIBUTION_MEANING
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 out = Console()
@@ -321,14 +322,12 @@ def demo(
         out.print(f"a {model.family} model has no concepts to correct (concept models: configs/cebab-joint.yaml)")
         return
     show_explanation(replace(explanation, tokens=[]))  # the concepts; token scores: lucidlm explain
-    show_intervention(result)
-    change = (f"changes the label from {result.before.label} to {result.after.label}" if result.label_changed
-              else f"leaves the label at {result.after.label}")
-    setting = ", ".join(f"{k}={v}" for k, v in result.interventions.items())
-    out.print(f"{escape(title)}: {escape(setting)} {change} (gold {escape(str(gold_label))})")
+    show_intervention(result, f"{title}: ", f" (gold {gold_label})")
 
 
-def show_intervention(result) -> None:
+def show_intervention(result, lead: str = "", tail: str = "") -> None:
+    """Before and after; the concepts the person set are marked "(set)" (plain text has no colour),
+    and one sentence says whether the label changed."""
     table = Table(title=escape(result.text), title_justify="left")
     table.add_column("")
     table.add_column("before")
@@ -336,9 +335,15 @@ def show_intervention(result) -> None:
     table.add_row("label", _label_cell(result.before), _label_cell(result.after), style="bold")
     for name in result.before.concepts:
         b, a = result.before.concepts[name], result.after.concepts[name]
-        table.add_row(name, f"{b.value} ({b.probabilities[b.value]:.2f})", f"{a.value} ({a.probabilities[a.value]:.2f})",
-                      style="yellow" if name in result.interventions else None)
+        was_set = name in result.interventions
+        table.add_row(escape(name) + (" (set)" if was_set else ""), f"{b.value} ({b.probabilities[b.value]:.2f})",
+                      f"{a.value} ({a.probabilities[a.value]:.2f})", style="yellow" if was_set else None)
     out.print(table)
+    show_reading(result.before)
+    setting = ", ".join(f"{k}={v}" for k, v in result.interventions.items())
+    change = (f"changes the label from {result.before.label} to {result.after.label}" if result.label_changed
+              else f"leaves the label at {result.after.label}")
+    out.print(escape(f"{lead}setting {setting} {change}{tail}"), highlight=False)
 
 
 def _label_cell(p) -> str:
@@ -354,6 +359,14 @@ def show_prediction(p) -> None:
     for name, c in p.concepts.items():
         table.add_row(name, c.value, f"{c.probabilities[c.value]:.3f}")
     out.print(table)
+    show_reading(p)
+
+
+def show_reading(p) -> None:
+    """One line when the model read only the start of the text (its ``max_length``)."""
+    if p.truncated:
+        out.print(f"note: the model read the first {p.tokens_read} of this text's {p.tokens_total} tokens "
+                  "(model.max_length; train with a larger one to read more)")
 
 
 def show_explanation(e) -> None:
@@ -366,14 +379,16 @@ def show_explanation(e) -> None:
         for c in e.concepts:
             table.add_row(escape(c.concept), escape(c.value), f"{c.probability:.3f}", f"{c.contribution:+.3f}")
         out.print(table)
+        out.print(CONTRIBUTION_MEANING, highlight=False)
     for attribution in e.tokens:
-        table = Table(title=escape(f"token scores: {attribution.target} ({attribution.method})"), title_justify="left")
+        table = Table(title=escape(f"token scores: {attribution.target} ({attribution.method}); "
+                                   "+ toward it, − against it"), title_justify="left")
         table.add_column("token")
         table.add_column("score", justify="right")
         table.add_column("")
         top = max((abs(s) for s in attribution.scores), default=0.0) or 1.0
         for token, score in zip(attribution.tokens, attribution.scores):
-            table.add_row(escape(token), f"{score:.3f}", "█" * round(20 * abs(score) / top))
+            table.add_row(escape(token), f"{score:+.3f}", signed_bar(score, top))
         out.print(table)
     for match in e.prototypes:
         kind = f", class {match.prototype_class}" if match.prototype_class is not None else ""
@@ -390,6 +405,15 @@ def show_explanation(e) -> None:
         out.print(table)
     if e.subnetworks:
         show_subnetworks(e.subnetworks)
+
+
+def signed_bar(score: float, top: float, width: int = 20) -> str:
+    """A bar as long as |score| (relative to ``top``), led by its sign: a token that argues against
+    the target must not look like one that argues for it, in colour or in plain text."""
+    length = round(width * abs(score) / top)
+    if length == 0:
+        return ""
+    return f"[green]+{'█' * length}[/]" if score > 0 else f"[red]−{'█' * length}[/]"
 
 
 def show_subnetworks(stats: dict) -> None:
@@ -435,13 +459,18 @@ def serve(
 ):
     """Serve a web page and a JSON API over a run: type a text, see the label, concepts, tokens and
     prototypes, change a concept and compare before and after."""
-    from .web.serve import load_app, run_server
+    from .web.serve import listening_socket, load_app, run_server
     from .web.worker import ServingLimits
 
     limits = ServingLimits(queue_size=queue_size, max_batch=max_batch, max_wait=max_wait_ms / 1000, explain_cache=explain_cache)
-    web_app = load_app(run_dir, limits, device)
+    sock = listening_socket(host, port)  # a taken port is one line, before any "serving"
+    try:
+        web_app = load_app(run_dir, limits, device)
+    except BaseException:
+        sock.close()
+        raise
     out.print(f"serving {escape(str(run_dir))} on [bold]http://{host}:{port}[/] (Ctrl+C stops)")
-    run_server(web_app, host, port)
+    run_server(web_app, host, port, sock)
 
 
 @app.command()

@@ -18,12 +18,16 @@ class ModelOutput:
     concept_logits: tuple[torch.Tensor, ...] = ()
     pooled: torch.Tensor | None = None
     concept_states: tuple[torch.Tensor, ...] = ()
+    # Of user texts (``forward_texts``): ``[B]`` tokens the model read, and each text's length.
+    tokens_read: torch.Tensor | None = None
+    tokens_total: torch.Tensor | None = None
 
     def row(self, i: int) -> "ModelOutput":
         """Row ``i`` as a batch of one (SparseCBM's ``pooled`` is ``[K, B, H]``: its batch axis is -2)."""
         one = slice(i, i + 1)
         return ModelOutput(self.label_logits[one], tuple(x[one] for x in self.concept_logits),
-                           None if self.pooled is None else self.pooled[..., one, :], tuple(x[one] for x in self.concept_states))
+                           None if self.pooled is None else self.pooled[..., one, :], tuple(x[one] for x in self.concept_states),
+                           *(None if x is None else x[one] for x in (self.tokens_read, self.tokens_total)))
 
 
 @dataclass
@@ -38,6 +42,11 @@ class Prediction:
     label: str | float
     probabilities: dict[str, float] = field(default_factory=dict)  # empty for regression
     concepts: dict[str, ConceptPrediction] = field(default_factory=dict)
+    # How much of the text the model read: its first ``tokens_read`` of ``tokens_total`` tokens
+    # (the model's ``max_length``, as in training and ``evaluate``); ``truncated`` if not all.
+    tokens_read: int | None = None
+    tokens_total: int | None = None
+    truncated: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import LucidError
+from .collate import readable_text
 from .spec import ConceptSpec, TaskSpec
 from .task import Task
 
@@ -100,18 +101,50 @@ def cache_folder(cache_dir: str | None = None) -> Path:
     return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lucidlm") / "concept_scores"
 
 
+SCORER_MAX_LENGTH = 256  # tokens of a text the scorer reads
+SCORE_RECIPE = f"mean-pooled, L2-normalised, cosine; max_length {SCORER_MAX_LENGTH}; readable_text"  # in every cache key
+
+
+def scorer_fingerprint(scorer: str) -> str:
+    """A digest of the scorer's files (weights, config, tokenizer): overwritten weights or a changed
+    tokenizer give another cache key, where its name alone would bring back the old scores."""
+    from ..backbone import resolve_backbone
+
+    folder = Path(resolve_backbone(scorer))
+    if not folder.is_dir():  # a hub name the hub will serve: its files are not here to read
+        return scorer
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return _files_digest(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files), str(folder))
+
+
+@functools.lru_cache(maxsize=8)
+def _files_digest(listing: tuple, folder: str) -> str:
+    """SHA-256 over the names and bytes of the files listed (read again only when a name, size or
+    modification time changes)."""
+    digest = hashlib.sha256()
+    for path, _, _ in listing:
+        digest.update(os.path.relpath(path, folder).encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def concept_scores(texts: list[str], statements: list[Statement], scorer: str = DEFAULT_SCORER,
                    cache_dir: str | None = None, batch_size: int = 64) -> np.ndarray:
     """``[N, C]`` cosine similarities of the texts' and the statements' sentence embeddings,
-    read from the cache when this (texts, scorer, statements) was scored before."""
-    key = hashlib.sha256(json.dumps([scorer, [s.text for s in statements], texts]).encode()).hexdigest()
+    read from the cache when these texts and statements were scored before by the same scorer
+    files with the same recipe (``scorer_fingerprint``, ``SCORE_RECIPE``)."""
+    texts = [readable_text(t) for t in texts]  # as the models read them
+    fingerprint = scorer_fingerprint(scorer)
+    key = hashlib.sha256(json.dumps([fingerprint, SCORE_RECIPE, [s.text for s in statements], texts]).encode()).hexdigest()
     path = cache_folder(cache_dir) / f"{key}.safetensors"
     if path.is_file():
         try:
             return load_file(str(path))["scores"].numpy()
         except (SafetensorError, OSError, KeyError):
             pass  # a damaged cache entry is computed again
-    model, tokenizer = _scorer(scorer)
+    model, tokenizer = _scorer(scorer, fingerprint)
     embed = lambda items: _embeddings(model, tokenizer, items, batch_size)  # noqa: E731
     scores = (embed(texts) @ embed([s.text for s in statements]).T).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +155,8 @@ def concept_scores(texts: list[str], statements: list[Statement], scorer: str = 
 
 
 @functools.lru_cache(maxsize=2)
-def _scorer(name: str):
+def _scorer(name: str, fingerprint: str = ""):
+    """The scorer model, loaded once per name and fingerprint (its files changed: loaded again)."""
     from ..backbone import load_backbone, load_tokenizer
 
     return load_backbone(name).eval(), load_tokenizer(name)
@@ -133,7 +167,8 @@ def _embeddings(model, tokenizer, texts: list[str], batch_size: int) -> torch.Te
     """Mean-pooled, L2-normalised sentence embeddings (sentence-transformers' recipe for MiniLM)."""
     out = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt")
+        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=SCORER_MAX_LENGTH,
+                          return_tensors="pt")
         hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9), dim=-1))
@@ -142,7 +177,7 @@ def _embeddings(model, tokenizer, texts: list[str], batch_size: int) -> torch.Te
 
 def statement_embeddings(texts: list[str], scorer: str = DEFAULT_SCORER) -> torch.Tensor:
     """The scorer's normalised sentence embeddings of ``texts`` (e.g. the statements themselves)."""
-    model, tokenizer = _scorer(scorer)
+    model, tokenizer = _scorer(scorer, scorer_fingerprint(scorer))
     return _embeddings(model, tokenizer, texts, 64)
 
 
@@ -164,6 +199,10 @@ def with_automatic_concepts(task: Task, options: dict | AutomaticConcepts) -> Ta
         from ..config import from_dict
 
         options = from_dict(AutomaticConcepts, options, "data.automatic_concepts")
+    paired = [name for name, split in task.splits().items() if split.text_pairs is not None]
+    if paired:
+        raise LucidError(f"data.automatic_concepts: the {paired[0]} split has text pairs; statements are scored "
+                         "against single texts (a pair's second text would be ignored)")
     statements = read_statements(options.statements, task.spec.classes)
     concepts = tuple(ConceptSpec(s.text, VALUES) for s in statements)
     spec = replace(task.spec, concepts=concepts)

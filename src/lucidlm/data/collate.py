@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -10,43 +12,66 @@ from ..errors import LucidError
 from .task import Split
 
 
+# Characters that change what a model reads without changing what a person sees: control
+# characters (NUL, escapes) and format characters (bidirectional overrides such as U+202E,
+# zero-width spaces and joiners, soft hyphens, byte-order marks). A right-to-left override
+# turned a 5-star review into 1 star; they are removed before tokenising, in training and at
+# inference alike. Tab, newline and carriage return stay: tokenizers read them as spaces.
+_KEPT_CONTROLS = frozenset("\t\n\r")
+
+
+def readable_text(text: str) -> str:
+    """``text`` without its control and format characters (Unicode categories Cc and Cf), which
+    every path removes before tokenising (see ``_KEPT_CONTROLS``)."""
+    if text.isprintable():  # the common case: nothing to remove
+        return text
+    return "".join(c for c in text if c in _KEPT_CONTROLS or unicodedata.category(c) not in ("Cc", "Cf"))
+
+
 class TextEncoder:
-    """Turns texts (or text pairs) into padded batches for one tokenizer and length limit."""
+    """Turns texts (or text pairs) into padded batches for one tokenizer and length limit.
 
-    def __init__(self, tokenizer, max_length: int, input_limit: int | None = None):
+    Every path reads a text the same way: control and format characters removed
+    (``readable_text``), then the first ``max_length`` tokens (the model setting; pairs are
+    truncated longest first). Training, ``evaluate``, ``predict``, ``explain`` and the page
+    therefore give one text one answer; ``batch`` also says how many tokens each text has, so
+    that an answer can say when the model read only part of it."""
+
+    def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
-        self.max_length = max_length  # training rows are truncated to this
-        self.input_limit = input_limit or max_length  # a user's text beyond this is an error
+        self.max_length = max_length
 
-    def tokenize(self, texts, text_pairs=None, truncate: bool = True) -> list[dict]:
-        """Token ids per row. With ``truncate=False`` a text beyond the limit is an error (user input)."""
-        encoded = self.tokenizer(
-            list(texts), list(text_pairs) if text_pairs is not None else None,
-            truncation=truncate, max_length=self.max_length if truncate else None,
-            verbose=False,
-        )
-        rows = [{k: encoded[k][i] for k in ("input_ids", "attention_mask")} for i in range(len(encoded["input_ids"]))]
-        if not truncate:
-            for i, row in enumerate(rows):
-                if len(row["input_ids"]) > self.input_limit:
-                    raise LucidError(
-                        f"text {i + 1} is {len(row['input_ids'])} tokens long; this model reads at most "
-                        f"{self.input_limit}: shorten it"
-                    )
-        return rows
+    def _encode(self, texts, text_pairs, truncate: bool):
+        texts = [readable_text(t) for t in texts]
+        pairs = [readable_text(t) for t in text_pairs] if text_pairs is not None else None
+        return self.tokenizer(texts, pairs, truncation=truncate, max_length=self.max_length if truncate else None,
+                              verbose=False)
+
+    def tokenize(self, texts, text_pairs=None) -> list[dict]:
+        """Token ids per row, truncated to ``max_length``."""
+        encoded = self._encode(list(texts), text_pairs, truncate=True)
+        return [{k: encoded[k][i] for k in ("input_ids", "attention_mask")} for i in range(len(encoded["input_ids"]))]
+
+    def token_counts(self, texts, text_pairs=None) -> list[int]:
+        """How many tokens each text (with its pair) has before truncation."""
+        return [len(ids) for ids in self._encode(list(texts), text_pairs, truncate=False)["input_ids"]]
 
     def pad(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         return self.tokenizer.pad(rows, padding="longest", return_tensors="pt")
 
     def batch(self, texts, text_pairs=None) -> dict[str, torch.Tensor]:
-        """A padded batch of user texts for inference; empty or over-long texts are errors."""
+        """A padded batch of user texts for inference (empty texts are errors), with
+        ``tokens_total`` ``[B]``: each text's length before truncation (``attention_mask``'s row
+        sums are what the model reads)."""
         texts = list(texts)
         if not texts:
             raise LucidError("no text given")
         for i, t in enumerate(texts + list(text_pairs or [])):
-            if not isinstance(t, str) or not t.strip():
+            if not isinstance(t, str) or not readable_text(t).strip():
                 raise LucidError(f"text {i % len(texts) + 1} is empty; expected some words")
-        return self.pad(self.tokenize(texts, text_pairs, truncate=False))
+        batch = self.pad(self.tokenize(texts, text_pairs))
+        batch["tokens_total"] = torch.tensor(self.token_counts(texts, text_pairs))
+        return batch
 
     def loader(self, split: Split, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
         """Batches of ``input_ids``, ``attention_mask``, ``labels``, ``concepts`` (training truncates)."""

@@ -38,6 +38,11 @@ class ConceptContribution:
     contribution: float
 
 
+# What "contribution" means, in the one line every view (CLI, page, report) shows beside it.
+CONTRIBUTION_MEANING = ("contribution: what the concept, as read, adds to the predicted label's score "
+                        "(label-head weight × concept activation); the score is their sum plus a constant")
+
+
 @dataclass
 class TrainingExample:
     text: str

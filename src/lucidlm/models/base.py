@@ -94,7 +94,11 @@ class LucidModel(nn.Module):
         if config.pooling is None:
             config.pooling = default_pooling(backbone.config)
         self.config, self.spec, self.backbone, self.tokenizer = config, spec, backbone, tokenizer
-        self.encoder = TextEncoder(tokenizer, config.max_length, backbone_max_length(backbone, tokenizer))
+        limit = backbone_max_length(backbone, tokenizer)
+        if not 0 < config.max_length <= limit:
+            raise LucidError(f"model.max_length: expected 1..{limit} tokens (the most {config.backbone!r} reads), "
+                             f"found {config.max_length}")
+        self.encoder = TextEncoder(tokenizer, config.max_length)
         self.dropout = nn.Dropout(config.dropout)
         self.hidden_size = backbone.config.hidden_size
         self.training_history: list[dict] = []
@@ -132,10 +136,12 @@ class LucidModel(nn.Module):
     # ---- inference ------------------------------------------------------------------------
     @torch.no_grad()
     def forward_texts(self, texts, text_pairs=None) -> ModelOutput:
-        """One forward pass over user texts (checked: non-empty, within the model's limit)."""
+        """One forward pass over user texts (checked: non-empty), read as training and ``evaluate``
+        read them (``TextEncoder``); the output says how many tokens of each text were read."""
         self.eval()
         batch = self.encoder.batch(texts, text_pairs)
-        return self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+        output = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+        return replace(output, tokens_read=batch["attention_mask"].sum(1), tokens_total=batch["tokens_total"])
 
     def predict(self, texts, pairs=None) -> list[Prediction]:
         """The label (and concepts, for concept models) of each text (with its pair, on pair tasks)."""
@@ -189,7 +195,11 @@ class LucidModel(nn.Module):
         for spec, probs in zip(self.spec.concepts, concept_probs):
             p = probs[i].tolist()
             concepts[spec.name] = ConceptPrediction(spec.values[int(np.argmax(p))], dict(zip(spec.values, p)))
-        return Prediction(text=text, label=label, probabilities=probabilities, concepts=concepts)
+        reading = {}
+        if output.tokens_read is not None:
+            read, total = int(output.tokens_read[i]), int(output.tokens_total[i])
+            reading = {"tokens_read": read, "tokens_total": total, "truncated": read < total}
+        return Prediction(text=text, label=label, probabilities=probabilities, concepts=concepts, **reading)
 
     # ---- training: one skeleton, the family's hooks ----------------------------------------------
     def fit(self, train: Split, eval_data: Split | None = None, config: TrainingConfig | None = None,

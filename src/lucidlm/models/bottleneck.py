@@ -8,7 +8,7 @@ to, is the concept layer's business (``concept_layers``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -225,7 +225,7 @@ class ConceptBottleneckLM(ConceptModel):
         with torch.no_grad():
             changed = self.corrections_of(output.concept_logits, values)
             activations = self.set_concepts(output.concept_states, self.concept_activations(output.concept_states), changed)
-            after = ModelOutput(self.label_from_concepts(activations), output.concept_logits, output.pooled, output.concept_states)
+            after = replace(output, label_logits=self.label_from_concepts(activations))
             probs = overwrite_concepts([logits.softmax(-1) for logits in output.concept_logits], changed)
         return [
             InterventionResult(t, dict(correction.values), self.to_prediction(t, output, i), self.to_prediction(t, after, i, probs))

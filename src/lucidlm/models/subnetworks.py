@@ -155,8 +155,9 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
         self.eval()
         batch = self.encoder.batch([text])
         ids, attention = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        reading = {"tokens_read": batch["attention_mask"].sum(1), "tokens_total": batch["tokens_total"]}
         with torch.no_grad():
-            before = self(ids, attention)
+            before = replace(self(ids, attention), **reading)
         layers = list(self.subnetworks.values())
         with differentiable_masks(layers, k) as masks, torch.enable_grad():
             loss = F.cross_entropy(self.single_concept_logits(ids, attention, k), target)

@@ -2,6 +2,7 @@
 
     GET  /                          the page (HTML, one script, one style sheet; no build step, no CDN)
     GET  /api/info                  family, classes, concepts and their values
+    GET  /api/health                whether the model's worker runs (503 if not), requests waiting
     POST /api/predict               label, probabilities, concepts and their contributions
     POST /api/predict-batch         the same for up to ``MAX_BATCH_TEXTS`` texts in one forward pass
     POST /api/explain               the full ``Explanation``
@@ -80,7 +81,13 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
         return serve
 
     for route, name in (("/", "index.html"), ("/static/app.js", "app.js"), ("/static/style.css", "style.css")):
-        app.add_api_route(route, page(name), methods=["GET"], include_in_schema=False)
+        app.add_api_route(route, page(name), methods=["GET", "HEAD"], include_in_schema=False)
+
+    @app.get("/api/health", response_model=schemas.Health, responses={503: {"model": schemas.Health}})
+    def health():
+        """Whether the model's worker thread runs (503 if it has stopped), and how many requests wait."""
+        state = service.worker.health()
+        return JSONResponse(state, status_code=200 if state["alive"] else 503)
 
     # The endpoints wait for the model's worker without holding a thread.
     @app.get("/api/info", response_model=schemas.Info)

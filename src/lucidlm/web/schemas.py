@@ -102,6 +102,12 @@ class Info(BaseModel):
     max_text_chars: int
 
 
+class Health(BaseModel):
+    alive: bool = Field(description="The model's worker thread runs; when false every model request would fail.")
+    waiting: int = Field(description="Requests waiting for the model.")
+    jobs_done: int = Field(description="Model jobs run since the server started.")
+
+
 class Error(BaseModel):
     detail: str = Field(description="What was wrong, in one line.")
     errors: list[dict] = Field([], description="Each invalid field, as pydantic reports it.")

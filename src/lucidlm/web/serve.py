@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -38,13 +40,34 @@ def serving_device(name: str = "auto"):
     return device
 
 
-def run_server(web_app, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Blocks until the server stops. Listens on localhost unless ``host`` says otherwise."""
-    import uvicorn
-
+def listening_socket(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
+    """A socket bound to ``host:port`` for the server, or one line saying why not (a port taken,
+    an address not on this machine), before anything says it is serving."""
     if not 0 < port < 65536:
         raise LucidError(f"--port: expected a TCP port in 1..65535, found {port}")
-    uvicorn.run(web_app, host=host, port=port, log_level="warning")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise LucidError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise LucidError(f"port {port} on {host} is already in use (another server?); choose another with --port") from None
+        raise LucidError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def run_server(web_app, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket | None = None) -> None:
+    """Blocks until the server stops. Listens on localhost unless ``host`` says otherwise; ``sock``:
+    an already bound socket (``listening_socket``)."""
+    import uvicorn
+
+    sock = sock or listening_socket(host, port)
+    uvicorn.Server(uvicorn.Config(web_app, log_level="warning")).run(sockets=[sock])
 
 
 @contextmanager

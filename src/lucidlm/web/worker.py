@@ -5,16 +5,20 @@ intervention edits masks in place) and runs every model call, fed by a bounded q
   first) run as one batched forward pass of at most ``max_batch`` texts, as model servers do.
 - Back-pressure: when ``queue_size`` requests already wait, a new one is refused at once
   (``Overloaded``: HTTP 503 with Retry-After) instead of waiting without bound.
+- Nothing a job does takes the thread down: a job whose request was cancelled (the client went
+  away) before it started is skipped, a failure is that job's answer, and ``health`` says whether
+  the thread is alive (``/api/health``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,6 +33,7 @@ class ServingLimits:
     retry_after: int = 1  # seconds, in a 503's Retry-After
 
 
+log = logging.getLogger(__name__)
 STOP = object()  # queued by ``close``
 TRIM_EVERY = 4  # jobs between returns of freed heap memory to the system
 
@@ -76,6 +81,10 @@ class ModelWorker:
         self.jobs.put(STOP)
         self.thread.join(timeout=10)
 
+    def health(self) -> dict:
+        """Whether the model thread runs, how many requests wait, and how many jobs it has run."""
+        return {"alive": self.thread.is_alive(), "waiting": self.jobs.qsize(), "jobs_done": self.jobs_done}
+
     def _serve(self) -> None:
         waiting = None
         while True:
@@ -83,25 +92,38 @@ class ModelWorker:
             waiting = None
             if job is STOP:
                 return
-            self.jobs_done += 1
-            if self.trim is not None and self.jobs_done % TRIM_EVERY == 0:
-                self.trim(0)
-            if not job.batched:
+            try:
+                waiting = self._run(job)
+            except Exception:  # a bug in the worker itself: log it, keep serving the others
+                log.exception("the model worker failed on a job")
+
+    def _run(self, job: Job):
+        """Run ``job`` (with the batched jobs that follow it); returns a job taken from the queue
+        that belongs to no batch, to run next."""
+        self.jobs_done += 1
+        if self.trim is not None and self.jobs_done % TRIM_EVERY == 0:
+            self.trim(0)
+        if not job.batched:
+            if _start(job):
                 _settle([job], lambda: [job.run(job.item)])
-                continue
-            batch = [job]
-            deadline = time.monotonic() + self.limits.max_wait
-            while len(batch) < self.limits.max_batch:
-                try:
-                    following = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if following is not STOP and following.batched and following.run == job.run:
-                    batch.append(following)
-                else:  # another kind of request (or STOP) comes after this batch
-                    waiting = following
-                    break
+            return None
+        batch, following = [job], None
+        deadline = time.monotonic() + self.limits.max_wait
+        while len(batch) < self.limits.max_batch:
+            try:
+                following = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                following = None
+                break
+            if following is not STOP and following.batched and following.run == job.run:
+                batch.append(following)
+                following = None
+            else:  # another kind of request (or STOP) comes after this batch
+                break
+        batch = [j for j in batch if _start(j)]
+        if batch:
             self._run_batch(batch)
+        return following
 
     @staticmethod
     def _run_batch(batch: list[Job]) -> None:
@@ -112,7 +134,23 @@ class ModelWorker:
                 _settle([job], lambda job=job: job.run([job.item]))
             return
         for job, result in zip(batch, results):
-            job.future.set_result(result)
+            _resolve(job.future, result=result)
+
+
+def _start(job: Job) -> bool:
+    """Mark the job's future running; False if its request was cancelled while it waited."""
+    return job.future.set_running_or_notify_cancel()
+
+
+def _resolve(future: Future, result=None, error: BaseException | None = None) -> None:
+    """Give a future its answer; one that can no longer take it (cancelled, already settled) is left."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 def _settle(jobs: list[Job], compute: Callable[[], list]) -> None:
@@ -120,7 +158,7 @@ def _settle(jobs: list[Job], compute: Callable[[], list]) -> None:
         results = compute()
     except Exception as e:
         for job in jobs:
-            job.future.set_exception(e)
+            _resolve(job.future, error=e)
         return
     for job, result in zip(jobs, results):
-        job.future.set_result(result)
+        _resolve(job.future, result=result)
