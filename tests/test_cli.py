@@ -59,6 +59,12 @@ def test_evaluate_predict_intervene(trained_run):
     evaluated = lucidlm("evaluate", run_dir, "--split", "test", "--json")
     assert evaluated.exit_code == 0, evaluated.stderr
     assert json.loads(evaluated.stdout) == trained["metrics"]["test"]
+    calibration = trained["metrics"]["test"]["calibration"]  # a reliability diagram of the test rows
+    saved = json.loads((run_dir / "config.json").read_text())["calibration"]
+    assert sum(b["n"] for b in calibration["bins"]) == 32 and calibration["temperature"] == saved["label"] != 1.0
+    assert saved["fitted_on"] == "dev" and {"ece", "nll"} <= set(trained["metrics"]["test"]["task"])
+    table = " ".join(lucidlm("evaluate", run_dir, "--split", "test").stdout.split())
+    assert f"reliability of the label's probabilities (temperature {saved['label']:.3f}" in table
 
     predicted = lucidlm("predict", run_dir, TEXT, "Rude staff.", "--json")
     assert predicted.exit_code == 0, predicted.stderr
@@ -314,6 +320,43 @@ def test_the_main_job_ends_with_a_demo_that_fits_the_family(kind, tiny_runs):
     assert f"gold {demo['gold_label']}" in lucidlm(*commands[-1]).stdout
 
 
+def test_the_showcase_is_a_checkable_row_where_the_policy_s_first_question_fixes_the_label(tiny_runs, cebab_dir):
+    """Derived again through the public API, row by row: a showcase row's first concept in the
+    expected-change order is misread, and setting it alone to gold moves the label to gold; rows a
+    person can check (unedited, annotators agreed) come first; an edited row never leads when a
+    checkable one exists."""
+    from lucidlm import load_pretrained, load_task
+    from lucidlm.intervene import INTERVENTION_POLICIES, showcase_corrections
+
+    model = load_pretrained(tiny_runs["joint"])
+    split = load_task("cebab", path=cebab_dir).test.sample(300, seed=1)
+    shown = showcase_corrections(model, split, count=len(split))
+    assert sorted(s.row for s in shown) == list(range(len(split)))  # every row, each once, best first
+
+    def fixes(i) -> tuple[bool, bool]:
+        output = model.forward_texts([split.texts[i]])
+        first = INTERVENTION_POLICIES.get("expected_change")(model, output.concept_states)[0][0]
+        concept = model.spec.concepts[first]
+        gold = split.concepts[i, first]
+        if gold < 0 or model.predict(split.texts[i])[0].concepts[concept.name].value == concept.values[gold]:
+            return False, False
+        result = model.intervene(split.texts[i], {concept.name: concept.values[gold]})[0]
+        gold_label = model.spec.classes[split.labels[i]]
+        fixed = result.before.label != gold_label and result.after.label == gold_label
+        return fixed, fixed and split.annotations.unanimous(i, first)
+
+    tiers = [fixes(s.row) for s in shown[:20]]
+    assert any(fixed for fixed, _ in tiers), "the tiny model fixes no row: the case is not tested"
+    ranks = [0 if checkable else 1 if fixed else 2 for fixed, checkable in tiers]
+    assert ranks == sorted(ranks)
+    if ranks[0] == 0:
+        assert not split.annotations.edited[shown[0].row]
+    for s, (fixed, _) in zip(shown, tiers):
+        if fixed:
+            assert s.concept is not None and s.value == model.spec.concept(s.concept).values[
+                split.concepts[s.row, model.spec.concept_names.index(s.concept)]]
+
+
 def test_a_csv_task_trains_with_concept_embeddings_through_the_cli(tmp_path, tiny_bert_dir):
     rows = ["review,stars,food,service"]
     for i in range(40):
@@ -335,3 +378,24 @@ def test_a_csv_task_trains_with_concept_embeddings_through_the_cli(tmp_path, tin
     flip = "bad" if before["concepts"]["food"]["value"] == "good" else "good"
     result = json.loads(lucidlm("intervene", tmp_path / "run", "The food was good.", "--set", f"food={flip}", "--json").stdout)
     assert result["after"]["concepts"]["food"]["probabilities"][flip] == 1.0
+
+
+def test_help_is_plain_text_and_lists_every_command():
+    shown = lucidlm("--help")
+    assert shown.exit_code == 0 and "``" not in shown.stdout
+    for command in ("train", "evaluate", "predict", "intervene", "explain", "demo", "serve", "report", "concepts"):
+        assert f" {command} " in shown.stdout, command
+
+
+def test_long_commands_show_their_progress(trained_run, monkeypatch):
+    """evaluate (and demo, report) log progress lines where there is no terminal, as training does;
+    inference inside training stays quiet."""
+    from lucidlm import progress
+
+    monkeypatch.setattr(progress, "LINE_EVERY", 0.0)
+    run_dir, _ = trained_run
+    result = lucidlm("evaluate", run_dir, "--split", "test", "--suite", "faithfulness", "--samples", "3", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "evaluate: rows explained (token faithfulness) 3/3" in result.stderr
+    quiet = list(progress.tracked(range(5), 5, "items"))  # outside shown_progress: nothing shown
+    assert quiet == [0, 1, 2, 3, 4] and len(progress.tracked([], 7, "items")) == 7

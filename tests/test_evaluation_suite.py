@@ -581,10 +581,21 @@ def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path,
     read = np.stack([logits.argmax(-1) for logits in joint_model.infer(split)["concept_logits"]], axis=1)
     assert (read != split.concepts).any()  # the tiny model misreads: the case is not trivial
     as_read = bottleneck_honesty(joint_model, TextOutputs(joint_model), cebab_small.train,
-                                 dataclasses.replace(split, concepts=read), black_box_accuracy=0.5)
+                                 dataclasses.replace(split, concepts=read), black_box_accuracy=0.5, dev=cebab_small.dev)
     assert as_read["concept_values_accuracy"] == as_read["predicted_values_accuracy"] == h["predicted_values_accuracy"]
+    # a_c is the best of the named predictors on dev, refit by hand and scored on the split
+    from lucidlm.evaluation.honesty import CONCEPT_PREDICTORS
+
+    sizes = [len(c.values) for c in joint_model.spec.concepts]
+    x, x_dev = one_hot_concepts(cebab_small.train.concepts, sizes), one_hot_concepts(cebab_small.dev.concepts, sizes)
+    dev_scores = {name: float((make().fit(x, cebab_small.train.labels).predict(x_dev) == cebab_small.dev.labels).mean())
+                  for name, make in CONCEPT_PREDICTORS.items()}
+    assert h["concept_predictor_dev_accuracy"] == dev_scores and len(dev_scores) == 6
+    assert dev_scores[h["concept_predictor"]] == max(dev_scores.values())
+    chosen = CONCEPT_PREDICTORS[h["concept_predictor"]]().fit(x, cebab_small.train.labels)
+    assert h["concept_values_accuracy"] == float((chosen.predict(one_hot_concepts(split.concepts, sizes)) == split.labels).mean())
     markdown = render_markdown({"joint": results})
-    assert "Is the bottleneck honest?" in markdown
+    assert "Is the bottleneck honest?" in markdown and f"joint: {h['concept_predictor']}" in markdown
     assert f"| {h['concept_values_accuracy']:.3f} | {h['predicted_values_accuracy']:.3f} |" in markdown
 
     (tmp_path / "black").mkdir()

@@ -57,9 +57,21 @@ def check_same_settings(path: Path, saved: dict, current: dict, defaults: dict |
     ``defaults``, the behaviour from before the option."""
     flat_saved, flat_current = {**_flatten(defaults or {}), **_flatten(saved)}, _flatten(current)
     for key in sorted(set(flat_saved) | set(flat_current)):
-        if flat_saved.get(key, "(not set)") != flat_current.get(key, "(not set)"):
-            raise LucidError(f"{path}: {key} is {flat_saved.get(key, '(not set)')!r} in the checkpoint and "
-                             f"{flat_current.get(key, '(not set)')!r} now; resume with the checkpoint's settings or start over")
+        then, now = flat_saved.get(key, "(not set)"), flat_current.get(key, "(not set)")
+        if then == now:
+            continue
+        if key.startswith("data."):  # a split's fingerprint (``Split.fingerprint``)
+            raise LucidError(f"{path}: {_changed_split(key[len('data.'):], then, now)}; resume on the same data or start over")
+        raise LucidError(f"{path}: {key} is {then!r} in the checkpoint and {now!r} now; resume with the checkpoint's "
+                         "settings or start over")
+
+
+def _changed_split(split: str, then: str, now: str) -> str:
+    if then == "(not set)":
+        return f"the checkpoint records no {split} split and this run has one"
+    if now == "(not set)":
+        return f"the checkpoint was written with a {split} split and this run has none"
+    return f"the {split} split is not the one the checkpoint was written with (fingerprint {then[:12]} then, {now[:12]} now)"
 
 
 def _flatten(value, prefix: str = "") -> dict:

@@ -1,5 +1,6 @@
-"""The command line: ``lucidlm train | evaluate | predict | intervene | explain | demo``
-(``evaluate --suite``: are the explanations true?).
+"""Interpretable language-model classifiers: train, evaluate, predict, explain, correct (intervene), demo, report, serve and concepts.
+
+Every command is ``lucidlm COMMAND --help``; ``evaluate --suite`` measures whether the explanations are true.
 
 Tables and progress bars for people, ``--json`` for programs. A user error prints one line
 (``error: ...``) and exits with status 1; ``--debug`` shows the traceback instead.
@@ -23,9 +24,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import LucidError
+from .progress import show_progress_lines, shown_progress
 from .explain.explanation import CONTRIBUTION_MEANING
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+# markdown: docstrings' wrapped lines join into paragraphs, as a person reads them
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0], rich_markup_mode="markdown")
 out = Console()
 err = Console(stderr=True)
 STATE = {"debug": False}
@@ -73,7 +76,7 @@ def train(
     Several processes (accelerate launch, torchrun) train it data-parallel; the main one writes."""
     
     from .experiment import read_experiment, run_experiment
-    from .training import process_state, show_progress_lines
+    from .training import process_state
 
     experiment = read_experiment(config, output_dir)
     if experiment.output_dir.exists() and not experiment.output_dir.is_dir():
@@ -124,6 +127,12 @@ def evaluate(
     model, record = load_run(run_dir)
     data = run_data(run_dir, record, config)
     task = load_experiment_task(data)
+    show_progress_lines()
+    with shown_progress("evaluate"):
+        _evaluate(model, task, suites, run_dir, split, output_dir, samples, seed, cebab, data, black_box, as_json, pairs)
+
+
+def _evaluate(model, task, suites, run_dir, split, output_dir, samples, seed, cebab, data, black_box, as_json, pairs) -> None:
     if suites is not None:
         return _evaluate_suites(model, task, suites, run_dir, split, output_dir, samples, seed,
                                 cebab if cebab is not None else _cebab_folder(data), black_box, as_json, data, pairs)
@@ -294,23 +303,27 @@ def demo(
     config: Optional[Path] = typer.Option(None, "--config", help="Read the data from this config instead of the run's."),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Show what a trained model offers on one example of its data. A concept model: a text whose
-    concepts it misreads, explained, then corrected to the gold concepts, with the label before
-    and after. Other families: the example's prediction and explanation."""
+    """Show what a trained model offers on one example of its data. A concept model: a text where the
+    concept its policy would ask about first is misread and correcting it moves the label to the
+    gold one (an unedited review whose annotators agreed, where the data says), explained, then
+    corrected, with the label before and after. Other families: a prediction and its explanation."""
     from .data import MISSING
     from .experiment import load_experiment_task, load_run
-    from .intervene import choose_correction, showcase_row
+    from .intervene import choose_correction, showcase_corrections
     from .models import ConceptModel
 
     model, record = load_run(run_dir)
     rows = load_experiment_task(run_data(run_dir, record, config)).split(split)
     has_concepts = isinstance(model, ConceptModel)
-    i = showcase_row(model, rows) if has_concepts else min(range(min(len(rows), 200)), key=lambda j: (len(rows.texts[j]), j))
-    text, spec = rows.texts[i], model.spec
-    gold_label = float(rows.labels[i]) if spec.is_regression else spec.classes[int(rows.labels[i])]
-    gold = {c.name: (c.values[int(v)] if v != MISSING else None) for c, v in zip(spec.concepts, rows.concepts[i])}
-    explanation = model.explain(text)
-    title, result = choose_correction(model, text, explanation, gold) if has_concepts else (None, None)
+    show_progress_lines()
+    with shown_progress("demo"):
+        showcase = showcase_corrections(model, rows)[0] if has_concepts else None
+        i = showcase.row if has_concepts else min(range(min(len(rows), 200)), key=lambda j: (len(rows.texts[j]), j))
+        text, spec = rows.texts[i], model.spec
+        gold_label = float(rows.labels[i]) if spec.is_regression else spec.classes[int(rows.labels[i])]
+        gold = {c.name: (c.values[int(v)] if v != MISSING else None) for c, v in zip(spec.concepts, rows.concepts[i])}
+        explanation = model.explain(text)
+        title, result = choose_correction(model, text, explanation, gold, showcase) if has_concepts else (None, None)
     if as_json:
         emit_json({"row": int(i), "text": text, "gold_label": gold_label, "gold_concepts": gold,
                    "explanation": explanation.to_dict(), "correction": title,
@@ -431,7 +444,8 @@ def show_subnetworks(stats: dict) -> None:
 def show_metrics(metrics: dict, title: str) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("")
-    names = sorted({k for section in metrics.values() if isinstance(section, dict) for k, v in section.items() if not isinstance(v, dict)})
+    sections = [section for key, section in metrics.items() if isinstance(section, dict) and key != "calibration"]
+    names = sorted({k for section in sections for k, v in section.items() if not isinstance(v, dict)})
     for name in names:
         table.add_column(name, justify="right")
     rows = [("task", metrics["task"])]
@@ -442,6 +456,21 @@ def show_metrics(metrics: dict, title: str) -> None:
         rows += [("task, all concepts forced", metrics["task_forced_concepts"])]
     for label, values in rows:
         table.add_row(label, *(f"{values[n]:.4f}" if n in values else "" for n in names))
+    out.print(table)
+    if "calibration" in metrics:
+        show_reliability(metrics["calibration"], metrics["task"])
+
+
+def show_reliability(calibration: dict, task: dict) -> None:
+    """The reliability diagram as a table: per confidence bin, how often the model is right."""
+    table = Table(title=f"reliability of the label's probabilities (temperature {calibration['temperature']:.3f}; "
+                        f"ECE {task['ece']:.3f}, NLL {task['nll']:.3f})", title_justify="left")
+    for name in ("confidence bin", "rows", "mean confidence", "accuracy", ""):
+        table.add_column(name, justify="left" if name in ("confidence bin", "") else "right")
+    for b in calibration["bins"]:
+        gap = b["accuracy"] - b["confidence"]
+        table.add_row(f"{b['lower']:.2f}–{b['upper']:.2f}", str(b["n"]), f"{b['confidence']:.3f}", f"{b['accuracy']:.3f}",
+                      f"{'over' if gap < 0 else 'under'}confident by {abs(gap):.3f}" if abs(gap) >= 0.005 else "")
     out.print(table)
 
 
@@ -486,7 +515,9 @@ def report(
     matrices, subnetworks or prototypes, evaluation suite results, worked examples."""
     from .web.report import write_report
 
-    written = write_report(run_dir, output or run_dir / "report.html", split=split, limit=limit, examples=examples)
+    show_progress_lines()
+    with shown_progress("report"):
+        written = write_report(run_dir, output or run_dir / "report.html", split=split, limit=limit, examples=examples)
     out.print(f"wrote [bold]{escape(str(written))}[/]")
 
 

@@ -25,7 +25,7 @@ from .data.automatic_concepts import read_statements, with_automatic_concepts
 from .errors import LucidError
 from .models import FAMILIES, LucidModel, load_pretrained
 from .models.base import canonical_family
-from .training import TrainingConfig, process_state
+from .training import TrainingConfig, checkpoint_settings, process_state
 
 SECTIONS = ("data", "model", "training", "output_dir")
 PATH_OPTIONS = ("path", "dev", "test")
@@ -125,7 +125,9 @@ def run_experiment(experiment: Experiment, resume: bool = False) -> tuple[LucidM
     model_options = {k: v for k, v in experiment.model.items() if k != "family"}
     cls = FAMILIES.get(experiment.model.get("family", "bottleneck"))
     model = cls.from_backbone(task=task.spec, seed=experiment.training.seed, **model_options)
-    model.fit(task.train, eval_data=task.dev, config=experiment.training, run_dir=experiment.output_dir, resume=resume)
+    # the test split is read after training, for the run's record: a checkpoint resumes on the same one only
+    with checkpoint_settings({"data": {"test": task.test.fingerprint()}} if task.test is not None else {}):
+        model.fit(task.train, eval_data=task.dev, config=experiment.training, run_dir=experiment.output_dir, resume=resume)
     metrics = {name: model.evaluate(split, experiment.training.eval_batch_size)
                for name, split in (("dev", task.dev), ("test", task.test)) if split is not None}
     if processes.is_main_process:

@@ -95,7 +95,8 @@ def uncertainty_order(concept_probs: list[np.ndarray]) -> np.ndarray:
 
 
 def concept_probabilities(model, states) -> list[np.ndarray]:
-    return [logits.softmax(-1).detach().cpu().numpy() for logits in model.concept_logits_of(states)]
+    """Each concept's probabilities (calibrated: ``LucidModel.concept_probabilities``)."""
+    return [p.detach().cpu().numpy() for p in model.concept_probabilities(model.concept_logits_of(states))]
 
 
 @INTERVENTION_POLICIES.register("random")
@@ -142,27 +143,67 @@ def _missing(states) -> torch.Tensor:
 # ---- showing what a correction does ------------------------------------------------------------
 
 
-def showcase_row(model, split, batch_size: int = 64) -> int:
-    """The row of ``split`` that best shows a correction: the model misreads a concept there and
-    setting the misread concepts to gold changes its label to the gold one; failing that, changes
-    its label; failing that, any misread concept; failing that, the first row. Shortest text first
-    among equals (it is shown to a person)."""
+@dataclass(frozen=True)
+class Showcase:
+    """A row worth showing a person, and the correction to show on it: ``concept`` set to its gold
+    ``value`` (None: the model misreads nothing there that moves its label)."""
+
+    row: int
+    concept: str | None = None
+    value: str | None = None
+
+
+def showcase_corrections(model, split, count: int = 1, batch_size: int = 64) -> list[Showcase]:
+    """Up to ``count`` rows of ``split`` that show what a correction is for, best first: the concept
+    the model's own policy (expected label change) would ask about first is misread, and setting
+    it alone to its gold value moves the label to the gold one. Among those, first rows a person
+    can check (``Annotations.unanimous``: an unedited review whose annotators agreed on that
+    concept and on the label); then the others; then rows where the policy's first misread
+    concept is corrected whatever it does; then any rows. Shortest text first among equals."""
     inferred = model.infer(split, batch_size)
+    states = [torch.from_numpy(s).to(model.device) for s in inferred["concept_states"]]
+    n, k_count = split.concepts.shape
+    if n == 0:
+        return []
+    order = INTERVENTION_POLICIES.get("expected_change")(model, states)
     predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
-    known = split.concepts != MISSING
-    misread = ((predicted != split.concepts) & known).any(1)
-    before, after = inferred["label_logits"].argmax(-1), inferred["gold_concept_label_logits"].argmax(-1)
-    preference = [misread & (before != after) & (after == split.labels), misread & (before != after), misread]
-    for rows in preference:
-        if rows.any():
-            return min(np.flatnonzero(rows), key=lambda i: (len(split.texts[i]), i))
-    return 0
+    misread = (predicted != split.concepts) & (split.concepts != MISSING)
+    # each row's first misread concept in the policy's order, and whether the policy asks it first
+    first = np.array([next((k for k in order[i] if misread[i, k]), -1) for i in range(n)])
+    asked_first = first == order[:, 0]
+    values = torch.full((n, k_count), MISSING, dtype=torch.long, device=model.device)
+    rows = np.flatnonzero(first >= 0)
+    values[rows, first[rows]] = torch.as_tensor(split.concepts[rows, first[rows]], device=model.device)
+    with torch.no_grad():
+        after = model.intervened_label_logits(states, values).argmax(-1).cpu().numpy()
+    before = inferred["label_logits"].argmax(-1)
+    fixes = (first >= 0) & asked_first & (before != split.labels) & (after == split.labels)
+    checkable = np.array([fixes[i] and split.annotations is not None and split.annotations.unanimous(i, first[i])
+                          for i in range(n)], dtype=bool)
+    chosen: list[int] = []
+    for tier in (checkable, fixes, first >= 0, np.ones(n, dtype=bool)):
+        for i in sorted(np.flatnonzero(tier), key=lambda i: (len(split.texts[i]), i)):
+            if len(chosen) < count and i not in chosen:
+                chosen.append(int(i))
+    out = []
+    for i in chosen:
+        if first[i] < 0:
+            out.append(Showcase(i))
+        else:
+            concept = model.spec.concepts[first[i]]
+            out.append(Showcase(i, concept.name, concept.values[int(split.concepts[i, first[i]])]))
+    return out
 
 
-def choose_correction(model, text: str, explanation, gold_values: dict[str, str | None]) -> tuple[str, "InterventionResult"]:
-    """The misread concepts of ``text`` set to their gold values; when the model misread none, its
-    most contributing concept set to the value that lowers the predicted label's probability most.
-    Returns a title saying which, and the intervention's before and after."""
+def choose_correction(model, text: str, explanation, gold_values: dict[str, str | None],
+                      showcase: Showcase | None = None) -> tuple[str, "InterventionResult"]:
+    """The correction to show on ``text``: the showcase's concept set to its gold value (the one the
+    model would ask about first); without one, the misread concepts set to their gold values;
+    when the model misread none, its most contributing concept set to the value that lowers the
+    predicted label's probability most. Returns a title saying which, and the before and after."""
+    if showcase is not None and showcase.concept is not None:
+        return (f"Checking first what the model would ask about first, {showcase.concept}",
+                model.intervene([text], ConceptValues({showcase.concept: showcase.value}))[0])
     corrections = {c.concept: gold_values[c.concept] for c in explanation.concepts
                    if gold_values.get(c.concept) not in (None, c.value)}
     if corrections:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
+from .calibration import calibration_figures
 from .data.task import MISSING
 
 
@@ -40,10 +41,12 @@ def concept_metrics(gold: np.ndarray, predicted: np.ndarray, names: list[str]) -
 
 
 def task_metrics(spec, gold: np.ndarray, label_logits: np.ndarray) -> dict[str, float]:
-    """Metrics of a task from its label logits: argmax for classes, the value for regression."""
+    """Metrics of a task from its label logits: argmax for classes (with the calibration of their
+    probabilities: ECE over 15 bins, NLL), the value for regression."""
     if spec.is_regression:
         return regression_metrics(gold, label_logits[:, 0])
-    return classification_metrics(gold, label_logits.argmax(-1))
+    figures = calibration_figures(label_logits, gold)
+    return {**classification_metrics(gold, label_logits.argmax(-1)), "ece": figures["ece"], "nll": figures["nll"]}
 
 
 def selection_score(metrics: dict) -> float:

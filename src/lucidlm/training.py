@@ -8,6 +8,15 @@ the same config takes the same steps on any number of processes. Given a run fol
 checkpoints its whole state there (``checkpoints``) at every epoch end and every
 ``checkpoint_steps``, and a resumed run ends with the weights an uninterrupted one would have.
 Only the main process writes files and reports progress.
+
+Random numbers: what must agree across processes is drawn before the loop from the shared seed
+(a model's initialisation, ``before_training``'s draws) or from generators of its own (the data
+order: every process shuffles alike, then takes its share of each global batch). The draws of the
+training steps (dropout, RandInt, mixup, IntCEM) come from each process's own seed,
+``process_seed(seed, process)``, ``seed`` itself for process 0: one process trains exactly as it
+did before there was a per-process seed. A draw that decides what the whole step computes (which
+counterfactual pairs) is made by process 0 and shared (``same_on_every_process``). A checkpoint
+keeps every process's generators; after the loop every process continues process 0's.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import os
 import random
 import sys
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -34,11 +45,11 @@ from .checkpoints import (
     save_checkpoint, set_rng_state,
 )
 from .errors import LucidError
+from .progress import progress_log, show_progress_lines  # noqa: F401 (show_progress_lines: the CLI's)
 
 log = logging.getLogger(__name__)
-# Progress lines for logs (not a terminal): emitted here, shown by whoever configures this logger
-# (the CLI writes it to stderr: ``show_progress_lines``).
-progress_log = logging.getLogger("lucidlm.progress")
+# Progress lines for logs (not a terminal) go to ``progress.progress_log``, shown by whoever
+# configures it (the CLI writes it to stderr: ``show_progress_lines``).
 TRAINING_LOG = "training_log.jsonl"  # in the run folder: one JSON record per logged step and per epoch
 
 
@@ -58,9 +69,10 @@ class TrainingConfig:
     log_steps: int = 50
     checkpoint_steps: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
     trackers: list[str] = field(default_factory=list)  # Accelerate trackers, e.g. ["tensorboard"] or ["wandb"]
+    calibrate: bool = True  # after training, fit temperatures on dev (``calibration``; the loop is unchanged)
 
-    # Settings that change nothing a run learns: a checkpoint resumes under other values of these.
-    reporting_fields = ("progress", "log_steps", "checkpoint_steps", "trackers")
+    # Settings that change nothing the loop learns: a checkpoint resumes under other values of these.
+    reporting_fields = ("progress", "log_steps", "checkpoint_steps", "trackers", "calibrate")
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size", "log_steps"):
@@ -73,16 +85,6 @@ class TrainingConfig:
 
     def learning_settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.reporting_fields}
-
-
-def show_progress_lines(stream=None) -> None:
-    """Write training's progress lines (``progress_log``) to ``stream`` (stderr), once."""
-    if not progress_log.handlers:
-        handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        progress_log.addHandler(handler)
-        progress_log.setLevel(logging.INFO)
-        progress_log.propagate = False
 
 
 def process_state() -> PartialState:
@@ -118,6 +120,18 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def process_seed(seed: int, process: int, step: int = 0) -> int:
+    """The seed of process ``process``'s draws in the training steps. Process 0 from the start:
+    ``seed`` itself (one process draws what it always drew). Otherwise the first 32-bit word of
+    NumPy's ``SeedSequence((seed, process, step))``: a hash, so the processes' streams are
+    unrelated to one another and to other seeds' (an offset such as ``seed + process`` would make
+    process 1 of seed 0 draw what process 0 of seed 1 draws). ``step`` > 0: a process resuming a
+    checkpoint that holds no generators of its own (one written by fewer processes)."""
+    if process == 0 and step == 0:
+        return seed
+    return int(np.random.SeedSequence((seed, process, step)).generate_state(1)[0])
+
+
 class TrainingHooks:
     """What a family may do around each optimizer step (SparseCBM's pruner does all of it).
     ``step`` counts optimizer steps from 0 over the whole run."""
@@ -143,13 +157,70 @@ class TrainingHooks:
         pass
 
 
+def processes_together() -> int:
+    """How many processes train together (1 outside ``accelerate launch`` / ``torchrun``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
 def mean_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     """The mean of ``tensor`` over the processes that train together (itself with one)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    if processes_together() > 1:
         tensor = tensor.clone()
         torch.distributed.all_reduce(tensor)
         tensor /= torch.distributed.get_world_size()
     return tensor
+
+
+def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over the processes that train together (itself with one); every
+    process must call it, at the same point."""
+    if processes_together() > 1:
+        tensor = _on_backend_device(tensor.clone())
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def same_on_every_process(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as process 0 holds it, on every process (itself with one): for a draw that
+    decides what the whole step computes, made alike wherever it is used. Every process must call
+    it, at the same point, with a tensor of the same shape and type."""
+    if processes_together() > 1:
+        shared = _on_backend_device(tensor.clone())
+        torch.distributed.broadcast(shared, src=0)
+        tensor = shared.to(tensor.device)
+    return tensor
+
+
+def _on_backend_device(tensor: torch.Tensor) -> torch.Tensor:
+    """NCCL moves GPU tensors only."""
+    if torch.distributed.get_backend() == "nccl" and tensor.device.type != "cuda":
+        return tensor.to(torch.device("cuda", torch.cuda.current_device()))
+    return tensor
+
+
+# Settings that a caller above ``fit`` adds to those a checkpoint must have been written under.
+_CALLER_SETTINGS: ContextVar[dict] = ContextVar("lucidlm_checkpoint_settings", default={})
+
+
+@contextmanager
+def checkpoint_settings(settings: dict):
+    """While the block runs, ``fit_loop`` also records ``settings`` in its checkpoints and resumes
+    only under the same (merged into its own; ``run_experiment`` adds the fingerprint of the test
+    split it reports, which training never reads)."""
+    token = _CALLER_SETTINGS.set(_merged(_CALLER_SETTINGS.get(), settings))
+    try:
+        yield
+    finally:
+        _CALLER_SETTINGS.reset(token)
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 @dataclass
@@ -186,7 +257,7 @@ def fit_loop(
     checkpoint, which must have been written under the same ``settings`` (model, training, data;
     one it lacks counts at its value in ``setting_defaults``)."""
     hooks = hooks or TrainingHooks()
-    set_seed(config.seed)
+    set_seed(process_seed(config.seed, process_state().process_index))  # the training steps' draws: this process's own
     epochs = config.epochs if epochs is None else epochs
     accelerator = training_accelerator(config, run_dir)
     if config.batch_size % accelerator.num_processes:
@@ -196,15 +267,17 @@ def fit_loop(
     total_steps = epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     shuffling = train_loader.generator  # its state at an epoch's start replays that epoch's order
-    settings = {**(settings or {}), "training": config.learning_settings(), "stage": desc}
+    settings = _merged({**(settings or {}), "training": config.learning_settings(), "stage": desc}, _CALLER_SETTINGS.get())
     checkpoints = Checkpoints(Path(run_dir) / CHECKPOINT_DIR, settings, accelerator, setting_defaults) if run_dir is not None else None
     state, best_state, pending_rng = LoopState(), None, None
     if resume:
         if checkpoints is None:
             raise LucidError("resume: give the run folder that holds the checkpoint")
         state, best_state, pending_rng = checkpoints.restore(model, optimizer, scheduler, hooks, shuffling)
+        if pending_rng is None:  # a checkpoint with no generators of this process's (written by fewer processes)
+            pending_rng = ({}, {"seed": process_seed(config.seed, accelerator.process_index, state.step)})
         if state.batches_done == 0:  # at an epoch's start: the generators as they were then
-            set_rng_state(*pending_rng)
+            restore_generators(pending_rng)
             pending_rng = None
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
@@ -219,7 +292,7 @@ def fit_loop(
             if i < state.batches_done:  # resumed mid-epoch: these steps are in the checkpoint
                 continue
             if pending_rng is not None:
-                set_rng_state(*pending_rng)
+                restore_generators(pending_rng)
                 pending_rng = None
             hooks.before_step(state.step)
             loss = loss_fn(model, batch)
@@ -255,10 +328,29 @@ def fit_loop(
             checkpoints.save(state, unwrapped, optimizer, scheduler, hooks, shuffling.get_state() if shuffling is not None else None,
                              best_state)
     report.close()
+    continue_main_generators(accelerator)
     if best_state is not None:
         unwrapped.load_state_dict(best_state)
     unwrapped.eval()
     return state.history
+
+
+def restore_generators(generators: tuple[dict, dict]) -> None:
+    """A process's generators as a checkpoint kept them, or ``({}, {"seed": n})``: seeded with n."""
+    tensors, state = generators
+    if "seed" in state:
+        set_seed(state["seed"])
+    else:
+        set_rng_state(tensors, state)
+
+
+def continue_main_generators(accelerator: Accelerator) -> None:
+    """Every process takes process 0's generators, so that what follows training (a family's
+    later stages) draws alike on every process, as it did before the loop."""
+    if accelerator.num_processes > 1:
+        states = [rng_state() if accelerator.is_main_process else None]
+        torch.distributed.broadcast_object_list(states, src=0)
+        set_rng_state(*states[0])
 
 
 class Checkpoints:
@@ -269,26 +361,36 @@ class Checkpoints:
 
     def save(self, state: LoopState, model, optimizer, scheduler, hooks: TrainingHooks,
              shuffling_state: torch.Tensor | None, best_state: dict | None) -> None:
+        """Called by every process (each one's generators go to the main one, which writes)."""
+        generators = [rng_state()]
+        if self.accelerator.num_processes > 1:
+            gathered = [None] * self.accelerator.num_processes if self.accelerator.is_main_process else None
+            torch.distributed.gather_object(generators[0], gathered, dst=0)
+            generators = gathered
         if not self.accelerator.is_main_process:
             return
         tensors = {f"model.{k}": v for k, v in model.checkpoint_tensors().items()}
         optimizer_tensors, optimizer_json = optimizer_state(optimizer)
-        rng_tensors, rng_json = rng_state()
+        (rng_tensors, rng_json), others = generators[0], generators[1:]
         hook_tensors, hook_json = hooks.state()
         tensors.update(optimizer_tensors)
-        tensors.update(rng_tensors)
+        tensors.update(rng_tensors)  # process 0's at rng.*, as before there were several: process p's at process<p>.rng.*
+        for process, (process_tensors, _) in enumerate(others, 1):
+            tensors.update({f"process{process}.{k}": v for k, v in process_tensors.items()})
         tensors.update({f"hooks.{k}": v for k, v in hook_tensors.items()})
         tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
         if shuffling_state is not None:
             tensors["shuffling"] = shuffling_state
         save_checkpoint(self.directory, tensors, {
             "settings": self.settings, "loop": asdict(state), "optimizer": optimizer_json,
-            "scheduler": scheduler.state_dict(), "rng": rng_json, "hooks": hook_json, "has_best": best_state is not None,
+            "scheduler": scheduler.state_dict(), "rng": rng_json, "rng_of_processes": [j for _, j in others],
+            "hooks": hook_json, "has_best": best_state is not None,
         })
 
     def restore(self, model, optimizer, scheduler, hooks: TrainingHooks, shuffling: torch.Generator | None):
-        """The loop state, best state and generator states the checkpoint holds, with the model,
-        optimizer, scheduler, hooks and data order set back to where they were."""
+        """The loop state, best state and this process's generator states that the checkpoint
+        holds (None where it has none of this process's), with the model, optimizer, scheduler,
+        hooks and data order set back to where they were."""
         tensors, saved = load_checkpoint(self.directory)
         check_same_settings(self.directory, saved["settings"], self.settings, self.defaults)
         model.load_checkpoint_tensors(prefixed(tensors, "model."))
@@ -300,7 +402,14 @@ class Checkpoints:
         best_state = prefixed(tensors, "best.") if saved["has_best"] else None
         state = LoopState(**saved["loop"])
         log.info("resuming %s at epoch %d, step %d", self.directory, state.epoch, state.step)
-        return state, best_state, (tensors, saved["rng"])
+        process, others = self.accelerator.process_index, saved.get("rng_of_processes", [])
+        if process == 0:
+            generators = ({k: v for k, v in tensors.items() if k.startswith("rng.")}, saved["rng"])
+        elif process <= len(others):
+            generators = (prefixed(tensors, f"process{process}."), others[process - 1])
+        else:
+            generators = None
+        return state, best_state, generators
 
 
 class Progress:

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import LucidError
+from ..progress import tracked
 from .task import Split
 
 
@@ -91,5 +92,7 @@ class TextEncoder:
                 padded["concept_targets"] = torch.as_tensor(np.stack([r["concept_targets"] for r in batch]))
             return padded
 
-        return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
+        loader = DataLoader(rows, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
+        # inference over a split may be long (``lucidlm evaluate``): its progress, when asked for
+        return loader if shuffle else tracked(loader, len(loader), f"{len(rows)} rows in batches of {batch_size}")
 

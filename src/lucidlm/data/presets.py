@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import LucidError
 from .spec import ConceptSpec, TaskSpec
 from .tables import read_rows
-from .task import Task, build_split
+from .task import Annotations, Task, build_split
 
 CONCEPT_VALUES = ("Negative", "Positive", "unknown")
 CEBAB_ASPECTS = ("food", "ambiance", "service", "noise")
@@ -56,6 +56,23 @@ def _cebab_rows(rows: list[dict], spec: TaskSpec, drop_no_majority: bool = True)
     return kept
 
 
+def _agreement(distribution) -> float:
+    """The share of annotators who gave the majority answer: ``{"Positive": 4, "Negative": 1}`` is 0.8."""
+    if not isinstance(distribution, dict) or not sum(distribution.values()):
+        return float("nan")
+    return max(distribution.values()) / sum(distribution.values())
+
+
+def cebab_annotations(rows: list[dict], spec: TaskSpec) -> Annotations:
+    """Edited rows and annotator agreement from CEBaB's ``is_original`` and label distributions."""
+    return Annotations(
+        edited=np.array([not row.get("is_original", True) for row in rows], dtype=bool),
+        label_agreement=np.array([_agreement(row.get("review_label_distribution")) for row in rows]),
+        concept_agreement=np.array([[_agreement(row.get(c.column.replace("_majority", "_label_distribution")))
+                                     for c in spec.concepts] for row in rows]).reshape(len(rows), len(spec.concepts)),
+    )
+
+
 def _preset_folder(path, folder: str) -> Path | None:
     if path is not None:
         path = Path(path)
@@ -91,7 +108,10 @@ def load_cebab(path=None, train_split: str = "train_exclusive", counterfactuals:
         hub = _hub_splits(CEBAB_HUB, {**names, "dev": "validation"})
         raw, where = hub, {k: f"{CEBAB_HUB}[{k}]" for k in names}
     pair_rows = raw.pop("counterfactuals", None)
-    splits = {k: build_split(_cebab_rows(rows, spec), spec, where[k], id_field="id") for k, rows in raw.items()}
+    splits = {}
+    for k, rows in raw.items():
+        kept = _cebab_rows(rows, spec)
+        splits[k] = replace(build_split(kept, spec, where[k], id_field="id"), annotations=cebab_annotations(kept, spec))
     if pair_rows is not None:
         from .counterfactuals import cebab_pairs, edits_of_split  # it reads this module's CEBaB conventions
 

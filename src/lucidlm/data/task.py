@@ -41,6 +41,26 @@ class CounterfactualEdits:
                                    self.concepts[keep], self.values[keep], [self.texts[i] for i in keep])
 
 
+@dataclass(frozen=True)
+class Annotations:
+    """What a data set says of how far its rows can be trusted (CEBaB): ``edited[i]``, row i is a
+    human edit of another row; ``label_agreement[i]`` and ``concept_agreement[i, k]``, the share
+    of annotators who gave the majority label or value of concept k (NaN: none recorded)."""
+
+    edited: np.ndarray  # [n] bool
+    label_agreement: np.ndarray  # [n] float
+    concept_agreement: np.ndarray  # [n, K] float
+
+    def of_rows(self, indices: list[int]) -> "Annotations":
+        return Annotations(self.edited[indices], self.label_agreement[indices], self.concept_agreement[indices])
+
+    def unanimous(self, i: int, k: int, label_share: float = 0.8) -> bool:
+        """Row i is an original whose annotators all gave concept k its value and (at least
+        ``label_share`` of them) its label: a row a person can check the correction of."""
+        return (not self.edited[i] and self.concept_agreement[i, k] == 1.0
+                and self.label_agreement[i] >= label_share)
+
+
 @dataclass
 class Split:
     """One split of a task. ``labels`` hold class indices (int64) or targets (float32);
@@ -54,6 +74,7 @@ class Split:
     source: str = ""
     concept_targets: np.ndarray | None = None  # [n, K] soft p(yes) of automatic concepts (``automatic_concepts``)
     counterfactuals: CounterfactualEdits | None = None  # human edits of its rows (CEBaB ``counterfactuals``)
+    annotations: Annotations | None = None  # how far its rows can be trusted (CEBaB; ``Annotations``)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -84,6 +105,7 @@ class Split:
             ids=pick(self.ids),
             concept_targets=None if self.concept_targets is None else self.concept_targets[indices],
             counterfactuals=None if self.counterfactuals is None else self.counterfactuals.of_rows(indices),
+            annotations=None if self.annotations is None else self.annotations.of_rows(indices),
         )
 
     def sample(self, n: int, seed: int = 0) -> "Split":

@@ -85,7 +85,7 @@ def intervention_curves(model, outputs: TextOutputs, split: Split, seed: int = 0
         rng = np.random.default_rng(seed)
         random = np.mean([intervention_curve(label_logits, random_order(len(split), gold.shape[1], rng), gold, labels)
                           for _ in range(repeats)], axis=0).tolist()
-    probs = [torch.from_numpy(x).softmax(-1).numpy() for x in found["concept_logits"]]
+    probs = [p.numpy() for p in model.concept_probabilities([torch.from_numpy(x) for x in found["concept_logits"]])]
     expected_change = INTERVENTION_POLICIES.get("expected_change")(model, states)
     return {
         "n": len(split), "concepts": gold.shape[1], "k": list(range(gold.shape[1] + 1)),

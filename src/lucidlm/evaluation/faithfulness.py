@@ -42,6 +42,7 @@ from ..errors import LucidError
 from ..explain.tokens import gradient_x_input
 from ..intervene import overwrite_concepts, random_order
 from ..models import ConceptModel
+from ..progress import tracked
 from .outputs import TextOutputs, split_outputs, softmax
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.20, 0.50)
@@ -179,10 +180,10 @@ def token_faithfulness(model, split: Split, samples: int = 200, seed: int = 0,
     tokenizer = model.tokenizer
     per_target: dict[str, dict[str, dict[str, list]]] = {}
     own_method, left_out = None, 0
-    for text in rows.texts:
+    for text in tracked(rows.texts, len(rows), "rows explained (token faithfulness)"):
         try:
             batch = model.encoder.batch([text])
-        except LucidError:  # longer than the backbone reads: explain() refuses it too
+        except LucidError:  # nothing readable in it: explain() refuses it too
             left_out += 1
             continue
         ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)

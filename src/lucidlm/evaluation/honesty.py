@@ -2,10 +2,13 @@
 correction buys, so that leakage (a label that reads more than the concepts) is visible.
 
 - Completeness (Yeh et al., NeurIPS 2020; METHODS §6): η = (a_c − a_r) / (a_b − a_r), a_c the
-  accuracy of the best label predictor from the concept values alone (here: a logistic
-  regression on the one-hot gold concept values of the training split, scored on the gold
-  values of the evaluated split), a_b the black box's accuracy (given, or this model's own when
-  none is), a_r chance (the training split's majority class): a property of the concept set.
+  accuracy of the best label predictor from the concept values alone, a_b the black box's
+  accuracy (given, or this model's own when none is), a_r chance (the training split's majority
+  class): a property of the concept set. "Best" is chosen on dev among ``CONCEPT_PREDICTORS``
+  (logistic regressions of five strengths and gradient-boosted trees, which read interactions
+  of concepts), each fit on the one-hot gold concept values of the training split; the chosen
+  one is scored on the gold values of the evaluated split. (An untuned logistic regression
+  understated a_c: 53.1% on the 13 CEBaB concepts against 54.5% with C chosen on dev.)
 - Yeh et al. define η on a model's own concept scores: the same regression read on the values
   this model predicts (where the row has a gold value) gives the model's own a_c and η. The
   regression is fit on gold training values, which a trained model reads almost without error
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from ..data import MISSING, Split
@@ -39,6 +43,28 @@ def one_hot_concepts(concepts: np.ndarray, sizes: list[int]) -> np.ndarray:
     return out
 
 
+# The concept → label predictors completeness chooses among, by name (on dev accuracy; ties: first).
+CONCEPT_PREDICTORS = {
+    **{f"logistic regression C={c:g}": (lambda c=c: LogisticRegression(C=c, max_iter=5000)) for c in (0.01, 0.1, 1, 10, 100)},
+    "gradient-boosted trees": lambda: HistGradientBoostingClassifier(random_state=0),
+}
+
+
+def best_concept_predictor(train: Split, dev: Split | None, sizes: list[int]):
+    """The predictor of ``CONCEPT_PREDICTORS`` with the best accuracy from dev's gold concept
+    values, fit on the training split's; without dev, the plain logistic regression (C = 1).
+    Returns (name, fitted predictor, {name: dev accuracy})."""
+    x_train = one_hot_concepts(train.concepts, sizes)
+    candidates = CONCEPT_PREDICTORS if dev is not None else {"logistic regression C=1": CONCEPT_PREDICTORS["logistic regression C=1"]}
+    fitted, scores = {}, {}
+    for name, make in candidates.items():
+        fitted[name] = make().fit(x_train, train.labels)
+        if dev is not None:
+            scores[name] = float((fitted[name].predict(one_hot_concepts(dev.concepts, sizes)) == dev.labels).mean())
+    best = max(scores, key=lambda n: (scores[n], -list(candidates).index(n))) if scores else next(iter(fitted))
+    return best, fitted[best], scores
+
+
 def completeness(concept_accuracy: float, black_box_accuracy: float, chance_accuracy: float) -> float | None:
     """η = (a_c − a_r) / (a_b − a_r); None when the black box is no better than chance (there is
     no accuracy above chance to carry)."""
@@ -49,7 +75,7 @@ def completeness(concept_accuracy: float, black_box_accuracy: float, chance_accu
 
 @torch.no_grad()
 def bottleneck_honesty(model, outputs: TextOutputs, train: Split, split: Split,
-                       black_box_accuracy: float | None = None) -> dict:
+                       black_box_accuracy: float | None = None, dev: Split | None = None) -> dict:
     reason = concept_applicability(model)
     if reason:
         return {"skipped": reason}
@@ -69,7 +95,7 @@ def bottleneck_honesty(model, outputs: TextOutputs, train: Split, split: Split,
         alone[:, k] = gold[:, k]
         per_concept[concept.name] = accuracy(model.intervened_label_logits(states, alone)) - predicted
     sizes = [len(c.values) for c in model.spec.concepts]
-    from_concepts = LogisticRegression(max_iter=2000).fit(one_hot_concepts(train.concepts, sizes), train.labels)
+    predictor, from_concepts, dev_scores = best_concept_predictor(train, dev, sizes)
     concept_accuracy = float((from_concepts.predict(one_hot_concepts(split.concepts, sizes)) == split.labels).mean())
     # the values the model reads, where the row has a gold value (so that only misreadings differ)
     read = np.stack([logits.argmax(-1) for logits in found["concept_logits"]], axis=1)
@@ -81,6 +107,7 @@ def bottleneck_honesty(model, outputs: TextOutputs, train: Split, split: Split,
         "n": len(split), "task_accuracy": predicted, "task_accuracy_all_concepts_forced": forced,
         "accuracy_change_one_concept_corrected": per_concept,
         "concept_values_accuracy": concept_accuracy, "chance_accuracy": chance,
+        "concept_predictor": predictor, "concept_predictor_dev_accuracy": dev_scores,
         "black_box_accuracy": black_box, "black_box": "given" if black_box_accuracy is not None else "this model",
         "completeness": completeness(concept_accuracy, black_box, chance),
         "predicted_values_accuracy": read_accuracy,

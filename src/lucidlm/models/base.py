@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from ..version import __version__
+from ..calibration import Temperatures, calibration_figures, fit_temperature, reliability_bins
 from ..backbone import DEFAULT_BACKBONE, POOLINGS, backbone_max_length, default_pooling, load_backbone, load_tokenizer, pool
 from ..config import from_dict
 from ..data import Split, TaskSpec, TextEncoder
@@ -102,6 +103,7 @@ class LucidModel(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.hidden_size = backbone.config.hidden_size
         self.training_history: list[dict] = []
+        self.temperatures = Temperatures()  # fitted on dev after training (``calibrate``)
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -148,7 +150,7 @@ class LucidModel(nn.Module):
         texts = [texts] if isinstance(texts, str) else list(texts)
         pairs = [pairs] if isinstance(pairs, str) else pairs
         output = self.forward_texts(texts, pairs)
-        concept_probs = [logits.softmax(-1) for logits in output.concept_logits]
+        concept_probs = self.concept_probabilities(output.concept_logits)
         return [self.to_prediction(t, output, i, concept_probs) for i, t in enumerate(texts)]
 
     def explain(self, text: str, *, pair: str | None = None, **options) -> Explanation:
@@ -179,7 +181,16 @@ class LucidModel(nn.Module):
 
     def evaluate(self, split: Split, batch_size: int = 64) -> dict:
         """Task metrics on a split (families add their own)."""
-        return {"n": len(split), "task": task_metrics(self.spec, split.labels, self.infer(split, batch_size)["label_logits"])}
+        return self.label_metrics(split, self.infer(split, batch_size)["label_logits"])
+
+    def label_metrics(self, split: Split, label_logits: np.ndarray) -> dict:
+        """``n``, the task metrics and, for classes, the reliability bins of the label's probabilities
+        (``calibration.reliability_bins``: a reliability diagram) with the temperature they used."""
+        metrics = {"n": len(split), "task": task_metrics(self.spec, split.labels, label_logits)}
+        if not self.spec.is_regression:
+            probs = torch.from_numpy(np.asarray(label_logits)).softmax(-1).numpy()
+            metrics["calibration"] = {"temperature": self.temperatures.label, "bins": reliability_bins(probs, split.labels)}
+        return metrics
 
     def to_prediction(self, text: str, output: ModelOutput, i: int,
                       concept_probs: list[torch.Tensor] | None = None) -> Prediction:
@@ -190,7 +201,7 @@ class LucidModel(nn.Module):
             p = output.label_logits[i].softmax(-1).tolist()
             label, probabilities = self.spec.classes[int(np.argmax(p))], dict(zip(self.spec.classes, p))
         if concept_probs is None:
-            concept_probs = [logits.softmax(-1) for logits in output.concept_logits]
+            concept_probs = self.concept_probabilities(output.concept_logits)
         concepts = {}
         for spec, probs in zip(self.spec.concepts, concept_probs):
             p = probs[i].tolist()
@@ -201,6 +212,42 @@ class LucidModel(nn.Module):
             reading = {"tokens_read": read, "tokens_total": total, "truncated": read < total}
         return Prediction(text=text, label=label, probabilities=probabilities, concepts=concepts, **reading)
 
+    # ---- calibration (docs/methods.md §7.2) ---------------------------------------------------------
+    def calibrated(self, label_logits: torch.Tensor) -> torch.Tensor:
+        """Label logits divided by the fitted temperature: every family's forward pass (and a
+        concept model's label recomputed from set concepts) ends here, so every path reads them."""
+        t = self.temperatures.label
+        return label_logits if t == 1.0 else label_logits / t
+
+    def concept_probabilities(self, concept_logits) -> list[torch.Tensor]:
+        """Each concept's probabilities as shown and as the policies weigh them: softmax of its
+        logits over its temperature. What the label reads of a concept is the concept layer's, as
+        trained: these temperatures leave the label as it is."""
+        return [(logits / self.temperatures.concepts.get(spec.name, 1.0)).softmax(-1)
+                for spec, logits in zip(self.spec.concepts, concept_logits)]
+
+    def calibrate(self, split: Split, batch_size: int = 64, split_name: str = "dev") -> Temperatures:
+        """Fit the label's temperature (classification) and each concept's, by NLL on ``split``
+        (dev), after training; the figures before and after are kept with them."""
+        self.temperatures = Temperatures()
+        inferred = self.infer(split, batch_size)
+        fitted = Temperatures(fitted_on=split_name, before={"concepts": {}}, after={"concepts": {}})
+        if not self.spec.is_regression:
+            logits = inferred["label_logits"]
+            fitted.label = fit_temperature(logits, split.labels)
+            fitted.before["label"] = calibration_figures(logits, split.labels)
+            fitted.after["label"] = calibration_figures(logits, split.labels, fitted.label)
+        for k, (spec, logits) in enumerate(zip(self.spec.concepts, inferred.get("concept_logits", []))):
+            known = split.concepts[:, k] >= 0
+            if known.sum() == 0:
+                continue
+            gold, logits = split.concepts[known, k], np.asarray(logits)[known]
+            fitted.concepts[spec.name] = fit_temperature(logits, gold)
+            fitted.before["concepts"][spec.name] = calibration_figures(logits, gold)
+            fitted.after["concepts"][spec.name] = calibration_figures(logits, gold, fitted.concepts[spec.name])
+        self.temperatures = fitted
+        return fitted
+
     # ---- training: one skeleton, the family's hooks ----------------------------------------------
     def fit(self, train: Split, eval_data: Split | None = None, config: TrainingConfig | None = None,
             run_dir: str | Path | None = None, resume: bool = False, **overrides):
@@ -208,6 +255,7 @@ class LucidModel(nn.Module):
         ``run_dir``: where the training log and checkpoints go; ``resume``: continue from its
         checkpoint (written with the same model, training settings and data)."""
         config = replace(config or TrainingConfig(), **overrides)
+        self.temperatures = Temperatures()  # the loop trains the logits themselves
         train = self.training_rows(train, config)
         self.check_training_data(train, config)
         set_seed(config.seed)
@@ -215,13 +263,16 @@ class LucidModel(nn.Module):
         loader = self.encoder.loader(train, config.batch_size, shuffle=True, seed=config.seed)
         hooks = self.training_hooks(len(loader), config)
         dev_score = None if eval_data is None else (lambda model: model.dev_score(eval_data, config.eval_batch_size))
-        settings = {"family": self.family, "model": asdict(self.config), "data": {"train": train.fingerprint()}}
+        settings = {"family": self.family, "model": asdict(self.config),
+                    "data": {"train": train.fingerprint(), **({"dev": eval_data.fingerprint()} if eval_data is not None else {})}}
         defaults = {"model": {f.name: f.default for f in fields(self.config) if f.default is not NO_DEFAULT}}
         with self.parameters_frozen(self.parameters_outside_training()):
             self.training_history = fit_loop(self, self.param_groups(config), loader, self.training_loss, dev_score, config,
                                              desc=self.training_stage, hooks=hooks, run_dir=run_dir, resume=resume,
                                              settings=settings, setting_defaults=defaults)
         self.after_training(train, eval_data, config, hooks)
+        if eval_data is not None and config.calibrate:
+            self.calibrate(eval_data, config.eval_batch_size)
         return self
 
     def parameters_outside_training(self) -> list[nn.Parameter]:
@@ -318,6 +369,7 @@ class LucidModel(nn.Module):
                 "model": asdict(self.config),
                 "task": self.spec.to_dict(),
                 "training_history": self.training_history,
+                "calibration": self.temperatures.to_dict(),
                 "state": self.json_state(),
             }
             (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
@@ -414,6 +466,7 @@ def load_pretrained(directory: str | Path) -> LucidModel:
         raise LucidError(f"{directory / WEIGHTS_FILE}: truncated or corrupt ({e}); train the run again or restore the file") from None
     model.load_checkpoint_tensors(tensors)
     model.training_history = meta.get("training_history", [])
+    model.temperatures = Temperatures.from_dict(meta.get("calibration"))  # runs from before calibration: 1.0
     model.load_json_state(meta.get("state", {}))
     return model.eval()
 

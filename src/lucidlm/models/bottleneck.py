@@ -23,7 +23,7 @@ from ..explain.tokens import integrated_gradients
 from ..intervene import INTERVENTION_POLICIES, ConceptValues, concept_values_tensor, overwrite_concepts
 from ..metrics import concept_metrics, selection_score, task_metrics
 from ..outputs import InterventionResult, ModelOutput
-from ..training import TrainingConfig
+from ..training import TrainingConfig, same_on_every_process
 from .base import ConceptModel, ModelConfig, evaluation_mode
 from .concept_layers import ACTIVATIONS, CONCEPT_LAYERS
 from .losses import Mixup, concept_loss, task_loss
@@ -198,7 +198,7 @@ class ConceptBottleneckLM(ConceptModel):
         return values if self.confirming_changes_state else self.wrong_values(concept_logits, values)
 
     def label_from_concepts(self, activations: list[torch.Tensor]) -> torch.Tensor:
-        return self.label_head(torch.cat(activations, dim=-1))
+        return self.calibrated(self.label_head(torch.cat(activations, dim=-1)))
 
     def intervened_activations(self, states, values: torch.Tensor, correct_only: bool = True) -> list[torch.Tensor]:
         """What the label head reads of a batch whose concept states are already computed, with
@@ -226,7 +226,7 @@ class ConceptBottleneckLM(ConceptModel):
             changed = self.corrections_of(output.concept_logits, values)
             activations = self.set_concepts(output.concept_states, self.concept_activations(output.concept_states), changed)
             after = replace(output, label_logits=self.label_from_concepts(activations))
-            probs = overwrite_concepts([logits.softmax(-1) for logits in output.concept_logits], changed)
+            probs = overwrite_concepts(self.concept_probabilities(output.concept_logits), changed)
         return [
             InterventionResult(t, dict(correction.values), self.to_prediction(t, output, i), self.to_prediction(t, after, i, probs))
             for i, t in enumerate(texts)
@@ -293,7 +293,7 @@ class ConceptBottleneckLM(ConceptModel):
         result = {"label_logits": torch.cat(label_logits).numpy()}
         result["concept_logits"] = [torch.cat(xs).numpy() for xs in zip(*concept_logits)]
         result["concept_states"] = [torch.cat(xs).numpy() for xs in zip(*states)]
-        result["concept_probs"] = [torch.from_numpy(x).softmax(-1).numpy() for x in result["concept_logits"]]
+        result["concept_probs"] = [p.numpy() for p in self.concept_probabilities([torch.from_numpy(x) for x in result["concept_logits"]])]
         result["gold_concept_label_logits"] = torch.cat(gold_logits).numpy()
         result["forced_concept_label_logits"] = torch.cat(forced_logits).numpy()
         return result
@@ -304,7 +304,7 @@ class ConceptBottleneckLM(ConceptModel):
         are), and with every concept's activation forced to its gold value, right or wrong
         (``task_forced_concepts``: what is left of the label once concepts carry nothing else)."""
         inferred = self.infer(split, batch_size)
-        metrics = {"n": len(split), "task": task_metrics(self.spec, split.labels, inferred["label_logits"])}
+        metrics = self.label_metrics(split, inferred["label_logits"])
         predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
         metrics["concepts"] = concept_metrics(split.concepts, predicted, self.spec.concept_names)
         metrics["task_gold_concepts"] = task_metrics(self.spec, split.labels, inferred["gold_concept_label_logits"])
@@ -385,7 +385,8 @@ class ConceptBottleneckLM(ConceptModel):
         (a checkpoint restores it); N(edit) is the model's own label distribution on the human
         edit, in evaluation mode and without gradient: the target, not something to move."""
         sources, edits, concepts, values = self._counterfactual_rows
-        picked = torch.randint(len(edits), (min(self.config.counterfactual_batch_size, len(edits)),))
+        # the pairs of the whole step: process 0's draw, on every process (``same_on_every_process``)
+        picked = same_on_every_process(torch.randint(len(edits), (min(self.config.counterfactual_batch_size, len(edits)),)))
         original = self.encoder.pad([sources[i] for i in picked.tolist()])
         edited = self.encoder.pad([edits[i] for i in picked.tolist()])
         with torch.no_grad(), evaluation_mode(self):

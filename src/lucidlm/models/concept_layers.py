@@ -19,6 +19,7 @@ from torch import nn
 from ..data import MISSING, TaskSpec
 from ..intervene import overwrite_concepts
 from ..registry import Registry
+from ..training import processes_together, sum_over_processes
 
 CONCEPT_LAYERS: Registry = Registry("concept_layer")
 ACTIVATIONS = ("logits", "probs")
@@ -103,8 +104,16 @@ class ScalarConceptLayer(nn.Module):
     def calibrate(self, states, gold: torch.Tensor, momentum: float = 0.0) -> None:
         """Forced logits of value v := mean of the concept logits over rows whose gold and
         predicted value are v (training data). ``momentum`` > 0 moves them only part of the way
-        (the running estimate used while training); a value with no such row keeps its vector."""
+        (the running estimate used while training); a value with no such row keeps its vector.
+
+        The running estimate is called by every process at every training step, each on its share
+        of the global batch: with several processes the means are over the rows of all shares
+        (sums and counts added over the processes), so that every process keeps the same table,
+        the one a single process computes on the whole batch."""
         if self.activation == "probs":
+            return
+        if momentum > 0 and processes_together() > 1:
+            self._calibrate_over_processes(states, gold, momentum)
             return
         for k, logits in enumerate(states):
             logits = logits.detach().float()
@@ -114,6 +123,23 @@ class ScalarConceptLayer(nn.Module):
                 if rows.any():
                     current = self.intervention_table[k, v, :logits.shape[1]]
                     current.copy_(momentum * current + (1 - momentum) * logits[rows].mean(0).to(current))
+
+    def _calibrate_over_processes(self, states, gold: torch.Tensor, momentum: float) -> None:
+        table = self.intervention_table
+        sums = torch.zeros(table.shape, dtype=torch.float64, device=table.device)  # [K, value, logits]
+        counts = torch.zeros(table.shape[:2], dtype=torch.float64, device=table.device)
+        for k, logits in enumerate(states):
+            logits = logits.detach().to(sums)
+            predicted = logits.argmax(-1)
+            recognised = gold[:, k].to(predicted.device) == predicted
+            width = logits.shape[1]
+            sums[k, :width, :width].index_add_(0, predicted[recognised], logits[recognised])
+            counts[k, :width] += torch.bincount(predicted[recognised], minlength=width).to(counts)
+        totals = sum_over_processes(torch.cat([sums.flatten(), counts.flatten()])).to(table.device)
+        sums, counts = totals[:sums.numel()].view(sums.shape), totals[sums.numel():].view(counts.shape)
+        seen = counts > 0
+        means = (sums / counts.clamp(min=1).unsqueeze(-1)).to(table)
+        table[seen] = momentum * table[seen] + (1 - momentum) * means[seen]
 
 
 @CONCEPT_LAYERS.register("embedding")

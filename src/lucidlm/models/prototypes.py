@@ -202,7 +202,7 @@ class PrototypeLM(PrototypeModel):
         pooled, attention = self.token_attention(hidden, attention_mask)
         distances = prototype_distances(pooled, self.prototypes)
         similarity = 1.0 / (distances + self.config.epsilon)
-        return PrototypeOutput(self.label_head(similarity), pooled=pooled, prototype_distances=distances,
+        return PrototypeOutput(self.calibrated(self.label_head(similarity)), pooled=pooled, prototype_distances=distances,
                                prototype_similarity=similarity, token_attention=attention)
 
     def loss(self, output: PrototypeOutput, labels: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ class StandardLM(LucidModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ModelOutput:
         pooled = self.pooled(input_ids, attention_mask)
-        return ModelOutput(self.label_head(self.dropout(pooled)), (), pooled)
+        return ModelOutput(self.calibrated(self.label_head(self.dropout(pooled))), (), pooled)
 
     def training_loss(self, forward: nn.Module, batch: dict) -> torch.Tensor:
         return task_loss(self.spec, forward(batch["input_ids"], batch["attention_mask"]).label_logits, batch["labels"])

@@ -73,7 +73,7 @@ class ModelService:
         """The label, its probabilities, the concepts, their contributions and the order in which
         to check them: one forward pass for all ``texts``."""
         output = self.model.forward_texts(texts)
-        concept_probs = [logits.softmax(-1) for logits in output.concept_logits]
+        concept_probs = self.model.concept_probabilities(output.concept_logits)
         orders = None
         if isinstance(self.model, ConceptModel):
             orders = INTERVENTION_POLICIES.get("expected_change")(self.model, output.concept_states)
