@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--interventions", type=int, default=200)
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2, 0.3], help="p: the paper code's range")
     parser.add_argument("--scores", nargs="+", choices=REWIRING_SCORES.names, default=REWIRING_SCORES.names,
-                        help="saliency |g⊙W| (METHODS §2) and/or taylor (signed first-order)")
+                        help="saliency |g⊙W| (docs/methods.md §2) and/or taylor (signed first-order)")
     parser.add_argument("--granularity", choices=("weight", "neuron"), default="weight")
     parser.add_argument("--concept-layer", choices=("scalar", "embedding"), default="scalar",
                         help="embedding: concept embeddings (CEM) on each concept's subnetwork; rows named sparse-<s>-cem")
@@ -238,7 +238,7 @@ def markdown(result: dict) -> str:
                          f"{s['fraction']} | {s['concepts_corrected']:.1%} | "
                          f"{s['task_accuracy_before']:.1%} → {s['task_accuracy_after']:.1%} | "
                          f"{'–' if value is None else f'{value:.1%}'} | {s['other_correct_concepts_broken']:.1%} |")
-    lines += ["", "score: saliency = |g ⊙ W| (METHODS §2); taylor = −g, the signed first-order change of the concept's loss.",
+    lines += ["", "score: saliency = |g ⊙ W| (docs/methods.md §2); taylor = −g, the signed first-order change of the concept's loss.",
               "", "Commands:", ""]
     for name, row in result["sparse"].items():
         lines.append(f"- {name}: `{row['command']}`")

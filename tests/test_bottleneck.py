@@ -173,7 +173,7 @@ def test_forced_logits_are_typical_recognised_logits(tiny_bert_dir, cebab_small)
 
 
 def test_label_heads_read_predicted_concepts_unless_random_interventions_are_asked(tiny_bert_dir, cebab_small):
-    """METHODS §1: sequential's c→y and joint's CE(y) read *predicted* concepts. RandInt (gold
+    """docs/methods.md §1: sequential's c→y and joint's CE(y) read *predicted* concepts. RandInt (gold
     concepts mixed in while the label head trains) is an explicit option, off by default."""
     from dataclasses import replace
 

@@ -1,4 +1,4 @@
-"""Mechanics of proto-lm (METHODS §3) on tiny random BERT and GPT-2 backbones."""
+"""Mechanics of proto-lm (docs/methods.md §3) on tiny random BERT and GPT-2 backbones."""
 
 import json
 
@@ -117,7 +117,7 @@ def _own_and_other_distances(model, batch):
 
 @pytest.mark.parametrize("term", ["cohesion", "separation"])
 def test_cohesion_pulls_toward_own_class_and_separation_pushes_away_from_others(term, tiny_bert_dir, cebab_small):
-    """A few gradient steps on one term alone move distances the way METHODS §3 intends (the
+    """A few gradient steps on one term alone move distances the way docs/methods.md §3 intends (the
     released code's signs did the opposite)."""
     model = make(tiny_bert_dir, cebab_small.spec, dropout=0.0)
     model.initialize_from_data(cebab_small.train)

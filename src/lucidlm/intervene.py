@@ -1,4 +1,4 @@
-"""Concept-value interventions (METHODS §1): replace predicted concepts by given values; and the
+"""Concept-value interventions (docs/methods.md §1): replace predicted concepts by given values; and the
 choice of a correction worth showing (the report's worked examples, ``lucidlm demo``)."""
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ConceptValues:
-    """Set concepts to given values: ``ConceptValues({"service": "Negative"})`` (METHODS §1)."""
+    """Set concepts to given values: ``ConceptValues({"service": "Negative"})`` (docs/methods.md §1)."""
 
     values: dict[str, str]
 
 
 @dataclass(frozen=True)
 class SubnetworkRewiring:
-    """Rewire ``concept``'s subnetwork toward ``value`` for the input (METHODS §2): ``fraction``
+    """Rewire ``concept``'s subnetwork toward ``value`` for the input (docs/methods.md §2): ``fraction``
     of its active weights (or units) in every masked layer swapped, chosen by ``score`` (a name
     in ``masking.REWIRING_SCORES``); kept in the model only if ``commit``."""
 
@@ -75,7 +75,7 @@ def overwrite_concepts(activations: list[torch.Tensor], values: torch.Tensor,
     return out
 
 
-# ---- which concept to ask about (METHODS §6, intervention policies) ------------------------------
+# ---- which concept to ask about (docs/methods.md §6, intervention policies) ------------------------------
 # (model, concept states [N, …] a concept, rng) -> [N, K]: each row's concepts, first to ask first
 INTERVENTION_POLICIES: Registry = Registry("intervention_policy")
 

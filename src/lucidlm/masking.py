@@ -1,4 +1,4 @@
-"""Per-concept binary masks over a backbone's linear layers (METHODS §2).
+"""Per-concept binary masks over a backbone's linear layers (docs/methods.md §2).
 
 Each selected ``nn.Linear`` (or GPT-2 ``Conv1D``) becomes a ``MaskedLinear`` that keeps the
 original weight and bias and adds K boolean masks, one per concept. A *route* says which
@@ -358,7 +358,7 @@ def unpack_masks(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(bits.astype(bool)).reshape(shape)
 
 
-# ---- rewiring a concept's mask for one input (METHODS §2) -----------------------------------
+# ---- rewiring a concept's mask for one input (docs/methods.md §2) -----------------------------------
 # (g = ∂L_k/∂M_k, the layer's weight W) -> [*W.shape]: which weights are worth having active
 REWIRING_SCORES: Registry = Registry("score")
 

@@ -1,4 +1,4 @@
-"""Task and concept metrics (METHODS §4). Macro-F1 is always scikit-learn's standard one."""
+"""Task and concept metrics (docs/methods.md §4). Macro-F1 is always scikit-learn's standard one."""
 
 from __future__ import annotations
 

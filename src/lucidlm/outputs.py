@@ -71,7 +71,7 @@ class InterventionResult:
 
 @dataclass
 class SubnetworkInterventionResult(InterventionResult):
-    """A concept's subnetwork rewired for this input (METHODS §2): ``fraction`` of its active
+    """A concept's subnetwork rewired for this input (docs/methods.md §2): ``fraction`` of its active
     weights dropped and as many regrown in every masked layer, chosen by ``score``; ``committed``
     if kept."""
 

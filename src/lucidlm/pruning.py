@@ -1,4 +1,4 @@
-"""Gradual pruning of the per-concept masks during joint training (METHODS §2).
+"""Gradual pruning of the per-concept masks during joint training (docs/methods.md §2).
 
 Schedule: dense until ``start`` (epochs), then sparsity rises from ``initial`` to ``final``
 (linear, or cubic as in Zhu & Gupta 2017) until ``end``, then stays at ``final``. Every
@@ -155,7 +155,7 @@ class MovementScore(PruningScore):
 
 @PRUNING_SCORES.register("obert")
 class OBertScore(PruningScore):
-    """w² / (2·[F⁻¹]_jj) from the m gradients before each event (METHODS §2; Kurtic et al. 2022);
+    """w² / (2·[F⁻¹]_jj) from the m gradients before each event (docs/methods.md §2; Kurtic et al. 2022);
     |w| when no gradient was seen."""
 
     def __init__(self, pruner):

@@ -1,4 +1,4 @@
-"""Causal concept effects on CEBaB (Abraham et al., NeurIPS 2022; METHODS §4).
+"""Causal concept effects on CEBaB (Abraham et al., NeurIPS 2022; docs/methods.md §4).
 
 A CEBaB edit rewrites one aspect of an original review, so an (original, edit) pair is a
 counterfactual: the aspect went from value a to b, the rest stayed. For a model N:
@@ -200,7 +200,7 @@ def _usable(model, pairs: list[CounterfactualPair]) -> np.ndarray:
 
 
 def rewiring_effects(model, pairs: list[CounterfactualPair], fraction: float, score: str) -> tuple[np.ndarray, np.ndarray]:
-    """EICaCE of SparseCBM by its own correction (METHODS §2): each original's label distribution
+    """EICaCE of SparseCBM by its own correction (docs/methods.md §2): each original's label distribution
     after the edited aspect's subnetwork is rewired toward the edit's value (``fraction`` of its
     weights, chosen by ``score``), for that text only, minus before. Estimates and the usable
     pairs' indices."""

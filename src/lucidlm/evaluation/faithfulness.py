@@ -1,4 +1,4 @@
-"""Are the explanations faithful to the model? Token and concept level (METHODS §4).
+"""Are the explanations faithful to the model? Token and concept level (docs/methods.md §4).
 
 **Tokens** (ERASER, DeYoung et al. 2020; as the ``ferret`` package computes them). An
 explanation scores the tokens of x toward a target t: the predicted label, or a concept's

@@ -1,7 +1,7 @@
 """Is the bottleneck honest? How much of the label the concept values carry, and what each
 correction buys, so that leakage (a label that reads more than the concepts) is visible.
 
-- Completeness (Yeh et al., NeurIPS 2020; METHODS §6): η = (a_c − a_r) / (a_b − a_r), a_c the
+- Completeness (Yeh et al., NeurIPS 2020; docs/methods.md §6): η = (a_c − a_r) / (a_b − a_r), a_c the
   accuracy of the best label predictor from the concept values alone, a_b the black box's
   accuracy (given, or this model's own when none is), a_r chance (the training split's majority
   class): a property of the concept set. "Best" is chosen on dev among ``CONCEPT_PREDICTORS``

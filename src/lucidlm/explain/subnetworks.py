@@ -1,4 +1,4 @@
-"""Subnetwork-level explanation (METHODS §2): how the K concept masks overlap and differ.
+"""Subnetwork-level explanation (docs/methods.md §2): how the K concept masks overlap and differ.
 
 - density of every concept's mask, per layer and overall;
 - pairwise Jaccard overlap of the masks (all masked weights together);

@@ -475,7 +475,7 @@ def load_pretrained(directory: str | Path) -> LucidModel:
 
 
 class ConceptModel(LucidModel):
-    """A model whose label reads human concepts (METHODS §1): every forward pass gives concept
+    """A model whose label reads human concepts (docs/methods.md §1): every forward pass gives concept
     logits and the concept layer's states (``ModelOutput.concept_states``), from which the label
     is recomputed with concepts set to given values without another backbone pass; ``intervene``
     takes ``ConceptValues``."""
@@ -512,7 +512,7 @@ class ConceptModel(LucidModel):
 
 class SubnetworkModel(ConceptModel):
     """A concept model whose concepts each read their own sparse subnetwork of the backbone
-    (METHODS §2): ``subnetwork_statistics``, ``mask_density``, and ``SubnetworkRewiring``
+    (docs/methods.md §2): ``subnetwork_statistics``, ``mask_density``, and ``SubnetworkRewiring``
     corrections."""
 
     def subnetwork_statistics(self) -> dict:
@@ -523,7 +523,7 @@ class SubnetworkModel(ConceptModel):
 
 
 class PrototypeModel(LucidModel):
-    """A model whose label reads similarities to learned prototypes (METHODS §3), each shown by
+    """A model whose label reads similarities to learned prototypes (docs/methods.md §3), each shown by
     its nearest training examples (``projection``)."""
 
     projection = None

@@ -1,4 +1,4 @@
-"""Concept bottleneck language models (METHODS §1; Tan et al., PAKDD 2024).
+"""Concept bottleneck language models (docs/methods.md §1; Tan et al., PAKDD 2024).
 
 text -> backbone -> pooled h -> concept layer (one head per concept) -> concept activations ->
 label head -> y. Modes: joint, sequential, independent (the black-box baseline is the
@@ -39,16 +39,16 @@ class BottleneckConfig(ModelConfig):
     mode: str = "joint"
     concept_layer: str = "scalar"  # a name in concept_layers.CONCEPT_LAYERS
     concept_loss_weight: float = 1.0  # λ in L = CE(y) + λ·Σ_k CE(c_k) (joint mode)
-    concept_activation: str = "logits"  # what the scalar layer's label head reads: logits (METHODS §1) or probs
+    concept_activation: str = "logits"  # what the scalar layer's label head reads: logits (docs/methods.md §1) or probs
     concept_embedding_size: int = 16  # m, the embedding layer's size of each value's embedding (CEM's default)
     # RandInt (Espinosa Zarlenga et al. 2022): while the label head trains (joint: CE(y);
     # sequential: the c→y fit), each concept is replaced by its *gold* value with this
     # probability, as a user's intervention would, so that corrections are within the head's
     # experience. Default (None): the method's own, 0.25 for concept embeddings (CEM) and 0 for
-    # scalar concepts, the plain method of METHODS §1, where the label head reads predicted
+    # scalar concepts, the plain method of docs/methods.md §1, where the label head reads predicted
     # concepts only. Independent mode reads gold concepts anyway and ignores it.
     random_intervention_rate: float | None = None
-    # Intervention-aware training (after IntCEM, Espinosa Zarlenga et al., ICLR 2023): each joint
+    # Intervention-aware training (after IntCEM, Espinosa Zarlenga et al., NeurIPS 2023): each joint
     # step also sets T ~ U{1..K} concepts, chosen by ``intervention_policy``, to gold and adds
     # this weight × T/K × CE(y | intervened), so the label learns to profit from corrections.
     intervention_loss_weight: float = 0.0

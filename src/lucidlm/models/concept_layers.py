@@ -27,7 +27,7 @@ ACTIVATIONS = ("logits", "probs")
 
 @CONCEPT_LAYERS.register("scalar")
 class ScalarConceptLayer(nn.Module):
-    """One linear head per concept (METHODS §1); the label head reads each concept's logits (or,
+    """One linear head per concept (docs/methods.md §1); the label head reads each concept's logits (or,
     with ``concept_activation: probs``, its probabilities).
 
     An intervention sets concept k to value v by forcing its logits to the mean logits of the
@@ -144,7 +144,7 @@ class ScalarConceptLayer(nn.Module):
 
 @CONCEPT_LAYERS.register("embedding")
 class EmbeddingConceptLayer(nn.Module):
-    """Concept Embedding Models (METHODS §6; Espinosa Zarlenga et al., NeurIPS 2022).
+    """Concept Embedding Models (docs/methods.md §6; Espinosa Zarlenga et al., NeurIPS 2022).
 
     For concept k and each of its values v, an embedding e_kv = LeakyReLU(W_kv·h + b_kv) of size
     m (concept k's state: ``[B, V_k, m]``); probabilities p_k = softmax_v ψ(e_kv), ψ one scoring

@@ -1,4 +1,4 @@
-"""Prototype language models, proto-lm (METHODS §3; Xie, Vosoughi, Hassanpour, Findings of EMNLP 2023).
+"""Prototype language models, proto-lm (docs/methods.md §3; Xie, Vosoughi, Hassanpour, Findings of EMNLP 2023).
 
 text -> backbone hidden states h_t -> token attention α -> S = Σ_t α_t h_t -> distances to P
 learned prototypes -> similarities 1 / (‖S − p_j‖ + ε) -> Linear(P -> C) -> y.
@@ -7,7 +7,7 @@ Each prototype belongs to one class (P/C per class). After training, a projectio
 training data shows each prototype as its nearest training examples; a prediction is explained by
 its most similar prototypes, their pull toward each class, and the token attention α.
 
-Where the released code is wrong (METHODS §5) this module does the intent: cohesion and
+Where the released code is wrong (docs/methods.md §5) this module does the intent: cohesion and
 separation act on distances with the signs that pull toward own-class prototypes and push away
 from the others; the token attention never attends to padding; nothing is tied to a device;
 model selection reads dev only.
@@ -33,7 +33,7 @@ from .base import ModelConfig, PrototypeModel
 from .losses import task_loss
 
 PROJECTIONS = ("soft", "hard")
-OWN_CLASS_WEIGHT, OTHER_CLASS_WEIGHT = 1.0, -0.5  # the label head's start (METHODS §3)
+OWN_CLASS_WEIGHT, OTHER_CLASS_WEIGHT = 1.0, -0.5  # the label head's start (docs/methods.md §3)
 TOP_TOKENS = 3  # attended tokens shown for each of a prototype's nearest training examples
 
 
@@ -164,7 +164,7 @@ class PrototypeLM(PrototypeModel):
         self._warm_start = False  # fit(warm_start=True) keeps the prototypes as they are
 
     def _initialize_label_head(self) -> None:
-        """+1 from a class's own prototypes, −0.5 from the others (METHODS §3); zero bias.
+        """+1 from a class's own prototypes, −0.5 from the others (docs/methods.md §3); zero bias.
         Regression has no class to favour: zero weights (the bias is set from the data by
         ``initialize_from_data``)."""
         with torch.no_grad():

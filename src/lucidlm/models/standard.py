@@ -1,4 +1,4 @@
-"""The black-box baseline every table needs (METHODS §1, "standard"): backbone -> pooled h -> label.
+"""The black-box baseline every table needs (docs/methods.md §1, "standard"): backbone -> pooled h -> label.
 
 Its only explanation is post-hoc: integrated gradients of the predicted label over the tokens.
 It takes no corrections."""

@@ -1,8 +1,8 @@
 """SparseCBM: a concept bottleneck whose every concept owns a sparse subnetwork of the backbone
-(METHODS §2; Tan, Chen, Zhang, Liu, AAAI 2024).
+(docs/methods.md §2; Tan, Chen, Zhang, Liu, AAAI 2024).
 
 Concept k's logits come from the backbone run with weights W ⊙ M_k; the label head reads the
-concept probabilities of all K subnetworks. Unlike the published code, each concept really runs
+concept activations of all K subnetworks (their logits by default, ``concept_activation``). Unlike the published code, each concept really runs
 through its own mask, the label reads every concept's pass, and GPT-2's Conv1D layers are masked.
 """
 
