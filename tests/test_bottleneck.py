@@ -264,7 +264,7 @@ def test_concept_embeddings_mix_value_embeddings_by_probability(tiny_bert_dir, c
     # explain: each concept's probability, and its contribution w·ĉ_k; they sum to the label's logit
     explanation = model.explain(TEXT, steps=4)
     row = model.spec.label_index(explanation.prediction.label)
-    total = sum(c.contribution for c in explanation.concepts) + float(model.label_head.bias[row].detach())
+    total = sum(c.contribution for c in explanation.concepts) + float(model.calibrated(model.label_head.bias)[row].detach())
     assert total == pytest.approx(float(out.label_logits[0, row]), abs=1e-4)
 
 
@@ -287,7 +287,7 @@ def test_concept_embeddings_train_save_load_and_run_in_subnetworks(tiny_bert_dir
         one_by_one, _ = sparse.concept_states_one_by_one(batch["input_ids"], batch["attention_mask"])
     for x, y in zip(batched, one_by_one):  # each concept's embeddings from its own subnetwork
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
-    with pytest.raises(LucidError, match="concept_layer: expected one of \\['scalar', 'embedding'\\], found 'cem'"):
+    with pytest.raises(LucidError, match="concept_layer: expected one of \\['scalar', 'embedding', 'statement'\\], found 'cem'"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="cem")
 
 

@@ -21,6 +21,14 @@ REVIEWS = [
     "The food was cold and the waiter was rude, but the room was quiet.",
     "Lovely ambiance and friendly staff; the noise level was fine and the steak superb.",
 ]
+# Characters a tokenizer normalises (é), does not know (the emoji: [UNK]) or cuts into pieces.
+WRITTEN = "The café was great 😀 and the limoncello superb; مطعم رائع"
+PHONE = {"width": 390, "height": 844}
+# Elements that reach past the right edge of a phone's screen, to name in a failure.
+BEYOND_THE_SCREEN = """width => [...document.querySelectorAll('body *')]
+  .filter(e => e.getBoundingClientRect().right > width + 0.5 && getComputedStyle(e).position !== 'absolute')
+  .map(e => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''}${e.className ? '.' + e.className : ''}: `
+    + Math.round(e.getBoundingClientRect().right)).slice(0, 12)"""
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +46,10 @@ def runs(tiny_runs):
     return tiny_runs
 
 
-def open_page(browser, url):
+def open_page(browser, url, **options):
     """A page at ``url`` that records console errors (a blocked script or style shows there) and
     any request that leaves the server."""
-    page = browser.new_page(locale="en-US")
+    page = browser.new_page(locale="en-US", **options)
     page.errors, page.foreign = [], []
     page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
     page.on("pageerror", lambda error: page.errors.append(str(error)))
@@ -101,15 +109,120 @@ def test_type_a_review_flip_a_concept_and_see_the_label_change(browser, runs):
         page.close()
 
 
-def test_too_long_a_text_shows_the_servers_message(browser, runs):
+def test_a_text_longer_than_the_model_reads_says_how_much_it_read(browser, runs):
+    """The model reads a text's first ``max_length`` tokens (128 here): the page says so beside the
+    label, strikes the unread rest through in the token view, and says nothing for a short text or
+    for an answer without the fields (a text read whole)."""
     app = create_app(load_pretrained(runs["joint"]), runs["joint"])
+    long = "The food was cold and the waiter was rude. " * 30  # within 2,000 characters, past 128 tokens
+    answer = TestClient(app).post("/api/predict", json={"text": long}).json()
+    assert answer["truncated"] and answer["tokens_read"] == 128
     with serving(app) as url:
         page = open_page(browser, url)
-        page.fill("#text", "word " * 300)  # within the character cap, beyond the tiny model's 128 tokens
-        page.click("#predict")
-        page.wait_for_selector("#error:not([hidden])")
-        assert "this model reads at most 128" in page.inner_text("#error")
-        assert page.get_attribute("#text", "maxlength") == "2000"
+        predict(page, long)
+        assert page.inner_text("#reading-note").startswith(
+            f"The model read the first 128 of {answer['tokens_total']} tokens of this text")
+        assert page.locator("#tokens .unread").count() == 1 and page.inner_text("#tokens").strip() == long.strip()
+        predict(page, REVIEWS[0])
+        assert page.locator("#reading-note").count() == 0
+
+        def without_the_fields(route):
+            response = route.fetch()
+            body = {k: v for k, v in response.json().items() if k not in ("tokens_read", "tokens_total", "truncated")}
+            route.fulfill(response=response, json=body)
+
+        page.route("**/api/predict", without_the_fields)
+        predict(page, long)
+        assert page.is_visible("#prediction .label-value") and page.locator("#reading-note").count() == 0
+        assert page.errors == [] and page.foreign == []
+        page.close()
+
+
+def test_a_text_over_the_character_limit_stays_whole_and_the_page_says_what_it_sends(browser, runs):
+    """A pasted text over 2,000 characters is not cut silently: the box keeps it, a note says only
+    the first 2,000 go to the model, and the prediction says it was made on them (characters as the
+    server counts them: an emoji is one, and never half of one is sent)."""
+    app = create_app(load_pretrained(runs["joint"]), runs["joint"])
+    text = ("Great pasta 😀 but we waited an hour. " * 80)[:2500]
+    assert len(text) == 2500
+    with serving(app) as url:
+        page = open_page(browser, url)
+        page.fill("#text", text)
+        assert page.input_value("#text") == text
+        note = page.inner_text("#text-limit")
+        assert page.is_visible("#text-limit") and "only the first 2,000" in note and "the last 500 are left out" in note
+        predict(page, text)
+        assert page.is_hidden("#error")
+        assert "The page sent the first 2,000 of your 2,500 characters." in page.inner_text("#reading-note")
+        page.fill("#text", REVIEWS[0])
+        assert page.is_hidden("#text-limit")
+        assert page.errors == [] and page.foreign == []
+        page.close()
+
+
+def test_tokens_show_the_writers_characters_one_box_a_word_and_their_sign(browser, runs):
+    """Tokens are drawn as the user wrote them (café, not cafe; the emoji, not [UNK]; Arabic
+    letters together), a word's pieces in one box (limoncello, not limo nce llo) with the summed
+    score, whose sign shows in the hue and the line under it, with a legend; the concepts table
+    says what a contribution is."""
+    app = create_app(load_pretrained(runs["joint"]), runs["joint"])
+    explained = TestClient(app).post("/api/explain", json={"text": WRITTEN}).json()
+    signs = set()
+    with serving(app) as url:
+        page = open_page(browser, url)
+        predict(page, WRITTEN)
+        words = page.locator("#tokens .tok").all_inner_texts()
+        assert {"café", "😀", "limoncello", "مطعم", "رائع"} <= set(words) and not {"cafe", "limo", "[UNK]"} & set(words)
+        assert page.inner_text("#tokens") == WRITTEN
+        for number, attribution in enumerate(explained["tokens"]):
+            page.select_option("#token-target", str(number))
+            boxes = page.locator("#tokens .tok")
+            assert boxes.all_inner_texts() == [g["text"] for g in attribution["groups"]]
+            shown = [boxes.nth(i).get_attribute("class").split()[-1] for i in range(boxes.count())]
+            assert shown == ["pos" if g["score"] >= 0 else "neg" for g in attribution["groups"]]
+            signs |= set(shown)
+            assert page.inner_text("#tokens") == WRITTEN
+            lines = page.evaluate("""() => [...document.querySelectorAll('#tokens .tok')]
+                .map(box => getComputedStyle(box).borderBottomStyle)""")  # the sign, in more than a hue
+            assert lines == [{"pos": "solid", "neg": "dashed"}[sign] for sign in shown]
+        assert signs == {"pos", "neg"}
+        legend = page.inner_text("#tokens-section .legend")
+        assert "+ raises it" in legend and "− lowers it" in legend and "scores summed" in legend
+        assert "a word's score is the sum of its tokens' scores" in page.inner_text("#token-method")
+        from lucidlm.explain.explanation import CONTRIBUTION_MEANING
+
+        assert page.inner_text("#contribution-meaning") == CONTRIBUTION_MEANING
+        assert page.errors == [] and page.foreign == []
+        page.close()
+
+
+def test_the_page_fits_a_phone(browser, runs):
+    """At 390 px the page (with a prediction, its concepts and tokens) scrolls only down, and every
+    concept's "Set it to" control, the page's main one, lies within the screen."""
+    app = create_app(load_pretrained(runs["joint"]), runs["joint"])
+    with serving(app) as url:
+        page = open_page(browser, url, viewport=PHONE)
+        predict(page, REVIEWS[2])
+        assert page.is_visible("#concepts-section")
+        assert page.evaluate(BEYOND_THE_SCREEN, PHONE["width"]) == []
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        selects = page.locator("#concepts select[data-concept]")
+        assert selects.count() == 4
+        for i in range(selects.count()):
+            box = selects.nth(i).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+            assert selects.nth(i).is_visible()
+        assert page.locator("#concepts td.set-value").first.evaluate(
+            "cell => getComputedStyle(cell, '::before').content") == '"Set it to: "'
+        page.select_option("#token-target", "4")  # the label's tokens, and the comparison after a change
+        name = page.get_attribute("#concepts select[data-concept]", "data-concept")
+        other = [o for o in page.locator(f"select[data-concept='{name}'] option").all_inner_texts()
+                 if o != page.input_value(f"select[data-concept='{name}']")][0]
+        page.select_option(f"select[data-concept='{name}']", other)
+        page.wait_for_selector("#compare-section:not([hidden])")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], \
+            page.evaluate(BEYOND_THE_SCREEN, PHONE["width"])
+        assert page.errors == [] and page.foreign == []
         page.close()
 
 

@@ -108,7 +108,7 @@ def test_token_bars_show_their_sign_and_contribution_is_explained(trained_run):
     explained = lucidlm("explain", run_dir, TEXT)
     assert explained.exit_code == 0, explained.stderr
     text = " ".join(explained.stdout.split())
-    assert "+ toward it, − against it" in text and "contribution: what the concept" in text
+    assert "+ toward it, − against it" in text and "Contribution: label-head weight × concept activation" in text
 
 
 def _bad_config(folder: Path, tiny_config: Path, change) -> Path:

@@ -196,8 +196,10 @@ def test_hard_projection_puts_each_prototype_on_its_nearest_training_embedding(t
         nearest = pooled[texts.index(examples[0].text)]
         torch.testing.assert_close(trained.prototypes[j].double(), nearest, atol=1e-5, rtol=1e-5)
         assert examples[0].distance < 1e-2 and examples[0].label == trained.prototype_class_name(j)
-    assert set(projection.metrics_before) == set(projection.metrics_after) == {"n", "task"}
-    assert projection.metrics_after == trained.evaluate(cebab_small.dev)  # "after" is the model as it is
+    assert set(projection.metrics_before) == set(projection.metrics_after) == {"n", "task", "calibration"}
+    # "after" is the model as it is, before the temperature fitted after training (argmax unchanged)
+    now = trained.evaluate(cebab_small.dev)
+    assert {k: projection.metrics_after["task"][k] for k in ("accuracy", "macro_f1")} == {k: now["task"][k] for k in ("accuracy", "macro_f1")}
     assert trained.training_history[-1]["stage"] == "projection" and trained.training_history[-1]["hard"]
 
 
@@ -287,7 +289,8 @@ def test_explain_fields(trained):
     # contributions are similarity × class weight: over all prototypes, plus the bias, they are the logits
     everything = trained.explain(TEXT, top_k=trained.num_prototypes)
     sums = [sum(m.contributions[c] for m in everything.prototypes) for c in trained.spec.classes]
-    np.testing.assert_allclose(np.array(sums) + trained.label_head.bias.detach().numpy(), output.label_logits[0].numpy(), atol=1e-4)
+    bias = trained.calibrated(trained.label_head.bias.detach()).numpy()  # logits are over the fitted temperature
+    np.testing.assert_allclose(np.array(sums) + bias, output.label_logits[0].numpy(), atol=1e-4)
     gradients, attention = explanation.tokens
     assert (gradients.target, gradients.method) == ("label", "integrated_gradients(steps=20)")
     assert len(gradients.scores) == len(attention.scores)

@@ -12,14 +12,19 @@ from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from lucidlm.cli import app as cli
+from lucidlm.data import MISSING
 from lucidlm.models import load_pretrained
-from lucidlm.web.report import build_report
+from lucidlm.web.report import STYLE, build_report, worked_example
 from conftest import CHROMIUM, needs_chromium
 
+# Characters a tokenizer normalises (é), does not know (the emoji: [UNK]) or cuts into pieces.
+WRITTEN = "The café was great 😀 and the limoncello superb; مطعم رائع"
+PHONE = {"width": 390, "height": 844}
 # A 1×1 PNG, standing in for the evaluation suite's intervention_curves.png.
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 
@@ -104,10 +109,44 @@ def test_report_holds_metrics_confusion_matrices_and_the_evaluation_suite(joint_
     assert html.count('<article class="example">') == 2 and "Before" in html
 
 
-def test_report_without_evaluation_says_so(runs, tmp_path):
+def test_report_without_evaluation_says_so_with_the_command(runs, tmp_path):
     html = build_report(runs["joint"], limit=8, examples=0)
     assert "This run has no evaluation suite results" in html
+    assert f"<code>lucidlm evaluate {runs['joint']} --suite faithfulness,causal,interventions,honesty</code>" in html
     assert '<article class="example">' not in html
+
+
+def test_report_draws_the_training_curves_and_the_reliability_diagram(runs):
+    """Without the evaluation suite the report still has figures: the training curves (one point an
+    epoch) and, per recorded split, the reliability diagram (one bar a non-empty bin)."""
+    model = load_pretrained(runs["joint"])
+    record = json.loads((runs["joint"] / "run.json").read_text())
+    html = build_report(runs["joint"], limit=8, examples=0)
+    curves = re.search(r'<svg class="figure"[^>]*aria-label="training loss and dev score per epoch".*?</svg>', html).group(0)
+    epochs = [h for h in model.training_history if "epoch" in h]
+    assert curves.count("<circle") == 2 * len(epochs) and curves.count("<polyline") == 2
+    for split in ("dev", "test"):
+        diagram = re.search(rf'<svg class="figure"[^>]*aria-label="reliability on {split}".*?</svg>', html).group(0)
+        bins = record["metrics"][split]["calibration"]["bins"]
+        assert diagram.count("<rect") == len(bins) and sum(b["n"] for b in bins) == record["metrics"][split]["n"]
+        assert f"ECE {record['metrics'][split]['task']['ece']:.3f}" in html
+    t = model.temperatures
+    assert f"Label temperature <strong>{t.label:.3f}</strong>, fitted on dev" in html
+
+
+def test_report_examples_are_the_showcase_rows_with_their_first_asked_correction(runs):
+    from lucidlm.experiment import load_experiment_task
+    from lucidlm.intervene import showcase_corrections
+
+    model = load_pretrained(runs["joint"])
+    record = json.loads((runs["joint"] / "run.json").read_text())
+    rows = load_experiment_task(record["experiment"]["data"]).split("test")
+    html = build_report(runs["joint"], examples=2)
+    for number, showcase in enumerate(showcase_corrections(model, rows, 2), start=1):
+        article = re.search(rf'<article class="example"><h3>Example {number}</h3><blockquote>(.*?)</blockquote>', html)
+        assert article.group(1) == escape(rows.texts[showcase.row])
+        if showcase.concept is not None:
+            assert f"Checking first what the model would ask about first, {showcase.concept}" in html
 
 
 def test_sparse_report_has_density_per_layer_and_the_overlap_heat_map(runs):
@@ -154,3 +193,52 @@ def test_chromium_opens_the_report_with_no_request(joint_report):
         assert page.evaluate("[...document.images].every(img => img.complete && img.naturalWidth > 0)")
         browser.close()
     assert requests == [path.as_uri()]
+
+
+def test_report_tokens_are_the_writers_words_with_their_sign_and_say_what_scores_mean(runs):
+    """A worked example draws the text as written (café, the emoji, Arabic words), one box a word
+    (limoncello, not limo nce llo) with its tokens' summed score and its sign as a class and a line,
+    under a legend; its concepts table says what a contribution is."""
+    model = load_pretrained(runs["joint"])
+    html = worked_example(model, 1, WRITTEN, 0, np.full(len(model.spec.concepts), MISSING))
+    words = {word for _, word in re.findall(r'<span class="tok (pos|neg)"[^>]*>([^<]*)</span>', html)}
+    assert {"café", "😀", "limoncello", "مطعم", "رائع"} <= words and not {"cafe", "limo", "[UNK]"} & words
+    explanation = model.explain(WRITTEN)
+    paragraphs = re.findall(r'<p class="tokens">(.*?)</p>', html)
+    assert len(paragraphs) == len(explanation.tokens) == 5
+    for paragraph, attribution in zip(paragraphs, explanation.tokens):
+        boxes = re.findall(r'<span class="tok (pos|neg)"[^>]*>([^<]*)</span>', paragraph)
+        assert [word for _, word in boxes] == [escape(g.text) for g in attribution.groups]
+        assert [sign for sign, _ in boxes] == ["pos" if g.score >= 0 else "neg" for g in attribution.groups]
+        assert re.sub(r"<[^>]+>", "", paragraph) == escape(WRITTEN)
+    assert "+ raises" in html and "− lowers" in html and "its score the sum of its tokens' scores" in html
+    from lucidlm.explain.explanation import CONTRIBUTION_MEANING
+
+    assert escape(CONTRIBUTION_MEANING) in html and CONTRIBUTION_MEANING.startswith("Contribution: label-head weight")
+    assert ".tok.neg{border-bottom:2px dashed" in STYLE
+
+
+@needs_chromium
+@pytest.mark.parametrize("kind", ["joint", "sparse", "proto"])
+def test_report_fits_a_phone(joint_report, runs, tmp_path, kind):
+    """At 390 px the report (tables, heat map, worked examples side by side on a wide screen)
+    scrolls only down."""
+    from playwright.sync_api import sync_playwright
+
+    if kind == "joint":
+        html = joint_report[0]
+    else:
+        html = build_report(runs[kind], limit=8, examples=1)
+    path = tmp_path / "report.html"
+    path.write_text(html, encoding="utf-8")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport=PHONE)
+        page.goto(path.as_uri())
+        beyond = page.evaluate("""width => [...document.querySelectorAll('body *')]
+            .filter(e => e.getBoundingClientRect().right > width + 0.5)
+            .map(e => e.tagName.toLowerCase() + '.' + e.getAttribute('class') + ': ' + Math.round(e.getBoundingClientRect().right))
+            .slice(0, 12)""", PHONE["width"])
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], beyond
+        assert page.locator(".example").count() >= 1
+        browser.close()

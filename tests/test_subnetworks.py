@@ -218,7 +218,7 @@ def test_explanation_has_three_levels(trained):
     prediction = explanation.prediction
     logits = trained(*[trained.encoder.batch([TEXTS[0]])[k] for k in ("input_ids", "attention_mask")]).label_logits[0]
     c = trained.spec.label_index(prediction.label)
-    total = sum(x.contribution for x in explanation.concepts) + trained.label_head.bias[c].item()
+    total = sum(x.contribution for x in explanation.concepts) + trained.calibrated(trained.label_head.bias)[c].item()
     assert total == pytest.approx(logits[c].item(), abs=1e-4)
     assert explanation.to_json()  # serialisable
 

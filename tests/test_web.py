@@ -62,10 +62,10 @@ def test_predict_equals_the_model_and_contributions_sum_to_the_logit(clients, mo
     assert body["label"] == expected.label
     assert body["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
     assert {k: v["value"] for k, v in body["concepts"].items()} == {k: v.value for k, v in expected.concepts.items()}
-    # The label's logit is the sum of the concepts' contributions plus the label head's bias.
+    # The label's (calibrated) logit is the sum of the concepts' contributions plus the bias, both over T.
     logits = model.forward_texts([TEXT]).label_logits[0]
     row = model.spec.label_index(body["label"])
-    total = sum(c["contribution"] for c in body["contributions"]) + float(model.label_head.bias[row].detach())
+    total = sum(c["contribution"] for c in body["contributions"]) + float(model.calibrated(model.label_head.bias)[row].detach())
     assert total == pytest.approx(float(logits[row]), abs=1e-4)
     assert [c["concept"] for c in body["contributions"]] == ["food", "ambiance", "service", "noise"]
     # the concepts in the order the expected-label-change policy asks about them
@@ -115,6 +115,63 @@ def test_explain_returns_the_explanation_of_each_family(clients, models):
     assert sum(proto["tokens"][1]["scores"]) == pytest.approx(1.0, abs=1e-4)
     nearest = models["proto"].projection.examples[proto["prototypes"][0]["prototype"]]
     assert [e["text"] for e in proto["prototypes"][0]["nearest_examples"]] == [e.text for e in nearest]
+
+
+# A zero-width space (removed before tokenising), an accent the tokenizer strips, an emoji it does
+# not know ([UNK]), a word it cuts into pieces, Arabic letters, CJK characters one token each.
+WRITTEN = "Le café\u200b était bon 😀 limoncello, مطعم رائع 寿司"
+WORDS = ["Le", "café", "était", "bon", "😀", "limoncello", ",", "مطعم", "رائع", "寿", "司"]
+
+
+def test_explain_shows_each_word_in_the_writers_characters(clients):
+    """Every attribution maps its tokens to the user's characters (offsets of a fast tokenizer):
+    groups are the words as written, each its tokens' summed score, and they and the spaces
+    between them give the text back (less the invisible characters the model never reads)."""
+    body = clients["joint"].post("/api/explain", json={"text": WRITTEN}).json()
+    for attribution in body["tokens"]:
+        groups, tokens, scores = attribution["groups"], attribution["tokens"], attribution["scores"]
+        assert [g["text"] for g in groups] == WORDS
+        assert "".join(g["before"] + g["text"] for g in groups) + attribution["unread"] == WRITTEN.replace("\u200b", "")
+        limoncello = groups[WORDS.index("limoncello")]
+        assert [tokens[i] for i in limoncello["tokens"]] == ["limo", "##nce", "##llo"]
+        assert limoncello["score"] == pytest.approx(sum(scores[i] for i in limoncello["tokens"]))
+        shown = [i for g in groups for i in g["tokens"]]
+        assert shown == [i for i, special in enumerate(attribution["special"]) if not special]
+        spans = {tokens[i]: attribution["spans"][i] for i in shown}
+        assert WRITTEN[slice(*spans["cafe"])] == "café" and WRITTEN[slice(*spans["eta"])] == "éta"  # after the U+200B
+        assert attribution["spans"][0] is None and attribution["unread"] == ""
+        if attribution["method"].startswith("integrated_gradients"):  # [UNK] is a word, not the frame
+            assert groups[WORDS.index("😀")]["score"] != 0
+
+
+def test_token_groups_of_byte_level_bpe_and_of_a_truncated_text(tiny_gpt2_dir, tiny_bert_dir):
+    """Byte-level BPE cuts é, the emoji and Arabic letters into bytes, and its tokens carry their
+    spaces: the groups are still the written words. A text cut at ``max_length`` keeps its unread
+    end apart; without the text (or offsets) words are rebuilt from the tokens, pieces joined."""
+    from transformers import AutoTokenizer
+
+    from lucidlm.data.collate import TextEncoder
+    from lucidlm.explain.tokens import token_attribution
+
+    gpt2 = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    gpt2.pad_token = gpt2.eos_token
+    read = WRITTEN.replace("\u200b", "")
+    ids = TextEncoder(gpt2, 128).batch([WRITTEN])["input_ids"][0].tolist()
+    attribution = token_attribution(gpt2, ids, [1.0] * len(ids), "label", "test", WRITTEN)
+    assert [g.text for g in attribution.groups] == ["Le", "café", "était", "bon", "😀", "limoncello", ",", "مطعم",
+                                                    "رائع", "寿司"]
+    assert "".join(g.before + g.text for g in attribution.groups) == read
+    assert sum(g.score for g in attribution.groups) == len(ids)  # every token, in one word or another
+
+    bert = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    ids = TextEncoder(bert, 8).batch([WRITTEN])["input_ids"][0].tolist()
+    cut = token_attribution(bert, ids, [0.5] * len(ids), "label", "test", WRITTEN)
+    assert [g.text for g in cut.groups] == ["Le", "café", "était", "bon", "😀"]
+    assert cut.unread == " limoncello, مطعم رائع 寿司"
+    ids = TextEncoder(bert, 128).batch([WRITTEN])["input_ids"][0].tolist()
+    rebuilt = token_attribution(bert, ids, [0.5] * len(ids), "label", "test")
+    assert [g.text for g in rebuilt.groups][4:7] == ["[UNK]", "limoncello", ","]
+    assert rebuilt.spans == [None] * len(ids)
 
 
 def test_subnetwork_intervention_never_commits(clients, models):

@@ -10,13 +10,36 @@ from ..outputs import Prediction
 
 
 @dataclass
+class TokenGroup:
+    """One word of the text as its writer typed it, with the tokens the model cut it into.
+
+    ``text`` is the user's own characters (not the tokenizer's normalised ones: ``café``, not
+    ``cafe``; an emoji, not ``[UNK]``), ``before`` the user's characters between the previous group
+    and this one (spaces, line breaks; characters no token covers), ``score`` the sum of its tokens'
+    scores (integrated gradients add up over tokens, attention weights too), ``tokens`` their
+    indices in ``TokenAttribution.tokens`` and ``pair`` whether it is in the second text of a pair."""
+
+    text: str
+    before: str
+    score: float
+    tokens: list[int]
+    pair: bool = False
+
+
+@dataclass
 class TokenAttribution:
     """Scores over the input's tokens toward one ``target``: a concept name, ``"label"``, or
     ``"attention"`` (proto-lm's token attention). ``method`` says how they were computed.
 
     How to show the tokens is decided once, here, for every view (CLI, page, report):
-    ``special`` marks [CLS]-like tokens a view leaves out, ``words`` is each token as shown
-    (without ``##``, ``Ġ`` or ``▁``) and ``space_before`` whether a space precedes it."""
+    ``groups`` are the text's words in the user's own characters, each with the summed score of
+    its tokens (what the page and the report draw: subword pieces never show apart); ``spans`` is
+    each token's characters ``[start, end)`` in the text it came from (the pair's, for a pair's
+    tokens), from the tokenizer's offsets (None for special tokens, or when the tokenizer gives no
+    offsets: then the groups are built from ``words``); ``unread`` is the end of the text the model
+    did not read (it reads its first ``max_length`` tokens). Per token, ``special`` marks
+    [CLS]-like tokens a view leaves out, ``words`` is each token as the tokenizer has it (without
+    ``##``, ``Ġ`` or ``▁``) and ``space_before`` whether a space precedes it."""
 
     target: str
     method: str
@@ -25,6 +48,9 @@ class TokenAttribution:
     special: list[bool] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
     space_before: list[bool] = field(default_factory=list)
+    spans: list[tuple[int, int] | None] = field(default_factory=list)
+    groups: list[TokenGroup] = field(default_factory=list)
+    unread: str = ""
 
 
 @dataclass
@@ -38,9 +64,11 @@ class ConceptContribution:
     contribution: float
 
 
-# What "contribution" means, in the one line every view (CLI, page, report) shows beside it.
-CONTRIBUTION_MEANING = ("contribution: what the concept, as read, adds to the predicted label's score "
-                        "(label-head weight × concept activation); the score is their sum plus a constant")
+# What "contribution" means (``ConceptBottleneckLM.concept_contributions``), in the one line every
+# view shows beside it: the CLI, the page (through /api/info) and the report.
+CONTRIBUTION_MEANING = ("Contribution: label-head weight × concept activation (summed over the concept's values, over the "
+                        "label's temperature) toward the predicted label's logit, which is the sum of the contributions plus "
+                        "the head's bias; + pushes toward the predicted label, − away from it.")
 
 
 @dataclass

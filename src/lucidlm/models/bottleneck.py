@@ -212,10 +212,11 @@ class ConceptBottleneckLM(ConceptModel):
 
     def concept_contribution_matrix(self, activations: list[torch.Tensor], label_rows: torch.Tensor) -> torch.Tensor:
         """``[B, K]``: for row i, label-head weight of label ``label_rows[i]`` × concept k's
-        activation, summed over k's values; that label's logit is the row's sum plus the bias."""
+        activation, summed over k's values, over the label's temperature; that label's
+        (calibrated) logit is the row's sum plus the bias over the temperature."""
         weight = self.label_head.weight[label_rows]  # [B, F]
         sizes = [a.size(-1) for a in activations]
-        return torch.stack([(w * a).sum(-1) for w, a in zip(weight.split(sizes, dim=-1), activations)], dim=1)
+        return self.calibrated(torch.stack([(w * a).sum(-1) for w, a in zip(weight.split(sizes, dim=-1), activations)], dim=1))
 
     # ---- intervention ---------------------------------------------------------------------
     def apply_correction(self, texts: list[str], correction: ConceptValues) -> list[InterventionResult]:
@@ -254,11 +255,12 @@ class ConceptBottleneckLM(ConceptModel):
         for k, concept in enumerate(self.spec.concepts):
             value = concept.index(prediction.concepts[concept.name].value)
             score = lambda i, m, k=k, v=value: self.single_concept_logits(i, m, k).softmax(-1)[:, v]  # noqa: E731
-            tokens.append(integrated_gradients(self, ids, mask, score, target=concept.name, steps=steps))
+            tokens.append(integrated_gradients(self, ids, mask, score, target=concept.name, steps=steps, text=text, pair=pair))
         label_score = self.label_attribution_score()
         if label_score is not None and not self.spec.is_regression:
             c = self.spec.label_index(prediction.label)
-            tokens.append(integrated_gradients(self, ids, mask, lambda i, m: label_score(i, m).softmax(-1)[:, c], "label", steps))
+            tokens.append(integrated_gradients(self, ids, mask, lambda i, m: label_score(i, m).softmax(-1)[:, c], "label", steps,
+                                               text=text, pair=pair))
         return Explanation(text=text, text_pair=pair, prediction=prediction,
                            concepts=self.concept_contributions(output, prediction), tokens=tokens)
 

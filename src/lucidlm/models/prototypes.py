@@ -388,7 +388,7 @@ class PrototypeLM(PrototypeModel):
         pairs = [pair] if pair is not None else None
         output = self.forward_texts([text], pairs)
         similarity = output.prototype_similarity[0]
-        contributions = similarity[:, None] * self.label_head.weight.detach().T  # [P, C]
+        contributions = self.calibrated(similarity[:, None] * self.label_head.weight.detach().T)  # [P, C], as the logits
         class_names = [self.spec.label] if self.spec.is_regression else list(self.spec.classes)
         prototypes = [
             PrototypeMatch(
@@ -405,9 +405,10 @@ class PrototypeLM(PrototypeModel):
         if not self.spec.is_regression:  # through the prototype similarities, as the label reads them
             label = self.spec.label_index(prediction.label)
             tokens.append(integrated_gradients(self, ids, mask, lambda i, m: self(i, m).label_logits.softmax(-1)[:, label],
-                                               "label", steps))
+                                               "label", steps, text=text, pair=pair))
         # α pools the states; it is not an attribution of the label (bench/results/evaluation_suite.md scores both)
-        tokens.append(token_attribution(self.tokenizer, ids[0].tolist(), output.token_attention[0].tolist(), "attention", "attention"))
+        tokens.append(token_attribution(self.tokenizer, ids[0].tolist(), output.token_attention[0].tolist(), "attention", "attention",
+                                        text, pair))
         return Explanation(text=text, text_pair=pair, prediction=prediction, tokens=tokens, prototypes=prototypes)
 
     # ---- persistence --------------------------------------------------------------------

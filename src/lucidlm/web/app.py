@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..errors import LucidError, Unsupported
 from ..explain import Explanation
+from ..explain.explanation import CONTRIBUTION_MEANING
 from ..outputs import InterventionResult, SubnetworkInterventionResult
 from ..version import __version__
 from . import schemas
@@ -93,7 +94,7 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
     @app.get("/api/info", response_model=schemas.Info)
     def info():
         """What this run is: family, label classes, concepts and the values each can take."""
-        return {**service.info(), "max_text_chars": MAX_TEXT_CHARS}
+        return {**service.info(), "max_text_chars": MAX_TEXT_CHARS, "contribution_meaning": CONTRIBUTION_MEANING}
 
     @app.post("/api/predict", response_model=schemas.PredictAnswer, responses=ERRORS)
     async def predict(request: schemas.TextRequest):

@@ -12,7 +12,7 @@ AXIS, GRID, BLUE, ORANGE, GREY = "#59636e", "#d1d9e0", "#0969da", "#bc4c00", "#8
 
 def _svg(body: str, label: str) -> str:
     return (f'<svg class="figure" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(label)}" '
-            f'xmlns="http://www.w3.org/2000/svg" font-size="10" font-family="system-ui,sans-serif">'
+            'font-size="10" font-family="system-ui,sans-serif">'
             f"<title>{escape(label)}</title>{body}</svg>")
 
 

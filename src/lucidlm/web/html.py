@@ -91,18 +91,31 @@ def heatmap_svg(matrix: Sequence[Sequence[float]], rows: Sequence[str], columns:
 
 
 def token_spans(attribution, signed: bool = True) -> str:
-    """An attribution's tokens shaded by score, relative to the largest magnitude: green for
-    positive, red for negative (one blue for unsigned scores such as attention). Special tokens
-    are left out; words and spaces as ``TokenAttribution`` says."""
-    kept = [(w, sp, s) for w, sp, s, special in zip(attribution.words, attribution.space_before, attribution.scores,
-                                                     attribution.special) if not special]
-    top = max((abs(s) for _, _, s in kept), default=0.0) or 1.0
-    spans = []
-    for word, space, score in kept:
-        colour = (GREEN if score >= 0 else RED) if signed else BLUE
-        spans.append(f'{" " if space else ""}<span class="tok" style="{shade(abs(score) / top, colour)}" '
-                     f'title="{score:+.4f}">{esc(word)}</span>')
-    return f'<p class="tokens">{"".join(spans).strip()}</p>'
+    """The text as its writer typed it, one box a word (``TokenAttribution.groups``: its subword
+    tokens together, with their summed score), shaded by score relative to the largest magnitude:
+    green with a solid line under it for positive, red with a dashed one for negative (one blue for
+    unsigned scores such as attention). The end of a text the model did not read is struck through."""
+    groups = attribution.groups
+    top = max((abs(g.score) for g in groups), default=0.0) or 1.0
+    parts = []
+    for i, group in enumerate(groups):
+        if group.pair and not (i and groups[i - 1].pair):
+            parts.append('<span class="pair-mark"> ‖ </span>')
+        sign = ("pos" if group.score >= 0 else "neg") if signed else "att"
+        colour = {"pos": GREEN, "neg": RED, "att": BLUE}[sign]
+        pieces = " ".join(attribution.tokens[t] for t in group.tokens)
+        parts.append(f'{esc(group.before)}<span class="tok {sign}" style="{shade(abs(group.score) / top, colour)}" '
+                     f'title="{group.score:+.4f} ({esc(pieces)})">{esc(group.text)}</span>')
+    if attribution.unread:
+        parts.append(f'<span class="unread" title="not read: the model reads only the first tokens">{esc(attribution.unread)}</span>')
+    return f'<p class="tokens">{"".join(parts)}</p>'
+
+
+TOKEN_LEGEND = ('<p class="legend muted"><span class="tok pos" style="{pos}">+ raises</span> '
+                '<span class="tok neg" style="{neg}">− lowers</span> the target named above each text '
+                "(green, solid line: raises; red, dashed line: lowers; darker: stronger). One box a word, as written, "
+                "its score the sum of its tokens' scores; hover a word for its score and tokens.</p>").format(
+    pos=shade(0.5, GREEN), neg=shade(0.5, RED))
 
 
 def png_data_uri(data: bytes) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from sklearn.metrics import confusion_matrix
 from ..version import __version__
 from ..data import MISSING
 from ..errors import LucidError
-from ..intervene import choose_correction
+from ..explain.explanation import CONTRIBUTION_MEANING
+from ..intervene import Showcase, choose_correction, showcase_corrections
 from ..models import ConceptModel, PrototypeModel, SubnetworkModel
-from .html import GREEN, RED, cell, confusion_table, esc, fmt, heatmap_svg, png_data_uri, shade, table, token_spans
+from .figures import reliability_diagram, training_curves
+from .html import GREEN, RED, TOKEN_LEGEND, cell, confusion_table, esc, fmt, heatmap_svg, png_data_uri, shade, table, token_spans
 from .report_json import render_json
 
 EVALUATION_JSON, EVALUATION_MD, CURVES_PNG = "evaluation.json", "evaluation.md", "intervention_curves.png"
@@ -70,13 +73,14 @@ def build_report(run_dir: str | Path, split: str = "test", limit: int | None = N
             rows_note = f"Computed now on all {total:,} {split} rows."
 
     sections = [("overview", "The run", overview(model, record, run_dir)),
-                ("metrics", "Metrics", metrics_section(record))]
+                ("metrics", "Metrics", metrics_section(record)),
+                ("calibration", "Calibration", calibration_section(model, record))]
     sections.append(("predictions", "Confusion matrices", predictions_section(model, rows, rows_note)))
     if isinstance(model, SubnetworkModel):
         sections.append(("subnetworks", "Concept subnetworks", subnetworks_section(model.subnetwork_statistics())))
     if isinstance(model, PrototypeModel):
         sections.append(("prototypes", "Prototypes", prototypes_section(model)))
-    sections.append(("evaluation", "Evaluation suite", evaluation_section(run_dir)))
+    sections.append(("evaluation", "Evaluation suite", evaluation_section(run_dir, model)))
     sections.append(("examples", "Worked examples", examples_section(model, rows, examples)))
     return page(f"lucidlm report: {run_dir.name}", sections)
 
@@ -87,6 +91,10 @@ def overview(model, record: dict | None, run_dir: Path) -> str:
     facts = [("family", model.family), ("mode", summary["mode"]), ("backbone", summary["backbone"]),
              ("task", spec.name), ("label", f"{spec.label}: " + (", ".join(spec.classes) if spec.classes else "a number"))]
     facts += [(f"concept {c.name}", ", ".join(c.values)) for c in spec.concepts]
+    if summary.get("concept_objective"):
+        facts.append(("concept objective", {"soft_targets": "soft_targets: cross-entropy per concept",
+                                            "cos3": "cos3: CB-LLM's cubed cosine similarity, one ReLU activation per statement"}
+                      .get(summary["concept_objective"], summary["concept_objective"])))
     if "random_intervention_rate" in summary:
         facts.append(("RandInt", summary["random_intervention_rate"]))
     if summary.get("intervention_loss_weight"):
@@ -113,8 +121,40 @@ def overview(model, record: dict | None, run_dir: Path) -> str:
     epochs = [h for h in model.training_history if "epoch" in h]
     if epochs:
         keys = [k for k in ("epoch", "loss", "dev_score") if any(k in h for h in epochs)]
-        html += "<h3>Training</h3>" + table(keys, [[fmt(h.get(k, "")) for k in keys] for h in epochs], cls="narrow")
+        html += ("<h3>Training</h3>" + f"<figure>{training_curves(model.training_history)}<figcaption>Training loss and "
+                 "dev score (what model selection maximises) per epoch.</figcaption></figure>"
+                 + table(keys, [[fmt(h.get(k, "")) for k in keys] for h in epochs], cls="narrow"))
     return html
+
+
+def calibration_section(model, record: dict | None) -> str:
+    """The temperatures fitted on dev, the dev figures before and after, and the reliability
+    diagram of each recorded split (docs/methods.md §7.2)."""
+    t = model.temperatures
+    parts = []
+    if t.fitted_on is None:
+        parts.append('<p class="note">No temperature was fitted (training.calibrate was off, or the run predates '
+                     "calibration): the probabilities are the model's as trained.</p>")
+    elif "label" in t.before:
+        before, after = t.before["label"], t.after["label"]
+        parts.append(f"<p>Label temperature <strong>{fmt(t.label)}</strong>, fitted on {esc(t.fitted_on)} by NLL after "
+                     "training; every probability in this report, on the page and in the API is divided by it (accuracy "
+                     "is unchanged).</p>")
+        rows = [[esc(name), fmt(before[name]), fmt(after[name])] for name in ("ece", "nll", "confidence")]
+        parts.append(table([f"{t.fitted_on}", "before (T = 1)", "after"], rows, cls="narrow"))
+        if t.concepts:
+            parts.append(table(["concept", "temperature", f"ECE before → after ({t.fitted_on})"],
+                               [[esc(name), fmt(value), f"{fmt(t.before['concepts'][name]['ece'])} → "
+                                 f"{fmt(t.after['concepts'][name]['ece'])}"] for name, value in t.concepts.items()],
+                               "Concepts (the probabilities shown; the label reads the concepts as trained)", "narrow"))
+    for split, metrics in ((record or {}).get("metrics") or {}).items():
+        bins = (metrics.get("calibration") or {}).get("bins")
+        if bins:
+            task = metrics["task"]
+            parts.append(f"<figure>{reliability_diagram(bins, f'reliability on {split}')}<figcaption>Reliability on "
+                         f"{esc(split)}: accuracy per confidence bin (15 bins; the dashed diagonal is a calibrated "
+                         f"model). ECE {fmt(task['ece'])}, NLL {fmt(task['nll'])}.</figcaption></figure>")
+    return "".join(parts) or '<p class="note">A regression task has no probabilities to calibrate.</p>'
 
 
 def metrics_section(record: dict | None) -> str:
@@ -232,7 +272,7 @@ def prototype_card(j: int, examples, similarity: float | None = None, limit: int
     return f'<div class="card"><h4>{esc(title)}</h4><ol class="examples">{items}</ol></div>'
 
 
-def evaluation_section(run_dir: Path) -> str:
+def evaluation_section(run_dir: Path, model=None) -> str:
     """The evaluation suite's files, whichever exist: results as tables, figures inline."""
     parts = []
     path = run_dir / EVALUATION_JSON
@@ -251,26 +291,33 @@ def evaluation_section(run_dir: Path) -> str:
         parts.append(f"<details><summary>{EVALUATION_MD}, as written</summary>"
                      f"<pre>{esc(markdown.read_text(encoding='utf-8', errors='replace'))}</pre></details>")
     if not parts:
-        return (f'<p class="note">This run has no evaluation suite results ({EVALUATION_JSON}, {CURVES_PNG}): '
-                "intervention curves and faithfulness tables appear here once the suite has been run on it.</p>")
+        suites = "faithfulness,causal,interventions,honesty" if isinstance(model, ConceptModel) else "faithfulness"
+        command = f"lucidlm evaluate {shlex.quote(str(run_dir))} --suite {suites}"
+        return (f'<p class="note">This run has no evaluation suite results ({EVALUATION_JSON}, {CURVES_PNG}). Run '
+                f"<code>{esc(command)}</code>, then <code>lucidlm report {esc(shlex.quote(str(run_dir)))}</code> again: "
+                "intervention curves, faithfulness against baselines and causal effects appear here.</p>")
     return "".join(parts)
 
 
 def examples_section(model, rows, count: int) -> str:
     if rows is None or count == 0:
         return '<p class="note">No worked examples: no data to draw them from.</p>' if count else ""
-    picks = np.linspace(0, len(rows) - 1, num=min(count, len(rows))).round().astype(int).tolist()
+    if isinstance(model, ConceptModel):  # the rows that show what a correction is for (``showcase_corrections``)
+        showcases = showcase_corrections(model, rows, count)
+    else:
+        picks = np.linspace(0, len(rows) - 1, num=min(count, len(rows))).round().astype(int).tolist()
+        showcases = [Showcase(i) for i in dict.fromkeys(picks)]
     parts = []
-    for number, i in enumerate(dict.fromkeys(picks), start=1):
-        text = rows.texts[i]
+    for number, showcase in enumerate(showcases, start=1):
+        i, text = showcase.row, rows.texts[showcase.row]
         try:
-            parts.append(worked_example(model, number, text, rows.labels[i], rows.concepts[i]))
+            parts.append(worked_example(model, number, text, rows.labels[i], rows.concepts[i], showcase))
         except LucidError as e:  # e.g. a text longer than the model reads
             parts.append(f'<article class="example"><h3>Example {number}</h3><p class="note">{esc(e)}</p></article>')
     return "".join(parts)
 
 
-def worked_example(model, number: int, text: str, gold_label, gold_concepts: np.ndarray) -> str:
+def worked_example(model, number: int, text: str, gold_label, gold_concepts: np.ndarray, showcase=None) -> str:
     spec = model.spec
     explanation = model.explain(text)
     prediction = explanation.prediction
@@ -287,7 +334,10 @@ def worked_example(model, number: int, text: str, gold_label, gold_concepts: np.
                  cell(esc(c.value), "" if gold_values.get(c.concept) in (None, c.value) else MISREAD),
                  fmt(c.probability), cell(f"{c.contribution:+.3f}", shade(abs(c.contribution) / top, GREEN if c.contribution >= 0 else RED))]
                 for c in explanation.concepts]
-        parts.append(table(["concept", "gold", "predicted", "probability", "contribution"], body, cls="narrow"))
+        parts.append(table(["concept", "gold", "predicted", "probability", "contribution"], body, cls="narrow")
+                     + f'<p class="muted meaning">{esc(CONTRIBUTION_MEANING)}</p>')
+    if explanation.tokens:
+        parts.append(TOKEN_LEGEND)
     for attribution in explanation.tokens:
         signed = attribution.method != "attention"
         parts.append(f'<p class="muted">{esc(attribution.target)} ({esc(attribution.method)})</p>'
@@ -295,12 +345,12 @@ def worked_example(model, number: int, text: str, gold_label, gold_concepts: np.
     for match in explanation.prototypes:
         parts.append(prototype_card(match.prototype, match.nearest_examples, match.similarity, 2, match.prototype_class))
     if explanation.concepts and isinstance(model, ConceptModel):
-        parts.append(example_intervention(model, text, explanation, gold_values))
+        parts.append(example_intervention(model, text, explanation, gold_values, showcase))
     return "".join(parts) + "</article>"
 
 
-def example_intervention(model, text: str, explanation, gold_values: dict) -> str:
-    title, result = choose_correction(model, text, explanation, gold_values)
+def example_intervention(model, text: str, explanation, gold_values: dict, showcase=None) -> str:
+    title, result = choose_correction(model, text, explanation, gold_values, showcase)
     setting = ", ".join(f"{k} = {v}" for k, v in result.interventions.items())
     columns = "".join(f'<div class="side"><h4>{side}</h4>{prediction_summary(p, result.interventions)}</div>'
                       for side, p in (("Before", result.before), (f"After {setting}", result.after)))
@@ -329,7 +379,9 @@ td .cell{display:block;padding:.15rem .3rem;border-radius:3px}
 .muted,.note{color:#59636e}.note{font-style:italic}
 .grid{display:flex;flex-wrap:wrap;gap:.5rem 2rem}.compare{display:grid;grid-template-columns:1fr 1fr;gap:1rem}
 .side{border:1px solid #d1d9e0;border-radius:8px;padding:.2rem .8rem;background:#f6f8fa}
-.tokens{line-height:2}.tok{padding:.1rem .15rem;border-radius:3px}
+.tokens{line-height:2.1;white-space:pre-wrap;overflow-wrap:anywhere}.tok{padding:.1rem .15rem;border-radius:3px}
+.tok.pos{border-bottom:2px solid rgb(22,163,74)}.tok.neg{border-bottom:2px dashed rgb(220,38,38)}
+.unread{color:#59636e;text-decoration:line-through;text-decoration-color:#d1d9e0}
 .card{border:1px solid #d1d9e0;border-radius:8px;padding:.2rem .9rem;margin:.5rem 0}
 .examples li{margin-bottom:.3rem}blockquote{margin:.4rem 0;padding:.4rem .9rem;border-left:4px solid #2563eb;background:#f6f8fa}
 .example{border-top:1px dashed #d1d9e0;margin-top:1rem}figure img{max-width:100%}
@@ -337,6 +389,11 @@ td .cell{display:block;padding:.15rem .3rem;border-radius:3px}
 pre{white-space:pre-wrap;background:#f6f8fa;padding:.6rem;border-radius:6px;font-size:.85rem}
 details>summary{cursor:pointer;font-weight:600;margin:.4rem 0}.evaluation{overflow-x:auto}
 .evaluation h3,.evaluation h4,.evaluation h5,.evaluation h6{margin:.7rem 0 .3rem}.evaluation h5{font-size:.9rem}.evaluation h6{font-size:.85rem}
+svg.heatmap{max-width:100%;height:auto}.grid-item{max-width:100%;overflow-x:auto}
+svg.figure{width:100%;max-width:34rem;height:auto;display:block}
+.facts td,.density th[scope=row],.heads th[scope=row],caption,blockquote,q{overflow-wrap:anywhere}
+@media (max-width:640px){header,main{padding:0 .7rem}table{font-size:.75rem}th,td{padding:.2rem .2rem}td .cell{padding:.1rem .2rem}
+.compare{grid-template-columns:minmax(0,1fr)}.grid{gap:.5rem 1rem}blockquote{margin:.4rem 0}}
 """
 
 

@@ -100,6 +100,7 @@ class Info(BaseModel):
     can_confirm: bool = Field(description="Confirming a concept's predicted value makes it certain and can move the label "
                                           "(concept embeddings, probabilities); otherwise a confirmed value changes nothing.")
     max_text_chars: int
+    contribution_meaning: str = Field(description="What a concept's contribution is, in one line (shown beside them).")
 
 
 class Health(BaseModel):

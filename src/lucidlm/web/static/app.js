@@ -5,7 +5,8 @@
 
 // request: the latest text predicted; correction: the latest correction asked (a newer one makes
 // older answers stale, and a new text makes every pending correction stale)
-const state = { info: null, text: "", prediction: null, request: 0, correction: 0 };
+// sent: how many of the typed characters the latest text sent (the page sends at most max_text_chars)
+const state = { info: null, text: "", prediction: null, request: 0, correction: 0, sent: null };
 const $ = (selector) => document.querySelector(selector);
 
 function el(tag, attributes = {}, ...children) {
@@ -31,7 +32,10 @@ async function api(path, body) {
 }
 
 const percent = (p) => `${(100 * p).toFixed(1)}%`;
-const signed = (x) => (x >= 0 ? "+" : "−") + Math.abs(x).toFixed(3);
+const signed = (x, digits = 3) => (x >= 0 ? "+" : "−") + Math.abs(x).toFixed(digits);
+const count = (n) => n.toLocaleString("en-US");
+// Characters as the server counts them (code points: an emoji is one), never half a surrogate pair.
+const characters = (text) => Array.from(text);
 
 function setStatus(message) { $("#status").textContent = message; }
 
@@ -52,11 +56,12 @@ async function loadInfo() {
     return;
   }
   const info = state.info;
-  const parts = [`run ${info.run || "(unnamed)"}`, `${info.family}${info.mode ? ` (${info.mode})` : ""}`,
+  const mode = [info.mode, info.concept_objective].filter(Boolean).join(", ");
+  const parts = [`run ${info.run || "(unnamed)"}`, `${info.family}${mode ? ` (${mode})` : ""}`,
     `backbone ${info.backbone}`, `task ${info.task}`];
   if (info.classes.length) parts.push(`labels ${info.classes.join(", ")}`);
   $("#run-info").textContent = parts.join(" · ");
-  $("#text").maxLength = info.max_text_chars;
+  $("#contribution-meaning").textContent = info.contribution_meaning;  // the library's own line (explain.explanation)
   updateCount();
   if (info.can_intervene_subnetwork) {
     const concepts = $("#subnetwork-concept");
@@ -72,15 +77,25 @@ function fillSubnetworkValues() {
   values.replaceChildren(...concept.values.map((v) => el("option", { value: v, text: v })));
 }
 
+// A longer text stays whole in the box, and the page says that only its start will be sent.
 function updateCount() {
   const limit = state.info ? state.info.max_text_chars : 0;
-  $("#char-count").textContent = limit ? `${$("#text").value.length} / ${limit} characters` : "";
+  const typed = characters($("#text").value).length;
+  $("#char-count").textContent = limit ? `${count(typed)} / ${count(limit)} characters` : "";
+  const over = Boolean(limit) && typed > limit;
+  $("#char-count").classList.toggle("warn", over);
+  const note = $("#text-limit");
+  note.hidden = !over;
+  note.textContent = over ? `This text has ${count(typed)} characters; the page sends the model only the first `
+    + `${count(limit)} (the most it takes): the last ${count(typed - limit)} are left out.` : "";
 }
 
 // ---- predict and explain ---------------------------------------------------------------------
 async function submitText(event) {
   event.preventDefault();
-  const text = $("#text").value;
+  const typed = characters($("#text").value);
+  const limit = state.info ? state.info.max_text_chars : typed.length;
+  const text = typed.slice(0, limit).join("");
   const request = ++state.request;
   state.correction++;
   showError("");
@@ -90,6 +105,7 @@ async function submitText(event) {
     const prediction = await api("/api/predict", { text });
     if (request !== state.request) return;
     state.text = text;
+    state.sent = typed.length > limit ? { sent: limit, typed: typed.length } : null;
     state.prediction = prediction;
     renderPrediction(prediction);
     renderConcepts(prediction);
@@ -130,7 +146,21 @@ function renderPrediction(prediction) {
   const box = $("#prediction");
   box.replaceChildren(labelBlock(prediction));
   if (Object.keys(prediction.probabilities).length) box.append(probabilityBars(prediction.probabilities, prediction.label));
+  const notes = readingNotes(prediction);
+  if (notes.length) box.append(el("p", { id: "reading-note", class: "note" }, notes.join(" ")));
   show("#prediction-section");
+}
+
+// What of the text the label rests on: the model reads its first max_length tokens (answers
+// without the fields are of a text read whole), and the page sends at most max_text_chars.
+function readingNotes(prediction) {
+  const notes = [];
+  if (state.sent) notes.push(`The page sent the first ${count(state.sent.sent)} of your ${count(state.sent.typed)} characters.`);
+  if (prediction.truncated === true) {
+    notes.push(`The model read the first ${count(prediction.tokens_read)} of ${count(prediction.tokens_total)} tokens of this text`
+      + " (it reads at most that many); the rest did not count.");
+  }
+  return notes;
 }
 
 function renderConcepts(prediction) {
@@ -152,7 +182,7 @@ function renderConcepts(prediction) {
     for (const value of Object.keys(concept.probabilities)) select.append(el("option", { value, text: value }));
     select.value = concept.value;
     select.addEventListener("change", interveneOnConcepts);
-    const setCell = el("td", {}, select);
+    const setCell = el("td", { class: "set-value", "data-heading": "Set it to" }, select);
     if (state.info.can_confirm) {  // confirming makes the concept certain, which can move the label
       const confirm = el("input", { type: "checkbox", "data-confirm": name, "aria-label": `${name}: confirm ${concept.value}` });
       confirm.addEventListener("change", interveneOnConcepts);
@@ -164,9 +194,9 @@ function renderConcepts(prediction) {
     bar.style.width = `${(50 * Math.abs(contribution || 0)) / largest}%`;
     body.append(el("tr", { "data-concept": name },
       el("th", { scope: "row", text: name }),
-      el("td", { class: "read-value", text: concept.value }),
-      el("td", { text: percent(concept.probabilities[concept.value]) }),
-      el("td", {}, el("div", { class: "contribution-cell" },
+      el("td", { class: "read-value", "data-heading": "The model reads", text: concept.value }),
+      el("td", { class: "probability", "data-heading": "Probability", text: percent(concept.probabilities[concept.value]) }),
+      el("td", { class: "contribution-column", "data-heading": "Contribution" }, el("div", { class: "contribution-cell" },
         el("span", { class: "contribution-track", role: "presentation" }, bar),
         el("span", { text: contribution === undefined ? "" : signed(contribution) }))),
       setCell));
@@ -294,24 +324,33 @@ function renderTokens(attributions) {
   drawTokens(attributions[0]);
 }
 
+// The text as the user wrote it, one box a word (its subword tokens together, with their summed
+// score), green and solid underline where the word raises the target, red and dashed where it
+// lowers it; what to show comes computed from the server (TokenAttribution.groups).
 function drawTokens(attribution) {
   const attention = attribution.method === "attention";
   for (const key of document.querySelectorAll("[data-legend]")) key.hidden = (key.dataset.legend === "attention") !== attention;
   $("#token-method").textContent = attention
-    ? "Token attention: how much each token weighs in the text's pooled representation."
-    : `Scores by ${attribution.method.replace(/_/g, " ")} toward ${describeTarget(attribution.target)}.`;
-  // Which tokens to show, as what words and with what spaces, comes computed from the server.
-  const kept = attribution.words.map((w, i) => [w, attribution.space_before[i], attribution.scores[i]])
-    .filter((_, i) => !attribution.special[i]);
-  const largest = Math.max(1e-12, ...kept.map(([, , s]) => Math.abs(s)));
+    ? "Token attention: how much each word weighs in the text's pooled representation (its tokens' weights summed)."
+    : `Scores by ${attribution.method.replace(/_/g, " ")} toward ${describeTarget(attribution.target)}: `
+      + "how much each word raises (+) or lowers (−) it; a word's score is the sum of its tokens' scores.";
+  const groups = attribution.groups;
+  const largest = Math.max(1e-12, ...groups.map((g) => Math.abs(g.score)));
   const box = $("#tokens");
   box.replaceChildren();
-  for (const [text, space, score] of kept) {
-    if (space && box.childNodes.length) box.append(" ");
-    const span = el("span", { class: `tok ${attention ? "att" : score >= 0 ? "pos" : "neg"}`, text,
-      title: `${attribution.target}: ${score.toFixed(4)}` });
-    span.style.setProperty("--strength", (Math.abs(score) / largest).toFixed(3));
+  groups.forEach((group, g) => {
+    if (group.pair && !(g > 0 && groups[g - 1].pair)) box.append(el("span", { class: "pair-mark", text: " ‖ " }));
+    if (group.before) box.append(group.before);
+    const pieces = group.tokens.map((i) => attribution.tokens[i]).join(" ");
+    const sign = attention ? "att" : group.score >= 0 ? "pos" : "neg";
+    const span = el("span", { class: `tok ${sign}`, text: group.text, "data-score": String(group.score),
+      title: `${attribution.target}: ${attention ? group.score.toFixed(4) : signed(group.score, 4)} (${pieces})` });
+    span.style.setProperty("--strength", (Math.abs(group.score) / largest).toFixed(3));
     box.append(span);
+  });
+  if (attribution.unread) {
+    box.append(el("span", { class: "unread", text: attribution.unread,
+      title: "Not read: the model reads only the first tokens of a text" }));
   }
 }
 
