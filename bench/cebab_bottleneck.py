@@ -35,6 +35,11 @@ RESULTS = ROOT / "bench" / "results"
 OVERRIDES = {
     "random-intervention-rate": ("model.random_intervention_rate", "RandInt", "randint", "RandInt rate"),
     "intervention-loss-weight": ("model.intervention_loss_weight", "IntCEM weight", "weight", "IntCEM loss weight"),
+    "intervention-objective": ("model.intervention_objective", "objective", "objective",
+                               "intervention-aware objective: sampled_horizon (docs/methods.md §6.2's simplified term) or "
+                               "published (IntCEM as published, §7.1)"),
+    "rollout-losses": ("model.rollout_losses", "rollout losses", "rolloutlosses",
+                       "published objective's task losses: every_step (the paper's) or last_step (the released code's default)"),
     "concept-loss-weight": ("model.concept_loss_weight", "concept weight", "conceptweight", "concept loss weight λ"),
     "counterfactual-loss-weight": ("model.counterfactual_loss_weight", "CF weight", "cfweight", "counterfactual-consistency loss weight"),
     "dropout": ("model.dropout", "dropout", "dropout", "dropout on the pooled vector"),
@@ -48,7 +53,7 @@ OVERRIDES = {
     "epochs": ("training.epochs", "epochs", "epochs", "number of epochs (the learning rate decays over them)"),
     "pooling": ("model.pooling", "pooling", "pooling", "pooling of the backbone's token states (mean, cls, ...)"),
 }
-FLAG_TYPES = {"batch-size": int, "epochs": int, "pooling": str}  # the others are floats
+FLAG_TYPES = {"batch-size": int, "epochs": int, "pooling": str, "intervention-objective": str, "rollout-losses": str}  # the others are floats
 
 
 def shown(value) -> str:
@@ -188,6 +193,11 @@ def markdown(result: dict) -> str:
         "RandInt: `random_intervention_rate`, the probability with which each concept is replaced by its "
         "gold value while the label head trains (0: the label head reads predicted concepts only; "
         "independent reads gold concepts by definition).",
+        "",
+        "intcem rows (and \"IntCEM weight\"): intervention-aware training with `intervention_objective: sampled_horizon`, "
+        "docs/methods.md §6.2's simplification of IntCEM (one T ~ U{1..K} a batch, the fixed policy's order, "
+        "T/K × CE(y | corrected)), unless the row says `objective published`: IntCEM as published (§7.1; its weight "
+        "is then that of the learned policy's imitation loss).",
         "",
         "| mode | RandInt | task acc | task macro-F1 | concept acc | concept macro-F1 | task acc, gold concepts | task macro-F1, gold concepts | task acc, all concepts forced | epochs | train+eval s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

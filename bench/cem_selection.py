@@ -98,13 +98,15 @@ class Sweep:
 SWEEPS = {
     "cebab": Sweep(VARIANTS, "cebab-intcem", STARTING_POINT, "CEBaB", "cem_selection",
                    "Every variant changes configs/cebab-intcem.yaml with IntCEM weight 1 and concept weight 1, its "
-                   "weights before this selection (standard, joint: their own configs)."),
+                   "weights before this selection (standard, joint: their own configs). IntCEM here: "
+                   "intervention_objective sampled_horizon, docs/methods.md §6.2's simplification of IntCEM."),
     "cebab-augmented": Sweep(VARIANTS_AUGMENTED, "cebab-intcem-augmented", {}, "CEBaB with C3M's 13 concepts",
                              "cem_selection_augmented",
                              "Every variant changes configs/cebab-intcem-augmented.yaml as it stands (row 'config'); "
                              "standard: configs/cebab-standard-augmented.yaml. The pick below is a candidate: the config "
                              "changes only if the rule also picks it over seeds 0-2 on this repository's CPU rows "
-                             "(bench/results/cebab_bottleneck.md), where the config was chosen."),
+                             "(bench/results/cebab_bottleneck.md), where the config was chosen. IntCEM here: "
+                             "intervention_objective sampled_horizon, docs/methods.md §6.2's simplification of IntCEM."),
 }
 # The rule of the choice, on dev only: among the concept-embedding variants whose mean dev task
 # accuracy is within ACCURACY_SLACK of the standard model's and whose concept accuracy reaches

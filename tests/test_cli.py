@@ -108,6 +108,8 @@ def test_token_bars_show_their_sign_and_contribution_is_explained(trained_run):
     explained = lucidlm("explain", run_dir, TEXT)
     assert explained.exit_code == 0, explained.stderr
     text = " ".join(explained.stdout.split())
+    words = json.loads(lucidlm("explain", run_dir, TEXT, "--json").stdout)["tokens"][0]["groups"]
+    assert [g["text"] for g in words][:3] == ["Great", "pasta", ","] and "┃ word " in explained.stdout
     assert "+ toward it, − against it" in text and "Contribution: label-head weight × concept activation" in text
 
 

@@ -309,7 +309,7 @@ def test_expected_change_asks_first_about_the_one_concept_the_label_reads(tiny_b
     states = [torch.from_numpy(x) for x in TextOutputs(model).get(cebab_small.test.texts)["concept_states"]]
     order = INTERVENTION_POLICIES.get("expected_change")(model, states)
     assert order.tolist() == [[2, 0, 1, 3]] * len(cebab_small.test)
-    assert INTERVENTION_POLICIES.names == ["random", "uncertainty", "expected_change"]
+    assert INTERVENTION_POLICIES.names == ["random", "uncertainty", "expected_change", "learned"]
 
 
 def test_expected_change_counts_nothing_for_the_value_a_concept_already_has(tiny_bert_dir, cebab_small):

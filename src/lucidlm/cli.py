@@ -394,15 +394,21 @@ def show_explanation(e) -> None:
         out.print(table)
         out.print(CONTRIBUTION_MEANING, highlight=False)
     for attribution in e.tokens:
+        # the writer's own words (a word's score: the sum of its tokens'), else the tokens
+        words = ([(g.text, g.score) for g in attribution.groups] if attribution.groups
+                 else list(zip(attribution.tokens, attribution.scores)))
         table = Table(title=escape(f"token scores: {attribution.target} ({attribution.method}); "
                                    "+ toward it, − against it"), title_justify="left")
-        table.add_column("token")
+        table.add_column("word" if attribution.groups else "token")
         table.add_column("score", justify="right")
         table.add_column("")
-        top = max((abs(s) for s in attribution.scores), default=0.0) or 1.0
-        for token, score in zip(attribution.tokens, attribution.scores):
-            table.add_row(escape(token), f"{score:+.3f}", signed_bar(score, top))
+        top = max((abs(s) for _, s in words), default=0.0) or 1.0
+        for word, score in words:
+            table.add_row(escape(word), f"{score:+.3f}", signed_bar(score, top))
         out.print(table)
+        if attribution.unread:
+            out.print(f"not read (past model.max_length): {escape(attribution.unread[:80])}"
+                      f"{'…' if len(attribution.unread) > 80 else ''}", highlight=False)
     for match in e.prototypes:
         kind = f", class {match.prototype_class}" if match.prototype_class is not None else ""
         contributions = ", ".join(f"{k}: {v:+.3f}" for k, v in match.contributions.items())

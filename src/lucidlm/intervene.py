@@ -116,6 +116,19 @@ def expected_change_policy(model, states, rng: np.random.Generator | None = None
     return np.argsort(-expected_change_scores(model, states).cpu().numpy(), axis=1, kind="stable")
 
 
+@INTERVENTION_POLICIES.register("learned")
+def learned_policy(model, states, rng: np.random.Generator | None = None, gold: torch.Tensor | None = None) -> np.ndarray:
+    """The policy network that ``intervention_objective: published`` trains (IntCEM, docs/methods.md §7.1),
+    rolled out greedily; ``gold`` (``[N, K]``): the values a person gives for the concepts asked, which
+    it reads as it asks (without: it reads each asked concept at its predicted value). A model
+    without one: an error that names the objective."""
+    order = getattr(model, "learned_intervention_order", None)
+    if order is None:
+        raise LucidError(f"intervention policy 'learned': a {model.family} model has none; a concept bottleneck "
+                         "trained with intervention_objective: published learns one")
+    return order(states, gold)
+
+
 @torch.no_grad()
 def expected_change_scores(model, states) -> torch.Tensor:
     """``[N, K]``: Σ_v p_kv · TV(ŷ, ŷ[k := v]), TV the total variation distance between the label

@@ -11,7 +11,10 @@ The scores become two-valued concepts (``no``/``yes``) with soft targets: per st
 score is standardised by its mean and spread over the training texts and squashed by a sigmoid,
 p(yes) = σ((s − μ)/σ_s). Every concept family then trains on them as on labelled concepts (the
 concept loss is the cross-entropy to these soft targets, the proper scoring rule for a calibrated
-probability), shows them and lets a person set them (``yes`` raises a concept, ``no`` lowers it).
+probability), shows them and lets a person set them (``yes`` raises a concept, ``no`` lowers it):
+a bottleneck's ``concept_objective: soft_targets``, the default. Each split also carries the
+scores themselves (``Split.statement_scores``; ACC-corrected on train and dev), which CB-LLM's
+``concept_objective: cos3`` learns instead (``models/label_free.py``).
 """
 
 from __future__ import annotations
@@ -212,9 +215,13 @@ def with_automatic_concepts(task: Task, options: dict | AutomaticConcepts) -> Ta
     splits = {}
     for name, split in task.splits().items():
         scores = raw[name]
-        if name == "train" and options.correction and not spec.is_regression:
+        correct = options.correction and not spec.is_regression
+        if name == "train" and correct:
             scores = corrected_scores(scores, split.labels, statements, spec.classes)
         targets = 1.0 / (1.0 + np.exp(-(scores - mean) / spread))
-        splits[name] = replace(split, concepts=(targets >= 0.5).astype(np.int64), concept_targets=targets.astype(np.float32))
+        # what concept_objective cos3 learns (train) and selects its epoch by (dev, corrected as CB-LLM's validation set)
+        learned = corrected_scores(raw[name], split.labels, statements, spec.classes) if name == "dev" and correct else scores
+        splits[name] = replace(split, concepts=(targets >= 0.5).astype(np.int64), concept_targets=targets.astype(np.float32),
+                               statement_scores=learned.astype(np.float32))
     extras = {k: v for k, v in splits.items() if k not in ("train", "dev", "test")}
     return Task(spec=spec, train=splits["train"], dev=splits.get("dev"), test=splits.get("test"), extras=extras)

@@ -82,6 +82,8 @@ class TextEncoder:
             row["concepts"] = split.concepts[i]
             if split.concept_targets is not None:
                 row["concept_targets"] = split.concept_targets[i]
+            if split.statement_scores is not None:
+                row["statement_scores"] = split.statement_scores[i]
         generator = torch.Generator().manual_seed(seed)
 
         def collate(batch):
@@ -90,6 +92,8 @@ class TextEncoder:
             padded["concepts"] = torch.as_tensor(np.stack([r["concepts"] for r in batch]))
             if "concept_targets" in batch[0]:
                 padded["concept_targets"] = torch.as_tensor(np.stack([r["concept_targets"] for r in batch]))
+            if "statement_scores" in batch[0]:
+                padded["statement_scores"] = torch.as_tensor(np.stack([r["statement_scores"] for r in batch]))
             return padded
 
         loader = DataLoader(rows, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)

@@ -73,6 +73,9 @@ class Split:
     ids: list[str] | None = None
     source: str = ""
     concept_targets: np.ndarray | None = None  # [n, K] soft p(yes) of automatic concepts (``automatic_concepts``)
+    # [n, K] the statements' scores that ``concept_objective: cos3`` learns (``automatic_concepts``;
+    # ACC-corrected on train and dev). Not in ``fingerprint``: concept_targets are a function of them.
+    statement_scores: np.ndarray | None = None
     counterfactuals: CounterfactualEdits | None = None  # human edits of its rows (CEBaB ``counterfactuals``)
     annotations: Annotations | None = None  # how far its rows can be trusted (CEBaB; ``Annotations``)
 
@@ -104,6 +107,7 @@ class Split:
             text_pairs=pick(self.text_pairs),
             ids=pick(self.ids),
             concept_targets=None if self.concept_targets is None else self.concept_targets[indices],
+            statement_scores=None if self.statement_scores is None else self.statement_scores[indices],
             counterfactuals=None if self.counterfactuals is None else self.counterfactuals.of_rows(indices),
             annotations=None if self.annotations is None else self.annotations.of_rows(indices),
         )

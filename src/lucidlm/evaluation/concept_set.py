@@ -51,7 +51,8 @@ def concept_set_quality(model, outputs, split: Split, statements: list[Statement
 
 def label_layer_weights(model) -> dict[str, list[dict]]:
     """Per class, the concepts its logit reads (non-zero weight), largest first. A concept's
-    weight: how much the class's logit rises when the concept goes from no to yes."""
+    weight: how much the class's logit rises when the concept goes from no to yes (two logits a
+    statement, ``soft_targets``), or per unit of its one activation (``cos3``)."""
     weight = model.label_head.weight.detach().cpu().numpy()
     sizes = [model.concept_layer.width // len(model.spec.concepts)] * len(model.spec.concepts)
     per_concept = np.split(weight, np.cumsum(sizes)[:-1], axis=1)
@@ -60,7 +61,8 @@ def label_layer_weights(model) -> dict[str, list[dict]]:
         rows = []
         for concept, w in zip(model.spec.concept_names, per_concept):
             if np.any(w[c] != 0):
-                effect = float(w[c][1] - w[c][0]) if w.shape[1] == 2 else float(np.linalg.norm(w[c]))
+                effect = float(w[c][1] - w[c][0]) if w.shape[1] == 2 else float(w[c][0]) if w.shape[1] == 1 \
+                    else float(np.linalg.norm(w[c]))
                 rows.append({"concept": concept, "weight": effect})
         out[label] = sorted(rows, key=lambda r: -abs(r["weight"]))
     return out

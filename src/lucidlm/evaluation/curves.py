@@ -29,7 +29,7 @@ from ..intervene import INTERVENTION_POLICIES, random_order, uncertainty_order
 from .faithfulness import concept_applicability
 from .outputs import TextOutputs, split_outputs
 
-ORDERS = ("random", "uncertainty", "expected_change")
+ORDERS = ("random", "uncertainty", "expected_change", "learned")  # learned: only a model that has one (IntCEM, published)
 EXACT_RANDOM_MAX_CONCEPTS = 13  # 8192 sets of concepts
 
 
@@ -87,9 +87,15 @@ def intervention_curves(model, outputs: TextOutputs, split: Split, seed: int = 0
                           for _ in range(repeats)], axis=0).tolist()
     probs = [p.numpy() for p in model.concept_probabilities([torch.from_numpy(x) for x in found["concept_logits"]])]
     expected_change = INTERVENTION_POLICIES.get("expected_change")(model, states)
+    learned = {}
+    if getattr(model, "learned_policy", None) is not None:  # intervention_objective: published (docs/methods.md §7.1)
+        # it reads, as it asks, the gold values it has asked for, as the published evaluation feeds it
+        order = INTERVENTION_POLICIES.get("learned")(model, states, gold=torch.from_numpy(gold).to(model.device))
+        learned["learned"] = intervention_curve(label_logits, order, gold, labels)
     return {
         "n": len(split), "concepts": gold.shape[1], "k": list(range(gold.shape[1] + 1)),
         "random": random, "random_repeats": None if exact else repeats, "seed": seed,
         "uncertainty": intervention_curve(label_logits, uncertainty_order(probs), gold, labels),
         "expected_change": intervention_curve(label_logits, expected_change, gold, labels),
+        **learned,
     }

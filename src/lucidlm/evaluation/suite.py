@@ -43,6 +43,7 @@ def describe(model) -> dict:
     # RandInt: gold concepts mixed in while the label head trained (joint, sequential; 0 = none)
     return {"family": model.family, "mode": summary["mode"], "backbone": summary["backbone"],
             "random_intervention_rate": summary.get("random_intervention_rate"),
+            "concept_objective": summary.get("concept_objective"),  # how x→c learnt (bottlenecks; label_free)
             "concepts": model.spec.concept_names if isinstance(model, ConceptModel) else []}
 
 
@@ -125,13 +126,15 @@ def render_markdown(results: dict[str, dict], title: str = "Are the explanations
         lines += [f"Command: `{command}`", ""]
     first = next(iter(results.values()))
     lines += [f"Split `{first['split']}`, seed {first['seed']}."]
-    lines += ["", "| model | family | mode | RandInt | rows | task accuracy |", "|---|---|---|---|---|---|"]
+    lines += ["", "| model | family | mode | concept objective | RandInt | rows | task accuracy |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         acc, randint = r.get("task", {}).get("accuracy"), r["model"].get("random_intervention_rate")
-        lines.append(f"| {name} | {r['model']['family']} | {r['model']['mode'] or '–'} | "
+        lines.append(f"| {name} | {r['model']['family']} | {r['model']['mode'] or '–'} | {r['model'].get('concept_objective') or '–'} | "
                      f"{'–' if randint is None else f'{randint:g}'} | {r['n']} | {_f(acc)} |")
     lines += ["", "RandInt: the probability with which each concept was replaced by its gold value while the label "
-              "head trained (`random_intervention_rate`; 0: it read predicted concepts only)."]
+              "head trained (`random_intervention_rate`; 0: it read predicted concepts only). Concept objective: how "
+              "the concept layer learnt its concepts (`concept_objective`: `soft_targets`, cross-entropy per concept; "
+              "`cos3`, CB-LLM's cubed cosine similarity, one activation per statement)."]
     lines.append("")
     if any("faithfulness" in r for r in results.values()):
         lines += _token_table(results) + _concept_table(results)

@@ -26,6 +26,9 @@ from ..outputs import InterventionResult, ModelOutput
 from ..training import TrainingConfig, same_on_every_process
 from .base import ConceptModel, ModelConfig, evaluation_mode
 from .concept_layers import ACTIVATIONS, CONCEPT_LAYERS
+from .intcem import INTERVENTION_OBJECTIVES, learned_order
+from .label_free import CONCEPT_OBJECTIVES
+from .label_head import ELASTIC_MAX_ITER, ELASTIC_TOL, fit_logistic
 from .losses import Mixup, concept_loss, task_loss
 
 MODES = ("joint", "sequential", "independent")
@@ -37,7 +40,11 @@ ELASTIC_PATH = tuple(np.logspace(-3, 1, 9))  # from a few concepts per class to 
 @dataclass
 class BottleneckConfig(ModelConfig):
     mode: str = "joint"
-    concept_layer: str = "scalar"  # a name in concept_layers.CONCEPT_LAYERS
+    concept_layer: str | None = None  # a name in concept_layers.CONCEPT_LAYERS; None: the objective's (scalar; cos3: statement)
+    # How x→c learns its concepts (label_free.CONCEPT_OBJECTIVES, docs/methods.md §6.5, §6.8): soft_targets,
+    # cross-entropy per concept (to statements' soft targets, or to gold values), or cos3, CB-LLM's cubed cosine
+    # similarity of one output per statement with the statements' scores (mode: sequential).
+    concept_objective: str = "soft_targets"
     concept_loss_weight: float = 1.0  # λ in L = CE(y) + λ·Σ_k CE(c_k) (joint mode)
     concept_activation: str = "logits"  # what the scalar layer's label head reads: logits (docs/methods.md §1) or probs
     concept_embedding_size: int = 16  # m, the embedding layer's size of each value's embedding (CEM's default)
@@ -53,6 +60,19 @@ class BottleneckConfig(ModelConfig):
     # this weight × T/K × CE(y | intervened), so the label learns to profit from corrections.
     intervention_loss_weight: float = 0.0
     intervention_policy: str = "uncertainty"  # a name in intervene.INTERVENTION_POLICIES
+    # Which intervention-aware objective the weight turns on (intcem.INTERVENTION_OBJECTIVES, docs/methods.md
+    # §6.2, §7.1): sampled_horizon, the term above (one T ~ U{1..K} a batch, the fixed policy's order, T/K ×
+    # CE(y | corrected)), a simplification of IntCEM; or published, IntCEM as published (a learned policy
+    # rolled out from random interventions, discounted task losses, imitation; the weight is its policy's).
+    intervention_objective: str = "sampled_horizon"
+    # published only (the released cem code's defaults): γ on the task loss after t rollout steps; which
+    # steps' task losses count (every_step: the paper's; last_step: the released code's default); the
+    # horizon H bounding T, initial_horizon × horizon_rate^step up to K + 1, and T < max_horizon.
+    rollout_discount: float = 1.1
+    rollout_losses: str = "every_step"
+    initial_horizon: float = 2.0
+    horizon_rate: float = 1.005
+    max_horizon: int = 6
     # Counterfactual-consistency training (after Causal Proxy Models, Wu et al. 2023, and
     # interchange-intervention training, Geiger et al. 2022; joint mode, data with human edits of
     # the training texts, CEBaB ``counterfactuals: train_inclusive``): each step also draws
@@ -85,6 +105,7 @@ class BottleneckConfig(ModelConfig):
         if self.mode not in MODES:
             hint = "; the black-box baseline is the 'standard' family" if self.mode == "standard" else ""
             raise LucidError(f"mode: expected one of {list(MODES)}, found {self.mode!r}{hint}")
+        CONCEPT_OBJECTIVES.get(self.concept_objective, "concept_objective").check_config(self)  # resolves concept_layer
         CONCEPT_LAYERS.check(self.concept_layer, "concept_layer")
         if self.random_intervention_rate is None:
             self.random_intervention_rate = 0.25 if self.concept_layer == "embedding" else 0.0
@@ -93,6 +114,7 @@ class BottleneckConfig(ModelConfig):
         if self.concept_activation not in ACTIVATIONS:
             raise LucidError(f"concept_activation: expected one of {list(ACTIVATIONS)}, found {self.concept_activation!r}")
         INTERVENTION_POLICIES.check(self.intervention_policy, "intervention_policy")
+        INTERVENTION_OBJECTIVES.get(self.intervention_objective, "intervention_objective").check_config(self)
         if self.label_penalty not in LABEL_PENALTIES:
             raise LucidError(f"label_penalty: expected one of {list(LABEL_PENALTIES)}, found {self.label_penalty!r}")
         if not 0.0 < self.label_l1_ratio <= 1.0:
@@ -136,12 +158,15 @@ class ConceptBottleneckLM(ConceptModel):
                              "(the 'standard' family needs none)")
         self.concept_layer = CONCEPT_LAYERS.get(config.concept_layer)(spec, self.hidden_size, config)
         self.label_head = nn.Linear(self.concept_layer.width, spec.num_labels)
+        # the intervention policy ψ that intervention_objective published learns (None: none; intcem.py)
+        self.learned_policy = INTERVENTION_OBJECTIVES.get(config.intervention_objective).policy(self, config)
 
     def summary(self) -> dict:
         c = self.config
-        return {**super().summary(), "mode": c.mode, "concept_layer": c.concept_layer,
+        return {**super().summary(), "mode": c.mode, "concept_layer": c.concept_layer, "concept_objective": c.concept_objective,
                 "random_intervention_rate": c.random_intervention_rate if c.mode != "independent" else None,
-                "intervention_loss_weight": c.intervention_loss_weight, "counterfactual_loss_weight": c.counterfactual_loss_weight,
+                "intervention_loss_weight": c.intervention_loss_weight, "intervention_objective": c.intervention_objective,
+                "counterfactual_loss_weight": c.counterfactual_loss_weight,
                 "intervention_holdout": c.intervention_holdout, "mixup_alpha": c.mixup_alpha}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -233,6 +258,11 @@ class ConceptBottleneckLM(ConceptModel):
             for i, t in enumerate(texts)
         ]
 
+    def learned_intervention_order(self, states, gold: torch.Tensor | None = None) -> np.ndarray:
+        """``[N, K]``: the learned policy's order (``intervention_objective: published``; ``intcem.learned_order``),
+        each asked concept read as set to ``gold`` where given, else to its predicted value."""
+        return learned_order(self, states, gold)
+
     # ---- explanation ----------------------------------------------------------------------
     def single_concept_logits(self, input_ids, attention_mask, concept: int) -> torch.Tensor:
         """Concept ``concept``'s logits alone (what its token attributions differentiate)."""
@@ -315,6 +345,11 @@ class ConceptBottleneckLM(ConceptModel):
 
     # ---- training: the family's hooks into LucidModel.fit ---------------------------------
     @property
+    def objective(self):
+        """How the concept layer learns its concepts (``concept_objective``; ``label_free.CONCEPT_OBJECTIVES``)."""
+        return CONCEPT_OBJECTIVES.get(self.config.concept_objective, "concept_objective")
+
+    @property
     def trains_label_jointly(self) -> bool:
         """Joint: x→c→y in one loop. Sequential and independent: x→c first, then c→y."""
         return self.config.mode == "joint"
@@ -331,6 +366,7 @@ class ConceptBottleneckLM(ConceptModel):
     def check_training_data(self, train: Split, config: TrainingConfig) -> None:
         if train.concepts.shape[1] != len(self.spec.concepts):
             raise LucidError(f"{train.source}: the data has no concept labels; a {self.family} model needs them")
+        self.objective.check_data(train)
         if self.config.counterfactual_loss_weight > 0:
             if train.counterfactuals is None:
                 raise LucidError(f"{train.source}: counterfactual_loss_weight needs human edits of the training texts "
@@ -360,11 +396,15 @@ class ConceptBottleneckLM(ConceptModel):
             self._counterfactual_rows = (sources, self.encoder.tokenize(edits.texts),
                                          torch.from_numpy(edits.concepts), torch.from_numpy(edits.values))
 
+    def training_hooks(self, steps_per_epoch: int, config: TrainingConfig):
+        """The published intervention-aware objective's: its horizon grows with the training step."""
+        return INTERVENTION_OBJECTIVES.get(self.config.intervention_objective).training_hooks(self)
+
     def training_loss(self, forward: nn.Module, batch: dict) -> torch.Tensor:
         """Joint: CE(y) + λ·Σ_k CE(c_k), with RandInt if asked; the x→c stage: Σ_k CE(c_k)."""
         if not self.trains_label_jointly:
             out = forward(batch["input_ids"], batch["attention_mask"])
-            return concept_loss(out.concept_logits, batch["concepts"], batch.get("concept_targets"))
+            return self.objective.loss(self, out, batch)
         mix = Mixup.draw(self.config.mixup_alpha, len(batch["labels"]), batch["labels"].device)
         gold = Mixup.agreed(mix, batch["concepts"])  # a mixed row's gold value: where both rows have it
         values = None
@@ -376,8 +416,8 @@ class ConceptBottleneckLM(ConceptModel):
         loss = Mixup.loss(mix, lambda rows: task_loss(self.spec, out.label_logits, rows["labels"])
                           + self.config.concept_loss_weight * concept_loss(out.concept_logits, rows["concepts"], rows.get("concept_targets")),
                           batch)
-        if self.config.intervention_loss_weight > 0:
-            loss = loss + self.config.intervention_loss_weight * self.intervention_aware_loss(out.concept_states, batch, mix)
+        if self.config.intervention_loss_weight > 0:  # sampled_horizon: w·T/K·CE(y | corrected); published: intcem.py
+            loss = loss + INTERVENTION_OBJECTIVES.get(self.config.intervention_objective).added_loss(self, out, batch, mix, values)
         if self.config.counterfactual_loss_weight > 0:
             loss = loss + self.config.counterfactual_loss_weight * self.counterfactual_loss(forward)
         return loss
@@ -420,9 +460,11 @@ class ConceptBottleneckLM(ConceptModel):
         return (t / k) * Mixup.loss(mix, lambda rows: task_loss(self.spec, logits, rows["labels"]), batch)
 
     def dev_score(self, split: Split, batch_size: int = 64) -> float:
-        """Joint: the task's selection score; the x→c stage: concept accuracy."""
-        metrics = self.evaluate(split, batch_size)
-        return selection_score(metrics) if self.trains_label_jointly else metrics["concepts"]["accuracy"]
+        """Joint: the task's selection score; the x→c stage: the concept objective's (soft_targets:
+        concept accuracy; cos3: the mean cubed cosine similarity)."""
+        if not self.trains_label_jointly:
+            return self.objective.dev_score(self, split, batch_size)
+        return selection_score(self.evaluate(split, batch_size))
 
     def after_training(self, train: Split, eval_data: Split | None, config: TrainingConfig, hooks) -> None:
         """Forced intervention logits from the trained model; then, unless joint, c→y on predicted
@@ -494,25 +536,28 @@ class ConceptBottleneckLM(ConceptModel):
         mean, scale = (features.mean(0), features.std(0) + 1e-6) if elastic else (0.0, 1.0)
         best, path = None, []
         for strength in (ELASTIC_PATH if elastic else L2_PATH) if dev is not None else (1.0,):
+            fit = {}  # the solver's record: iterations, converged, optimality (label_head.fit_logistic)
             if self.spec.is_regression:
                 head = Ridge(alpha=1.0 / strength).fit(features, train.labels)
                 weight, bias = head.coef_[None, :], np.atleast_1d(head.intercept_)
             else:
-                options = (dict(l1_ratio=self.config.label_l1_ratio, solver="saga", tol=1e-3, max_iter=3000) if elastic
-                           else dict(max_iter=2000))
-                head = LogisticRegression(C=strength, **options).fit((features - mean) / scale, train.labels)
+                head, fit = fit_logistic((features - mean) / scale, train.labels, strength,
+                                         self.config.label_l1_ratio if elastic else None)
                 weight, bias = _class_weights(head, self.spec.num_labels)
                 weight = weight / scale
                 bias = bias - weight @ np.broadcast_to(mean, weight.shape[1:])
             score = 0.0 if dev is None else self._head_score(weight, bias, dev_features, dev.labels)
-            path.append({"C": float(strength), "nonzero_weights": int((weight != 0).sum()), "dev_score": float(score)})
+            path.append({"C": float(strength), "nonzero_weights": int((weight != 0).sum()), "dev_score": float(score), **fit})
             if best is None or score > best[0]:
                 best = (score, weight, bias)
         with torch.no_grad():
             self.label_head.weight.copy_(torch.as_tensor(best[1], dtype=torch.float32))
             self.label_head.bias.copy_(torch.as_tensor(best[2], dtype=torch.float32))
+        solver = {"solver": "saga", "tol": ELASTIC_TOL, "max_iter": ELASTIC_MAX_ITER} if elastic else {}
         self.training_history.append({"stage": "c→y", "gold_concepts": gold, "penalty": self.config.label_penalty,
-                                      "dev_score": float(best[0]), "path": path})
+                                      "concept_objective": self.config.concept_objective, "features": features.shape[1],
+                                      "dev_score": float(best[0]), **solver,
+                                      "converged": all(p.get("converged", True) for p in path), "path": path})
 
     @torch.no_grad()
     def _states(self, split: Split, config: TrainingConfig) -> list[torch.Tensor]:

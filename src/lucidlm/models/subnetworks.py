@@ -51,6 +51,9 @@ class SparseConfig(BottleneckConfig):
         super().__post_init__()
         if self.mode != "joint":
             raise LucidError(f"mode: a sparse concept model trains jointly; found {self.mode!r}")
+        if self.intervention_objective != "sampled_horizon":  # its rollouts need the step, which the pruner's hooks hold
+            raise LucidError(f"intervention_objective: a sparse concept model trains with 'sampled_horizon'; "
+                             f"found {self.intervention_objective!r}")
         if self.granularity not in ("weight", "neuron"):
             raise LucidError(f"granularity: expected 'weight' or 'neuron', found {self.granularity!r}")
         PRUNING_SCORES.check(self.pruning_score, "pruning_score")

@@ -90,6 +90,8 @@ class Info(BaseModel):
     run: str = Field(description="The run folder's name.")
     family: str
     mode: Optional[str] = None
+    concept_objective: Optional[str] = Field(None, description="How a bottleneck's concept layer learnt its concepts: "
+                                             "soft_targets (cross-entropy per concept) or cos3 (CB-LLM).")
     backbone: str
     task: str
     label: str
