@@ -86,7 +86,7 @@ def test_type_a_review_flip_a_concept_and_see_the_label_change(browser, runs):
     text, concept, value, before, after = a_flip_that_changes_the_label(TestClient(app))
     with serving(app) as url:
         page = open_page(browser, url)
-        assert "bottleneck (joint)" in page.inner_text("#run-info")
+        assert "bottleneck (joint, soft_targets)" in page.inner_text("#run-info")
         predict(page, text)
         assert page.inner_text("#prediction .label-value") == before
         assert page.locator("#concepts tbody tr").count() == 4

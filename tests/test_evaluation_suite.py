@@ -113,7 +113,7 @@ def test_contributions_sum_to_the_label_logit(joint_model, cebab_small):
     label = torch.from_numpy(outputs["label_logits"].argmax(-1))
     with torch.no_grad():
         contributions = joint_model.concept_contribution_matrix(joint_model.concept_activations(logits), label)
-    expected = outputs["label_logits"][np.arange(len(label)), label.numpy()] - joint_model.label_head.bias[label].detach().numpy()
+    expected = outputs["label_logits"][np.arange(len(label)), label.numpy()] - joint_model.calibrated(joint_model.label_head.bias)[label].detach().numpy()
     np.testing.assert_allclose(contributions.sum(1).numpy(), expected, rtol=1e-4, atol=1e-5)
 
 

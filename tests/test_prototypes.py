@@ -353,7 +353,7 @@ def test_cli_train_evaluate_explain(tmp_path, tiny_bert_dir, cebab_dir):
     assert len(explanation["prototypes"]) == 3 and len(explanation["prototypes"][0]["nearest_examples"]) == 2
     assert [t["target"] for t in explanation["tokens"]] == ["label", "attention"]
     shown = run(app, ["explain", str(tmp_path / "run"), TEXT])
-    assert shown.exit_code == 0 and "[CLS]" in shown.stdout and "nearest training example" in shown.stdout
+    assert shown.exit_code == 0 and "┃ word" in shown.stdout and "nearest training example" in shown.stdout
     assert explanation["prototypes"][0]["nearest_examples"][0]["text"][:20] in shown.stdout.replace("\n", " ")
 
 

@@ -146,7 +146,7 @@ def test_report_examples_are_the_showcase_rows_with_their_first_asked_correction
         article = re.search(rf'<article class="example"><h3>Example {number}</h3><blockquote>(.*?)</blockquote>', html)
         assert article.group(1) == escape(rows.texts[showcase.row])
         if showcase.concept is not None:
-            assert f"Checking first what the model would ask about first, {showcase.concept}" in html
+            assert f"Correcting the concept the model would ask about first, {showcase.concept}" in html
 
 
 def test_sparse_report_has_density_per_layer_and_the_overlap_heat_map(runs):

@@ -215,7 +215,7 @@ def choose_correction(model, text: str, explanation, gold_values: dict[str, str 
     when the model misread none, its most contributing concept set to the value that lowers the
     predicted label's probability most. Returns a title saying which, and the before and after."""
     if showcase is not None and showcase.concept is not None:
-        return (f"Checking first what the model would ask about first, {showcase.concept}",
+        return (f"Correcting the concept the model would ask about first, {showcase.concept}",
                 model.intervene([text], ConceptValues({showcase.concept: showcase.value}))[0])
     corrections = {c.concept: gold_values[c.concept] for c in explanation.concepts
                    if gold_values.get(c.concept) not in (None, c.value)}
