@@ -24,6 +24,7 @@ import transformers
 
 from lucidlm import load_pretrained
 from lucidlm.calibration import Temperatures, calibration_figures
+from lucidlm.data import MISSING
 from lucidlm.experiment import RUN_FILE, load_experiment_task, read_experiment, run_experiment
 from lucidlm.models import ConceptModel
 
@@ -45,7 +46,7 @@ def figures(model, split, temperatures: Temperatures) -> dict:
     if isinstance(model, ConceptModel):
         eces = []
         for k, spec in enumerate(model.spec.concepts):
-            known = split.concepts[:, k] >= 0
+            known = split.concepts[:, k] != MISSING
             if known.any():
                 t = temperatures.concepts.get(spec.name, 1.0)
                 eces.append(calibration_figures(np.asarray(inferred["concept_logits"][k])[known], split.concepts[known, k], t)["ece"])

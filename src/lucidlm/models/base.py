@@ -24,7 +24,7 @@ from ..version import __version__
 from ..calibration import Temperatures, calibration_figures, fit_temperature, reliability_bins
 from ..backbone import DEFAULT_BACKBONE, POOLINGS, backbone_max_length, default_pooling, load_backbone, load_tokenizer, pool
 from ..config import from_dict
-from ..data import Split, TaskSpec, TextEncoder
+from ..data import MISSING, Split, TaskSpec, TextEncoder
 from ..errors import LucidError, Unsupported
 from ..explain import Explanation
 from ..intervene import as_correction
@@ -238,7 +238,7 @@ class LucidModel(nn.Module):
             fitted.before["label"] = calibration_figures(logits, split.labels)
             fitted.after["label"] = calibration_figures(logits, split.labels, fitted.label)
         for k, (spec, logits) in enumerate(zip(self.spec.concepts, inferred.get("concept_logits", []))):
-            known = split.concepts[:, k] >= 0
+            known = split.concepts[:, k] != MISSING
             if known.sum() == 0:
                 continue
             gold, logits = split.concepts[known, k], np.asarray(logits)[known]
