@@ -28,7 +28,8 @@ import transformers
 from safetensors.torch import save_file
 
 from lucidlm.experiment import read_experiment, run_experiment
-from lucidlm.training import process_state, show_progress_lines
+from lucidlm.progress import show_progress_lines
+from lucidlm.training import process_state
 
 
 def kill_at_step(n: int) -> None:

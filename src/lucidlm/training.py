@@ -45,7 +45,7 @@ from .checkpoints import (
     save_checkpoint, set_rng_state,
 )
 from .errors import LucidError
-from .progress import progress_log, show_progress_lines  # noqa: F401 (show_progress_lines: the CLI's)
+from .progress import progress_log
 
 log = logging.getLogger(__name__)
 # Progress lines for logs (not a terminal) go to ``progress.progress_log``, shown by whoever
