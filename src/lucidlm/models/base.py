@@ -481,6 +481,7 @@ class ConceptModel(LucidModel):
     takes ``ConceptValues``."""
 
     confirming_changes_state = False  # see ConceptBottleneckLM
+    learned_policy = None  # a learned intervention policy (intervention_objective: published), when it has one
 
     def concept_logits_of(self, states) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
