@@ -88,7 +88,7 @@ def intervention_curves(model, outputs: TextOutputs, split: Split, seed: int = 0
     probs = [p.numpy() for p in model.concept_probabilities([torch.from_numpy(x) for x in found["concept_logits"]])]
     expected_change = INTERVENTION_POLICIES.get("expected_change")(model, states)
     learned = {}
-    if model.learned_policy is not None:  # intervention_objective: published (docs/methods.md §7.1)
+    if model.learned_intervention_policy() is not None:  # intervention_objective: published (docs/methods.md §7.1)
         # it reads, as it asks, the gold values it has asked for, as the published evaluation feeds it
         order = INTERVENTION_POLICIES.get("learned")(model, states, gold=torch.from_numpy(gold).to(model.device))
         learned["learned"] = intervention_curve(label_logits, order, gold, labels)

@@ -481,7 +481,12 @@ class ConceptModel(LucidModel):
     takes ``ConceptValues``."""
 
     confirming_changes_state = False  # see ConceptBottleneckLM
-    learned_policy = None  # a learned intervention policy (intervention_objective: published), when it has one
+
+    def learned_intervention_policy(self) -> nn.Module | None:
+        """The intervention policy ψ this model learned (intervention_objective: published), or None.
+        A method, not a class attribute: a class-level None would shadow the submodule nn.Module
+        registers under the same name."""
+        return None
 
     def concept_logits_of(self, states) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError

@@ -161,6 +161,9 @@ class ConceptBottleneckLM(ConceptModel):
         # the intervention policy ψ that intervention_objective published learns (None: none; intcem.py)
         self.learned_policy = INTERVENTION_OBJECTIVES.get(config.intervention_objective).policy(self, config)
 
+    def learned_intervention_policy(self) -> nn.Module | None:
+        return self.learned_policy
+
     def summary(self) -> dict:
         c = self.config
         return {**super().summary(), "mode": c.mode, "concept_layer": c.concept_layer, "concept_objective": c.concept_objective,

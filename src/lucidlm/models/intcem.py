@@ -254,7 +254,7 @@ def learned_order(model, states, gold: torch.Tensor | None = None) -> np.ndarray
     """``[N, K]``: ψ's order, greedily: at each step the highest-scoring concept not yet asked. A
     concept asked is read as set: to ``gold`` where given and known (the published evaluation,
     which feeds ψ the values a person gave), else to the value the model predicts."""
-    policy = getattr(model, "learned_policy", None)
+    policy = model.learned_intervention_policy()
     if policy is None:
         raise LucidError(f"intervention policy 'learned': this {model.family} model has no learned policy; one is "
                          "trained by intervention_objective: published (with intervention_loss_weight > 0, joint mode)")
