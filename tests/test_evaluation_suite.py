@@ -551,6 +551,18 @@ def test_cli_evaluate_suite_writes_json_markdown_and_plot(tmp_path, tiny_bert_di
     assert (out / "intervention_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_responsiveness_counts_changes_to_and_away_from_gold():
+    from lucidlm.evaluation.honesty import responsiveness
+
+    predicted, corrected = np.array([0, 1, 2, 2, 0, 1]), np.array([1, 1, 0, 1, 0, 2])
+    labels, misread = np.array([1, 1, 2, 0, 0, 0]), np.array([True, True, True, True, False, True])
+    r = responsiveness(predicted, corrected, labels, misread)  # row 4 is not misread: not counted
+    assert (r["rows_misread"], r["changed"], r["to_gold"], r["away_from_gold"]) == (5, 4, 1, 1)
+    assert (r["changed_share"], r["to_gold_share"], r["away_from_gold_share"]) == (0.8, 0.25, 0.25)
+    nothing = responsiveness(predicted, predicted, labels, misread)
+    assert nothing["changed"] == 0 and nothing["to_gold_share"] is None
+
+
 def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path, tiny_bert_dir, cebab_dir):
     """Completeness from its definition, of the gold concept values and of those the model reads;
     forced and per-concept figures equal the model's own interventions; the CLI reads the black
@@ -594,8 +606,25 @@ def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path,
     assert dev_scores[h["concept_predictor"]] == max(dev_scores.values())
     chosen = CONCEPT_PREDICTORS[h["concept_predictor"]]().fit(x, cebab_small.train.labels)
     assert h["concept_values_accuracy"] == float((chosen.predict(one_hot_concepts(split.concepts, sizes)) == split.labels).mean())
+    # responsiveness, through the public API: each row's misread concepts set to gold by ``intervene``
+    misread_rows = changed = to_gold = away = 0
+    for i, text in enumerate(split.texts):
+        correction = {c.name: c.values[split.concepts[i, k]] for k, c in enumerate(joint_model.spec.concepts)
+                      if split.concepts[i, k] != MISSING and read[i, k] != split.concepts[i, k]}
+        if not correction:
+            continue
+        result = joint_model.intervene(text, correction)[0]
+        gold_label = joint_model.spec.classes[split.labels[i]]
+        misread_rows += 1
+        changed += result.after.label != result.before.label
+        to_gold += result.after.label != result.before.label and result.after.label == gold_label
+        away += result.after.label != result.before.label and result.before.label == gold_label
+    r = h["responsiveness"]
+    assert (r["rows_misread"], r["changed"], r["to_gold"], r["away_from_gold"]) == (misread_rows, changed, to_gold, away)
+    assert misread_rows > 0 and r["changed_share"] == pytest.approx(changed / misread_rows)
     markdown = render_markdown({"joint": results})
     assert "Is the bottleneck honest?" in markdown and f"joint: {h['concept_predictor']}" in markdown
+    assert f"| joint | {r['rows_misread']} | {r['changed_share']:.3f} |" in markdown
     assert f"| {h['concept_values_accuracy']:.3f} | {h['predicted_values_accuracy']:.3f} |" in markdown
 
     (tmp_path / "black").mkdir()

@@ -18,6 +18,11 @@ correction buys, so that leakage (a label that reads more than the concepts) is 
   label once the concepts carry nothing but their values.
 - Per concept: the change in accuracy when that concept alone is set to gold, as ``intervene``
   sets it (``corrections_of``).
+- Responsiveness: on the rows with at least one concept the model misreads (gold known, predicted
+  value another), the share whose label changes when exactly those concepts are set to gold, and
+  of the changed labels the shares changed to the gold label and away from it (the label was
+  gold before). What a person who corrects the model sees: a gain in accuracy can hide a label
+  that rarely moves, or moves as often away from gold as to it.
 """
 
 from __future__ import annotations
@@ -65,6 +70,21 @@ def best_concept_predictor(train: Split, dev: Split | None, sizes: list[int]):
     return best, fitted[best], scores
 
 
+def responsiveness(predicted: np.ndarray, corrected: np.ndarray, labels: np.ndarray, misread: np.ndarray) -> dict:
+    """What setting each row's misread concepts to gold does to its label. ``predicted`` and
+    ``corrected``: ``[N]`` labels before and after; ``misread``: ``[N]``, the row has a misread
+    concept. ``changed_share``: of the misread rows; ``to_gold_share``, ``away_from_gold_share``:
+    of the changed ones (the rest change from one wrong label to another)."""
+    predicted, corrected, labels = predicted[misread], corrected[misread], labels[misread]
+    changed = predicted != corrected
+    n_changed = int(changed.sum())
+    to_gold, away = int((changed & (corrected == labels)).sum()), int((changed & (predicted == labels)).sum())
+    return {"rows_misread": int(misread.sum()), "changed": n_changed, "to_gold": to_gold, "away_from_gold": away,
+            "changed_share": n_changed / len(predicted) if len(predicted) else None,
+            "to_gold_share": to_gold / n_changed if n_changed else None,
+            "away_from_gold_share": away / n_changed if n_changed else None}
+
+
 def completeness(concept_accuracy: float, black_box_accuracy: float, chance_accuracy: float) -> float | None:
     """η = (a_c − a_r) / (a_b − a_r); None when the black box is no better than chance (there is
     no accuracy above chance to carry)."""
@@ -94,11 +114,14 @@ def bottleneck_honesty(model, outputs: TextOutputs, train: Split, split: Split,
         alone = torch.full_like(gold, MISSING)
         alone[:, k] = gold[:, k]
         per_concept[concept.name] = accuracy(model.intervened_label_logits(states, alone)) - predicted
+    read = np.stack([logits.argmax(-1) for logits in found["concept_logits"]], axis=1)
+    misread = (split.concepts != MISSING) & (read != split.concepts)
+    to_gold = torch.from_numpy(np.where(misread, split.concepts, MISSING)).to(model.device)
+    corrected = model.intervened_label_logits(states, to_gold, correct_only=False).argmax(-1).cpu().numpy()
     sizes = [len(c.values) for c in model.spec.concepts]
     predictor, from_concepts, dev_scores = best_concept_predictor(train, dev, sizes)
     concept_accuracy = float((from_concepts.predict(one_hot_concepts(split.concepts, sizes)) == split.labels).mean())
     # the values the model reads, where the row has a gold value (so that only misreadings differ)
-    read = np.stack([logits.argmax(-1) for logits in found["concept_logits"]], axis=1)
     read = np.where(split.concepts == MISSING, MISSING, read)
     read_accuracy = float((from_concepts.predict(one_hot_concepts(read, sizes)) == split.labels).mean())
     chance = float((split.labels == np.bincount(train.labels).argmax()).mean())
@@ -112,4 +135,5 @@ def bottleneck_honesty(model, outputs: TextOutputs, train: Split, split: Split,
         "completeness": completeness(concept_accuracy, black_box, chance),
         "predicted_values_accuracy": read_accuracy,
         "completeness_of_predicted_values": completeness(read_accuracy, black_box, chance),
+        "responsiveness": responsiveness(found["label_logits"].argmax(-1), corrected, split.labels, misread.any(1)),
     }

@@ -197,6 +197,14 @@ def _honesty_table(results: dict[str, dict]) -> list[str]:
     chosen = [f"{name}: {h['concept_predictor']}" for name, h in ran.items() if h.get("concept_predictor")]
     if chosen:
         lines += ["", "Concept → label predictor chosen on dev: " + "; ".join(chosen) + "."]
+    responsive = {name: h["responsiveness"] for name, h in ran.items() if h.get("responsiveness")}
+    if responsive:
+        lines += ["", "Responsiveness: on the rows with a concept the model misreads, exactly those concepts set to gold; "
+                  "the share of those rows whose label changes, and of the changed labels the shares changed to the gold "
+                  "label and away from it (it was gold before).", "",
+                  "| model | rows misread | label changed | to gold | away from gold |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['rows_misread']} | {_f(r['changed_share'])} | {_f(r['to_gold_share'])} | "
+                  f"{_f(r['away_from_gold_share'])} |" for name, r in responsive.items()]
     return lines + notes + [""]
 
 
