@@ -291,6 +291,66 @@ def test_concept_embeddings_train_save_load_and_run_in_subnetworks(tiny_bert_dir
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="cem")
 
 
+def test_value_means_are_the_mean_embeddings_of_each_gold_value(tiny_bert_dir, cebab_small):
+    """μ_kv = mean of e_kv(x) over the rows whose gold value is v (momentum 0), and a running
+    estimate with momentum; a value no row has keeps its row."""
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
+                                              concept_embedding_size=4, value_embedding="mean").eval()
+    rows = cebab_small.train.select(range(24))
+    batch = model.encoder.batch(rows.texts)
+    with torch.no_grad():
+        states = model(batch["input_ids"], batch["attention_mask"]).concept_states
+    gold = torch.from_numpy(rows.concepts)
+    layer = model.concept_layer
+    layer.value_means.fill_(7.0)
+    model.calibrate_interventions(states, gold)
+    for k, embeddings in enumerate(states):
+        for v in range(embeddings.shape[1]):
+            chosen = gold[:, k] == v
+            expected = embeddings[chosen, v].mean(0) if chosen.any() else torch.full((4,), 7.0)
+            torch.testing.assert_close(layer.value_means[k, v], expected)
+    before = layer.value_means.clone()
+    model.calibrate_interventions([s * 2 for s in states], gold, momentum=0.9)
+    seen = torch.stack([torch.bincount(gold[:, k][gold[:, k] >= 0], minlength=before.shape[1]) > 0
+                        for k in range(gold.shape[1])])
+    torch.testing.assert_close(layer.value_means[seen], 0.9 * before[seen] + 0.1 * 2 * before[seen])
+
+
+@pytest.mark.parametrize("value_embedding", ["input", "mean", "learned"])
+def test_a_value_embedding_that_does_not_depend_on_the_text_is_what_every_text_reads_when_set(
+        value_embedding, tiny_bert_dir, cebab_small, tmp_path):
+    """Set to a value, concept k reads the input's embedding of it (input: differs by text), or
+    the value's mean or learned vector (the same for every text); learned vectors train through
+    RandInt's interventions; the model saves and loads with the same corrected predictions."""
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
+                                              concept_embedding_size=4, value_embedding=value_embedding, seed=1)
+    start = model.concept_layer.value_vectors.detach().clone() if value_embedding == "learned" else None
+    model.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
+    assert model.summary()["value_embedding"] == value_embedding
+    batch = model.encoder.batch([TEXT, "The waiter was rude and the soup cold."])
+    values = torch.tensor([[MISSING, MISSING, 1, MISSING]] * 2)
+    with torch.no_grad():
+        states = model(batch["input_ids"], batch["attention_mask"]).concept_states
+        service = model.intervened_activations(states, values, correct_only=False)[2]
+    same = torch.allclose(service[0], service[1])
+    assert same == (value_embedding != "input")
+    if value_embedding != "input":
+        torch.testing.assert_close(service[0], model.concept_layer.value_table(2)[1])
+    if value_embedding == "learned":  # RandInt set concepts in training: their vectors moved
+        assert not torch.allclose(model.concept_layer.value_vectors, start)
+    else:  # the value means, from the training set's gold values after training
+        assert model.concept_layer.value_means.abs().sum() > 0
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_pretrained(tmp_path / "m")
+    assert loaded.config.value_embedding == value_embedding
+    assert loaded.intervene(TEXT, {"service": "Negative"}) == model.intervene(TEXT, {"service": "Negative"})
+    with pytest.raises(LucidError, match="value_embedding: 'mean' is what the embedding layer's corrected concept reads"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, value_embedding="mean")
+    with pytest.raises(LucidError, match="value_embedding: expected one of \\['input', 'mean', 'learned'\\]"):
+        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
+                                          value_embedding="typical")
+
+
 def test_intervention_aware_training_adds_the_loss_after_corrections(tiny_bert_dir, cebab_small):
     """IntCEM's idea: loss + λ·T/K·CE(y | the policy's first T concepts set to gold), T ~ U{1..K}."""
     from lucidlm.intervene import uncertainty_order

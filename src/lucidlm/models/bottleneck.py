@@ -25,7 +25,7 @@ from ..metrics import concept_metrics, selection_score, task_metrics
 from ..outputs import InterventionResult, ModelOutput
 from ..training import TrainingConfig, same_on_every_process
 from .base import ConceptModel, ModelConfig, evaluation_mode
-from .concept_layers import ACTIVATIONS, CONCEPT_LAYERS
+from .concept_layers import ACTIVATIONS, CONCEPT_LAYERS, VALUE_EMBEDDINGS
 from .intcem import INTERVENTION_OBJECTIVES, learned_order
 from .label_free import CONCEPT_OBJECTIVES
 from .label_head import ELASTIC_MAX_ITER, ELASTIC_TOL, fit_logistic
@@ -48,6 +48,10 @@ class BottleneckConfig(ModelConfig):
     concept_loss_weight: float = 1.0  # λ in L = CE(y) + λ·Σ_k CE(c_k) (joint mode)
     concept_activation: str = "logits"  # what the scalar layer's label head reads: logits (docs/methods.md §1) or probs
     concept_embedding_size: int = 16  # m, the embedding layer's size of each value's embedding (CEM's default)
+    # What a concept set to a value reads (embedding layer; concept_layers.VALUE_EMBEDDINGS): input, the
+    # input's own embedding of the value (CEM); mean, the value's mean embedding over training rows; learned,
+    # a vector learned per value. The last two are values the text cannot override.
+    value_embedding: str = "input"
     # RandInt (Espinosa Zarlenga et al. 2022): while the label head trains (joint: CE(y);
     # sequential: the c→y fit), each concept is replaced by its *gold* value with this
     # probability, as a user's intervention would, so that corrections are within the head's
@@ -111,6 +115,11 @@ class BottleneckConfig(ModelConfig):
             self.random_intervention_rate = 0.25 if self.concept_layer == "embedding" else 0.0
         if not isinstance(self.concept_embedding_size, int) or self.concept_embedding_size < 1:
             raise LucidError(f"concept_embedding_size: expected an integer >= 1, found {self.concept_embedding_size!r}")
+        if self.value_embedding not in VALUE_EMBEDDINGS:
+            raise LucidError(f"value_embedding: expected one of {list(VALUE_EMBEDDINGS)}, found {self.value_embedding!r}")
+        if self.value_embedding != "input" and self.concept_layer != "embedding":
+            raise LucidError(f"value_embedding: {self.value_embedding!r} is what the embedding layer's corrected concept "
+                             f"reads; concept_layer is {self.concept_layer!r}")
         if self.concept_activation not in ACTIVATIONS:
             raise LucidError(f"concept_activation: expected one of {list(ACTIVATIONS)}, found {self.concept_activation!r}")
         INTERVENTION_POLICIES.check(self.intervention_policy, "intervention_policy")
@@ -167,6 +176,7 @@ class ConceptBottleneckLM(ConceptModel):
     def summary(self) -> dict:
         c = self.config
         return {**super().summary(), "mode": c.mode, "concept_layer": c.concept_layer, "concept_objective": c.concept_objective,
+                **({"value_embedding": c.value_embedding} if c.concept_layer == "embedding" else {}),
                 "random_intervention_rate": c.random_intervention_rate if c.mode != "independent" else None,
                 "intervention_loss_weight": c.intervention_loss_weight, "intervention_objective": c.intervention_objective,
                 "counterfactual_loss_weight": c.counterfactual_loss_weight,
@@ -576,6 +586,9 @@ class ConceptBottleneckLM(ConceptModel):
         for name, tensor in tensors.items():
             old = next((p for p in self.legacy_tensor_names if name.startswith(p)), None)
             renamed[self.legacy_tensor_names[old] + name[len(old):] if old else name] = tensor
+        means = "concept_layer.value_means"
+        if means in self.state_dict() and means not in renamed:  # written before the embedding layer kept them
+            renamed[means] = torch.full_like(self.state_dict()[means], float("nan"))  # the value/text split: unknown
         super().load_checkpoint_tensors(renamed)
 
 

@@ -23,6 +23,30 @@ from ..training import processes_together, sum_over_processes
 
 CONCEPT_LAYERS: Registry = Registry("concept_layer")
 ACTIVATIONS = ("logits", "probs")
+# What a concept set to value v reads in the embedding layer (``value_embedding``): the input's own
+# embedding of v (CEM as published), the mean of that embedding over the training rows whose
+# gold value is v, or a vector learned for v; the last two do not depend on the text.
+VALUE_EMBEDDINGS = ("input", "mean", "learned")
+
+
+@torch.no_grad()
+def update_value_means(table: torch.Tensor, samples: Sequence[tuple[torch.Tensor, torch.Tensor]], momentum: float) -> None:
+    """Move ``table[k, v]`` (``[K, V, d]``) toward the mean of the vectors of concept k's samples
+    of value v: ``samples[k]`` is (values ``[N]``, vectors ``[N, d_k]``). A value without a sample
+    keeps its row. With several processes while training (``momentum`` > 0), the means are over
+    the samples of all processes (sums and counts added), so every process keeps the same table."""
+    sums = torch.zeros(table.shape, dtype=torch.float64, device=table.device)
+    counts = torch.zeros(table.shape[:2], dtype=torch.float64, device=table.device)
+    for k, (values, vectors) in enumerate(samples):
+        values, vectors = values.to(table.device), vectors.detach().to(sums)
+        sums[k, :, :vectors.shape[1]].index_add_(0, values, vectors)
+        counts[k] += torch.bincount(values, minlength=table.shape[1]).to(counts)
+    if momentum > 0 and processes_together() > 1:
+        totals = sum_over_processes(torch.cat([sums.flatten(), counts.flatten()])).to(table.device)
+        sums, counts = totals[:sums.numel()].view(sums.shape), totals[sums.numel():].view(counts.shape)
+    seen = counts > 0
+    means = (sums / counts.clamp(min=1).unsqueeze(-1)).to(table)
+    table[seen] = momentum * table[seen] + (1 - momentum) * means[seen]
 
 
 @CONCEPT_LAYERS.register("scalar")
@@ -125,21 +149,23 @@ class ScalarConceptLayer(nn.Module):
                     current.copy_(momentum * current + (1 - momentum) * logits[rows].mean(0).to(current))
 
     def _calibrate_over_processes(self, states, gold: torch.Tensor, momentum: float) -> None:
-        table = self.intervention_table
-        sums = torch.zeros(table.shape, dtype=torch.float64, device=table.device)  # [K, value, logits]
-        counts = torch.zeros(table.shape[:2], dtype=torch.float64, device=table.device)
+        samples = []
         for k, logits in enumerate(states):
-            logits = logits.detach().to(sums)
-            predicted = logits.argmax(-1)
+            predicted = logits.detach().argmax(-1)
             recognised = gold[:, k].to(predicted.device) == predicted
-            width = logits.shape[1]
-            sums[k, :width, :width].index_add_(0, predicted[recognised], logits[recognised])
-            counts[k, :width] += torch.bincount(predicted[recognised], minlength=width).to(counts)
-        totals = sum_over_processes(torch.cat([sums.flatten(), counts.flatten()])).to(table.device)
-        sums, counts = totals[:sums.numel()].view(sums.shape), totals[sums.numel():].view(counts.shape)
-        seen = counts > 0
-        means = (sums / counts.clamp(min=1).unsqueeze(-1)).to(table)
-        table[seen] = momentum * table[seen] + (1 - momentum) * means[seen]
+            samples.append((predicted[recognised], logits[recognised]))
+        update_value_means(self.intervention_table, samples, momentum)
+
+    def value_readings(self, states) -> list[torch.Tensor]:
+        """What the label would read of each concept from its value alone: the forced logits of
+        each value mixed by the concept's probabilities (with ``probs``, the probabilities
+        themselves: an activation is all value)."""
+        out = []
+        for k, logits in enumerate(states):
+            probs = logits.softmax(-1)
+            table = self.intervention_table[k, :logits.shape[-1], :logits.shape[-1]]
+            out.append(probs if self.activation == "probs" else probs @ table)
+        return out
 
 
 @CONCEPT_LAYERS.register("embedding")
@@ -149,8 +175,13 @@ class EmbeddingConceptLayer(nn.Module):
     For concept k and each of its values v, an embedding e_kv = LeakyReLU(W_kv·h + b_kv) of size
     m (concept k's state: ``[B, V_k, m]``); probabilities p_k = softmax_v ψ(e_kv), ψ one scoring
     layer shared by every concept; the label head reads the mixed embeddings ĉ_k = Σ_v p_kv·e_kv.
-    An intervention sets p_k to the one-hot of the given value: ĉ_k = e_kv. The label can thus
-    carry more than the concept values (the embeddings) and still obey a correction.
+    An intervention sets p_k to the one-hot of the given value: ĉ_k = e_kv (``value_embedding:
+    input``). The label can thus carry more than the concept values (the embeddings) and still
+    obey a correction; but e_kv(x) still carries the text, which can outvote the correction.
+    ``value_embedding: mean`` sets ĉ_k to μ_kv, the mean of e_kv over the training rows whose
+    gold value is v (a running estimate while training, as RandInt and IntCEM set concepts; the
+    training set's at the end), ``learned`` to a vector learned for v: values the text cannot
+    override.
 
     Setting a concept to the value it already predicts also makes p_k one-hot: a person who
     confirms the value removes the concept's uncertainty, as the paper's interventions do and as
@@ -162,13 +193,25 @@ class EmbeddingConceptLayer(nn.Module):
     def __init__(self, spec: TaskSpec, hidden_size: int, config):
         super().__init__()
         self.spec, self.size = spec, config.concept_embedding_size
+        self.value_embedding = config.value_embedding
         # all of concept k's value embeddings in one matrix: [H] -> [V_k · m]
         self.embedders = nn.ModuleList(nn.Linear(hidden_size, len(c.values) * self.size) for c in spec.concepts)
         self.score = nn.Linear(self.size, 1)  # ψ
+        width = max(len(c.values) for c in spec.concepts)
+        # μ_kv, kept whatever ``value_embedding`` is: what a value carries without the text (``value_readings``)
+        self.register_buffer("value_means", torch.zeros(len(spec.concepts), width, self.size))
+        if self.value_embedding == "learned":
+            self.value_vectors = nn.Parameter(0.1 * torch.randn(len(spec.concepts), width, self.size))
 
     @property
     def width(self) -> int:
         return len(self.spec.concepts) * self.size
+
+    def value_table(self, k: int) -> torch.Tensor:
+        """``[V_k, m]``: what concept k set to each value reads, without the text (learned
+        vectors, or the value means)."""
+        table = self.value_vectors if self.value_embedding == "learned" else self.value_means
+        return table[k, :len(self.spec.concepts[k].values)]
 
     def state(self, k: int, features: torch.Tensor) -> torch.Tensor:
         embeddings = F.leaky_relu(self.embedders[k](features))
@@ -188,9 +231,18 @@ class EmbeddingConceptLayer(nn.Module):
         out = []
         for k, (activation, embeddings) in enumerate(zip(activations, states)):
             value = values[:, k].to(activation.device)
-            chosen = embeddings[torch.arange(len(value), device=value.device), value.clamp(min=0)]
+            if self.value_embedding == "input":
+                chosen = embeddings[torch.arange(len(value), device=value.device), value.clamp(min=0)]
+            else:
+                chosen = self.value_table(k)[value.clamp(min=0)].to(activation)
             out.append(torch.where((value == MISSING).unsqueeze(-1), activation, chosen))
         return out
+
+    def value_readings(self, states) -> list[torch.Tensor]:
+        """What the label would read of each concept from its value alone: the value table's rows
+        (``value_table``) mixed by the concept's probabilities, Σ_v p_kv·μ_kv; the rest of ĉ_k is
+        what the text carries beside the value."""
+        return [logits.softmax(-1) @ self.value_table(k).to(logits) for k, logits in enumerate(self.logits(states))]
 
     def rewired(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Concept k's state after a subnetwork rewiring changed it from ``before`` to ``after``
@@ -208,5 +260,13 @@ class EmbeddingConceptLayer(nn.Module):
         w = self.score.weight[0]
         return before + shift.unsqueeze(-1) * (w / w.dot(w))
 
+    @torch.no_grad()
     def calibrate(self, states, gold: torch.Tensor, momentum: float = 0.0) -> None:
-        """Nothing to calibrate: an intervention reads the input's own embedding of the value."""
+        """μ_kv := the mean of e_kv over the rows whose gold value of concept k is v (``momentum``
+        > 0: part of the way, the running estimate while training)."""
+        samples = []
+        for k, embeddings in enumerate(states):
+            value = gold[:, k].to(embeddings.device)
+            rows = torch.nonzero(value != MISSING).squeeze(1)
+            samples.append((value[rows], embeddings[rows, value[rows]]))
+        update_value_means(self.value_means, samples, momentum)
