@@ -351,6 +351,47 @@ def test_a_value_embedding_that_does_not_depend_on_the_text_is_what_every_text_r
                                           value_embedding="typical")
 
 
+@pytest.mark.parametrize("layer", ["scalar", "embedding"])
+def test_a_contribution_splits_into_what_the_value_and_what_the_text_carries(layer, tiny_bert_dir, cebab_small, tmp_path):
+    """from_value = the label-head weights × the value table's rows mixed by the concept's
+    probabilities (scalar: forced logits; embedding: value means); from_text the rest; the
+    values' share is Σ|value| / Σ(|value| + |text|). A checkpoint without value means loads with
+    the split unknown."""
+    from safetensors.torch import load_file, save_file
+
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer=layer, seed=3)
+    model.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
+    explanation = model.explain(TEXT, steps=2)
+    with torch.no_grad():
+        out = model.forward_texts([TEXT])
+    row = model.spec.label_index(explanation.prediction.label)
+    sizes = [a.shape[-1] for a in model.concept_activations(out.concept_states)]
+    weights = model.label_head.weight[row].detach().split(sizes)
+    values, texts = [], []
+    for k, (c, w) in enumerate(zip(explanation.concepts, weights)):
+        probs = out.concept_logits[k][0].softmax(-1)
+        v = len(model.spec.concepts[k].values)
+        table = (model.concept_layer.intervention_table[k, :v, :v] if layer == "scalar"
+                 else model.concept_layer.value_means[k, :v])
+        expected = float(model.calibrated((w * (probs @ table)).sum()))
+        assert c.from_value == pytest.approx(expected, abs=1e-5)
+        assert c.from_value + c.from_text == pytest.approx(c.contribution, abs=1e-6)
+        values.append(abs(c.from_value))
+        texts.append(abs(c.from_text))
+    assert explanation.concept_values_share == pytest.approx(sum(values) / (sum(values) + sum(texts)))
+    assert 0.0 < explanation.concept_values_share < 1.0
+    model.save_pretrained(tmp_path / "m")
+    if layer == "embedding":
+        tensors = {n: t for n, t in load_file(str(tmp_path / "m" / "model.safetensors")).items() if n != "concept_layer.value_means"}
+        save_file(tensors, str(tmp_path / "m" / "model.safetensors"))
+        old = load_pretrained(tmp_path / "m").explain(TEXT, steps=2)
+        assert old.concept_values_share is None and all(c.from_value is None for c in old.concepts)
+        assert [c.contribution for c in old.concepts] == pytest.approx([c.contribution for c in explanation.concepts])
+    # probabilities as activations: the label reads nothing but the values
+    probs = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_activation="probs", seed=3)
+    assert probs.explain(TEXT, steps=2).concept_values_share == pytest.approx(1.0)
+
+
 def test_intervention_aware_training_adds_the_loss_after_corrections(tiny_bert_dir, cebab_small):
     """IntCEM's idea: loss + λ·T/K·CE(y | the policy's first T concepts set to gold), T ~ U{1..K}."""
     from lucidlm.intervene import uncertainty_order

@@ -93,6 +93,9 @@ def test_type_a_review_flip_a_concept_and_see_the_label_change(browser, runs):
         assert page.locator("#concepts input[data-confirm]").count() == 0  # scalar logits: nothing to confirm
         asked = TestClient(app).post("/api/predict", json={"text": text}).json()["ask_next"]
         assert page.inner_text("#ask-next").startswith(f"Check first: {asked[0]}?")
+        share = TestClient(app).post("/api/predict", json={"text": text}).json()["concept_values_share"]
+        assert page.inner_text("#values-share").startswith(f"The concept values account for {100 * share:.1f}% of this decision")
+        assert page.locator("#concepts .contribution-split").count() == 4
         assert page.is_hidden("#compare-section")
 
         page.select_option(f"select[data-concept='{concept}']", value)

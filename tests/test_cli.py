@@ -111,6 +111,12 @@ def test_token_bars_show_their_sign_and_contribution_is_explained(trained_run):
     words = json.loads(lucidlm("explain", run_dir, TEXT, "--json").stdout)["tokens"][0]["groups"]
     assert [g["text"] for g in words][:3] == ["Great", "pasta", ","] and "┃ word " in explained.stdout
     assert "+ toward it, − against it" in text and "Contribution: label-head weight × concept activation" in text
+    explanation = json.loads(lucidlm("explain", run_dir, TEXT, "--json").stdout)
+    share = explanation["concept_values_share"]
+    assert 0 <= share <= 1 and f"The concept values account for {share:.0%} of this decision" in text
+    for c in explanation["concepts"]:
+        assert c["from_value"] + c["from_text"] == pytest.approx(c["contribution"], abs=1e-6)
+        assert f"{c['from_value']:+.3f}" in explained.stdout and f"{c['from_text']:+.3f}" in explained.stdout
 
 
 def _bad_config(folder: Path, tiny_config: Path, change) -> Path:

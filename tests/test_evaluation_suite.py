@@ -619,6 +619,17 @@ def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path,
         changed += result.after.label != result.before.label
         to_gold += result.after.label != result.before.label and result.after.label == gold_label
         away += result.after.label != result.before.label and result.before.label == gold_label
+    # what the values carry: the mean of each decision's share, as ``explain`` gives it, and the
+    # decisions the value readings alone (probabilities × forced logits; the scalar layer) make
+    shares = [joint_model.explain(text, steps=1).concept_values_share for text in split.texts]
+    assert h["concept_values_share"] == pytest.approx(float(np.mean(shares)), abs=1e-6)
+    probs = [torch.from_numpy(p).softmax(-1) for p in joint_model.infer(split)["concept_logits"]]
+    table = joint_model.concept_layer.intervention_table
+    readings = [p @ table[k, :p.shape[1], :p.shape[1]] for k, p in enumerate(probs)]
+    with torch.no_grad():
+        alone = joint_model.label_from_concepts(readings).argmax(-1).numpy()
+    decided = joint_model.infer(split)["label_logits"].argmax(-1)
+    assert h["decisions_from_values_alone"] == pytest.approx(float((alone == decided).mean()))
     r = h["responsiveness"]
     assert (r["rows_misread"], r["changed"], r["to_gold"], r["away_from_gold"]) == (misread_rows, changed, to_gold, away)
     assert misread_rows > 0 and r["changed_share"] == pytest.approx(changed / misread_rows)

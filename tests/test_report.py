@@ -215,6 +215,10 @@ def test_report_tokens_are_the_writers_words_with_their_sign_and_say_what_scores
     from lucidlm.explain.explanation import CONTRIBUTION_MEANING
 
     assert escape(CONTRIBUTION_MEANING) in html and CONTRIBUTION_MEANING.startswith("Contribution: label-head weight")
+    assert '<th scope="col">from value</th><th scope="col">from text</th>' in html
+    assert f"The concept values account for <strong>{explanation.concept_values_share:.0%}</strong>" in html
+    for c in explanation.concepts:
+        assert f"<td>{c.from_value:+.3f}</td><td>{c.from_text:+.3f}</td>" in html
     assert ".tok.neg{border-bottom:2px dashed" in STYLE
 
 

@@ -68,6 +68,11 @@ def test_predict_equals_the_model_and_contributions_sum_to_the_logit(clients, mo
     total = sum(c["contribution"] for c in body["contributions"]) + float(model.calibrated(model.label_head.bias)[row].detach())
     assert total == pytest.approx(float(logits[row]), abs=1e-4)
     assert [c["concept"] for c in body["contributions"]] == ["food", "ambiance", "service", "noise"]
+    # each split into what the value and what the text carries, and the values' share, as explain gives them
+    explained = model.explain(TEXT, steps=1)
+    assert [(c["from_value"], c["from_text"]) for c in body["contributions"]] == [
+        pytest.approx((c.from_value, c.from_text), abs=1e-6) for c in explained.concepts]
+    assert body["concept_values_share"] == pytest.approx(explained.concept_values_share, abs=1e-6)
     # the concepts in the order the expected-label-change policy asks about them
     from lucidlm.intervene import INTERVENTION_POLICIES
 

@@ -387,12 +387,16 @@ def show_explanation(e) -> None:
     show_prediction(e.prediction)
     if e.concepts:
         table = Table(title="concepts", title_justify="left")
-        for name in ("concept", "value", "probability", "contribution"):
+        for name in ("concept", "value", "probability", "contribution", "from value", "from text"):
             table.add_column(name, justify="left" if name in ("concept", "value") else "right")
         for c in e.concepts:
-            table.add_row(escape(c.concept), escape(c.value), f"{c.probability:.3f}", f"{c.contribution:+.3f}")
+            parts = [f"{x:+.3f}" if x is not None else "–" for x in (c.from_value, c.from_text)]
+            table.add_row(escape(c.concept), escape(c.value), f"{c.probability:.3f}", f"{c.contribution:+.3f}", *parts)
         out.print(table)
         out.print(CONTRIBUTION_MEANING, highlight=False)
+        if e.concept_values_share is not None:
+            out.print(f"The concept values account for {e.concept_values_share:.0%} of this decision; "
+                      "the text beside them for the rest.", highlight=False)
     for attribution in e.tokens:
         # the writer's own words (a word's score: the sum of its tokens'), else the tokens
         words = ([(g.text, g.score) for g in attribution.groups] if attribution.groups

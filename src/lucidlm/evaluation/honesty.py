@@ -18,6 +18,11 @@ correction buys, so that leakage (a label that reads more than the concepts) is 
   label once the concepts carry nothing but their values.
 - Per concept: the change in accuracy when that concept alone is set to gold, as ``intervene``
   sets it (``corrections_of``).
+- How much the concept values carry of the decisions: each concept's contribution to the
+  predicted label's logit splits into what its value carries and what the text carries beside it
+  (``value_and_text_contributions``); the mean over the split of the values' share of each
+  decision (``explain.values_share``), and the share of decisions the values alone (every concept
+  read as its value, nothing of the text) make the same.
 - Responsiveness: on the rows with at least one concept the model misreads (gold known, predicted
   value another), the share whose label changes when exactly those concepts are set to gold, and
   of the changed labels the shares changed to the gold label and away from it (the label was
@@ -33,6 +38,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from ..data import MISSING, Split
+from ..explain.explanation import values_share
 from .faithfulness import concept_applicability
 from .outputs import TextOutputs, split_outputs
 
@@ -118,6 +124,10 @@ def bottleneck_honesty(model, outputs: TextOutputs, train: Split, split: Split,
     misread = (split.concepts != MISSING) & (read != split.concepts)
     to_gold = torch.from_numpy(np.where(misread, split.concepts, MISSING)).to(model.device)
     corrected = model.intervened_label_logits(states, to_gold, correct_only=False).argmax(-1).cpu().numpy()
+    decided = torch.from_numpy(found["label_logits"].argmax(-1)).to(model.device)
+    total, from_value = model.value_and_text_contributions(states, decided)
+    shares = values_share(from_value, total - from_value)
+    from_values_alone = model.label_from_concepts(model.concept_value_readings(states)).argmax(-1) == decided
     sizes = [len(c.values) for c in model.spec.concepts]
     predictor, from_concepts, dev_scores = best_concept_predictor(train, dev, sizes)
     concept_accuracy = float((from_concepts.predict(one_hot_concepts(split.concepts, sizes)) == split.labels).mean())
@@ -135,5 +145,7 @@ def bottleneck_honesty(model, outputs: TextOutputs, train: Split, split: Split,
         "completeness": completeness(concept_accuracy, black_box, chance),
         "predicted_values_accuracy": read_accuracy,
         "completeness_of_predicted_values": completeness(read_accuracy, black_box, chance),
+        "concept_values_share": None if shares.isnan().all() else float(shares.nanmean()),
+        "decisions_from_values_alone": None if shares.isnan().all() else float(from_values_alone.float().mean()),
         "responsiveness": responsiveness(found["label_logits"].argmax(-1), corrected, split.labels, misread.any(1)),
     }

@@ -197,14 +197,21 @@ def _honesty_table(results: dict[str, dict]) -> list[str]:
     chosen = [f"{name}: {h['concept_predictor']}" for name, h in ran.items() if h.get("concept_predictor")]
     if chosen:
         lines += ["", "Concept → label predictor chosen on dev: " + "; ".join(chosen) + "."]
-    responsive = {name: h["responsiveness"] for name, h in ran.items() if h.get("responsiveness")}
+    responsive = {name: h for name, h in ran.items() if h.get("responsiveness")}
     if responsive:
-        lines += ["", "Responsiveness: on the rows with a concept the model misreads, exactly those concepts set to gold; "
-                  "the share of those rows whose label changes, and of the changed labels the shares changed to the gold "
-                  "label and away from it (it was gold before).", "",
-                  "| model | rows misread | label changed | to gold | away from gold |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {r['rows_misread']} | {_f(r['changed_share'])} | {_f(r['to_gold_share'])} | "
-                  f"{_f(r['away_from_gold_share'])} |" for name, r in responsive.items()]
+        lines += ["", "What a correction does, and what the values carry. Responsiveness: on the rows with a concept the "
+                  "model misreads, exactly those concepts set to gold; the share of those rows whose label changes, and of "
+                  "the changed labels the shares changed to the gold label and away from it (it was gold before). Values' "
+                  "share: the mean over the rows of Σ|value part| / Σ(|value part| + |text part|) of the concepts' "
+                  "contributions to the decision; same from values: the share of decisions the concept values alone "
+                  "(nothing of the text beside them) make the same.", "",
+                  "| model | rows misread | label changed | to gold | away from gold | values' share | same from values |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, h in responsive.items():
+            r = h["responsiveness"]
+            lines.append(f"| {name} | {r['rows_misread']} | {_f(r['changed_share'])} | {_f(r['to_gold_share'])} | "
+                         f"{_f(r['away_from_gold_share'])} | {_f(h.get('concept_values_share'))} | "
+                         f"{_f(h.get('decisions_from_values_alone'))} |")
     return lines + notes + [""]
 
 

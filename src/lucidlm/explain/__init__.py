@@ -1,3 +1,3 @@
-from .explanation import ConceptContribution, Explanation, PrototypeMatch, TokenAttribution, TrainingExample
+from .explanation import ConceptContribution, Explanation, PrototypeMatch, TokenAttribution, TrainingExample, concept_values_share
 
-__all__ = ["ConceptContribution", "Explanation", "PrototypeMatch", "TokenAttribution", "TrainingExample"]
+__all__ = ["ConceptContribution", "Explanation", "PrototypeMatch", "TokenAttribution", "TrainingExample", "concept_values_share"]

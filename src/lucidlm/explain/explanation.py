@@ -4,7 +4,10 @@ and the HTML report alike. A family fills the parts it has and leaves the rest e
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
+
+import torch
 
 from ..outputs import Prediction
 
@@ -56,19 +59,42 @@ class TokenAttribution:
 @dataclass
 class ConceptContribution:
     """A concept's value, probability, and its contribution to the predicted label's logit
-    (label-head weight × concept activation, summed over the concept's values)."""
+    (label-head weight × concept activation, summed over the concept's values), split into what
+    its value carries (``from_value``: the same weights × what the label reads of the value alone,
+    the concept layer's ``value_readings``) and what the text carries beside it (``from_text``,
+    the rest). None where the split is unknown (a checkpoint written before value means)."""
 
     concept: str
     value: str
     probability: float
     contribution: float
+    from_value: float | None = None
+    from_text: float | None = None
+
+
+def values_share(from_value: torch.Tensor, from_text: torch.Tensor) -> torch.Tensor:
+    """``[B]``: how much of each decision the concept values account for, from ``[B, K]`` parts:
+    Σ_k |from_value| / Σ_k (|from_value| + |from_text|), in [0, 1] (1: the label reads nothing of
+    the text beside the values; NaN where there is nothing to share, or no split)."""
+    value_mass, text_mass = from_value.abs().sum(-1), from_text.abs().sum(-1)
+    return value_mass / (value_mass + text_mass)
+
+
+def concept_values_share(contributions: list[ConceptContribution]) -> float | None:
+    """``values_share`` of one decision's contributions; None without a split."""
+    if not contributions or any(c.from_value is None for c in contributions):
+        return None
+    share = float(values_share(torch.tensor([c.from_value for c in contributions]), torch.tensor([c.from_text for c in contributions])))
+    return None if math.isnan(share) else share
 
 
 # What "contribution" means (``ConceptBottleneckLM.concept_contributions``), in the one line every
 # view shows beside it: the CLI, the page (through /api/info) and the report.
 CONTRIBUTION_MEANING = ("Contribution: label-head weight × concept activation (summed over the concept's values, over the "
                         "label's temperature) toward the predicted label's logit, which is the sum of the contributions plus "
-                        "the head's bias; + pushes toward the predicted label, − away from it.")
+                        "the head's bias; + pushes toward the predicted label, − away from it. Each splits into what the "
+                        "concept's value carries (the same weights × what the label reads of the value alone) and what the "
+                        "text carries beside it; the values' share is Σ|value part| / Σ(|value part| + |text part|).")
 
 
 @dataclass
@@ -100,6 +126,7 @@ class Explanation:
     subnetworks: dict | None = None  # SparseCBM: densities, overlaps, shared/owned weights
     prototypes: list[PrototypeMatch] = field(default_factory=list)
     text_pair: str | None = None  # the second text of a sentence-pair task
+    concept_values_share: float | None = None  # concept models: ``concept_values_share(concepts)``
 
     def to_dict(self) -> dict:
         return asdict(self)

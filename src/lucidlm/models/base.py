@@ -498,6 +498,11 @@ class ConceptModel(LucidModel):
     def label_from_concepts(self, activations: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def concept_value_readings(self, states) -> list[torch.Tensor]:
+        """What the label head would read of each concept from its value alone (no text beside
+        it), shaped as ``concept_activations``: the split of a contribution into value and text."""
+        raise NotImplementedError
+
     def intervened_activations(self, states, values: torch.Tensor, correct_only: bool = True) -> list[torch.Tensor]:
         """``concept_activations`` with concept k of row i set to ``values[i, k]`` (``MISSING``: as
         predicted); setting concept k changes concept k's activation only."""

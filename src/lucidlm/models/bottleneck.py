@@ -8,6 +8,7 @@ to, is the concept layer's business (``concept_layers``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from ..data import MISSING, Split
 from ..errors import LucidError
-from ..explain import ConceptContribution, Explanation
+from ..explain import ConceptContribution, Explanation, concept_values_share
 from ..explain.tokens import integrated_gradients
 from ..intervene import INTERVENTION_POLICIES, ConceptValues, concept_values_tensor, overwrite_concepts
 from ..metrics import concept_metrics, selection_score, task_metrics
@@ -213,6 +214,9 @@ class ConceptBottleneckLM(ConceptModel):
         """Activations with concept k set to ``values[:, k]`` where that is not ``MISSING``."""
         return self.concept_layer.set_values(states, activations, values)
 
+    def concept_value_readings(self, states) -> list[torch.Tensor]:
+        return self.concept_layer.value_readings(states)
+
     def calibrate_interventions(self, states, gold: torch.Tensor, momentum: float = 0.0) -> None:
         self.concept_layer.calibrate(states, gold, momentum)
 
@@ -304,20 +308,31 @@ class ConceptBottleneckLM(ConceptModel):
             c = self.spec.label_index(prediction.label)
             tokens.append(integrated_gradients(self, ids, mask, lambda i, m: label_score(i, m).softmax(-1)[:, c], "label", steps,
                                                text=text, pair=pair))
-        return Explanation(text=text, text_pair=pair, prediction=prediction,
-                           concepts=self.concept_contributions(output, prediction), tokens=tokens)
+        contributions = self.concept_contributions(output, prediction)
+        return Explanation(text=text, text_pair=pair, prediction=prediction, concepts=contributions, tokens=tokens,
+                           concept_values_share=concept_values_share(contributions))
 
     def concept_contributions(self, output: ModelOutput, prediction) -> list[ConceptContribution]:
         """Label-head weight × concept activation, summed over each concept's values, for the
-        predicted label: its logit is the sum of these plus the head's bias."""
-        row = 0 if self.spec.is_regression else self.spec.label_index(prediction.label)
-        activations = [a[:1].detach() for a in self.concept_activations(output.concept_states)]
-        contributions = self.concept_contribution_matrix(activations, torch.tensor([row], device=self.device))[0].tolist()
+        predicted label: its logit is the sum of these plus the head's bias. Each is split into
+        the part the concept's value carries and the part the text carries beside it."""
+        row = torch.tensor([0 if self.spec.is_regression else self.spec.label_index(prediction.label)], device=self.device)
+        total, from_values = (m[0].tolist() for m in self.value_and_text_contributions([s[:1] for s in output.concept_states], row))
         out = []
-        for concept, contribution in zip(self.spec.concepts, contributions):
+        for concept, contribution, from_value in zip(self.spec.concepts, total, from_values):
             value = prediction.concepts[concept.name].value
-            out.append(ConceptContribution(concept.name, value, prediction.concepts[concept.name].probabilities[value], contribution))
+            split = {} if math.isnan(from_value) else {"from_value": from_value, "from_text": contribution - from_value}
+            out.append(ConceptContribution(concept.name, value, prediction.concepts[concept.name].probabilities[value],
+                                           contribution, **split))
         return out
+
+    @torch.no_grad()
+    def value_and_text_contributions(self, states, label_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, K]`` twice: each concept's contribution to label ``label_rows[i]``'s logit, and
+        the part of it its value carries (the same weights × ``concept_value_readings``); the
+        rest is the text's."""
+        return (self.concept_contribution_matrix(self.concept_activations(states), label_rows),
+                self.concept_contribution_matrix(self.concept_value_readings(states), label_rows))
 
     # ---- evaluation -----------------------------------------------------------------------
     @torch.no_grad()

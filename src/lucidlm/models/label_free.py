@@ -123,6 +123,10 @@ class StatementLayer(nn.Module):
     def activations(self, states) -> list[torch.Tensor]:
         return [F.relu(z) for z in self.scores(states)]
 
+    def value_readings(self, states) -> list[torch.Tensor]:
+        """A statement's activation is its value (a strength): nothing beside it."""
+        return self.activations(states)
+
     def set_values(self, states, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
         """Activations with statement k set to ``values[:, k]`` (0 ``no``, 1 ``yes``; ``MISSING``: kept)."""
         tables = [F.relu(torch.stack([self.low[k], self.high[k]])).unsqueeze(-1).to(a) for k, a in enumerate(activations)]

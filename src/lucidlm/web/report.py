@@ -332,10 +332,15 @@ def worked_example(model, number: int, text: str, gold_label, gold_concepts: np.
         top = max(abs(c.contribution) for c in explanation.concepts) or 1.0
         body = [[esc(c.concept), esc(gold_values.get(c.concept) or "–"),
                  cell(esc(c.value), "" if gold_values.get(c.concept) in (None, c.value) else MISREAD),
-                 fmt(c.probability), cell(f"{c.contribution:+.3f}", shade(abs(c.contribution) / top, GREEN if c.contribution >= 0 else RED))]
+                 fmt(c.probability), cell(f"{c.contribution:+.3f}", shade(abs(c.contribution) / top, GREEN if c.contribution >= 0 else RED)),
+                 "–" if c.from_value is None else f"{c.from_value:+.3f}", "–" if c.from_text is None else f"{c.from_text:+.3f}"]
                 for c in explanation.concepts]
-        parts.append(table(["concept", "gold", "predicted", "probability", "contribution"], body, cls="narrow")
-                     + f'<p class="muted meaning">{esc(CONTRIBUTION_MEANING)}</p>')
+        share = explanation.concept_values_share
+        parts.append('<div class="scroll">' + table(["concept", "gold", "predicted", "probability", "contribution", "from value",
+                                                      "from text"], body, cls="narrow") + "</div>"
+                     + f'<p class="muted meaning">{esc(CONTRIBUTION_MEANING)}</p>'
+                     + ("" if share is None else f"<p>The concept values account for <strong>{share:.0%}</strong> of this "
+                        "decision; the text beside them for the rest.</p>"))
     if explanation.tokens:
         parts.append(TOKEN_LEGEND)
     for attribution in explanation.tokens:
@@ -389,7 +394,7 @@ td .cell{display:block;padding:.15rem .3rem;border-radius:3px}
 pre{white-space:pre-wrap;background:#f6f8fa;padding:.6rem;border-radius:6px;font-size:.85rem}
 details>summary{cursor:pointer;font-weight:600;margin:.4rem 0}.evaluation{overflow-x:auto}
 .evaluation h3,.evaluation h4,.evaluation h5,.evaluation h6{margin:.7rem 0 .3rem}.evaluation h5{font-size:.9rem}.evaluation h6{font-size:.85rem}
-svg.heatmap{max-width:100%;height:auto}.grid-item{max-width:100%;overflow-x:auto}
+svg.heatmap{max-width:100%;height:auto}.grid-item,.scroll{max-width:100%;overflow-x:auto}
 svg.figure{width:100%;max-width:34rem;height:auto;display:block}
 .facts td,.density th[scope=row],.heads th[scope=row],caption,blockquote,q{overflow-wrap:anywhere}
 @media (max-width:640px){header,main{padding:0 .7rem}table{font-size:.75rem}th,td{padding:.2rem .2rem}td .cell{padding:.1rem .2rem}

@@ -79,6 +79,7 @@ class PredictAnswer(Prediction):
 
     contributions: list[ConceptContribution] = field(default_factory=list)
     ask_next: list[str] = field(default_factory=list)  # concepts in the order a person should check them
+    concept_values_share: float | None = None  # how much of the decision the concept values carry (explain)
 
 
 class ConceptValues(BaseModel):

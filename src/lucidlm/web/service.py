@@ -9,6 +9,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
 
+from ..explain.explanation import concept_values_share
 from ..intervene import INTERVENTION_POLICIES, ConceptValues, SubnetworkRewiring
 from ..models import ConceptModel, SubnetworkModel
 from .worker import ModelWorker, ServingLimits
@@ -85,7 +86,8 @@ class ModelService:
             if orders is not None:
                 contributions = self.model.concept_contributions(output.row(i), prediction)
                 ask_next = [self.model.spec.concepts[k].name for k in orders[i]]
-            answers.append({**prediction.to_dict(), "contributions": [vars(c) for c in contributions], "ask_next": ask_next})
+            answers.append({**prediction.to_dict(), "contributions": [vars(c) for c in contributions], "ask_next": ask_next,
+                            "concept_values_share": concept_values_share(contributions)})
         return answers
 
     def _explanation(self, text: str) -> dict:

@@ -172,6 +172,11 @@ function renderConcepts(prediction) {
   ask.textContent = prediction.ask_next.length
     ? `Check first: ${prediction.ask_next[0]}? (the concept whose correction would move the label most; then ${prediction.ask_next.slice(1).join(", ")})`
     : "";
+  const share = $("#values-share");
+  share.hidden = prediction.concept_values_share == null;
+  share.textContent = share.hidden ? ""
+    : `The concept values account for ${percent(prediction.concept_values_share)} of this decision; the text beside them for the rest.`;
+  const parts = Object.fromEntries(prediction.contributions.map((c) => [c.concept, c]));
   const contributions = Object.fromEntries(prediction.contributions.map((c) => [c.concept, c.contribution]));
   const largest = Math.max(1e-9, ...Object.values(contributions).map(Math.abs));
   const body = $("#concepts tbody");
@@ -198,7 +203,10 @@ function renderConcepts(prediction) {
       el("td", { class: "probability", "data-heading": "Probability", text: percent(concept.probabilities[concept.value]) }),
       el("td", { class: "contribution-column", "data-heading": "Contribution" }, el("div", { class: "contribution-cell" },
         el("span", { class: "contribution-track", role: "presentation" }, bar),
-        el("span", { text: contribution === undefined ? "" : signed(contribution) }))),
+        el("span", { text: contribution === undefined ? "" : signed(contribution) })),
+        parts[name] && parts[name].from_value != null
+          ? el("span", { class: "contribution-split muted", text: `value ${signed(parts[name].from_value)} · text ${signed(parts[name].from_text)}` })
+          : null),
       setCell));
   }
 }
