@@ -91,9 +91,15 @@ def test_type_a_review_flip_a_concept_and_see_the_label_change(browser, runs):
         assert page.inner_text("#prediction .label-value") == before
         assert page.locator("#concepts tbody tr").count() == 4
         assert page.locator("#concepts input[data-confirm]").count() == 0  # scalar logits: nothing to confirm
-        asked = TestClient(app).post("/api/predict", json={"text": text}).json()["ask_next"]
-        assert page.inner_text("#ask-next").startswith(f"Check first: {asked[0]}?")
-        share = TestClient(app).post("/api/predict", json={"text": text}).json()["concept_values_share"]
+        answer = TestClient(app).post("/api/predict", json={"text": text}).json()
+        suggestion, share = answer["suggestion"], answer["concept_values_share"]
+        if suggestion["change_probability"] > 0:  # a question the person can click: it takes them to the concept
+            assert page.inner_text("#ask-next").startswith(f"Check first: {suggestion['concept']}? A correction there "
+                                                          f"changes the decision with probability")
+            page.click("#ask-next button")
+            assert page.evaluate("document.activeElement.dataset.concept") == suggestion["concept"]
+        else:
+            assert "No single correction would change the decision" in page.inner_text("#ask-next")
         assert page.inner_text("#values-share").startswith(f"The concept values account for {100 * share:.1f}% of this decision")
         assert page.locator("#concepts .contribution-split").count() == 4
         assert page.is_hidden("#compare-section")

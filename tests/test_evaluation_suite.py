@@ -309,7 +309,78 @@ def test_expected_change_asks_first_about_the_one_concept_the_label_reads(tiny_b
     states = [torch.from_numpy(x) for x in TextOutputs(model).get(cebab_small.test.texts)["concept_states"]]
     order = INTERVENTION_POLICIES.get("expected_change")(model, states)
     assert order.tolist() == [[2, 0, 1, 3]] * len(cebab_small.test)
-    assert INTERVENTION_POLICIES.names == ["random", "uncertainty", "expected_change", "learned"]
+    assert INTERVENTION_POLICIES.names == ["random", "uncertainty", "expected_change", "label_change", "learned"]
+
+
+def test_the_first_question_is_the_concept_most_likely_to_change_the_label_or_the_pair_that_would(joint_model, cebab_small):
+    """label_change's score of concept k, by hand through ``intervene``: Σ_{v ≠ read} p_kv·[the
+    label changes]; the suggestion asks first about its top concept; where no single correction
+    changes the label, its pair does (to the label it names) and no more probable pair does; with
+    no pair, none does."""
+    import itertools
+
+    from lucidlm.intervene import INTERVENTION_POLICIES, label_change_scores, suggest_corrections
+
+    model, texts = joint_model, cebab_small.test.texts[:12]
+    with torch.no_grad():
+        states = model.forward_texts(texts).concept_states
+    scores, _ = label_change_scores(model, states)
+    order = INTERVENTION_POLICIES.get("label_change")(model, states)
+    suggestions = suggest_corrections(model, states)
+    kinds = set()
+    for i, text in enumerate(texts):
+        before = model.predict(text)[0]
+        flips = {}
+        for k, concept in enumerate(model.spec.concepts):
+            read = before.concepts[concept.name]
+            changes = {v: model.intervene(text, {concept.name: v})[0].after.label != before.label
+                       for v in concept.values if v != read.value}
+            flips[concept.name] = changes
+            assert scores[i, k] == pytest.approx(sum(read.probabilities[v] for v, c in changes.items() if c), abs=1e-5)
+        assert list(scores[i, order[i]]) == sorted(scores[i], reverse=True)
+        s = suggestions[i]
+        assert s.concept == model.spec.concepts[order[i, 0]].name and s.change_probability == pytest.approx(scores[i].max())
+        if s.single_correction_changes_label:
+            kinds.add("single")
+            assert any(flips[s.concept].values()) and s.pair is None
+            continue
+        assert not any(any(c.values()) for c in flips.values())
+        pairs = [{a.name: u, b.name: w} for a, b in itertools.combinations(model.spec.concepts, 2)
+                 for u in a.values for w in b.values
+                 if u != before.concepts[a.name].value and w != before.concepts[b.name].value]
+        changing = [pair for pair in pairs if model.intervene(text, pair)[0].after.label != before.label]
+        if s.pair is None:
+            kinds.add("none")
+            assert changing == []
+            continue
+        kinds.add("pair")
+        result = model.intervene(text, s.pair)[0]
+        assert result.after.label == s.pair_label != before.label
+        weight = lambda pair: np.prod([before.concepts[c].probabilities[v] for c, v in pair.items()])  # noqa: E731
+        assert weight(s.pair) == pytest.approx(max(weight(pair) for pair in changing))
+    assert kinds  # every row was checked by one branch or another
+
+
+@pytest.mark.parametrize("weight, pair", [(0.15, {"food": "Positive", "service": "Positive"}), (0.05, None)])
+def test_when_no_single_correction_changes_the_label_the_suggestion_names_the_pair_that_does(
+        weight, pair, tiny_bert_dir, cebab_small):
+    """Concepts read with no preference (logits 0, p = 1/3: read as Negative) and a label head
+    that gives class 1 weight·5 for food and for service set to Positive against class 0's bias 1:
+    one correction adds 0.75 (no change), two add 1.5 (a change); with weight 0.05 not even two do."""
+    from lucidlm.intervene import suggest_corrections
+
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="joint").eval()
+    with torch.no_grad():
+        for head in model.concept_layer.heads:
+            head.weight.zero_()
+            head.bias.zero_()
+        model.label_head.weight.zero_()
+        model.label_head.bias.copy_(torch.tensor([1.0, 0, 0, 0, 0]))
+        model.label_head.weight[1, [1, 7]] = weight  # food = Positive, service = Positive
+        states = model.forward_texts(cebab_small.test.texts[:3]).concept_states
+    for s in suggest_corrections(model, states):
+        assert s.change_probability == 0 and not s.single_correction_changes_label
+        assert s.pair == pair and s.pair_label == (model.spec.classes[1] if pair else None)
 
 
 def test_expected_change_counts_nothing_for_the_value_a_concept_already_has(tiny_bert_dir, cebab_small):

@@ -76,8 +76,13 @@ def test_predict_equals_the_model_and_contributions_sum_to_the_logit(clients, mo
     # the concepts in the order the expected-label-change policy asks about them
     from lucidlm.intervene import INTERVENTION_POLICIES
 
-    order = INTERVENTION_POLICIES.get("expected_change")(model, model.forward_texts([TEXT]).concept_states)[0]
+    from lucidlm.intervene import suggest_corrections
+
+    states = model.forward_texts([TEXT]).concept_states
+    order = INTERVENTION_POLICIES.get("label_change")(model, states)[0]
     assert body["ask_next"] == [model.spec.concepts[k].name for k in order]
+    assert body["suggestion"] == pytest.approx(vars(suggest_corrections(model, states)[0]))
+    assert body["suggestion"]["concept"] == body["ask_next"][0]
     assert sorted(body["ask_next"]) == sorted(["food", "ambiance", "service", "noise"])
     assert clients["proto"].post("/api/predict", json={"text": TEXT}).json()["ask_next"] == []
 

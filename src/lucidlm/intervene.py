@@ -116,6 +116,88 @@ def expected_change_policy(model, states, rng: np.random.Generator | None = None
     return np.argsort(-expected_change_scores(model, states).cpu().numpy(), axis=1, kind="stable")
 
 
+@INTERVENTION_POLICIES.register("label_change")
+def label_change_policy(model, states, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The concept whose correction is most likely to change the decision first
+    (``label_change_scores``); among equals, the larger expected change (``expected_change``)."""
+    flips, _ = label_change_scores(model, states)
+    expected = expected_change_scores(model, states).cpu().numpy()
+    return np.stack([np.lexsort((-expected[i], -flips[i])) for i in range(len(flips))]) if len(flips) else flips.astype(int)
+
+
+@torch.no_grad()
+def label_change_scores(model, states) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, K]`` twice: the probability, under the model's own (calibrated) concept probabilities,
+    that correcting concept k changes the decision, Σ_{v ≠ v̂_k} p_kv · [label(k := v) ≠ label];
+    and ``[N, K, V]``: whether setting k to v changes it (False at v̂_k and past k's values). A
+    confirmation is not a correction: the value read counts for nothing, however it moves the
+    probabilities."""
+    decided = model.intervened_label_logits(states, _missing(states)).argmax(-1)
+    probs = concept_probabilities(model, states)
+    width = max(p.shape[1] for p in probs)
+    changes = np.zeros((len(decided), len(states), width), dtype=bool)
+    for k, p in enumerate(probs):
+        read = p.argmax(-1)
+        for v in range(p.shape[1]):
+            values = _missing(states)
+            values[:, k] = v
+            after = model.intervened_label_logits(states, values, correct_only=False).argmax(-1)
+            changes[:, k, v] = ((after != decided).cpu().numpy()) & (read != v)
+    scores = np.stack([(p * changes[:, k, :p.shape[1]]).sum(-1) for k, p in enumerate(probs)], axis=1)
+    return scores, changes
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """What to ask a person about first, for one text (``suggest_corrections``): ``concept``, the
+    one whose correction is most likely to change the decision, with that probability under the
+    model's own concept probabilities (0: no single correction changes it). When none does, ``pair``
+    is the most probable pair of corrections that does ({concept: value}, with the label it gives),
+    or None when no pair does either."""
+
+    concept: str
+    change_probability: float
+    pair: dict[str, str] | None = None
+    pair_label: str | None = None
+
+    @property
+    def single_correction_changes_label(self) -> bool:
+        return self.change_probability > 0
+
+
+@torch.no_grad()
+def suggest_corrections(model, states) -> list[Suggestion]:
+    """One ``Suggestion`` per row of ``states`` (a batch's concept states): the first concept of
+    ``label_change``'s order; where no single correction changes the label, the pair of corrections
+    (two concepts, each set to a value it is not read as) that changes it with the largest product
+    of the two values' probabilities."""
+    order = label_change_policy(model, states)
+    flips, _ = label_change_scores(model, states)
+    probs = concept_probabilities(model, states)
+    decided = model.intervened_label_logits(states, _missing(states)).argmax(-1)
+    concepts = model.spec.concepts
+    out = []
+    for i in range(len(order)):
+        first = int(order[i, 0])
+        pair, pair_label = None, None
+        if flips[i, first] == 0:
+            row = [s[i:i + 1] for s in states]
+            candidates = sorted(((probs[a][i, u] * probs[b][i, w], a, u, b, w)
+                                 for a in range(len(concepts)) for b in range(a + 1, len(concepts))
+                                 for u in range(len(concepts[a].values)) for w in range(len(concepts[b].values))
+                                 if u != probs[a][i].argmax() and w != probs[b][i].argmax()), reverse=True)
+            for _, a, u, b, w in candidates:
+                values = _missing(row)
+                values[0, a], values[0, b] = u, w
+                label = int(model.intervened_label_logits(row, values, correct_only=False).argmax(-1)[0])
+                if label != int(decided[i]):
+                    pair = {concepts[a].name: concepts[a].values[u], concepts[b].name: concepts[b].values[w]}
+                    pair_label = model.spec.classes[label]
+                    break
+        out.append(Suggestion(concepts[first].name, float(flips[i, first]), pair, pair_label))
+    return out
+
+
 @INTERVENTION_POLICIES.register("learned")
 def learned_policy(model, states, rng: np.random.Generator | None = None, gold: torch.Tensor | None = None) -> np.ndarray:
     """The policy network that ``intervention_objective: published`` trains (IntCEM, docs/methods.md §7.1),

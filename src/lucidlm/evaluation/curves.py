@@ -2,7 +2,8 @@
 
 A user who fixes concepts one at a time should see accuracy rise. For every row the concepts
 are taken in an order, at random, most uncertain first (highest entropy of the concept's
-predicted distribution) or largest expected label change first (``intervene.INTERVENTION_POLICIES``),
+predicted distribution), largest expected label change first, or most likely to change the
+decision first (the page's next question) (``intervene.INTERVENTION_POLICIES``),
 and the first m of them are set to gold, m = 0 … K, as ``intervene`` sets them (``corrections_of``:
 a concept predicted right stays as it is for scalar logits and becomes certain, one-hot, for
 concept embeddings and probabilities). At m = 0 the curve is the task accuracy; at m = K it is
@@ -29,7 +30,7 @@ from ..intervene import INTERVENTION_POLICIES, random_order, uncertainty_order
 from .faithfulness import concept_applicability
 from .outputs import TextOutputs, split_outputs
 
-ORDERS = ("random", "uncertainty", "expected_change", "learned")  # learned: only a model that has one (IntCEM, published)
+ORDERS = ("random", "uncertainty", "expected_change", "label_change", "learned")  # learned: only a model that has one (IntCEM, published)
 EXACT_RANDOM_MAX_CONCEPTS = 13  # 8192 sets of concepts
 
 
@@ -97,5 +98,6 @@ def intervention_curves(model, outputs: TextOutputs, split: Split, seed: int = 0
         "random": random, "random_repeats": None if exact else repeats, "seed": seed,
         "uncertainty": intervention_curve(label_logits, uncertainty_order(probs), gold, labels),
         "expected_change": intervention_curve(label_logits, expected_change, gold, labels),
+        "label_change": intervention_curve(label_logits, INTERVENTION_POLICIES.get("label_change")(model, states), gold, labels),
         **learned,
     }

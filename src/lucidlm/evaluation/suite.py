@@ -328,7 +328,9 @@ def _curve_table(results: dict[str, dict]) -> list[str]:
     lines += [
         "Task accuracy with m concepts set to gold (m = 0 … K), chosen at random (its expectation: the mean over every "
         f"set of m concepts; with more than {EXACT_RANDOM_MAX_CONCEPTS} concepts the mean over the random orders named), most "
-        "uncertain first (highest entropy) or largest expected label change first (Σ_v p_kv·TV(ŷ, ŷ[k := v])), each set "
+        "uncertain first (highest entropy), largest expected label change first (Σ_v p_kv·TV(ŷ, ŷ[k := v])), most likely to "
+        "change the label first (label_change, Σ_{v ≠ v̂} p_kv·[ŷ[k := v] ≠ ŷ]: the page's next question) or by a learned "
+        "policy (IntCEM as published), each set "
         "as a person's statement sets it: a concept already predicted right stays as it is where its forced logits are "
         "only a typical reading of the value (scalar logits) and becomes certain where the intervention is one-hot "
         "(concept embeddings, probabilities).",
@@ -358,7 +360,9 @@ def plot_intervention_curves(results: dict[str, dict], path: str | Path) -> Path
     from matplotlib.ticker import MaxNLocator
 
     styles = {"uncertainty": ("most uncertain first", "o", "-", "C0"), "random": ("random", "x", "--", "C1"),
-              "expected_change": ("largest expected change first", "s", ":", "C2")}
+              "expected_change": ("largest expected change first", "s", ":", "C2"),
+              "label_change": ("most likely to change the label first", "^", "-.", "C3"),
+              "learned": ("learned policy (IntCEM)", "d", "-", "C4")}
     columns = min(len(curves), 4)
     rows = -(-len(curves) // columns)
     figure, panels = plt.subplots(rows, columns, figsize=(max(3.4 * columns, 7), 2.6 * rows + 0.8), squeeze=False,

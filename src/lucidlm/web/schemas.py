@@ -10,6 +10,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..explain import ConceptContribution
+from ..intervene import Suggestion
 from ..masking import REWIRING_SCORES
 from ..outputs import Prediction
 
@@ -74,11 +75,12 @@ class SubnetworkRequest(TextRequest):
 # ---- answers: the library's own values (``outputs``, ``explain``), not a copy kept by hand ------
 @dataclass
 class PredictAnswer(Prediction):
-    """A prediction with each concept's contribution to the predicted label's logit, and the
-    concepts in the order the expected-label-change policy would ask about them (concept models)."""
+    """A prediction with each concept's contribution to the predicted label's logit, the concepts
+    in the order the label-change policy would ask about them, and what to ask first (concept models)."""
 
     contributions: list[ConceptContribution] = field(default_factory=list)
     ask_next: list[str] = field(default_factory=list)  # concepts in the order a person should check them
+    suggestion: Suggestion | None = None  # the first question, or the pair of corrections that would change the label
     concept_values_share: float | None = None  # how much of the decision the concept values carry (explain)
 
 

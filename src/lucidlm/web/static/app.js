@@ -167,11 +167,7 @@ function renderConcepts(prediction) {
   const names = Object.keys(prediction.concepts);
   show("#concepts-section", names.length > 0);
   show("#reset", false);
-  const ask = $("#ask-next");
-  ask.hidden = !prediction.ask_next.length;
-  ask.textContent = prediction.ask_next.length
-    ? `Check first: ${prediction.ask_next[0]}? (the concept whose correction would move the label most; then ${prediction.ask_next.slice(1).join(", ")})`
-    : "";
+  renderSuggestion(prediction);
   const share = $("#values-share");
   share.hidden = prediction.concept_values_share == null;
   share.textContent = share.hidden ? ""
@@ -208,6 +204,36 @@ function renderConcepts(prediction) {
           ? el("span", { class: "contribution-split muted", text: `value ${signed(parts[name].from_value)} · text ${signed(parts[name].from_text)}` })
           : null),
       setCell));
+  }
+}
+
+// What to ask first: the concept whose correction is most likely to change the decision, a button that
+// takes the person to it; or, when no single correction would, the pair that would (or that none would).
+function renderSuggestion(prediction) {
+  const ask = $("#ask-next");
+  const suggestion = prediction.suggestion;
+  ask.hidden = !suggestion;
+  ask.replaceChildren();
+  if (!suggestion) return;
+  const goTo = (name) => {
+    const select = document.querySelector(`#concepts select[data-concept="${CSS.escape(name)}"]`);
+    select.scrollIntoView({ block: "center" });
+    select.focus();
+  };
+  if (suggestion.change_probability > 0) {
+    const button = el("button", { type: "button", class: "link", text: `Check first: ${suggestion.concept}?` });
+    button.addEventListener("click", () => goTo(suggestion.concept));
+    ask.append(button, ` A correction there changes the decision with probability ${percent(suggestion.change_probability)}`
+      + ` (by the model's own reading); then ${prediction.ask_next.slice(1).join(", ")}.`);
+  } else if (suggestion.pair) {
+    const names = Object.keys(suggestion.pair);
+    const button = el("button", { type: "button", class: "link", text: `Check ${names.join(" and ")}?` });
+    button.addEventListener("click", () => goTo(names[0]));
+    const pair = names.map((name) => `${name} = ${suggestion.pair[name]}`).join(" and ");
+    ask.append("No single correction would change the decision. ", button,
+      ` Setting ${pair} would (to ${suggestion.pair_label}).`);
+  } else {
+    ask.append("No correction of one or two concepts would change the decision.");
   }
 }
 
