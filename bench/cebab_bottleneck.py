@@ -42,6 +42,10 @@ OVERRIDES = {
                        "published objective's task losses: every_step (the paper's) or last_step (the released code's default)"),
     "concept-loss-weight": ("model.concept_loss_weight", "concept weight", "conceptweight", "concept loss weight λ"),
     "counterfactual-loss-weight": ("model.counterfactual_loss_weight", "CF weight", "cfweight", "counterfactual-consistency loss weight"),
+    "counterfactual-label-weight": ("model.counterfactual_label_weight", "CF label weight", "cflabel",
+                                    "weight of the corrected original's cross-entropy to the edit's own gold label"),
+    "value-embedding": ("model.value_embedding", "values", "values",
+                        "value a corrected concept embedding reads: input (CEM's), mean or learned"),
     "dropout": ("model.dropout", "dropout", "dropout", "dropout on the pooled vector"),
     "intervention-holdout": ("model.intervention_holdout", "holdout", "holdout",
                              "share of training rows held out of joint training to tune the label head on"),
@@ -53,7 +57,8 @@ OVERRIDES = {
     "epochs": ("training.epochs", "epochs", "epochs", "number of epochs (the learning rate decays over them)"),
     "pooling": ("model.pooling", "pooling", "pooling", "pooling of the backbone's token states (mean, cls, ...)"),
 }
-FLAG_TYPES = {"batch-size": int, "epochs": int, "pooling": str, "intervention-objective": str, "rollout-losses": str}  # the others are floats
+FLAG_TYPES = {"batch-size": int, "epochs": int, "pooling": str, "intervention-objective": str, "rollout-losses": str,
+              "value-embedding": str}  # the others are floats
 
 
 def shown(value) -> str:

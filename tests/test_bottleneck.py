@@ -481,6 +481,40 @@ def test_counterfactual_training_matches_the_intervention_to_the_edit(tiny_bert_
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, mode="sequential", counterfactual_loss_weight=1.0)
 
 
+def test_counterfactual_label_loss_is_the_corrected_originals_cross_entropy_to_the_edits_gold_label(tiny_bert_dir, cebab_dir):
+    """counterfactual_label_weight × CE(original with k := b, the edit's own majority label) on the
+    same drawn pairs, those without a majority left out; the edit's label is its CEBaB row's."""
+    import json
+
+    from lucidlm import load_task
+    from lucidlm.models.losses import concept_loss, task_loss
+
+    task = load_task("cebab", path=cebab_dir, counterfactuals="train_inclusive")
+    train = task.train.sample(96)
+    edits = train.counterfactuals
+    rows = {r["description"]: r["review_majority"] for r in json.loads((Path(cebab_dir) / "train_inclusive.json").read_text())}
+    for text, label in zip(edits.texts[:20], edits.labels[:20]):
+        assert (task.spec.classes[label] if label != MISSING else "no majority") == rows[text]
+    assert (edits.labels == MISSING).any() and (edits.labels != MISSING).any()
+    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, counterfactual_label_weight=3.0,
+                                              counterfactual_batch_size=8).eval()
+    model.before_training(train, None)
+    batch = next(iter(model.encoder.loader(train, 16)))
+    torch.manual_seed(2)
+    loss = model.training_loss(model, batch)
+    out = model(batch["input_ids"], batch["attention_mask"])
+    plain = task_loss(model.spec, out.label_logits, batch["labels"]) + concept_loss(out.concept_logits, batch["concepts"])
+    torch.manual_seed(2)
+    picked = [i for i in torch.randint(len(edits), (8,)).tolist() if edits.labels[i] != MISSING]
+    original = model.forward_texts([train.texts[edits.sources[i]] for i in picked])
+    values = torch.full((len(picked), 4), MISSING)
+    values[torch.arange(len(picked)), torch.as_tensor(edits.concepts[picked])] = torch.as_tensor(edits.values[picked])
+    after = model.intervened_label_logits(original.concept_states, values, correct_only=False)
+    ce = torch.nn.functional.cross_entropy(after, torch.as_tensor(edits.labels[picked]))
+    torch.testing.assert_close(loss.item(), plain.item() + 3.0 * ce.item(), atol=1e-4, rtol=1e-4)
+    assert model.summary()["counterfactual_label_weight"] == 3.0
+
+
 def test_intervention_holdout_trains_on_the_rest_and_tunes_only_the_label_head_on_the_held_out_rows(tiny_bert_dir, cebab_small):
     options = dict(concept_layer="embedding", concept_embedding_size=4, intervention_loss_weight=1.0)
     held = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=0.25, **options)

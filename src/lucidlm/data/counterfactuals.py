@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import LucidError
 from .presets import CEBAB_ASPECTS, _cebab_rows, cebab_spec
 from .tables import read_rows
-from .task import CounterfactualEdits, Split
+from .task import MISSING, CounterfactualEdits, Split
 
 CEBAB_CLASSES = ("1", "2", "3", "4", "5")
 PROTOCOLS = ("originals", "all")
@@ -40,6 +40,7 @@ class CounterfactualPair:
     after: str
     label_effect: tuple[float, ...] | None = None
     source_concepts: tuple[str, ...] = ()  # the original's validated value of every CEBaB aspect
+    edit_label: str | None = None  # the edit's majority label (None: no majority)
 
     @property
     def direction(self) -> tuple[str, str, str]:
@@ -100,8 +101,10 @@ def cebab_pairs(rows: list[dict], with_label_effect: bool = False, protocol: str
             if before == after:  # the edit changed nothing the validators saw
                 continue
             effect = tuple((label_distribution(target) - label_distribution(source)).tolist()) if with_label_effect else None
+            label = str(target.get("review_majority"))
             pairs.append(CounterfactualPair(str(source["id"]), str(target["id"]), source["description"], target["description"],
-                                            aspect, before, after, effect, values(source)))
+                                            aspect, before, after, effect, values(source),
+                                            label if label in CEBAB_CLASSES else None))
     return pairs
 
 
@@ -133,4 +136,5 @@ def edits_of_split(split: Split, pairs: list[CounterfactualPair]) -> Counterfact
         sources=np.array([row_of[p.original_id] for p in kept], dtype=np.int64),
         concepts=np.array([names.index(p.aspect) for p in kept], dtype=np.int64),
         values=np.array([spec.concepts[names.index(p.aspect)].values.index(p.after) for p in kept], dtype=np.int64),
-        texts=[p.edit for p in kept])
+        texts=[p.edit for p in kept],
+        labels=np.array([spec.classes.index(p.edit_label) if p.edit_label is not None else MISSING for p in kept], dtype=np.int64))

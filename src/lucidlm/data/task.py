@@ -27,6 +27,7 @@ class CounterfactualEdits:
     concepts: np.ndarray  # [P] int64
     values: np.ndarray  # [P] int64
     texts: list[str]
+    labels: np.ndarray | None = None  # [P] int64: the edit's own gold label (MISSING: its annotators had no majority)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -38,7 +39,8 @@ class CounterfactualEdits:
         if not keep:
             return None
         return CounterfactualEdits(np.array([position[int(self.sources[i])] for i in keep], dtype=np.int64),
-                                   self.concepts[keep], self.values[keep], [self.texts[i] for i in keep])
+                                   self.concepts[keep], self.values[keep], [self.texts[i] for i in keep],
+                                   None if self.labels is None else self.labels[keep])
 
 
 @dataclass(frozen=True)

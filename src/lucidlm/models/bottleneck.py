@@ -86,6 +86,10 @@ class BottleneckConfig(ModelConfig):
     # model's own intervention learns to say what the model does on the edited text.
     counterfactual_loss_weight: float = 0.0
     counterfactual_batch_size: int = 8
+    # The same pairs, the edit's own gold label as a target: this weight × CE(original with k := b, the
+    # edit's label) (edits whose annotators had a majority), so that a correction says what a person who
+    # rewrote the text would have been told, not only what the model says of the rewrite.
+    counterfactual_label_weight: float = 0.0
     # Intervenability tuning (joint mode; after Laguna et al. 2024, who tune for interventions on
     # held-out data): this share of the training rows is held out of joint training; then the
     # label head alone is tuned on them, RandInt and IntCEM losses included, chosen on dev. The
@@ -133,7 +137,9 @@ class BottleneckConfig(ModelConfig):
             raise LucidError(f"intervention_loss_weight: expected a weight >= 0, found {self.intervention_loss_weight!r}")
         if self.counterfactual_loss_weight < 0:
             raise LucidError(f"counterfactual_loss_weight: expected a weight >= 0, found {self.counterfactual_loss_weight!r}")
-        if self.counterfactual_loss_weight > 0 and self.mode != "joint":
+        if self.counterfactual_label_weight < 0:
+            raise LucidError(f"counterfactual_label_weight: expected a weight >= 0, found {self.counterfactual_label_weight!r}")
+        if max(self.counterfactual_loss_weight, self.counterfactual_label_weight) > 0 and self.mode != "joint":
             raise LucidError(f"counterfactual_loss_weight: the loss trains the label through the concepts, in joint mode "
                              f"only; mode is {self.mode!r}")
         if not isinstance(self.counterfactual_batch_size, int) or self.counterfactual_batch_size < 1:
@@ -180,7 +186,7 @@ class ConceptBottleneckLM(ConceptModel):
                 **({"value_embedding": c.value_embedding} if c.concept_layer == "embedding" else {}),
                 "random_intervention_rate": c.random_intervention_rate if c.mode != "independent" else None,
                 "intervention_loss_weight": c.intervention_loss_weight, "intervention_objective": c.intervention_objective,
-                "counterfactual_loss_weight": c.counterfactual_loss_weight,
+                "counterfactual_loss_weight": c.counterfactual_loss_weight, "counterfactual_label_weight": c.counterfactual_label_weight,
                 "intervention_holdout": c.intervention_holdout, "mixup_alpha": c.mixup_alpha}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -395,7 +401,7 @@ class ConceptBottleneckLM(ConceptModel):
         if train.concepts.shape[1] != len(self.spec.concepts):
             raise LucidError(f"{train.source}: the data has no concept labels; a {self.family} model needs them")
         self.objective.check_data(train)
-        if self.config.counterfactual_loss_weight > 0:
+        if self.uses_counterfactuals:
             if train.counterfactuals is None:
                 raise LucidError(f"{train.source}: counterfactual_loss_weight needs human edits of the training texts "
                                  "(CEBaB: data option counterfactuals: train_inclusive)")
@@ -418,11 +424,14 @@ class ConceptBottleneckLM(ConceptModel):
 
     def before_training(self, train: Split, config: TrainingConfig) -> None:
         self._counterfactual_rows = None
-        if self.config.counterfactual_loss_weight > 0:  # tokenised once: each step draws from them
+        if self.uses_counterfactuals:  # tokenised once: each step draws from them
             edits = train.counterfactuals
+            if self.config.counterfactual_label_weight > 0 and edits.labels is None:
+                raise LucidError(f"{train.source}: counterfactual_label_weight needs the edits' own labels; these edits have none")
             sources = self.encoder.tokenize([train.texts[i] for i in edits.sources])
+            labels = torch.from_numpy(edits.labels) if edits.labels is not None else torch.full((len(edits),), MISSING)
             self._counterfactual_rows = (sources, self.encoder.tokenize(edits.texts),
-                                         torch.from_numpy(edits.concepts), torch.from_numpy(edits.values))
+                                         torch.from_numpy(edits.concepts), torch.from_numpy(edits.values), labels)
 
     def training_hooks(self, steps_per_epoch: int, config: TrainingConfig):
         """The published intervention-aware objective's: its horizon grows with the training step."""
@@ -446,26 +455,39 @@ class ConceptBottleneckLM(ConceptModel):
                           batch)
         if self.config.intervention_loss_weight > 0:  # sampled_horizon: w·T/K·CE(y | corrected); published: intcem.py
             loss = loss + INTERVENTION_OBJECTIVES.get(self.config.intervention_objective).added_loss(self, out, batch, mix, values)
-        if self.config.counterfactual_loss_weight > 0:
-            loss = loss + self.config.counterfactual_loss_weight * self.counterfactual_loss(forward)
+        if self.uses_counterfactuals:
+            consistency, edit_label = self.counterfactual_loss(forward)
+            loss = loss + self.config.counterfactual_loss_weight * consistency + self.config.counterfactual_label_weight * edit_label
         return loss
 
-    def counterfactual_loss(self, forward: nn.Module) -> torch.Tensor:
+    @property
+    def uses_counterfactuals(self) -> bool:
+        return self.config.counterfactual_loss_weight > 0 or self.config.counterfactual_label_weight > 0
+
+    def counterfactual_loss(self, forward: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """KL(N(edit) ‖ N(original with k := b)) over pairs drawn from torch's seeded generator
         (a checkpoint restores it); N(edit) is the model's own label distribution on the human
-        edit, in evaluation mode and without gradient: the target, not something to move."""
-        sources, edits, concepts, values = self._counterfactual_rows
+        edit, in evaluation mode and without gradient: the target, not something to move. And
+        CE(original with k := b, the edit's gold label) over the drawn pairs whose edit has one
+        (0 where none has)."""
+        sources, edits, concepts, values, labels = self._counterfactual_rows
         # the pairs of the whole step: process 0's draw, on every process (``same_on_every_process``)
         picked = same_on_every_process(torch.randint(len(edits), (min(self.config.counterfactual_batch_size, len(edits)),)))
         original = self.encoder.pad([sources[i] for i in picked.tolist()])
-        edited = self.encoder.pad([edits[i] for i in picked.tolist()])
-        with torch.no_grad(), evaluation_mode(self):
-            target = self(edited["input_ids"].to(self.device), edited["attention_mask"].to(self.device)).label_logits
         states = forward(original["input_ids"].to(self.device), original["attention_mask"].to(self.device)).concept_states
         set_to = torch.full((len(picked), len(self.spec.concepts)), MISSING, dtype=torch.long)
         set_to[torch.arange(len(picked)), concepts[picked]] = values[picked]
         after = self.intervened_label_logits(states, set_to.to(self.device), correct_only=False)
-        return nn.functional.kl_div(after.log_softmax(-1), target.log_softmax(-1), log_target=True, reduction="batchmean")
+        consistency = after.sum() * 0.0
+        if self.config.counterfactual_loss_weight > 0:
+            edited = self.encoder.pad([edits[i] for i in picked.tolist()])
+            with torch.no_grad(), evaluation_mode(self):
+                target = self(edited["input_ids"].to(self.device), edited["attention_mask"].to(self.device)).label_logits
+            consistency = nn.functional.kl_div(after.log_softmax(-1), target.log_softmax(-1), log_target=True, reduction="batchmean")
+        gold = labels[picked].to(self.device)
+        edit_label = (nn.functional.cross_entropy(after[gold != MISSING], gold[gold != MISSING]) if (gold != MISSING).any()
+                      else after.sum() * 0.0)
+        return consistency, edit_label
 
     def intervention_aware_loss(self, states, batch: dict, mix: Mixup | None = None) -> torch.Tensor:
         """T/K × CE(y | the first T concepts of the policy's order set to gold), T ~ U{1..K}: the
