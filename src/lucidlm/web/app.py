@@ -3,7 +3,8 @@
     GET  /                          the page (HTML, one script, one style sheet; no build step, no CDN)
     GET  /api/info                  family, classes, concepts and their values
     GET  /api/health                whether the model's worker runs (503 if not), requests waiting
-    POST /api/predict               label, probabilities, concepts and their contributions
+    POST /api/predict               label, probabilities, concepts, their contributions (value and text parts)
+                                    and the next question (the concept most likely to change the label)
     POST /api/predict-batch         the same for up to ``MAX_BATCH_TEXTS`` texts in one forward pass
     POST /api/explain               the full ``Explanation``
     POST /api/intervene             set concept values: the prediction before and after
@@ -98,7 +99,8 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
 
     @app.post("/api/predict", response_model=schemas.PredictAnswer, responses=ERRORS)
     async def predict(request: schemas.TextRequest):
-        """The label with its probabilities; each concept's value, probabilities and contribution."""
+        """The label with its probabilities; each concept's value, probabilities and contribution (split into
+        what its value and what the text carries); what to ask first (``suggestion``)."""
         return await answer(service.predict(request.text))
 
     @app.post("/api/predict-batch", response_model=list[schemas.PredictAnswer], responses=ERRORS)
