@@ -83,6 +83,20 @@ def test_comprehensiveness_and_sufficiency_on_a_toy_scorer():
     assert summary["sufficiency"]["aopc"] == pytest.approx(0.1)
 
 
+def test_unknown_tokens_are_the_texts_own_and_are_ranked_and_removed(joint_model):
+    """A text the WordPiece vocabulary reads as [UNK] [UNK] (two emoji) has two tokens of its own
+    to rank: it is measured, not left out as if it held nothing but [CLS] and [SEP]."""
+    from lucidlm.data import Split
+    from lucidlm.evaluation.faithfulness import token_faithfulness
+
+    texts = ["😀 🍕", "Great pasta, rude waiter."]
+    split = Split(texts=texts, labels=np.array([4, 2]), concepts=np.full((2, 4), MISSING), source="two rows")
+    assert joint_model.tokenizer.convert_ids_to_tokens(joint_model.encoder.batch(texts[:1])["input_ids"][0]) == [
+        "[CLS]", "[UNK]", "[UNK]", "[SEP]"]
+    found = token_faithfulness(joint_model, split, samples=2)
+    assert found["left_out"] == 0 and found["n"] == 2
+
+
 # ---- concept faithfulness ---------------------------------------------------------------------
 
 

@@ -39,7 +39,7 @@ import torch
 
 from ..data import MISSING, Split
 from ..errors import LucidError
-from ..explain.tokens import gradient_x_input
+from ..explain.tokens import frame_tokens, gradient_x_input
 from ..intervene import overwrite_concepts, random_order
 from ..models import ConceptModel
 from ..progress import tracked
@@ -188,7 +188,7 @@ def token_faithfulness(model, split: Split, samples: int = 200, seed: int = 0,
             continue
         ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
         id_list = ids[0].tolist()
-        special = [bool(s) for s in tokenizer.get_special_tokens_mask(id_list, already_has_special_tokens=True)]
+        special = frame_tokens(tokenizer, id_list)  # [UNK] stands for the text's characters: ranked and removed like them
         if sum(not s for s in special) < 2:
             left_out += 1
             continue
