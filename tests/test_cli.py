@@ -330,7 +330,7 @@ def test_the_main_job_ends_with_a_demo_that_fits_the_family(kind, tiny_runs):
 
 def test_the_showcase_is_a_checkable_row_where_the_policy_s_first_question_fixes_the_label(tiny_runs, cebab_dir):
     """Derived again through the public API, row by row: a showcase row's first concept in the
-    expected-change order is misread, and setting it alone to gold moves the label to gold; rows a
+    label-change order (the page's next question) is misread, and setting it alone to gold moves the label to gold; rows a
     person can check (unedited, annotators agreed) come first; an edited row never leads when a
     checkable one exists."""
     from lucidlm import load_pretrained, load_task
@@ -343,7 +343,7 @@ def test_the_showcase_is_a_checkable_row_where_the_policy_s_first_question_fixes
 
     def fixes(i) -> tuple[bool, bool]:
         output = model.forward_texts([split.texts[i]])
-        first = INTERVENTION_POLICIES.get("expected_change")(model, output.concept_states)[0][0]
+        first = INTERVENTION_POLICIES.get("label_change")(model, output.concept_states)[0][0]
         concept = model.spec.concepts[first]
         gold = split.concepts[i, first]
         if gold < 0 or model.predict(split.texts[i])[0].concepts[concept.name].value == concept.values[gold]:

@@ -250,7 +250,7 @@ class Showcase:
 
 def showcase_corrections(model, split, count: int = 1, batch_size: int = 64) -> list[Showcase]:
     """Up to ``count`` rows of ``split`` that show what a correction is for, best first: the concept
-    the model's own policy (expected label change) would ask about first is misread, and setting
+    the model would ask about first (``label_change``, the page's next question) is misread, and setting
     it alone to its gold value moves the label to the gold one. Among those, first rows a person
     can check (``Annotations.unanimous``: an unedited review whose annotators agreed on that
     concept and on the label); then the others; then rows where the policy's first misread
@@ -260,7 +260,7 @@ def showcase_corrections(model, split, count: int = 1, batch_size: int = 64) -> 
     n, k_count = split.concepts.shape
     if n == 0:
         return []
-    order = INTERVENTION_POLICIES.get("expected_change")(model, states)
+    order = INTERVENTION_POLICIES.get("label_change")(model, states)
     predicted = np.stack([p.argmax(-1) for p in inferred["concept_probs"]], axis=1)
     misread = (predicted != split.concepts) & (split.concepts != MISSING)
     # each row's first misread concept in the policy's order, and whether the policy asks it first
