@@ -71,6 +71,13 @@ def test_evaluate_predict_intervene(trained_run):
     predictions = json.loads(predicted.stdout)
     assert [p["text"] for p in predictions] == [TEXT, "Rude staff."]
     assert set(predictions[0]["concepts"]) == {"food", "ambiance", "service", "noise"}
+    from lucidlm import load_pretrained
+    from lucidlm.cli import suggestion_line
+
+    suggestions = load_pretrained(run_dir).suggest_corrections([TEXT, "Rude staff."])  # what to check first, as the page asks
+    assert [p["suggestion"] for p in predictions] == [pytest.approx(vars(s)) for s in suggestions]
+    plain = " ".join(lucidlm("predict", run_dir, TEXT).stdout.split())
+    assert suggestion_line(suggestions[0]) in plain
 
     changed = lucidlm("intervene", run_dir, TEXT, "--set", "service=Negative", "--set", "food=Positive", "--json")
     assert changed.exit_code == 0, changed.stderr

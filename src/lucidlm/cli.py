@@ -211,16 +211,30 @@ def predict(
     texts: list[str] = typer.Argument(..., help="One or more texts."),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Predict the label and concepts of texts."""
-    from .models import load_pretrained
+    """Predict the label and concepts of texts; for a concept model, what to check first."""
+    from .models import ConceptModel, load_pretrained
 
     model = load_pretrained(run_dir)
     predictions = model.predict(texts)
+    suggestions = model.suggest_corrections(texts) if isinstance(model, ConceptModel) else [None] * len(texts)
     if as_json:
-        emit_json([p.to_dict() for p in predictions])
+        emit_json([{**p.to_dict(), **({"suggestion": vars(s)} if s else {})} for p, s in zip(predictions, suggestions)])
         return
-    for p in predictions:
+    for p, s in zip(predictions, suggestions):
         show_prediction(p)
+        if s is not None:
+            out.print(suggestion_line(s), highlight=False)
+
+
+def suggestion_line(s) -> str:
+    """The next question, as the page asks it."""
+    if s.single_correction_changes_label:
+        return (f"Check first: {s.concept}? A correction there changes the decision with probability "
+                f"{s.change_probability:.1%} (by the model's own reading).")
+    if s.pair:
+        pair = " and ".join(f"{name} = {value}" for name, value in s.pair.items())
+        return f"No single correction would change the decision; setting {pair} would (to {s.pair_label})."
+    return "No correction of one or two concepts would change the decision."
 
 
 @app.command()

@@ -27,7 +27,7 @@ from ..config import from_dict
 from ..data import MISSING, Split, TaskSpec, TextEncoder
 from ..errors import LucidError, Unsupported
 from ..explain import Explanation
-from ..intervene import as_correction
+from ..intervene import Suggestion, as_correction, suggest_corrections
 from ..metrics import selection_score, task_metrics
 from ..outputs import ConceptPrediction, InterventionResult, ModelOutput, Prediction
 from ..registry import Registry
@@ -481,6 +481,14 @@ class ConceptModel(LucidModel):
     takes ``ConceptValues``."""
 
     confirming_changes_state = False  # see ConceptBottleneckLM
+
+    def suggest_corrections(self, texts: str | list[str]) -> list[Suggestion]:
+        """What to ask a person first about each text: the concept whose correction is most likely
+        to change the decision, or the pair that would (``intervene.suggest_corrections``)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        self.eval()
+        with torch.no_grad():
+            return suggest_corrections(self, self.forward_texts(texts).concept_states)
 
     def learned_intervention_policy(self) -> nn.Module | None:
         """The intervention policy ψ this model learned (intervention_objective: published), or None.
