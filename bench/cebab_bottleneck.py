@@ -46,6 +46,8 @@ OVERRIDES = {
                                     "weight of the corrected original's cross-entropy to the edit's own gold label"),
     "value-embedding": ("model.value_embedding", "values", "values",
                         "value a corrected concept embedding reads: input (CEM's), mean or learned"),
+    "side-channel-penalty": ("model.side_channel_penalty", "side penalty", "sidepenalty",
+                             "weight of the penalty on what the label reads of the text beside the concept values"),
     "dropout": ("model.dropout", "dropout", "dropout", "dropout on the pooled vector"),
     "intervention-holdout": ("model.intervention_holdout", "holdout", "holdout",
                              "share of training rows held out of joint training to tune the label head on"),

@@ -102,6 +102,12 @@ class BottleneckConfig(ModelConfig):
     # losses alike, μ·L(row i) + (1 − μ)·L(row π(i)); a regulariser for small, partly
     # machine-labelled concept sets. 0: off; C3M's α = 0.4.
     mixup_alpha: float = 0.0
+    # A penalised side channel (joint mode): this weight × the mean over rows and labels of
+    # Σ_k (w_c,k·(a_k − r_k))², the squared contributions to the label logits of the text beside the
+    # values (a_k what the label head reads of concept k, r_k what it would read of k's value alone,
+    # the concept layer's ``value_readings``; ``value_and_text_contributions``' text parts, for every
+    # label), so that a correction, which replaces a_k, carries more of the decision.
+    side_channel_penalty: float = 0.0
     # The c→y fit (sequential, independent; a refit after joint training when elastic): an L2
     # penalty, or an elastic net (``elastic``, l1 share ``label_l1_ratio``) for a sparse label
     # layer in which each class reads few concepts. Its strength is chosen on dev along a path.
@@ -151,6 +157,10 @@ class BottleneckConfig(ModelConfig):
         if self.intervention_holdout > 0 and self.label_penalty == "elastic":
             raise LucidError("intervention_holdout: tuning the label head by gradient would undo the elastic net's "
                              "sparsity; use one of them")
+        if self.side_channel_penalty < 0:
+            raise LucidError(f"side_channel_penalty: expected a weight >= 0, found {self.side_channel_penalty!r}")
+        if self.side_channel_penalty > 0 and self.mode != "joint":
+            raise LucidError(f"side_channel_penalty: penalises what the jointly trained label reads; mode is {self.mode!r}")
         if self.mixup_alpha < 0:
             raise LucidError(f"mixup_alpha: expected a Beta parameter >= 0 (0: off), found {self.mixup_alpha!r}")
         if self.mixup_alpha > 0 and self.mode != "joint":
@@ -187,7 +197,8 @@ class ConceptBottleneckLM(ConceptModel):
                 "random_intervention_rate": c.random_intervention_rate if c.mode != "independent" else None,
                 "intervention_loss_weight": c.intervention_loss_weight, "intervention_objective": c.intervention_objective,
                 "counterfactual_loss_weight": c.counterfactual_loss_weight, "counterfactual_label_weight": c.counterfactual_label_weight,
-                "intervention_holdout": c.intervention_holdout, "mixup_alpha": c.mixup_alpha}
+                "intervention_holdout": c.intervention_holdout, "mixup_alpha": c.mixup_alpha,
+                "side_channel_penalty": c.side_channel_penalty}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 concept_values: torch.Tensor | None = None, mix: Mixup | None = None) -> ModelOutput:
@@ -455,10 +466,21 @@ class ConceptBottleneckLM(ConceptModel):
                           batch)
         if self.config.intervention_loss_weight > 0:  # sampled_horizon: w·T/K·CE(y | corrected); published: intcem.py
             loss = loss + INTERVENTION_OBJECTIVES.get(self.config.intervention_objective).added_loss(self, out, batch, mix, values)
+        if self.config.side_channel_penalty > 0:
+            loss = loss + self.config.side_channel_penalty * self.side_channel(out.concept_states)
         if self.uses_counterfactuals:
             consistency, edit_label = self.counterfactual_loss(forward)
             loss = loss + self.config.counterfactual_loss_weight * consistency + self.config.counterfactual_label_weight * edit_label
         return loss
+
+    def side_channel(self, states) -> torch.Tensor:
+        """The mean over rows and labels of Σ_k (w_c,k·(a_k − r_k))²: the squared contributions to
+        each label's logit of the text beside the concept values."""
+        text = torch.cat([a - r for a, r in zip(self.concept_activations(states), self.concept_value_readings(states))], -1)
+        weights = self.label_head.weight.split([a.shape[-1] for a in self.concept_activations(states)], dim=-1)
+        parts = text.split([w.shape[-1] for w in weights], dim=-1)
+        per_concept = torch.stack([part @ w.T for part, w in zip(parts, weights)], dim=-1)  # [B, C, K]
+        return per_concept.pow(2).sum(-1).mean()
 
     @property
     def uses_counterfactuals(self) -> bool:
