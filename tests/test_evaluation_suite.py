@@ -338,7 +338,7 @@ def test_the_first_question_is_the_concept_most_likely_to_change_the_label_or_th
     model, texts = joint_model, cebab_small.test.texts[:12]
     with torch.no_grad():
         states = model.forward_texts(texts).concept_states
-    scores, _ = label_change_scores(model, states)
+    scores = label_change_scores(model, states)
     order = INTERVENTION_POLICIES.get("label_change")(model, states)
     suggestions = suggest_corrections(model, states)
     kinds = set()

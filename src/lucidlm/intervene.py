@@ -120,31 +120,30 @@ def expected_change_policy(model, states, rng: np.random.Generator | None = None
 def label_change_policy(model, states, rng: np.random.Generator | None = None) -> np.ndarray:
     """The concept whose correction is most likely to change the decision first
     (``label_change_scores``); among equals, the larger expected change (``expected_change``)."""
-    flips, _ = label_change_scores(model, states)
-    expected = expected_change_scores(model, states).cpu().numpy()
+    return _label_change_order(label_change_scores(model, states), expected_change_scores(model, states).cpu().numpy())
+
+
+def _label_change_order(flips: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.stack([np.lexsort((-expected[i], -flips[i])) for i in range(len(flips))]) if len(flips) else flips.astype(int)
 
 
 @torch.no_grad()
-def label_change_scores(model, states) -> tuple[np.ndarray, np.ndarray]:
-    """``[N, K]`` twice: the probability, under the model's own (calibrated) concept probabilities,
-    that correcting concept k changes the decision, Σ_{v ≠ v̂_k} p_kv · [label(k := v) ≠ label];
-    and ``[N, K, V]``: whether setting k to v changes it (False at v̂_k and past k's values). A
+def label_change_scores(model, states) -> np.ndarray:
+    """``[N, K]``: the probability, under the model's own (calibrated) concept probabilities, that
+    correcting concept k changes the decision, Σ_{v ≠ v̂_k} p_kv · [label(k := v) ≠ label]. A
     confirmation is not a correction: the value read counts for nothing, however it moves the
     probabilities."""
     decided = model.intervened_label_logits(states, _missing(states)).argmax(-1)
     probs = concept_probabilities(model, states)
-    width = max(p.shape[1] for p in probs)
-    changes = np.zeros((len(decided), len(states), width), dtype=bool)
+    scores = np.zeros((len(decided), len(states)))
     for k, p in enumerate(probs):
         read = p.argmax(-1)
         for v in range(p.shape[1]):
             values = _missing(states)
             values[:, k] = v
-            after = model.intervened_label_logits(states, values, correct_only=False).argmax(-1)
-            changes[:, k, v] = ((after != decided).cpu().numpy()) & (read != v)
-    scores = np.stack([(p * changes[:, k, :p.shape[1]]).sum(-1) for k, p in enumerate(probs)], axis=1)
-    return scores, changes
+            changed = (model.intervened_label_logits(states, values, correct_only=False).argmax(-1) != decided).cpu().numpy()
+            scores[:, k] += p[:, v] * (changed & (read != v))
+    return scores
 
 
 @dataclass(frozen=True)
@@ -171,9 +170,10 @@ def suggest_corrections(model, states) -> list[Suggestion]:
     ``label_change``'s order; where no single correction changes the label, the pair of corrections
     (two concepts, each set to a value it is not read as) that changes it with the largest product
     of the two values' probabilities."""
-    order = label_change_policy(model, states)
-    flips, _ = label_change_scores(model, states)
+    flips = label_change_scores(model, states)
+    order = _label_change_order(flips, expected_change_scores(model, states).cpu().numpy())
     probs = concept_probabilities(model, states)
+    read = [p.argmax(-1) for p in probs]
     decided = model.intervened_label_logits(states, _missing(states)).argmax(-1)
     concepts = model.spec.concepts
     out = []
@@ -185,7 +185,7 @@ def suggest_corrections(model, states) -> list[Suggestion]:
             candidates = sorted(((probs[a][i, u] * probs[b][i, w], a, u, b, w)
                                  for a in range(len(concepts)) for b in range(a + 1, len(concepts))
                                  for u in range(len(concepts[a].values)) for w in range(len(concepts[b].values))
-                                 if u != probs[a][i].argmax() and w != probs[b][i].argmax()), reverse=True)
+                                 if u != read[a][i] and w != read[b][i]), reverse=True)
             for _, a, u, b, w in candidates:
                 values = _missing(row)
                 values[0, a], values[0, b] = u, w
