@@ -118,6 +118,10 @@ def calibrate_shares(output_dir: Path) -> None:
         layer.calibrate([x[share] for x in logits], gold[share], momentum=0.9)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_file({"table": layer.intervention_table.contiguous()}, str(output_dir / f"rank{rank}-calibration.safetensors"))
+    # leave the process group together: a process that exits with gloo's threads still running can abort
+    # ("terminate called without an active exception"), which a loaded machine made happen
+    state.wait_for_everyone()
+    state.destroy_process_group()
 
 
 def main() -> None:
