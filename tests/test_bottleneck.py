@@ -518,8 +518,8 @@ def test_counterfactual_label_loss_is_the_corrected_originals_cross_entropy_to_t
 def test_the_side_channel_penalty_is_the_squared_text_part_and_training_with_it_shrinks_that_part(tiny_bert_dir, cebab_small):
     """side_channel_penalty × mean_{rows, labels c} Σ_k (w_c,k·(ĉ_k − Σ_v p_kv·μ_kv))² is added to
     the joint loss; trained with it, what the label reads of the text beside the values on new
-    rows shrinks (here 4.8e-4 -> 1.9e-4; whether the values then carry more of the decisions is
-    measured on CEBaB, bench/correctable.py: this tiny model's embeddings shrink as a whole)."""
+    rows shrinks (whether the values then carry more of the decisions is measured on CEBaB,
+    bench/correctable.py: a tiny model's embeddings can shrink as a whole)."""
     from lucidlm.models.losses import concept_loss, task_loss
 
     options = dict(concept_layer="embedding", concept_embedding_size=4, random_intervention_rate=0.0, seed=4)

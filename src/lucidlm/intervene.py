@@ -3,7 +3,7 @@ choice of a correction worth showing (the report's worked examples, ``lucidlm de
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -158,6 +158,7 @@ class Suggestion:
     change_probability: float
     pair: dict[str, str] | None = None
     pair_label: str | None = None
+    order: list[str] = field(default_factory=list)  # every concept, in ``label_change``'s order (``concept`` first)
 
     @property
     def single_correction_changes_label(self) -> bool:
@@ -194,7 +195,8 @@ def suggest_corrections(model, states) -> list[Suggestion]:
                     pair = {concepts[a].name: concepts[a].values[u], concepts[b].name: concepts[b].values[w]}
                     pair_label = model.spec.classes[label]
                     break
-        out.append(Suggestion(concepts[first].name, float(flips[i, first]), pair, pair_label))
+        out.append(Suggestion(concepts[first].name, float(flips[i, first]), pair, pair_label,
+                              [concepts[k].name for k in order[i]]))
     return out
 
 

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from ..explain.explanation import concept_values_share
-from ..intervene import INTERVENTION_POLICIES, ConceptValues, SubnetworkRewiring, suggest_corrections
+from ..intervene import ConceptValues, SubnetworkRewiring, suggest_corrections
 from ..models import ConceptModel, SubnetworkModel
 from .worker import ModelWorker, ServingLimits
 
@@ -76,17 +76,16 @@ class ModelService:
         to check them: one forward pass for all ``texts``."""
         output = self.model.forward_texts(texts)
         concept_probs = self.model.concept_probabilities(output.concept_logits)
-        orders = suggestions = None
-        if isinstance(self.model, ConceptModel):
-            orders = INTERVENTION_POLICIES.get("label_change")(self.model, output.concept_states)
+        suggestions = None
+        if isinstance(self.model, ConceptModel):  # the label_change order and its first question, computed once
             suggestions = suggest_corrections(self.model, output.concept_states)
         answers = []
         for i, text in enumerate(texts):
             prediction = self.model.to_prediction(text, output, i, concept_probs)
             contributions, ask_next, suggestion = [], [], None
-            if orders is not None:
+            if suggestions is not None:
                 contributions = self.model.concept_contributions(output.row(i), prediction)
-                ask_next = [self.model.spec.concepts[k].name for k in orders[i]]
+                ask_next = list(suggestions[i].order)
                 suggestion = vars(suggestions[i])
             answers.append({**prediction.to_dict(), "contributions": [vars(c) for c in contributions], "ask_next": ask_next,
                             "suggestion": suggestion, "concept_values_share": concept_values_share(contributions)})
