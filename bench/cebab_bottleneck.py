@@ -68,7 +68,8 @@ def shown(value) -> str:
 
 
 MODES = ("standard", "standard-augmented", "joint", "sequential", "independent", "joint-augmented", "cem", "intcem",
-         "intcem-augmented", "joint-counterfactual", "intcem-counterfactual", "proto")
+         "intcem-augmented", "joint-counterfactual", "intcem-counterfactual", "proto", "intcem-lora", "intcem-frozen",
+         "intcem-bf16")
 
 
 def set_options(experiment, options: dict) -> None:
@@ -104,7 +105,8 @@ def main() -> None:
                              "cem: concept embeddings (configs/cebab-cem.yaml); intcem: with intervention-aware training; "
                              "intcem-augmented: IntCEM on C3M's 13 concepts; joint-counterfactual: joint with "
                              "counterfactual-consistency training on CEBaB's human edits; intcem-counterfactual: IntCEM with it; "
-                             "proto: proto-lm (configs/cebab-proto.yaml)")
+                             "proto: proto-lm (configs/cebab-proto.yaml); intcem-lora: IntCEM with a LoRA adapter, r = 16 on "
+                             "every linear layer; intcem-frozen: heads only; intcem-bf16: bf16 weights and mixed precision")
     for flag, (option, label, _, meaning) in OVERRIDES.items():
         parser.add_argument(f"--{flag}", type=FLAG_TYPES.get(flag, float), default=None,
                             help=f"train with this {meaning} ({option}) instead of the config's; rows named '<mode>, {label} <value>'")
@@ -138,10 +140,21 @@ def main() -> None:
             rows[name] = {
                 "command": command, "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,
                 "epochs_run": sum(1 for r in model.training_history if "epoch" in r), "config": experiment.to_dict(),
-                "majority_floors_test": floors,
+                "majority_floors_test": floors, **footprint(model, experiment.output_dir),
             }
             print(f"{name}: {json.dumps(metrics['test']['task'])}", flush=True)
             write_results(rows)  # after each run, so a finished run is never lost
+
+
+def footprint(model, run_dir: Path) -> dict:
+    """What trains and what the saved run weighs: the share of parameters that train (an adapter's
+    and the heads', or all of them) and the bytes of the run's model.safetensors."""
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(v.numel() for k, v in model.trained_state_dict().items() if k in dict(model.named_parameters()))
+    if not model.config.trains_part_of_backbone:
+        trained = total
+    return {"trained_parameters": trained, "parameters": total,
+            "saved_bytes": (Path(run_dir) / "model.safetensors").stat().st_size}
 
 
 def write_results(rows: dict) -> None:
@@ -230,6 +243,13 @@ def markdown(result: dict) -> str:
     if commands:
         lines += ["", "Rows run on their own (the others: the command above):", "", *commands]
     lines += over_seeds(result["modes"])
+    sized = [(m, r) for m, r in result["modes"].items() if "saved_bytes" in r]
+    if sized:
+        lines += ["", "What trains and what a saved run weighs (model.safetensors):", "",
+                  "| mode | parameters that train | share | saved run |", "|---|---|---|---|"]
+        for mode, r in sized:
+            lines.append(f"| {mode} | {r['trained_parameters']:,} of {r['parameters']:,} | "
+                         f"{r['trained_parameters'] / r['parameters']:.1%} | {r['saved_bytes'] / 2**20:.1f} MiB |")
     per_concept = [(m, r["test"]["concepts"]["per_concept"]) for m, r in result["modes"].items() if "concepts" in r["test"]]
     if per_concept:
         names = list(per_concept[0][1])

@@ -48,10 +48,12 @@ def seed_of(name: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def standard_accuracy(seed: int, split: str) -> float | None:
-    """Standard fine-tuning's accuracy of ``seed`` (bench/results/cebab_bottleneck.json), if measured."""
+def standard_accuracy(seed: int, split: str, augmented: bool = False) -> float | None:
+    """Standard fine-tuning's accuracy of ``seed`` on the run's data set (its own test rows for the
+    13-concept data; bench/results/cebab_bottleneck.json), if measured."""
     modes = json.loads((RESULTS / "cebab_bottleneck.json").read_text())["modes"]
-    row = modes.get("standard" if seed == 0 else f"standard, seed {seed}")
+    mode = "standard-augmented" if augmented else "standard"
+    row = modes.get(mode if seed == 0 else f"{mode}, seed {seed}")
     return None if row is None else row[split]["task"]["accuracy"]
 
 
@@ -66,7 +68,7 @@ def measure(run: Path, pairs: list[str], cebab: Path) -> dict:
         suite = run_suite(model, task, ["honesty"], split=split)
         honesty = suite["honesty"]
         gold = model.evaluate(task.split(split))["task_gold_concepts"]["accuracy"]
-        standard = standard_accuracy(seed_of(name), split)
+        standard = standard_accuracy(seed_of(name), split, augmented="augmented" in name)
         out["splits"][split] = {
             "task_accuracy": suite["task"]["accuracy"], "ece": suite["task"].get("ece"),
             "versus_standard": None if standard is None else suite["task"]["accuracy"] - standard,

@@ -111,25 +111,72 @@ def load_tokenizer(name_or_path: str):
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(name_or_path))
     except (OSError, ValueError) as e:
         raise _cannot_load(name_or_path, e) from None
-    if tokenizer.pad_token is None:  # decoders (GPT-2) ship none; padding is masked out anyway
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"  # ``last`` pooling reads position (length - 1)
+    return prepared_tokenizer(tokenizer)
+
+
+def prepared_tokenizer(tokenizer):
+    """A tokenizer ready to pad batches, the same on every path (loaded or passed to a model):
+    decoders (GPT-2, Llama-3, Mistral) ship no pad token, so theirs is the end-of-text token
+    (padding is masked out and pooling never reads it). Either padding side is right: pooling
+    and position ids follow the attention mask."""
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise LucidError(f"tokenizer {tokenizer.name_or_path!r}: no pad, end-of-text or unknown token to pad "
+                             "batches with; set tokenizer.pad_token before building the model")
+        tokenizer.pad_token = fallback
     return tokenizer
 
 
-def load_backbone(name_or_path: str) -> nn.Module:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZATIONS = ("4bit", "8bit")
+
+
+def torch_dtype(name: str) -> torch.dtype | str:
+    """``model.dtype``'s torch dtype; ``auto``: the checkpoint's own (resolved when loaded)."""
+    if name == "auto":
+        return "auto"
+    if name not in DTYPES:
+        raise LucidError(f"model.dtype: expected one of {[*DTYPES, 'auto']}, found {name!r}")
+    return DTYPES[name]
+
+
+def load_backbone(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,
+                  quantization: str | None = None) -> nn.Module:
+    """The pretrained backbone in ``dtype`` (an 8B checkpoint is never materialised in float32),
+    with the attention kernel asked for (transformers' default: sdpa where the architecture has
+    it) and, on CUDA, quantized to 4 or 8 bits by bitsandbytes (QLoRA)."""
     path = resolve_backbone(name_or_path)
+    options = {"dtype": torch_dtype(dtype)}
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    if quantization is not None:
+        options["quantization_config"] = quantization_config(quantization, dtype)
     try:
-        return AutoModel.from_pretrained(path)
-    except (OSError, ValueError) as e:
+        return AutoModel.from_pretrained(path, **options)
+    except (OSError, ValueError, ImportError) as e:
         raise _cannot_load(name_or_path, e) from None
 
 
-def backbone_from_config(config_dict: dict) -> nn.Module:
-    """An empty backbone of a saved architecture; its weights come from the checkpoint."""
-    config_dict = dict(config_dict)
-    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-    return AutoModel.from_config(config)
+def quantization_config(quantization: str, dtype: str):
+    """bitsandbytes' config for ``model.quantization`` (4bit: NF4 with double quantization, the
+    QLoRA paper's; computing in ``dtype``); one clear line where it cannot run."""
+    if quantization not in QUANTIZATIONS:
+        raise LucidError(f"model.quantization: expected one of {list(QUANTIZATIONS)}, found {quantization!r}")
+    if not torch.cuda.is_available():
+        raise LucidError(f"model.quantization: {quantization} needs a CUDA GPU (bitsandbytes) and this machine has none; "
+                         "train a LoRA adapter on the bfloat16 backbone instead (model.dtype: bfloat16, model.adapter)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise LucidError(f"model.quantization: {quantization} needs bitsandbytes: pip install 'lucidlm[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch_dtype(dtype)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if compute in ("auto", torch.float32) else compute)
 
 
 def backbone_max_length(backbone: nn.Module, tokenizer) -> int:
@@ -147,14 +194,25 @@ def mean_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Te
 
 @POOLINGS.register("cls")
 def first_token_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    return hidden[:, 0]
+    """The first real token (BERT's [CLS]), whatever the padding side."""
+    first = attention_mask.long().argmax(1)  # argmax: the first of the ties
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), first]
 
 
 @POOLINGS.register("last")
 def last_token_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The last real token (decoders; padding is on the right)."""
-    last = attention_mask.sum(1).long() - 1
+    """The last real token (decoders: the only one that has read the whole text), whatever the
+    padding side."""
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    last = (attention_mask.long() * (positions + 1)).argmax(1)
     return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position among its text's real tokens: left padding shifts no text (decoders
+    count positions from the first column otherwise, so a text's states would depend on the
+    longest text of its batch)."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:

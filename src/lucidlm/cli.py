@@ -208,12 +208,32 @@ def _evaluate_suites(model, task, suites, run_dir: Path, split: str, output_dir:
 @user_errors
 def predict(
     run_dir: Path = typer.Argument(...),
-    texts: list[str] = typer.Argument(..., help="One or more texts."),
+    texts: Optional[list[str]] = typer.Argument(None, help="One or more texts (or --input FILE)."),
     as_json: bool = typer.Option(False, "--json"),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="Score a corpus: a CSV, JSONL or Parquet file, streamed "
+                                              "in chunks; resumable; shared over the processes of torchrun / accelerate launch."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --input: the file to write (.csv, .jsonl or .parquet)."),
+    text_column: str = typer.Option("text", "--text-column", help="With --input: the column that holds the texts."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="With --input: texts per forward pass."),
+    with_explanations: bool = typer.Option(False, "--explain", help="With --input: each row's explanation too (slow)."),
 ):
-    """Predict the label and concepts of texts; for a concept model, what to check first."""
+    """Predict the label and concepts of texts; for a concept model, what to check first. With
+    --input, score a whole file: labels, probabilities and concept values per row."""
     from .models import ConceptModel, load_pretrained
 
+    if input_file is not None:
+        if texts or output is None:
+            raise LucidError("predict --input FILE: give -o OUT (and no texts on the command line)")
+        from .scoring import score_corpus
+
+        show_progress_lines()
+        model = load_pretrained(run_dir)
+        with shown_progress("predict"):
+            written = score_corpus(model, input_file, output, text_column, batch_size, explain=with_explanations)
+        out.print(f"wrote [bold]{escape(str(written))}[/]")
+        return
+    if not texts:
+        raise LucidError("predict: give one or more texts, or --input FILE -o OUT")
     model = load_pretrained(run_dir)
     predictions = model.predict(texts)
     suggestions = model.suggest_corrections(texts) if isinstance(model, ConceptModel) else [None] * len(texts)
@@ -543,6 +563,32 @@ def report(
     with shown_progress("report"):
         written = write_report(run_dir, output or run_dir / "report.html", split=split, limit=limit, examples=examples)
     out.print(f"wrote [bold]{escape(str(written))}[/]")
+
+
+@app.command()
+@user_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="A saved run."),
+    output: Path = typer.Option(..., "--output", "-o", help="The folder to write the exported run to."),
+    merge: bool = typer.Option(False, "--merge", help="Merge the run's adapter into its base backbone (W + BA) and save the "
+                                                        "whole backbone: a self-contained run that needs no base to load."),
+):
+    """Write a run elsewhere; with --merge, self-contained: an adapter (or frozen-backbone) run
+    holds only what trained and loads its base backbone from where it was trained."""
+    import shutil
+
+    from .models import load_pretrained
+
+    if output.resolve() == run_dir.resolve():
+        raise LucidError(f"{output}: the run itself; export to another folder")
+    model = load_pretrained(run_dir)
+    if merge:
+        model.merge_adapter()
+    model.save_pretrained(output)
+    for record in ("run.json", "evaluation.json", "evaluation.md", "training_log.jsonl"):  # what the run measured
+        if (run_dir / record).is_file():
+            shutil.copy2(run_dir / record, output / record)
+    out.print(f"wrote [bold]{escape(str(output))}[/]" + (" (merged: loads without its base)" if merge else ""))
 
 
 concepts_app = typer.Typer(no_args_is_help=True, help="Concept sets for concept models without concept labels.")

@@ -37,6 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 # Progress lines for logs (not a terminal) go to ``progress.progress_log``, shown by whoever
 # configures it (the CLI writes it to stderr: ``show_progress_lines``).
 TRAINING_LOG = "training_log.jsonl"  # in the run folder: one JSON record per logged step and per epoch
+
+
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
 
 
 @dataclass
@@ -70,9 +74,13 @@ class TrainingConfig:
     checkpoint_steps: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
     trackers: list[str] = field(default_factory=list)  # Accelerate trackers, e.g. ["tensorboard"] or ["wandb"]
     calibrate: bool = True  # after training, fit temperatures on dev (``calibration``; the loop is unchanged)
+    # Autocast of the training steps through Accelerate: no | bf16 | fp16 (fp16: CUDA, with loss
+    # scaling). Evaluation runs in the backbone's dtype, and every head and metric in float32.
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False  # recompute the backbone's activations in the backward pass (memory for time)
 
     # Settings that change nothing the loop learns: a checkpoint resumes under other values of these.
-    reporting_fields = ("progress", "log_steps", "checkpoint_steps", "trackers", "calibrate")
+    reporting_fields = ("progress", "log_steps", "checkpoint_steps", "trackers", "calibrate", "gradient_checkpointing")
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size", "log_steps"):
@@ -82,6 +90,10 @@ class TrainingConfig:
             raise LucidError(f"training.checkpoint_steps: expected an integer >= 0, found {self.checkpoint_steps!r}")
         if isinstance(self.trackers, str):
             self.trackers = [self.trackers]
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise LucidError(f"training.mixed_precision: expected one of {list(MIXED_PRECISIONS)}, found {self.mixed_precision!r}")
+        if self.mixed_precision == "fp16" and uses_cpu_only():
+            raise LucidError("training.mixed_precision: fp16 needs a CUDA GPU and this machine has none; use bf16 on CPU")
 
     def learning_settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.reporting_fields}
@@ -97,9 +109,14 @@ def training_accelerator(config: TrainingConfig, run_dir: Path | None) -> Accele
     """Accelerate for one training loop: global batches split over the processes; the trackers
     asked for, each of which must be installed (Accelerate would silently drop it)."""
     process_state()
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", "no")) != config.mixed_precision:
+        # Accelerate keeps one precision per process; each training loop has its own (the
+        # processes' state, PartialState, stays as it is).
+        AcceleratorState._reset_state(reset_partial_state=False)
     try:
         accelerator = Accelerator(cpu=uses_cpu_only(), dataloader_config=DataLoaderConfiguration(split_batches=True),
-                                  log_with=config.trackers or None, project_dir=run_dir)
+                                  log_with=config.trackers or None, project_dir=run_dir, mixed_precision=config.mixed_precision)
     except ValueError as e:  # an unknown tracker
         raise LucidError(f"training.trackers: {e}") from None
     kept = {str(getattr(t, "value", t)) for t in accelerator.log_with}
@@ -280,7 +297,10 @@ def fit_loop(
             restore_generators(pending_rng)
             pending_rng = None
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
+    # Mixed precision: autocast the whole step (a family's loss may call more than ``forward``)
+    # and nothing else: Accelerate's own wrapper of ``forward`` would stay on the model after
+    # training, and evaluation would hand bf16 logits to numpy.
+    unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     report = Progress(desc, epochs, len(train_loader), config, accelerator, run_dir, state.step if resume else None)
 
     while state.epoch <= epochs and not state.finished:
@@ -295,7 +315,8 @@ def fit_loop(
                 restore_generators(pending_rng)
                 pending_rng = None
             hooks.before_step(state.step)
-            loss = loss_fn(model, batch)
+            with accelerator.autocast():
+                loss = loss_fn(model, batch)
             accelerator.backward(loss)
             hooks.after_backward(state.step)
             if config.max_grad_norm:
@@ -317,7 +338,7 @@ def fit_loop(
             record["dev_score"] = dev_score(unwrapped)
             if record["dev_score"] > state.best_score:
                 state.best_score, state.stale = record["dev_score"], 0
-                best_state = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
+                best_state = {k: v.detach().cpu().clone() for k, v in unwrapped.trained_state_dict().items()}
             else:
                 state.stale += 1
         state.history.append(record)
@@ -330,7 +351,7 @@ def fit_loop(
     report.close()
     continue_main_generators(accelerator)
     if best_state is not None:
-        unwrapped.load_state_dict(best_state)
+        unwrapped.load_trained_state_dict(best_state)
     unwrapped.eval()
     return state.history
 

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..masking import MaskedLinear, is_attention
@@ -29,7 +31,41 @@ def _out_in(layer: MaskedLinear) -> torch.Tensor:
     return layer.mask.transpose(1, 2) if layer.transposed else layer.mask
 
 
-def subnetwork_statistics(layers: dict[str, MaskedLinear], concept_names: list[str], num_heads: int,
+@dataclass(frozen=True)
+class AttentionShape:
+    """How a backbone's attention projections lay out heads: query heads, key/value heads
+    (fewer under grouped-query attention) and each head's width."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, config) -> "AttentionShape":
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return cls(heads, kv_heads, head_dim)
+
+    def per_query_head(self, share: torch.Tensor) -> torch.Tensor:
+        """``[K, out]`` kept shares of a projection's output features as ``[K, heads]``: a
+        query, key or value projection, or a fused one (GPT-2's c_attn, Phi-3's qkv_proj); a
+        key/value head counts for each query head that reads it."""
+        k, out = share.shape
+        per_head = share.reshape(k, out // self.head_dim, self.head_dim).mean(-1)
+        n = per_head.shape[1]
+        if n == self.heads:
+            segments = [per_head]
+        elif n == self.kv_heads:
+            segments = [per_head]
+        elif n == self.heads + 2 * self.kv_heads:
+            segments = list(per_head.split([self.heads, self.kv_heads, self.kv_heads], dim=1))
+        else:
+            raise ValueError(f"{out} output features are not query, key/value or fused qkv heads of {self}")
+        return torch.stack([s.repeat_interleave(self.heads // s.shape[1], dim=1) for s in segments]).mean(0)
+
+
+def subnetwork_statistics(layers: dict[str, MaskedLinear], concept_names: list[str], attention: AttentionShape,
                           top_neurons: int = 10) -> dict:
     num = len(concept_names)
     kept = torch.zeros(num, dtype=torch.float64)
@@ -48,7 +84,7 @@ def subnetwork_statistics(layers: dict[str, MaskedLinear], concept_names: list[s
         m = masks.float()
         intersections += m @ m.T
         unions += masks.sum(1, keepdim=True).float() + masks.sum(1).float() - m @ m.T
-        _responsibility(name, _out_in(layer), num_heads, heads, neurons)
+        _responsibility(name, _out_in(layer), attention, heads, neurons)
     jaccard = (intersections / unions.clamp_min(1)).tolist()
     return {
         "concepts": concept_names,
@@ -58,25 +94,32 @@ def subnetwork_statistics(layers: dict[str, MaskedLinear], concept_names: list[s
         "shared_by_all": shared / total,
         "owned_by_one": dict(zip(concept_names, (owned / total).tolist())),
         "head_responsibility": {block: torch.stack(v).mean(0).tolist() for block, v in heads.items()},
-        "top_neurons": {block: _top_neurons(torch.stack(v).mean(0), concept_names, top_neurons) for block, v in neurons.items()},
+        "top_neurons": {block: _top_neurons(_neuron_shares(v), concept_names, top_neurons) for block, v in neurons.items()},
     }
 
 
-def _responsibility(name: str, masks: torch.Tensor, num_heads: int, heads: dict, neurons: dict) -> None:
+def _responsibility(name: str, masks: torch.Tensor, attention: AttentionShape, heads: dict, neurons: dict) -> None:
     """Accumulate per-head (``[K, heads]``) and per-neuron (``[K, neurons]``) kept shares of a block."""
     block = name.split(".")
     block = ".".join(block[: next(i for i, part in enumerate(block) if part.isdigit()) + 1])
     role = _role(name)
     k, out, inp = masks.shape
-    if role == "qkv":  # output features: (q|k|v, or one of them) × heads × head_dim; inp = hidden size
-        share = masks.float().mean(2).reshape(k, out // inp, num_heads, inp // num_heads).mean((1, 3))
-        heads.setdefault(block, []).append(share)
+    if role == "qkv":  # output features: heads × head_dim of q, k, v or all three
+        heads.setdefault(block, []).append(attention.per_query_head(masks.float().mean(2)))
     elif role == "attn_out":  # input features are heads × head_dim
-        heads.setdefault(block, []).append(masks.float().mean(1).reshape(k, num_heads, -1).mean(-1))
+        heads.setdefault(block, []).append(masks.float().mean(1).reshape(k, attention.heads, -1).mean(-1))
     elif role == "ffn_in":  # output features are neurons
         neurons.setdefault(block, []).append(masks.float().mean(2))
     else:  # input features are neurons
         neurons.setdefault(block, []).append(masks.float().mean(1))
+
+
+def _neuron_shares(per_layer: list[torch.Tensor]) -> torch.Tensor:
+    """A block's per-neuron shares, its layers averaged; a fused gate/up projection (Phi-3's
+    gate_up_proj: twice as many output features as neurons) counts both halves of a neuron."""
+    width = min(v.shape[1] for v in per_layer)
+    folded = [v.reshape(v.shape[0], 2, width).mean(1) if v.shape[1] == 2 * width else v for v in per_layer]
+    return torch.stack(folded).mean(0)
 
 
 def _top_neurons(share: torch.Tensor, concept_names: list[str], top: int) -> dict:

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import asdict, dataclass, fields, replace
@@ -22,7 +24,11 @@ from transformers import AutoConfig, AutoModel
 
 from ..version import __version__
 from ..calibration import Temperatures, calibration_figures, fit_temperature, reliability_bins
-from ..backbone import DEFAULT_BACKBONE, POOLINGS, backbone_max_length, default_pooling, load_backbone, load_tokenizer, pool
+from ..adapters import AdapterConfig, BaseRecord, adapter_config, base_model, frozen, is_adapter_key, with_adapter
+from ..backbone import (
+    DEFAULT_BACKBONE, DTYPES, POOLINGS, QUANTIZATIONS, backbone_max_length, default_pooling, load_backbone, load_tokenizer,
+    pool, position_ids, prepared_tokenizer, torch_dtype,
+)
 from ..config import from_dict
 from ..data import MISSING, Split, TaskSpec, TextEncoder
 from ..errors import LucidError, Unsupported
@@ -55,12 +61,33 @@ class ModelConfig:
     pooling: str | None = None  # mean | cls | last; None picks mean for encoders, last for decoders
     max_length: int = 128  # training texts are truncated to this many tokens
     dropout: float = 0.1
+    # The backbone's weights: float32 | bfloat16 | float16 | auto (the checkpoint's, recorded as
+    # resolved). Heads and the numerics that need it run in float32 whatever this is.
+    dtype: str = "float32"
+    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2; None: transformers' (sdpa where it can)
+    adapter: AdapterConfig | None = None  # a LoRA adapter (adapters.AdapterConfig): only it and the heads train
+    freeze: bool = False  # the backbone does not train (heads only)
+    quantization: str | None = None  # 4bit | 8bit base weights (QLoRA; bitsandbytes on CUDA): with an adapter or freeze
     # Keys that older saved runs wrote under another name: {old: new}, renamed when loading.
     renamed_keys: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self):
         if self.pooling is not None:
             POOLINGS.check(self.pooling, "pooling")
+        if self.dtype != "auto":
+            torch_dtype(self.dtype)
+        self.adapter = adapter_config(self.adapter)
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise LucidError(f"model.quantization: expected one of {list(QUANTIZATIONS)}, found {self.quantization!r}")
+        if self.quantization is not None and self.adapter is None and not self.freeze:
+            raise LucidError(f"model.quantization: {self.quantization} weights cannot train; add model.adapter (QLoRA) "
+                             "or set model.freeze: true")
+
+    @property
+    def trains_part_of_backbone(self) -> bool:
+        """Whether the backbone's own weights stay as loaded (an adapter, or frozen): a saved run
+        then holds only what trained and names its base."""
+        return self.adapter is not None or self.freeze
 
 
 FAMILIES: Registry = Registry("model.family")
@@ -94,7 +121,18 @@ class LucidModel(nn.Module):
         super().__init__()
         if config.pooling is None:
             config.pooling = default_pooling(backbone.config)
+        if config.dtype == "auto":  # recorded as resolved: the run loads back in the same dtype
+            config.dtype = next(k for k, v in DTYPES.items() if v == next(backbone.parameters()).dtype)
+        backbone.config.use_cache = False  # classification reads one pass: no key-value cache
+        tokenizer = prepared_tokenizer(tokenizer)
+        self.base_record = BaseRecord.of(backbone, config.backbone) if config.trains_part_of_backbone else None
+        if config.freeze:
+            frozen(backbone)
+        if config.adapter is not None:
+            backbone = with_adapter(backbone, config.adapter)
         self.config, self.spec, self.backbone, self.tokenizer = config, spec, backbone, tokenizer
+        forward = inspect.signature(base_model(backbone).forward).parameters
+        self.positions_from_mask = "position_ids" in forward  # left padding shifts no text (backbone.position_ids)
         limit = backbone_max_length(backbone, tokenizer)
         if not 0 < config.max_length <= limit:
             raise LucidError(f"model.max_length: expected 1..{limit} tokens (the most {config.backbone!r} reads), "
@@ -113,7 +151,8 @@ class LucidModel(nn.Module):
             raise LucidError(f"{cls.__name__}.from_backbone: give the task spec (task=...)")
         model_config = from_dict(cls.config_class, {**config, "backbone": backbone}, cls.__name__)
         set_seed(seed)
-        return cls(model_config, task, load_backbone(backbone), load_tokenizer(backbone))
+        loaded = load_backbone(backbone, model_config.dtype, model_config.attn_implementation, model_config.quantization)
+        return cls(model_config, task, loaded, load_tokenizer(backbone))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "LucidModel":
@@ -131,9 +170,16 @@ class LucidModel(nn.Module):
         family, backbone, and the settings that tell its runs apart. Families add theirs."""
         return {"family": self.family, "mode": None, "backbone": self.config.backbone}
 
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The backbone's last hidden states ``[B, T, H]``, in float32 whatever the backbone's
+        dtype (every head reads float32), with positions counted from each text's first real
+        token, so that a text's states never depend on its batch."""
+        positions = {"position_ids": position_ids(attention_mask)} if self.positions_from_mask else {}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **positions).last_hidden_state
+        return hidden.float()
+
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool(hidden, attention_mask, self.config.pooling)
+        return pool(self.token_states(input_ids, attention_mask), attention_mask, self.config.pooling)
 
     # ---- inference ------------------------------------------------------------------------
     @torch.no_grad()
@@ -266,7 +312,7 @@ class LucidModel(nn.Module):
         settings = {"family": self.family, "model": asdict(self.config),
                     "data": {"train": train.fingerprint(), **({"dev": eval_data.fingerprint()} if eval_data is not None else {})}}
         defaults = {"model": {f.name: f.default for f in fields(self.config) if f.default is not NO_DEFAULT}}
-        with self.parameters_frozen(self.parameters_outside_training()):
+        with self.parameters_frozen(self.parameters_outside_training()), self.checkpointing(config.gradient_checkpointing):
             self.training_history = fit_loop(self, self.param_groups(config), loader, self.training_loss, dev_score, config,
                                              desc=self.training_stage, hooks=hooks, run_dir=run_dir, resume=resume,
                                              settings=settings, setting_defaults=defaults)
@@ -279,6 +325,8 @@ class LucidModel(nn.Module):
         """Parameters that the training loss never reaches: the backbone's that the pooled vector
         does not depend on (e.g. BERT's pooler: lucidlm pools itself), found by one backward pass
         in eval mode (no random numbers drawn). Data-parallel training must leave them out."""
+        if not any(p.requires_grad for p in self.backbone.parameters()):  # frozen: nothing to find
+            return []
         ids = torch.tensor([[self.tokenizer.cls_token_id or self.tokenizer.bos_token_id or 0] * 2], device=self.device)
         was_training = self.training
         self.eval()
@@ -288,6 +336,27 @@ class LucidModel(nn.Module):
         self.zero_grad(set_to_none=True)
         self.train(was_training)
         return unreached
+
+    @contextmanager
+    def checkpointing(self, enabled: bool):
+        """Gradient checkpointing of the backbone while the block runs (training.gradient_checkpointing):
+        its activations are recomputed in the backward pass instead of kept (non-reentrant, so a
+        frozen embedding or an adapter needs no input that requires grad)."""
+        base = base_model(self.backbone)
+        if not enabled:
+            yield
+            return
+        if not base.supports_gradient_checkpointing:
+            raise LucidError(f"training.gradient_checkpointing: {type(base).__name__} does not support it")
+        with warnings.catch_warnings():  # transformers 5 renames it activation checkpointing (the old name stays to v6)
+            warnings.simplefilter("ignore", FutureWarning)
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            yield
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                base.gradient_checkpointing_disable()
 
     @contextmanager
     def parameters_frozen(self, parameters: list[nn.Parameter]):
@@ -333,18 +402,36 @@ class LucidModel(nn.Module):
     def param_groups(self, config: TrainingConfig) -> list[dict]:
         """The backbone at ``learning_rate``, the freshly initialised rest at ``head_learning_rate``."""
         heads = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
-        return [
+        return trainable_groups([
             {"params": list(self.backbone.parameters()), "lr": config.learning_rate},
             {"params": heads, "lr": config.head_learning_rate},
-        ]
+        ])
 
     # ---- persistence ----------------------------------------------------------------------
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict without the base backbone's weights when they stay as loaded (an
+        adapter, or frozen): what training changes, what a best epoch and a saved run keep."""
+        state = self.state_dict()
+        if not self.config.trains_part_of_backbone:
+            return state
+        return {k: v for k, v in state.items() if not k.startswith("backbone.") or is_adapter_key(k)}
+
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """``trained_state_dict``'s entries back; every one of them must be there, and nothing else."""
+        missing, unexpected = self.load_state_dict(state, strict=not self.config.trains_part_of_backbone)
+        expected = self.trained_state_dict().keys()
+        lacking = [k for k in missing if k in expected]
+        if lacking or unexpected:
+            raise LucidError(f"checkpoint: {'missing ' + repr(lacking[:3]) if lacking else ''}"
+                             f"{' unexpected ' + repr(unexpected[:3]) if unexpected else ''} (a run of another model.adapter "
+                             "or model.freeze?)")
+
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        """What ``model.safetensors`` holds: the state dict (families may add tensors)."""
-        return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        """What ``model.safetensors`` holds: the trained state dict (families may add tensors)."""
+        return {k: v.detach().contiguous() for k, v in self.trained_state_dict().items()}
 
     def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.load_state_dict(tensors, strict=True)
+        self.load_trained_state_dict(tensors)
 
     def json_state(self) -> dict:
         """Learned state that is not a tensor (e.g. prototypes' nearest training texts); saved in
@@ -353,6 +440,15 @@ class LucidModel(nn.Module):
 
     def load_json_state(self, state: dict) -> None:
         pass
+
+    def merge_adapter(self) -> "LucidModel":
+        """This model as a self-contained run: the adapter merged into the base weights (W + BA)
+        and the whole backbone saved, loaded without the base (``lucidlm export --merge``). In place."""
+        if self.config.adapter is not None:
+            self.backbone = self.backbone.merge_and_unload()
+        self.config = replace(self.config, adapter=None, freeze=False, quantization=None)
+        self.base_record = None
+        return self
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """``config.json`` + ``model.safetensors`` + ``backbone/`` (its config and tokenizer).
@@ -371,6 +467,7 @@ class LucidModel(nn.Module):
                 "training_history": self.training_history,
                 "calibration": self.temperatures.to_dict(),
                 "state": self.json_state(),
+                **({"base": asdict(self.base_record)} if self.base_record is not None else {}),
             }
             (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
             save_file(self.checkpoint_tensors(), str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -385,6 +482,13 @@ class LucidModel(nn.Module):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return directory
+
+
+def trainable_groups(groups: list[dict]) -> list[dict]:
+    """Optimizer parameter groups with only the parameters that train (an adapter's, not the
+    frozen base's); a group left empty is dropped."""
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    return [g for g in groups if g["params"]]
 
 
 def shared_over_processes(infer):
@@ -457,9 +561,18 @@ def load_pretrained(directory: str | Path) -> LucidModel:
     saved = {cls.config_class.renamed_keys.get(k, k): v for k, v in meta["model"].items()}
     config = from_dict(cls.config_class, saved, f"{directory / CONFIG_FILE}: model")
     spec = TaskSpec.from_dict(meta["task"])
-    backbone = AutoModel.from_config(AutoConfig.from_pretrained(directory / BACKBONE_DIR))
+    if config.trains_part_of_backbone:  # the run holds the adapter and heads: its base comes from where it was trained
+        if "base" not in meta:
+            raise LucidError(f"{directory / CONFIG_FILE}: an adapter or frozen-backbone run that names no base backbone")
+        backbone = load_backbone(config.backbone, config.dtype, config.attn_implementation, config.quantization)
+    else:
+        options = {} if config.attn_implementation is None else {"attn_implementation": config.attn_implementation}
+        backbone = AutoModel.from_config(AutoConfig.from_pretrained(directory / BACKBONE_DIR), dtype=torch_dtype(config.dtype),
+                                         **options)
     tokenizer = load_tokenizer(str(directory / BACKBONE_DIR))
     model = cls(config, spec, backbone, tokenizer)
+    if model.base_record is not None:
+        BaseRecord(**meta["base"]).check(model.base_record, str(directory))
     try:
         tensors = load_file(str(directory / WEIGHTS_FILE))
     except (SafetensorError, OSError) as e:

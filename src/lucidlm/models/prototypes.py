@@ -29,7 +29,7 @@ from ..explain.tokens import integrated_gradients, token_attribution
 from ..metrics import selection_score
 from ..outputs import ModelOutput
 from ..training import TrainingConfig
-from .base import ModelConfig, PrototypeModel
+from .base import ModelConfig, PrototypeModel, trainable_groups
 from .losses import task_loss
 
 PROJECTIONS = ("soft", "hard")
@@ -194,8 +194,7 @@ class PrototypeLM(PrototypeModel):
 
     # ---- forward ------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PrototypeOutput:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(hidden, attention_mask)
+        return self.head(self.token_states(input_ids, attention_mask), attention_mask)
 
     def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> PrototypeOutput:
         """Everything after the backbone: attention pooling, prototype similarities, label logits."""
@@ -257,13 +256,13 @@ class PrototypeLM(PrototypeModel):
         self.project(train, hard=self.config.projection == "hard", eval_data=eval_data, batch_size=config.eval_batch_size)
 
     def param_groups(self, config: TrainingConfig) -> list[dict]:
-        return [
+        return trainable_groups([
             {"params": list(self.backbone.parameters()), "lr": config.learning_rate},
             {"params": list(self.token_attention.parameters()), "lr": config.head_learning_rate},
             # No weight decay: it would shrink the prototypes toward the origin and wear the
             # +1/−0.5 class weights down for no reason of the data's.
             {"params": [self.prototypes, *self.label_head.parameters()], "lr": config.head_learning_rate, "weight_decay": 0.0},
-        ]
+        ])
 
     @torch.no_grad()
     def initialize_from_data(self, train: Split, seed: int = 0, batch_size: int = 64) -> None:

@@ -17,7 +17,7 @@ from ..backbone import pool
 from ..data import Split
 from ..errors import LucidError
 from ..explain import Explanation
-from ..explain.subnetworks import subnetwork_statistics
+from ..explain.subnetworks import AttentionShape, subnetwork_statistics
 from ..intervene import ConceptValues, SubnetworkRewiring
 from ..masking import (
     REWIRING_SCORES, MaskedLinear, differentiable_masks, pack_masks, rewire, routed, select_layers, unit_groups,
@@ -54,6 +54,9 @@ class SparseConfig(BottleneckConfig):
         if self.intervention_objective != "sampled_horizon":  # its rollouts need the step, which the pruner's hooks hold
             raise LucidError(f"intervention_objective: a sparse concept model trains with 'sampled_horizon'; "
                              f"found {self.intervention_objective!r}")
+        if self.trains_part_of_backbone:  # its subnetworks are masks over the backbone's own weights
+            raise LucidError("model.adapter / model.freeze: a sparse concept model prunes the backbone's own weights, "
+                             "one mask per concept, so the whole backbone trains; use family bottleneck for an adapter")
         if self.granularity not in ("weight", "neuron"):
             raise LucidError(f"granularity: expected 'weight' or 'neuron', found {self.granularity!r}")
         PRUNING_SCORES.check(self.pruning_score, "pruning_score")
@@ -90,7 +93,7 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
         """All K subnetworks in one batched pass; ``pooled`` is ``[K, B, H]``."""
         k = self.num_concepts
         with routed(self.subnetworks, "all"):
-            hidden = self.backbone(input_ids=input_ids.repeat(k, 1), attention_mask=attention_mask.repeat(k, 1)).last_hidden_state
+            hidden = self.token_states(input_ids.repeat(k, 1), attention_mask.repeat(k, 1))
         pooled = pool(hidden, attention_mask.repeat(k, 1), self.config.pooling).reshape(k, input_ids.shape[0], -1)
         pooled = Mixup.apply(mix, pooled)
         features = self.dropout(pooled)
@@ -120,7 +123,7 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
         return None  # the label reads the concepts: its explanation is their contributions
 
     def subnetwork_statistics(self) -> dict:
-        return subnetwork_statistics(self.subnetworks, self.spec.concept_names, self.backbone.config.num_attention_heads)
+        return subnetwork_statistics(self.subnetworks, self.spec.concept_names, AttentionShape.of(self.backbone.config))
 
     def summary(self) -> dict:
         return {**super().summary(), "sparsity": self.config.sparsity, "granularity": self.config.granularity}
