@@ -187,3 +187,17 @@ def test_lora_trains_few_parameters_saves_small_and_exports_merged(decoders, ceb
     for a, b in zip(merged.predict(TEXTS), lora.predict(TEXTS)):
         assert a.label == b.label
         assert list(a.probabilities.values()) == pytest.approx(list(b.probabilities.values()), abs=1e-4)
+
+
+def test_a_training_checkpoint_holds_only_what_trains(decoders, cebab_small, rows, tmp_path):
+    """Resume state of an adapter run: the adapter, the heads and their optimizer state, never the base."""
+    from lucidlm.checkpoints import CHECKPOINT_DIR, STATE_FILE
+
+    model = build("bottleneck", decoders["qwen2"], cebab_small.spec, adapter={"r": 4})
+    model.fit(*rows, run_dir=tmp_path / "run", **FAST)
+    with safe_open(str(tmp_path / "run" / CHECKPOINT_DIR / STATE_FILE), "pt") as f:
+        weights = [k for k in f.keys() if k.startswith(("model.backbone.", "best.backbone."))]
+        optimizer = [k for k in f.keys() if k.startswith("optimizer.")]
+    assert weights and all(".lora_" in k for k in weights)
+    trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    assert len({k.split(".")[1] for k in optimizer}) == trainable  # Adam's state of the trained parameters only
