@@ -201,3 +201,16 @@ def test_a_training_checkpoint_holds_only_what_trains(decoders, cebab_small, row
     assert weights and all(".lora_" in k for k in weights)
     trainable = sum(1 for p in model.parameters() if p.requires_grad)
     assert len({k.split(".")[1] for k in optimizer}) == trainable  # Adam's state of the trained parameters only
+
+
+def test_a_compiled_backbone_saves_and_loads_like_the_rest(decoders, cebab_small, tmp_path):
+    model = build("standard", decoders["llama"], cebab_small.spec, dtype="float32", compile=True)
+    plain = build("standard", decoders["llama"], cebab_small.spec, dtype="float32")
+    plain.load_state_dict(model.state_dict())  # the same keys: compiling wraps the forward, not the weights
+    compiled = model.predict(TEXTS)
+    for a, b in zip(compiled, plain.predict(TEXTS)):
+        assert a.label == b.label
+        assert list(a.probabilities.values()) == pytest.approx(list(b.probabilities.values()), abs=1e-5)
+    model.save_pretrained(tmp_path / "run")
+    loaded = load_pretrained(tmp_path / "run")
+    assert loaded.config.compile and loaded.predict(TEXTS)[0].label == compiled[0].label

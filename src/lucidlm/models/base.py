@@ -68,6 +68,7 @@ class ModelConfig:
     adapter: AdapterConfig | None = None  # a LoRA adapter (adapters.AdapterConfig): only it and the heads train
     freeze: bool = False  # the backbone does not train (heads only)
     quantization: str | None = None  # 4bit | 8bit base weights (QLoRA; bitsandbytes on CUDA): with an adapter or freeze
+    compile: bool = False  # torch.compile the backbone's forward (in place: the saved keys stay as they are)
     # Keys that older saved runs wrote under another name: {old: new}, renamed when loading.
     renamed_keys: ClassVar[dict[str, str]] = {}
 
@@ -133,6 +134,8 @@ class LucidModel(nn.Module):
         self.config, self.spec, self.backbone, self.tokenizer = config, spec, backbone, tokenizer
         forward = inspect.signature(base_model(backbone).forward).parameters
         self.positions_from_mask = "position_ids" in forward  # left padding shifts no text (backbone.position_ids)
+        if config.compile:
+            backbone.compile()
         limit = backbone_max_length(backbone, tokenizer)
         if not 0 < config.max_length <= limit:
             raise LucidError(f"model.max_length: expected 1..{limit} tokens (the most {config.backbone!r} reads), "
