@@ -69,7 +69,9 @@ def measure(folder: Path, family: str, batch: int, tokens: int, steps: int, devi
     held_before = peak_bytes(device)
     task = load_task("cebab", path=ROOT.parent / "shared" / "data" / "cebab")
     words = " ".join(task.train.texts[:50]).split()
-    rows = task.train.select(range(batch * steps))
+    by_class = [np.flatnonzero(task.train.labels == c) for c in range(len(task.spec.classes))]
+    interleaved = [int(i) for group in zip(*by_class) for i in group]  # every class in the first rows (prototypes start there)
+    rows = task.train.select(interleaved[:max(batch * steps, len(by_class))])
     rows.texts = [" ".join(words[(i * 7) % 100:][: tokens * 2]) for i in range(len(rows))]  # every text > tokens
     if family == BASELINE:
         seconds = peft_baseline(folder, rows, batch, tokens, steps, device)
@@ -87,7 +89,7 @@ def measure(folder: Path, family: str, batch: int, tokens: int, steps: int, devi
         start = time.perf_counter()  # the whole fit (its set-up too) over its steps, as the baseline's loop
         model.fit(rows, None, epochs=1, batch_size=batch, progress=False, calibrate=False, gradient_checkpointing=True,
                   learning_rate=1e-4)
-        seconds = (time.perf_counter() - start) / steps
+        seconds = (time.perf_counter() - start) / (len(rows) // batch)
     return {"family": family, "peak_bytes": peak_bytes(device) - held_before, "seconds_per_step": seconds,
             "tokens_per_second": batch * tokens / seconds}
 
@@ -104,6 +106,7 @@ def peft_baseline(folder: Path, rows, batch: int, tokens: int, steps: int, devic
     model.to(device).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    steps = len(rows) // batch
     start = time.perf_counter()
     for s in range(steps):
         texts = rows.texts[s * batch:(s + 1) * batch]

@@ -214,3 +214,17 @@ def test_a_compiled_backbone_saves_and_loads_like_the_rest(decoders, cebab_small
     model.save_pretrained(tmp_path / "run")
     loaded = load_pretrained(tmp_path / "run")
     assert loaded.config.compile and loaded.predict(TEXTS)[0].label == compiled[0].label
+
+
+@pytest.mark.parametrize("score", ["movement", "obert"])
+def test_gradient_checkpointing_recomputes_through_the_subnetworks(score, decoders, cebab_small, rows):
+    """SparseCBM's batched pass under checkpointing: the recompute runs each concept's masks, so
+    training (pruning scores included) reaches the weights and masks it reaches without."""
+    options = dict(dtype="float32", pruning_score=score)
+    plain = build("sparse", decoders["llama"], cebab_small.spec, **options).fit(*rows, **FAST)
+    checkpointed = build("sparse", decoders["llama"], cebab_small.spec, **options)
+    checkpointed.fit(*rows, gradient_checkpointing=True, **FAST)
+    for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    for name, layer in plain.subnetworks.items():
+        assert torch.equal(layer.mask, checkpointed.subnetworks[name].mask), name

@@ -71,7 +71,9 @@ class MaskedLinear(nn.Module):
         groups = x.reshape(self.num_masks, -1, x.shape[-1])
         if torch.is_grad_enabled():
             weights = self.weight.unsqueeze(0) * self.mask  # [K, *weight.shape]
-            if self.record_grads and weights.requires_grad:
+            # The first pass of a step is recorded: under gradient checkpointing the backward
+            # pass recomputes this forward, and the recomputed tensor is not the graph's.
+            if self.record_grads and weights.requires_grad and self.masked_weight is None:
                 weights.retain_grad()  # dL/d(W ⊙ M_k): concept k's loss (+ task loss) through subnetwork k
                 self.masked_weight = weights
             per_concept = self.in_out(weights)
@@ -142,7 +144,7 @@ class MaskedLinear(nn.Module):
     def _forward_units(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             features, weights = self._gathered_weights()
-            if self.record_grads and weights.requires_grad:
+            if self.record_grads and weights.requires_grad and self.masked_weight is None:  # as above
                 weights.retain_grad()
                 self.masked_weight, self.gathered = weights, features
         else:
@@ -325,6 +327,19 @@ def routed(layers: dict[str, MaskedLinear], route: int | str | None):
     previous = {name: layer.route for name, layer in layers.items()}
     for layer in layers.values():
         layer.route = route
+    try:
+        yield
+    finally:
+        for name, layer in layers.items():
+            layer.route = previous[name]
+
+
+@contextmanager
+def with_routes(layers: dict[str, MaskedLinear], routes: dict[str, int | str | None]):
+    """Each layer on its own route inside the block (as ``routed``, one route per layer)."""
+    previous = {name: layer.route for name, layer in layers.items()}
+    for name, layer in layers.items():
+        layer.route = routes[name]
     try:
         yield
     finally:

@@ -353,13 +353,19 @@ class LucidModel(nn.Module):
             raise LucidError(f"training.gradient_checkpointing: {type(base).__name__} does not support it")
         with warnings.catch_warnings():  # transformers 5 renames it activation checkpointing (the old name stays to v6)
             warnings.simplefilter("ignore", FutureWarning)
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False,
+                                                                              **self.checkpoint_options()})
         try:
             yield
         finally:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 base.gradient_checkpointing_disable()
+
+    def checkpoint_options(self) -> dict:
+        """Options of ``torch.utils.checkpoint`` a family needs (SparseCBM: recompute through the
+        subnetwork the forward pass ran)."""
+        return {}
 
     @contextmanager
     def parameters_frozen(self, parameters: list[nn.Parameter]):

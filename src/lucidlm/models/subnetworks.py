@@ -8,6 +8,8 @@ through its own mask, the label reads every concept's pass, and GPT-2's Conv1D l
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, replace
 
 import torch
@@ -21,7 +23,7 @@ from ..explain.subnetworks import AttentionShape, subnetwork_statistics
 from ..intervene import ConceptValues, SubnetworkRewiring
 from ..masking import (
     REWIRING_SCORES, MaskedLinear, differentiable_masks, pack_masks, rewire, routed, select_layers, unit_groups,
-    unpack_masks, wrap_layers,
+    unpack_masks, with_routes, wrap_layers,
 )
 from ..outputs import InterventionResult, SubnetworkInterventionResult
 from ..pruning import PRUNING_SCOPES, PRUNING_SCORES, Pruner, SparsitySchedule, density
@@ -199,6 +201,17 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
     # ---- masks --------------------------------------------------------------------------------
     def mask_density(self) -> dict[str, float]:
         return dict(zip(self.spec.concept_names, density(self.subnetworks)))
+
+    def checkpoint_options(self) -> dict:
+        """Gradient checkpointing recomputes a layer's forward in the backward pass, after the
+        routed block has ended: the recompute runs under the routes the forward ran under."""
+        layers = self.subnetworks
+
+        def contexts():
+            routes = {name: layer.route for name, layer in layers.items()}
+            return contextlib.nullcontext(), with_routes(layers, routes)
+
+        return {"context_fn": contexts}
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         tensors = super().checkpoint_tensors()
