@@ -228,3 +228,15 @@ def test_gradient_checkpointing_recomputes_through_the_subnetworks(score, decode
         assert torch.allclose(a, b, atol=1e-5), name
     for name, layer in plain.subnetworks.items():
         assert torch.equal(layer.mask, checkpointed.subnetworks[name].mask), name
+
+
+def test_no_inference_cache_stays_alive_while_training(decoders, cebab_small, rows):
+    """Dev evaluation builds each layer's K masked weight copies; the next training step drops them."""
+    model = build("sparse", decoders["gpt2"], cebab_small.spec, dtype="float32")
+    model.fit(*rows, **FAST)
+    model.predict(TEXTS)  # builds the cache
+    assert all(layer._inference_weights is not None for layer in model.subnetworks.values())
+    model.train()
+    batch = model.encoder.batch(TEXTS)
+    model(batch["input_ids"], batch["attention_mask"]).label_logits.sum().backward()
+    assert all(layer._inference_weights is None for layer in model.subnetworks.values())

@@ -61,6 +61,8 @@ class MaskedLinear(nn.Module):
         return self.mask.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # training: the weights move, and the inference cache (K × the weights) must not stay
+            self._inference_weights = None
         if self.route is None:
             return self._linear(x, self.weight)
         if self.route != "all":
