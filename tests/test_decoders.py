@@ -240,3 +240,18 @@ def test_no_inference_cache_stays_alive_while_training(decoders, cebab_small, ro
     batch = model.encoder.batch(TEXTS)
     model(batch["input_ids"], batch["attention_mask"]).label_logits.sum().backward()
     assert all(layer._inference_weights is None for layer in model.subnetworks.values())
+
+
+def test_the_page_and_the_report_say_how_the_backbone_trained(decoders, cebab_small, rows, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from lucidlm.web.app import create_app
+    from lucidlm.web.report import write_report
+
+    model = build("bottleneck", decoders["llama"], cebab_small.spec, adapter={"r": 4}).fit(*rows, **FAST)
+    model.save_pretrained(tmp_path / "run")
+    said = "float32 weights, LoRA adapter (r = 4, alpha = 32, on all-linear); base frozen"  # model.dtype: float32 by default
+    assert TestClient(create_app(model, tmp_path / "run")).get("/api/info").json()["backbone_training"] == said
+    assert said in write_report(tmp_path / "run", tmp_path / "report.html", limit=8, examples=1).read_text()
+    frozen = build("standard", decoders["llama"], cebab_small.spec, dtype="float32", freeze=True)
+    assert frozen.summary()["backbone_training"] == "float32 weights, frozen (heads only)"

@@ -171,7 +171,17 @@ class LucidModel(nn.Module):
     def summary(self) -> dict:
         """What this model is, for people (the report, the page, the evaluation suite's tables):
         family, backbone, and the settings that tell its runs apart. Families add theirs."""
-        return {"family": self.family, "mode": None, "backbone": self.config.backbone}
+        return {"family": self.family, "mode": None, "backbone": self.config.backbone, "backbone_training": self.backbone_training()}
+
+    def backbone_training(self) -> str:
+        """How the backbone's weights were held and trained, in words (the page, the report)."""
+        c = self.config
+        if c.adapter is not None:
+            targets = c.adapter.target_modules if isinstance(c.adapter.target_modules, str) else ", ".join(c.adapter.target_modules)
+            how = f"LoRA adapter (r = {c.adapter.r}, alpha = {c.adapter.alpha:g}, on {targets}); base frozen"
+        else:
+            how = "frozen (heads only)" if c.freeze else "fully fine-tuned"
+        return f"{c.dtype}{', ' + c.quantization if c.quantization else ''} weights, {how}"
 
     def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The backbone's last hidden states ``[B, T, H]``, in float32 whatever the backbone's

@@ -89,6 +89,7 @@ def build_report(run_dir: str | Path, split: str = "test", limit: int | None = N
 def overview(model, record: dict | None, run_dir: Path) -> str:
     spec, summary = model.spec, model.summary()
     facts = [("family", model.family), ("mode", summary["mode"]), ("backbone", summary["backbone"]),
+             ("backbone weights", summary["backbone_training"]),
              ("task", spec.name), ("label", f"{spec.label}: " + (", ".join(spec.classes) if spec.classes else "a number"))]
     facts += [(f"concept {c.name}", ", ".join(c.values)) for c in spec.concepts]
     if summary.get("concept_objective"):

@@ -96,6 +96,8 @@ class Info(BaseModel):
     concept_objective: Optional[str] = Field(None, description="How a bottleneck's concept layer learnt its concepts: "
                                              "soft_targets (cross-entropy per concept) or cos3 (CB-LLM).")
     backbone: str
+    backbone_training: str = Field(description="How the backbone's weights are held and were trained: dtype, and fully "
+                                   "fine-tuned, a LoRA adapter, or frozen.")
     task: str
     label: str
     classes: list[str] = Field(description="Label classes; empty for regression.")

@@ -30,6 +30,7 @@ class ModelService:
             "run": self.run_name, "family": model.family, "mode": model.summary()["mode"],
             "concept_objective": model.summary().get("concept_objective"),
             "backbone": Path(model.config.backbone).name if Path(model.config.backbone).is_absolute() else model.config.backbone,
+            "backbone_training": model.backbone_training(),
             "task": spec.name, "label": spec.label, "classes": list(spec.classes),
             "concepts": [{"name": c.name, "values": list(c.values)} for c in spec.concepts] if is_concept_model else [],
             "can_intervene": is_concept_model, "can_intervene_subnetwork": isinstance(model, SubnetworkModel),

@@ -58,7 +58,7 @@ async function loadInfo() {
   const info = state.info;
   const mode = [info.mode, info.concept_objective].filter(Boolean).join(", ");
   const parts = [`run ${info.run || "(unnamed)"}`, `${info.family}${mode ? ` (${mode})` : ""}`,
-    `backbone ${info.backbone}`, `task ${info.task}`];
+    `backbone ${info.backbone} (${info.backbone_training})`, `task ${info.task}`];
   if (info.classes.length) parts.push(`labels ${info.classes.join(", ")}`);
   $("#run-info").textContent = parts.join(" · ");
   $("#contribution-meaning").textContent = info.contribution_meaning;  // the library's own line (explain.explanation)
