@@ -255,3 +255,50 @@ def test_the_page_and_the_report_say_how_the_backbone_trained(decoders, cebab_sm
     assert said in write_report(tmp_path / "run", tmp_path / "report.html", limit=8, examples=1).read_text()
     frozen = build("standard", decoders["llama"], cebab_small.spec, dtype="float32", freeze=True)
     assert frozen.summary()["backbone_training"] == "float32 weights, frozen (heads only)"
+
+
+NEURON_LAYERS = {"llama": "all", "qwen2": "all", "mistral": "all", "gemma2": "all", "opt": "ffn", "gpt2": "ffn"}
+
+
+@pytest.mark.parametrize("arch", NEURON_LAYERS)
+def test_structured_subnetworks_on_modern_decoders(arch, decoders, cebab_small, rows):
+    """Neuron-level masks: heads that follow grouped-query attention (a unit is one key-value group),
+    gated MLPs (gate, up and down together); the gathered batched pass equals one concept after
+    another, in float32."""
+    from lucidlm.models import SparseConceptLM
+
+    model = SparseConceptLM.from_backbone(str(decoders[arch]), task=cebab_small.spec, granularity="neuron",
+                                          masked_layers=NEURON_LAYERS[arch], max_length=48, sparsity=0.5,
+                                          pruning_start=0.2, pruning_end=0.8, pruning_interval=1, obert_gradients=2)
+    kinds = {g.kind for g in model.unit_groups}
+    assert kinds == ({"heads", "neurons"} if NEURON_LAYERS[arch] == "all" else {"neurons"})
+    if arch == "llama":
+        heads = next(g for g in model.unit_groups if g.kind == "heads")
+        assert heads.num_units == 2 and sorted(heads.sizes.values()) == [16, 16, 32, 32]  # 2 KV groups of 2 query heads
+        gated = next(g for g in model.unit_groups if g.kind == "neurons")
+        assert len(gated.makers) == 2  # gate_proj and up_proj
+    model.fit(*rows, **FAST)  # prunes to whole units
+    for group in model.unit_groups:
+        units = group.unit_masks()
+        for name, layer in [*group.makers.items(), group.reader]:
+            features = units.repeat_interleave(group.sizes[name], dim=1)
+            mask = layer.in_out(layer.mask)
+            expected = features.unsqueeze(1) if name in group.makers else features.unsqueeze(2)
+            assert torch.equal(mask, expected.expand_as(mask)), name
+    model.eval()
+    batch = model.encoder.batch(TEXTS)
+    with torch.no_grad():
+        batched, _ = model.concept_states(batch["input_ids"], batch["attention_mask"])
+        one_by_one, _ = model.concept_states_one_by_one(batch["input_ids"], batch["attention_mask"])
+    for a, b in zip(batched, one_by_one):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert model.explain(TEXTS[0]).subnetworks["head_responsibility" if "heads" in kinds else "top_neurons"]
+
+
+def test_fused_projections_are_refused_at_neuron_level_naming_the_alternative(decoders, cebab_small):
+    from lucidlm.models import SparseConceptLM
+
+    with pytest.raises(LucidError, match=r"fused gate_up projection cannot be gathered\). Use granularity: weight"):
+        SparseConceptLM.from_backbone(str(decoders["phi3"]), task=cebab_small.spec, granularity="neuron", masked_layers="ffn")
+    with pytest.raises(LucidError, match="opt's attention reshapes by the number of heads.*Use masked_layers: ffn"):
+        SparseConceptLM.from_backbone(str(decoders["opt"]), task=cebab_small.spec, granularity="neuron")

@@ -227,14 +227,22 @@ def wrap_layers(backbone: nn.Module, names: list[str], num_masks: int) -> dict[s
 @dataclass
 class UnitGroup:
     """Layers of one block that share units: the ``makers`` produce them (attention heads from the
-    query, key and value projections; neurons from the feed-forward input), the ``reader`` reads
-    them (the attention output; the feed-forward output). A unit is kept or dropped in all of them."""
+    query, key and value projections; neurons from the feed-forward input, or the gate and up
+    projections of a gated MLP), the ``reader`` reads them (the attention output; the feed-forward
+    output). A unit is kept or dropped in all of them. ``sizes``: each layer's features per unit
+    (under grouped-query attention a unit is one key-value group: its query heads in the query
+    projection and output, one head in the key and value projections)."""
 
     kind: str  # "heads" | "neurons"
     block: int
     makers: dict[str, MaskedLinear]
     reader: tuple[str, MaskedLinear]
-    unit_size: int
+    sizes: dict[str, int]
+
+    @property
+    def unit_size(self) -> int:
+        """The reader's features per unit (a head's width; 1 for a neuron)."""
+        return self.sizes[self.reader[0]]
 
     def _reader_mask(self) -> torch.Tensor:
         layer = self.reader[1]
@@ -246,7 +254,8 @@ class UnitGroup:
 
     @property
     def weights_per_unit(self) -> int:
-        return self.unit_size * (sum(layer.in_features for layer in self.makers.values()) + self.reader[1].out_features)
+        makers = sum(self.sizes[name] * layer.in_features for name, layer in self.makers.items())
+        return makers + self.unit_size * self.reader[1].out_features
 
     def unit_masks(self) -> torch.Tensor:
         """``[K, units]``: the units each concept keeps."""
@@ -259,7 +268,7 @@ class UnitGroup:
         total = 0
         for name, layer in self.makers.items():
             values = layer.in_out(per_weight[name])  # a unit is a slice of `out`
-            total = total + values.sum(1).reshape(values.shape[0], -1, self.unit_size).sum(-1)
+            total = total + values.sum(1).reshape(values.shape[0], -1, self.sizes[name]).sum(-1)
         name, layer = self.reader
         values = layer.in_out(per_weight[name])  # a unit is a slice of `in`
         return total + values.sum(2).reshape(values.shape[0], -1, self.unit_size).sum(-1)
@@ -267,42 +276,63 @@ class UnitGroup:
     @torch.no_grad()
     def set_units(self, k: int, keep: torch.Tensor) -> None:
         """Concept k keeps exactly the units ``keep`` (``[units]`` booleans), whole."""
-        features = keep.repeat_interleave(self.unit_size)
-        for layer in self.makers.values():
+        for name, layer in self.makers.items():
             mask = layer.in_out(layer.mask)[k]
-            mask.copy_(features.unsqueeze(0).expand_as(mask))
+            mask.copy_(keep.repeat_interleave(self.sizes[name]).unsqueeze(0).expand_as(mask))
         mask = self._reader_mask()[k]
-        mask.copy_(features.unsqueeze(1).expand_as(mask))
+        mask.copy_(keep.repeat_interleave(self.unit_size).unsqueeze(1).expand_as(mask))
+
+
+QKV_LEAVES = ("query", "key", "value", "q_proj", "k_proj", "v_proj")  # separate projections (BERT; Llama, OPT and kin)
+# Architectures whose attention reshapes the projections by the head width (``view(..., -1, head_dim)``),
+# so a subnetwork's pass can carry only its kept heads; tested (tests/test_decoders.py, test_neuron_masks.py).
+# OPT reshapes by the number of heads, GPT-2 and Phi-3 split fused projections at fixed offsets.
+HEAD_GATHERING = ("bert", "roberta", "llama", "qwen2", "mistral", "gemma2", "gemma")
 
 
 def unit_groups(backbone: nn.Module, layers: dict[str, MaskedLinear]) -> list[UnitGroup]:
     """Group the masked layers into heads and neurons, block by block, and mark them for the
     gathered batched pass. Heads need separate query, key and value projections whose attention
-    reshapes by the head width (BERT and its kin); a fused projection (GPT-2's ``c_attn``) cannot
-    drop heads without rewriting the attention, so such models mask feed-forward neurons only."""
-    heads = backbone.config.num_attention_heads
+    reshapes by the head width (BERT; Llama, Qwen2, Mistral, Gemma-2, OPT); under grouped-query
+    attention a unit is a key-value group, since each key-value head is repeated across its query
+    heads. A fused projection (GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` and ``gate_up_proj``) is
+    split at fixed offsets by the attention or MLP code, so its units cannot be gathered: such
+    layers are refused, naming the alternative."""
+    config = backbone.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    hidden = config.hidden_size
     groups = []
     for block in sorted({_block_index(n) for n in layers}):
         names = [n for n in layers if _block_index(n) == block]
         attention = [n for n in names if is_attention(n)]
         feed_forward = [n for n in names if not is_attention(n)]
         if attention:
-            makers = [n for n in attention if n.rsplit(".", 1)[-1] in ("query", "key", "value")]
+            makers = [n for n in attention if n.rsplit(".", 1)[-1] in QKV_LEAVES]
             readers = [n for n in attention if n not in makers]
+            if config.model_type not in HEAD_GATHERING and len(makers) == 3:
+                raise LucidError(f"granularity 'neuron': {config.model_type}'s attention reshapes by the number of heads, so "
+                                 f"a subnetwork cannot carry only its kept heads (gathered on {', '.join(HEAD_GATHERING)}). "
+                                 "Use masked_layers: ffn for this backbone")
             if len(makers) != 3 or len(readers) != 1:
                 raise LucidError(f"granularity 'neuron': heads need separate query, key and value projections; block {block} "
                                  f"has attention layers {attention}. Use masked_layers: ffn for this backbone")
-            size = layers[makers[0]].out_features // heads
-            groups.append(UnitGroup("heads", block, {n: layers[n] for n in makers}, (readers[0], layers[readers[0]]), size))
+            sizes = {n: layers[n].out_features // kv_heads for n in makers}
+            sizes[readers[0]] = layers[readers[0]].in_features // kv_heads
+            groups.append(UnitGroup("heads", block, {n: layers[n] for n in makers}, (readers[0], layers[readers[0]]), sizes))
         if feed_forward:
-            first, second = (layers[n] for n in feed_forward) if len(feed_forward) == 2 else (None, None)
-            if first is None or first.out_features != second.in_features:
-                raise LucidError(f"granularity 'neuron': expected a feed-forward input and output layer in block {block}, "
-                                 f"found {feed_forward}")
-            groups.append(UnitGroup("neurons", block, {feed_forward[0]: first}, (feed_forward[1], second), 1))
+            readers = [n for n in feed_forward if layers[n].out_features == hidden and layers[n].in_features != hidden]
+            makers = [n for n in feed_forward if n not in readers]
+            if (len(readers) != 1 or not makers
+                    or any(layers[n].out_features != layers[readers[0]].in_features for n in makers)):
+                raise LucidError(f"granularity 'neuron': expected feed-forward input layers (or gate and up projections) "
+                                 f"whose outputs the output layer reads, one feature a neuron, in block {block}; found "
+                                 f"{feed_forward} (a fused gate_up projection cannot be gathered). Use granularity: weight")
+            groups.append(UnitGroup("neurons", block, {n: layers[n] for n in makers}, (readers[0], layers[readers[0]]),
+                                    {n: 1 for n in feed_forward}))
     for group in groups:
-        for layer in group.makers.values():
-            layer.unit_axis, layer.unit_size = "out", group.unit_size
+        for name, layer in group.makers.items():
+            layer.unit_axis, layer.unit_size = "out", group.sizes[name]
         group.reader[1].unit_axis, group.reader[1].unit_size = "in", group.unit_size
     return groups
 
