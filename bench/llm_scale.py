@@ -158,8 +158,9 @@ def markdown(result: dict) -> str:
              "| size | backbone parameters | family | peak | × baseline | tokens/s | × baseline |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         base = next(b for b in result["rows"] if b["size"] == r["size"] and b["family"] == BASELINE)
-        if "refused" in r:
-            lines.append(f"| {r['size']} | {r['parameters']:,} | {r['family']} | refused: {r['refused'][:90]} | | | |")
+        if "refused" in r or "failed" in r:
+            why = f"refused: {r['refused']}" if "refused" in r else f"failed: {r['failed']}"
+            lines.append(f"| {r['size']} | {r['parameters']:,} | {r['family']} | {why[:160]} | | | |")
             continue
         lines.append(f"| {r['size']} | {r['parameters']:,} | {r['family']} | {r['peak_bytes'] / 2**30:.2f} GiB | "
                      f"{r['peak_bytes'] / base['peak_bytes']:.2f} | {r['tokens_per_second']:.1f} | "
@@ -198,10 +199,12 @@ def main() -> None:
                 child = subprocess.run([sys.executable, __file__, "--row", folder, family, "--batch", str(args.batch),
                                         "--tokens", str(args.tokens), "--steps", str(args.steps), "--device", args.device],
                                        capture_output=True, text=True)
-                if child.returncode:
-                    raise SystemExit(f"{size} {family}: {child.stderr[-2000:]}")
-                row = {**json.loads(child.stdout.strip().splitlines()[-1]), "size": size, "parameters": parameters_of(size),
-                       "batch": args.batch, "tokens": args.tokens}
+                if child.returncode:  # e.g. killed for memory: the row says so, the others stand
+                    last = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+                    measured = {"family": family, "failed": f"exit status {child.returncode}: {last[:200]}"}
+                else:
+                    measured = json.loads(child.stdout.strip().splitlines()[-1])
+                row = {**measured, "size": size, "parameters": parameters_of(size), "batch": args.batch, "tokens": args.tokens}
                 print(row, flush=True)
                 rows.append(row)
     result = {"command": "python bench/llm_scale.py " + " ".join(sys.argv[1:]), "device": args.device,

@@ -302,3 +302,16 @@ def test_fused_projections_are_refused_at_neuron_level_naming_the_alternative(de
         SparseConceptLM.from_backbone(str(decoders["phi3"]), task=cebab_small.spec, granularity="neuron", masked_layers="ffn")
     with pytest.raises(LucidError, match="opt's attention reshapes by the number of heads.*Use masked_layers: ffn"):
         SparseConceptLM.from_backbone(str(decoders["opt"]), task=cebab_small.spec, granularity="neuron")
+
+
+def test_obert_past_the_free_memory_is_refused_in_one_line(decoders, cebab_small, rows, monkeypatch):
+    import types
+
+    import lucidlm.pruning
+
+    monkeypatch.setattr(lucidlm.pruning.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=2**20))
+    model = build("sparse", decoders["llama"], cebab_small.spec, pruning_score="obert")
+    with pytest.raises(LucidError, match=r"obert keeps 2 gradients .* GiB here, and this machine has 0.0 GiB free") as refused:
+        model.fit(*rows, **FAST)
+    assert "\n" not in str(refused.value)
+    build("sparse", decoders["llama"], cebab_small.spec, pruning_score="movement").fit(*rows, **FAST)  # O(parameters): trains

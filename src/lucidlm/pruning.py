@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import psutil
 import torch
 
 from .errors import LucidError
@@ -161,6 +162,14 @@ class OBertScore(PruningScore):
     def __init__(self, pruner):
         super().__init__(pruner)
         self.gradients: dict[str, list[torch.Tensor]] = {n: [] for n in pruner.layers}
+        # Its m gradients of every concept's masked weights are kept in host memory until the
+        # next pruning event: refused, in one line, where they would not fit.
+        needed = sum(pruner.obert_gradients * layer.mask.numel() * layer.weight.element_size() for layer in pruner.layers.values())
+        available = psutil.virtual_memory().available
+        if needed > available:
+            raise LucidError(f"pruning_score: obert keeps {pruner.obert_gradients} gradients of every concept's masked weights, "
+                             f"{needed / 2**30:.1f} GiB here, and this machine has {available / 2**30:.1f} GiB free; use "
+                             "pruning_score: movement or magnitude (O(parameters)), or fewer obert_gradients")
 
     def needs_gradients(self, step):
         return any(0 <= event - 1 - step < self.pruner.obert_gradients for event in self.pruner.events)
