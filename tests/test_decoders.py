@@ -315,3 +315,27 @@ def test_obert_past_the_free_memory_is_refused_in_one_line(decoders, cebab_small
         model.fit(*rows, **FAST)
     assert "\n" not in str(refused.value)
     build("sparse", decoders["llama"], cebab_small.spec, pruning_score="movement").fit(*rows, **FAST)  # O(parameters): trains
+
+
+def test_qlora_without_cuda_is_one_clear_line(decoders, cebab_small):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(LucidError, match="4bit needs a CUDA GPU") as refused:
+        build("standard", decoders["llama"], cebab_small.spec, quantization="4bit", adapter={"r": 4})
+    assert "\n" not in str(refused.value)
+    with pytest.raises(LucidError, match="cannot train; add model.adapter"):
+        build("standard", decoders["llama"], cebab_small.spec, quantization="4bit")
+
+
+def test_the_attention_kernel_is_a_setting_that_changes_no_answer(decoders, cebab_small, tmp_path):
+    with pytest.raises(LucidError, match="model.attn_implementation: 'sdpa' for .*gemma2.*does not support") as refused:
+        build("standard", decoders["gemma2"], cebab_small.spec, attn_implementation="sdpa")  # its soft-capping
+    assert "\n" not in str(refused.value)
+    eager = build("standard", decoders["llama"], cebab_small.spec, dtype="float32", attn_implementation="eager")
+    sdpa = build("standard", decoders["llama"], cebab_small.spec, dtype="float32", attn_implementation="sdpa")
+    sdpa.load_state_dict(eager.state_dict())
+    assert eager.backbone.config._attn_implementation == "eager"
+    for a, b in zip(eager.predict(TEXTS), sdpa.predict(TEXTS)):
+        assert list(a.probabilities.values()) == pytest.approx(list(b.probabilities.values()), abs=1e-4)
+    eager.save_pretrained(tmp_path / "run")
+    assert load_pretrained(tmp_path / "run").backbone.config._attn_implementation == "eager"

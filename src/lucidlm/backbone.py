@@ -155,6 +155,10 @@ def load_backbone(name_or_path: str, dtype: str = "float32", attn_implementation
     try:
         return AutoModel.from_pretrained(path, **options)
     except (OSError, ValueError, ImportError) as e:
+        if attn_implementation is not None and "attention implementation" in str(e).lower():
+            first = (str(e).splitlines() or [""])[0].split(". Please")[0]
+            raise LucidError(f"model.attn_implementation: {attn_implementation!r} for {name_or_path!r}: {first}; "
+                             "leave it unset (transformers' choice) or set eager") from None
         raise _cannot_load(name_or_path, e) from None
 
 
