@@ -339,3 +339,22 @@ def test_the_attention_kernel_is_a_setting_that_changes_no_answer(decoders, ceba
         assert list(a.probabilities.values()) == pytest.approx(list(b.probabilities.values()), abs=1e-4)
     eager.save_pretrained(tmp_path / "run")
     assert load_pretrained(tmp_path / "run").backbone.config._attn_implementation == "eager"
+
+
+def test_a_sparse_run_on_a_grouped_query_llama_is_explained_and_evaluated_through_the_cli(decoders, cebab_dir, tmp_path):
+    import yaml
+
+    from lucidlm.cli import app
+
+    config = {"data": {"source": "cebab", "path": str(cebab_dir), "subsample": {"train": 24, "dev": 8, "test": 8}},
+              "model": {"family": "sparse", "backbone": str(decoders["llama"]), "dtype": "bfloat16", "max_length": 48,
+                        **OPTIONS["sparse"]},
+              "training": {"epochs": 1, "batch_size": 8, "progress": False}, "output_dir": str(tmp_path / "run")}
+    (tmp_path / "sparse.yaml").write_text(yaml.safe_dump(config))
+    runner = CliRunner()
+    for command in (["train", str(tmp_path / "sparse.yaml")], ["explain", str(tmp_path / "run"), TEXTS[0], "--json"],
+                    ["evaluate", str(tmp_path / "run"), "--suite", "faithfulness,interventions", "--samples", "4", "--json"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, (command[0], result.output[-2000:])
+    explained = json.loads(runner.invoke(app, ["explain", str(tmp_path / "run"), TEXTS[0], "--json"]).output)
+    assert len(explained["subnetworks"]["head_responsibility"]["layers.0"][0]) == 4  # one share per query head
