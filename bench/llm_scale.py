@@ -40,7 +40,9 @@ SIZES = {
 }
 VOCAB = 32000
 FAMILIES = {"standard": {}, "bottleneck": {"mode": "joint"}, "prototype": {"prototypes_per_class": 4},
-            "sparse": {"sparsity": 0.5}}
+            # pruned once, at the end of the few steps; movement scores (oBERT's buffer is refused at this size)
+            "sparse": {"sparsity": 0.5, "pruning_start": 0.0, "pruning_end": 1.0, "pruning_interval": 1000,
+                       "pruning_score": "movement"}}
 BASELINE = "peft-sequence-classification"
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 
