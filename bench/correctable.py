@@ -161,28 +161,43 @@ def markdown(result: dict) -> str:
 
 
 def over_seeds(result: dict) -> list[str]:
-    """Mean ± standard deviation (ddof 1) over the seeds of one configuration."""
+    """Mean ± standard deviation (ddof 1) over the seeds of each configuration, dev and test; and
+    the three causal scores' means for the model's own intervention and both baselines."""
     groups: dict[str, list[dict]] = {}
     for name, row in result["runs"].items():
         groups.setdefault(re.sub(r"-seed\d+$", "", name), []).append(row)
     groups = {k: g for k, g in groups.items() if len(g) > 1}
     if not groups:
         return []
-    lines = ["", "Over seeds (test; mean ± standard deviation):", "",
-             "| run | seeds | task acc | vs standard | gain | to gold | own L2 | S-learner L2 | matching L2 |",
-             "|---|---|---|---|---|---|---|---|---|"]
 
-    def stat(values, scale=1.0) -> str:
+    def stat(values, scale=1.0, digits=3) -> str:
         values = [v for v in values if v is not None]
-        return f"{scale * np.mean(values):.3f} ± {scale * np.std(values, ddof=1):.3f}" if len(values) > 1 else "–"
+        return f"{scale * np.mean(values):.{digits}f} ± {scale * np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else "–"
+
+    lines = ["", "Over seeds (mean ± standard deviation; accuracy, vs standard and gain in points):", "",
+             "| run | seeds | split | task acc | vs standard | gain | changed | to gold | away | ECE |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, group in groups.items():
-        test = [g["splits"]["test"] for g in group]
-        own = [g["causal"].get("originals", {}).get(e, {}).get("l2") for g in group for e in ESTIMATORS[:1]]
-        s = [g["causal"].get("originals", {}).get("s_learner", {}).get("l2") for g in group]
-        m = [g["causal"].get("originals", {}).get("matching", {}).get("l2") for g in group]
-        lines.append(f"| {name} | {len(group)} | {stat([t['task_accuracy'] for t in test], 100)} | "
-                     f"{stat([t['versus_standard'] for t in test], 100)} | {stat([t['correction_gain'] for t in test], 100)} | "
-                     f"{stat([t['responsiveness']['to_gold_share'] for t in test])} | {stat(own)} | {stat(s)} | {stat(m)} |")
+        for split in ("dev", "test"):
+            rows = [g["splits"][split] for g in group]
+            r = [t["responsiveness"] for t in rows]
+            lines.append(f"| {name} | {len(group)} | {split} | {stat([t['task_accuracy'] for t in rows], 100, 1)} | "
+                         f"{stat([t['versus_standard'] for t in rows], 100, 1)} | {stat([t['correction_gain'] for t in rows], 100, 1)} | "
+                         f"{stat([x['changed_share'] for x in r])} | {stat([x['to_gold_share'] for x in r])} | "
+                         f"{stat([x['away_from_gold_share'] for x in r])} | {stat([t['ece'] for t in rows])} |")
+    lines += ["", "Over seeds, test, `--pairs originals`: mean L2 / cosine / norm difference to the model's own ICaCE "
+              "(lower is better):", "", "| run | seeds | own intervention | S-learner | matching | own beats both on all three |",
+              "|---|---|---|---|---|---|"]
+    for name, group in groups.items():
+        means = {}
+        for e in ESTIMATORS:
+            scores = [g["causal"].get("originals", {}).get(e) for g in group]
+            if all(scores):
+                means[e] = {k: float(np.mean([x[k] for x in scores])) for k in ("l2", "cosine", "norm_diff")}
+        cells = [" / ".join(f"{means[e][k]:.3f}" for k in ("l2", "cosine", "norm_diff")) if e in means else "–" for e in ESTIMATORS]
+        beats = (all(means["concept_intervention"][k] < min(means["s_learner"][k], means["matching"][k]) for k in ("l2", "cosine", "norm_diff"))
+                 if len(means) == 3 else None)
+        lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + f" | {'yes' if beats else 'no' if beats is not None else '–'} |")
     return lines
 
 
