@@ -358,3 +358,14 @@ def test_a_sparse_run_on_a_grouped_query_llama_is_explained_and_evaluated_throug
         assert result.exit_code == 0, (command[0], result.output[-2000:])
     explained = json.loads(runner.invoke(app, ["explain", str(tmp_path / "run"), TEXTS[0], "--json"]).output)
     assert len(explained["subnetworks"]["head_responsibility"]["layers.0"][0]) == 4  # one share per query head
+
+
+def test_an_encoder_given_a_left_padding_tokenizer_pads_right(tiny_bert_dir, cebab_small):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir, padding_side="left")
+    standard = FAMILIES.get("standard")
+    model = standard(standard.config_class(backbone=str(tiny_bert_dir)), cebab_small.spec, load_backbone(str(tiny_bert_dir)),
+                     tokenizer)
+    alone = model.forward_texts([TEXTS[1]]).pooled[0]
+    assert torch.allclose(alone, model.forward_texts([TEXTS[0] * 3, TEXTS[1]]).pooled[1], atol=1e-5)

@@ -26,8 +26,8 @@ from ..version import __version__
 from ..calibration import Temperatures, calibration_figures, fit_temperature, reliability_bins
 from ..adapters import AdapterConfig, BaseRecord, adapter_config, base_model, frozen, is_adapter_key, with_adapter
 from ..backbone import (
-    DEFAULT_BACKBONE, DTYPES, POOLINGS, QUANTIZATIONS, backbone_max_length, default_pooling, load_backbone, load_tokenizer,
-    pool, position_ids, prepared_tokenizer, torch_dtype,
+    DEFAULT_BACKBONE, DTYPES, POOLINGS, QUANTIZATIONS, backbone_max_length, default_pooling, is_decoder_only, load_backbone,
+    load_tokenizer, pool, position_ids, prepared_tokenizer, torch_dtype,
 )
 from ..config import from_dict
 from ..data import MISSING, Split, TaskSpec, TextEncoder
@@ -132,8 +132,13 @@ class LucidModel(nn.Module):
         if config.adapter is not None:
             backbone = with_adapter(backbone, config.adapter)
         self.config, self.spec, self.backbone, self.tokenizer = config, spec, backbone, tokenizer
+        # Decoders count positions from the first column, so left padding would shift a text: they get
+        # positions from the attention mask (backbone.position_ids). Encoders keep their own (RoBERTa's
+        # start past its padding index).
         forward = inspect.signature(base_model(backbone).forward).parameters
-        self.positions_from_mask = "position_ids" in forward  # left padding shifts no text (backbone.position_ids)
+        self.positions_from_mask = is_decoder_only(backbone.config) and "position_ids" in forward
+        if not is_decoder_only(backbone.config):
+            tokenizer.padding_side = "right"  # an encoder's absolute positions count from the first column
         if config.compile:
             backbone.compile()
         limit = backbone_max_length(backbone, tokenizer)
