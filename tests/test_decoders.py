@@ -114,9 +114,13 @@ def test_a_bf16_checkpoint_records_its_dtype_and_loads_back_in_it(decoders, ceba
     assert next(loaded.backbone.parameters()).dtype == torch.bfloat16 and loaded.predict(TEXTS) == model.predict(TEXTS)
 
 
-@pytest.mark.parametrize("family", ["standard", "bottleneck"])
-def test_bf16_mixed_precision_trains_and_evaluates_in_float32(family, tiny_bert_dir, cebab_small, rows):
-    model = build(family, tiny_bert_dir, cebab_small.spec, max_length=64)
+INTCEM = {"concept_layer": "embedding", "random_intervention_rate": 0.25, "intervention_loss_weight": 5.0}
+
+
+@pytest.mark.parametrize("family, options", [("standard", {}), ("bottleneck", {}), ("bottleneck", INTCEM)])
+def test_bf16_mixed_precision_trains_and_evaluates_in_float32(family, options, tiny_bert_dir, cebab_small, rows):
+    """Autocast covers the whole step (IntCEM's policy reads concept probabilities: float32)."""
+    model = build(family, tiny_bert_dir, cebab_small.spec, max_length=64, **options)
     model.fit(*rows, mixed_precision="bf16", **FAST)
     inferred = model.infer(cebab_small.test.select(range(8)))
     assert inferred["label_logits"].dtype.name == "float32"

@@ -287,7 +287,7 @@ class LucidModel(nn.Module):
         """Each concept's probabilities as shown and as the policies weigh them: softmax of its
         logits over its temperature. What the label reads of a concept is the concept layer's, as
         trained: these temperatures leave the label as it is."""
-        return [(logits / self.temperatures.concepts.get(spec.name, 1.0)).softmax(-1)
+        return [(logits.float() / self.temperatures.concepts.get(spec.name, 1.0)).softmax(-1)  # float32 under autocast too
                 for spec, logits in zip(self.spec.concepts, concept_logits)]
 
     def calibrate(self, split: Split, batch_size: int = 64, split_name: str = "dev") -> Temperatures:
