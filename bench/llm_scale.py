@@ -155,8 +155,11 @@ def markdown(result: dict) -> str:
              "layer, gradient checkpointing)", "",
              f"Device: {result['device']}. Batch {result['batch']} × {result['tokens']} tokens, {result['steps']} training "
              "steps per row, each row in its own process. Peak: CUDA max allocated, or on CPU the process's peak resident "
-             f"memory less what it held before building the model. Baseline: {BASELINE} (PEFT's own, the same LoRA "
-             "settings, the same batches). Ratios against the baseline of the same size, measured in the same run.", "",
+             f"memory less what it held before building the model (on CPU the bf16 weights are read from the memory-mapped "
+             "checkpoint, whose pages the resident figure undercounts: compare rows with one another, not with 2 bytes per "
+             f"parameter). Baseline: {BASELINE} (PEFT's own, the same LoRA "
+             "settings, the same batches). Ratios against the baseline of the same size, measured in the same run; a "
+             "family's seconds include its fit's set-up (Accelerate, the data loader) over its few steps.", "",
              "| size | backbone parameters | family | peak | × baseline | tokens/s | × baseline |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         base = next(b for b in result["rows"] if b["size"] == r["size"] and b["family"] == BASELINE)
