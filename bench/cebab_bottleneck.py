@@ -57,9 +57,10 @@ OVERRIDES = {
     "learning-rate": ("training.learning_rate", "lr", "lr", "peak learning rate of the backbone"),
     "batch-size": ("training.batch_size", "batch", "batch", "batch size"),
     "epochs": ("training.epochs", "epochs", "epochs", "number of epochs (the learning rate decays over them)"),
+    "mixed-precision": ("training.mixed_precision", "mixed precision", "amp", "autocast of the training steps (no, bf16, fp16)"),
     "pooling": ("model.pooling", "pooling", "pooling", "pooling of the backbone's token states (mean, cls, ...)"),
 }
-FLAG_TYPES = {"batch-size": int, "epochs": int, "pooling": str, "intervention-objective": str, "rollout-losses": str,
+FLAG_TYPES = {"batch-size": int, "epochs": int, "pooling": str, "mixed-precision": str, "intervention-objective": str, "rollout-losses": str,
               "value-embedding": str}  # the others are floats
 
 
