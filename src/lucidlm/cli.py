@@ -32,6 +32,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 out = Console()
 err = Console(stderr=True)
 STATE = {"debug": False}
+CORRECTIONS_OPTION = typer.Option(None, "--corrections", help="The corrections store: a SQLAlchemy URL "
+                                  "(postgresql+psycopg://…) or a SQLite file; default RUN_DIR/corrections.sqlite.")
 
 
 @app.callback()
@@ -262,17 +264,22 @@ def suggestion_line(s) -> str:
 def intervene(
     run_dir: Path = typer.Argument(...),
     text: str = typer.Argument(...),
-    set_: list[str] = typer.Option(..., "--set", help="concept=value; repeat for several."),
+    set_: list[str] = typer.Option([], "--set", help="concept=value; repeat for several."),
     subnetwork: bool = typer.Option(False, "--subnetwork", help="Rewire the concept's subnetwork (SparseCBM)."),
     fraction: float = typer.Option(0.2, "--fraction", help="Share of active weights swapped per layer (--subnetwork)."),
     commit: bool = typer.Option(False, "--commit", help="Keep the rewired subnetwork: save it into RUN_DIR."),
     score: str = typer.Option("saliency", "--score", help="Which weights to swap (--subnetwork): saliency |g⊙W| (the paper's) or taylor (signed first-order)."),
+    record: bool = typer.Option(False, "--record", help="Keep this correction in the run's corrections store (lucidlm learn reads it)."),
+    label: Optional[str] = typer.Option(None, "--label", help="With --record: the label you say is right."),
+    by: Optional[str] = typer.Option(None, "--by", help="With --record: who corrects (default: this machine's user name)."),
+    corrections: Optional[str] = CORRECTIONS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Set concepts to given values and show the prediction before and after.
 
     With --subnetwork (SparseCBM), the concept's subnetwork is rewired toward the given value
-    instead, for this text only unless --commit."""
+    instead, for this text only unless --commit. With --record, the correction (and --label, the
+    label you say is right) is kept in the run's corrections store."""
     from .intervene import ConceptValues, SubnetworkRewiring
     from .models import load_pretrained
 
@@ -284,6 +291,14 @@ def intervene(
         interventions[name.strip()] = value.strip()
     if commit and not subnetwork:
         raise LucidError("--commit applies to --subnetwork interventions")
+    if (label is not None or by is not None) and not record:
+        raise LucidError("--label and --by describe a recorded correction: add --record")
+    if record:
+        if subnetwork:
+            raise LucidError("--record keeps concept-value corrections; a subnetwork rewiring is kept with --commit")
+        return _record_correction(run_dir, text, interventions, label, by, corrections, as_json)
+    if not interventions:
+        raise LucidError("--set: give at least one concept=value, e.g. --set service=Negative")
     model, record = load_pretrained(run_dir), None
     if subnetwork:
         if len(interventions) != 1:
@@ -308,6 +323,27 @@ def intervene(
     if record:
         out.print(f"run.json: {record['metrics_stale']}" if "metrics_stale" in record else
                   "run.json: dev and test evaluated again after the change (earlier metrics kept under 'commits')")
+
+
+def _record_correction(run_dir: Path, text: str, values: dict, label: str | None, by: str | None,
+                       corrections: str | None, as_json: bool) -> None:
+    import getpass
+
+    from .corrections import CorrectionStore
+    from .corrections.learn import run_fingerprint
+    from .corrections.recording import make_record
+    from .models import load_pretrained
+
+    store = CorrectionStore(corrections if corrections is not None else run_dir)
+    made, result = make_record(load_pretrained(run_dir), text, values, label, by or getpass.getuser(), run_dir.name,
+                               run_fingerprint(run_dir))
+    stored = store.append(made)
+    if as_json:
+        emit_json({"record": stored.to_dict(), "result": result})
+        return
+    out.print(f"recorded correction {stored.id} by {escape(stored.author)} in {escape(store.safe_url)}: "
+              f"label {escape(stored.label_before or '')} → {escape(stored.label_after or '')}"
+              + (f" (you say {escape(label)})" if label else ""))
 
 
 @app.command()
@@ -529,16 +565,27 @@ def serve(
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a batch waits for more predictions."),
     explain_cache: int = typer.Option(256, "--explain-cache", min=0, help="Explanations kept (least recently used go)."),
     device: str = typer.Option("auto", "--device", help="Where the model runs: auto (the GPU when there is one), cpu, cuda, cuda:N."),
+    corrections: Optional[str] = CORRECTIONS_OPTION,
+    pool: Optional[Path] = typer.Option(None, "--pool", help="Texts to review (CSV, TSV, JSON, JSONL or Parquet with a "
+                                        "'text' column): the page hands them out, most worth asking first."),
+    policy: str = typer.Option("expected_change", "--policy", help="The review queue's order: expected_change, "
+                               "label_change, uncertainty or random."),
 ):
     """Serve a web page and a JSON API over a run: type a text, see the label, concepts, tokens and
-    prototypes, change a concept and compare before and after."""
-    from .web.serve import listening_socket, load_app, run_server
+    prototypes, change a concept and compare before and after; with users' tokens, record corrections
+    and review a queue of texts."""
+    from .corrections import CorrectionStore
+    from .web.serve import check_exposure, listening_socket, load_app, run_server
     from .web.worker import ServingLimits
 
     limits = ServingLimits(queue_size=queue_size, max_batch=max_batch, max_wait=max_wait_ms / 1000, explain_cache=explain_cache)
+    if not (run_dir / "config.json").is_file():
+        raise LucidError(f"{run_dir}: not a saved run (config.json is missing)")
+    store = CorrectionStore(corrections if corrections is not None else run_dir)
+    check_exposure(host, store)
     sock = listening_socket(host, port)  # a taken port is one line, before any "serving"
     try:
-        web_app = load_app(run_dir, limits, device)
+        web_app = load_app(run_dir, limits, device, pool=pool, policy=policy, store=store)
     except BaseException:
         sock.close()
         raise
@@ -634,3 +681,138 @@ def propose_concepts(
 
 if __name__ == "__main__":
     app()
+
+
+# ---- corrections: the store, its people, learning from it ------------------------------------------
+corrections_app = typer.Typer(no_args_is_help=True, help="The corrections people recorded (append-only).")
+users_app = typer.Typer(no_args_is_help=True, help="People who may record corrections, with tokens and roles.")
+app.add_typer(corrections_app, name="corrections")
+app.add_typer(users_app, name="users")
+STORE_ARGUMENT = typer.Argument(..., help="A run folder (its corrections.sqlite), a SQLite file or a SQLAlchemy URL.")
+
+
+def _store(location: str):
+    from .corrections import CorrectionStore
+
+    return CorrectionStore(location)
+
+
+@corrections_app.command("list")
+@user_errors
+def corrections_list(store: str = STORE_ARGUMENT,
+                     standing: bool = typer.Option(False, "--standing", help="Only corrections not retracted."),
+                     author: Optional[str] = typer.Option(None, "--author"),
+                     as_json: bool = typer.Option(False, "--json")):
+    """The records, in the order they were stored."""
+    opened = _store(store)
+    records = opened.standing() if standing else opened.records(author=author)
+    records = [r for r in records if author is None or r.author == author]
+    if as_json:
+        emit_json([r.to_dict() for r in records])
+        return
+    table = Table("id", "kind", "when", "who", "text", "set", "label before → after", "says")
+    for r in records:
+        table.add_row(str(r.id), r.kind + (f" of {r.retracts}" if r.retracts else ""), r.created_at[:19], escape(r.author),
+                      escape(r.text[:50] + ("…" if len(r.text) > 50 else "")),
+                      escape(", ".join(f"{k}={v}" for k, v in r.set_values.items())),
+                      escape(f"{r.label_before} → {r.label_after}" if r.kind == "correction" else ""), escape(r.gold_label or ""))
+    out.print(table)
+    out.print(f"{len(records)} record(s) in {escape(opened.safe_url)}")
+
+
+@corrections_app.command("show")
+@user_errors
+def corrections_show(store: str = STORE_ARGUMENT, record_id: int = typer.Argument(...)):
+    """One record, whole, as JSON."""
+    emit_json(_store(store).get(record_id).to_dict())
+
+
+@corrections_app.command("export")
+@user_errors
+def corrections_export(store: str = STORE_ARGUMENT,
+                       output: Path = typer.Option(..., "--output", "-o", help="A .csv or .jsonl file, or a folder for a "
+                                                   "Hugging Face dataset (datasets.load_from_disk reads it)."),
+                       standing: bool = typer.Option(False, "--standing", help="Only corrections not retracted.")):
+    """Write the records to CSV, JSONL or a Hugging Face dataset."""
+    count = _store(store).export(output, standing_only=standing)
+    out.print(f"wrote {count} record(s) to [bold]{escape(str(output))}[/]")
+
+
+@corrections_app.command("retract")
+@user_errors
+def corrections_retract(store: str = STORE_ARGUMENT, record_id: int = typer.Argument(...),
+                        reason: str = typer.Option("", "--reason"),
+                        by: Optional[str] = typer.Option(None, "--by", help="Who retracts (default: this machine's user name).")):
+    """Retract a record: a new record says so; nothing is deleted or rewritten."""
+    import getpass
+
+    made = _store(store).retract(record_id, by or getpass.getuser(), reason)
+    out.print(f"record {made.id} retracts record {record_id}")
+
+
+@users_app.command("add")
+@user_errors
+def users_add(name: str = typer.Argument(...),
+              role: str = typer.Option("corrector", "--role", help="viewer, corrector or admin."),
+              store: str = typer.Option(..., "--store", help="The run folder (or store URL) the server will use.")):
+    """Add a user and print their token, once: it is kept only as a hash."""
+    from .corrections import add_user
+
+    token = add_user(_store(store), name, role)
+    err.print(f"added {escape(name)} ({role}). Their token, shown this once (send it as 'Authorization: Bearer <token>'):")
+    sys.stdout.write(token + "\n")
+
+
+@users_app.command("list")
+@user_errors
+def users_list(store: str = typer.Option(..., "--store"), as_json: bool = typer.Option(False, "--json")):
+    """The users and their roles (never their tokens)."""
+    users = _store(store).users()
+    if as_json:
+        emit_json(users)
+        return
+    table = Table("name", "role", "added")
+    for user in users:
+        table.add_row(escape(user["name"]), user["role"], user["created_at"][:19])
+    out.print(table)
+
+
+@users_app.command("remove")
+@user_errors
+def users_remove(name: str = typer.Argument(...), store: str = typer.Option(..., "--store")):
+    """Remove a user: their token stops working; their records stay."""
+    _store(store).remove_user(name)
+    out.print(f"removed {escape(name)}")
+
+
+@app.command()
+@user_errors
+def learn(
+    run_dir: Path = typer.Argument(..., help="The run the corrections were made on."),
+    output: Path = typer.Option(..., "--output", "-o", help="The new run's folder."),
+    corrections: Optional[str] = CORRECTIONS_OPTION,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (default: the run's)."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Fine-tune a new run from RUN_DIR on its training data plus the standing corrections made on it
+    (or on a run it was learned from), with its own settings; the new run records its lineage and
+    its parent's metrics beside its own."""
+    from .corrections.learn import learn as learn_run
+
+    show_progress_lines()
+    _, record = learn_run(run_dir, output, corrections, seed=seed)
+    if as_json:
+        emit_json(record)
+        return
+    lineage = record["lineage"]
+    out.print(f"learned [bold]{escape(str(output))}[/] from {lineage['count']} correction(s) of {lineage['texts']} text(s) "
+              f"({lineage['concept_labels']} concept values, {lineage['labels']} labels)")
+    table = Table("split", "parent accuracy", "new accuracy")
+    for split, metrics in record["metrics"].items():
+        parent = (lineage.get("parent_metrics") or {}).get(split, {}).get("task", {})
+        table.add_row(split, _percent(parent.get("accuracy")), _percent(metrics["task"].get("accuracy")))
+    out.print(table)
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"

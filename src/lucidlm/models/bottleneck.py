@@ -596,7 +596,10 @@ class ConceptBottleneckLM(ConceptModel):
 
     def _fit_label_head(self, train: Split, dev: Split | None, gold: bool, config: TrainingConfig) -> None:
         """The c -> y stage: a linear model (scikit-learn, exact and repeatable) on the concept
-        activations; its L2 strength is chosen on dev, where it always reads *predicted* concepts."""
+        activations; its L2 strength is chosen on dev, where it always reads *predicted* concepts.
+        Rows without a label (corrections of concepts only) teach the concepts, not this head."""
+        if not self.spec.is_regression and (train.labels == MISSING).any():
+            train = train.select(np.flatnonzero(train.labels != MISSING))
         states = self._states(train, config)
         values = torch.from_numpy(train.concepts)
         if not gold:

@@ -11,10 +11,14 @@ from ..data import MISSING
 
 
 def task_loss(spec, label_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the classes, or MSE for a regression task."""
+    """Cross-entropy over the classes, or MSE for a regression task. Rows without a label
+    (``MISSING``: a person's correction that set concepts only) count for nothing; a batch of
+    none of them gives 0, not the NaN of an empty mean."""
     if spec.is_regression:
         return F.mse_loss(label_logits[:, 0], labels.float())
-    return F.cross_entropy(label_logits, labels)
+    if (labels == MISSING).all():
+        return label_logits.sum() * 0
+    return F.cross_entropy(label_logits, labels, ignore_index=MISSING)
 
 
 def concept_loss(concept_logits, concepts: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,7 +9,18 @@
     POST /api/explain               the full ``Explanation``
     POST /api/intervene             set concept values: the prediction before and after
     POST /api/intervene-subnetwork  rewire a concept's subnetwork for this text (SparseCBM)
+    GET  /api/me                    who the request's token is (viewer without one)
+    POST /api/corrections           record a correction (corrector): concept values and/or the right label
+    GET  /api/corrections           the records, in the order they were stored (``after``, ``limit``)
+    POST /api/corrections/{id}/retract   retract a record: a new record (its author, or an admin)
+    GET  /api/queue/next            the next text to review and what to ask first (corrector; ``--pool``)
+    POST /api/queue/skip            pass over the text held
     GET  /openapi.json              the API's schema
+
+People: a request carries a user's token as ``Authorization: Bearer <token>`` (``lucidlm users
+add``). Without one it may only read; recording and the queue need a corrector, retracting
+another's record an admin. No token, or one the store does not know: 401; a role too low: 403;
+each with one line. No token is ever logged or written anywhere but its hash in the store.
 
 Limits: a text holds at most ``MAX_TEXT_CHARS`` characters and a request body at most
 ``MAX_BODY_BYTES`` bytes (413). Invalid input, malformed JSON included, is answered 422 with a
@@ -30,11 +41,13 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from ..corrections import User, authenticate
 from ..errors import LucidError, Unsupported
 from ..explain import Explanation
 from ..explain.explanation import CONTRIBUTION_MEANING
@@ -57,13 +70,19 @@ PAGE_HEADERS = {
 ERRORS = {400: {"model": schemas.Error, "description": "This model family cannot do that."},
           413: {"model": schemas.Error, "description": f"The request body is over {MAX_BODY_BYTES} bytes."},
           422: {"model": schemas.Error, "description": "Invalid input: the detail names the field."},
+          401: {"model": schemas.Error, "description": "No token, or one this server does not know."},
+          403: {"model": schemas.Error, "description": "The token's role may not do this."},
           500: {"model": schemas.Error, "description": "The model failed in a way no input should cause: the detail names the error."},
           503: {"model": schemas.Error, "description": "The model's queue is full: retry after the Retry-After seconds."}}
 
 
-def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits | None = None) -> FastAPI:
-    """The web app over a loaded model (any family); ``run_dir`` only names the run on the page."""
-    service = ModelService(model, run_dir, limits)
+def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits | None = None,
+               store=None, fingerprint: str = "", queue=None) -> FastAPI:
+    """The web app over a loaded model (any family); ``run_dir`` only names the run on the page;
+    ``store`` (a ``CorrectionStore``) records corrections of the run with ``fingerprint``;
+    ``queue`` (a ``ReviewQueue``) hands out texts to review."""
+    service = ModelService(model, run_dir, limits, store, fingerprint, queue)
+    corrector = needs(service, "corrector")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -95,7 +114,8 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
     @app.get("/api/info", response_model=schemas.Info)
     def info():
         """What this run is: family, label classes, concepts and the values each can take."""
-        return {**service.info(), "max_text_chars": MAX_TEXT_CHARS, "contribution_meaning": CONTRIBUTION_MEANING}
+        return {**service.info(), "max_text_chars": MAX_TEXT_CHARS, "contribution_meaning": CONTRIBUTION_MEANING,
+                "corrections": service.corrections_info()}
 
     @app.post("/api/predict", response_model=schemas.PredictAnswer, responses=ERRORS)
     async def predict(request: schemas.TextRequest):
@@ -125,7 +145,98 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
         return await answer(
             service.intervene_subnetwork(request.text, request.concept, request.value, request.fraction, request.score))
 
+    @app.get("/api/me", response_model=schemas.Me, responses=ERRORS)
+    def me(request: Request):
+        """Who the request's token is: name and role (a viewer without a name when there is no token)."""
+        user = user_of(service, request)
+        return {"name": None, "role": "viewer"} if user is None else {"name": user.name, "role": user.role}
+
+    @app.post("/api/corrections", response_model=schemas.CorrectionAnswer, responses=ERRORS)
+    async def record_correction(request: schemas.CorrectionRequest, user: User = Depends(corrector)):
+        """Record a correction: the concept values the person set or confirmed, and the label they say
+        is right when they give one. The model's reading and its label before and after are recorded
+        with them. A record sent again with the same ``key`` is stored once (the stored one is answered)."""
+        record, result = await answer(service.correction(request.text, request.values, request.label, user.name,
+                                                         request.key, request.note))
+        stored = await run_in_threadpool(service.store.append, record)
+        return {"record": stored.to_dict(), "result": result}
+
+    @app.get("/api/corrections", response_model=list[schemas.CorrectionRecord], responses=ERRORS)
+    def list_corrections(after: int = Query(0, ge=0, description="Only records stored after this id."),
+                         limit: int = Query(100, ge=1, le=1000)):
+        """The store's records in the order they were stored, retractions included."""
+        return [r.to_dict() for r in recording(service).records(after_id=after, limit=limit)]
+
+    @app.post("/api/corrections/{record_id}/retract", response_model=schemas.CorrectionRecord, responses=ERRORS)
+    def retract(record_id: int, request: schemas.RetractRequest, user: User = Depends(corrector)):
+        """Retract a record (a new record says so; the old one stays). One's own, or anyone's as an admin."""
+        original = recording(service).get(record_id)
+        if original.author != user.name and not user.may("admin"):
+            raise Denied(403, f"record {record_id} is {original.author}'s: retracting another's record needs an admin")
+        return service.store.retract(record_id, user.name, request.reason, request.key).to_dict()
+
+    @app.get("/api/queue/next", response_model=schemas.QueueAnswer, responses=ERRORS)
+    def queue_next(user: User = Depends(corrector)):
+        """The next text to review, held for this user (nobody else gets it meanwhile), and the concept
+        to ask about first; ``text`` null when every text has been reviewed."""
+        item = reviewing(service).next(user.name)
+        return {"remaining": 0} if item is None else vars(item)
+
+    @app.post("/api/queue/skip", response_model=schemas.QueueAnswer, responses=ERRORS)
+    def queue_skip(user: User = Depends(corrector)):
+        """Pass over the text this user holds, and get the next."""
+        queue = reviewing(service)
+        queue.skip(user.name)
+        item = queue.next(user.name)
+        return {"remaining": 0} if item is None else vars(item)
+
     return app
+
+
+class Denied(Exception):
+    """A request its token may not make: 401 (no token, or an unknown one) or 403 (a role too low)."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def recording(service: ModelService):
+    if service.store is None:
+        raise Unsupported("this server records no corrections (it was started without a store)")
+    return service.store
+
+
+def reviewing(service: ModelService):
+    if service.queue is None:
+        raise Unsupported("this server has no review queue: start it with --pool FILE")
+    return service.queue
+
+
+def user_of(service: ModelService, request: Request) -> User | None:
+    """The user whose token the request carries (``Authorization: Bearer <token>``), None without one."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Denied(401, "Authorization: expected 'Bearer <token>'")
+    user = authenticate(recording(service), token.strip())
+    if user is None:
+        raise Denied(401, "the token is not one of this server's users")
+    return user
+
+
+def needs(service: ModelService, role: str):
+    """A FastAPI dependency: the request's user, who must have ``role`` or one above it."""
+    def check(request: Request) -> User:
+        user = user_of(service, request)
+        if user is None:
+            raise Denied(401, f"this needs a {role}'s token (Authorization: Bearer <token>; lucidlm users add NAME --role {role})")
+        if not user.may(role):
+            raise Denied(403, f"{user.name} is a {user.role}: this needs a {role}")
+        return user
+    return check
 
 
 class ModelFailure(Exception):
@@ -150,6 +261,11 @@ def add_error_handlers(app: FastAPI, limits: ServingLimits) -> None:
     async def overloaded(request: Request, error: Overloaded):
         detail = f"the model is busy: {limits.queue_size} requests are waiting; retry in {limits.retry_after} s"
         return JSONResponse({"detail": detail, "errors": []}, status_code=503, headers={"Retry-After": str(limits.retry_after)})
+
+    @app.exception_handler(Denied)
+    async def denied(request: Request, error: Denied):
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
+        return JSONResponse({"detail": error.detail, "errors": []}, status_code=error.status, headers=headers)
 
     @app.exception_handler(Unsupported)
     async def unsupported(request: Request, error: Unsupported):

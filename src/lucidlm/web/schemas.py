@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..explain import ConceptContribution
 from ..intervene import Suggestion
@@ -64,6 +64,26 @@ class InterveneRequest(TextRequest):
                                    examples=[{"service": "Negative"}])
 
 
+class CorrectionRequest(TextRequest):
+    values: dict[str, str] = Field({}, max_length=64, description="Concept name → the value the person sets or "
+                                   "confirms; only the concepts they touched.", examples=[{"service": "Negative"}])
+    label: Optional[str] = Field(None, min_length=1, max_length=200, description="The label the person says is right.")
+    key: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$",
+                     description="An idempotency key: a record sent again with the same key is stored once.")
+    note: Optional[str] = Field(None, max_length=2000, description="Why, in the person's words.")
+
+    @model_validator(mode="after")
+    def something_said(self):
+        if not self.values and self.label is None:
+            raise ValueError("a correction needs concept values or a label")
+        return self
+
+
+class RetractRequest(Request):
+    reason: str = Field("", max_length=2000, description="Why the record is retracted.")
+    key: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$", description="An idempotency key.")
+
+
 class SubnetworkRequest(TextRequest):
     concept: str = Field(..., min_length=1, max_length=200, examples=["service"])
     value: str = Field(..., min_length=1, max_length=200, examples=["Negative"])
@@ -108,6 +128,53 @@ class Info(BaseModel):
                                           "(concept embeddings, probabilities); otherwise a confirmed value changes nothing.")
     max_text_chars: int
     contribution_meaning: str = Field(description="What a concept's contribution is, in one line (shown beside them).")
+    corrections: CorrectionsInfo
+
+
+class CorrectionRecord(BaseModel):
+    """One record of the corrections store (``corrections.Record``)."""
+
+    id: int
+    kind: str = Field(description="correction, or retraction (of the record ``retracts``).")
+    author: str
+    created_at: str
+    run: str
+    run_fingerprint: str
+    text: str
+    text_pair: Optional[str] = None
+    read_values: dict[str, str] = Field(description="Concept → the value the model read.")
+    set_values: dict[str, str] = Field(description="Concept → the value the person set or confirmed.")
+    label_before: Optional[str] = None
+    label_after: Optional[str] = None
+    gold_label: Optional[str] = Field(None, description="The label the person says is right.")
+    retracts: Optional[int] = None
+    note: Optional[str] = None
+    key: str
+
+
+class CorrectionAnswer(BaseModel):
+    record: CorrectionRecord
+    result: dict = Field(description="The prediction before and after (``InterventionResult``).")
+
+
+class QueueAnswer(BaseModel):
+    text: Optional[str] = Field(None, description="The next text to review; null when none is left.")
+    ask: Optional[str] = Field(None, description="The concept to ask about first (null: ask for the label).")
+    position: Optional[int] = None
+    priority: Optional[float] = None
+    remaining: int = 0
+
+
+class Me(BaseModel):
+    name: Optional[str] = Field(None, description="Who the token is; null without one.")
+    role: str = Field(description="viewer, corrector or admin (viewer without a token).")
+
+
+class CorrectionsInfo(BaseModel):
+    recording: bool = Field(description="Corrections can be recorded here (a store is open).")
+    users: int = Field(description="Users who hold tokens; with none, nobody can record.")
+    waiting: int = Field(description="This run's standing corrections, waiting to be learned (lucidlm learn).")
+    queue: Optional[dict] = Field(None, description="The review queue (--pool): its policy, texts and those waiting.")
 
 
 class Health(BaseModel):

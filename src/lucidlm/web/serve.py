@@ -13,16 +13,37 @@ from typing import Iterator
 from ..errors import LucidError
 
 
-def load_app(run_dir: str | Path, limits=None, device: str = "auto"):
+def load_app(run_dir: str | Path, limits=None, device: str = "auto", corrections: str | Path | None = None,
+             pool: str | Path | None = None, policy: str = "expected_change", store=None):
     """The web app over the saved run in ``run_dir`` (a FastAPI app); ``limits``: ``ServingLimits``;
-    ``device``: where the model runs (``auto``: the GPU when there is one)."""
+    ``device``: where the model runs (``auto``: the GPU when there is one); ``corrections``: the
+    store's URL (default: ``corrections.sqlite`` in the run folder), or an open ``store``; ``pool``: a
+    file of texts to review, in ``policy``'s order (``corrections.queue``)."""
     try:
         from .app import create_app
     except ImportError as e:
         raise LucidError(f"lucidlm serve needs the web extra ({e.name} is missing): pip install 'lucidlm[web]'") from None
+    from ..corrections import CorrectionStore
+    from ..corrections.learn import run_fingerprint
+    from ..corrections.queue import ReviewQueue, read_pool
     from ..models import load_pretrained
 
-    return create_app(load_pretrained(run_dir).to(serving_device(device)), run_dir, limits)
+    texts = read_pool(pool) if pool is not None else None  # a bad pool file fails before the model loads
+    model = load_pretrained(run_dir).to(serving_device(device))
+    store = store or CorrectionStore(corrections if corrections is not None else run_dir)
+    queue = None if texts is None else ReviewQueue.build(model, texts, store, Path(run_dir).name, policy)
+    return create_app(model, run_dir, limits, store, run_fingerprint(run_dir), queue)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(host: str, store) -> None:
+    """Serving beyond this machine with no users would let anyone on the network in (and nobody
+    could record): refused, in one line."""
+    if host not in LOOPBACK and not host.startswith("127.") and not store.users():
+        raise LucidError(f"--host {host}: serving beyond this machine needs users with tokens first "
+                         f"(lucidlm users add NAME --role corrector); {store.safe_url} has none")
 
 
 def serving_device(name: str = "auto"):

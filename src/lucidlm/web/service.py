@@ -9,6 +9,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
 
+from ..corrections.recording import make_record
 from ..explain.explanation import concept_values_share
 from ..intervene import ConceptValues, SubnetworkRewiring, suggest_corrections
 from ..models import ConceptModel, SubnetworkModel
@@ -16,9 +17,14 @@ from .worker import ModelWorker, ServingLimits
 
 
 class ModelService:
-    def __init__(self, model, run_dir: str | Path | None = None, limits: ServingLimits | None = None):
+    """``store``: where corrections are recorded (None: the page cannot record); ``fingerprint``:
+    the run's (``run_fingerprint``), kept with each record; ``queue``: texts to review (``--pool``)."""
+
+    def __init__(self, model, run_dir: str | Path | None = None, limits: ServingLimits | None = None,
+                 store=None, fingerprint: str = "", queue=None):
         self.model = model
         self.run_name = Path(run_dir).name if run_dir is not None else ""
+        self.store, self.fingerprint, self.queue = store, fingerprint, queue
         self.limits = limits or ServingLimits()
         self.worker = ModelWorker(self.limits)
         self.explanations: OrderedDict[str, dict] = OrderedDict()  # least recently used first; the worker's only
@@ -55,6 +61,22 @@ class ModelService:
         """For this text only: the web page never commits a rewired subnetwork to the saved run."""
         rewiring = SubnetworkRewiring(concept, value, fraction, score, commit=False)
         return self.worker.submit(lambda _: self.model.intervene([text], rewiring)[0].to_dict(), None)
+
+    def correction(self, text: str, values: dict[str, str], gold_label: str | None, author: str,
+                   key: str = "", note: str | None = None) -> Future:
+        """The record of a correction (not yet stored) and its before and after: ``make_record``."""
+        return self.worker.submit(lambda _: make_record(self.model, text, values, gold_label, author, self.run_name,
+                                                        self.fingerprint, key, note), None)
+
+    def corrections_info(self) -> dict:
+        """Whether corrections can be recorded, whether anyone can (users), how many of this run's
+        wait to be learned, and the review queue's state."""
+        if self.store is None:
+            return {"recording": False, "users": 0, "waiting": 0, "queue": None}
+        waiting = sum(1 for r in self.store.standing() if r.run_fingerprint == self.fingerprint)
+        queue = None if self.queue is None else {"policy": self.queue.policy, "texts": len(self.queue.texts),
+                                                 "waiting": self.queue.waiting()}
+        return {"recording": True, "users": len(self.store.users()), "waiting": waiting, "queue": queue}
 
     def close(self) -> None:
         self.worker.close()
