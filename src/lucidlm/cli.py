@@ -34,6 +34,32 @@ err = Console(stderr=True)
 STATE = {"debug": False}
 CORRECTIONS_OPTION = typer.Option(None, "--corrections", help="The corrections store: a SQLAlchemy URL "
                                   "(postgresql+psycopg://…) or a SQLite file; default RUN_DIR/corrections.sqlite.")
+TOKEN_VARIABLE = "LUCIDLM_TOKEN"  # a store with users: the CLI acts as the user whose token this is
+
+
+def acting_user(store, role: str, by: str | None = None):
+    """Who a command that writes to ``store`` acts as (a ``User``). A store without users belongs to
+    whoever can open it (an admin named by ``--by``, else this machine's user name); once it has users, the command needs the token
+    of one with ``role`` in $LUCIDLM_TOKEN (an environment variable: a command line is visible to
+    everyone on the machine), and acts as them."""
+    import getpass
+
+    from .corrections import User, authenticate
+    from .corrections.access import A_ROLE
+
+    if not store.users():
+        return User(by or getpass.getuser(), "admin")
+    token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    if not token:
+        raise LucidError(f"{store.safe_url} has users: this needs {A_ROLE[role]}'s token in ${TOKEN_VARIABLE}")
+    user = authenticate(store, token)
+    if user is None:
+        raise LucidError(f"${TOKEN_VARIABLE} is not the token of one of {store.safe_url}'s users")
+    if not user.may(role):
+        raise LucidError(f"{user.name} is {A_ROLE[user.role]}: this needs {A_ROLE[role]}")
+    if by is not None and by != user.name:
+        raise LucidError(f"--by {by}: the token is {user.name}'s; a store with users records who holds the token")
+    return user
 
 
 @app.callback()
@@ -327,15 +353,14 @@ def intervene(
 
 def _record_correction(run_dir: Path, text: str, values: dict, label: str | None, by: str | None,
                        corrections: str | None, as_json: bool) -> None:
-    import getpass
-
     from .corrections import CorrectionStore
     from .corrections.learn import run_fingerprint
     from .corrections.recording import make_record
     from .models import load_pretrained
 
     store = CorrectionStore(corrections if corrections is not None else run_dir)
-    made, result = make_record(load_pretrained(run_dir), text, values, label, by or getpass.getuser(), run_dir.name,
+    author = acting_user(store, "corrector", by).name
+    made, result = make_record(load_pretrained(run_dir), text, values, label, author, run_dir.name,
                                run_fingerprint(run_dir))
     stored = store.append(made)
     if as_json:
@@ -743,10 +768,14 @@ def corrections_export(store: str = STORE_ARGUMENT,
 def corrections_retract(store: str = STORE_ARGUMENT, record_id: int = typer.Argument(...),
                         reason: str = typer.Option("", "--reason"),
                         by: Optional[str] = typer.Option(None, "--by", help="Who retracts (default: this machine's user name).")):
-    """Retract a record: a new record says so; nothing is deleted or rewritten."""
-    import getpass
-
-    made = _store(store).retract(record_id, by or getpass.getuser(), reason)
+    """Retract a record: a new record says so; nothing is deleted or rewritten. With users in the store,
+    as the holder of $LUCIDLM_TOKEN: one's own records as a corrector, anyone's as an admin."""
+    opened = _store(store)
+    user = acting_user(opened, "corrector", by)
+    original = opened.get(record_id)
+    if original.author != user.name and not user.may("admin"):
+        raise LucidError(f"record {record_id} is {original.author}'s: retracting another's record needs an admin")
+    made = opened.retract(record_id, user.name, reason)
     out.print(f"record {made.id} retracts record {record_id}")
 
 
@@ -796,11 +825,15 @@ def learn(
 ):
     """Fine-tune a new run from RUN_DIR on its training data plus the standing corrections made on it
     (or on a run it was learned from), with its own settings; the new run records its lineage and
-    its parent's metrics beside its own."""
+    its parent's metrics beside its own. With users in the store, it needs an admin's token in
+    $LUCIDLM_TOKEN."""
+    from .corrections import CorrectionStore
     from .corrections.learn import learn as learn_run
 
+    store = CorrectionStore(corrections if corrections is not None else run_dir)
+    acting_user(store, "admin")
     show_progress_lines()
-    _, record = learn_run(run_dir, output, corrections, seed=seed)
+    _, record = learn_run(run_dir, output, store, seed=seed)
     if as_json:
         emit_json(record)
         return

@@ -20,6 +20,7 @@ from ..errors import LucidError
 from .store import CorrectionStore
 
 ROLES = ("viewer", "corrector", "admin")  # each may do what the ones before it may
+A_ROLE = {"viewer": "a viewer", "corrector": "a corrector", "admin": "an admin"}  # for messages
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 

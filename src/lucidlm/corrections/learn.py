@@ -23,7 +23,7 @@ from ..checkpoints import CHECKPOINT_DIR
 from ..data import MISSING, Split, TaskSpec
 from ..data.task import Annotations
 from ..errors import LucidError
-from .store import STORE_FILE, CorrectionStore, Record
+from .store import STORE_FILE, CorrectionStore, Record, store_url
 
 
 def run_fingerprint(run_dir: str | Path) -> str:
@@ -46,6 +46,16 @@ def lineage_fingerprints(record: dict | None, own: str) -> set[str]:
     """The fingerprints of a run and of every run it was learned from (``run.json``'s lineage)."""
     lineage = (record or {}).get("lineage") or {}
     return {own, *lineage.get("ancestors", [])}
+
+
+def copy_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite store, its write-ahead log included (a file copy could miss it)."""
+    import sqlite3
+
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
 
 
 def corrected_split(records: list[Record], spec: TaskSpec) -> Split:
@@ -115,7 +125,6 @@ def learn(run_dir: str | Path, output_dir: str | Path, store: CorrectionStore | 
         raise LucidError(f"-o {output_dir}: holds a run already; choose another folder")
     parent = json.loads(run_file.read_text())
     fingerprint = run_fingerprint(run_dir)
-    owned_store = store is None
     store = store if isinstance(store, CorrectionStore) else CorrectionStore(store if store is not None else run_dir)
     if records is None:
         ancestry = lineage_fingerprints(parent, fingerprint)
@@ -137,8 +146,8 @@ def learn(run_dir: str | Path, output_dir: str | Path, store: CorrectionStore | 
                for name, split in (("dev", task.dev), ("test", task.test)) if split is not None}
     model.save_pretrained(output_dir)
     shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)  # the saved run supersedes it
-    if owned_store and store.url.startswith("sqlite") and (run_dir / STORE_FILE).is_file():
-        shutil.copyfile(run_dir / STORE_FILE, output_dir / STORE_FILE)  # the new run's corrections continue its parent's
+    if store.url == store_url(run_dir) and (run_dir / STORE_FILE).is_file():
+        copy_sqlite(run_dir / STORE_FILE, output_dir / STORE_FILE)  # the new run's corrections continue its parent's
     lineage = {
         "parent": str(run_dir.resolve()), "parent_fingerprint": fingerprint,
         "ancestors": sorted(lineage_fingerprints(parent, fingerprint)),

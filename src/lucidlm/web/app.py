@@ -47,7 +47,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from ..corrections import User, authenticate
+from ..corrections.access import A_ROLE, User, authenticate
 from ..errors import LucidError, Unsupported
 from ..explain import Explanation
 from ..explain.explanation import CONTRIBUTION_MEANING
@@ -178,9 +178,10 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
     @app.get("/api/queue/next", response_model=schemas.QueueAnswer, responses=ERRORS)
     def queue_next(user: User = Depends(corrector)):
         """The next text to review, held for this user (nobody else gets it meanwhile), and the concept
-        to ask about first; ``text`` null when every text has been reviewed."""
-        item = reviewing(service).next(user.name)
-        return {"remaining": 0} if item is None else vars(item)
+        to ask about first; ``text`` null when none is left for this user (``remaining``: those not yet reviewed)."""
+        queue = reviewing(service)
+        item = queue.next(user.name)
+        return {"remaining": queue.waiting()} if item is None else vars(item)
 
     @app.post("/api/queue/skip", response_model=schemas.QueueAnswer, responses=ERRORS)
     def queue_skip(user: User = Depends(corrector)):
@@ -188,7 +189,7 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
         queue = reviewing(service)
         queue.skip(user.name)
         item = queue.next(user.name)
-        return {"remaining": 0} if item is None else vars(item)
+        return {"remaining": queue.waiting()} if item is None else vars(item)
 
     return app
 
@@ -232,9 +233,9 @@ def needs(service: ModelService, role: str):
     def check(request: Request) -> User:
         user = user_of(service, request)
         if user is None:
-            raise Denied(401, f"this needs a {role}'s token (Authorization: Bearer <token>; lucidlm users add NAME --role {role})")
+            raise Denied(401, f"this needs {A_ROLE[role]}'s token (Authorization: Bearer <token>; lucidlm users add NAME --role {role})")
         if not user.may(role):
-            raise Denied(403, f"{user.name} is a {user.role}: this needs a {role}")
+            raise Denied(403, f"{user.name} is {A_ROLE[user.role]}: this needs {A_ROLE[role]}")
         return user
     return check
 
