@@ -118,6 +118,60 @@ def test_type_a_review_flip_a_concept_and_see_the_label_change(browser, runs):
         page.close()
 
 
+def test_sign_in_take_a_text_from_the_queue_correct_it_and_see_it_recorded(browser, runs, tmp_path):
+    import shutil
+
+    from lucidlm.corrections import CorrectionStore, add_user
+    from lucidlm.web.serve import load_app
+
+    run = shutil.copytree(runs["joint"], tmp_path / "joint")
+    store = CorrectionStore(run)
+    tokens = {"alice": add_user(store, "alice", "corrector"), "vera": add_user(store, "vera", "viewer")}
+    (tmp_path / "pool.csv").write_text("text\n" + "\n".join(f'"{r}"' for r in REVIEWS) + "\n")
+    with serving(load_app(run, pool=tmp_path / "pool.csv", store=store)) as url:
+        page = open_page(browser, url)
+        assert "0 corrections of this run waiting to be learned" in page.inner_text("#waiting")
+        assert page.is_disabled("#queue-next")  # no token: the page reads only
+        page.fill("#token", tokens["vera"])
+        page.click("#login")
+        page.wait_for_selector("#signed-in:not([hidden])")
+        assert page.inner_text("#who") == "Signed in as vera (viewer)." and page.is_disabled("#queue-next")
+        page.click("#logout")
+        page.fill("#token", "not-a-token")
+        page.click("#login")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "not one of this server's users" in page.inner_text("#error") and page.is_visible("#login-form")
+
+        page.fill("#token", tokens["alice"])
+        page.click("#login")
+        page.wait_for_selector("#signed-in:not([hidden])")
+        assert page.input_value("#token") == "" and tokens["alice"] not in page.content()
+        page.click("#queue-next")
+        page.wait_for_selector("#tokens-section:not([hidden])", timeout=30_000)
+        queued = page.input_value("#text")
+        assert queued in REVIEWS and page.inner_text("#queue-ask").startswith("The queue asks first: is ")
+        ask = page.inner_text("#queue-ask").split("is ", 1)[1].split(" what")[0]
+        read = page.input_value(f"select[data-concept='{ask}']")
+        other = next(v for v in ("Negative", "Positive", "unknown") if v != read)
+        page.select_option(f"select[data-concept='{ask}']", other)
+        page.wait_for_selector("#compare-section:not([hidden])")
+        page.select_option("#record-label", "2")
+        page.click("#record")
+        page.wait_for_selector("#record-status:has-text('Recorded')")
+        assert page.inner_text("#record-status").startswith(f"Recorded as correction 1 by alice: {ask} = {other}, label ")
+        assert page.inner_text("#record-status").endswith("; you say 2.")
+        page.wait_for_selector("#waiting:has-text('1 correction of this run')")
+        (record,) = store.records()
+        assert (record.author, record.text, record.set_values, record.gold_label) == ("alice", queued, {ask: other}, "2")
+        page.click("#queue-next")  # the reviewed text is not handed out again
+        deadline = time.monotonic() + 30
+        while page.input_value("#text") == queued and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert page.input_value("#text") in REVIEWS and "2 not yet reviewed" in page.inner_text("#queue-state")
+        assert page.errors == [e for e in page.errors if "401" in e] and page.foreign == []
+        page.close()
+
+
 def test_a_text_longer_than_the_model_reads_says_how_much_it_read(browser, runs):
     """The model reads a text's first ``max_length`` tokens (128 here): the page says so beside the
     label, strikes the unread rest through in the token view, and says nothing for a short text or

@@ -1,12 +1,16 @@
 // The page of `lucidlm serve`: reads /api/info, then for a text asks /api/predict (fast) and
 // /api/explain (slower), and /api/intervene or /api/intervene-subnetwork when the user corrects a
-// concept. Plain DOM, no framework, no build step; text goes in through textContent only.
+// concept. Signed in with a token (kept in sessionStorage: gone with the tab), a corrector records
+// corrections (/api/corrections) and takes texts from the review queue (/api/queue/next).
+// Plain DOM, no framework, no build step; text goes in through textContent only.
 "use strict";
 
 // request: the latest text predicted; correction: the latest correction asked (a newer one makes
 // older answers stale, and a new text makes every pending correction stale)
 // sent: how many of the typed characters the latest text sent (the page sends at most max_text_chars)
-const state = { info: null, text: "", prediction: null, request: 0, correction: 0, sent: null };
+// me: who the token is ({name, role}); queued: the text the review queue handed out, and what it asks
+const state = { info: null, text: "", prediction: null, request: 0, correction: 0, sent: null, me: null, queued: null };
+const TOKEN = "lucidlm-token";
 const $ = (selector) => document.querySelector(selector);
 
 function el(tag, attributes = {}, ...children) {
@@ -22,10 +26,11 @@ function el(tag, attributes = {}, ...children) {
   return node;
 }
 
-async function api(path, body) {
-  const response = await fetch(path, body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  });
+async function api(path, body, method = body === undefined ? "GET" : "POST") {
+  const headers = body === undefined ? {} : { "Content-Type": "application/json" };
+  const token = sessionStorage.getItem(TOKEN);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const data = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(data.detail || `${response.status} ${response.statusText}`);
   return data;
@@ -69,6 +74,13 @@ async function loadInfo() {
     concepts.addEventListener("change", fillSubnetworkValues);
     fillSubnetworkValues();
   }
+  if (info.corrections && info.corrections.recording) {
+    for (const c of info.classes) $("#record-label").append(el("option", { value: c, text: c }));
+    show("#account");
+    show("#queue-section", Boolean(info.corrections.queue));
+    await whoAmI();
+    renderCorrectionsInfo(info.corrections);
+  }
 }
 
 function fillSubnetworkValues() {
@@ -109,6 +121,7 @@ async function submitText(event) {
     state.prediction = prediction;
     renderPrediction(prediction);
     renderConcepts(prediction);
+    prepareRecording();
     show("#subnetwork-section", state.info.can_intervene_subnetwork);
     setStatus("Explaining (token attributions take a moment)…");
     const explanation = await api("/api/explain", { text });
@@ -341,6 +354,115 @@ function renderComparison(result, summary) {
   show("#compare-section");
 }
 
+// ---- people, recorded corrections and the review queue ----------------------------------------
+const mayRecord = () => Boolean(state.me && ["corrector", "admin"].includes(state.me.role));
+
+async function whoAmI() {
+  try {
+    state.me = await api("/api/me");
+  } catch (error) {  // a token the server no longer knows: forget it
+    sessionStorage.removeItem(TOKEN);
+    state.me = { name: null, role: "viewer" };
+    showError(`Signed out: ${error.message}`);
+  }
+  const signedIn = Boolean(state.me.name);
+  show("#login-form", !signedIn);
+  show("#signed-in", signedIn);
+  $("#who").textContent = signedIn ? `Signed in as ${state.me.name} (${state.me.role}).` : "";
+  $("#queue-next").disabled = !mayRecord();
+  $("#queue-state").textContent = mayRecord() || !state.info.corrections.queue ? $("#queue-state").textContent
+    : "Sign in with a corrector's token to review texts.";
+  if (state.prediction) prepareRecording();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const token = $("#token").value.trim();
+  $("#token").value = "";  // the token stays out of the page
+  if (!token) return;
+  sessionStorage.setItem(TOKEN, token);
+  showError("");
+  await whoAmI();
+}
+
+async function signOut() {
+  sessionStorage.removeItem(TOKEN);
+  await whoAmI();
+}
+
+function renderCorrectionsInfo(corrections) {
+  const n = corrections.waiting;
+  $("#waiting").textContent = `${count(n)} correction${n === 1 ? "" : "s"} of this run waiting to be learned `
+    + "(lucidlm learn)." + (corrections.users ? "" : " No user holds a token yet: lucidlm users add NAME --role corrector.");
+  if (corrections.queue && mayRecord()) {
+    $("#queue-state").textContent = `${count(corrections.queue.waiting)} of ${count(corrections.queue.texts)} texts `
+      + `not yet reviewed, most worth asking first (${corrections.queue.policy.replaceAll("_", " ")}).`;
+  }
+}
+
+async function refreshCorrectionsInfo() {
+  try { renderCorrectionsInfo((await api("/api/info")).corrections); } catch (error) { /* the next answer will say */ }
+}
+
+function prepareRecording() {
+  if (!state.info.corrections || !state.info.corrections.recording) return;
+  show("#record-section");
+  $("#record").disabled = !mayRecord();
+  $("#record-label").value = "";
+  $("#record-status").textContent = mayRecord() ? "" : "Sign in with a corrector's token to record corrections.";
+}
+
+async function recordCorrection(event) {
+  event.preventDefault();
+  const values = state.info.concepts.length ? changedConcepts() : {};
+  const label = $("#record-label").value || null;
+  if (!Object.keys(values).length && label === null) {
+    $("#record-status").textContent = "Set or confirm a concept above, or choose the right label, first.";
+    return;
+  }
+  // one key a click: a request retried after a lost answer is stored once
+  const key = `page-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+  const body = { text: state.text, values, label, key, note: $("#record-note").value.trim() || null };
+  $("#record").disabled = true;
+  try {
+    const { record } = await api("/api/corrections", body);
+    const said = record.gold_label ? `; you say ${record.gold_label}` : "";
+    $("#record-status").textContent = `Recorded as correction ${record.id} by ${record.author}: `
+      + `${describeValues(record.set_values) || "no concept changed"}, label ${record.label_before} → ${record.label_after}${said}.`;
+    $("#record-note").value = "";
+    if (state.queued && state.queued.text === state.text) state.queued = null;
+    await refreshCorrectionsInfo();
+  } catch (error) {
+    $("#record-status").textContent = `Not recorded: ${error.message}`;
+  } finally {
+    $("#record").disabled = !mayRecord();
+  }
+}
+
+async function takeFromQueue(skip = false) {
+  showError("");
+  try {
+    const item = skip ? await api("/api/queue/skip", {}) : await api("/api/queue/next");
+    state.queued = item.text ? item : null;
+    show("#queue-skip", Boolean(item.text));
+    show("#queue-ask", Boolean(item.text));
+    if (!item.text) {
+      $("#queue-state").textContent = `No text is left for you (${count(item.remaining)} not yet reviewed).`;
+      return;
+    }
+    $("#queue-ask").textContent = item.ask
+      ? `The queue asks first: is ${item.ask} what the model reads? Set or confirm it, then record.`
+      : "The queue asks for the label: choose the right one, then record.";
+    $("#queue-state").textContent = `Text ${count(item.position + 1)} in the queue's order; `
+      + `${count(item.remaining)} not yet reviewed. It is yours until you record or skip it.`;
+    $("#text").value = item.text;
+    updateCount();
+    $("#text-form").requestSubmit();
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
 // ---- explanation -----------------------------------------------------------------------------
 function renderExplanation(explanation) {
   renderTokens(explanation.tokens);
@@ -446,5 +568,10 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#reset").addEventListener("click", resetConcepts);
   $("#subnetwork-form").addEventListener("submit", rewireSubnetwork);
+  $("#login-form").addEventListener("submit", signIn);
+  $("#logout").addEventListener("click", signOut);
+  $("#record-form").addEventListener("submit", recordCorrection);
+  $("#queue-next").addEventListener("click", () => takeFromQueue(false));
+  $("#queue-skip").addEventListener("click", () => takeFromQueue(true));
   loadInfo();
 });
