@@ -450,6 +450,15 @@ def test_the_cli_records_lists_exports_retracts_and_learns(joint_run, tmp_path):
     learned = invoke("learn", joint_run, "-o", tmp_path / "child", "--json")
     assert learned.exit_code == 0, learned.output
     assert json.loads(learned.stdout)["lineage"]["records"] == [record["id"]]
+    from lucidlm.web.report import build_report
+
+    parent_page, child_page = (build_report(run, limit=4, examples=0) for run in (joint_run, tmp_path / "child"))
+    assert "trained from its data, not learned from corrections" in parent_page
+    assert "1 standing correction(s), 0 retraction(s), by 1 people (alice)" in parent_page
+    assert "<strong>1</strong> of this run's wait to be learned" in parent_page
+    assert "Learned from <strong>1</strong> correction(s) of 1 text(s) (1 concept values, 1 labels)" in child_page
+    assert "<strong>0</strong> of this run's wait to be learned" in child_page  # learned: made on its parent
+    assert child_page.count("points</td>") == 2  # dev and test beside the parent's
     retracted = invoke("corrections", "retract", joint_run, record["id"], "--reason", "typo", "--by", "alice")
     assert retracted.exit_code == 0 and CorrectionStore(joint_run).count() == 0
     refused = invoke("intervene", joint_run, TEXT, "--set", "food=Salty", "--record")

@@ -4,8 +4,9 @@ It holds the run's metrics (``run.json``); confusion matrices of the label and o
 computed now from the model on a split of the run's data; per-concept metrics; for SparseCBM the
 mask density per layer and the concepts' overlap heat map; for proto-lm the prototypes with their
 nearest training examples; the evaluation suite's results when the run has them
-(``evaluation.json``, ``evaluation.md``, PNG figures); and worked examples, each explained and
-corrected. CSS is inline, figures are inline SVG or base64 PNG: the file opens with no network.
+(``evaluation.json``, ``evaluation.md``, PNG figures); the corrections people recorded on the run
+and, for a run learned from corrections, its lineage beside its parent's metrics; and worked
+examples, each explained and corrected. CSS is inline, figures are inline SVG or base64 PNG: the file opens with no network.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def build_report(run_dir: str | Path, split: str = "test", limit: int | None = N
     if isinstance(model, PrototypeModel):
         sections.append(("prototypes", "Prototypes", prototypes_section(model)))
     sections.append(("evaluation", "Evaluation suite", evaluation_section(run_dir, model)))
+    sections.append(("corrections", "Corrections and lineage", corrections_section(run_dir, record)))
     sections.append(("examples", "Worked examples", examples_section(model, rows, examples)))
     return page(f"lucidlm report: {run_dir.name}", sections)
 
@@ -297,6 +299,61 @@ def evaluation_section(run_dir: Path, model=None) -> str:
         return (f'<p class="note">This run has no evaluation suite results ({EVALUATION_JSON}, {CURVES_PNG}). Run '
                 f"<code>{esc(command)}</code>, then <code>lucidlm report {esc(shlex.quote(str(run_dir)))}</code> again: "
                 "intervention curves, faithfulness against baselines and causal effects appear here.</p>")
+    return "".join(parts)
+
+
+LATEST_RECORDS = 20  # the corrections table shows the latest; `lucidlm corrections list` shows all
+
+
+def corrections_section(run_dir: Path, record: dict | None) -> str:
+    """Where the run comes from (``run.json``'s lineage: the parent and the corrections learned
+    from, metrics side by side) and the corrections recorded on it (its ``corrections.sqlite``)."""
+    from ..corrections import STORE_FILE, CorrectionStore
+    from ..corrections.learn import run_fingerprint
+
+    parts = []
+    lineage = (record or {}).get("lineage")
+    if lineage:
+        parts.append(f'<p>Learned from <strong>{fmt(lineage["count"])}</strong> correction(s) of {fmt(lineage["texts"])} '
+                     f'text(s) ({fmt(lineage["concept_labels"])} concept values, {fmt(lineage["labels"])} labels) in '
+                     f'<code>{esc(lineage["store"])}</code>, fine-tuned from <code>{esc(lineage["parent"])}</code> '
+                     f'(fingerprint {esc(lineage["parent_fingerprint"][:12])}), with its settings.</p>')
+        rows = []
+        for split, metrics in (record.get("metrics") or {}).items():
+            own = metrics.get("task", {}).get("accuracy")
+            parent = ((lineage.get("parent_metrics") or {}).get(split) or {}).get("task", {}).get("accuracy")
+            change = "" if own is None or parent is None else f"{100 * (own - parent):+.1f} points"
+            rows.append([esc(split), "–" if parent is None else fmt(parent), "–" if own is None else fmt(own), esc(change)])
+        parts.append(table(["split", "parent's task accuracy", "this run's", "change"], rows, "Beside the parent", "metrics"))
+    else:
+        parts.append("<p>This run was trained from its data, not learned from corrections.</p>")
+    store_file = run_dir / STORE_FILE
+    if not store_file.is_file():
+        parts.append(f'<p class="note">No corrections recorded on this run (no {STORE_FILE}). Record them on the page '
+                     f"(<code>lucidlm serve</code>, signed in as a corrector) or with <code>lucidlm intervene RUN TEXT --set "
+                     f"concept=value --record</code>; <code>lucidlm learn</code> makes a new run from them.</p>")
+        return "".join(parts)
+    store = CorrectionStore(store_file)
+    try:
+        every, standing = store.records(), store.standing()
+    finally:
+        store.close()
+    fingerprint = run_fingerprint(run_dir)
+    waiting = [r for r in standing if r.run_fingerprint == fingerprint]
+    authors = sorted({r.author for r in every})
+    retractions = sum(r.kind == "retraction" for r in every)
+    parts.append(f"<p>{fmt(len(every))} record(s) in {STORE_FILE}: {fmt(len(standing))} standing correction(s), "
+                 f"{fmt(retractions)} retraction(s), by {fmt(len(authors))} people ({esc(', '.join(authors))}). "
+                 f"<strong>{fmt(len(waiting))}</strong> of this run's wait to be learned "
+                 f"(<code>lucidlm learn {esc(shlex.quote(str(run_dir)))} -o NEW_RUN</code>).</p>")
+    latest = every[-LATEST_RECORDS:]
+    rows = [[fmt(r.id), esc(r.kind + (f" of {r.retracts}" if r.retracts else "")), esc(r.created_at[:19].replace("T", " ")),
+             esc(r.author), esc(r.text[:80] + ("…" if len(r.text) > 80 else "")),
+             esc(", ".join(f"{k} = {v}" for k, v in r.set_values.items())),
+             esc(f"{r.label_before} → {r.label_after}" if r.kind == "correction" else ""), esc(r.gold_label or r.note or "")]
+            for r in latest]
+    parts.append(table(["id", "kind", "when (UTC)", "who", "text", "set or confirmed", "label before → after", "says"], rows,
+                       f"The latest {len(latest)} record(s)", "metrics"))
     return "".join(parts)
 
 
