@@ -13,7 +13,8 @@ remaining 75% are the review pool. Three reviewers spend the same clicks (one an
 
 After each budget of clicks the reviewer's records (kept in a corrections store, exactly as the page
 keeps them) are learned from with ``learn`` (``lucidlm learn``'s function): a new run fine-tuned from
-the parent on its training data plus the records. A control continues the parent's training on its
+the parent on its training data plus the records, with learn's defaults (the parent's settings, its
+heads at the backbone's learning rate). A control continues the parent's training on its
 own data with no corrections, so that what the corrections add is told apart from more epochs.
 
 Reported per run: dev and test task accuracy against the parent's; for the concept reviewer, the
@@ -25,6 +26,7 @@ so test accuracy is "the rest of test". Writes bench/results/corrections_learnin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -51,6 +53,11 @@ RUNS = ROOT / "runs" / "bench-corrections"
 PARENT_SHARE = 0.25
 POLICY = "expected_change"
 ARMS = ("concepts, queue order", "labels, queue order", "labels, random order")
+# learn's continuation settings, chosen on dev with the concept reviewer's first budget: the parent's
+# own (heads at their rate for fresh heads), both rates / 10, and learn's default (heads at the backbone's)
+CONTINUATIONS = {"the parent's settings": lambda t: {"head_learning_rate": t.head_learning_rate},
+                 "both learning rates / 10": lambda t: {"learning_rate": t.learning_rate / 10,
+                                                        "head_learning_rate": t.head_learning_rate / 10}}
 
 
 def parent_run(share: float):
@@ -161,13 +168,21 @@ def main() -> None:
             start = time.perf_counter()
             learn(parent_dir, out, records=taken, progress=False)
             finish(f"{arm}, {budget} clicks", out, taken, time.perf_counter() - start, clicks=budget)
+            if arm == ARMS[0] and budget == args.budgets[0]:
+                for variant, changes in CONTINUATIONS.items():
+                    out = folder / f"learned-{budget}-{''.join(c if c.isalnum() else '-' for c in variant)}"
+                    start = time.perf_counter()
+                    learn(parent_dir, out, records=taken, progress=False, training=changes(experiment.training))
+                    finish(f"{arm}, {budget} clicks, {variant}", out, taken, time.perf_counter() - start, clicks=budget,
+                           continuation=variant)
 
     start = time.perf_counter()
     control = RUNS / "control"
     shutil.rmtree(control, ignore_errors=True)
     model_copy = load_pretrained(parent_dir)
     task = load_experiment_task(experiment.data)
-    model_copy.fit(task.train, eval_data=task.dev, config=experiment.training, run_dir=control)
+    continuation = dataclasses.replace(experiment.training, head_learning_rate=experiment.training.learning_rate)
+    model_copy.fit(task.train, eval_data=task.dev, config=continuation, run_dir=control)
     model_copy.save_pretrained(control)
     shutil.rmtree(control / CHECKPOINT_DIR, ignore_errors=True)
     (control / "run.json").write_text(json.dumps({"metrics": {s: model_copy.evaluate(getattr(task, s)) for s in ("dev", "test")},
@@ -189,7 +204,8 @@ def markdown(result: dict) -> str:
         f"`{result['command']}`. Parent: {p['config']} trained on {p['train_rows']} rows (25% of train_exclusive, a "
         f"fixed sample); the pool: the other {p['pool']}. Queue policy: {result['policy']}. One click = one answer "
         "(a concept's gold value, or a text's gold label). Each new run: `learn` from the parent on its rows plus the "
-        "records, with the parent's settings (seed 0). Read right: the share of the records' corrected values (or "
+        "records, with the parent's settings and its heads at the backbone's learning rate (seed 0); the control: the same "
+        "continuation on the parent's rows alone. Read right: the share of the records' corrected values (or "
         "given labels) the run reads on their texts. Test holds none of the pool's texts.",
         "",
         "| run | clicks | concept labels | labels | dev acc | test acc | test − parent's | read right | parent read right |",

@@ -413,6 +413,9 @@ def test_learn_trains_a_new_run_that_records_its_lineage(tiny_runs, tmp_path, ki
     assert lineage["parent_metrics"] == json.loads((run / "run.json").read_text())["metrics"]
     assert set(record["metrics"]) == {"dev", "test"} and (tmp_path / "child" / "run.json").is_file()
     assert not (tmp_path / "child" / "checkpoint").exists()
+    parent_training = json.loads((run / "run.json").read_text())["experiment"]["training"]
+    learned = record["experiment"]["training"]  # a continuation: the trained heads at the backbone's rate
+    assert learned["head_learning_rate"] == learned.get("learning_rate", 5e-5) and learned["epochs"] == parent_training["epochs"]
     assert CorrectionStore(tmp_path / "child").count() == 4  # its store continues the parent's (the other run's too)
     assert run_fingerprint(tmp_path / "child") != fingerprint
     assert load_pretrained(tmp_path / "child").predict([TEXT])[0].label == child.predict([TEXT])[0].label
@@ -429,6 +432,8 @@ def test_learn_refuses_what_it_cannot_learn(tiny_runs, tmp_path):
         learn(run, tmp_path / "child", records=concepts_only)
     with pytest.raises(LucidError, match="its own folder"):
         learn(run, run, records=concepts_only)
+    with pytest.raises(LucidError, match="TrainingConfig's fields"):
+        learn(run, tmp_path / "child", records=[a_record(1, id=1, gold_label="1")], training={"learning_speed": 1})
     assert not (tmp_path / "child" / "run.json").exists()
 
 
@@ -447,9 +452,10 @@ def test_the_cli_records_lists_exports_retracts_and_learns(joint_run, tmp_path):
     assert invoke("corrections", "export", joint_run, "-o", tmp_path / "out.jsonl").exit_code == 0
     assert json.loads((tmp_path / "out.jsonl").read_text())["key"] == record["key"]
     assert invoke("--help").exit_code == 0 and "learn" in invoke("--help").stdout
-    learned = invoke("learn", joint_run, "-o", tmp_path / "child", "--json")
+    learned = invoke("learn", joint_run, "-o", tmp_path / "child", "--epochs", "2", "--json")
     assert learned.exit_code == 0, learned.output
     assert json.loads(learned.stdout)["lineage"]["records"] == [record["id"]]
+    assert json.loads(learned.stdout)["experiment"]["training"]["epochs"] == 2
     from lucidlm.web.report import build_report
 
     parent_page, child_page = (build_report(run, limit=4, examples=0) for run in (joint_run, tmp_path / "child"))

@@ -821,6 +821,9 @@ def learn(
     output: Path = typer.Option(..., "--output", "-o", help="The new run's folder."),
     corrections: Optional[str] = CORRECTIONS_OPTION,
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (default: the run's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of the continuation (default: learn's)."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="The backbone's peak learning rate."),
+    head_learning_rate: Optional[float] = typer.Option(None, "--head-learning-rate", help="The heads' peak learning rate."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Fine-tune a new run from RUN_DIR on its training data plus the standing corrections made on it
@@ -833,7 +836,9 @@ def learn(
     store = CorrectionStore(corrections if corrections is not None else run_dir)
     acting_user(store, "admin")
     show_progress_lines()
-    _, record = learn_run(run_dir, output, store, seed=seed)
+    changes = {k: v for k, v in (("epochs", epochs), ("learning_rate", learning_rate),
+                                 ("head_learning_rate", head_learning_rate)) if v is not None}
+    _, record = learn_run(run_dir, output, store, seed=seed, training=changes)
     if as_json:
         emit_json(record)
         return

@@ -1,5 +1,6 @@
 """Learning from corrections (``lucidlm learn RUN -o NEW_RUN``): a new run fine-tuned from the old
-one on its training data plus the texts people corrected, with the old run's own settings.
+one on its training data plus the texts people corrected, with the old run's own settings (its heads,
+trained already, at the backbone's learning rate).
 
 A corrected text becomes a training row: the concept values the person set or confirmed are its
 concept labels, the label they gave is its label; the values they did not touch, and the label when
@@ -106,10 +107,12 @@ def with_rows(train: Split, extra: Split) -> Split:
 
 
 def learn(run_dir: str | Path, output_dir: str | Path, store: CorrectionStore | str | None = None,
-          records: list[Record] | None = None, seed: int | None = None, progress: bool | None = None):
+          records: list[Record] | None = None, seed: int | None = None, progress: bool | None = None,
+          training: dict | None = None):
     """Fine-tune a new run from ``run_dir`` on its training data plus its standing corrections (those
     made on it or on a run it was learned from), saved to ``output_dir``. ``records``: learn from
-    these instead of the store's. Returns ``(model, run record)``."""
+    these instead of the store's; ``training``: settings that replace the parent's (``TrainingConfig``
+    fields). Returns ``(model, run record)``."""
     from ..config import from_dict
     from ..experiment import RUN_FILE, load_experiment_task
     from ..models import ConceptModel, load_pretrained
@@ -138,9 +141,17 @@ def learn(run_dir: str | Path, output_dir: str | Path, store: CorrectionStore | 
     experiment = parent["experiment"]
     task = load_experiment_task(experiment["data"])
     corrected = corrected_split(records, task.spec)
+    training_changes = training
     training = from_dict(TrainingConfig, experiment.get("training"), f"{run_file}: training")
-    training = replace(training, **({"seed": seed} if seed is not None else {}),
-                       **({"progress": progress} if progress is not None else {}))
+    # A continuation: the heads are trained, not fresh, so they learn at the backbone's rate (at the
+    # parent's head rate, made for freshly initialised heads, they forget; bench/corrections_learning.py)
+    training = replace(training, head_learning_rate=training.learning_rate)
+    changes = {**(training_changes or {}), **({"seed": seed} if seed is not None else {}),
+               **({"progress": progress} if progress is not None else {})}
+    try:
+        training = replace(training, **changes)
+    except TypeError as e:
+        raise LucidError(f"learn: {e}; the settings are TrainingConfig's fields") from None
     model.fit(with_rows(task.train, corrected), eval_data=task.dev, config=training, run_dir=output_dir)
     metrics = {name: model.evaluate(split, training.eval_batch_size)
                for name, split in (("dev", task.dev), ("test", task.test)) if split is not None}
@@ -155,8 +166,9 @@ def learn(run_dir: str | Path, output_dir: str | Path, store: CorrectionStore | 
         "texts": len(corrected), "concept_labels": int((corrected.concepts != MISSING).sum()),
         "labels": int((corrected.labels != MISSING).sum()), "parent_metrics": parent.get("metrics"),
     }
-    record = {"experiment": {**experiment, "output_dir": str(output_dir), "training": {**experiment.get("training", {}),
-                                                                                        "seed": training.seed}},
+    used = {"seed": training.seed, "head_learning_rate": training.head_learning_rate,
+            **{k: v for k, v in changes.items() if k != "progress"}}  # the settings this run trained with
+    record = {"experiment": {**experiment, "output_dir": str(output_dir), "training": {**experiment.get("training", {}), **used}},
               "metrics": metrics, "lineage": lineage}
     staging = output_dir / f".{RUN_FILE}.tmp"
     staging.write_text(json.dumps(record, indent=2))
