@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/cebab-intcem.yaml
 RUN = runs/$(basename $(notdir $(CONFIG)))
 
-.PHONY: setup cebab test bench clean
+.PHONY: setup cebab test docs lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,16 @@ cebab: setup
 	$(BIN)/lucidlm train $(CONFIG)
 	$(BIN)/lucidlm demo $(RUN)
 
-test: setup
+test: setup lint docs
 	$(BIN)/python -m pytest
+
+# The documentation site, strict: a broken link or reference fails the build.
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
+
+lint: setup
+	$(BIN)/ruff check src tests bench docs
+	$(BIN)/ruff format --check src tests bench docs
 
 bench: setup
 	$(BIN)/python bench/cebab_bottleneck.py
@@ -33,4 +41,4 @@ bench: setup
 	$(BIN)/python bench/evaluation_suite.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site
