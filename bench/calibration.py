@@ -30,7 +30,15 @@ from lucidlm.models import ConceptModel
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-CONFIGS = ("cebab-intcem", "cebab-standard", "cebab-joint", "cebab-cem", "cebab-proto", "cebab-sparse", "cebab-label-free")
+CONFIGS = (
+    "cebab-intcem",
+    "cebab-standard",
+    "cebab-joint",
+    "cebab-cem",
+    "cebab-proto",
+    "cebab-sparse",
+    "cebab-label-free",
+)
 
 
 def figures(model, split, temperatures: Temperatures) -> dict:
@@ -41,15 +49,24 @@ def figures(model, split, temperatures: Temperatures) -> dict:
     logits = inferred["label_logits"]
     probs = torch.from_numpy(logits).softmax(-1).numpy()
     label = calibration_figures(logits, split.labels)
-    row = {"accuracy": float((logits.argmax(-1) == split.labels).mean()), "confidence": label["confidence"],
-           "above_0.95": float((probs.max(-1) > 0.95).mean()), "ece": label["ece"], "nll": label["nll"]}
+    row = {
+        "accuracy": float((logits.argmax(-1) == split.labels).mean()),
+        "confidence": label["confidence"],
+        "above_0.95": float((probs.max(-1) > 0.95).mean()),
+        "ece": label["ece"],
+        "nll": label["nll"],
+    }
     if isinstance(model, ConceptModel):
         eces = []
         for k, spec in enumerate(model.spec.concepts):
             known = split.concepts[:, k] != MISSING
             if known.any():
                 t = temperatures.concepts.get(spec.name, 1.0)
-                eces.append(calibration_figures(np.asarray(inferred["concept_logits"][k])[known], split.concepts[known, k], t)["ece"])
+                eces.append(
+                    calibration_figures(np.asarray(inferred["concept_logits"][k])[known], split.concepts[known, k], t)[
+                        "ece"
+                    ]
+                )
         row["concept_ece"] = float(np.mean(eces))
     return row
 
@@ -66,8 +83,14 @@ def measure(name: str) -> dict:
         trained = True
     task = load_experiment_task(experiment.data)
     fitted = model.temperatures
-    row = {"config": f"configs/{name}.yaml", "family": model.family, "temperature": fitted.label,
-           "concept_temperatures": fitted.concepts, "trained_here": trained, "seconds": round(time.time() - started)}
+    row = {
+        "config": f"configs/{name}.yaml",
+        "family": model.family,
+        "temperature": fitted.label,
+        "concept_temperatures": fitted.concepts,
+        "trained_here": trained,
+        "seconds": round(time.time() - started),
+    }
     for split_name in ("dev", "test"):
         split = task.split(split_name)
         row[split_name] = {"before": figures(model, split, Temperatures()), "after": figures(model, split, fitted)}
@@ -77,7 +100,8 @@ def measure(name: str) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [
-        "# Calibration on CEBaB: before and after temperature scaling", "",
+        "# Calibration on CEBaB: before and after temperature scaling",
+        "",
         f"`{result['command']}`; seed 0, each config as `lucidlm train` trains it; T fitted on dev by NLL.",
         "Before: T = 1 (the model as trained). ECE: 15 equal-width confidence bins. Accuracy is the same",
         "before and after (a temperature keeps every argmax). Concept ECE: mean over the concepts, each with its own T.",
@@ -88,10 +112,12 @@ def markdown(result: dict) -> str:
     for row in result["rows"]:
         for split in ("dev", "test"):
             b, a = row[split]["before"], row[split]["after"]
-            pair = lambda key, f="{:.3f}": f"{f.format(b[key])} → {f.format(a[key])}"  # noqa: E731
+            pair = lambda key, f="{:.3f}": f"{f.format(b[key])} → {f.format(a[key])}"  # noqa: B023, E731
             concept = pair("concept_ece") if "concept_ece" in b else "–"
-            lines.append(f"| {row['config']} | {row['family']} | {row['temperature']:.3f} | {split} | {a['accuracy']:.1%} | "
-                         f"{pair('confidence', '{:.1%}')} | {pair('above_0.95', '{:.1%}')} | {pair('ece')} | {pair('nll')} | {concept} |")
+            lines.append(
+                f"| {row['config']} | {row['family']} | {row['temperature']:.3f} | {split} | {a['accuracy']:.1%} | "
+                f"{pair('confidence', '{:.1%}')} | {pair('above_0.95', '{:.1%}')} | {pair('ece')} | {pair('nll')} | {concept} |"
+            )
     lines += ["", f"Machine: {result['machine']['platform']}, torch {result['machine']['torch']}."]
     return "\n".join(lines) + "\n"
 
@@ -108,8 +134,11 @@ def main() -> None:
         row = measure(name)
         rows[row["config"]] = row
         print(json.dumps({k: row[k] for k in ("config", "temperature", "dev", "test")}, indent=1), flush=True)
-        result = {"command": "python bench/calibration.py --configs " + " ".join(sorted(Path(c).stem for c in rows)),
-                  "machine": {"platform": platform.platform(), "torch": torch.__version__}, "rows": list(rows.values())}
+        result = {
+            "command": "python bench/calibration.py --configs " + " ".join(sorted(Path(c).stem for c in rows)),
+            "machine": {"platform": platform.platform(), "torch": torch.__version__},
+            "rows": list(rows.values()),
+        }
         RESULTS.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
         (RESULTS / "calibration.md").write_text(markdown(result))

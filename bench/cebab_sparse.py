@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import transformers
-
 from cebab_bottleneck import random_intervention_rate, relative_paths  # noqa: E402 (bench/ is on the path)
-from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment
-from lucidlm.models import load_pretrained
+
 from lucidlm import SubnetworkRewiring
+from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment
 from lucidlm.masking import REWIRING_SCORES
+from lucidlm.models import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -66,9 +66,15 @@ def subnetwork_interventions(model, split, split_name: str, pairs, fraction: flo
                 broken += result.after.concepts[other.name].value != other.values[split.concepts[row, j]]
     n = len(chosen)
     return {
-        "split": split_name, "pairs_wrong": int(len(wrong)), "pairs_intervened": n, "fraction": fraction, "score": score,
-        "concepts_corrected": corrected / n, "task_accuracy_before": label_before / n,
-        "task_accuracy_after": label_after / n, "other_correct_concepts_broken": broken / max(others, 1),
+        "split": split_name,
+        "pairs_wrong": int(len(wrong)),
+        "pairs_intervened": n,
+        "fraction": fraction,
+        "score": score,
+        "concepts_corrected": corrected / n,
+        "task_accuracy_before": label_before / n,
+        "task_accuracy_after": label_after / n,
+        "other_correct_concepts_broken": broken / max(others, 1),
         "seconds_per_intervention": (time.perf_counter() - start) / n,
     }
 
@@ -92,7 +98,9 @@ def chosen_on_dev(measured: list[dict]) -> dict | None:
     dev = [m for m in measured if m["split"] == "dev"]
     enough = [m for m in dev if m["concepts_corrected"] >= 0.5]
     if enough:
-        best = max(enough, key=lambda m: (m["task_accuracy_after"] - m["task_accuracy_before"], m["concepts_corrected"]))
+        best = max(
+            enough, key=lambda m: (m["task_accuracy_after"] - m["task_accuracy_before"], m["concepts_corrected"])
+        )
     else:
         best = max(dev, key=lambda m: m["concepts_corrected"], default=None)
     return None if best is None else {"score": best["score"], "fraction": best["fraction"]}
@@ -103,18 +111,38 @@ def main() -> None:
     parser.add_argument("--sparsity", nargs="+", type=float, default=[0.7, 0.5])
     parser.add_argument("--interventions", type=int, default=200)
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2, 0.3], help="p: the paper code's range")
-    parser.add_argument("--scores", nargs="+", choices=REWIRING_SCORES.names, default=REWIRING_SCORES.names,
-                        help="saliency |g⊙W| (docs/methods.md §2) and/or taylor (signed first-order)")
+    parser.add_argument(
+        "--scores",
+        nargs="+",
+        choices=REWIRING_SCORES.names,
+        default=REWIRING_SCORES.names,
+        help="saliency |g⊙W| (docs/methods.md §2) and/or taylor (signed first-order)",
+    )
     parser.add_argument("--granularity", choices=("weight", "neuron"), default="weight")
-    parser.add_argument("--concept-layer", choices=("scalar", "embedding"), default="scalar",
-                        help="embedding: concept embeddings (CEM) on each concept's subnetwork; rows named sparse-<s>-cem")
-    parser.add_argument("--intervention-loss-weight", type=float, default=0.0,
-                        help="IntCEM's loss weight (with --concept-layer embedding); rows named sparse-<s>-intcem")
-    parser.add_argument("--concept-loss-weight", type=float, default=1.0,
-                        help="λ in CE(y) + λ·Σ_k CE(c_k); rows named ...-concept<λ> unless 1")
+    parser.add_argument(
+        "--concept-layer",
+        choices=("scalar", "embedding"),
+        default="scalar",
+        help="embedding: concept embeddings (CEM) on each concept's subnetwork; rows named sparse-<s>-cem",
+    )
+    parser.add_argument(
+        "--intervention-loss-weight",
+        type=float,
+        default=0.0,
+        help="IntCEM's loss weight (with --concept-layer embedding); rows named sparse-<s>-intcem",
+    )
+    parser.add_argument(
+        "--concept-loss-weight",
+        type=float,
+        default=1.0,
+        help="λ in CE(y) + λ·Σ_k CE(c_k); rows named ...-concept<λ> unless 1",
+    )
     parser.add_argument("--reuse", action="store_true", help="load the saved runs; measure the interventions only")
-    parser.add_argument("--value-correction-only", action="store_true",
-                        help="with --reuse: measure only the value correction on the pairs; the rewirings measured stay")
+    parser.add_argument(
+        "--value-correction-only",
+        action="store_true",
+        help="with --reuse: measure only the value correction on the pairs; the rewirings measured stay",
+    )
     args = parser.parse_args()
     if args.value_correction_only and not args.reuse:
         parser.error("--value-correction-only measures saved runs: add --reuse")
@@ -125,13 +153,26 @@ def main() -> None:
     rows, earlier = {}, read_results()["sparse"]
     for sparsity in args.sparsity:
         weight = args.intervention_loss_weight
-        name = (f"sparse-{sparsity}" + ("-neuron" if args.granularity == "neuron" else "")
-                + ((f"-intcem{weight:g}" if weight != 1 else "-intcem") if weight else "-cem" if args.concept_layer == "embedding" else "")
-                + (f"-concept{args.concept_loss_weight:g}" if args.concept_loss_weight != 1 else ""))
-        options = ((f" --concept-layer {args.concept_layer}" if args.concept_layer != "scalar" else "")
-                   + (f" --intervention-loss-weight {weight:g}" if weight else "")
-                   + (f" --concept-loss-weight {args.concept_loss_weight:g}" if args.concept_loss_weight != 1 else ""))
-        experiment = read_experiment(ROOT / "configs" / "cebab-sparse.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{name}")
+        name = (
+            f"sparse-{sparsity}"
+            + ("-neuron" if args.granularity == "neuron" else "")
+            + (
+                (f"-intcem{weight:g}" if weight != 1 else "-intcem")
+                if weight
+                else "-cem"
+                if args.concept_layer == "embedding"
+                else ""
+            )
+            + (f"-concept{args.concept_loss_weight:g}" if args.concept_loss_weight != 1 else "")
+        )
+        options = (
+            (f" --concept-layer {args.concept_layer}" if args.concept_layer != "scalar" else "")
+            + (f" --intervention-loss-weight {weight:g}" if weight else "")
+            + (f" --concept-loss-weight {args.concept_loss_weight:g}" if args.concept_loss_weight != 1 else "")
+        )
+        experiment = read_experiment(
+            ROOT / "configs" / "cebab-sparse.yaml", output_dir=ROOT / "runs" / f"bench-cebab-{name}"
+        )
         experiment.model["sparsity"] = sparsity
         experiment.model["granularity"] = args.granularity
         experiment.model["concept_layer"] = args.concept_layer
@@ -145,29 +186,42 @@ def main() -> None:
             model, metrics = run_experiment(experiment)
             row = {
                 "command": f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
-                           f"--interventions {args.interventions} --fractions {' '.join(map(str, args.fractions))}" + options,
-                "test": metrics["test"], "dev": metrics["dev"], "train_seconds": time.perf_counter() - start,
-                "mask_density": model.mask_density(), "target_density": 1 - sparsity,
-                "jaccard": model.subnetwork_statistics()["jaccard"], "config": experiment.to_dict(),
+                f"--interventions {args.interventions} --fractions {' '.join(map(str, args.fractions))}" + options,
+                "test": metrics["test"],
+                "dev": metrics["dev"],
+                "train_seconds": time.perf_counter() - start,
+                "mask_density": model.mask_density(),
+                "target_density": 1 - sparsity,
+                "jaccard": model.subnetwork_statistics()["jaccard"],
+                "config": experiment.to_dict(),
             }
         task = load_experiment_task(experiment.data)
         settings = [] if args.value_correction_only else [(score, p) for score in args.scores for p in args.fractions]
         # each setting on dev (where the one to report is chosen) and on test
         pairs = {part: wrong_pairs(model, task.split(part), args.interventions) for part in ("dev", "test")}
-        measured = [subnetwork_interventions(model, task.split(part), part, pairs[part], p, score)
-                    for part in ("dev", "test") for score, p in settings]
+        measured = [
+            subnetwork_interventions(model, task.split(part), part, pairs[part], p, score)
+            for part in ("dev", "test")
+            for score, p in settings
+        ]
         kept = [m for m in row.get("subnetwork_intervention", []) if (m["score"], m["fraction"]) not in settings]
         row["subnetwork_intervention"] = kept + measured  # --reuse keeps the (score, p) it does not measure again
         row["rewiring_chosen_on_dev"] = chosen_on_dev(row["subnetwork_intervention"])
-        row["value_correction"] = {part: value_correction(model, task.split(part), pairs[part]) for part in ("dev", "test")}
+        row["value_correction"] = {
+            part: value_correction(model, task.split(part), pairs[part]) for part in ("dev", "test")
+        }
         if args.value_correction_only:
-            row["value_correction_command"] = (f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
-                                               f"--interventions {args.interventions}" + options + " --reuse --value-correction-only")
+            row["value_correction_command"] = (
+                f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
+                f"--interventions {args.interventions}" + options + " --reuse --value-correction-only"
+            )
         else:
             row.pop("value_correction_command", None)
-            row["interventions_command"] = (f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
-                                            f"--interventions {args.interventions} --fractions {' '.join(map(str, args.fractions))} "
-                                            f"--scores {' '.join(args.scores)}" + options + (" --reuse" if args.reuse else ""))
+            row["interventions_command"] = (
+                f"python bench/cebab_sparse.py --sparsity {sparsity} --granularity {args.granularity} "
+                f"--interventions {args.interventions} --fractions {' '.join(map(str, args.fractions))} "
+                f"--scores {' '.join(args.scores)}" + options + (" --reuse" if args.reuse else "")
+            )
         rows[name] = row
         print(json.dumps({k: v for k, v in row.items() if k != "config"}, indent=1), flush=True)
         write_results(rows)  # after each run, so a finished run is never lost
@@ -194,7 +248,11 @@ def write_results(rows: dict) -> None:
     earlier = read_results()
     result = {
         "sparse": {**earlier["sparse"], **rows},
-        "baselines": {m: {"test": baselines[m]["test"], "config": baselines[m]["config"]} for m in ("standard", "joint", "cem", "intcem") if m in baselines},
+        "baselines": {
+            m: {"test": baselines[m]["test"], "config": baselines[m]["config"]}
+            for m in ("standard", "joint", "cem", "intcem")
+            if m in baselines
+        },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cebab_sparse.json").write_text(json.dumps(relative_paths(result), indent=2))
@@ -203,13 +261,19 @@ def write_results(rows: dict) -> None:
 
 
 def markdown(result: dict) -> str:
-    lines = ["# SparseCBM on CEBaB test (all-MiniLM-L6-v2, train_exclusive, chosen on dev)", "",
-             "Standard and joint rows from `bench/cebab_bottleneck.py`; the command of each sparse row below.", "",
-             "RandInt: `random_intervention_rate`, the probability with which each concept is replaced by its gold "
-             "value while the label head trains.", "",
-             "Gold concepts: the concepts predicted wrong set to their gold value (a concept-value correction), the others left as predicted.", "",
-             "| model | concept layer | RandInt | task acc | task macro-F1 | concept acc | concept macro-F1 | task acc, gold concepts | mask density per concept (target) | train+eval s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# SparseCBM on CEBaB test (all-MiniLM-L6-v2, train_exclusive, chosen on dev)",
+        "",
+        "Standard and joint rows from `bench/cebab_bottleneck.py`; the command of each sparse row below.",
+        "",
+        "RandInt: `random_intervention_rate`, the probability with which each concept is replaced by its gold "
+        "value while the label head trains.",
+        "",
+        "Gold concepts: the concepts predicted wrong set to their gold value (a concept-value correction), the others left as predicted.",
+        "",
+        "| model | concept layer | RandInt | task acc | task macro-F1 | concept acc | concept macro-F1 | task acc, gold concepts | mask density per concept (target) | train+eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     models = {**{m: r for m, r in result["baselines"].items()}, **result["sparse"]}
     for name, row in models.items():
         t, c = row["test"]["task"], row["test"].get("concepts")
@@ -220,26 +284,41 @@ def markdown(result: dict) -> str:
         layer = row["config"]["model"].get("concept_layer", "scalar") if c else "–"
         gold = row["test"].get("task_gold_concepts")
         gold = f"{gold['accuracy']:.1%}" if gold else "–"
-        lines.append(f"| {name} | {layer} | {randint} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | "
-                     f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {gold} | {density}{target} | {seconds} |" if c else
-                     f"| {name} | – | {randint} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | – | – | – | – | – |")
-    lines += ["", "Subnetwork intervention on (row, concept) pairs predicted wrong, given the gold value; the setting "
-              "to report is chosen on dev (`chosen_on_dev`: among the settings that correct at least half of the concepts, "
-              "the one whose corrections help the label most), marked ✓ on its test row. Value correction: the task accuracy "
-              "on the same pairs when the concept is set to gold by a value intervention instead.", "",
-              "| model | split | pairs | score | p | concepts corrected | task acc before → after | value correction | "
-              "other correct concepts broken |", "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {layer} | {randint} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | "
+            f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {gold} | {density}{target} | {seconds} |"
+            if c
+            else f"| {name} | – | {randint} | {t['accuracy']:.1%} | {t['macro_f1']:.3f} | – | – | – | – | – |"
+        )
+    lines += [
+        "",
+        "Subnetwork intervention on (row, concept) pairs predicted wrong, given the gold value; the setting "
+        "to report is chosen on dev (`chosen_on_dev`: among the settings that correct at least half of the concepts, "
+        "the one whose corrections help the label most), marked ✓ on its test row. Value correction: the task accuracy "
+        "on the same pairs when the concept is set to gold by a value intervention instead.",
+        "",
+        "| model | split | pairs | score | p | concepts corrected | task acc before → after | value correction | "
+        "other correct concepts broken |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, row in result["sparse"].items():
         choice = row.get("rewiring_chosen_on_dev")
         for s in sorted(row["subnetwork_intervention"], key=lambda s: (s["split"] != "dev", s["score"], s["fraction"])):
             mark = " ✓" if s["split"] == "test" and choice == {"score": s["score"], "fraction": s["fraction"]} else ""
             value = row.get("value_correction", {}).get(s["split"])
-            lines.append(f"| {name} | {s['split']}{mark} | {s['pairs_intervened']} of {s['pairs_wrong']} | {s['score']} | "
-                         f"{s['fraction']} | {s['concepts_corrected']:.1%} | "
-                         f"{s['task_accuracy_before']:.1%} → {s['task_accuracy_after']:.1%} | "
-                         f"{'–' if value is None else f'{value:.1%}'} | {s['other_correct_concepts_broken']:.1%} |")
-    lines += ["", "score: saliency = |g ⊙ W| (docs/methods.md §2); taylor = −g, the signed first-order change of the concept's loss.",
-              "", "Commands:", ""]
+            lines.append(
+                f"| {name} | {s['split']}{mark} | {s['pairs_intervened']} of {s['pairs_wrong']} | {s['score']} | "
+                f"{s['fraction']} | {s['concepts_corrected']:.1%} | "
+                f"{s['task_accuracy_before']:.1%} → {s['task_accuracy_after']:.1%} | "
+                f"{'–' if value is None else f'{value:.1%}'} | {s['other_correct_concepts_broken']:.1%} |"
+            )
+    lines += [
+        "",
+        "score: saliency = |g ⊙ W| (docs/methods.md §2); taylor = −g, the signed first-order change of the concept's loss.",
+        "",
+        "Commands:",
+        "",
+    ]
     for name, row in result["sparse"].items():
         lines.append(f"- {name}: `{row['command']}`")
         if row.get("interventions_command", row["command"]) != row["command"]:

@@ -23,14 +23,13 @@ import platform
 import shutil
 import time
 import traceback
-from dataclasses import dataclass
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import torch
-
 from cebab_bottleneck import paired_difference, signed_points  # noqa: E402 (bench/ is on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +55,10 @@ VARIANTS = {
     "holdout 0.1": ("cebab-intcem", {"model.intervention_holdout": 0.1}),
     "IntCEM weight 10": ("cebab-intcem", {"model.intervention_loss_weight": 10.0}),
     "IntCEM weight 5, dropout 0.5": ("cebab-intcem", {"model.intervention_loss_weight": 5.0, "model.dropout": 0.5}),
-    "IntCEM weight 5, concept weight 2": ("cebab-intcem", {"model.intervention_loss_weight": 5.0, "model.concept_loss_weight": 2.0}),
+    "IntCEM weight 5, concept weight 2": (
+        "cebab-intcem",
+        {"model.intervention_loss_weight": 5.0, "model.concept_loss_weight": 2.0},
+    ),
 }
 # What the intcem variants start from: configs/cebab-intcem.yaml with the weights it had before
 # this selection chose its present ones, so that each name keeps its meaning.
@@ -64,25 +66,28 @@ STARTING_POINT = {"model.intervention_loss_weight": 1.0, "model.concept_loss_wei
 
 # The 13-concept sweep: each variant changes configs/cebab-intcem-augmented.yaml as it stands
 # (RandInt 0.08, λ 0.6, dropout 0.5, IntCEM weight 5, m 16, learning rates 1e-4 and 1e-2).
-VARIANTS_AUGMENTED = {"standard": ("cebab-standard-augmented", {})} | {name: ("cebab-intcem-augmented", overrides) for name, overrides in {
-    "config": {},
-    "RandInt 0.25": {"model.random_intervention_rate": 0.25},
-    "concept weight 0.3": {"model.concept_loss_weight": 0.3},
-    "concept weight 1.2": {"model.concept_loss_weight": 1.2},
-    "m 8": {"model.concept_embedding_size": 8},
-    "m 32": {"model.concept_embedding_size": 32},
-    "dropout 0.3": {"model.dropout": 0.3},
-    "dropout 0.7": {"model.dropout": 0.7},
-    "IntCEM weight 2": {"model.intervention_loss_weight": 2.0},
-    "IntCEM weight 10": {"model.intervention_loss_weight": 10.0},
-    "head lr 3e-3": {"training.head_learning_rate": 3e-3},
-    "head lr 3e-2": {"training.head_learning_rate": 3e-2},
-    "lr 1.5e-4": {"training.learning_rate": 1.5e-4},
-    "warmup 0": {"training.warmup_ratio": 0.0},
-    "weight decay 0.1": {"training.weight_decay": 0.1},
-    "pooling cls": {"model.pooling": "cls"},
-    "batch 32": {"training.batch_size": 32},
-}.items()}
+VARIANTS_AUGMENTED = {"standard": ("cebab-standard-augmented", {})} | {
+    name: ("cebab-intcem-augmented", overrides)
+    for name, overrides in {
+        "config": {},
+        "RandInt 0.25": {"model.random_intervention_rate": 0.25},
+        "concept weight 0.3": {"model.concept_loss_weight": 0.3},
+        "concept weight 1.2": {"model.concept_loss_weight": 1.2},
+        "m 8": {"model.concept_embedding_size": 8},
+        "m 32": {"model.concept_embedding_size": 32},
+        "dropout 0.3": {"model.dropout": 0.3},
+        "dropout 0.7": {"model.dropout": 0.7},
+        "IntCEM weight 2": {"model.intervention_loss_weight": 2.0},
+        "IntCEM weight 10": {"model.intervention_loss_weight": 10.0},
+        "head lr 3e-3": {"training.head_learning_rate": 3e-3},
+        "head lr 3e-2": {"training.head_learning_rate": 3e-2},
+        "lr 1.5e-4": {"training.learning_rate": 1.5e-4},
+        "warmup 0": {"training.warmup_ratio": 0.0},
+        "weight decay 0.1": {"training.weight_decay": 0.1},
+        "pooling cls": {"model.pooling": "cls"},
+        "batch 32": {"training.batch_size": 32},
+    }.items()
+}
 
 
 @dataclass(frozen=True)
@@ -96,17 +101,28 @@ class Sweep:
 
 
 SWEEPS = {
-    "cebab": Sweep(VARIANTS, "cebab-intcem", STARTING_POINT, "CEBaB", "cem_selection",
-                   "Every variant changes configs/cebab-intcem.yaml with IntCEM weight 1 and concept weight 1, its "
-                   "weights before this selection (standard, joint: their own configs). IntCEM here: "
-                   "intervention_objective sampled_horizon, docs/methods.md §6.2's simplification of IntCEM."),
-    "cebab-augmented": Sweep(VARIANTS_AUGMENTED, "cebab-intcem-augmented", {}, "CEBaB with C3M's 13 concepts",
-                             "cem_selection_augmented",
-                             "Every variant changes configs/cebab-intcem-augmented.yaml as it stands (row 'config'); "
-                             "standard: configs/cebab-standard-augmented.yaml. The pick below is a candidate: the config "
-                             "changes only if the rule also picks it over seeds 0-2 on this repository's CPU rows "
-                             "(bench/results/cebab_bottleneck.md), where the config was chosen. IntCEM here: "
-                             "intervention_objective sampled_horizon, docs/methods.md §6.2's simplification of IntCEM."),
+    "cebab": Sweep(
+        VARIANTS,
+        "cebab-intcem",
+        STARTING_POINT,
+        "CEBaB",
+        "cem_selection",
+        "Every variant changes configs/cebab-intcem.yaml with IntCEM weight 1 and concept weight 1, its "
+        "weights before this selection (standard, joint: their own configs). IntCEM here: "
+        "intervention_objective sampled_horizon, docs/methods.md §6.2's simplification of IntCEM.",
+    ),
+    "cebab-augmented": Sweep(
+        VARIANTS_AUGMENTED,
+        "cebab-intcem-augmented",
+        {},
+        "CEBaB with C3M's 13 concepts",
+        "cem_selection_augmented",
+        "Every variant changes configs/cebab-intcem-augmented.yaml as it stands (row 'config'); "
+        "standard: configs/cebab-standard-augmented.yaml. The pick below is a candidate: the config "
+        "changes only if the rule also picks it over seeds 0-2 on this repository's CPU rows "
+        "(bench/results/cebab_bottleneck.md), where the config was chosen. IntCEM here: "
+        "intervention_objective sampled_horizon, docs/methods.md §6.2's simplification of IntCEM.",
+    ),
 }
 # The rule of the choice, on dev only: among the concept-embedding variants whose mean dev task
 # accuracy is within ACCURACY_SLACK of the standard model's and whose concept accuracy reaches
@@ -123,8 +139,8 @@ def train_one(sweep_name: str, name: str, seed: int, data_root: str, threads: in
     """One run in a worker process; its figures, or the error that stopped it."""
     torch.set_num_threads(threads)
     import transformers
-
     from cebab_bottleneck import set_options  # bench/ is on the path
+
     from lucidlm.experiment import read_experiment, run_experiment
 
     transformers.utils.logging.set_verbosity_error()
@@ -145,10 +161,13 @@ def train_one(sweep_name: str, name: str, seed: int, data_root: str, threads: in
     row = {"variant": name, "seed": seed, "seconds": time.perf_counter() - start}
     for split in ("dev", "test"):
         m = metrics[split]
-        row[split] = {"task_accuracy": m["task"]["accuracy"],
-                      "concept_accuracy": m["concepts"]["accuracy"] if "concepts" in m else None,
-                      "correction_gain": (m["task_gold_concepts"]["accuracy"] - m["task"]["accuracy"]
-                                          if "task_gold_concepts" in m else None)}
+        row[split] = {
+            "task_accuracy": m["task"]["accuracy"],
+            "concept_accuracy": m["concepts"]["accuracy"] if "concepts" in m else None,
+            "correction_gain": (
+                m["task_gold_concepts"]["accuracy"] - m["task"]["accuracy"] if "task_gold_concepts" in m else None
+            ),
+        }
     return row
 
 
@@ -171,9 +190,13 @@ def chosen(sweep: Sweep, means: dict[str, dict]) -> str | None:
     if "standard" not in means:
         return None
     floor = means["standard"]["dev_task_accuracy"] - ACCURACY_SLACK
-    eligible = [n for n, m in means.items()
-                if sweep.variants[n][0] == sweep.concept_config and m["dev_task_accuracy"] >= floor
-                and m["dev_concept_accuracy"] >= CONCEPT_FLOOR]
+    eligible = [
+        n
+        for n, m in means.items()
+        if sweep.variants[n][0] == sweep.concept_config
+        and m["dev_task_accuracy"] >= floor
+        and m["dev_concept_accuracy"] >= CONCEPT_FLOOR
+    ]
     return max(eligible, key=lambda n: means[n]["dev_correction_gain"], default=None)
 
 
@@ -181,7 +204,9 @@ def paired_test_difference(runs: list[dict], name: str) -> tuple[float, float] |
     """Test task accuracy of variant ``name`` minus the standard model's on the same seeds: the
     mean and its standard error (None below two shared seeds)."""
     done = {(r["variant"], r["seed"]): r["test"]["task_accuracy"] for r in runs if "error" not in r}
-    return paired_difference([done[name, s] - done["standard", s] for (v, s) in done if v == name and ("standard", s) in done])
+    return paired_difference(
+        [done[name, s] - done["standard", s] for (v, s) in done if v == name and ("standard", s) in done]
+    )
 
 
 def machine() -> dict:
@@ -202,7 +227,14 @@ def write_results(sweep: Sweep, runs: list[dict], command: str, note: str | None
             commands = [c for c in earlier["commands"] if c != command] + commands
     runs = sorted(runs, key=lambda r: (list(sweep.variants).index(r["variant"]), r["seed"]))
     means = summary(sweep, runs)
-    result = {"commands": commands, "machine": machine(), "note": note, "runs": runs, "means": means, "chosen": chosen(sweep, means)}
+    result = {
+        "commands": commands,
+        "machine": machine(),
+        "note": note,
+        "runs": runs,
+        "means": means,
+        "chosen": chosen(sweep, means),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{sweep.results}.json").write_text(json.dumps(result, indent=2))
     (RESULTS / f"{sweep.results}.md").write_text(markdown(sweep, result))
@@ -215,32 +247,53 @@ def markdown(sweep: Sweep, result: dict) -> str:
         return signed_points(value) if points else f"{value:.1%}"
 
     m = result["machine"]
-    lines = [f"# Concept-embedding options chosen on dev, {sweep.data} ({m['device']}, torch {m['torch']})", "",
-             "Commands: " + ", ".join(f"`{c}`" for c in result["commands"]) + ". Each row: the mean over the seeds shown; correction gain: task accuracy "
-             "with the wrongly predicted concepts set to gold minus without, in points. " + sweep.explanation
-             + (f" {result['note']}" if result.get("note") else ""), "",
-             "| variant | seeds | dev task acc | dev concept acc | dev correction gain | test task acc | test concept acc | "
-             "test correction gain | test Δ vs standard, paired |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Concept-embedding options chosen on dev, {sweep.data} ({m['device']}, torch {m['torch']})",
+        "",
+        "Commands: "
+        + ", ".join(f"`{c}`" for c in result["commands"])
+        + ". Each row: the mean over the seeds shown; correction gain: task accuracy "
+        "with the wrongly predicted concepts set to gold minus without, in points. "
+        + sweep.explanation
+        + (f" {result['note']}" if result.get("note") else ""),
+        "",
+        "| variant | seeds | dev task acc | dev concept acc | dev correction gain | test task acc | test concept acc | "
+        "test correction gain | test Δ vs standard, paired |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in result["means"].items():
         paired = paired_test_difference(result["runs"], name) if name != "standard" else None
-        lines.append(f"| {name} | {', '.join(map(str, r['seeds']))} | {cell(r['dev_task_accuracy'])} | "
-                     f"{cell(r['dev_concept_accuracy'])} | {cell(r['dev_correction_gain'], True)} | "
-                     f"{cell(r['test_task_accuracy'])} | {cell(r['test_concept_accuracy'])} | "
-                     f"{cell(r['test_correction_gain'], True)} | "
-                     + (f"{cell(paired[0], True)} ± {100 * paired[1]:.1f} |" if paired else "– |"))
-    lines += ["", f"Chosen on dev (the highest dev correction gain among the concept-embedding variants within "
-              f"{100 * ACCURACY_SLACK:.1f} points of the standard model's dev accuracy, concept accuracy ≥ "
-              f"{CONCEPT_FLOOR:.0%}): **{result['chosen'] or 'none'}**."]
+        lines.append(
+            f"| {name} | {', '.join(map(str, r['seeds']))} | {cell(r['dev_task_accuracy'])} | "
+            f"{cell(r['dev_concept_accuracy'])} | {cell(r['dev_correction_gain'], True)} | "
+            f"{cell(r['test_task_accuracy'])} | {cell(r['test_concept_accuracy'])} | "
+            f"{cell(r['test_correction_gain'], True)} | "
+            + (f"{cell(paired[0], True)} ± {100 * paired[1]:.1f} |" if paired else "– |")
+        )
+    lines += [
+        "",
+        f"Chosen on dev (the highest dev correction gain among the concept-embedding variants within "
+        f"{100 * ACCURACY_SLACK:.1f} points of the standard model's dev accuracy, concept accuracy ≥ "
+        f"{CONCEPT_FLOOR:.0%}): **{result['chosen'] or 'none'}**.",
+    ]
     competing = [r for n, r in result["means"].items() if sweep.variants[n][0] == sweep.concept_config]
-    lines += ["", "Test Δ vs standard: the variant's test task accuracy minus the standard model's on the same seeds, "
-              "mean ± standard error, in points (read after the choice, never for it)."]
+    lines += [
+        "",
+        "Test Δ vs standard: the variant's test task accuracy minus the standard model's on the same seeds, "
+        "mean ± standard error, in points (read after the choice, never for it).",
+    ]
     if len(competing) >= 3:
+
         def r(x, y):
             return np.corrcoef([c[x] for c in competing], [c[y] for c in competing])[0, 1]
-        lines += ["", f"Across these {len(competing)} variants' means, the correlation of dev task accuracy with dev "
-                  f"correction gain is {r('dev_task_accuracy', 'dev_correction_gain'):+.2f}; of dev with test task accuracy "
-                  f"{r('dev_task_accuracy', 'test_task_accuracy'):+.2f}, of dev with test correction gain "
-                  f"{r('dev_correction_gain', 'test_correction_gain'):+.2f} (how far dev ranks the variants as test does)."]
+
+        lines += [
+            "",
+            f"Across these {len(competing)} variants' means, the correlation of dev task accuracy with dev "
+            f"correction gain is {r('dev_task_accuracy', 'dev_correction_gain'):+.2f}; of dev with test task accuracy "
+            f"{r('dev_task_accuracy', 'test_task_accuracy'):+.2f}, of dev with test correction gain "
+            f"{r('dev_correction_gain', 'test_correction_gain'):+.2f} (how far dev ranks the variants as test does).",
+        ]
     errors = [r for r in result["runs"] if "error" in r]
     if errors:
         lines += ["", "Runs that failed: " + ", ".join(f"{r['variant']} (seed {r['seed']})" for r in errors) + "."]
@@ -255,7 +308,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     parser.add_argument("--time-limit", type=float, default=None, help="start no run after this many seconds")
     parser.add_argument("--data-root", default=os.environ.get("LUCIDLM_DATA", str(ROOT.parent / "shared" / "data")))
-    parser.add_argument("--note", default=None, help="what a reader should know of this machine's set-up (kept in the results)")
+    parser.add_argument(
+        "--note", default=None, help="what a reader should know of this machine's set-up (kept in the results)"
+    )
     args = parser.parse_args()
     sweep = SWEEPS[args.sweep]
     unknown = [v for v in args.variants or [] if v not in sweep.variants]
@@ -275,7 +330,11 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         running = set()
         while queue or running:
-            while queue and len(running) < args.jobs and (args.time_limit is None or time.perf_counter() - start < args.time_limit):
+            while (
+                queue
+                and len(running) < args.jobs
+                and (args.time_limit is None or time.perf_counter() - start < args.time_limit)
+            ):
                 name, seed = queue.pop(0)
                 running.add(pool.submit(train_one, args.sweep, name, seed, args.data_root, threads))
             if not running:
@@ -284,7 +343,10 @@ def main() -> None:
             for future in finished:
                 row = future.result()
                 runs.append(row)
-                print(json.dumps(row if "error" not in row else {k: row[k] for k in ("variant", "seed", "error")}), flush=True)
+                print(
+                    json.dumps(row if "error" not in row else {k: row[k] for k in ("variant", "seed", "error")}),
+                    flush=True,
+                )
             write_results(sweep, runs, command, args.note)
     if queue:
         print(f"time limit: not started: {queue}", flush=True)

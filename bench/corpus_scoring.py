@@ -29,10 +29,23 @@ RESULTS = ROOT / "bench" / "results"
 
 def predict(run: Path, source: Path, out: Path, processes: int = 1) -> tuple[subprocess.Popen, float]:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes))}
-    launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                                                        str(processes), "--master_port", str(free_port())]
+    launcher = (
+        [sys.executable]
+        if processes == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(free_port()),
+        ]
+    )
     command = [*launcher, "-m", "lucidlm.cli", "predict", str(run), "--input", str(source), "-o", str(out)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), time.perf_counter()
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ), time.perf_counter()
 
 
 def finished(process: subprocess.Popen, started: float) -> float:
@@ -76,19 +89,31 @@ def main() -> None:
         seconds["killed at half, then resumed"] += finished(resumed, again)
         one = (folder / "one.csv").read_bytes()
         result = {
-            "command": "python bench/corpus_scoring.py " + " ".join(sys.argv[1:]), "rows": args.rows, "run": str(args.run.relative_to(ROOT)),
-            "chunks_kept_at_the_kill": kept, "seconds": seconds,
-            "same_file": {"two processes": (folder / "two.csv").read_bytes() == one,
-                          "killed at half, then resumed": (folder / "resumed.csv").read_bytes() == one},
+            "command": "python bench/corpus_scoring.py " + " ".join(sys.argv[1:]),
+            "rows": args.rows,
+            "run": str(args.run.relative_to(ROOT)),
+            "chunks_kept_at_the_kill": kept,
+            "seconds": seconds,
+            "same_file": {
+                "two processes": (folder / "two.csv").read_bytes() == one,
+                "killed at half, then resumed": (folder / "resumed.csv").read_bytes() == one,
+            },
             "output_rows": len(pd.read_csv(folder / "one.csv")),
         }
-    lines = [f"# `lucidlm predict RUN --input`: {args.rows:,} CEBaB training texts ({result['run']})", "",
-             "| how | seconds | rows/s | × one process | same file as one process |", "|---|---|---|---|---|"]
+    lines = [
+        f"# `lucidlm predict RUN --input`: {args.rows:,} CEBaB training texts ({result['run']})",
+        "",
+        "| how | seconds | rows/s | × one process | same file as one process |",
+        "|---|---|---|---|---|",
+    ]
     for how, s in seconds.items():
         same = "–" if how == "one process" else ("yes" if result["same_file"][how] else "NO")
         lines.append(f"| {how} | {s:.1f} | {args.rows / s:.0f} | {seconds['one process'] / s:.2f} | {same} |")
-    lines += ["", f"The killed run was stopped with SIGKILL once {kept} of its chunks (1,024 rows each) were written; "
-              f"the file has {result['output_rows']:,} rows. Command: `{result['command']}`"]
+    lines += [
+        "",
+        f"The killed run was stopped with SIGKILL once {kept} of its chunks (1,024 rows each) were written; "
+        f"the file has {result['output_rows']:,} rows. Command: `{result['command']}`",
+    ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "corpus_scoring.json").write_text(json.dumps(result, indent=2))
     (RESULTS / "corpus_scoring.md").write_text("\n".join(lines) + "\n")

@@ -55,9 +55,13 @@ POLICY = "expected_change"
 ARMS = ("concepts, queue order", "labels, queue order", "labels, random order")
 # learn's continuation settings, chosen on dev with the concept reviewer's first budget: the parent's
 # own (heads at their rate for fresh heads), both rates / 10, and learn's default (heads at the backbone's)
-CONTINUATIONS = {"the parent's settings": lambda t: {"head_learning_rate": t.head_learning_rate},
-                 "both learning rates / 10": lambda t: {"learning_rate": t.learning_rate / 10,
-                                                        "head_learning_rate": t.head_learning_rate / 10}}
+CONTINUATIONS = {
+    "the parent's settings": lambda t: {"head_learning_rate": t.head_learning_rate},
+    "both learning rates / 10": lambda t: {
+        "learning_rate": t.learning_rate / 10,
+        "head_learning_rate": t.head_learning_rate / 10,
+    },
+}
 
 
 def parent_run(share: float):
@@ -135,22 +139,37 @@ def main() -> None:
     model = load_pretrained(parent_dir)
     fingerprint, run = run_fingerprint(parent_dir), parent_dir.name
     result = {
-        "command": "python bench/corrections_learning.py" + (f" --budgets {' '.join(map(str, args.budgets))}"
-                                                             if args.budgets != [100, 200, 400] else ""),
+        "command": "python bench/corrections_learning.py"
+        + (f" --budgets {' '.join(map(str, args.budgets))}" if args.budgets != [100, 200, 400] else ""),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "parent": {"config": "configs/cebab-intcem.yaml", "train_rows": parent_rows, "pool": len(pool),
-                   "dev": parent["metrics"]["dev"]["task"], "test": parent["metrics"]["test"]["task"]},
-        "policy": POLICY, "runs": {},
+        "parent": {
+            "config": "configs/cebab-intcem.yaml",
+            "train_rows": parent_rows,
+            "pool": len(pool),
+            "dev": parent["metrics"]["dev"]["task"],
+            "test": parent["metrics"]["test"]["task"],
+        },
+        "policy": POLICY,
+        "runs": {},
     }
 
     def finish(name: str, out: Path, records, seconds: float, **extra) -> None:
         record = json.loads((out / "run.json").read_text())
         child = load_pretrained(out)
-        row = {"dev": record["metrics"]["dev"]["task"], "test": record["metrics"]["test"]["task"],
-               "seconds": seconds, **extra}
+        row = {
+            "dev": record["metrics"]["dev"]["task"],
+            "test": record["metrics"]["test"]["task"],
+            "seconds": seconds,
+            **extra,
+        }
         if records:
-            row.update(records=len(records), read_right=read_back(child, records), parent_read_right=read_back(model, records),
-                       concept_labels=record["lineage"]["concept_labels"], labels=record["lineage"]["labels"])
+            row.update(
+                records=len(records),
+                read_right=read_back(child, records),
+                parent_read_right=read_back(model, records),
+                concept_labels=record["lineage"]["concept_labels"],
+                labels=record["lineage"]["labels"],
+            )
         result["runs"][name] = row
         print(f"{name}: {json.dumps(row)}", flush=True)
         write(result)
@@ -173,8 +192,14 @@ def main() -> None:
                     out = folder / f"learned-{budget}-{''.join(c if c.isalnum() else '-' for c in variant)}"
                     start = time.perf_counter()
                     learn(parent_dir, out, records=taken, progress=False, training=changes(experiment.training))
-                    finish(f"{arm}, {budget} clicks, {variant}", out, taken, time.perf_counter() - start, clicks=budget,
-                           continuation=variant)
+                    finish(
+                        f"{arm}, {budget} clicks, {variant}",
+                        out,
+                        taken,
+                        time.perf_counter() - start,
+                        clicks=budget,
+                        continuation=variant,
+                    )
 
     start = time.perf_counter()
     control = RUNS / "control"
@@ -185,8 +210,14 @@ def main() -> None:
     model_copy.fit(task.train, eval_data=task.dev, config=continuation, run_dir=control)
     model_copy.save_pretrained(control)
     shutil.rmtree(control / CHECKPOINT_DIR, ignore_errors=True)
-    (control / "run.json").write_text(json.dumps({"metrics": {s: model_copy.evaluate(getattr(task, s)) for s in ("dev", "test")},
-                                                  "lineage": {"concept_labels": 0, "labels": 0}}))
+    (control / "run.json").write_text(
+        json.dumps(
+            {
+                "metrics": {s: model_copy.evaluate(getattr(task, s)) for s in ("dev", "test")},
+                "lineage": {"concept_labels": 0, "labels": 0},
+            }
+        )
+    )
     finish("no corrections (the parent's training continued)", control, [], time.perf_counter() - start)
 
 
@@ -214,11 +245,17 @@ def markdown(result: dict) -> str:
     ]
     for name, row in result["runs"].items():
         delta = 100 * (row["test"]["accuracy"] - p["test"]["accuracy"])
-        lines.append(f"| {name} | {row.get('clicks', 0)} | {row.get('concept_labels', 0)} | {row.get('labels', 0)} | "
-                     f"{row['dev']['accuracy']:.1%} | {row['test']['accuracy']:.1%} | {delta:+.1f} | "
-                     + (f"{row['read_right']:.1%} | {row['parent_read_right']:.1%} |" if "read_right" in row else "– | – |"))
-    lines += ["", f"Machine: {result['machine']['platform']}, torch {result['machine']['torch']}, "
-              f"{result['machine']['threads']} threads.", ""]
+        lines.append(
+            f"| {name} | {row.get('clicks', 0)} | {row.get('concept_labels', 0)} | {row.get('labels', 0)} | "
+            f"{row['dev']['accuracy']:.1%} | {row['test']['accuracy']:.1%} | {delta:+.1f} | "
+            + (f"{row['read_right']:.1%} | {row['parent_read_right']:.1%} |" if "read_right" in row else "– | – |")
+        )
+    lines += [
+        "",
+        f"Machine: {result['machine']['platform']}, torch {result['machine']['torch']}, "
+        f"{result['machine']['threads']} threads.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -44,16 +44,27 @@ def tiny_run(folder: Path) -> Path:
     """A saved joint run on a random 2-layer BERT, trained for seconds on 64 CEBaB rows."""
     backbone = folder / "tiny-bert"
     tokenizer = transformers.AutoTokenizer.from_pretrained(resolve_backbone(DEFAULT_BACKBONE))
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(backbone)
     tokenizer.save_pretrained(backbone)
     path = folder / "joint.yaml"
-    path.write_text(yaml.safe_dump({
-        "data": {"source": "cebab", "path": str(CEBAB), "subsample": {"train": 64, "dev": 32, "test": 32}},
-        "model": {"family": "bottleneck", "mode": "joint", "backbone": str(backbone)},
-        "training": {"epochs": 1, "batch_size": 16, "seed": 0, "progress": False}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"source": "cebab", "path": str(CEBAB), "subsample": {"train": 64, "dev": 32, "test": 32}},
+                "model": {"family": "bottleneck", "mode": "joint", "backbone": str(backbone)},
+                "training": {"epochs": 1, "batch_size": 16, "seed": 0, "progress": False},
+            }
+        )
+    )
     experiment = read_experiment(path, folder / "joint")
     run_experiment(experiment)
     return experiment.output_dir
@@ -66,8 +77,12 @@ def load(url: str, token: str, writers: int, records: int, tag: str) -> dict:
         ids = []
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
             for n in range(records):
-                body = {"text": f"{tag} writer {w}, review {n}: the soup was cold.", "values": {"food": "Negative"},
-                        "label": "2", "key": f"{tag}-{w}-{n}"}
+                body = {
+                    "text": f"{tag} writer {w}, review {n}: the soup was cold.",
+                    "values": {"food": "Negative"},
+                    "label": "2",
+                    "key": f"{tag}-{w}-{n}",
+                }
                 for _ in range(2 if n % 10 == 0 else 1):
                     answer = http.post("/api/corrections", json=body)
                     statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
@@ -104,7 +119,9 @@ def main() -> None:
                 expected = {f"{backend}-{w}-{n}" for w in range(args.writers) for n in range(args.records)}
                 ids = measured.pop("answered_ids")
                 rows[backend] = {
-                    **measured, "records": len(expected), "stored": len(keys),
+                    **measured,
+                    "records": len(expected),
+                    "stored": len(keys),
                     "stored_exactly_once": len(keys) == len(set(keys)) and set(keys) == expected,
                     "retries_answered_the_stored_record": len(set(ids)) == len(expected)
                     and len(ids) == len(expected) + args.writers * len(range(0, args.records, 10)),
@@ -113,28 +130,40 @@ def main() -> None:
                 store.close()
                 print(f"{backend}: {json.dumps(rows[backend])}", flush=True)
     result = {
-        "command": "python bench/corrections_load.py" + ("" if (args.writers, args.records) == (16, 500)
-                                                         else f" --writers {args.writers} --records {args.records}"),
-        "writers": args.writers, "records_per_writer": args.records,
+        "command": "python bench/corrections_load.py"
+        + ("" if (args.writers, args.records) == (16, 500) else f" --writers {args.writers} --records {args.records}"),
+        "writers": args.writers,
+        "records_per_writer": args.records,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "backends": rows,
         "postgresql_rate_over_sqlite": rows["postgresql"]["records_per_second"] / rows["sqlite"]["records_per_second"],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "corrections_load.json").write_text(json.dumps(result, indent=2))
-    lines = ["# The corrections store under load (bench/corrections_load.py)", "",
-             f"`{result['command']}`: {args.writers} concurrent writers × {args.records} corrections over HTTP to "
-             "`lucidlm serve`'s app (a tiny random BERT run), every tenth sent twice (a retry).", "",
-             "| store | records | stored | exactly once | retries answered with the stored record | answers | seconds | records/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# The corrections store under load (bench/corrections_load.py)",
+        "",
+        f"`{result['command']}`: {args.writers} concurrent writers × {args.records} corrections over HTTP to "
+        "`lucidlm serve`'s app (a tiny random BERT run), every tenth sent twice (a retry).",
+        "",
+        "| store | records | stored | exactly once | retries answered with the stored record | answers | seconds | records/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for backend, row in rows.items():
         answers = ", ".join(f"{k}: {v}" for k, v in sorted(row["answers"].items()))
-        lines.append(f"| {backend} | {row['records']} | {row['stored']} | {'yes' if row['stored_exactly_once'] else 'NO'} | "
-                     f"{'yes' if row['retries_answered_the_stored_record'] else 'NO'} | {answers} | {row['seconds']:.1f} | "
-                     f"{row['records_per_second']:.0f} |")
-    lines += ["", f"PostgreSQL's rate over SQLite's, same run: {result['postgresql_rate_over_sqlite']:.2f}×.", "",
-              f"Machine: {result['machine']['platform']}, torch {result['machine']['torch']}, "
-              f"{result['machine']['threads']} threads.", ""]
+        lines.append(
+            f"| {backend} | {row['records']} | {row['stored']} | {'yes' if row['stored_exactly_once'] else 'NO'} | "
+            f"{'yes' if row['retries_answered_the_stored_record'] else 'NO'} | {answers} | {row['seconds']:.1f} | "
+            f"{row['records_per_second']:.0f} |"
+        )
+    lines += [
+        "",
+        f"PostgreSQL's rate over SQLite's, same run: {result['postgresql_rate_over_sqlite']:.2f}×.",
+        "",
+        f"Machine: {result['machine']['platform']}, torch {result['machine']['torch']}, "
+        f"{result['machine']['threads']} threads.",
+        "",
+    ]
     (RESULTS / "corrections_load.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

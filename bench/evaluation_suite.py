@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 import transformers
-
 from cebab_bottleneck import relative_paths, standard_rows  # noqa: E402 (bench/ is on the path)
+
 from lucidlm.evaluation import SUITES, parse_suites, run_suite, write_report
 from lucidlm.experiment import load_experiment_task, load_run
 
@@ -45,15 +45,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cebab", type=Path, default=CEBAB, help="CEBaB's folder (the causal suite's pairs)")
     parser.add_argument("--merge", action="store_true", help="keep the runs already in the results file")
-    parser.add_argument("--suites", default=",".join(SUITES),
-                        help=f"comma-separated, of {list(SUITES)}; fewer than all needs --merge and keeps a run's other results")
-    parser.add_argument("--black-box-accuracy", type=float, default=None,
-                        help="the black box's test accuracy for completeness (default: per run, the standard "
-                             "model's row of bench/results/cebab_bottleneck.json on the run's data set and seed, else seed 0's)")
+    parser.add_argument(
+        "--suites",
+        default=",".join(SUITES),
+        help=f"comma-separated, of {list(SUITES)}; fewer than all needs --merge and keeps a run's other results",
+    )
+    parser.add_argument(
+        "--black-box-accuracy",
+        type=float,
+        default=None,
+        help="the black box's test accuracy for completeness (default: per run, the standard "
+        "model's row of bench/results/cebab_bottleneck.json on the run's data set and seed, else seed 0's)",
+    )
     args = parser.parse_args()
     suites = parse_suites(args.suites)
     if len(suites) < len(SUITES) and not args.merge:
-        parser.error(f"--suites {args.suites}: measuring part of the suites keeps the rest of each run's results; add --merge")
+        parser.error(
+            f"--suites {args.suites}: measuring part of the suites keeps the rest of each run's results; add --merge"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -84,16 +93,29 @@ def main() -> None:
             source, seed = record["experiment"]["data"]["source"], record["experiment"]["training"]["seed"]
             black_box = black_boxes.get((source, seed), black_boxes.get((source, 0)))
             if black_box is not None and (source, seed) not in black_boxes:
-                print(f"{_shown(run_dir)}: no standard row of seed {seed} on its data set; completeness reads seed 0's",
-                      flush=True)
+                print(
+                    f"{_shown(run_dir)}: no standard row of seed {seed} on its data set; completeness reads seed 0's",
+                    flush=True,
+                )
             if black_box is None:
-                print(f"{_shown(run_dir)}: no standard row on its data set in cebab_bottleneck.json; completeness "
-                      "divides by the model's own accuracy", flush=True)
+                print(
+                    f"{_shown(run_dir)}: no standard row on its data set in cebab_bottleneck.json; completeness "
+                    "divides by the model's own accuracy",
+                    flush=True,
+                )
         partly = len(suites) < len(SUITES)
         if partly and name not in results:
             raise SystemExit(f"{_shown(run_dir)}: not in {RESULTS / FILES['json']}; measure all its suites first")
-        measured = run_suite(model, task, suites, split="test", samples=args.samples, seed=args.seed, cebab=args.cebab,
-                             black_box_accuracy=black_box)
+        measured = run_suite(
+            model,
+            task,
+            suites,
+            split="test",
+            samples=args.samples,
+            seed=args.seed,
+            cebab=args.cebab,
+            black_box_accuracy=black_box,
+        )
         if partly:  # the run's other suites stay as they were measured; its seconds are the full run's
             kept = results[name]
             measured = {**kept, **measured, "suites": [s for s in SUITES if s in kept["suites"] or s in suites]}
@@ -127,12 +149,19 @@ def earlier_results(samples: int, seed: int) -> tuple[dict, dict, dict]:
         model.setdefault("random_intervention_rate", 0.25 if model["mode"] in ("joint", "sequential") else None)
     for name, result in results.items():
         tokens = result.get("faithfulness", {}).get("tokens", {})
-        if result["seed"] != seed or tokens.get("n", 0) + tokens.get("left_out", 0) not in (0, min(samples, result["n"])):
-            raise SystemExit(f"{path}: run {name} was measured with other --samples or --seed; rerun it instead of merging")
+        if result["seed"] != seed or tokens.get("n", 0) + tokens.get("left_out", 0) not in (
+            0,
+            min(samples, result["n"]),
+        ):
+            raise SystemExit(
+                f"{path}: run {name} was measured with other --samples or --seed; rerun it instead of merging"
+            )
     commands = record.get("commands") or {name: record["command"] for name in results}
     commands = {name: [c] if isinstance(c, str) else c for name, c in commands.items()}  # files from before --suites
     threads = record.get("machine", {}).get("threads")  # files from before per-run threads
-    seconds = {name: s if isinstance(s, dict) else {"seconds": s, "threads": threads} for name, s in record["seconds"].items()}
+    seconds = {
+        name: s if isinstance(s, dict) else {"seconds": s, "threads": threads} for name, s in record["seconds"].items()
+    }
     return results, seconds, commands
 
 
@@ -147,11 +176,16 @@ def write(results: dict, seconds: dict, commands: dict[str, list[str]], missing:
     title = "Are the explanations true? The saved CEBaB runs, test split"
     written = write_report(results, RESULTS, None, FILES, title)
     record = json.loads(written["json"].read_text())
-    record.update(commands=commands, seconds=seconds, runs_missing=missing,
-                  machine={"platform": platform.platform(), "torch": torch.__version__})
+    record.update(
+        commands=commands,
+        seconds=seconds,
+        runs_missing=missing,
+        machine={"platform": platform.platform(), "torch": torch.__version__},
+    )
     written["json"].write_text(json.dumps(relative_paths(record), indent=2))
-    timing = ", ".join(f"{name} {s['seconds']:.0f} s ({s['threads']} thread{'s' * (s['threads'] != 1)})"
-                       for name, s in seconds.items())
+    timing = ", ".join(
+        f"{name} {s['seconds']:.0f} s ({s['threads']} thread{'s' * (s['threads'] != 1)})" for name, s in seconds.items()
+    )
     runs_of = {}  # command -> the runs it measured
     for name, measured_by in commands.items():
         for command in measured_by:

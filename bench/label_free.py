@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import transformers
+from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
 from sklearn.metrics import roc_auc_score
 
-from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
 from lucidlm.data.automatic_concepts import concept_scores, corrected_scores, read_statements
 from lucidlm.evaluation.concept_set import label_layer_weights
 from lucidlm.experiment import automatic_concept_sources, load_experiment_task, read_experiment, run_experiment
@@ -61,9 +61,14 @@ def train(config: str, name: str, objective: str | None = None) -> tuple[object,
     experiment.training.progress = False
     start = time.perf_counter()
     model, metrics = run_experiment(experiment)
-    return model, {"config": f"configs/{config}", "concept_objective": model.summary().get("concept_objective"),
-                   "test": metrics["test"]["task"], "dev": metrics["dev"]["task"],
-                   "seconds": time.perf_counter() - start, "epochs": sum(1 for r in model.training_history if "epoch" in r)}
+    return model, {
+        "config": f"configs/{config}",
+        "concept_objective": model.summary().get("concept_objective"),
+        "test": metrics["test"]["task"],
+        "dev": metrics["dev"]["task"],
+        "seconds": time.perf_counter() - start,
+        "epochs": sum(1 for r in model.training_history if "epoch" in r),
+    }
 
 
 def part_key(part: str, objective: str) -> str:
@@ -81,15 +86,23 @@ def cache_part() -> dict:
             start = time.perf_counter()
             concept_scores(texts, statements, cache_dir=cache)
             times.append(time.perf_counter() - start)
-    return {"texts": len(texts), "statements": len(statements), "first_seconds": times[0], "second_seconds": times[1],
-            "ratio": times[1] / times[0]}
+    return {
+        "texts": len(texts),
+        "statements": len(statements),
+        "first_seconds": times[0],
+        "second_seconds": times[1],
+        "ratio": times[1] / times[0],
+    }
 
 
 def label_head_record(model) -> dict:
     """The c→y stage's record: the path (per C: non-zero weights, dev score, saga's iterations,
     converged, optimality) and the solver's settings."""
     head = next(r for r in reversed(model.training_history) if r.get("stage") == "c→y")
-    return {"path": head["path"], "label_head": {k: head.get(k) for k in ("solver", "tol", "max_iter", "converged", "features")}}
+    return {
+        "path": head["path"],
+        "label_head": {k: head.get(k) for k in ("solver", "tol", "max_iter", "converged", "features")},
+    }
 
 
 def sst2_part(objective: str = DEFAULT_OBJECTIVE, earlier: dict | None = None) -> dict:
@@ -98,8 +111,11 @@ def sst2_part(objective: str = DEFAULT_OBJECTIVE, earlier: dict | None = None) -
     else:  # the same standard model: soft_targets' part trained it
         standard = earlier["sst2"]["standard"]
     model, label_free = train("sst2-label-free.yaml", "sst2-label-free", objective)
-    label_free.update(**label_head_record(model), concepts=len(model.spec.concepts),
-                      label_layer={c: rows[:8] for c, rows in label_layer_weights(model).items()})
+    label_free.update(
+        **label_head_record(model),
+        concepts=len(model.spec.concepts),
+        label_layer={c: rows[:8] for c, rows in label_layer_weights(model).items()},
+    )
     return {"standard": standard, "label-free": label_free}
 
 
@@ -114,11 +130,17 @@ def cebab_part(objective: str = DEFAULT_OBJECTIVE, earlier: dict | None = None) 
     agreement = []
     for (concept, value), members in statement_groups(statements).items():
         truth = human[concept] == value
-        agreement.append({"aspect": concept, "value": value, "statements": [statements[j].text for j in members],
-                          "positives": int(truth.sum()),
-                          "raw_plain": float(roc_auc_score(truth, raw[:, members[0]])),  # one plain statement
-                          "raw": float(roc_auc_score(truth, raw[:, members].mean(1))),
-                          "trained": float(roc_auc_score(truth, trained[:, members].mean(1)))})
+        agreement.append(
+            {
+                "aspect": concept,
+                "value": value,
+                "statements": [statements[j].text for j in members],
+                "positives": int(truth.sum()),
+                "raw_plain": float(roc_auc_score(truth, raw[:, members[0]])),  # one plain statement
+                "raw": float(roc_auc_score(truth, raw[:, members].mean(1))),
+                "trained": float(roc_auc_score(truth, trained[:, members].mean(1))),
+            }
+        )
     return {"label-free": {**row, **label_head_record(model)}, **supervised_rows(), "agreement": agreement}
 
 
@@ -150,10 +172,18 @@ def correction_part() -> dict:
     rows = []
     for (concept, value), members in statement_groups(statements).items():
         truth = human[concept] == value
-        rows.append({"aspect": concept, "value": value, "raw": float(roc_auc_score(truth, raw[:, members].mean(1))),
-                     "corrected": float(roc_auc_score(truth, corrected[:, members].mean(1))),
-                     # how often a review of each rating has this aspect value: what a tie may rule out
-                     "share_by_rating": {c: float(truth[task.train.labels == i].mean()) for i, c in enumerate(task.spec.classes)}})
+        rows.append(
+            {
+                "aspect": concept,
+                "value": value,
+                "raw": float(roc_auc_score(truth, raw[:, members].mean(1))),
+                "corrected": float(roc_auc_score(truth, corrected[:, members].mean(1))),
+                # how often a review of each rating has this aspect value: what a tie may rule out
+                "share_by_rating": {
+                    c: float(truth[task.train.labels == i].mean()) for i, c in enumerate(task.spec.classes)
+                },
+            }
+        )
     return {"train_texts": len(task.train), "agreement": rows}
 
 
@@ -165,8 +195,13 @@ def synthetic_label_input(rows: int = 3000, statements: int = 40, seed: int = 1)
     factor = rng.normal(size=(rows, 1))
     scores = 0.9 * factor * rng.choice([-1, 1], size=statements) + 0.45 * rng.normal(size=(rows, statements))
     labels = (factor[:, 0] + 0.7 * rng.normal(size=rows) > 0).astype(int)
-    x = np.concatenate([2 * scores + 0.3 * rng.normal(size=(rows, statements)) + 1,
-                        -1.5 * scores + 0.3 * rng.normal(size=(rows, statements))], axis=1)
+    x = np.concatenate(
+        [
+            2 * scores + 0.3 * rng.normal(size=(rows, statements)) + 1,
+            -1.5 * scores + 0.3 * rng.normal(size=(rows, statements)),
+        ],
+        axis=1,
+    )
     return (x - x.mean(0)) / x.std(0), labels
 
 
@@ -188,8 +223,12 @@ def path_part() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--objective", choices=CONCEPT_OBJECTIVES.names, default=DEFAULT_OBJECTIVE,
-                        help="the label-free model's concept_objective (sst2 and cebab parts)")
+    parser.add_argument(
+        "--objective",
+        choices=CONCEPT_OBJECTIVES.names,
+        default=DEFAULT_OBJECTIVE,
+        help="the label-free model's concept_objective (sst2 and cebab parts)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
@@ -218,39 +257,69 @@ def markdown(result: dict) -> str:
         lines += cebab_markdown(result[key], objective_of(key))
     if "correction" in result:
         k = result["correction"]
-        lines += ["## What ACC teaches the concept layer (CEBaB training texts)", "", f"Command: `{k['command']}`. ROC AUC against "
-                  f"the human aspect labels of the {k['train_texts']} training texts: the raw scores, and the scores after ACC "
-                  "(statements tied to other star ratings than the review's set to zero), the targets the concept layer learns.", "",
-                  "| aspect | value | raw | after ACC |", "|---|---|---|---|"]
+        lines += [
+            "## What ACC teaches the concept layer (CEBaB training texts)",
+            "",
+            f"Command: `{k['command']}`. ROC AUC against "
+            f"the human aspect labels of the {k['train_texts']} training texts: the raw scores, and the scores after ACC "
+            "(statements tied to other star ratings than the review's set to zero), the targets the concept layer learns.",
+            "",
+            "| aspect | value | raw | after ACC |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {a['aspect']} | {a['value']} | {a['raw']:.3f} | {a['corrected']:.3f} |" for a in k["agreement"]]
-        lines += [f"| mean | | {np.mean([a['raw'] for a in k['agreement']]):.3f} | "
-                  f"{np.mean([a['corrected'] for a in k['agreement']]):.3f} |", ""]
+        lines += [
+            f"| mean | | {np.mean([a['raw'] for a in k['agreement']]):.3f} | "
+            f"{np.mean([a['corrected'] for a in k['agreement']]):.3f} |",
+            "",
+        ]
         if "share_by_rating" in k["agreement"][0]:
             ratings = list(k["agreement"][0]["share_by_rating"])
-            lines += ["The share of training reviews of each rating with the aspect value (what a statement's tie to ratings "
-                      "zeroes on the others):", "", "| aspect | value | " + " | ".join(f"{r} stars" for r in ratings) + " |",
-                      "|---|---|" + "---|" * len(ratings)]
-            lines += [f"| {a['aspect']} | {a['value']} | " + " | ".join(f"{a['share_by_rating'][r]:.0%}" for r in ratings) + " |"
-                      for a in k["agreement"]]
+            lines += [
+                "The share of training reviews of each rating with the aspect value (what a statement's tie to ratings "
+                "zeroes on the others):",
+                "",
+                "| aspect | value | " + " | ".join(f"{r} stars" for r in ratings) + " |",
+                "|---|---|" + "---|" * len(ratings),
+            ]
+            lines += [
+                f"| {a['aspect']} | {a['value']} | "
+                + " | ".join(f"{a['share_by_rating'][r]:.0%}" for r in ratings)
+                + " |"
+                for a in k["agreement"]
+            ]
             lines.append("")
     if "path" in result:
         k = result["path"]
-        lines += ["## Does the elastic-net path converge? (synthetic)", "", f"Command: `{k['command']}`. {k['rows']} rows, "
-                  f"{k['features']} standardised features (40 statements, two correlated logits each, one common factor), "
-                  f"l1 share {k['l1_ratio']}, the label layer's path of C. Per C: non-zero weights / saga's epochs; "
-                  "optimality: the largest violation of the optimum's conditions relative to the gradient at zero weights.", "",
-                  "| C | " + " | ".join(f"tol {r['tol']:g} (max {r['max_iter']})" for r in k["runs"]) + " |",
-                  "|---|" + "---|" * len(k["runs"])]
+        lines += [
+            "## Does the elastic-net path converge? (synthetic)",
+            "",
+            f"Command: `{k['command']}`. {k['rows']} rows, "
+            f"{k['features']} standardised features (40 statements, two correlated logits each, one common factor), "
+            f"l1 share {k['l1_ratio']}, the label layer's path of C. Per C: non-zero weights / saga's epochs; "
+            "optimality: the largest violation of the optimum's conditions relative to the gradient at zero weights.",
+            "",
+            "| C | " + " | ".join(f"tol {r['tol']:g} (max {r['max_iter']})" for r in k["runs"]) + " |",
+            "|---|" + "---|" * len(k["runs"]),
+        ]
         for i, c in enumerate(r["C"] for r in k["runs"][0]["path"]):
-            cells = [f"{p['nonzero_weights']} / {p['n_iter']}{'' if p['converged'] else ' (not converged)'}, "
-                     f"{p['optimality']:.0e}" for p in (r["path"][i] for r in k["runs"])]
+            cells = [
+                f"{p['nonzero_weights']} / {p['n_iter']}{'' if p['converged'] else ' (not converged)'}, "
+                f"{p['optimality']:.0e}"
+                for p in (r["path"][i] for r in k["runs"])
+            ]
             lines.append(f"| {c:.3g} | " + " | ".join(cells) + " |")
         lines += ["| seconds | " + " | ".join(f"{r['seconds']:.1f}" for r in k["runs"]) + " |", ""]
     if "cache" in result:
         k = result["cache"]
-        lines += ["## The score cache", "", f"Command: `{k['command']}`. Scoring {k['texts']} texts against {k['statements']} "
-                  f"statements: {k['first_seconds']:.1f} s the first time, {k['second_seconds']:.2f} s the second "
-                  f"(ratio {k['ratio']:.2%}).", ""]
+        lines += [
+            "## The score cache",
+            "",
+            f"Command: `{k['command']}`. Scoring {k['texts']} texts against {k['statements']} "
+            f"statements: {k['first_seconds']:.1f} s the first time, {k['second_seconds']:.2f} s the second "
+            f"(ratio {k['ratio']:.2%}).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -263,12 +332,23 @@ def path_markdown(path: list[dict], record: dict | None) -> list[str]:
     where the run recorded them."""
     solver = record or {}
     recorded = "n_iter" in path[0]
-    lines = ["The sparse label layer's path (elastic net, l1 share 0.5"
-             + (f"; saga, tol {solver['tol']:g}, at most {solver['max_iter']} epochs" if solver.get("tol") else "")
-             + "; the chosen point in bold" + ("; optimality: the largest violation of the optimum's conditions, relative "
-                                              "to the gradient at zero weights" if recorded else "") + "):", ""]
-    lines += (["| C | non-zero weights | dev acc | epochs | converged | optimality |", "|---|---|---|---|---|---|"] if recorded
-              else ["| C | non-zero weights | dev acc |", "|---|---|---|"])
+    lines = [
+        "The sparse label layer's path (elastic net, l1 share 0.5"
+        + (f"; saga, tol {solver['tol']:g}, at most {solver['max_iter']} epochs" if solver.get("tol") else "")
+        + "; the chosen point in bold"
+        + (
+            "; optimality: the largest violation of the optimum's conditions, relative to the gradient at zero weights"
+            if recorded
+            else ""
+        )
+        + "):",
+        "",
+    ]
+    lines += (
+        ["| C | non-zero weights | dev acc | epochs | converged | optimality |", "|---|---|---|---|---|---|"]
+        if recorded
+        else ["| C | non-zero weights | dev acc |", "|---|---|---|"]
+    )
     best = max(path, key=lambda p: p["dev_score"])
     for p in path:
         cells = [f"{p['C']:.3g}", str(p["nonzero_weights"]), f"{p['dev_score']:.1%}"]
@@ -280,17 +360,27 @@ def path_markdown(path: list[dict], record: dict | None) -> list[str]:
 
 def sst2_markdown(s: dict, objective: str) -> list[str]:
     lf = s["label-free"]
-    lines = [f"## SST-2 (GLUE dev as test; 3000 training rows, 2 epochs, seed 0; concept objective {objective})", "",
-             f"Command: `{s['command']}`.", "",
-             "| model | concept objective | test acc | test macro-F1 | dev acc | epochs | train+eval s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## SST-2 (GLUE dev as test; 3000 training rows, 2 epochs, seed 0; concept objective {objective})",
+        "",
+        f"Command: `{s['command']}`.",
+        "",
+        "| model | concept objective | test acc | test macro-F1 | dev acc | epochs | train+eval s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in ("standard", "label-free"):
         r = s[name]
-        lines.append(f"| {name} | {objective if name == 'label-free' else '–'} | {r['test']['accuracy']:.1%} | "
-                     f"{r['test']['macro_f1']:.3f} | {r['dev']['accuracy']:.1%} | {r['epochs']} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {name} | {objective if name == 'label-free' else '–'} | {r['test']['accuracy']:.1%} | "
+            f"{r['test']['macro_f1']:.3f} | {r['dev']['accuracy']:.1%} | {r['epochs']} | {r['seconds']:.0f} |"
+        )
     gap = lf["test"]["accuracy"] - s["standard"]["test"]["accuracy"]
-    lines += ["", f"Label-free minus standard: {100 * gap:+.1f} points ({lf['concepts']} statements, "
-              f"configs/sst2-label-free.yaml, concept_objective {objective}).", ""]
+    lines += [
+        "",
+        f"Label-free minus standard: {100 * gap:+.1f} points ({lf['concepts']} statements, "
+        f"configs/sst2-label-free.yaml, concept_objective {objective}).",
+        "",
+    ]
     lines += path_markdown(lf["path"], lf.get("label_head"))
     unit = "per unit of its activation" if objective == "cos3" else "the class logit's rise from no to yes"
     lines += [f"What the chosen label layer reads per class (weight: {unit}; the 8 largest):", ""]
@@ -301,18 +391,31 @@ def sst2_markdown(s: dict, objective: str) -> list[str]:
 
 def cebab_markdown(c: dict, objective: str) -> list[str]:
     lf = c["label-free"]
-    supervised = "".join(f"; the supervised {m} model: {c[f'supervised_{m}_test']['accuracy']:.1%} "
-                         f"(macro-F1 {c[f'supervised_{m}_test']['macro_f1']:.3f})"
-                         for m in ("joint", "sequential") if f"supervised_{m}_test" in c)
-    lines = [f"## CEBaB (test; concept objective {objective})", "", f"Command: `{c['command']}`.", "",
-             f"Label-free model (configs/cebab-label-free.yaml, concept_objective {objective}, no human concept label read; "
-             f"trained in two stages as the supervised sequential model is): task accuracy {lf['test']['accuracy']:.1%} "
-             f"(macro-F1 {lf['test']['macro_f1']:.3f}){supervised}.", "",
-             "Agreement with the human aspect labels, ROC AUC: raw MiniLM cosine of the first (plain) statement, of the "
-             "mean over the statements that stand for the label, and the trained concept layer's mean p(yes) over them.", "",
-             "| aspect | value | positives | raw, plain statement | raw, its statements | trained |", "|---|---|---|---|---|---|"]
+    supervised = "".join(
+        f"; the supervised {m} model: {c[f'supervised_{m}_test']['accuracy']:.1%} "
+        f"(macro-F1 {c[f'supervised_{m}_test']['macro_f1']:.3f})"
+        for m in ("joint", "sequential")
+        if f"supervised_{m}_test" in c
+    )
+    lines = [
+        f"## CEBaB (test; concept objective {objective})",
+        "",
+        f"Command: `{c['command']}`.",
+        "",
+        f"Label-free model (configs/cebab-label-free.yaml, concept_objective {objective}, no human concept label read; "
+        f"trained in two stages as the supervised sequential model is): task accuracy {lf['test']['accuracy']:.1%} "
+        f"(macro-F1 {lf['test']['macro_f1']:.3f}){supervised}.",
+        "",
+        "Agreement with the human aspect labels, ROC AUC: raw MiniLM cosine of the first (plain) statement, of the "
+        "mean over the statements that stand for the label, and the trained concept layer's mean p(yes) over them.",
+        "",
+        "| aspect | value | positives | raw, plain statement | raw, its statements | trained |",
+        "|---|---|---|---|---|---|",
+    ]
     for a in c["agreement"]:
-        lines.append(f"| {a['aspect']} | {a['value']} | {a['positives']} | {a['raw_plain']:.3f} | {a['raw']:.3f} | {a['trained']:.3f} |")
+        lines.append(
+            f"| {a['aspect']} | {a['value']} | {a['positives']} | {a['raw_plain']:.3f} | {a['raw']:.3f} | {a['trained']:.3f} |"
+        )
     means = {k: np.mean([a[k] for a in c["agreement"]]) for k in ("raw_plain", "raw", "trained")}
     lines += [f"| mean | | | {means['raw_plain']:.3f} | {means['raw']:.3f} | {means['trained']:.3f} |", ""]
     if lf.get("path"):

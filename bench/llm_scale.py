@@ -32,17 +32,36 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 # Llama-architecture shapes (grouped-query attention, 8 key/value heads); vocabulary 32,000.
 SIZES = {
-    "50m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, intermediate_size=1536),
-    "200m": dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=8, intermediate_size=3072),
-    "500m": dict(hidden_size=1536, num_hidden_layers=14, num_attention_heads=16, num_key_value_heads=8, intermediate_size=5120),
-    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, intermediate_size=8192),
-    "8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336),
+    "50m": dict(
+        hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, intermediate_size=1536
+    ),
+    "200m": dict(
+        hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=8, intermediate_size=3072
+    ),
+    "500m": dict(
+        hidden_size=1536, num_hidden_layers=14, num_attention_heads=16, num_key_value_heads=8, intermediate_size=5120
+    ),
+    "1b": dict(
+        hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, intermediate_size=8192
+    ),
+    "8b": dict(
+        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336
+    ),
 }
 VOCAB = 32000
-FAMILIES = {"standard": {}, "bottleneck": {"mode": "joint"}, "prototype": {"prototypes_per_class": 4},
-            # pruned once, at the end of the few steps; movement scores (oBERT's buffer is refused at this size)
-            "sparse": {"sparsity": 0.5, "pruning_start": 0.0, "pruning_end": 1.0, "pruning_interval": 1000,
-                       "pruning_score": "movement"}}
+FAMILIES = {
+    "standard": {},
+    "bottleneck": {"mode": "joint"},
+    "prototype": {"prototypes_per_class": 4},
+    # pruned once, at the end of the few steps; movement scores (oBERT's buffer is refused at this size)
+    "sparse": {
+        "sparsity": 0.5,
+        "pruning_start": 0.0,
+        "pruning_end": 1.0,
+        "pruning_interval": 1000,
+        "pruning_score": "movement",
+    },
+}
 BASELINE = "peft-sequence-classification"
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 
@@ -53,8 +72,9 @@ def save_backbone(folder: Path, size: str) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_decoders import tiny_tokenizer
 
-    config = transformers.LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, **SIZES[size],
-                                      bos_token_id=0, eos_token_id=1)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, max_position_embeddings=4096, **SIZES[size], bos_token_id=0, eos_token_id=1
+    )
     torch.manual_seed(0)
     with torch.device("cpu"):
         model = transformers.AutoModel.from_config(config, dtype=torch.bfloat16)
@@ -72,9 +92,11 @@ def measure(folder: Path, family: str, batch: int, tokens: int, steps: int, devi
     task = load_task("cebab", path=ROOT.parent / "shared" / "data" / "cebab")
     words = " ".join(task.train.texts[:50]).split()
     by_class = [np.flatnonzero(task.train.labels == c) for c in range(len(task.spec.classes))]
-    interleaved = [int(i) for group in zip(*by_class) for i in group]  # every class in the first rows (prototypes start there)
-    rows = task.train.select(interleaved[:max(batch * steps, len(by_class))])
-    rows.texts = [" ".join(words[(i * 7) % 100:][: tokens * 2]) for i in range(len(rows))]  # every text > tokens
+    interleaved = [
+        int(i) for group in zip(*by_class) for i in group
+    ]  # every class in the first rows (prototypes start there)
+    rows = task.train.select(interleaved[: max(batch * steps, len(by_class))])
+    rows.texts = [" ".join(words[(i * 7) % 100 :][: tokens * 2]) for i in range(len(rows))]  # every text > tokens
     if family == BASELINE:
         seconds = peft_baseline(folder, rows, batch, tokens, steps, device)
     else:
@@ -89,11 +111,23 @@ def measure(folder: Path, family: str, batch: int, tokens: int, steps: int, devi
             return {"family": family, "refused": str(e)}
         model.to(device)
         start = time.perf_counter()  # the whole fit (its set-up too) over its steps, as the baseline's loop
-        model.fit(rows, None, epochs=1, batch_size=batch, progress=False, calibrate=False, gradient_checkpointing=True,
-                  learning_rate=1e-4)
+        model.fit(
+            rows,
+            None,
+            epochs=1,
+            batch_size=batch,
+            progress=False,
+            calibrate=False,
+            gradient_checkpointing=True,
+            learning_rate=1e-4,
+        )
         seconds = (time.perf_counter() - start) / (len(rows) // batch)
-    return {"family": family, "peak_bytes": peak_bytes(device) - held_before, "seconds_per_step": seconds,
-            "tokens_per_second": batch * tokens / seconds}
+    return {
+        "family": family,
+        "peak_bytes": peak_bytes(device) - held_before,
+        "seconds_per_step": seconds,
+        "tokens_per_second": batch * tokens / seconds,
+    }
 
 
 def peft_baseline(folder: Path, rows, batch: int, tokens: int, steps: int, device: str) -> float:
@@ -103,17 +137,25 @@ def peft_baseline(folder: Path, rows, batch: int, tokens: int, steps: int, devic
     tokenizer.pad_token = tokenizer.eos_token
     model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, num_labels=5, dtype=torch.bfloat16)
     model.config.pad_token_id, model.config.use_cache = tokenizer.pad_token_id, False
-    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=LORA["r"], lora_alpha=LORA["alpha"],
-                                             lora_dropout=LORA["dropout"], target_modules=LORA["target_modules"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules=LORA["target_modules"],
+        ),
+    )
     model.to(device).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     steps = len(rows) // batch
     start = time.perf_counter()
     for s in range(steps):
-        texts = rows.texts[s * batch:(s + 1) * batch]
+        texts = rows.texts[s * batch : (s + 1) * batch]
         encoded = tokenizer(texts, truncation=True, max_length=tokens, padding=True, return_tensors="pt").to(device)
-        labels = torch.as_tensor(rows.labels[s * batch:(s + 1) * batch], device=device)
+        labels = torch.as_tensor(rows.labels[s * batch : (s + 1) * batch], device=device)
         loss = model(**encoded, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -144,39 +186,65 @@ def memory_model(rows: list[dict]) -> dict:
         x = np.array([[r["parameters"], r["batch"] * r["tokens"], 1.0] for r in mine])
         y = np.array([r["peak_bytes"] for r in mine], dtype=float)
         (per_parameter, per_token, fixed), *_ = np.linalg.lstsq(x, y, rcond=None)
-        model[family] = {"bytes_per_parameter": per_parameter, "bytes_per_token": per_token, "fixed_bytes": fixed,
-                         "checked": [{"size": r["size"], "peak_bytes": r["peak_bytes"], "predicted": float(x[i] @ [per_parameter, per_token, fixed])}
-                                     for i, r in enumerate(mine)]}
+        model[family] = {
+            "bytes_per_parameter": per_parameter,
+            "bytes_per_token": per_token,
+            "fixed_bytes": fixed,
+            "checked": [
+                {
+                    "size": r["size"],
+                    "peak_bytes": r["peak_bytes"],
+                    "predicted": float(x[i] @ [per_parameter, per_token, fixed]),
+                }
+                for i, r in enumerate(mine)
+            ],
+        }
     return model
 
 
 def markdown(result: dict) -> str:
-    lines = ["# Memory and speed on a Llama-architecture backbone (random weights, bf16, LoRA r = 16 on every linear "
-             "layer, gradient checkpointing)", "",
-             f"Device: {result['device']}. Batch {result['batch']} × {result['tokens']} tokens, {result['steps']} training "
-             "steps per row, each row in its own process. Peak: CUDA max allocated, or on CPU the process's peak resident "
-             f"memory less what it held before building the model (on CPU the bf16 weights are read from the memory-mapped "
-             "checkpoint, whose pages the resident figure undercounts: compare rows with one another, not with 2 bytes per "
-             f"parameter). Baseline: {BASELINE} (PEFT's own, the same LoRA "
-             "settings, the same batches). Ratios against the baseline of the same size, measured in the same run; a "
-             "family's seconds include its fit's set-up (Accelerate, the data loader) over its few steps.", "",
-             "| size | backbone parameters | family | peak | × baseline | tokens/s | × baseline |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Memory and speed on a Llama-architecture backbone (random weights, bf16, LoRA r = 16 on every linear "
+        "layer, gradient checkpointing)",
+        "",
+        f"Device: {result['device']}. Batch {result['batch']} × {result['tokens']} tokens, {result['steps']} training "
+        "steps per row, each row in its own process. Peak: CUDA max allocated, or on CPU the process's peak resident "
+        f"memory less what it held before building the model (on CPU the bf16 weights are read from the memory-mapped "
+        "checkpoint, whose pages the resident figure undercounts: compare rows with one another, not with 2 bytes per "
+        f"parameter). Baseline: {BASELINE} (PEFT's own, the same LoRA "
+        "settings, the same batches). Ratios against the baseline of the same size, measured in the same run; a "
+        "family's seconds include its fit's set-up (Accelerate, the data loader) over its few steps.",
+        "",
+        "| size | backbone parameters | family | peak | × baseline | tokens/s | × baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         base = next(b for b in result["rows"] if b["size"] == r["size"] and b["family"] == BASELINE)
         if "refused" in r or "failed" in r:
             why = f"refused: {r['refused']}" if "refused" in r else f"failed: {r['failed']}"
             lines.append(f"| {r['size']} | {r['parameters']:,} | {r['family']} | {why[:160]} | | | |")
             continue
-        lines.append(f"| {r['size']} | {r['parameters']:,} | {r['family']} | {r['peak_bytes'] / 2**30:.2f} GiB | "
-                     f"{r['peak_bytes'] / base['peak_bytes']:.2f} | {r['tokens_per_second']:.1f} | "
-                     f"{r['tokens_per_second'] / base['tokens_per_second']:.2f} |")
+        lines.append(
+            f"| {r['size']} | {r['parameters']:,} | {r['family']} | {r['peak_bytes'] / 2**30:.2f} GiB | "
+            f"{r['peak_bytes'] / base['peak_bytes']:.2f} | {r['tokens_per_second']:.1f} | "
+            f"{r['tokens_per_second'] / base['tokens_per_second']:.2f} |"
+        )
     if result["memory_model"]:
-        lines += ["", "Memory model, fitted over the sizes (peak ≈ fixed + a · parameters + b · tokens per batch):", "",
-                  "| family | bytes per parameter | bytes per token | fixed | measured → predicted |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Memory model, fitted over the sizes (peak ≈ fixed + a · parameters + b · tokens per batch):",
+            "",
+            "| family | bytes per parameter | bytes per token | fixed | measured → predicted |",
+            "|---|---|---|---|---|",
+        ]
         for family, m in result["memory_model"].items():
-            checked = ", ".join(f"{c['size']} {c['peak_bytes'] / 2**30:.2f} → {c['predicted'] / 2**30:.2f} GiB" for c in m["checked"])
-            lines.append(f"| {family} | {m['bytes_per_parameter']:.2f} | {m['bytes_per_token'] / 2**20:.2f} MiB | "
-                         f"{m['fixed_bytes'] / 2**20:.0f} MiB | {checked} |")
+            checked = ", ".join(
+                f"{c['size']} {c['peak_bytes'] / 2**30:.2f} → {c['predicted'] / 2**30:.2f} GiB" for c in m["checked"]
+            )
+            lines.append(
+                f"| {family} | {m['bytes_per_parameter']:.2f} | {m['bytes_per_token'] / 2**20:.2f} MiB | "
+                f"{m['fixed_bytes'] / 2**20:.0f} MiB | {checked} |"
+            )
     lines += ["", f"Command: `{result['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -189,7 +257,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--row", nargs=2, metavar=("FOLDER", "FAMILY"), help=argparse.SUPPRESS)  # one row, in a child process
+    parser.add_argument(
+        "--row", nargs=2, metavar=("FOLDER", "FAMILY"), help=argparse.SUPPRESS
+    )  # one row, in a child process
     args = parser.parse_args()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -201,20 +271,49 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             save_backbone(Path(folder), size)
             for family in args.families:
-                child = subprocess.run([sys.executable, __file__, "--row", folder, family, "--batch", str(args.batch),
-                                        "--tokens", str(args.tokens), "--steps", str(args.steps), "--device", args.device],
-                                       capture_output=True, text=True)
+                child = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--row",
+                        folder,
+                        family,
+                        "--batch",
+                        str(args.batch),
+                        "--tokens",
+                        str(args.tokens),
+                        "--steps",
+                        str(args.steps),
+                        "--device",
+                        args.device,
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if child.returncode:  # e.g. killed for memory: the row says so, the others stand
                     last = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
                     measured = {"family": family, "failed": f"exit status {child.returncode}: {last[:200]}"}
                 else:
                     measured = json.loads(child.stdout.strip().splitlines()[-1])
-                row = {**measured, "size": size, "parameters": parameters_of(size), "batch": args.batch, "tokens": args.tokens}
+                row = {
+                    **measured,
+                    "size": size,
+                    "parameters": parameters_of(size),
+                    "batch": args.batch,
+                    "tokens": args.tokens,
+                }
                 print(row, flush=True)
                 rows.append(row)
-    result = {"command": "python bench/llm_scale.py " + " ".join(sys.argv[1:]), "device": args.device,
-              "machine": {"platform": platform.platform(), "torch": torch.__version__, "cuda": torch.cuda.is_available()},
-              "batch": args.batch, "tokens": args.tokens, "steps": args.steps, "rows": rows, "memory_model": memory_model(rows)}
+    result = {
+        "command": "python bench/llm_scale.py " + " ".join(sys.argv[1:]),
+        "device": args.device,
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+        "batch": args.batch,
+        "tokens": args.tokens,
+        "steps": args.steps,
+        "rows": rows,
+        "memory_model": memory_model(rows),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "llm_scale" if args.device == "cpu" else "llm_scale_cuda"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))

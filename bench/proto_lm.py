@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
 
 from lucidlm import PrototypeLM
-from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
 from lucidlm.experiment import Experiment, load_experiment_task, read_experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,9 @@ RESULTS = ROOT / "bench" / "results"
 STANDARD = {"family": "standard", "pooling": "mean"}
 
 
-def with_budget(experiment: Experiment, args, name: str, train_rows: int | None, epochs: int | None = None) -> Experiment:
+def with_budget(
+    experiment: Experiment, args, name: str, train_rows: int | None, epochs: int | None = None
+) -> Experiment:
     """The config's experiment with this benchmark's budget: rows, epochs, dev size, no progress bars."""
     subsample = dict(experiment.data.get("subsample") or {})
     if train_rows:
@@ -41,19 +43,31 @@ def with_budget(experiment: Experiment, args, name: str, train_rows: int | None,
     if args.dev_rows:
         subsample["dev"] = args.dev_rows
     training = replace(experiment.training, epochs=epochs or args.epochs, progress=False)
-    return replace(experiment, data={**experiment.data, "subsample": subsample}, training=training,
-                   output_dir=ROOT / "runs" / f"bench-{name}")
+    return replace(
+        experiment,
+        data={**experiment.data, "subsample": subsample},
+        training=training,
+        output_dir=ROOT / "runs" / f"bench-{name}",
+    )
 
 
 def train(experiment: Experiment, model: dict | None = None) -> dict:
     if model is not None:
-        experiment = replace(experiment, model={"backbone": experiment.model["backbone"], **model},
-                             output_dir=experiment.output_dir.with_name(experiment.output_dir.name + "-standard"))
+        experiment = replace(
+            experiment,
+            model={"backbone": experiment.model["backbone"], **model},
+            output_dir=experiment.output_dir.with_name(experiment.output_dir.name + "-standard"),
+        )
     start = time.perf_counter()
     trained, metrics = run_experiment(experiment)
-    return {"model": trained, "test": metrics["test"]["task"], "dev": metrics["dev"]["task"],
-            "seconds": time.perf_counter() - start,
-            "epochs_run": sum(1 for r in trained.training_history if "epoch" in r), "config": experiment.to_dict()}
+    return {
+        "model": trained,
+        "test": metrics["test"]["task"],
+        "dev": metrics["dev"]["task"],
+        "seconds": time.perf_counter() - start,
+        "epochs_run": sum(1 for r in trained.training_history if "epoch" in r),
+        "config": experiment.to_dict(),
+    }
 
 
 def reused_standard(experiment: Experiment) -> dict | None:
@@ -63,12 +77,21 @@ def reused_standard(experiment: Experiment) -> dict | None:
     if row is None:
         return None
     trained = row["config"]
-    same = (trained["training"] == {**asdict(experiment.training), "progress": trained["training"]["progress"]}
-            and _data(trained["data"]) == _data(experiment.data) and trained["model"]["backbone"] == experiment.model["backbone"])
+    same = (
+        trained["training"] == {**asdict(experiment.training), "progress": trained["training"]["progress"]}
+        and _data(trained["data"]) == _data(experiment.data)
+        and trained["model"]["backbone"] == experiment.model["backbone"]
+    )
     if not same:
         return None
-    return {"test": row["test"]["task"], "dev": row["dev"]["task"], "seconds": row["train_seconds"],
-            "epochs_run": row["epochs_run"], "config": trained, "reused_from": "bench/results/cebab_bottleneck.json"}
+    return {
+        "test": row["test"]["task"],
+        "dev": row["dev"]["task"],
+        "seconds": row["train_seconds"],
+        "epochs_run": row["epochs_run"],
+        "config": trained,
+        "reused_from": "bench/results/cebab_bottleneck.json",
+    }
 
 
 def _data(data: dict) -> dict:
@@ -92,7 +115,11 @@ def ablation(experiment: Experiment, variants: dict[str, dict]) -> dict:
         start = time.perf_counter()
         model = PrototypeLM.from_backbone(task=task.spec, seed=experiment.training.seed, **{**options, **change})
         model.fit(task.train, eval_data=task.dev, config=experiment.training)
-        rows[name] = {"change": change, "test": model.evaluate(task.test)["task"], "seconds": time.perf_counter() - start}
+        rows[name] = {
+            "change": change,
+            "test": model.evaluate(task.test)["task"],
+            "seconds": time.perf_counter() - start,
+        }
         print(f"ablation {name}: {json.dumps(rows[name]['test'])} ({rows[name]['seconds']:.0f} s)", flush=True)
     return rows
 
@@ -115,8 +142,15 @@ def head_timing(spec, batch: int, tokens: int, prototypes: int, repeats: int) ->
         backbone_s.append(middle - start)
         head_s.append(end - middle)
     backbone, head = statistics.median(backbone_s[1:]), statistics.median(head_s[1:])
-    return {"batch": batch, "tokens": tokens, "prototypes": prototypes, "repeats": repeats,
-            "backbone_seconds": backbone, "head_seconds": head, "head_share": head / backbone}
+    return {
+        "batch": batch,
+        "tokens": tokens,
+        "prototypes": prototypes,
+        "repeats": repeats,
+        "backbone_seconds": backbone,
+        "head_seconds": head,
+        "head_share": head / backbone,
+    }
 
 
 def main() -> None:
@@ -130,9 +164,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 leaves a core to other work)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["sst2", "cebab", "ablation", "timing"])
     parser.add_argument("--merge", action="store_true", help="add to the sections of the last run's results")
-    parser.add_argument("--reuse-standard", action="store_true",
-                        help="CEBaB: take the standard model from bench/results/cebab_bottleneck.json when it was "
-                             "trained with exactly this budget (same data, training config and seed)")
+    parser.add_argument(
+        "--reuse-standard",
+        action="store_true",
+        help="CEBaB: take the standard model from bench/results/cebab_bottleneck.json when it was "
+        "trained with exactly this budget (same data, training config and seed)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.utils.logging.set_verbosity_error()
@@ -141,21 +178,31 @@ def main() -> None:
 
     sst2 = read_experiment(ROOT / "configs" / "sst2-proto.yaml")
     cebab = read_experiment(ROOT / "configs" / "cebab-proto.yaml")
-    command = "python bench/proto_lm.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("skip", "merge") and v
-    ) + (" --skip " + " ".join(args.skip) if args.skip else "") + (" --merge" if args.merge else "")
+    command = (
+        "python bench/proto_lm.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("skip", "merge") and v)
+        + (" --skip " + " ".join(args.skip) if args.skip else "")
+        + (" --merge" if args.merge else "")
+    )
     result = {"commands": [], "comparison": {}, "hard_projection": {}, "wall_seconds_before": 0.0}
     if args.merge and (RESULTS / "proto_lm.json").is_file():
         result = json.loads((RESULTS / "proto_lm.json").read_text())
         result["wall_seconds_before"] = result.pop("wall_seconds")
         result.setdefault("commands", [result.pop("command")] if "command" in result else [])
     result["commands"].append(command)
-    result["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    result["machine"] = {
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     if "timing" not in args.skip:
         spec = load_experiment_task(sst2.data).spec
         result["timing"] = head_timing(spec, batch=64, tokens=50, prototypes=1000, repeats=10)
         print(f"timing: {json.dumps(result['timing'])}", flush=True)
-    budgets = (("sst2", sst2, args.sst2_train, args.epochs), ("cebab", cebab, args.cebab_train, args.cebab_epochs or args.epochs))
+    budgets = (
+        ("sst2", sst2, args.sst2_train, args.epochs),
+        ("cebab", cebab, args.cebab_train, args.cebab_epochs or args.epochs),
+    )
     for name, experiment, rows, epochs in budgets:
         if name in args.skip:
             continue
@@ -166,25 +213,36 @@ def main() -> None:
         standard = reused_standard(experiment) if name == "cebab" and args.reuse_standard else None
         standard = standard or train(experiment, STANDARD)
         result["comparison"][name] = {
-            "train_rows": len(task.train), "dev_rows": len(task.dev), "test_rows": len(task.test),
-            "majority_floor": floor, "epochs": epochs,
+            "train_rows": len(task.train),
+            "dev_rows": len(task.dev),
+            "test_rows": len(task.test),
+            "majority_floor": floor,
+            "epochs": epochs,
             "prototype": {k: v for k, v in proto.items() if k != "model"},
             "standard": {k: v for k, v in standard.items() if k != "model"},
         }
         result["hard_projection"][name] = hard_projection(proto["model"], experiment)
-        print(f"{name}: proto {json.dumps(proto['test'])} standard {json.dumps(standard['test'])} "
-              f"hard projection {json.dumps(result['hard_projection'][name])}", flush=True)
+        print(
+            f"{name}: proto {json.dumps(proto['test'])} standard {json.dumps(standard['test'])} "
+            f"hard projection {json.dumps(result['hard_projection'][name])}",
+            flush=True,
+        )
         save(result, started)
 
     if "ablation" not in args.skip:
         experiment = with_budget(sst2, args, "sst2-ablation", args.ablation_train)
         result["ablation"] = {
-            "task": "sst2", "train_rows": args.ablation_train, "epochs": args.epochs,
-            "variants": ablation(experiment, {
-                "defaults (10 per class)": {},
-                "λ1 = λ2 = 0": {"cohesion_weight": 0.0, "separation_weight": 0.0},
-                "50 per class": {"prototypes_per_class": 50},
-            }),
+            "task": "sst2",
+            "train_rows": args.ablation_train,
+            "epochs": args.epochs,
+            "variants": ablation(
+                experiment,
+                {
+                    "defaults (10 per class)": {},
+                    "λ1 = λ2 = 0": {"cohesion_weight": 0.0, "separation_weight": 0.0},
+                    "50 per class": {"prototypes_per_class": 50},
+                },
+            ),
         }
 
     print(save(result, started))
@@ -201,36 +259,61 @@ def save(result: dict, started: float) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = ["# proto-lm vs standard fine-tuning, all-MiniLM-L6-v2", "",
-             "Commands: " + "; ".join(f"`{c}`" for c in result["commands"]) + f" ({result['wall_seconds'] / 60:.0f} min "
-             f"in all, {result['machine']['threads']} CPU thread(s), the machine shared with other jobs). Each model "
-             "is chosen on dev (a fixed subset of dev rows when stated) and reported on the full test split.", ""]
+    lines = [
+        "# proto-lm vs standard fine-tuning, all-MiniLM-L6-v2",
+        "",
+        "Commands: " + "; ".join(f"`{c}`" for c in result["commands"]) + f" ({result['wall_seconds'] / 60:.0f} min "
+        f"in all, {result['machine']['threads']} CPU thread(s), the machine shared with other jobs). Each model "
+        "is chosen on dev (a fixed subset of dev rows when stated) and reported on the full test split.",
+        "",
+    ]
     if result["comparison"]:
-        lines += ["| task | train rows | dev rows | epochs | test majority | model | test acc | test macro-F1 | train+eval s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| task | train rows | dev rows | epochs | test majority | model | test acc | test macro-F1 | train+eval s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, c in result["comparison"].items():
             for kind in ("prototype", "standard"):
                 r = c[kind]
-                lines.append(f"| {name} | {c['train_rows']} | {c['dev_rows']} | {c['epochs']} | {c['majority_floor']:.1%} | "
-                             f"{'PrototypeLM' if kind == 'prototype' else 'standard (StandardLM)'} | "
-                             f"{r['test']['accuracy']:.1%} | {r['test']['macro_f1']:.3f} | {r['seconds']:.0f} |")
-        lines += ["", "Hard projection (each prototype moved onto its nearest own-class training example):", "",
-                  "| task | test acc before | after | macro-F1 before | after |", "|---|---|---|---|---|"]
+                lines.append(
+                    f"| {name} | {c['train_rows']} | {c['dev_rows']} | {c['epochs']} | {c['majority_floor']:.1%} | "
+                    f"{'PrototypeLM' if kind == 'prototype' else 'standard (StandardLM)'} | "
+                    f"{r['test']['accuracy']:.1%} | {r['test']['macro_f1']:.3f} | {r['seconds']:.0f} |"
+                )
+        lines += [
+            "",
+            "Hard projection (each prototype moved onto its nearest own-class training example):",
+            "",
+            "| task | test acc before | after | macro-F1 before | after |",
+            "|---|---|---|---|---|",
+        ]
         for name, h in result["hard_projection"].items():
-            lines.append(f"| {name} | {h['before']['accuracy']:.1%} | {h['after']['accuracy']:.1%} | "
-                         f"{h['before']['macro_f1']:.3f} | {h['after']['macro_f1']:.3f} |")
+            lines.append(
+                f"| {name} | {h['before']['accuracy']:.1%} | {h['after']['accuracy']:.1%} | "
+                f"{h['before']['macro_f1']:.3f} | {h['after']['macro_f1']:.3f} |"
+            )
     if "ablation" in result:
         a = result["ablation"]
-        lines += ["", f"Ablation on SST-2 ({a['train_rows']} training rows, {a['epochs']} epochs):", "",
-                  "| variant | test acc | test macro-F1 | s |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Ablation on SST-2 ({a['train_rows']} training rows, {a['epochs']} epochs):",
+            "",
+            "| variant | test acc | test macro-F1 | s |",
+            "|---|---|---|---|",
+        ]
         for name, r in a["variants"].items():
             lines.append(f"| {name} | {r['test']['accuracy']:.1%} | {r['test']['macro_f1']:.3f} | {r['seconds']:.0f} |")
     if "timing" in result:
         t = result["timing"]
-        lines += ["", (f"Head cost at P = {t['prototypes']}, batch {t['batch']} × {t['tokens']} tokens (median of "
-                       f"{t['repeats']}): backbone {t['backbone_seconds'] * 1000:.0f} ms, prototype head "
-                       f"{t['head_seconds'] * 1000:.1f} ms, **{t['head_share']:.1%}** of the backbone's forward "
-                       "(target ≤ 5%).")]
+        lines += [
+            "",
+            (
+                f"Head cost at P = {t['prototypes']}, batch {t['batch']} × {t['tokens']} tokens (median of "
+                f"{t['repeats']}): backbone {t['backbone_seconds'] * 1000:.0f} ms, prototype head "
+                f"{t['head_seconds'] * 1000:.1f} ms, **{t['head_share']:.1%}** of the backbone's forward "
+                "(target ≤ 5%)."
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 

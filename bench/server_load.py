@@ -72,10 +72,17 @@ def load(url: str, endpoint: str, texts: list[str], clients: int, count: int, se
         list(pool.map(client_loop, range(clients)))
     elapsed = time.perf_counter() - start
     lat = np.array(latencies)
-    return {"endpoint": endpoint, "clients": clients, "requests": len(lat), "seconds": elapsed,
-            "throughput": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50) * 1000),
-            "p99_ms": float(np.percentile(lat, 99) * 1000), "server_errors": sum(s >= 500 for s in statuses),
-            "other_errors": sum(400 <= s < 500 for s in statuses)}
+    return {
+        "endpoint": endpoint,
+        "clients": clients,
+        "requests": len(lat),
+        "seconds": elapsed,
+        "throughput": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50) * 1000),
+        "p99_ms": float(np.percentile(lat, 99) * 1000),
+        "server_errors": sum(s >= 500 for s in statuses),
+        "other_errors": sum(400 <= s < 500 for s in statuses),
+    }
 
 
 def model_alone(run: Path, texts: list[str], device: str, seconds: float = 20.0) -> dict:
@@ -91,7 +98,7 @@ def model_alone(run: Path, texts: list[str], device: str, seconds: float = 20.0)
             service._predictions(texts[:size])  # warm-up
             done, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds / 2:
-                service._predictions(texts[done % len(texts):done % len(texts) + size])
+                service._predictions(texts[done % len(texts) : done % len(texts) + size])
                 done += size
             rates[f"batch_{size}"] = done / (time.perf_counter() - start)
     finally:
@@ -111,9 +118,11 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     # the server's messages go to a file, read if it dies: an unread pipe would block it once full
     server_log = tempfile.TemporaryFile(mode="w+")
-    server = subprocess.Popen([sys.executable, "-m", "lucidlm.cli", "serve", str(args.run), "--port", str(port),
-                               "--device", args.device],
-                              stdout=subprocess.DEVNULL, stderr=server_log)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lucidlm.cli", "serve", str(args.run), "--port", str(port), "--device", args.device],
+        stdout=subprocess.DEVNULL,
+        stderr=server_log,
+    )
     try:
         for _ in range(600):
             try:
@@ -126,17 +135,21 @@ def main() -> None:
         load(url, "/api/predict", texts[:1000], 4, args.warmup, 300)
         memory = {"after_warmup_mb": resident_mb(server.pid)}
         many = load(url, "/api/predict", texts[:1000], 16, args.requests, 600)
-        memory.update(after_requests_mb=resident_mb(server.pid), requests=many["requests"],
-                      server_errors=many["server_errors"], throughput=many["throughput"])
+        memory.update(
+            after_requests_mb=resident_mb(server.pid),
+            requests=many["requests"],
+            server_errors=many["server_errors"],
+            throughput=many["throughput"],
+        )
         memory["growth"] = memory["after_requests_mb"] / memory["after_warmup_mb"] - 1
         print(json.dumps({"memory": memory}), flush=True)
         rows = []
         for clients in CLIENTS:
-            rows.append(load(url, "/api/predict", texts[:1000], clients, int(400 * clients ** 0.5), 120))
+            rows.append(load(url, "/api/predict", texts[:1000], clients, int(400 * clients**0.5), 120))
             print(json.dumps(rows[-1]), flush=True)
         unseen = 1000  # explain reads texts no phase sent before: the explanation cache does not answer them
         for clients in CLIENTS:
-            rows.append(load(url, "/api/explain", texts[unseen:unseen + 3 * clients], clients, 3 * clients, 180))
+            rows.append(load(url, "/api/explain", texts[unseen : unseen + 3 * clients], clients, 3 * clients, 180))
             unseen += 3 * clients
             print(json.dumps(rows[-1]), flush=True)
         ceiling = model_alone(args.run, texts[:1000], args.device)
@@ -144,19 +157,27 @@ def main() -> None:
     except Exception:
         if server.poll() is not None:
             server_log.seek(0)
-            print(f"the server stopped (exit status {server.returncode}):\n{server_log.read()[-4000:]}", file=sys.stderr)
+            print(
+                f"the server stopped (exit status {server.returncode}):\n{server_log.read()[-4000:]}", file=sys.stderr
+            )
         raise
     finally:
         server.terminate()
         server.wait(30)
         server_log.close()
     device = serving_device(args.device)
-    result = {"command": "python bench/server_load.py" + (f" --device {args.device}" if args.device != "auto" else ""),
-              "run": os.path.relpath(args.run, ROOT),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
-              "phases": rows, "memory": memory,
-              "model_alone": ceiling}
+    result = {
+        "command": "python bench/server_load.py" + (f" --device {args.device}" if args.device != "auto" else ""),
+        "run": os.path.relpath(args.run, ROOT),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        },
+        "phases": rows,
+        "memory": memory,
+        "model_alone": ceiling,
+    }
     one, sixteen = (next(r for r in rows if r["endpoint"] == "/api/predict" and r["clients"] == c) for c in (1, 16))
     result["predict_throughput_16_over_1"] = sixteen["throughput"] / one["throughput"]
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -168,28 +189,44 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     m = result["memory"]
-    one, sixteen = (next(r["throughput"] for r in result["phases"] if r["endpoint"] == "/api/predict" and r["clients"] == c)
-                    for c in (1, 16))
+    one, sixteen = (
+        next(r["throughput"] for r in result["phases"] if r["endpoint"] == "/api/predict" and r["clients"] == c)
+        for c in (1, 16)
+    )
     machine = result["machine"]
-    where = f"{machine['cpus']} CPUs" + (f", the model on {machine['device']}" if machine.get("device", "cpu") != "cpu" else "")
-    lines = [f"# `lucidlm serve` under load ({result['run']}, 127.0.0.1, {where})", "",
-             f"Command: `{result['command']}`. Each client is a thread with its own connection, sending the next "
-             "request when the last is answered; CEBaB test reviews as texts (explain: texts no other phase sent, "
-             "so the explanation cache does not answer them).", "",
-             "| endpoint | clients | requests | requests/s | p50 ms | p99 ms | 5xx | 4xx |", "|---|---|---|---|---|---|---|---|"]
+    where = f"{machine['cpus']} CPUs" + (
+        f", the model on {machine['device']}" if machine.get("device", "cpu") != "cpu" else ""
+    )
+    lines = [
+        f"# `lucidlm serve` under load ({result['run']}, 127.0.0.1, {where})",
+        "",
+        f"Command: `{result['command']}`. Each client is a thread with its own connection, sending the next "
+        "request when the last is answered; CEBaB test reviews as texts (explain: texts no other phase sent, "
+        "so the explanation cache does not answer them).",
+        "",
+        "| endpoint | clients | requests | requests/s | p50 ms | p99 ms | 5xx | 4xx |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["phases"]:
-        lines.append(f"| {r['endpoint']} | {r['clients']} | {r['requests']} | {r['throughput']:.1f} | {r['p50_ms']:.0f} | "
-                     f"{r['p99_ms']:.0f} | {r['server_errors']} | {r['other_errors']} |")
+        lines.append(
+            f"| {r['endpoint']} | {r['clients']} | {r['requests']} | {r['throughput']:.1f} | {r['p50_ms']:.0f} | "
+            f"{r['p99_ms']:.0f} | {r['server_errors']} | {r['other_errors']} |"
+        )
     alone = result["model_alone"]
-    lines += ["", f"Predict throughput, 16 clients over 1: {result['predict_throughput_16_over_1']:.2f}×.", "",
-              f"The model's work alone (the answers of `/api/predict` without HTTP, in the bench's process while the "
-              f"server idles): {alone['batch_1']:.1f} answers/s one text at a time, {alone['batch_16']:.1f} in batches of 16 "
-              f"({alone['batch_16'] / alone['batch_1']:.2f}×). That is the ceiling of any server of this model on this "
-              f"machine: 3× the one-client rate would be {3 * one:.0f}/s; at 16 clients the server gives "
-              f"{sixteen / alone['batch_16']:.0%} of the ceiling while the clients' own work shares its {machine['cpus']} CPUs.", "",
-              f"Resident memory of the server: {m['after_warmup_mb']:.0f} MB after the warm-up, "
-              f"{m['after_requests_mb']:.0f} MB after {m['requests']} more predictions at 16 clients "
-              f"({m['throughput']:.1f} requests/s, {m['server_errors']} 5xx): {m['growth']:+.1%}. (Measured before the phases above.)"]
+    lines += [
+        "",
+        f"Predict throughput, 16 clients over 1: {result['predict_throughput_16_over_1']:.2f}×.",
+        "",
+        f"The model's work alone (the answers of `/api/predict` without HTTP, in the bench's process while the "
+        f"server idles): {alone['batch_1']:.1f} answers/s one text at a time, {alone['batch_16']:.1f} in batches of 16 "
+        f"({alone['batch_16'] / alone['batch_1']:.2f}×). That is the ceiling of any server of this model on this "
+        f"machine: 3× the one-client rate would be {3 * one:.0f}/s; at 16 clients the server gives "
+        f"{sixteen / alone['batch_16']:.0%} of the ceiling while the clients' own work shares its {machine['cpus']} CPUs.",
+        "",
+        f"Resident memory of the server: {m['after_warmup_mb']:.0f} MB after the warm-up, "
+        f"{m['after_requests_mb']:.0f} MB after {m['requests']} more predictions at 16 clients "
+        f"({m['throughput']:.1f} requests/s, {m['server_errors']} 5xx): {m['growth']:+.1%}. (Measured before the phases above.)",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -62,8 +62,11 @@ def dense_concept_states(model, input_ids, attention_mask):
 def step(model, batch, mode: str, train: bool) -> None:
     """One inference pass, or one training step's forward + backward, over all K concepts."""
     how = MODES[mode][1]
-    concept_states = {"batched": model.concept_states, "one_by_one": model.concept_states_one_by_one,
-                      "dense": lambda *a: dense_concept_states(model, *a)}[how]
+    concept_states = {
+        "batched": model.concept_states,
+        "one_by_one": model.concept_states_one_by_one,
+        "dense": lambda *a: dense_concept_states(model, *a),
+    }[how]
     model.train(train)
     with torch.set_grad_enabled(train):
         states, _ = concept_states(batch["input_ids"], batch["attention_mask"])
@@ -71,7 +74,9 @@ def step(model, batch, mode: str, train: bool) -> None:
             logits = model.concept_logits_of(states)
             label_logits = model.label_from_concepts(model.concept_activations(states))
             loss = torch.nn.functional.cross_entropy(label_logits, batch["labels"])
-            loss = loss + sum(torch.nn.functional.cross_entropy(x, batch["concepts"][:, k]) for k, x in enumerate(logits))
+            loss = loss + sum(
+                torch.nn.functional.cross_entropy(x, batch["concepts"][:, k]) for k, x in enumerate(logits)
+            )
             loss.backward()
             model.zero_grad(set_to_none=True)
 
@@ -79,11 +84,13 @@ def step(model, batch, mode: str, train: bool) -> None:
 def peak_memory(mode: str, train: bool, batch_size: int, density: float) -> float:
     """Peak MiB above the loaded model's resident size during one step of ``mode``, in a fresh
     process (Linux: writing 5 to /proc/self/clear_refs resets the peak, VmHWM, after loading)."""
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import sparse_throughput as b; "
-            f"m, x = b.build({batch_size}, {density}, {MODES[mode][0]!r}); b.step(m, x, {mode!r}, {train}); "
-            "kib = lambda k: int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1]); "
-            "base = kib('VmRSS:'); open('/proc/self/clear_refs', 'w').write('5'); "
-            f"b.step(m, x, {mode!r}, {train}); print((kib('VmHWM:') - base) / 1024)")
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import sparse_throughput as b; "
+        f"m, x = b.build({batch_size}, {density}, {MODES[mode][0]!r}); b.step(m, x, {mode!r}, {train}); "
+        "kib = lambda k: int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1]); "
+        "base = kib('VmRSS:'); open('/proc/self/clear_refs', 'w').write('5'); "
+        f"b.step(m, x, {mode!r}, {train}); print((kib('VmHWM:') - base) / 1024)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -111,8 +118,11 @@ def main() -> None:
     rows = {}
     for (mode, train), samples in times.items():
         key = f"{'training' if train else 'inference'}/{mode}"
-        rows[key] = {"examples_per_second": args.batch / statistics.median(samples), "seconds": samples,
-                     "peak_memory_mib": peak_memory(mode, train, args.batch, args.density)}
+        rows[key] = {
+            "examples_per_second": args.batch / statistics.median(samples),
+            "seconds": samples,
+            "peak_memory_mib": peak_memory(mode, train, args.batch, args.density),
+        }
     for phase in ("inference", "training"):  # each mode against the published code's way
         baseline = rows[f"{phase}/one_by_one"]["examples_per_second"]
         for mode in MODES:
@@ -120,22 +130,34 @@ def main() -> None:
     result = {
         "command": f"python bench/sparse_throughput.py --batch {args.batch} --repeats {args.repeats} --density {args.density}",
         "machine": {"cores": psutil.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-        "tokens_per_row": int(batch["input_ids"].shape[1]), "concepts": 4, "results": rows,
+        "tokens_per_row": int(batch["input_ids"].shape[1]),
+        "concepts": 4,
+        "results": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sparse_throughput.json").write_text(json.dumps(result, indent=2))
-    lines = ["# SparseCBM throughput at K=4 (all-MiniLM-L6-v2)", "",
-             f"Command: `{result['command']}`; batch of {args.batch} CEBaB test rows padded to "
-             f"{result['tokens_per_row']} tokens; median of {args.repeats}; masks keep {args.density:.0%} of the "
-             "weights (neuron-level: whole heads and neurons, each block at that density).", "",
-             "| phase | mode | ex/s | × one-by-one | peak MiB |", "|---|---|---|---|---|"]
+    lines = [
+        "# SparseCBM throughput at K=4 (all-MiniLM-L6-v2)",
+        "",
+        f"Command: `{result['command']}`; batch of {args.batch} CEBaB test rows padded to "
+        f"{result['tokens_per_row']} tokens; median of {args.repeats}; masks keep {args.density:.0%} of the "
+        "weights (neuron-level: whole heads and neurons, each block at that density).",
+        "",
+        "| phase | mode | ex/s | × one-by-one | peak MiB |",
+        "|---|---|---|---|---|",
+    ]
     for phase in ("inference", "training"):
         for mode in MODES:
             row = rows[f"{phase}/{mode}"]
-            lines.append(f"| {phase} | {mode} | {row['examples_per_second']:.1f} | {row['speedup']:.2f}× | {row['peak_memory_mib']:.0f} |")
-    lines += ["", "one_by_one: the K subnetworks one after another with float masks (the published code's way); "
-              "batched: one pass, weight-level masks; batched_neuron: one pass, each subnetwork gathered to its "
-              "kept heads and neurons; dense: one dense pass shared by all concepts (a joint bottleneck model), for scale."]
+            lines.append(
+                f"| {phase} | {mode} | {row['examples_per_second']:.1f} | {row['speedup']:.2f}× | {row['peak_memory_mib']:.0f} |"
+            )
+    lines += [
+        "",
+        "one_by_one: the K subnetworks one after another with float masks (the published code's way); "
+        "batched: one pass, weight-level masks; batched_neuron: one pass, each subnetwork gathered to its "
+        "kept heads and neurons; dense: one dense pass shared by all concepts (a joint bottleneck model), for scale.",
+    ]
     (RESULTS / "sparse_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

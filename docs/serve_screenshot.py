@@ -16,8 +16,10 @@ from lucidlm.web.serve import load_app, serving
 ROOT = Path(__file__).resolve().parents[1]
 # A CEBaB test review the joint model reads with food Positive (label 3); its annotators say
 # food Negative and 2 stars, and correcting food gives 2.
-REVIEW = ("Second time visiting AG. Came back because food was great the first time, but not this time. "
-          "Will not make a special trip to eat here again.")
+REVIEW = (
+    "Second time visiting AG. Came back because food was great the first time, but not this time. "
+    "Will not make a special trip to eat here again."
+)
 CORRECTION = ("food", "Negative")
 
 

@@ -23,8 +23,9 @@ CEBAB = DATA / "cebab"
 # The browser tests drive Debian's Chromium (never a downloaded one). A developer without it skips
 # them; CI, whose .ci/run installs it, never does: there a missing browser fails the tests.
 CHROMIUM = Path("/usr/bin/chromium")
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
-                                    reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("CI"), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+)
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +45,12 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = transformers.AutoTokenizer.from_pretrained(resolve_backbone(DEFAULT_BACKBONE))
     config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(path)
@@ -60,13 +65,16 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("tiny-gpt2")
     corpus = [
-        "The food was great and the service was slow.", "Loud room, rude waiter, cold soup.",
-        "We loved the ambiance; the pasta was fine.", "Terrible noise but a friendly staff.",
+        "The food was great and the service was slow.",
+        "Loud room, rude waiter, cold soup.",
+        "We loved the ambiance; the pasta was fine.",
+        "Terrible noise but a friendly staff.",
     ] * 20
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
-    tokenizer = transformers.GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                               bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tokenizer = transformers.GPT2TokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
     config = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128)
     torch.manual_seed(0)
     transformers.GPT2Model(config).save_pretrained(path)

@@ -43,12 +43,30 @@ def postgres_server():
     if as_user:
         shutil.chown(folder, "postgres")
         shutil.chown(data, "postgres")
-    subprocess.run(as_user + [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        as_user + [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
-    server = subprocess.Popen(as_user + [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(folder),
-                                         "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=100"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        as_user
+        + [
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(folder),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=100",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

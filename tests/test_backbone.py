@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from lucidlm.backbone import (
-    DEFAULT_BACKBONE, default_pooling, load_backbone, load_tokenizer, pool, resolve_backbone,
+    DEFAULT_BACKBONE,
+    default_pooling,
+    load_backbone,
+    load_tokenizer,
+    pool,
+    resolve_backbone,
 )
 from lucidlm.errors import LucidError
 

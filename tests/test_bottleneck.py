@@ -83,7 +83,9 @@ def test_intervention_errors(tiny_bert_dir, cebab_small):
         model.intervene(TEXT, {"decor": "Positive"})
     with pytest.raises(LucidError, match="concept 'service': unknown value 'Great'"):
         model.intervene(TEXT, {"service": "Great"})
-    with pytest.raises(LucidError, match="a standard model cannot take a ConceptValues correction; it takes no corrections"):
+    with pytest.raises(
+        LucidError, match="a standard model cannot take a ConceptValues correction; it takes no corrections"
+    ):
         make(tiny_bert_dir, cebab_small, "standard").intervene(TEXT, {"service": "Negative"})
     with pytest.raises(LucidError, match="the black-box baseline is the 'standard' family"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="standard")
@@ -168,7 +170,9 @@ def test_forced_logits_are_typical_recognised_logits(tiny_bert_dir, cebab_small)
     values = torch.tensor([[1, MISSING, MISSING, MISSING], [MISSING] * 4])
     set_ = model.set_concepts(activations, activations, values)  # scalar states are the logits
     torch.testing.assert_close(set_[0], torch.stack([expected[1], torch.zeros(3)]))
-    probs_model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_activation="probs")
+    probs_model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=cebab_small.spec, concept_activation="probs"
+    )
     assert torch.equal(probs_model.set_concepts(activations, activations, values)[0][0], torch.tensor([0.0, 1.0, 0.0]))
 
 
@@ -194,7 +198,9 @@ def test_label_heads_read_predicted_concepts_unless_random_interventions_are_ask
     joint = make(tiny_bert_dir, cebab_small, "joint").eval()  # eval: no dropout, so one loss is exact
     batch = next(iter(joint.encoder.loader(cebab_small.train, 16)))
     out = joint(batch["input_ids"], batch["attention_mask"])
-    plain = task_loss(joint.spec, out.label_logits, batch["labels"]) + concept_loss(out.concept_logits, batch["concepts"])
+    plain = task_loss(joint.spec, out.label_logits, batch["labels"]) + concept_loss(
+        out.concept_logits, batch["concepts"]
+    )
     torch.testing.assert_close(joint.training_loss(joint, batch), plain)
     joint.config.random_intervention_rate = 1.0
     assert not torch.allclose(joint.training_loss(joint, batch), plain)
@@ -213,16 +219,27 @@ def test_runs_saved_before_the_contract_still_load(tiny_bert_dir, cebab_small, t
         meta = json.loads((run / "config.json").read_text())
         meta["family"], meta["model"] = family_options(meta["model"])
         (run / "config.json").write_text(json.dumps(meta))
-        tensors = {name.replace("concept_layer.heads.", "concept_heads.").replace("concept_layer.intervention_table",
-                                                                                "intervention_table"): t
-                   for name, t in load_file(str(run / "model.safetensors")).items()}
+        tensors = {
+            name.replace("concept_layer.heads.", "concept_heads.").replace(
+                "concept_layer.intervention_table", "intervention_table"
+            ): t
+            for name, t in load_file(str(run / "model.safetensors")).items()
+        }
         save_file(tensors, str(run / "model.safetensors"))
 
     joint = make(tiny_bert_dir, cebab_small, "joint")
     joint.config.random_intervention_rate = 0.25
     joint.save_pretrained(tmp_path / "joint")
-    downgrade(tmp_path / "joint", lambda m: ("bottleneck", {**{k: v for k, v in m.items() if k not in (
-        "random_intervention_rate", "concept_layer")}, "intervention_rate": 0.25}))
+    downgrade(
+        tmp_path / "joint",
+        lambda m: (
+            "bottleneck",
+            {
+                **{k: v for k, v in m.items() if k not in ("random_intervention_rate", "concept_layer")},
+                "intervention_rate": 0.25,
+            },
+        ),
+    )
     loaded = load_pretrained(tmp_path / "joint")
     assert loaded.config.random_intervention_rate == 0.25 and loaded.config.concept_layer == "scalar"
     assert loaded.predict(TEXT) == joint.predict(TEXT)
@@ -230,8 +247,19 @@ def test_runs_saved_before_the_contract_still_load(tiny_bert_dir, cebab_small, t
 
     standard = make(tiny_bert_dir, cebab_small, "standard")
     standard.save_pretrained(tmp_path / "standard")
-    downgrade(tmp_path / "standard", lambda m: ("bottleneck", {**m, "mode": "standard", "concept_loss_weight": 1.0,
-                                                                "concept_activation": "logits", "intervention_rate": 0.25}))
+    downgrade(
+        tmp_path / "standard",
+        lambda m: (
+            "bottleneck",
+            {
+                **m,
+                "mode": "standard",
+                "concept_loss_weight": 1.0,
+                "concept_activation": "logits",
+                "intervention_rate": 0.25,
+            },
+        ),
+    )
     loaded = load_pretrained(tmp_path / "standard")
     assert isinstance(loaded, StandardLM) and loaded.predict(TEXT) == standard.predict(TEXT)
 
@@ -242,8 +270,9 @@ def test_runs_saved_before_the_contract_still_load(tiny_bert_dir, cebab_small, t
 def test_concept_embeddings_mix_value_embeddings_by_probability(tiny_bert_dir, cebab_small):
     """ĉ_k = Σ_v p_kv·e_kv, p_k = softmax_v ψ(e_kv); the label head reads concat(ĉ_k); an
     intervention sets p_k to one-hot, so ĉ_k becomes the input's own embedding of the value."""
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
-                                              concept_embedding_size=4).eval()
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding", concept_embedding_size=4
+    ).eval()
     assert model.config.random_intervention_rate == 0.25  # CEM's RandInt by default
     assert model.label_head.in_features == 4 * 4
     batch = model.encoder.batch([TEXT, "Bad."])
@@ -264,7 +293,9 @@ def test_concept_embeddings_mix_value_embeddings_by_probability(tiny_bert_dir, c
     # explain: each concept's probability, and its contribution w·ĉ_k; they sum to the label's logit
     explanation = model.explain(TEXT, steps=4)
     row = model.spec.label_index(explanation.prediction.label)
-    total = sum(c.contribution for c in explanation.concepts) + float(model.calibrated(model.label_head.bias)[row].detach())
+    total = sum(c.contribution for c in explanation.concepts) + float(
+        model.calibrated(model.label_head.bias)[row].detach()
+    )
     assert total == pytest.approx(float(out.label_logits[0, row]), abs=1e-4)
 
 
@@ -278,24 +309,38 @@ def test_concept_embeddings_train_save_load_and_run_in_subnetworks(tiny_bert_dir
     assert loaded.config.concept_layer == "embedding" and loaded.predict(TEXT) == model.predict(TEXT)
     a, b = model.evaluate(cebab_small.test), loaded.evaluate(cebab_small.test)
     assert a == b and a["concepts"]["accuracy"] > 0
-    sparse = SparseConceptLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
-                                           sparsity=0.5, pruning_start=0.5, pruning_end=1.0, pruning_interval=2,
-                                           pruning_score="magnitude").eval()
+    sparse = SparseConceptLM.from_backbone(
+        str(tiny_bert_dir),
+        task=cebab_small.spec,
+        concept_layer="embedding",
+        sparsity=0.5,
+        pruning_start=0.5,
+        pruning_end=1.0,
+        pruning_interval=2,
+        pruning_score="magnitude",
+    ).eval()
     batch = sparse.encoder.batch([TEXT, "Bad."])
     with torch.no_grad():
         batched, _ = sparse.concept_states(batch["input_ids"], batch["attention_mask"])
         one_by_one, _ = sparse.concept_states_one_by_one(batch["input_ids"], batch["attention_mask"])
     for x, y in zip(batched, one_by_one):  # each concept's embeddings from its own subnetwork
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
-    with pytest.raises(LucidError, match="concept_layer: expected one of \\['scalar', 'embedding', 'statement'\\], found 'cem'"):
+    with pytest.raises(
+        LucidError, match="concept_layer: expected one of \\['scalar', 'embedding', 'statement'\\], found 'cem'"
+    ):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="cem")
 
 
 def test_value_means_are_the_mean_embeddings_of_each_gold_value(tiny_bert_dir, cebab_small):
     """μ_kv = mean of e_kv(x) over the rows whose gold value is v (momentum 0), and a running
     estimate with momentum; a value no row has keeps its row."""
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
-                                              concept_embedding_size=4, value_embedding="mean").eval()
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir),
+        task=cebab_small.spec,
+        concept_layer="embedding",
+        concept_embedding_size=4,
+        value_embedding="mean",
+    ).eval()
     rows = cebab_small.train.select(range(24))
     batch = model.encoder.batch(rows.texts)
     with torch.no_grad():
@@ -311,19 +356,27 @@ def test_value_means_are_the_mean_embeddings_of_each_gold_value(tiny_bert_dir, c
             torch.testing.assert_close(layer.value_means[k, v], expected)
     before = layer.value_means.clone()
     model.calibrate_interventions([s * 2 for s in states], gold, momentum=0.9)
-    seen = torch.stack([torch.bincount(gold[:, k][gold[:, k] >= 0], minlength=before.shape[1]) > 0
-                        for k in range(gold.shape[1])])
+    seen = torch.stack(
+        [torch.bincount(gold[:, k][gold[:, k] >= 0], minlength=before.shape[1]) > 0 for k in range(gold.shape[1])]
+    )
     torch.testing.assert_close(layer.value_means[seen], 0.9 * before[seen] + 0.1 * 2 * before[seen])
 
 
 @pytest.mark.parametrize("value_embedding", ["input", "mean", "learned"])
 def test_a_value_embedding_that_does_not_depend_on_the_text_is_what_every_text_reads_when_set(
-        value_embedding, tiny_bert_dir, cebab_small, tmp_path):
+    value_embedding, tiny_bert_dir, cebab_small, tmp_path
+):
     """Set to a value, concept k reads the input's embedding of it (input: differs by text), or
     the value's mean or learned vector (the same for every text); learned vectors train through
     RandInt's interventions; the model saves and loads with the same corrected predictions."""
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
-                                              concept_embedding_size=4, value_embedding=value_embedding, seed=1)
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir),
+        task=cebab_small.spec,
+        concept_layer="embedding",
+        concept_embedding_size=4,
+        value_embedding=value_embedding,
+        seed=1,
+    )
     start = model.concept_layer.value_vectors.detach().clone() if value_embedding == "learned" else None
     model.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
     assert model.summary()["value_embedding"] == value_embedding
@@ -344,15 +397,20 @@ def test_a_value_embedding_that_does_not_depend_on_the_text_is_what_every_text_r
     loaded = load_pretrained(tmp_path / "m")
     assert loaded.config.value_embedding == value_embedding
     assert loaded.intervene(TEXT, {"service": "Negative"}) == model.intervene(TEXT, {"service": "Negative"})
-    with pytest.raises(LucidError, match="value_embedding: 'mean' is what the embedding layer's corrected concept reads"):
+    with pytest.raises(
+        LucidError, match="value_embedding: 'mean' is what the embedding layer's corrected concept reads"
+    ):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, value_embedding="mean")
     with pytest.raises(LucidError, match="value_embedding: expected one of \\['input', 'mean', 'learned'\\]"):
-        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
-                                          value_embedding="typical")
+        ConceptBottleneckLM.from_backbone(
+            str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding", value_embedding="typical"
+        )
 
 
 @pytest.mark.parametrize("layer", ["scalar", "embedding"])
-def test_a_contribution_splits_into_what_the_value_and_what_the_text_carries(layer, tiny_bert_dir, cebab_small, tmp_path):
+def test_a_contribution_splits_into_what_the_value_and_what_the_text_carries(
+    layer, tiny_bert_dir, cebab_small, tmp_path
+):
     """from_value = the label-head weights × the value table's rows mixed by the concept's
     probabilities (scalar: forced logits; embedding: value means); from_text the rest; the
     values' share is Σ|value| / Σ(|value| + |text|). A checkpoint without value means loads with
@@ -371,8 +429,11 @@ def test_a_contribution_splits_into_what_the_value_and_what_the_text_carries(lay
     for k, (c, w) in enumerate(zip(explanation.concepts, weights)):
         probs = out.concept_logits[k][0].softmax(-1)
         v = len(model.spec.concepts[k].values)
-        table = (model.concept_layer.intervention_table[k, :v, :v] if layer == "scalar"
-                 else model.concept_layer.value_means[k, :v])
+        table = (
+            model.concept_layer.intervention_table[k, :v, :v]
+            if layer == "scalar"
+            else model.concept_layer.value_means[k, :v]
+        )
         expected = float(model.calibrated((w * (probs @ table)).sum()))
         assert c.from_value == pytest.approx(expected, abs=1e-5)
         assert c.from_value + c.from_text == pytest.approx(c.contribution, abs=1e-6)
@@ -382,13 +443,19 @@ def test_a_contribution_splits_into_what_the_value_and_what_the_text_carries(lay
     assert 0.0 < explanation.concept_values_share < 1.0
     model.save_pretrained(tmp_path / "m")
     if layer == "embedding":
-        tensors = {n: t for n, t in load_file(str(tmp_path / "m" / "model.safetensors")).items() if n != "concept_layer.value_means"}
+        tensors = {
+            n: t
+            for n, t in load_file(str(tmp_path / "m" / "model.safetensors")).items()
+            if n != "concept_layer.value_means"
+        }
         save_file(tensors, str(tmp_path / "m" / "model.safetensors"))
         old = load_pretrained(tmp_path / "m").explain(TEXT, steps=2)
         assert old.concept_values_share is None and all(c.from_value is None for c in old.concepts)
         assert [c.contribution for c in old.concepts] == pytest.approx([c.contribution for c in explanation.concepts])
     # probabilities as activations: the label reads nothing but the values
-    probs = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_activation="probs", seed=3)
+    probs = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=cebab_small.spec, concept_activation="probs", seed=3
+    )
     assert probs.explain(TEXT, steps=2).concept_values_share == pytest.approx(1.0)
 
 
@@ -397,13 +464,20 @@ def test_intervention_aware_training_adds_the_loss_after_corrections(tiny_bert_d
     from lucidlm.intervene import uncertainty_order
     from lucidlm.models.losses import concept_loss, task_loss
 
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
-                                              random_intervention_rate=0.0, intervention_loss_weight=2.0).eval()
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir),
+        task=cebab_small.spec,
+        concept_layer="embedding",
+        random_intervention_rate=0.0,
+        intervention_loss_weight=2.0,
+    ).eval()
     batch = next(iter(model.encoder.loader(cebab_small.train, 16)))
     torch.manual_seed(7)
     loss = model.training_loss(model, batch)
     out = model(batch["input_ids"], batch["attention_mask"])
-    plain = task_loss(model.spec, out.label_logits, batch["labels"]) + concept_loss(out.concept_logits, batch["concepts"])
+    plain = task_loss(model.spec, out.label_logits, batch["labels"]) + concept_loss(
+        out.concept_logits, batch["concepts"]
+    )
     torch.manual_seed(7)
     t = int(torch.randint(1, 5, ()))
     order = uncertainty_order([l.softmax(-1).detach().numpy() for l in out.concept_logits])
@@ -446,14 +520,17 @@ def test_counterfactual_training_matches_the_intervention_to_the_edit(tiny_bert_
 
     task = load_task("cebab", path=cebab_dir, counterfactuals="train_inclusive")
     train = task.train.sample(96)
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, counterfactual_loss_weight=2.0,
-                                              counterfactual_batch_size=4).eval()
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=task.spec, counterfactual_loss_weight=2.0, counterfactual_batch_size=4
+    ).eval()
     model.before_training(train, None)
     batch = next(iter(model.encoder.loader(train, 16)))
     torch.manual_seed(5)
     loss = model.training_loss(model, batch)
     out = model(batch["input_ids"], batch["attention_mask"])
-    plain = task_loss(model.spec, out.label_logits, batch["labels"]) + concept_loss(out.concept_logits, batch["concepts"])
+    plain = task_loss(model.spec, out.label_logits, batch["labels"]) + concept_loss(
+        out.concept_logits, batch["concepts"]
+    )
     torch.manual_seed(5)
     picked = torch.randint(len(train.counterfactuals), (4,)).tolist()
     edits = train.counterfactuals
@@ -476,12 +553,17 @@ def test_counterfactual_training_matches_the_intervention_to_the_edit(tiny_bert_
     assert trained[5.0] < 0.8 * trained[0.0]
     with pytest.raises(LucidError, match="counterfactual_loss_weight needs human edits"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, counterfactual_loss_weight=1.0).fit(
-            load_task("cebab", path=cebab_dir).train.sample(32), **FAST)
+            load_task("cebab", path=cebab_dir).train.sample(32), **FAST
+        )
     with pytest.raises(LucidError, match="in joint mode only"):
-        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, mode="sequential", counterfactual_loss_weight=1.0)
+        ConceptBottleneckLM.from_backbone(
+            str(tiny_bert_dir), task=task.spec, mode="sequential", counterfactual_loss_weight=1.0
+        )
 
 
-def test_counterfactual_label_loss_is_the_corrected_originals_cross_entropy_to_the_edits_gold_label(tiny_bert_dir, cebab_dir):
+def test_counterfactual_label_loss_is_the_corrected_originals_cross_entropy_to_the_edits_gold_label(
+    tiny_bert_dir, cebab_dir
+):
     """counterfactual_label_weight × CE(original with k := b, the edit's own majority label) on the
     same drawn pairs, those without a majority left out; the edit's label is its CEBaB row's."""
     import json
@@ -492,18 +574,24 @@ def test_counterfactual_label_loss_is_the_corrected_originals_cross_entropy_to_t
     task = load_task("cebab", path=cebab_dir, counterfactuals="train_inclusive")
     train = task.train.sample(96)
     edits = train.counterfactuals
-    rows = {r["description"]: r["review_majority"] for r in json.loads((Path(cebab_dir) / "train_inclusive.json").read_text())}
+    rows = {
+        r["description"]: r["review_majority"]
+        for r in json.loads((Path(cebab_dir) / "train_inclusive.json").read_text())
+    }
     for text, label in zip(edits.texts[:20], edits.labels[:20]):
         assert (task.spec.classes[label] if label != MISSING else "no majority") == rows[text]
     assert (edits.labels == MISSING).any() and (edits.labels != MISSING).any()
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, counterfactual_label_weight=3.0,
-                                              counterfactual_batch_size=8).eval()
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=task.spec, counterfactual_label_weight=3.0, counterfactual_batch_size=8
+    ).eval()
     model.before_training(train, None)
     batch = next(iter(model.encoder.loader(train, 16)))
     torch.manual_seed(2)
     loss = model.training_loss(model, batch)
     out = model(batch["input_ids"], batch["attention_mask"])
-    plain = task_loss(model.spec, out.label_logits, batch["labels"]) + concept_loss(out.concept_logits, batch["concepts"])
+    plain = task_loss(model.spec, out.label_logits, batch["labels"]) + concept_loss(
+        out.concept_logits, batch["concepts"]
+    )
     torch.manual_seed(2)
     picked = [i for i in torch.randint(len(edits), (8,)).tolist() if edits.labels[i] != MISSING]
     original = model.forward_texts([train.texts[edits.sources[i]] for i in picked])
@@ -515,7 +603,9 @@ def test_counterfactual_label_loss_is_the_corrected_originals_cross_entropy_to_t
     assert model.summary()["counterfactual_label_weight"] == 3.0
 
 
-def test_the_side_channel_penalty_is_the_squared_text_part_and_training_with_it_shrinks_that_part(tiny_bert_dir, cebab_small):
+def test_the_side_channel_penalty_is_the_squared_text_part_and_training_with_it_shrinks_that_part(
+    tiny_bert_dir, cebab_small
+):
     """side_channel_penalty × mean_{rows, labels c} Σ_k (w_c,k·(ĉ_k − Σ_v p_kv·μ_kv))² is added to
     the joint loss; trained with it, what the label reads of the text beside the values on new
     rows shrinks (whether the values then carry more of the decisions is measured on CEBaB,
@@ -523,35 +613,49 @@ def test_the_side_channel_penalty_is_the_squared_text_part_and_training_with_it_
     from lucidlm.models.losses import concept_loss, task_loss
 
     options = dict(concept_layer="embedding", concept_embedding_size=4, random_intervention_rate=0.0, seed=4)
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, side_channel_penalty=2.0, **options).eval()
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=cebab_small.spec, side_channel_penalty=2.0, **options
+    ).eval()
     batch = next(iter(model.encoder.loader(cebab_small.train, 16)))
     model.concept_layer.value_means.normal_(generator=torch.Generator().manual_seed(0))
     loss = model.training_loss(model, batch)
     out = model(batch["input_ids"], batch["attention_mask"])
-    plain = task_loss(model.spec, out.label_logits, batch["labels"]) + concept_loss(out.concept_logits, batch["concepts"])
+    plain = task_loss(model.spec, out.label_logits, batch["labels"]) + concept_loss(
+        out.concept_logits, batch["concepts"]
+    )
     squares = 0.0
     for k, (embeddings, logits) in enumerate(zip(out.concept_states, out.concept_logits)):
         p = logits.softmax(-1)
         mixed = (p.unsqueeze(-1) * embeddings).sum(1)
-        reading = p @ model.concept_layer.value_means[k, :p.shape[1]]
-        squares = squares + ((mixed - reading) @ model.label_head.weight[:, 4 * k:4 * (k + 1)].T).pow(2)  # [B, C]
+        reading = p @ model.concept_layer.value_means[k, : p.shape[1]]
+        squares = squares + ((mixed - reading) @ model.label_head.weight[:, 4 * k : 4 * (k + 1)].T).pow(2)  # [B, C]
     by_hand = squares.mean()
     torch.testing.assert_close(loss.item(), (plain + 2.0 * by_hand).item(), atol=1e-5, rtol=1e-5)
     side = {}
     for weight in (0.0, 20.0):
-        trained = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, side_channel_penalty=weight,
-                                                    **{**options, "random_intervention_rate": 0.25})
+        trained = ConceptBottleneckLM.from_backbone(
+            str(tiny_bert_dir),
+            task=cebab_small.spec,
+            side_channel_penalty=weight,
+            **{**options, "random_intervention_rate": 0.25},
+        )
         trained.fit(cebab_small.train, eval_data=cebab_small.dev, **{**FAST, "epochs": 2})
         with torch.no_grad():
             side[weight] = float(trained.side_channel(trained.forward_texts(cebab_small.test.texts).concept_states))
     assert side[20.0] < 0.6 * side[0.0]
     with pytest.raises(LucidError, match="side_channel_penalty: penalises what the jointly trained label reads"):
-        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", side_channel_penalty=1.0)
+        ConceptBottleneckLM.from_backbone(
+            str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", side_channel_penalty=1.0
+        )
 
 
-def test_intervention_holdout_trains_on_the_rest_and_tunes_only_the_label_head_on_the_held_out_rows(tiny_bert_dir, cebab_small):
+def test_intervention_holdout_trains_on_the_rest_and_tunes_only_the_label_head_on_the_held_out_rows(
+    tiny_bert_dir, cebab_small
+):
     options = dict(concept_layer="embedding", concept_embedding_size=4, intervention_loss_weight=1.0)
-    held = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=0.25, **options)
+    held = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=0.25, **options
+    )
     trained_rows = held.training_rows(cebab_small.train, TrainingConfig(seed=0))
     held_out = held._held_out
     assert (len(trained_rows), len(held_out)) == (72, 24)
@@ -566,14 +670,22 @@ def test_intervention_holdout_trains_on_the_rest_and_tunes_only_the_label_head_o
     assert tuned <= {"label_head.weight", "label_head.bias"} and (tuned != set()) == (stage["best_epoch"] > 0)
     assert stage["dev_score"] >= plain.dev_score(cebab_small.dev) - 1e-9  # epoch 0, the joint head, is a candidate
     assert "label head tuned on 25% of the training rows" in overview(held, None, Path("run"))  # the report says so
-    with pytest.raises(LucidError, match="intervention_holdout: tunes the jointly trained label head; mode is 'sequential'"):
-        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", intervention_holdout=0.2)
+    with pytest.raises(
+        LucidError, match="intervention_holdout: tunes the jointly trained label head; mode is 'sequential'"
+    ):
+        ConceptBottleneckLM.from_backbone(
+            str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", intervention_holdout=0.2
+        )
     with pytest.raises(LucidError, match=r"intervention_holdout: expected a share in \[0, 1\), found 1.0"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=1.0)
     with pytest.raises(LucidError, match="would undo the elastic net's sparsity"):
-        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=0.2, label_penalty="elastic")
+        ConceptBottleneckLM.from_backbone(
+            str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=0.2, label_penalty="elastic"
+        )
     # without dev the tuning runs its epochs and keeps the last
-    blind = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=0.25, **options)
+    blind = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=cebab_small.spec, intervention_holdout=0.25, **options
+    )
     blind.fit(cebab_small.train, **FAST)
     assert blind.training_history[-1]["best_epoch"] == 30 and blind.training_history[-1]["dev_score"] is None
 
@@ -582,8 +694,13 @@ def test_concept_level_mixup_mixes_pooled_vectors_and_both_losses(tiny_bert_dir,
     """C3M's mixup: h = μ·h_i + (1 − μ)·h_π(i), loss = μ·L(i) + (1 − μ)·L(π(i)), μ ~ Beta(α, α)."""
     from lucidlm.models.losses import Mixup, concept_loss, task_loss
 
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
-                                              random_intervention_rate=0.0, mixup_alpha=0.4).eval()
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir),
+        task=cebab_small.spec,
+        concept_layer="embedding",
+        random_intervention_rate=0.0,
+        mixup_alpha=0.4,
+    ).eval()
     batch = next(iter(model.encoder.loader(cebab_small.train, 16)))
     torch.manual_seed(5)
     loss = model.training_loss(model, batch)
@@ -598,7 +715,9 @@ def test_concept_level_mixup_mixes_pooled_vectors_and_both_losses(tiny_bert_dir,
         return task_loss(model.spec, out.label_logits, labels) + concept_loss(out.concept_logits, concepts)
 
     p = mix.partner
-    expected = mix.share * joint(batch["labels"], batch["concepts"]) + (1 - mix.share) * joint(batch["labels"][p], batch["concepts"][p])
+    expected = mix.share * joint(batch["labels"], batch["concepts"]) + (1 - mix.share) * joint(
+        batch["labels"][p], batch["concepts"][p]
+    )
     torch.testing.assert_close(loss, expected)
     # SparseCBM's pooled vectors are [K, B, H]: rows mix along the batch dimension
     stacked = torch.randn(3, 16, 8)
@@ -612,24 +731,37 @@ def test_concept_level_mixup_mixes_pooled_vectors_and_both_losses(tiny_bert_dir,
     assert "μ ~ Beta(0.4, 0.4)" in overview(model, None, Path("run"))  # the report says so
     with pytest.raises(LucidError, match="mixup_alpha: expected a Beta parameter >= 0"):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mixup_alpha=-0.4)
-    with pytest.raises(LucidError, match="mixup_alpha: mixes the joint loss's rows, in joint mode only; mode is 'sequential'"):
+    with pytest.raises(
+        LucidError, match="mixup_alpha: mixes the joint loss's rows, in joint mode only; mode is 'sequential'"
+    ):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", mixup_alpha=0.4)
 
 
-def test_intervention_aware_training_with_mixup_sets_the_concepts_both_rows_agree_on_first(tiny_bert_dir, cebab_small, monkeypatch):
+def test_intervention_aware_training_with_mixup_sets_the_concepts_both_rows_agree_on_first(
+    tiny_bert_dir, cebab_small, monkeypatch
+):
     """On a mixed row the policy's most uncertain concepts are mostly those where its two rows
     disagree, which have no gold value: the agreed ones are set first, up to T of them."""
     from lucidlm.models.losses import Mixup
 
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
-                                              random_intervention_rate=0.0, intervention_loss_weight=1.0).eval()
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir),
+        task=cebab_small.spec,
+        concept_layer="embedding",
+        random_intervention_rate=0.0,
+        intervention_loss_weight=1.0,
+    ).eval()
     batch = next(iter(model.encoder.loader(cebab_small.train, 16)))
     mix = Mixup(0.5, torch.arange(16).roll(1))
     agreed = Mixup.agreed(mix, batch["concepts"]) != MISSING
     assert (agreed.sum(1) < 4).any()  # some rows disagree somewhere
     seen = []
     original = model.intervened_label_logits
-    monkeypatch.setattr(model, "intervened_label_logits", lambda states, values, **kw: seen.append(values) or original(states, values, **kw))
+    monkeypatch.setattr(
+        model,
+        "intervened_label_logits",
+        lambda states, values, **kw: seen.append(values) or original(states, values, **kw),
+    )
     for seed in range(4):
         torch.manual_seed(seed)
         out = model(batch["input_ids"], batch["attention_mask"], None, mix)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import CHROMIUM, needs_chromium
 from fastapi.testclient import TestClient
 
 from lucidlm import SubnetworkRewiring
 from lucidlm.models import ConceptBottleneckLM, SparseConceptLM, load_pretrained
 from lucidlm.web.app import create_app
 from lucidlm.web.serve import serving
-from conftest import CHROMIUM, needs_chromium
 
 pytestmark = needs_chromium
 REVIEWS = [
@@ -94,13 +94,16 @@ def test_type_a_review_flip_a_concept_and_see_the_label_change(browser, runs):
         answer = TestClient(app).post("/api/predict", json={"text": text}).json()
         suggestion, share = answer["suggestion"], answer["concept_values_share"]
         if suggestion["change_probability"] > 0:  # a question the person can click: it takes them to the concept
-            assert page.inner_text("#ask-next").startswith(f"Check first: {suggestion['concept']}? A correction there "
-                                                          f"changes the decision with probability")
+            assert page.inner_text("#ask-next").startswith(
+                f"Check first: {suggestion['concept']}? A correction there changes the decision with probability"
+            )
             page.click("#ask-next button")
             assert page.evaluate("document.activeElement.dataset.concept") == suggestion["concept"]
         else:
             assert "No single correction would change the decision" in page.inner_text("#ask-next")
-        assert page.inner_text("#values-share").startswith(f"The concept values account for {100 * share:.1f}% of this decision")
+        assert page.inner_text("#values-share").startswith(
+            f"The concept values account for {100 * share:.1f}% of this decision"
+        )
         assert page.locator("#concepts .contribution-split").count() == 4
         assert page.is_hidden("#compare-section")
 
@@ -158,11 +161,18 @@ def test_sign_in_take_a_text_from_the_queue_correct_it_and_see_it_recorded(brows
         page.select_option("#record-label", "2")
         page.click("#record")
         page.wait_for_selector("#record-status:has-text('Recorded')")
-        assert page.inner_text("#record-status").startswith(f"Recorded as correction 1 by alice: {ask} = {other}, label ")
+        assert page.inner_text("#record-status").startswith(
+            f"Recorded as correction 1 by alice: {ask} = {other}, label "
+        )
         assert page.inner_text("#record-status").endswith("; you say 2.")
         page.wait_for_selector("#waiting:has-text('1 correction of this run')")
         (record,) = store.records()
-        assert (record.author, record.text, record.set_values, record.gold_label) == ("alice", queued, {ask: other}, "2")
+        assert (record.author, record.text, record.set_values, record.gold_label) == (
+            "alice",
+            queued,
+            {ask: other},
+            "2",
+        )
         page.click("#queue-next")  # the reviewed text is not handed out again
         deadline = time.monotonic() + 30
         while page.input_value("#text") == queued and time.monotonic() < deadline:
@@ -184,7 +194,8 @@ def test_a_text_longer_than_the_model_reads_says_how_much_it_read(browser, runs)
         page = open_page(browser, url)
         predict(page, long)
         assert page.inner_text("#reading-note").startswith(
-            f"The model read the first 128 of {answer['tokens_total']} tokens of this text")
+            f"The model read the first 128 of {answer['tokens_total']} tokens of this text"
+        )
         assert page.locator("#tokens .unread").count() == 1 and page.inner_text("#tokens").strip() == long.strip()
         predict(page, REVIEWS[0])
         assert page.locator("#reading-note").count() == 0
@@ -275,16 +286,22 @@ def test_the_page_fits_a_phone(browser, runs):
             box = selects.nth(i).bounding_box()
             assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
             assert selects.nth(i).is_visible()
-        assert page.locator("#concepts td.set-value").first.evaluate(
-            "cell => getComputedStyle(cell, '::before').content") == '"Set it to: "'
+        assert (
+            page.locator("#concepts td.set-value").first.evaluate("cell => getComputedStyle(cell, '::before').content")
+            == '"Set it to: "'
+        )
         page.select_option("#token-target", "4")  # the label's tokens, and the comparison after a change
         name = page.get_attribute("#concepts select[data-concept]", "data-concept")
-        other = [o for o in page.locator(f"select[data-concept='{name}'] option").all_inner_texts()
-                 if o != page.input_value(f"select[data-concept='{name}']")][0]
+        other = [
+            o
+            for o in page.locator(f"select[data-concept='{name}'] option").all_inner_texts()
+            if o != page.input_value(f"select[data-concept='{name}']")
+        ][0]
         page.select_option(f"select[data-concept='{name}']", other)
         page.wait_for_selector("#compare-section:not([hidden])")
-        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], \
-            page.evaluate(BEYOND_THE_SCREEN, PHONE["width"])
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], page.evaluate(
+            BEYOND_THE_SCREEN, PHONE["width"]
+        )
         assert page.errors == [] and page.foreign == []
         page.close()
 
@@ -300,7 +317,9 @@ def test_proto_page_shows_prototypes_with_their_training_examples(browser, runs)
         number = int(first.split()[1])
         assert model.projection.examples[number][0].text in first
         # first the label's integrated gradients (through the prototypes), then the attention
-        assert page.locator("#tokens .tok.pos, #tokens .tok.neg").count() > 3 and page.input_value("#token-target") == "0"
+        assert (
+            page.locator("#tokens .tok.pos, #tokens .tok.neg").count() > 3 and page.input_value("#token-target") == "0"
+        )
         page.select_option("#token-target", "1")
         assert page.locator("#tokens .tok.att").count() > 3
         assert page.errors == [] and page.foreign == []
@@ -310,7 +329,9 @@ def test_proto_page_shows_prototypes_with_their_training_examples(browser, runs)
 def test_confirm_a_concept_embedding_and_see_it_become_certain(browser, cebab_small, tiny_bert_dir):
     """With concept embeddings a confirmed value becomes certain (p_k one-hot), which can move the
     label: the page offers "sure" beside the value the model read, and shows what the model computes."""
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding").eval()
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding"
+    ).eval()
     text = REVIEWS[1]
     before = model.predict(text)[0]
     read = before.concepts["service"].value
@@ -367,7 +388,9 @@ def test_rewire_a_subnetwork_and_compare(browser, cebab_small, tiny_bert_dir):
         summary = page.inner_text("#compare-summary")
         assert "subnetwork of service was rewired toward Positive" in summary and "for this text only" in summary
         # The page shows what the model computes for the same rewiring (which it did not keep).
-        expected = model.intervene(REVIEWS[1], SubnetworkRewiring("service", "Positive", fraction=0.3, score="taylor"))[0]
+        expected = model.intervene(REVIEWS[1], SubnetworkRewiring("service", "Positive", fraction=0.3, score="taylor"))[
+            0
+        ]
         assert f"{expected.weights_changed:,} weights swapped" in summary and expected.weights_changed > 0
         service = expected.after.concepts["service"]
         shown = page.locator("#after dd").nth(model.spec.concept_names.index("service")).inner_text()

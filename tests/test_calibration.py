@@ -11,7 +11,11 @@ import torch
 
 from lucidlm import load_pretrained
 from lucidlm.calibration import (
-    calibration_figures, expected_calibration_error, fit_temperature, negative_log_likelihood, reliability_bins,
+    calibration_figures,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability_bins,
 )
 from lucidlm.models import FAMILIES
 
@@ -48,8 +52,9 @@ def test_the_fitted_temperature_undoes_overconfidence_and_keeps_the_argmax():
 def calibrated(request, tiny_bert_dir, cebab_small):
     from test_contract import FAST, FAST_OPTIONS
 
-    model = FAMILIES.get(request.param).from_backbone(str(tiny_bert_dir), task=cebab_small.spec, seed=0,
-                                                       **FAST_OPTIONS.get(request.param, {}))
+    model = FAMILIES.get(request.param).from_backbone(
+        str(tiny_bert_dir), task=cebab_small.spec, seed=0, **FAST_OPTIONS.get(request.param, {})
+    )
     model.fit(cebab_small.train, eval_data=cebab_small.dev, **FAST)
     return model
 

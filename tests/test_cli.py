@@ -74,7 +74,9 @@ def test_evaluate_predict_intervene(trained_run):
     from lucidlm import load_pretrained
     from lucidlm.cli import suggestion_line
 
-    suggestions = load_pretrained(run_dir).suggest_corrections([TEXT, "Rude staff."])  # what to check first, as the page asks
+    suggestions = load_pretrained(run_dir).suggest_corrections(
+        [TEXT, "Rude staff."]
+    )  # what to check first, as the page asks
     assert [p["suggestion"] for p in predictions] == [pytest.approx(vars(s)) for s in suggestions]
     plain = " ".join(lucidlm("predict", run_dir, TEXT).stdout.split())
     assert suggestion_line(suggestions[0]) in plain
@@ -187,8 +189,15 @@ def test_real_process_one_error_line_and_debug_traceback(tmp_path):
 @pytest.fixture(scope="module")
 def sparse_run(tiny_config):
     config = yaml.safe_load(tiny_config.read_text())
-    config["model"] = {"family": "sparse", "backbone": config["model"]["backbone"], "sparsity": 0.5,
-                       "pruning_start": 0.5, "pruning_end": 1.5, "pruning_interval": 1, "obert_gradients": 2}
+    config["model"] = {
+        "family": "sparse",
+        "backbone": config["model"]["backbone"],
+        "sparsity": 0.5,
+        "pruning_start": 0.5,
+        "pruning_end": 1.5,
+        "pruning_interval": 1,
+        "obert_gradients": 2,
+    }
     config["training"]["epochs"] = 2
     path = tiny_config.parent / "sparse.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -216,10 +225,15 @@ def test_sparse_explain_and_subnetwork_intervention(sparse_run):
     unchanged = load_pretrained(sparse_run).subnetworks
     assert all(torch.equal(unchanged[n].mask, m) for n, m in before.items())
 
-    committed = lucidlm("intervene", sparse_run, TEXT, "--set", "service=Negative", "--subnetwork", "--commit", "--json")
+    committed = lucidlm(
+        "intervene", sparse_run, TEXT, "--set", "service=Negative", "--subnetwork", "--commit", "--json"
+    )
     assert committed.exit_code == 0, committed.stderr
     changed = load_pretrained(sparse_run).subnetworks
-    assert sum(int((changed[n].mask != m).sum()) for n, m in before.items()) == json.loads(committed.stdout)["weights_changed"]
+    assert (
+        sum(int((changed[n].mask != m).sum()) for n, m in before.items())
+        == json.loads(committed.stdout)["weights_changed"]
+    )
 
     two = lucidlm("intervene", sparse_run, TEXT, "--set", "service=Negative", "--set", "food=Positive", "--subnetwork")
     assert two.exit_code == 1 and "one concept at a time" in two.stderr
@@ -236,10 +250,17 @@ def test_subnetwork_options_need_a_sparse_model(trained_run):
 @pytest.mark.parametrize(
     "train, dev, message",
     [
-        ("review,stars\nGood.,5\nBad.,1\n", "review,stars\nFine.,3\n", "dev.csv, row 1, field 'stars': unknown label '3'"),
+        (
+            "review,stars\nGood.,5\nBad.,1\n",
+            "review,stars\nFine.,3\n",
+            "dev.csv, row 1, field 'stars': unknown label '3'",
+        ),
         ("text,stars\nGood.,5\nBad.,1\n", "review,stars\nFine.,5\n", "missing column 'review'"),
-        ("review,stars,food\nGood.,5,Positive\nBad.,1,Negative\n", "review,stars,food\nFine.,5,Tasty\n",
-         "unknown value 'Tasty' for concept 'food'"),
+        (
+            "review,stars,food\nGood.,5,Positive\nBad.,1,Negative\n",
+            "review,stars,food\nFine.,5,Tasty\n",
+            "unknown value 'Tasty' for concept 'food'",
+        ),
         ("review,stars\n", "review,stars\nFine.,5\n", "has no rows"),
     ],
 )
@@ -247,9 +268,11 @@ def test_train_bad_data_one_line_nonzero_nothing_written(train, dev, message, tm
     (tmp_path / "train.csv").write_text(train)
     (tmp_path / "dev.csv").write_text(dev)
     concepts = ["food"] if "food" in train else []
-    config = {"data": {"source": "train.csv", "text": "review", "label": "stars", "dev": "dev.csv", "concepts": concepts},
-              "model": {"family": "bottleneck", "mode": "joint"} if concepts else {"family": "standard"},
-              "training": {"epochs": 1}}
+    config = {
+        "data": {"source": "train.csv", "text": "review", "label": "stars", "dev": "dev.csv", "concepts": concepts},
+        "model": {"family": "bottleneck", "mode": "joint"} if concepts else {"family": "standard"},
+        "training": {"epochs": 1},
+    }
     config["model"]["backbone"] = str(tiny_bert_dir)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = lucidlm("train", tmp_path / "config.yaml", "-o", tmp_path / "out")
@@ -270,8 +293,9 @@ def test_a_committed_rewiring_brings_the_run_record_up_to_date(sparse_run, tmp_p
     run_dir = tmp_path / "run"
     shutil.copytree(sparse_run, run_dir)
     trained = json.loads((run_dir / "run.json").read_text())
-    committed = lucidlm("intervene", run_dir, TEXT, "--set", "service=Negative", "--subnetwork", "--fraction", "0.3",
-                        "--commit")
+    committed = lucidlm(
+        "intervene", run_dir, TEXT, "--set", "service=Negative", "--subnetwork", "--fraction", "0.3", "--commit"
+    )
     assert committed.exit_code == 0, committed.stderr
     assert "dev and test evaluated again" in committed.stdout
     record = json.loads((run_dir / "run.json").read_text())
@@ -291,7 +315,10 @@ def test_a_committed_rewiring_brings_the_run_record_up_to_date(sparse_run, tmp_p
     again = lucidlm("intervene", run_dir, TEXT, "--set", "food=Positive", "--subnetwork", "--commit")
     assert again.exit_code == 0, again.stderr
     stale = json.loads((run_dir / "run.json").read_text())
-    assert stale["metrics"] == record["metrics"] and "describe the model before its committed change" in stale["metrics_stale"]
+    assert (
+        stale["metrics"] == record["metrics"]
+        and "describe the model before its committed change" in stale["metrics_stale"]
+    )
     assert "Stale:" in build_report(run_dir, limit=4, examples=0)
 
 
@@ -368,30 +395,56 @@ def test_the_showcase_is_a_checkable_row_where_the_policy_s_first_question_fixes
         assert not split.annotations.edited[shown[0].row]
     for s, (fixed, _) in zip(shown, tiers):
         if fixed:
-            assert s.concept is not None and s.value == model.spec.concept(s.concept).values[
-                split.concepts[s.row, model.spec.concept_names.index(s.concept)]]
+            assert (
+                s.concept is not None
+                and s.value
+                == model.spec.concept(s.concept).values[
+                    split.concepts[s.row, model.spec.concept_names.index(s.concept)]
+                ]
+            )
 
 
 def test_a_csv_task_trains_with_concept_embeddings_through_the_cli(tmp_path, tiny_bert_dir):
     rows = ["review,stars,food,service"]
     for i in range(40):
         food, service = ("good", "bad") if i % 2 else ("bad", "good")
-        rows.append(f"The food was {food} and the service was {service} on visit {i}.,{1 + (i % 2) * 4},{food},{service}")
+        rows.append(
+            f"The food was {food} and the service was {service} on visit {i}.,{1 + (i % 2) * 4},{food},{service}"
+        )
     (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
-    config = {"data": {"source": "reviews.csv", "text": "review", "label": "stars", "concepts": ["food", "service"],
-                       "dev": "reviews.csv", "test": "reviews.csv"},
-              "model": {"family": "bottleneck", "mode": "joint", "concept_layer": "embedding", "concept_embedding_size": 8,
-                        "backbone": str(tiny_bert_dir)},
-              "training": {"epochs": 1, "batch_size": 8}}
+    config = {
+        "data": {
+            "source": "reviews.csv",
+            "text": "review",
+            "label": "stars",
+            "concepts": ["food", "service"],
+            "dev": "reviews.csv",
+            "test": "reviews.csv",
+        },
+        "model": {
+            "family": "bottleneck",
+            "mode": "joint",
+            "concept_layer": "embedding",
+            "concept_embedding_size": 8,
+            "backbone": str(tiny_bert_dir),
+        },
+        "training": {"epochs": 1, "batch_size": 8},
+    }
     (tmp_path / "cem.yaml").write_text(yaml.safe_dump(config))
     trained = lucidlm("train", tmp_path / "cem.yaml", "-o", tmp_path / "run", "--json")
     assert trained.exit_code == 0, trained.output
     assert json.loads(trained.stdout)["metrics"]["test"]["n"] == 40
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
-    assert (saved["concept_layer"], saved["concept_embedding_size"], saved["random_intervention_rate"]) == ("embedding", 8, 0.25)
+    assert (saved["concept_layer"], saved["concept_embedding_size"], saved["random_intervention_rate"]) == (
+        "embedding",
+        8,
+        0.25,
+    )
     before = json.loads(lucidlm("predict", tmp_path / "run", "The food was good.", "--json").stdout)[0]
     flip = "bad" if before["concepts"]["food"]["value"] == "good" else "good"
-    result = json.loads(lucidlm("intervene", tmp_path / "run", "The food was good.", "--set", f"food={flip}", "--json").stdout)
+    result = json.loads(
+        lucidlm("intervene", tmp_path / "run", "The food was good.", "--set", f"food={flip}", "--json").stdout
+    )
     assert result["after"]["concepts"]["food"]["probabilities"][flip] == 1.0
 
 

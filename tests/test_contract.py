@@ -53,8 +53,14 @@ class CentroidLM(LucidModel):
         prediction = self.predict(text, pair)[0]
         batch = self.encoder.batch([text], [pair] if pair else None)
         c = self.spec.label_index(prediction.label)
-        tokens = integrated_gradients(self, batch["input_ids"], batch["attention_mask"],
-                                      lambda i, m: self(i, m).label_logits.softmax(-1)[:, c], "label", steps)
+        tokens = integrated_gradients(
+            self,
+            batch["input_ids"],
+            batch["attention_mask"],
+            lambda i, m: self(i, m).label_logits.softmax(-1)[:, c],
+            "label",
+            steps,
+        )
         return Explanation(text=text, text_pair=pair, prediction=prediction, tokens=[tokens])
 
 

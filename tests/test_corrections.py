@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from postgres_server import binaries, free_port, postgres_server
 from typer.testing import CliRunner
 
 from lucidlm.cli import app as cli
@@ -32,17 +33,27 @@ from lucidlm.errors import LucidError
 from lucidlm.models import load_pretrained
 from lucidlm.web.schemas import MAX_BODY_BYTES
 from lucidlm.web.serve import check_exposure, load_app, serving
-from postgres_server import binaries, free_port, postgres_server
 
 TEXT = "Great pasta, but we waited an hour for a rude waiter."
-needs_postgres = pytest.mark.skipif(binaries() is None and not os.environ.get("CI"),
-                                    reason="no PostgreSQL server binaries (apt-get install postgresql)")
+needs_postgres = pytest.mark.skipif(
+    binaries() is None and not os.environ.get("CI"), reason="no PostgreSQL server binaries (apt-get install postgresql)"
+)
 
 
 def a_record(n: int = 0, **fields) -> Record:
-    base = dict(kind="correction", author="alice", run="joint", run_fingerprint="f" * 64, text=f"text {n}",
-                read_values={"food": "Positive"}, set_values={"food": "Negative"}, label_before="4", label_after="2",
-                gold_label=None, key=f"k{n}")
+    base = dict(
+        kind="correction",
+        author="alice",
+        run="joint",
+        run_fingerprint="f" * 64,
+        text=f"text {n}",
+        read_values={"food": "Positive"},
+        set_values={"food": "Negative"},
+        label_before="4",
+        label_after="2",
+        gold_label=None,
+        key=f"k{n}",
+    )
     return Record(**{**base, **fields})
 
 
@@ -86,10 +97,17 @@ def test_a_retraction_is_a_new_record_and_the_database_refuses_rewrites(tmp_path
     assert [r.author for r in store.records()] == ["alice", "alice", "bob"]
 
 
-@pytest.mark.parametrize("fields, message", [({"kind": "edit"}, "kind"), ({"author": ""}, "author"),
-                                             ({"text": "x" * 10_001}, "text: at most"), ({"text": "  "}, "text"),
-                                             ({"set_values": {}, "gold_label": None}, "concept values"),
-                                             ({"kind": "retraction", "retracts": None}, "retracts")])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"kind": "edit"}, "kind"),
+        ({"author": ""}, "author"),
+        ({"text": "x" * 10_001}, "text: at most"),
+        ({"text": "  "}, "text"),
+        ({"set_values": {}, "gold_label": None}, "concept values"),
+        ({"kind": "retraction", "retracts": None}, "retracts"),
+    ],
+)
 def test_a_malformed_record_is_refused_with_nothing_written(tmp_path, fields, message):
     store = CorrectionStore(tmp_path)
     with pytest.raises(LucidError, match=message):
@@ -112,7 +130,7 @@ def test_export_round_trips_through_csv_jsonl_and_a_dataset(tmp_path):
 
     store = CorrectionStore(tmp_path)
     for n in range(3):
-        store.append(a_record(n, text=f"text {n}, with a comma and \"quotes\"\nand a line", gold_label=str(n + 1)))
+        store.append(a_record(n, text=f'text {n}, with a comma and "quotes"\nand a line', gold_label=str(n + 1)))
     store.retract(2, "alice")
     stored = [r.to_dict() for r in store.records()]
     assert store.export(tmp_path / "out.jsonl") == 4
@@ -158,11 +176,17 @@ def test_tokens_are_kept_only_as_hashes(tmp_path):
 def served(joint_run, tmp_path):
     """A tiny joint run's app with a store holding a viewer, two correctors and an admin, and a pool."""
     store = CorrectionStore(joint_run)
-    tokens = {name: add_user(store, name, role) for name, role in
-              (("vera", "viewer"), ("alice", "corrector"), ("bob", "corrector"), ("ada", "admin"))}
+    tokens = {
+        name: add_user(store, name, role)
+        for name, role in (("vera", "viewer"), ("alice", "corrector"), ("bob", "corrector"), ("ada", "admin"))
+    }
     pool = tmp_path / "pool.jsonl"
-    pool.write_text("".join(json.dumps({"text": t}) + "\n" for t in
-                            [TEXT, "Loud room, lovely food.", "The service was slow and the soup cold.", "Fine."]))
+    pool.write_text(
+        "".join(
+            json.dumps({"text": t}) + "\n"
+            for t in [TEXT, "Loud room, lovely food.", "The service was slow and the soup cold.", "Fine."]
+        )
+    )
     client = TestClient(load_app(joint_run, pool=pool, store=store))
     return client, store, tokens
 
@@ -171,9 +195,12 @@ def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-WRITES = [("post", "/api/corrections", {"text": TEXT, "values": {"food": "Negative"}}),
-          ("post", "/api/corrections/1/retract", {"reason": "oops"}),
-          ("get", "/api/queue/next", None), ("post", "/api/queue/skip", None)]
+WRITES = [
+    ("post", "/api/corrections", {"text": TEXT, "values": {"food": "Negative"}}),
+    ("post", "/api/corrections/1/retract", {"reason": "oops"}),
+    ("get", "/api/queue/next", None),
+    ("post", "/api/queue/skip", None),
+]
 
 
 @pytest.mark.parametrize("method, path, body", WRITES, ids=[w[1] for w in WRITES])
@@ -181,8 +208,12 @@ def test_every_writing_endpoint_refuses_no_token_a_wrong_one_and_a_viewer(served
     client, store, tokens = served
     store.append(a_record(1, author="alice", run="joint"))
     before = len(store.records())
-    for headers, status, says in (({}, 401, "needs a corrector's token"), (bearer("not-a-token"), 401, "not one of"),
-                                  ({"Authorization": "Basic abc"}, 401, "Bearer"), (bearer(tokens["vera"]), 403, "vera is a viewer")):
+    for headers, status, says in (
+        ({}, 401, "needs a corrector's token"),
+        (bearer("not-a-token"), 401, "not one of"),
+        ({"Authorization": "Basic abc"}, 401, "Bearer"),
+        (bearer(tokens["vera"]), 403, "vera is a viewer"),
+    ):
         answer = client.request(method, path, json=body, headers=headers)
         assert answer.status_code == status and says in answer.json()["detail"], (headers, answer.text)
         if status == 401:
@@ -194,35 +225,54 @@ def test_a_corrector_records_and_retracts_their_own_and_an_admin_anyones(served,
     client, store, tokens = served
     assert client.get("/api/me", headers=bearer(tokens["alice"])).json() == {"name": "alice", "role": "corrector"}
     assert client.get("/api/me").json() == {"name": None, "role": "viewer"}
-    answer = client.post("/api/corrections", headers=bearer(tokens["alice"]),
-                         json={"text": TEXT, "values": {"food": "Negative"}, "label": "2", "key": "page-1", "note": "rude"})
+    answer = client.post(
+        "/api/corrections",
+        headers=bearer(tokens["alice"]),
+        json={"text": TEXT, "values": {"food": "Negative"}, "label": "2", "key": "page-1", "note": "rude"},
+    )
     assert answer.status_code == 200, answer.text
     record = answer.json()["record"]
     assert record["author"] == "alice" and record["set_values"] == {"food": "Negative"} and record["gold_label"] == "2"
     assert record["run"] == "joint" and record["run_fingerprint"] == run_fingerprint(joint_run)
     assert record["label_after"] == answer.json()["result"]["after"]["label"] and set(record["read_values"]) == {
-        "food", "ambiance", "service", "noise"}
-    again = client.post("/api/corrections", headers=bearer(tokens["alice"]),
-                        json={"text": TEXT, "values": {"food": "Negative"}, "label": "2", "key": "page-1"})
+        "food",
+        "ambiance",
+        "service",
+        "noise",
+    }
+    again = client.post(
+        "/api/corrections",
+        headers=bearer(tokens["alice"]),
+        json={"text": TEXT, "values": {"food": "Negative"}, "label": "2", "key": "page-1"},
+    )
     assert again.json()["record"]["id"] == record["id"] and store.count() == 1
     info = client.get("/api/info").json()["corrections"]
     assert info["recording"] and info["users"] == 4 and info["waiting"] == 1 and info["queue"]["waiting"] == 3
     denied = client.post(f"/api/corrections/{record['id']}/retract", headers=bearer(tokens["bob"]), json={})
     assert denied.status_code == 403 and "alice's" in denied.json()["detail"]
-    retracted = client.post(f"/api/corrections/{record['id']}/retract", headers=bearer(tokens["ada"]), json={"reason": "dup"})
+    retracted = client.post(
+        f"/api/corrections/{record['id']}/retract", headers=bearer(tokens["ada"]), json={"reason": "dup"}
+    )
     assert retracted.status_code == 200 and retracted.json()["author"] == "ada" and store.count() == 0
     listed = client.get("/api/corrections").json()
     assert [r["kind"] for r in listed] == ["correction", "retraction"]
 
 
-@pytest.mark.parametrize("body, status", [(b'{"text": "x", "values": ', 422), (b'{"text": "x"}', 422),
-                                          (b'{"text": "x", "values": {"food": "Salty"}}', 422),
-                                          (b'{"text": "x", "values": {}, "label": "9"}', 422),
-                                          (json.dumps({"text": "x" * (MAX_BODY_BYTES + 1), "label": "1"}).encode(), 413)])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (b'{"text": "x", "values": ', 422),
+        (b'{"text": "x"}', 422),
+        (b'{"text": "x", "values": {"food": "Salty"}}', 422),
+        (b'{"text": "x", "values": {}, "label": "9"}', 422),
+        (json.dumps({"text": "x" * (MAX_BODY_BYTES + 1), "label": "1"}).encode(), 413),
+    ],
+)
 def test_a_malformed_or_oversized_correction_is_refused_with_nothing_written(served, body, status):
     client, store, tokens = served
-    answer = client.post("/api/corrections", content=body,
-                         headers={**bearer(tokens["alice"]), "Content-Type": "application/json"})
+    answer = client.post(
+        "/api/corrections", content=body, headers={**bearer(tokens["alice"]), "Content-Type": "application/json"}
+    )
     assert answer.status_code == status and answer.json()["detail"], answer.text
     assert store.records() == []
 
@@ -253,18 +303,34 @@ def test_two_people_never_get_the_same_text_and_reviewed_or_skipped_texts_are_pa
     client, store, tokens = served
     alice = client.get("/api/queue/next", headers=bearer(tokens["alice"])).json()
     bob = client.get("/api/queue/next", headers=bearer(tokens["bob"])).json()
-    assert alice["text"] != bob["text"] and alice["remaining"] == 4 and alice["ask"] in ("food", "ambiance", "service", "noise")
+    assert (
+        alice["text"] != bob["text"]
+        and alice["remaining"] == 4
+        and alice["ask"] in ("food", "ambiance", "service", "noise")
+    )
     assert client.get("/api/queue/next", headers=bearer(tokens["alice"])).json()["text"] == alice["text"]  # still hers
-    client.post("/api/corrections", headers=bearer(tokens["alice"]), json={"text": alice["text"], "values": {alice["ask"]: "unknown"}})
+    client.post(
+        "/api/corrections",
+        headers=bearer(tokens["alice"]),
+        json={"text": alice["text"], "values": {alice["ask"]: "unknown"}},
+    )
     following = client.get("/api/queue/next", headers=bearer(tokens["alice"])).json()
     assert following["text"] not in (alice["text"], bob["text"]) and following["remaining"] == 3
     skipped = client.post("/api/queue/skip", headers=bearer(tokens["alice"])).json()
     assert skipped["text"] not in (alice["text"], bob["text"], following["text"])
     assert client.post("/api/queue/skip", headers=bearer(tokens["alice"])).json() == {  # nothing left for alice
-        "text": None, "ask": None, "position": None, "priority": None, "remaining": 3}
+        "text": None,
+        "ask": None,
+        "position": None,
+        "priority": None,
+        "remaining": 3,
+    }
     client.post("/api/queue/skip", headers=bearer(tokens["bob"]))  # bob's text goes back to the others
-    assert client.get("/api/queue/next", headers=bearer(tokens["ada"])).json()["text"] in (bob["text"], following["text"],
-                                                                                          skipped["text"])
+    assert client.get("/api/queue/next", headers=bearer(tokens["ada"])).json()["text"] in (
+        bob["text"],
+        following["text"],
+        skipped["text"],
+    )
 
 
 def test_the_queue_orders_by_the_policy_and_a_lease_expires(joint_run):
@@ -286,7 +352,7 @@ def test_a_pool_file_is_read_or_refused_by_row(tmp_path):
 
     pq.write_table(pa.table({"text": ["a", "b"], "id": [1, 2]}), tmp_path / "pool.parquet")
     assert read_pool(tmp_path / "pool.parquet") == ["a", "b"]
-    (tmp_path / "pool.csv").write_text("text\nfine\n\n\" \"\n")
+    (tmp_path / "pool.csv").write_text('text\nfine\n\n" "\n')
     with pytest.raises(LucidError, match=r"pool.csv, row 2, field 'text'"):
         read_pool(tmp_path / "pool.csv")
     (tmp_path / "other.csv").write_text("review\nfine\n")
@@ -298,6 +364,7 @@ def test_a_pool_file_is_read_or_refused_by_row(tmp_path):
 def hammer(url: str, token: str, writers: int, each: int) -> list[int]:
     """``writers`` threads post ``each`` corrections apiece, every one twice (a client retrying):
     the ids the server answered."""
+
     def write(w: int) -> list[int]:
         ids = []
         with httpx.Client(base_url=url, headers=bearer(token), timeout=60) as http:
@@ -329,8 +396,11 @@ def test_a_killed_server_loses_no_answered_record_and_leaves_a_readable_store(jo
     token = add_user(store, "alice", "corrector")
     store.close()
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "lucidlm"), "serve", str(joint_run), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "lucidlm"), "serve", str(joint_run), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url, answered, stop = f"http://127.0.0.1:{port}", [], threading.Event()
     try:
         deadline = time.monotonic() + 120
@@ -349,7 +419,9 @@ def test_a_killed_server_loses_no_answered_record_and_leaves_a_readable_store(jo
                     if stop.is_set():
                         return
                     try:
-                        answer = http.post("/api/corrections", json={"text": f"{w}/{n}: cold soup.", "label": "1", "key": f"s{w}-{n}"})
+                        answer = http.post(
+                            "/api/corrections", json={"text": f"{w}/{n}: cold soup.", "label": "1", "key": f"s{w}-{n}"}
+                        )
                     except httpx.TransportError:
                         return
                     if answer.status_code == 200:
@@ -378,15 +450,20 @@ def test_a_killed_server_loses_no_answered_record_and_leaves_a_readable_store(jo
 # ---- learning from corrections ----------------------------------------------------------------------
 def test_corrections_become_rows_whose_untouched_values_are_not_labels(cebab_small):
     spec = cebab_small.spec
-    records = [a_record(1, id=1, set_values={"service": "Negative"}),
-               a_record(2, id=2, text="text 1", set_values={"food": "Positive", "service": "Positive"}, gold_label="4"),
-               a_record(3, id=3, set_values={}, gold_label="1")]
+    records = [
+        a_record(1, id=1, set_values={"service": "Negative"}),
+        a_record(2, id=2, text="text 1", set_values={"food": "Positive", "service": "Positive"}, gold_label="4"),
+        a_record(3, id=3, set_values={}, gold_label="1"),
+    ]
     split = corrected_split(records, spec)
     assert split.texts == ["text 1", "text 3"] and split.ids == ["1,2", "3"]
     food, service = spec.concept_names.index("food"), spec.concept_names.index("service")
     assert split.concepts[0, service] == spec.concept("service").index("Positive")  # the later record wins
     assert split.concepts[0, food] == spec.concept("food").index("Positive")
-    assert (split.concepts[1] == MISSING).all() and list(split.labels) == [spec.classes.index("4"), spec.classes.index("1")]
+    assert (split.concepts[1] == MISSING).all() and list(split.labels) == [
+        spec.classes.index("4"),
+        spec.classes.index("1"),
+    ]
     ambiance = spec.concept_names.index("ambiance")
     assert split.concepts[0, ambiance] == MISSING
     with pytest.raises(LucidError, match="record 9: concept 'food' = 'Salty'"):
@@ -401,21 +478,32 @@ def test_learn_trains_a_new_run_that_records_its_lineage(tiny_runs, tmp_path, ki
     from lucidlm.corrections.recording import make_record
 
     values = {} if kind == "proto" else {"food": "Negative"}
-    made = [store.append(make_record(model, f"{TEXT} ({n})", values, "1" if kind == "proto" or n % 2 else None, "alice",
-                                     kind, fingerprint)[0]) for n in range(4)]
+    made = [
+        store.append(
+            make_record(
+                model, f"{TEXT} ({n})", values, "1" if kind == "proto" or n % 2 else None, "alice", kind, fingerprint
+            )[0]
+        )
+        for n in range(4)
+    ]
     store.retract(made[0].id, "alice")
     store.append(a_record(99, run_fingerprint="0" * 64, gold_label="1"))  # another run's: not learned from
     child, record = learn(run, tmp_path / "child")
     lineage = record["lineage"]
     assert lineage["parent"] == str(run.resolve()) and lineage["parent_fingerprint"] == fingerprint
     assert lineage["records"] == [m.id for m in made[1:]] and lineage["count"] == 3 and lineage["texts"] == 3
-    assert lineage["concept_labels"] == (0 if kind == "proto" else 3) and lineage["labels"] == (3 if kind == "proto" else 2)
+    assert lineage["concept_labels"] == (0 if kind == "proto" else 3) and lineage["labels"] == (
+        3 if kind == "proto" else 2
+    )
     assert lineage["parent_metrics"] == json.loads((run / "run.json").read_text())["metrics"]
     assert set(record["metrics"]) == {"dev", "test"} and (tmp_path / "child" / "run.json").is_file()
     assert not (tmp_path / "child" / "checkpoint").exists()
     parent_training = json.loads((run / "run.json").read_text())["experiment"]["training"]
     learned = record["experiment"]["training"]  # a continuation: the trained heads at the backbone's rate
-    assert learned["head_learning_rate"] == learned.get("learning_rate", 5e-5) and learned["epochs"] == parent_training["epochs"]
+    assert (
+        learned["head_learning_rate"] == learned.get("learning_rate", 5e-5)
+        and learned["epochs"] == parent_training["epochs"]
+    )
     assert CorrectionStore(tmp_path / "child").count() == 4  # its store continues the parent's (the other run's too)
     assert run_fingerprint(tmp_path / "child") != fingerprint
     assert load_pretrained(tmp_path / "child").predict([TEXT])[0].label == child.predict([TEXT])[0].label
@@ -443,7 +531,9 @@ def invoke(*args, env=None):
 
 
 def test_the_cli_records_lists_exports_retracts_and_learns(joint_run, tmp_path):
-    recorded = invoke("intervene", joint_run, TEXT, "--set", "food=Negative", "--record", "--label", "2", "--by", "alice", "--json")
+    recorded = invoke(
+        "intervene", joint_run, TEXT, "--set", "food=Negative", "--record", "--label", "2", "--by", "alice", "--json"
+    )
     assert recorded.exit_code == 0, recorded.output
     record = json.loads(recorded.stdout)["record"]
     assert record["author"] == "alice" and record["set_values"] == {"food": "Negative"} and record["gold_label"] == "2"
@@ -476,12 +566,17 @@ def test_a_store_with_users_needs_their_token_on_the_command_line(joint_run, tmp
     assert added.exit_code == 0
     token = added.stdout.strip()
     admin = invoke("users", "add", "ada", "--role", "admin", "--store", joint_run).stdout.strip()
-    assert [u["name"] for u in json.loads(invoke("users", "list", "--store", joint_run, "--json").stdout)] == ["ada", "alice"]
+    assert [u["name"] for u in json.loads(invoke("users", "list", "--store", joint_run, "--json").stdout)] == [
+        "ada",
+        "alice",
+    ]
     nobody = invoke("intervene", joint_run, TEXT, "--set", "food=Negative", "--record")
     assert nobody.exit_code == 1 and "LUCIDLM_TOKEN" in nobody.output
     wrong = invoke("intervene", joint_run, TEXT, "--set", "food=Negative", "--record", env={"LUCIDLM_TOKEN": "nope"})
     assert wrong.exit_code == 1 and "not the token" in wrong.output
-    ok = invoke("intervene", joint_run, TEXT, "--set", "food=Negative", "--record", "--json", env={"LUCIDLM_TOKEN": token})
+    ok = invoke(
+        "intervene", joint_run, TEXT, "--set", "food=Negative", "--record", "--json", env={"LUCIDLM_TOKEN": token}
+    )
     assert ok.exit_code == 0 and json.loads(ok.stdout)["record"]["author"] == "alice"
     as_corrector = invoke("learn", joint_run, "-o", tmp_path / "child", env={"LUCIDLM_TOKEN": token})
     assert as_corrector.exit_code == 1 and "alice is a corrector: this needs an admin" in as_corrector.output

@@ -84,8 +84,11 @@ def _write(tmp_path, name, text):
         ("text,stars\nok,5\n", {}, "missing column 'review'"),
         ("review,stars\nok,5\n,4\n", {}, "row 2, field 'review': expected a non-empty text"),
         ("review,stars\nok,5\nfine,4\n", {"classes": ["4", "5"], "dev": "DEV"}, "unknown label 'six'"),
-        ("review,stars,food\nok,5,Positive\nfine,4,Negative\n", {"concepts": {"food": ["Negative", "Positive"]}, "dev": "DEVC"},
-         "unknown value 'Tasty' for concept 'food'"),
+        (
+            "review,stars,food\nok,5,Positive\nfine,4,Negative\n",
+            {"concepts": {"food": ["Negative", "Positive"]}, "dev": "DEVC"},
+            "unknown value 'Tasty' for concept 'food'",
+        ),
     ],
 )
 def test_bad_input_names_the_problem(tmp_path, content, options, message):

@@ -8,20 +8,26 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from tiny_decoders import ARCHITECTURES, save_tiny_decoder
 from typer.testing import CliRunner
 
 from lucidlm import ConceptValues, load_pretrained
 from lucidlm.backbone import load_backbone, load_tokenizer
 from lucidlm.errors import LucidError
 from lucidlm.models import FAMILIES, ConceptModel
-from tiny_decoders import ARCHITECTURES, save_tiny_decoder
 
 TEXTS = ["Great pasta, but we waited an hour.", "Rude."]
 FAST = dict(epochs=1, batch_size=8, progress=False)
-OPTIONS = {"sparse": {"sparsity": 0.5, "pruning_start": 0.2, "pruning_end": 0.8, "pruning_interval": 1, "obert_gradients": 2},
-           "bottleneck": {"mode": "joint"}}
-VARIANTS = {"float32": {"dtype": "float32"}, "bf16": {"dtype": "auto"},
-            "float32-lora": {"dtype": "float32", "adapter": {"r": 4}}, "bf16-lora": {"dtype": "bfloat16", "adapter": {"r": 4}}}
+OPTIONS = {
+    "sparse": {"sparsity": 0.5, "pruning_start": 0.2, "pruning_end": 0.8, "pruning_interval": 1, "obert_gradients": 2},
+    "bottleneck": {"mode": "joint"},
+}
+VARIANTS = {
+    "float32": {"dtype": "float32"},
+    "bf16": {"dtype": "auto"},
+    "float32-lora": {"dtype": "float32", "adapter": {"r": 4}},
+    "bf16-lora": {"dtype": "bfloat16", "adapter": {"r": 4}},
+}
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +42,9 @@ def rows(cebab_small):
 
 
 def build(family, path, spec, max_length=48, **options):
-    return FAMILIES.get(family).from_backbone(str(path), task=spec, max_length=max_length, **{**OPTIONS.get(family, {}), **options})
+    return FAMILIES.get(family).from_backbone(
+        str(path), task=spec, max_length=max_length, **{**OPTIONS.get(family, {}), **options}
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -79,8 +87,12 @@ def test_a_texts_pooled_vector_does_not_depend_on_its_batch(arch, side, decoders
     real token, whichever side the tokenizer pads."""
     tokenizer = load_tokenizer(str(decoders[arch]))
     tokenizer.padding_side = side
-    model = FAMILIES.get("standard")(FAMILIES.get("standard").config_class(backbone=str(decoders[arch])), cebab_small.spec,
-                                     load_backbone(str(decoders[arch])), tokenizer)
+    model = FAMILIES.get("standard")(
+        FAMILIES.get("standard").config_class(backbone=str(decoders[arch])),
+        cebab_small.spec,
+        load_backbone(str(decoders[arch])),
+        tokenizer,
+    )
     alone = model.forward_texts([TEXTS[1]]).pooled
     beside_a_longer_one = model.forward_texts([TEXTS[0] * 3, TEXTS[1]]).pooled[1]
     assert torch.allclose(alone[0], beside_a_longer_one, atol=1e-5)
@@ -95,7 +107,9 @@ def test_a_tokenizer_without_a_pad_token_gets_one_on_every_path(decoders, cebab_
     raw = AutoTokenizer.from_pretrained(path)
     assert raw.pad_token is None and raw.padding_side == "left"
     standard = FAMILIES.get("standard")
-    model = standard(standard.config_class(backbone=str(path), max_length=48), cebab_small.spec, load_backbone(str(path)), raw)
+    model = standard(
+        standard.config_class(backbone=str(path), max_length=48), cebab_small.spec, load_backbone(str(path)), raw
+    )
     assert model.tokenizer.pad_token == load_tokenizer(str(path)).pad_token == "<|end_of_text|>"
     model.fit(*rows, **FAST)
     model.save_pretrained(tmp_path / "run")
@@ -139,7 +153,9 @@ def test_gradient_checkpointing_trains_the_same_model(decoders, cebab_small, row
     plain = build("bottleneck", decoders["llama"], cebab_small.spec, dtype="float32").fit(*rows, **FAST)
     checkpointed = build("bottleneck", decoders["llama"], cebab_small.spec, dtype="float32")
     checkpointed.fit(*rows, gradient_checkpointing=True, **FAST)
-    assert not any(getattr(m, "gradient_checkpointing", False) for m in checkpointed.backbone.modules())  # training only
+    assert not any(
+        getattr(m, "gradient_checkpointing", False) for m in checkpointed.backbone.modules()
+    )  # training only
     for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
 
@@ -271,9 +287,18 @@ def test_structured_subnetworks_on_modern_decoders(arch, decoders, cebab_small, 
     another, in float32."""
     from lucidlm.models import SparseConceptLM
 
-    model = SparseConceptLM.from_backbone(str(decoders[arch]), task=cebab_small.spec, granularity="neuron",
-                                          masked_layers=NEURON_LAYERS[arch], max_length=48, sparsity=0.5,
-                                          pruning_start=0.2, pruning_end=0.8, pruning_interval=1, obert_gradients=2)
+    model = SparseConceptLM.from_backbone(
+        str(decoders[arch]),
+        task=cebab_small.spec,
+        granularity="neuron",
+        masked_layers=NEURON_LAYERS[arch],
+        max_length=48,
+        sparsity=0.5,
+        pruning_start=0.2,
+        pruning_end=0.8,
+        pruning_interval=1,
+        obert_gradients=2,
+    )
     kinds = {g.kind for g in model.unit_groups}
     assert kinds == ({"heads", "neurons"} if NEURON_LAYERS[arch] == "all" else {"neurons"})
     if arch == "llama":
@@ -303,7 +328,9 @@ def test_fused_projections_are_refused_at_neuron_level_naming_the_alternative(de
     from lucidlm.models import SparseConceptLM
 
     with pytest.raises(LucidError, match=r"fused gate_up projection cannot be gathered\). Use granularity: weight"):
-        SparseConceptLM.from_backbone(str(decoders["phi3"]), task=cebab_small.spec, granularity="neuron", masked_layers="ffn")
+        SparseConceptLM.from_backbone(
+            str(decoders["phi3"]), task=cebab_small.spec, granularity="neuron", masked_layers="ffn"
+        )
     with pytest.raises(LucidError, match="opt's attention reshapes by the number of heads.*Use masked_layers: ffn"):
         SparseConceptLM.from_backbone(str(decoders["opt"]), task=cebab_small.spec, granularity="neuron")
 
@@ -315,10 +342,14 @@ def test_obert_past_the_free_memory_is_refused_in_one_line(decoders, cebab_small
 
     monkeypatch.setattr(lucidlm.pruning.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=2**20))
     model = build("sparse", decoders["llama"], cebab_small.spec, pruning_score="obert")
-    with pytest.raises(LucidError, match=r"obert keeps 2 gradients .* GiB here, and this machine has 0.0 GiB free") as refused:
+    with pytest.raises(
+        LucidError, match=r"obert keeps 2 gradients .* GiB here, and this machine has 0.0 GiB free"
+    ) as refused:
         model.fit(*rows, **FAST)
     assert "\n" not in str(refused.value)
-    build("sparse", decoders["llama"], cebab_small.spec, pruning_score="movement").fit(*rows, **FAST)  # O(parameters): trains
+    build("sparse", decoders["llama"], cebab_small.spec, pruning_score="movement").fit(
+        *rows, **FAST
+    )  # O(parameters): trains
 
 
 def test_qlora_without_cuda_is_one_clear_line(decoders, cebab_small):
@@ -345,19 +376,32 @@ def test_the_attention_kernel_is_a_setting_that_changes_no_answer(decoders, ceba
     assert load_pretrained(tmp_path / "run").backbone.config._attn_implementation == "eager"
 
 
-def test_a_sparse_run_on_a_grouped_query_llama_is_explained_and_evaluated_through_the_cli(decoders, cebab_dir, tmp_path):
+def test_a_sparse_run_on_a_grouped_query_llama_is_explained_and_evaluated_through_the_cli(
+    decoders, cebab_dir, tmp_path
+):
     import yaml
 
     from lucidlm.cli import app
 
-    config = {"data": {"source": "cebab", "path": str(cebab_dir), "subsample": {"train": 24, "dev": 8, "test": 8}},
-              "model": {"family": "sparse", "backbone": str(decoders["llama"]), "dtype": "bfloat16", "max_length": 48,
-                        **OPTIONS["sparse"]},
-              "training": {"epochs": 1, "batch_size": 8, "progress": False}, "output_dir": str(tmp_path / "run")}
+    config = {
+        "data": {"source": "cebab", "path": str(cebab_dir), "subsample": {"train": 24, "dev": 8, "test": 8}},
+        "model": {
+            "family": "sparse",
+            "backbone": str(decoders["llama"]),
+            "dtype": "bfloat16",
+            "max_length": 48,
+            **OPTIONS["sparse"],
+        },
+        "training": {"epochs": 1, "batch_size": 8, "progress": False},
+        "output_dir": str(tmp_path / "run"),
+    }
     (tmp_path / "sparse.yaml").write_text(yaml.safe_dump(config))
     runner = CliRunner()
-    for command in (["train", str(tmp_path / "sparse.yaml")], ["explain", str(tmp_path / "run"), TEXTS[0], "--json"],
-                    ["evaluate", str(tmp_path / "run"), "--suite", "faithfulness,interventions", "--samples", "4", "--json"]):
+    for command in (
+        ["train", str(tmp_path / "sparse.yaml")],
+        ["explain", str(tmp_path / "run"), TEXTS[0], "--json"],
+        ["evaluate", str(tmp_path / "run"), "--suite", "faithfulness,interventions", "--samples", "4", "--json"],
+    ):
         result = runner.invoke(app, command)
         assert result.exit_code == 0, (command[0], result.output[-2000:])
     explained = json.loads(runner.invoke(app, ["explain", str(tmp_path / "run"), TEXTS[0], "--json"]).output)
@@ -369,7 +413,11 @@ def test_an_encoder_given_a_left_padding_tokenizer_pads_right(tiny_bert_dir, ceb
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir, padding_side="left")
     standard = FAMILIES.get("standard")
-    model = standard(standard.config_class(backbone=str(tiny_bert_dir)), cebab_small.spec, load_backbone(str(tiny_bert_dir)),
-                     tokenizer)
+    model = standard(
+        standard.config_class(backbone=str(tiny_bert_dir)),
+        cebab_small.spec,
+        load_backbone(str(tiny_bert_dir)),
+        tokenizer,
+    )
     alone = model.forward_texts([TEXTS[1]]).pooled[0]
     assert torch.allclose(alone, model.forward_texts([TEXTS[0] * 3, TEXTS[1]]).pooled[1], atol=1e-5)

@@ -14,8 +14,13 @@ import lucidlm
 from lucidlm.backbone import DEFAULT_BACKBONE
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/getting-started.md", "docs/corrections.md", "docs/llm.md",
-         *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "guides").glob("*.md"))]
+PAGES = [
+    "README.md",
+    "docs/getting-started.md",
+    "docs/corrections.md",
+    "docs/llm.md",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "guides").glob("*.md")),
+]
 # runs an example reads, made beforehand from the tiny runs (a user makes them with lucidlm train)
 RUNS = {"docs/corrections.md": {"cebab-intcem": "joint"}, "docs/guides/evaluation.md": {"cebab-joint": "joint"}}
 
@@ -42,9 +47,12 @@ def test_every_python_example_runs(page, tmp_path, monkeypatch, tiny_bert_dir, c
     for name, kind in RUNS.get(page, {}).items():
         shutil.copytree(tiny_runs[kind], tmp_path / "runs" / name)
     for code in examples(page):
-        code = (code.replace(f'"{DEFAULT_BACKBONE}"', repr(str(tiny_bert_dir)))
-                .replace("from_backbone(task=", f"from_backbone({str(tiny_bert_dir)!r}, task=")
-                .replace('"../shared/data/cebab"', repr(str(cebab_dir))).replace("samples=200", "samples=4"))
+        code = (
+            code.replace(f'"{DEFAULT_BACKBONE}"', repr(str(tiny_bert_dir)))
+            .replace("from_backbone(task=", f"from_backbone({str(tiny_bert_dir)!r}, task=")
+            .replace('"../shared/data/cebab"', repr(str(cebab_dir)))
+            .replace("samples=200", "samples=4")
+        )
         exec(compile(code, f"{page} example", "exec"), {"__name__": "example"})
 
 
@@ -52,7 +60,12 @@ def test_references_to_the_methods_name_sections_it_has():
     methods = (ROOT / "docs" / "methods.md").read_text()
     sections = set(re.findall(r"^## §(\d+)\.", methods, re.M)) | set(re.findall(r"^\*\*§(\d+\.\d+)", methods, re.M))
     cited = {}
-    for path in [*ROOT.glob("src/**/*.py"), *ROOT.glob("configs/*.yaml"), *ROOT.glob("docs/**/*.md"), ROOT / "README.md"]:
+    for path in [
+        *ROOT.glob("src/**/*.py"),
+        *ROOT.glob("configs/*.yaml"),
+        *ROOT.glob("docs/**/*.md"),
+        ROOT / "README.md",
+    ]:
         for section in re.findall(r"methods(?:\.md)?[ ,)]*§ ?(\d+(?:\.\d+)?)", path.read_text()):
             cited.setdefault(section, path.relative_to(ROOT))
     assert cited and not {s: p for s, p in cited.items() if s not in sections}

@@ -18,15 +18,25 @@ from lucidlm.data import MISSING
 from lucidlm.errors import LucidError
 from lucidlm.evaluation import parse_suites, render_markdown, run_suite
 from lucidlm.evaluation.causal import (
-    average_effect_estimator, cebab_pairs, cosine_distance, effect_distances, estimate_effects, summarize,
+    average_effect_estimator,
+    cebab_pairs,
+    cosine_distance,
+    effect_distances,
+    estimate_effects,
+    summarize,
 )
 from lucidlm.evaluation.curves import expected_random_curve, intervention_curve
-from lucidlm.intervene import uncertainty_order
 from lucidlm.evaluation.faithfulness import (
-    concept_faithfulness, concept_removal_drops, curve_summary, order_by, removal_inputs, tokens_to_remove,
+    concept_faithfulness,
+    concept_removal_drops,
+    curve_summary,
+    order_by,
+    removal_inputs,
     token_faithfulness_of,
+    tokens_to_remove,
 )
 from lucidlm.evaluation.outputs import TextOutputs
+from lucidlm.intervene import uncertainty_order
 
 CLS, SEP = 101, 102
 
@@ -71,8 +81,9 @@ def test_comprehensiveness_and_sufficiency_on_a_toy_scorer():
         calls.append(len(sequences))
         return np.array([0.1 + 0.2 * sum(t in (8, 9) for t in s) for s in sequences])
 
-    found = token_faithfulness_of(ids, special, {"A": [0, 0.2, 0.9, 0.5, 0], "B": [0, 0.9, 0.5, 0.2, 0]},
-                                  probability, fractions=(0.2, 0.5))
+    found = token_faithfulness_of(
+        ids, special, {"A": [0, 0.2, 0.9, 0.5, 0], "B": [0, 0.9, 0.5, 0.2, 0]}, probability, fractions=(0.2, 0.5)
+    )
     assert calls == [1 + 2 * 2 * 2]  # one call: the input and every perturbation
     np.testing.assert_allclose(found["A"]["comprehensiveness"], [0.2, 0.4])
     np.testing.assert_allclose(found["A"]["sufficiency"], [0.2, 0.0], atol=1e-12)
@@ -92,7 +103,11 @@ def test_unknown_tokens_are_the_texts_own_and_are_ranked_and_removed(joint_model
     texts = ["😀 🍕", "Great pasta, rude waiter."]
     split = Split(texts=texts, labels=np.array([4, 2]), concepts=np.full((2, 4), MISSING), source="two rows")
     assert joint_model.tokenizer.convert_ids_to_tokens(joint_model.encoder.batch(texts[:1])["input_ids"][0]) == [
-        "[CLS]", "[UNK]", "[UNK]", "[SEP]"]
+        "[CLS]",
+        "[UNK]",
+        "[UNK]",
+        "[SEP]",
+    ]
     found = token_faithfulness(joint_model, split, samples=2)
     assert found["left_out"] == 0 and found["n"] == 2
 
@@ -127,7 +142,10 @@ def test_contributions_sum_to_the_label_logit(joint_model, cebab_small):
     label = torch.from_numpy(outputs["label_logits"].argmax(-1))
     with torch.no_grad():
         contributions = joint_model.concept_contribution_matrix(joint_model.concept_activations(logits), label)
-    expected = outputs["label_logits"][np.arange(len(label)), label.numpy()] - joint_model.calibrated(joint_model.label_head.bias)[label].detach().numpy()
+    expected = (
+        outputs["label_logits"][np.arange(len(label)), label.numpy()]
+        - joint_model.calibrated(joint_model.label_head.bias)[label].detach().numpy()
+    )
     np.testing.assert_allclose(contributions.sum(1).numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -175,10 +193,18 @@ def test_icace_scores_by_hand():
     np.testing.assert_allclose(d["cosine"], [0.0, 1.0, 1.0], atol=1e-12)  # a zero estimate: distance 1 (CEBaB)
     np.testing.assert_allclose(d["norm_diff"], [0.5, 0.0, 0.5])
     assert cosine_distance(np.array([1.0, 0]), np.array([-2.0, 0])) == pytest.approx(2.0)
-    pairs = [_pair("food", "Negative", "Positive"), _pair("food", "Negative", "Positive"), _pair("noise", "Positive", "Negative")]
+    pairs = [
+        _pair("food", "Negative", "Positive"),
+        _pair("food", "Negative", "Positive"),
+        _pair("noise", "Positive", "Negative"),
+    ]
     summary = summarize(pairs, d)
-    assert summary["overall"] == pytest.approx({"n": 3, "l2": (1 + math.sqrt(2)) / 3, "cosine": 2 / 3, "norm_diff": 1 / 3})
-    assert summary["per_aspect"]["food"] == pytest.approx({"n": 2, "l2": (0.5 + math.sqrt(2)) / 2, "cosine": 0.5, "norm_diff": 0.25})
+    assert summary["overall"] == pytest.approx(
+        {"n": 3, "l2": (1 + math.sqrt(2)) / 3, "cosine": 2 / 3, "norm_diff": 1 / 3}
+    )
+    assert summary["per_aspect"]["food"] == pytest.approx(
+        {"n": 2, "l2": (0.5 + math.sqrt(2)) / 2, "cosine": 0.5, "norm_diff": 0.25}
+    )
     assert summary["per_direction"]["noise: Positive→Negative"]["n"] == 1
 
 
@@ -189,17 +215,28 @@ def _pair(aspect, before, after, effect=None):
 
 
 def _row(rid, original_id, is_original, edit_type, food, service, votes, majority):
-    return {"id": rid, "original_id": original_id, "is_original": is_original, "edit_type": edit_type,
-            "description": f"text {rid}", "review_majority": majority, "review_label_distribution": votes,
-            "food_aspect_majority": food, "ambiance_aspect_majority": "", "service_aspect_majority": service,
-            "noise_aspect_majority": ""}
+    return {
+        "id": rid,
+        "original_id": original_id,
+        "is_original": is_original,
+        "edit_type": edit_type,
+        "description": f"text {rid}",
+        "review_majority": majority,
+        "review_label_distribution": votes,
+        "food_aspect_majority": food,
+        "ambiance_aspect_majority": "",
+        "service_aspect_majority": service,
+        "noise_aspect_majority": "",
+    }
 
 
 def test_cebab_pairs_and_the_average_effect_baseline_by_hand():
     rows = [
         _row("1_0", "1", True, None, "Negative", "", {"2": 4, "3": 1}, "2"),
         _row("1_1", "1", False, "food", "Positive", "", {"4": 5}, "4"),  # food Negative→Positive
-        _row("1_2", "1", False, "service", "Negative", "no majority", {"2": 5}, "2"),  # service unknown→unknown: dropped
+        _row(
+            "1_2", "1", False, "service", "Negative", "no majority", {"2": 5}, "2"
+        ),  # service unknown→unknown: dropped
         _row("2_0", "2", True, None, "Negative", "Positive", "", "3"),  # no votes: one-hot of the majority
         _row("2_1", "2", False, "food", "Positive", "Positive", {"4": 2, "5": 2}, "no majority"),  # kept: it has votes
         _row("2_2", "2", False, "service", "Negative", "Negative", {"1": 5}, "1"),  # service Positive→Negative
@@ -207,13 +244,17 @@ def test_cebab_pairs_and_the_average_effect_baseline_by_hand():
     ]
     pairs = cebab_pairs(rows, with_label_effect=True)
     assert [(p.edit_id, p.direction) for p in pairs] == [
-        ("1_1", ("food", "Negative", "Positive")), ("2_1", ("food", "Negative", "Positive")),
-        ("2_2", ("service", "Positive", "Negative"))]
+        ("1_1", ("food", "Negative", "Positive")),
+        ("2_1", ("food", "Negative", "Positive")),
+        ("2_2", ("service", "Positive", "Negative")),
+    ]
     np.testing.assert_allclose(pairs[0].label_effect, [0, -0.8, -0.2, 1.0, 0])
     np.testing.assert_allclose(pairs[1].label_effect, [0, 0, -1.0, 0.5, 0.5])
     estimator = average_effect_estimator(pairs)
     np.testing.assert_allclose(estimator[("food", "Negative", "Positive")], [0, -0.4, -0.6, 0.75, 0.25])
-    estimates, unseen = estimate_effects(estimator, [_pair("food", "Negative", "Positive"), _pair("noise", "Negative", "Positive")], 5)
+    estimates, unseen = estimate_effects(
+        estimator, [_pair("food", "Negative", "Positive"), _pair("noise", "Negative", "Positive")], 5
+    )
     np.testing.assert_allclose(estimates, [[0, -0.4, -0.6, 0.75, 0.25], [0, 0, 0, 0, 0]])
     assert unseen == 1
 
@@ -226,9 +267,14 @@ def test_the_full_pair_protocol_takes_every_one_aspect_difference_in_both_direct
     ]  # 1_1 and 1_2 differ in two aspects: no pair
     pairs = cebab_pairs(rows, protocol="all")
     assert sorted((p.original_id, p.edit_id, p.direction) for p in pairs) == [
-        ("1_0", "1_1", ("food", "Negative", "Positive")), ("1_0", "1_2", ("service", "Positive", "Negative")),
-        ("1_1", "1_0", ("food", "Positive", "Negative")), ("1_2", "1_0", ("service", "Negative", "Positive"))]
-    assert {p.source_concepts for p in pairs if p.original_id == "1_1"} == {("Positive", "unknown", "Positive", "unknown")}
+        ("1_0", "1_1", ("food", "Negative", "Positive")),
+        ("1_0", "1_2", ("service", "Positive", "Negative")),
+        ("1_1", "1_0", ("food", "Positive", "Negative")),
+        ("1_2", "1_0", ("service", "Negative", "Positive")),
+    ]
+    assert {p.source_concepts for p in pairs if p.original_id == "1_1"} == {
+        ("Positive", "unknown", "Positive", "unknown")
+    }
     assert len(cebab_pairs(rows)) == 2  # original→edit only
     with pytest.raises(LucidError, match="pair protocol: expected one of"):
         cebab_pairs(rows, protocol="both")
@@ -248,11 +294,14 @@ def test_the_s_learner_and_matching_baselines_read_the_same_models_outputs_by_ha
             return {"label_logits": np.log(np.array([self.table[t] for t in texts]))}
 
     good, bad = [0.05, 0.05, 0.1, 0.3, 0.5], [0.5, 0.3, 0.1, 0.05, 0.05]
-    train_values = [("Positive", "unknown", "unknown", "unknown")] * 6 + [("Negative", "unknown", "unknown", "unknown")] * 6
+    train_values = [("Positive", "unknown", "unknown", "unknown")] * 6 + [
+        ("Negative", "unknown", "unknown", "unknown")
+    ] * 6
     train_texts = [f"t{i}" for i in range(12)]
     table = {t: (good if i < 6 else bad) for i, t in enumerate(train_texts)} | {"source": bad}
-    pair = CounterfactualPair("s", "e", "source", "edit", "food", "Negative", "Positive", None,
-                              ("Negative", "unknown", "unknown", "unknown"))
+    pair = CounterfactualPair(
+        "s", "e", "source", "edit", "food", "Negative", "Positive", None, ("Negative", "unknown", "unknown", "unknown")
+    )
     outputs = Outputs(table)
     matched, unmatched = matching_effects(train_texts, train_values, outputs, [pair])
     np.testing.assert_allclose(matched[0], np.array(good) - np.array(bad), atol=1e-9)
@@ -298,8 +347,10 @@ def test_the_exact_random_curve_is_the_mean_over_every_order():
         concepts = np.where(values == MISSING, predicted, values)
         return np.eye(2)[(concepts @ weights >= 2).astype(int)]
 
-    every_order = [intervention_curve(label_logits, np.tile(order, (40, 1)), gold, labels)
-                   for order in itertools.permutations(range(3))]
+    every_order = [
+        intervention_curve(label_logits, np.tile(order, (40, 1)), gold, labels)
+        for order in itertools.permutations(range(3))
+    ]
     exact = expected_random_curve(lambda chosen: label_logits(np.where(chosen, gold, MISSING)), 3, labels)
     assert exact == pytest.approx(np.mean(every_order, axis=0).tolist())
     assert exact[0] < exact[-1] == 1.0
@@ -307,8 +358,9 @@ def test_the_exact_random_curve_is_the_mean_over_every_order():
     two_predicted = np.array([[0, 0], [1, 0], [0, 1]])
     two_gold, two_labels = np.array([[1, 1], [1, 0], [1, 1]]), np.array([2, 1, 2])
     by_sum = lambda v: np.eye(3)[np.where(v == MISSING, two_predicted, v).sum(1)]  # noqa: E731
-    assert expected_random_curve(lambda chosen: by_sum(np.where(chosen, two_gold, MISSING)), 2, two_labels) == pytest.approx(
-        [1 / 3, 1 / 2, 1.0])
+    assert expected_random_curve(
+        lambda chosen: by_sum(np.where(chosen, two_gold, MISSING)), 2, two_labels
+    ) == pytest.approx([1 / 3, 1 / 2, 1.0])
 
 
 def test_expected_change_asks_first_about_the_one_concept_the_label_reads(tiny_bert_dir, cebab_small):
@@ -326,7 +378,9 @@ def test_expected_change_asks_first_about_the_one_concept_the_label_reads(tiny_b
     assert INTERVENTION_POLICIES.names == ["random", "uncertainty", "expected_change", "label_change", "learned"]
 
 
-def test_the_first_question_is_the_concept_most_likely_to_change_the_label_or_the_pair_that_would(joint_model, cebab_small):
+def test_the_first_question_is_the_concept_most_likely_to_change_the_label_or_the_pair_that_would(
+    joint_model, cebab_small
+):
     """label_change's score of concept k, by hand through ``intervene``: Σ_{v ≠ read} p_kv·[the
     label changes]; the suggestion asks first about its top concept; where no single correction
     changes the label, its pair does (to the label it names) and no more probable pair does; with
@@ -347,21 +401,30 @@ def test_the_first_question_is_the_concept_most_likely_to_change_the_label_or_th
         flips = {}
         for k, concept in enumerate(model.spec.concepts):
             read = before.concepts[concept.name]
-            changes = {v: model.intervene(text, {concept.name: v})[0].after.label != before.label
-                       for v in concept.values if v != read.value}
+            changes = {
+                v: model.intervene(text, {concept.name: v})[0].after.label != before.label
+                for v in concept.values
+                if v != read.value
+            }
             flips[concept.name] = changes
             assert scores[i, k] == pytest.approx(sum(read.probabilities[v] for v, c in changes.items() if c), abs=1e-5)
         assert list(scores[i, order[i]]) == sorted(scores[i], reverse=True)
         s = suggestions[i]
-        assert s.concept == model.spec.concepts[order[i, 0]].name and s.change_probability == pytest.approx(scores[i].max())
+        assert s.concept == model.spec.concepts[order[i, 0]].name and s.change_probability == pytest.approx(
+            scores[i].max()
+        )
         if s.single_correction_changes_label:
             kinds.add("single")
             assert any(flips[s.concept].values()) and s.pair is None
             continue
         assert not any(any(c.values()) for c in flips.values())
-        pairs = [{a.name: u, b.name: w} for a, b in itertools.combinations(model.spec.concepts, 2)
-                 for u in a.values for w in b.values
-                 if u != before.concepts[a.name].value and w != before.concepts[b.name].value]
+        pairs = [
+            {a.name: u, b.name: w}
+            for a, b in itertools.combinations(model.spec.concepts, 2)
+            for u in a.values
+            for w in b.values
+            if u != before.concepts[a.name].value and w != before.concepts[b.name].value
+        ]
         changing = [pair for pair in pairs if model.intervene(text, pair)[0].after.label != before.label]
         if s.pair is None:
             kinds.add("none")
@@ -370,14 +433,15 @@ def test_the_first_question_is_the_concept_most_likely_to_change_the_label_or_th
         kinds.add("pair")
         result = model.intervene(text, s.pair)[0]
         assert result.after.label == s.pair_label != before.label
-        weight = lambda pair: np.prod([before.concepts[c].probabilities[v] for c, v in pair.items()])  # noqa: E731
+        weight = lambda pair: np.prod([before.concepts[c].probabilities[v] for c, v in pair.items()])  # noqa: B023, E731
         assert weight(s.pair) == pytest.approx(max(weight(pair) for pair in changing))
     assert kinds  # every row was checked by one branch or another
 
 
 @pytest.mark.parametrize("weight, pair", [(0.15, {"food": "Positive", "service": "Positive"}), (0.05, None)])
 def test_when_no_single_correction_changes_the_label_the_suggestion_names_the_pair_that_does(
-        weight, pair, tiny_bert_dir, cebab_small):
+    weight, pair, tiny_bert_dir, cebab_small
+):
     """Concepts read with no preference (logits 0, p = 1/3: read as Negative) and a label head
     that gives class 1 weight·5 for food and for service set to Positive against class 0's bias 1:
     one correction adds 0.75 (no change), two add 1.5 (a change); with weight 0.05 not even two do."""
@@ -419,7 +483,9 @@ def test_expected_change_counts_nothing_for_the_value_a_concept_already_has(tiny
     assert scores[:, 2].max() < 1e-4
     missing = torch.full((len(states[0]), 4), MISSING)
     base = model.intervened_label_logits(states, missing).softmax(-1)
-    forced = model.intervened_label_logits(states, missing.index_fill(1, torch.tensor([2]), 0), correct_only=False).softmax(-1)
+    forced = model.intervened_label_logits(
+        states, missing.index_fill(1, torch.tensor([2]), 0), correct_only=False
+    ).softmax(-1)
     counted = 0.5 * (forced - base).abs().sum(-1)  # what the predicted value would have added
     assert (scores[:, 1] > 1e-4).all() and (scores[:, 1] < counted).all()
     assert (INTERVENTION_POLICIES.get("expected_change")(model, states)[:, 0] == 1).all()
@@ -436,10 +502,12 @@ def test_curves_start_at_task_accuracy_and_end_at_gold_concepts(joint_model, ceb
     assert curves["random_repeats"] is None  # four concepts: the exact expectation, nothing drawn
 
 
-@pytest.mark.parametrize("layer, certain", [({}, False), ({"concept_activation": "probs"}, True),
-                                              ({"concept_layer": "embedding"}, True)])
+@pytest.mark.parametrize(
+    "layer, certain", [({}, False), ({"concept_activation": "probs"}, True), ({"concept_layer": "embedding"}, True)]
+)
 def test_confirming_the_predicted_value_makes_a_concept_certain_where_an_intervention_is_certainty(
-        tiny_bert_dir, cebab_small, layer, certain):
+    tiny_bert_dir, cebab_small, layer, certain
+):
     """Forced logits are a typical reading of a value, not a surer one: a scalar concept confirmed
     stays as it is. A one-hot intervention (probabilities, concept embeddings) is the value with
     certainty, which CEM's interventions and RandInt's training set right or wrong: confirmed, the
@@ -497,7 +565,10 @@ def test_setting_a_concept_changes_its_own_activation_only(tiny_bert_dir, cebab_
     test = cebab_small.test
     states = [torch.from_numpy(x) for x in TextOutputs(model).get(test.texts)["concept_states"]]
     with torch.no_grad():
-        predicted, corrected = model.concept_activations(states), model.intervened_activations(states, torch.from_numpy(test.concepts))
+        predicted, corrected = (
+            model.concept_activations(states),
+            model.intervened_activations(states, torch.from_numpy(test.concepts)),
+        )
         for mask in range(16):
             chosen = (mask >> np.arange(4)) & 1 == 1
             mixed = model.label_from_concepts([c if on else p for on, c, p in zip(chosen, corrected, predicted)])
@@ -510,13 +581,22 @@ def test_sentence_pairs_are_scored_on_both_texts(tmp_path, tiny_bert_dir):
     cache keys and runs both texts, so its figures are the model's own on the pair task."""
     rows = ["premise,hypothesis,label,topic,mood"]
     for i in range(24):
-        rows.append(f"The kitchen closed at {i % 4} pm.,{'Dinner was served late' if i % 2 else 'Nobody could eat'} on day {i}.,"
-                    f"{'yes' if i % 3 else 'no'},{'food' if i % 2 else 'time'},{'calm' if i % 5 else 'angry'}")
+        rows.append(
+            f"The kitchen closed at {i % 4} pm.,{'Dinner was served late' if i % 2 else 'Nobody could eat'} on day {i}.,"
+            f"{'yes' if i % 3 else 'no'},{'food' if i % 2 else 'time'},{'calm' if i % 5 else 'angry'}"
+        )
     (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
     from lucidlm import load_task
 
-    task = load_task(str(tmp_path / "pairs.csv"), text="premise", text_pair="hypothesis", label="label",
-                     concepts=["topic", "mood"], dev=str(tmp_path / "pairs.csv"), test=str(tmp_path / "pairs.csv"))
+    task = load_task(
+        str(tmp_path / "pairs.csv"),
+        text="premise",
+        text_pair="hypothesis",
+        label="label",
+        concepts=["topic", "mood"],
+        dev=str(tmp_path / "pairs.csv"),
+        test=str(tmp_path / "pairs.csv"),
+    )
     model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, mode="joint", seed=1)
     split = task.test
     inferred = model.infer(split)
@@ -545,8 +625,9 @@ def test_families_without_concepts_skip_with_a_reason(tiny_bert_dir, cebab_small
     standard = StandardLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec)
     proto = PrototypeLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, prototypes_per_class=2)
     for model, own in ((standard, "integrated_gradients"), (proto, "integrated_gradients")):
-        results = run_suite(model, cebab_small, "faithfulness,causal,interventions", samples=2, cebab=cebab_dir,
-                            causal_splits=("test",))
+        results = run_suite(
+            model, cebab_small, "faithfulness,causal,interventions", samples=2, cebab=cebab_dir, causal_splits=("test",)
+        )
         assert "no concepts" in results["faithfulness"]["concepts"]["skipped"]
         assert "no concepts" in results["interventions"]["skipped"]
         tokens = results["faithfulness"]["tokens"]
@@ -594,14 +675,31 @@ def test_cli_evaluate_suite_writes_json_markdown_and_plot(tmp_path, tiny_bert_di
     assert trained.exit_code == 0, trained.stderr
 
     bad = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--suite", "faithfulness,causal,curves"])
-    assert bad.exit_code == 1 and "unknown suite(s) ['curves']" in bad.stderr and len(bad.stderr.strip().splitlines()) <= 2
+    assert (
+        bad.exit_code == 1 and "unknown suite(s) ['curves']" in bad.stderr and len(bad.stderr.strip().splitlines()) <= 2
+    )
 
     out = tmp_path / "report"
-    result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--suite", "faithfulness,causal,interventions",
-                                 "--samples", "3", "-o", str(out), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "run"),
+            "--suite",
+            "faithfulness,causal,interventions",
+            "--samples",
+            "3",
+            "-o",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     written = json.loads((out / "evaluation.json").read_text())
-    assert written["command"].startswith("lucidlm evaluate") and "--suite faithfulness,causal,interventions" in written["command"]
+    assert (
+        written["command"].startswith("lucidlm evaluate")
+        and "--suite faithfulness,causal,interventions" in written["command"]
+    )
     results = written["results"][tmp_path.joinpath("run").name]
     assert json.loads(result.stdout)["results"] == results
     assert results["n"] == 40 and results["suites"] == ["faithfulness", "causal", "interventions"]
@@ -631,7 +729,12 @@ def test_cli_evaluate_suite_writes_json_markdown_and_plot(tmp_path, tiny_bert_di
     assert curves["random"][0] == curves["uncertainty"][0] == pytest.approx(results["task"]["accuracy"])
 
     markdown = (out / "evaluation.md").read_text()
-    for heading in ("## Token faithfulness", "## Concept faithfulness", "## Causal concept effects", "## Intervention curves"):
+    for heading in (
+        "## Token faithfulness",
+        "## Concept faithfulness",
+        "## Causal concept effects",
+        "## Intervention curves",
+    ):
         assert heading in markdown
     assert (out / "intervention_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -662,7 +765,9 @@ def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path,
     metrics = joint_model.evaluate(cebab_small.test)
     assert h["task_accuracy"] == pytest.approx(metrics["task"]["accuracy"])
     assert h["task_accuracy_all_concepts_forced"] == pytest.approx(metrics["task_forced_concepts"]["accuracy"])
-    assert h["completeness"] == pytest.approx((h["concept_values_accuracy"] - h["chance_accuracy"]) / (0.5 - h["chance_accuracy"]))
+    assert h["completeness"] == pytest.approx(
+        (h["concept_values_accuracy"] - h["chance_accuracy"]) / (0.5 - h["chance_accuracy"])
+    )
     split = cebab_small.test
     for k, (name, change) in enumerate(h["accuracy_change_one_concept_corrected"].items()):
         hits = 0
@@ -672,30 +777,44 @@ def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path,
             hits += joint_model.intervene(text, correction)[0].after.label == joint_model.spec.classes[split.labels[i]]
         assert change == pytest.approx(hits / len(split) - h["task_accuracy"], abs=1e-9)
     assert h["completeness_of_predicted_values"] == pytest.approx(
-        (h["predicted_values_accuracy"] - h["chance_accuracy"]) / (0.5 - h["chance_accuracy"]))
+        (h["predicted_values_accuracy"] - h["chance_accuracy"]) / (0.5 - h["chance_accuracy"])
+    )
     # The model's own a_c differs from the concept set's only through the values it misreads: with
     # gold values equal to what it reads, the two are one figure.
     read = np.stack([logits.argmax(-1) for logits in joint_model.infer(split)["concept_logits"]], axis=1)
     assert (read != split.concepts).any()  # the tiny model misreads: the case is not trivial
-    as_read = bottleneck_honesty(joint_model, TextOutputs(joint_model), cebab_small.train,
-                                 dataclasses.replace(split, concepts=read), black_box_accuracy=0.5, dev=cebab_small.dev)
+    as_read = bottleneck_honesty(
+        joint_model,
+        TextOutputs(joint_model),
+        cebab_small.train,
+        dataclasses.replace(split, concepts=read),
+        black_box_accuracy=0.5,
+        dev=cebab_small.dev,
+    )
     assert as_read["concept_values_accuracy"] == as_read["predicted_values_accuracy"] == h["predicted_values_accuracy"]
     # a_c is the best of the named predictors on dev, refit by hand and scored on the split
     from lucidlm.evaluation.honesty import CONCEPT_PREDICTORS
 
     sizes = [len(c.values) for c in joint_model.spec.concepts]
     x, x_dev = one_hot_concepts(cebab_small.train.concepts, sizes), one_hot_concepts(cebab_small.dev.concepts, sizes)
-    dev_scores = {name: float((make().fit(x, cebab_small.train.labels).predict(x_dev) == cebab_small.dev.labels).mean())
-                  for name, make in CONCEPT_PREDICTORS.items()}
+    dev_scores = {
+        name: float((make().fit(x, cebab_small.train.labels).predict(x_dev) == cebab_small.dev.labels).mean())
+        for name, make in CONCEPT_PREDICTORS.items()
+    }
     assert h["concept_predictor_dev_accuracy"] == dev_scores and len(dev_scores) == 6
     assert dev_scores[h["concept_predictor"]] == max(dev_scores.values())
     chosen = CONCEPT_PREDICTORS[h["concept_predictor"]]().fit(x, cebab_small.train.labels)
-    assert h["concept_values_accuracy"] == float((chosen.predict(one_hot_concepts(split.concepts, sizes)) == split.labels).mean())
+    assert h["concept_values_accuracy"] == float(
+        (chosen.predict(one_hot_concepts(split.concepts, sizes)) == split.labels).mean()
+    )
     # responsiveness, through the public API: each row's misread concepts set to gold by ``intervene``
     misread_rows = changed = to_gold = away = 0
     for i, text in enumerate(split.texts):
-        correction = {c.name: c.values[split.concepts[i, k]] for k, c in enumerate(joint_model.spec.concepts)
-                      if split.concepts[i, k] != MISSING and read[i, k] != split.concepts[i, k]}
+        correction = {
+            c.name: c.values[split.concepts[i, k]]
+            for k, c in enumerate(joint_model.spec.concepts)
+            if split.concepts[i, k] != MISSING and read[i, k] != split.concepts[i, k]
+        }
         if not correction:
             continue
         result = joint_model.intervene(text, correction)[0]
@@ -710,13 +829,18 @@ def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path,
     assert h["concept_values_share"] == pytest.approx(float(np.mean(shares)), abs=1e-6)
     probs = [torch.from_numpy(p).softmax(-1) for p in joint_model.infer(split)["concept_logits"]]
     table = joint_model.concept_layer.intervention_table
-    readings = [p @ table[k, :p.shape[1], :p.shape[1]] for k, p in enumerate(probs)]
+    readings = [p @ table[k, : p.shape[1], : p.shape[1]] for k, p in enumerate(probs)]
     with torch.no_grad():
         alone = joint_model.label_from_concepts(readings).argmax(-1).numpy()
     decided = joint_model.infer(split)["label_logits"].argmax(-1)
     assert h["decisions_from_values_alone"] == pytest.approx(float((alone == decided).mean()))
     r = h["responsiveness"]
-    assert (r["rows_misread"], r["changed"], r["to_gold"], r["away_from_gold"]) == (misread_rows, changed, to_gold, away)
+    assert (r["rows_misread"], r["changed"], r["to_gold"], r["away_from_gold"]) == (
+        misread_rows,
+        changed,
+        to_gold,
+        away,
+    )
     assert misread_rows > 0 and r["changed_share"] == pytest.approx(changed / misread_rows)
     markdown = render_markdown({"joint": results})
     assert "Is the bottleneck honest?" in markdown and f"joint: {h['concept_predictor']}" in markdown
@@ -726,11 +850,25 @@ def test_honesty_by_hand_and_through_the_cli(joint_model, cebab_small, tmp_path,
     (tmp_path / "black").mkdir()
     (tmp_path / "black" / "run.json").write_text(json.dumps({"metrics": {"test": {"task": {"accuracy": 0.75}}}}))
     joint_model.save_pretrained(tmp_path / "joint")
-    config = {"data": {"source": "cebab", "path": str(cebab_dir), "subsample": {"train": 96, "dev": 48, "test": 48}},
-              "model": {"family": "bottleneck", "backbone": str(tiny_bert_dir)}}
+    config = {
+        "data": {"source": "cebab", "path": str(cebab_dir), "subsample": {"train": 96, "dev": 48, "test": 48}},
+        "model": {"family": "bottleneck", "backbone": str(tiny_bert_dir)},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    shown = CliRunner().invoke(app, ["evaluate", str(tmp_path / "joint"), "--suite", "honesty", "--config",
-                                     str(tmp_path / "c.yaml"), "--black-box", str(tmp_path / "black"), "--json"])
+    shown = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "joint"),
+            "--suite",
+            "honesty",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--black-box",
+            str(tmp_path / "black"),
+            "--json",
+        ],
+    )
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["results"]["honesty"]["black_box_accuracy"] == 0.75
 
@@ -742,9 +880,13 @@ def test_sparse_models_estimate_causal_effects_by_rewiring_their_subnetworks(tin
     from lucidlm.evaluation.causal import causal_effects, load_cebab_pairs
     from lucidlm.evaluation.outputs import TextOutputs
 
-    model = SparseConceptLM.from_backbone(str(tiny_bert_dir), task=load_task("cebab", path=cebab_dir).spec, sparsity=0.5)
+    model = SparseConceptLM.from_backbone(
+        str(tiny_bert_dir), task=load_task("cebab", path=cebab_dir).spec, sparsity=0.5
+    )
     for layer in model.subnetworks.values():
-        layer.mask.copy_(torch.rand(layer.mask.shape, generator=torch.Generator().manual_seed(layer.mask.numel())) < 0.5)
+        layer.mask.copy_(
+            torch.rand(layer.mask.shape, generator=torch.Generator().manual_seed(layer.mask.numel())) < 0.5
+        )
     masks = [layer.mask.clone() for layer in model.subnetworks.values()]
     pairs = load_cebab_pairs(cebab_dir, "test")[:5]
     effects = causal_effects(model, TextOutputs(model), pairs, {}, rewiring=(0.1, "taylor"))
@@ -753,8 +895,12 @@ def test_sparse_models_estimate_causal_effects_by_rewiring_their_subnetworks(tin
     distances = []
     for pair in pairs:
         result = model.intervene([pair.original], SubnetworkRewiring(pair.aspect, pair.after, 0.1, "taylor"))[0]
-        estimate = np.array([result.after.probabilities[c] - result.before.probabilities[c] for c in model.spec.classes])
-        truth = np.array([model.predict(pair.edit)[0].probabilities[c] - result.before.probabilities[c] for c in model.spec.classes])
+        estimate = np.array(
+            [result.after.probabilities[c] - result.before.probabilities[c] for c in model.spec.classes]
+        )
+        truth = np.array(
+            [model.predict(pair.edit)[0].probabilities[c] - result.before.probabilities[c] for c in model.spec.classes]
+        )
         distances.append(np.linalg.norm(truth - estimate))
         assert np.abs(estimate).sum() > 0  # the rewiring moved the label
     assert rewired["overall"]["l2"] == pytest.approx(np.mean(distances), abs=1e-5)

@@ -17,19 +17,31 @@ from lucidlm.experiment import read_experiment
 from lucidlm.intervene import INTERVENTION_POLICIES
 from lucidlm.models.bottleneck import BottleneckConfig, random_interventions
 from lucidlm.models.intcem import (
-    ConceptReadings, draw_rollout, horizon_limit, imitation_targets, initial_bound, length_bound, published_rollout,
+    ConceptReadings,
+    draw_rollout,
+    horizon_limit,
+    imitation_targets,
+    initial_bound,
+    length_bound,
+    published_rollout,
     rollout_weights,
 )
 from lucidlm.models.losses import concept_loss, task_loss
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TEXT = "Great pasta, but we waited an hour and the room was loud."
-PUBLISHED = dict(concept_layer="embedding", concept_embedding_size=4, intervention_objective="published",
-                 intervention_loss_weight=5.0)
+PUBLISHED = dict(
+    concept_layer="embedding",
+    concept_embedding_size=4,
+    intervention_objective="published",
+    intervention_loss_weight=5.0,
+)
 
 
 def published(tiny_bert_dir, cebab_small, seed=0, **options):
-    return ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, seed=seed, **{**PUBLISHED, **options})
+    return ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=cebab_small.spec, seed=seed, **{**PUBLISHED, **options}
+    )
 
 
 def imitation_loss(model, batch) -> float:
@@ -41,8 +53,9 @@ def imitation_loss(model, batch) -> float:
         gold = batch["concepts"]
         known = gold != MISSING
         readings = ConceptReadings.of(model, out.concept_states, gold)
-        masks = [torch.zeros(gold.shape)] + [torch.zeros(gold.shape).index_fill(1, torch.tensor([k]), 1.0) * known
-                                             for k in range(gold.shape[1])]
+        masks = [torch.zeros(gold.shape)] + [
+            torch.zeros(gold.shape).index_fill(1, torch.tensor([k]), 1.0) * known for k in range(gold.shape[1])
+        ]
         total = 0.0
         for mask in masks:
             candidates = known & (mask < 0.5)
@@ -63,7 +76,9 @@ def test_rollout_task_loss_weights_each_step_by_the_discount_by_hand(tiny_bert_d
     assert rollout_weights(3, g, "last_step") == pytest.approx([1 / 2.331, 0.0, 0.0, 1.331 / 2.331])
     assert rollout_weights(0, g) == [1.0]
 
-    model = published(tiny_bert_dir, cebab_small).eval()  # eval: no dropout; ψ's batch norm reads its running statistics
+    model = published(
+        tiny_bert_dir, cebab_small
+    ).eval()  # eval: no dropout; ψ's batch norm reads its running statistics
     model.rollout_step = 10_000  # H = 2·1.005^184 ≈ 5.01 for K = 4: T up to 3
     batch = next(iter(model.encoder.loader(cebab_small.train, 16)))
     gold, k = batch["concepts"], len(model.spec.concepts)
@@ -75,8 +90,9 @@ def test_rollout_task_loss_weights_each_step_by_the_discount_by_hand(tiny_bert_d
         if rollout.length >= 2:
             break
     assert rollout.length >= 2 and len(rollout.masks) == rollout.length + 1
-    assert rollout.weights == pytest.approx([g ** t / sum(g ** s for s in range(rollout.length + 1))
-                                             for t in range(rollout.length + 1)])
+    assert rollout.weights == pytest.approx(
+        [g**t / sum(g**s for s in range(rollout.length + 1)) for t in range(rollout.length + 1)]
+    )
     by_hand = []
     for t, mask in enumerate(rollout.masks):
         chosen = mask.detach() > 0.5
@@ -88,13 +104,19 @@ def test_rollout_task_loss_weights_each_step_by_the_discount_by_hand(tiny_bert_d
             new = chosen & ~(rollout.masks[t - 1].detach() > 0.5)
             left = (gold != MISSING) & ~(rollout.masks[t - 1].detach() > 0.5)
             assert (new.sum(1) == left.any(1).long()).all()  # one new concept a row, where one is left
-            logits = model.intervened_label_logits(out.concept_states, torch.where(chosen, gold, MISSING), correct_only=False)
+            logits = model.intervened_label_logits(
+                out.concept_states, torch.where(chosen, gold, MISSING), correct_only=False
+            )
         by_hand.append(task_loss(model.spec, logits, batch["labels"]))
     torch.testing.assert_close(rollout.task, sum(w * loss for w, loss in zip(rollout.weights, by_hand)))
 
     torch.manual_seed(seed)  # the whole step's loss, drawn alike
     loss = model.training_loss(model, batch)
-    expected = rollout.task + model.config.concept_loss_weight * concept_loss(out.concept_logits, gold) + 5.0 * rollout.imitation
+    expected = (
+        rollout.task
+        + model.config.concept_loss_weight * concept_loss(out.concept_logits, gold)
+        + 5.0 * rollout.imitation
+    )
     torch.testing.assert_close(loss, expected)
     assert k == 4
 
@@ -107,9 +129,11 @@ def test_horizon_grows_by_the_rate_up_to_k_plus_one_and_bounds_the_rollout_by_ha
     assert horizon_limit(1, 2.0, 1.005, 4) == pytest.approx(2.01)
     assert int(horizon_limit(81, 2.0, 1.005, 4)) == 2 and int(horizon_limit(82, 2.0, 1.005, 4)) == 3
     assert horizon_limit(183, 2.0, 1.005, 4) < 5 <= horizon_limit(184, 2.0, 1.005, 4)
-    assert horizon_limit(184, 2.0, 1.005, 4) == pytest.approx(2 * 1.005 ** 184)
-    assert horizon_limit(10 ** 6, 2.0, 1.005, 4) == horizon_limit(184, 2.0, 1.005, 4)
-    assert horizon_limit(10 ** 6, 2.0, 1.005, 13) == pytest.approx(2 * 1.005 ** 391)  # K + 1 = 14: log 7 / log 1.005 = 390.2 → 391
+    assert horizon_limit(184, 2.0, 1.005, 4) == pytest.approx(2 * 1.005**184)
+    assert horizon_limit(10**6, 2.0, 1.005, 4) == horizon_limit(184, 2.0, 1.005, 4)
+    assert horizon_limit(10**6, 2.0, 1.005, 13) == pytest.approx(
+        2 * 1.005**391
+    )  # K + 1 = 14: log 7 / log 1.005 = 390.2 → 391
     assert horizon_limit(50, 2.0, 1.0, 4) == 2.0 and horizon_limit(50, 6.0, 1.005, 4) == 6.0
 
     assert initial_bound(2.0, 4) == 2 and initial_bound(5.01, 4) == 3 and initial_bound(5.01, 1) == 0
@@ -150,7 +174,7 @@ def test_imitation_target_is_the_candidate_whose_correction_lowers_the_task_loss
                 values = torch.where(mask > 0.5, gold, MISSING)
                 values[i, k] = gold[i, k]
                 logits = model.intervened_label_logits(out.concept_states, values, correct_only=False)
-                losses[k] = float(F.cross_entropy(logits[i:i + 1], labels[i:i + 1]))
+                losses[k] = float(F.cross_entropy(logits[i : i + 1], labels[i : i + 1]))
             expected.append(min(losses, key=losses.get))
     assert targets.tolist() == expected
     assert candidates[torch.arange(len(gold)), targets].all()
@@ -174,7 +198,9 @@ def test_published_objective_trains_and_its_policy_learns_to_imitate(tiny_bert_d
     assert after < 0.9 * before, (before, after)
 
 
-def test_published_model_saves_its_policy_and_loads_with_the_same_predictions_and_orders(tiny_bert_dir, cebab_small, tmp_path):
+def test_published_model_saves_its_policy_and_loads_with_the_same_predictions_and_orders(
+    tiny_bert_dir, cebab_small, tmp_path
+):
     """ψ's weights and batch-norm statistics are in model.safetensors; the loaded model predicts and
     orders exactly as the saved one, with and without gold values; its curve is in the suite."""
     model = published(tiny_bert_dir, cebab_small)
@@ -201,29 +227,38 @@ def test_published_model_saves_its_policy_and_loads_with_the_same_predictions_an
 def test_the_learned_policy_needs_the_published_objective(tiny_bert_dir, cebab_small):
     """Today's objective trains no policy: asking for the learned one is an error that names the
     objective that trains it; the fixed policy of sampled_horizon cannot be 'learned'."""
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding",
-                                              intervention_loss_weight=5.0)
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=cebab_small.spec, concept_layer="embedding", intervention_loss_weight=5.0
+    )
     assert model.learned_policy is None and not any(n.startswith("learned_policy") for n in model.state_dict())
     states = model.forward_texts([TEXT]).concept_states
     with pytest.raises(LucidError, match="trained by intervention_objective: published"):
         INTERVENTION_POLICIES.get("learned")(model, states)
-    with pytest.raises(LucidError, match="intervention_policy 'learned' is the policy that intervention_objective 'published'"):
+    with pytest.raises(
+        LucidError, match="intervention_policy 'learned' is the policy that intervention_objective 'published'"
+    ):
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_policy="learned")
 
 
 def test_an_unknown_or_impossible_objective_is_one_clear_error(tiny_bert_dir, cebab_small, tmp_path):
     with pytest.raises(LucidError) as error:
         ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, intervention_objective="intcem")
-    assert str(error.value) == "intervention_objective: expected one of ['sampled_horizon', 'published'], found 'intcem'"
+    assert (
+        str(error.value) == "intervention_objective: expected one of ['sampled_horizon', 'published'], found 'intcem'"
+    )
     config = yaml.safe_load((CONFIGS / "cebab-intcem.yaml").read_text())
     config["model"]["intervention_objective"] = "intcem"
     config["data"]["path"] = str(tmp_path / "nowhere")  # read before any data: never opened
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(LucidError, match=r"intervention_objective: expected one of \['sampled_horizon', 'published'\]"):
         read_experiment(tmp_path / "bad.yaml")
-    for options, message in [({"mode": "sequential"}, "joint mode only"), ({"intervention_loss_weight": 0.0}, "turns it on"),
-                             ({"mixup_alpha": 0.4}, "mixup"), ({"intervention_holdout": 0.2}, "intervention_holdout"),
-                             ({"rollout_losses": "first"}, "rollout_losses: expected one of")]:
+    for options, message in [
+        ({"mode": "sequential"}, "joint mode only"),
+        ({"intervention_loss_weight": 0.0}, "turns it on"),
+        ({"mixup_alpha": 0.4}, "mixup"),
+        ({"intervention_holdout": 0.2}, "intervention_holdout"),
+        ({"rollout_losses": "first"}, "rollout_losses: expected one of"),
+    ]:
         with pytest.raises(LucidError, match=message):
             BottleneckConfig(**{**PUBLISHED, "concept_embedding_size": 4, **options})
 
@@ -240,6 +275,8 @@ def test_todays_objective_stays_the_default_and_the_intcem_configs_name_it():
 def test_sparse_models_refuse_the_published_objective_when_the_config_is_read():
     from lucidlm.models.subnetworks import SparseConfig
 
-    with pytest.raises(LucidError, match="intervention_objective: a sparse concept model trains with 'sampled_horizon'; "
-                                         "found 'published'"):
+    with pytest.raises(
+        LucidError,
+        match="intervention_objective: a sparse concept model trains with 'sampled_horizon'; found 'published'",
+    ):
         SparseConfig(concept_layer="embedding", intervention_objective="published", intervention_loss_weight=5.0)

@@ -17,13 +17,22 @@ from lucidlm.data import MISSING
 from lucidlm.experiment import load_experiment_task, read_experiment
 from lucidlm.models import ConceptBottleneckLM, SparseConfig, load_pretrained
 from lucidlm.models.bottleneck import ELASTIC_PATH, BottleneckConfig
-from lucidlm.models.label_free import (CONCEPT_OBJECTIVES, StatementLayer, cos3_loss, cos_cubed_similarity,
-                                       intervene_scores, statement_activations)
+from lucidlm.models.label_free import (
+    CONCEPT_OBJECTIVES,
+    StatementLayer,
+    cos3_loss,
+    cos_cubed_similarity,
+    intervene_scores,
+    statement_activations,
+)
 from lucidlm.models.label_head import fit_logistic
 from lucidlm.training import TrainingConfig
 
-STATEMENTS = [{"statement": "The food was delicious.", "classes": ["1"]}, {"statement": "The service was slow.", "classes": ["0"]},
-              {"statement": "It was too noisy."}]
+STATEMENTS = [
+    {"statement": "The food was delicious.", "classes": ["1"]},
+    {"statement": "The service was slow.", "classes": ["0"]},
+    {"statement": "It was too noisy."},
+]
 TEXT = "The food was delicious."
 
 
@@ -31,7 +40,7 @@ def published_cb_llm(f: np.ndarray, s: np.ndarray) -> float:
     """CB-LLM's ``cos_sim_cubed`` (classification/utils.py), in numpy: centre each row over its
     concepts, cube, L2-normalise each row, the rows' dot products, their mean."""
     f, s = f - f.mean(-1, keepdims=True), s - s.mean(-1, keepdims=True)
-    f, s = f ** 3, s ** 3
+    f, s = f**3, s**3
     f, s = f / np.linalg.norm(f, axis=-1, keepdims=True), s / np.linalg.norm(s, axis=-1, keepdims=True)
     return float((f * s).sum(-1).mean())
 
@@ -40,7 +49,7 @@ def published_label_free_cbm(f: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Oikarinen et al.'s ``cos_similarity_cubed_single`` (Label-free CBM, similarity.py): the same
     along dim 0, one similarity per concept over the batch."""
     f, s = f - f.mean(0, keepdims=True), s - s.mean(0, keepdims=True)
-    f, s = f ** 3, s ** 3
+    f, s = f**3, s**3
     f, s = f / np.linalg.norm(f, axis=0, keepdims=True), s / np.linalg.norm(s, axis=0, keepdims=True)
     return (s * f).sum(0)
 
@@ -56,7 +65,9 @@ def test_the_cubed_cosine_is_the_published_formula():
     ft, st = torch.tensor(f, requires_grad=True), torch.tensor(s)
     loss = cos3_loss(ft, st)
     assert loss.item() == pytest.approx(-published_cb_llm(f, s), abs=1e-6)
-    np.testing.assert_allclose(cos_cubed_similarity(ft, st, dim=0).detach().numpy(), published_label_free_cbm(f, s), atol=1e-6)
+    np.testing.assert_allclose(
+        cos_cubed_similarity(ft, st, dim=0).detach().numpy(), published_label_free_cbm(f, s), atol=1e-6
+    )
     loss.backward()
     assert torch.isfinite(ft.grad).all() and ft.grad.abs().sum() > 0
     # a row's scale and offset do not count; a perfect match is 1
@@ -66,12 +77,19 @@ def test_the_cubed_cosine_is_the_published_formula():
 
 
 def label_free_data(tmp_path) -> dict:
-    rows = ["review,stars"] + [f"{'The food was delicious' if i % 2 else 'The service was slow'} on visit {i}.,{i % 2}"
-                               for i in range(48)]
+    rows = ["review,stars"] + [
+        f"{'The food was delicious' if i % 2 else 'The service was slow'} on visit {i}.,{i % 2}" for i in range(48)
+    ]
     (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
     csv = str(tmp_path / "reviews.csv")
-    return {"source": csv, "text": "review", "label": "stars", "dev": csv, "test": csv,
-            "automatic_concepts": {"statements": STATEMENTS, "cache_dir": str(tmp_path / "cache")}}
+    return {
+        "source": csv,
+        "text": "review",
+        "label": "stars",
+        "dev": csv,
+        "test": csv,
+        "automatic_concepts": {"statements": STATEMENTS, "cache_dir": str(tmp_path / "cache")},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +97,9 @@ def cos3_run(tmp_path_factory, tiny_bert_dir):
     """A tiny cos³ bottleneck, trained (x→c, then the elastic-net label layer) and saved."""
     tmp_path = tmp_path_factory.mktemp("cos3")
     task = load_experiment_task(label_free_data(tmp_path))
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, mode="sequential",
-                                              concept_objective="cos3", label_penalty="elastic")
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=task.spec, mode="sequential", concept_objective="cos3", label_penalty="elastic"
+    )
     model.fit(task.train, task.dev, TrainingConfig(epochs=3, batch_size=8, head_learning_rate=1e-2, progress=False))
     model.save_pretrained(tmp_path / "run")
     return model, task, tmp_path / "run"
@@ -93,7 +112,9 @@ def test_the_data_carries_the_scores_that_cos3_learns_corrected_on_train_and_dev
     delicious = np.array(["delicious" in t for t in train.texts])
     # ACC: "The food was delicious." (class 1) scores 0 on class-0 rows; negatives are 0
     assert np.all(train.statement_scores[train.labels == 0, 0] == 0) and np.all(train.statement_scores >= 0)
-    np.testing.assert_array_equal(task.dev.statement_scores, train.statement_scores)  # dev is corrected too (CB-LLM's validation)
+    np.testing.assert_array_equal(
+        task.dev.statement_scores, train.statement_scores
+    )  # dev is corrected too (CB-LLM's validation)
     assert np.any(test.statement_scores[~delicious, 0] != 0)  # test: the raw scores
     assert train.select([0, 2]).statement_scores.shape == (2, 3)
 
@@ -138,8 +159,10 @@ def test_a_saved_cos3_bottleneck_loads_and_predicts_the_same(cos3_run):
     for name in ("mean", "std", "low", "high"):
         assert torch.equal(getattr(loaded.concept_layer, name), getattr(model.concept_layer, name))
     assert loaded.predict(task.test.texts[:6]) == model.predict(task.test.texts[:6])
-    np.testing.assert_array_equal(statement_activations(loaded, task.test.texts[:6])["activations"],
-                                  statement_activations(model, task.test.texts[:6])["activations"])
+    np.testing.assert_array_equal(
+        statement_activations(loaded, task.test.texts[:6])["activations"],
+        statement_activations(model, task.test.texts[:6])["activations"],
+    )
     # its explanation: each statement's contribution is its label-layer weight × its activation (over the
     # label's temperature, §7.2); with the bias they sum to the label's logit
     explanation = loaded.explain(TEXT, steps=4)
@@ -148,7 +171,9 @@ def test_a_saved_cos3_bottleneck_loads_and_predicts_the_same(cos3_run):
     weight, bias = loaded.label_head.weight[label].detach().numpy(), float(loaded.label_head.bias[label].detach())
     activations = statement_activations(loaded, [TEXT])["activations"][0]
     assert [c.concept for c in explanation.concepts] == loaded.spec.concept_names
-    np.testing.assert_allclose([c.contribution for c in explanation.concepts], weight * activations / t, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        [c.contribution for c in explanation.concepts], weight * activations / t, rtol=1e-4, atol=1e-4
+    )
     logit = float(loaded.forward_texts([TEXT]).label_logits[0, label])
     assert sum(c.contribution for c in explanation.concepts) + bias / t == pytest.approx(logit, rel=1e-4, abs=1e-3)
     assert len(explanation.tokens) == len(STATEMENTS) + 1  # token attributions for each statement and the label
@@ -179,12 +204,14 @@ def test_setting_a_statement_moves_its_activation_and_the_label(cos3_run):
         assert set_activation == 0.0
     # the label logits move by the label layer's weights on the statement × its change (over the label's temperature)
     moved = (model.intervened_label_logits(out.concept_states, values) - out.label_logits)[0].detach().numpy()
-    np.testing.assert_allclose(moved, weight[:, j] * (set_activation - before) / model.temperatures.label, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        moved, weight[:, j] * (set_activation - before) / model.temperatures.label, rtol=1e-4, atol=1e-5
+    )
     assert np.abs(moved).max() > 0
 
     # a number: the standardised score itself; far enough along the weight, the label follows it
     sign = np.sign(weight[1, j] - weight[0, j])
-    for z, label in ((50.0 * sign, "1"), (-50.0 * sign, "0")):
+    for z, label in ((50.0 * sign, "1"), (-50.0 * sign, "0")):  # noqa: B007
         moved = intervene_scores(model, TEXT, {name: z})[0]
         assert moved.interventions == {name: f"{z:g}"}
         if z > 0:
@@ -202,8 +229,15 @@ def test_setting_a_statement_moves_its_activation_and_the_label(cos3_run):
 def test_the_objective_is_chosen_by_name_and_an_unknown_one_is_one_clear_error(tmp_path, tiny_bert_dir):
     assert CONCEPT_OBJECTIVES.names == ["soft_targets", "cos3"]
     assert BottleneckConfig().concept_objective == "soft_targets" and BottleneckConfig().concept_layer == "scalar"
-    config = {"data": label_free_data(tmp_path),
-              "model": {"family": "bottleneck", "mode": "sequential", "concept_objective": "cos4", "backbone": str(tiny_bert_dir)}}
+    config = {
+        "data": label_free_data(tmp_path),
+        "model": {
+            "family": "bottleneck",
+            "mode": "sequential",
+            "concept_objective": "cos4",
+            "backbone": str(tiny_bert_dir),
+        },
+    }
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(LucidError) as error:
         read_experiment(tmp_path / "bad.yaml")  # checked when the config is read, before any data
@@ -211,7 +245,10 @@ def test_the_objective_is_chosen_by_name_and_an_unknown_one_is_one_clear_error(t
     assert "\n" not in str(error.value)
     with pytest.raises(LucidError, match=r"concept_objective 'cos3': .*\(mode: sequential\); found mode 'joint'"):
         BottleneckConfig(concept_objective="cos3")
-    with pytest.raises(LucidError, match="concept_objective 'cos3' trains one activation per statement .*found concept_layer 'embedding'"):
+    with pytest.raises(
+        LucidError,
+        match="concept_objective 'cos3' trains one activation per statement .*found concept_layer 'embedding'",
+    ):
         BottleneckConfig(mode="sequential", concept_objective="cos3", concept_layer="embedding")
     with pytest.raises(LucidError, match="concept_layer 'statement' is trained by concept_objective 'cos3'"):
         BottleneckConfig(mode="sequential", concept_layer="statement")
@@ -219,15 +256,23 @@ def test_the_objective_is_chosen_by_name_and_an_unknown_one_is_one_clear_error(t
         SparseConfig(concept_objective="cos4")  # SparseCBM's config reads it too
 
 
-def test_cos3_refuses_data_without_statement_scores_and_concepts_that_are_not_statements(tmp_path, tiny_bert_dir, cebab_small):
+def test_cos3_refuses_data_without_statement_scores_and_concepts_that_are_not_statements(
+    tmp_path, tiny_bert_dir, cebab_small
+):
     from dataclasses import replace
 
     task = load_experiment_task(label_free_data(tmp_path))
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, mode="sequential", concept_objective="cos3")
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=task.spec, mode="sequential", concept_objective="cos3"
+    )
     with pytest.raises(LucidError, match="concept_objective 'cos3' learns the statements' scores; the data has none"):
         model.fit(replace(task.train, statement_scores=None), config=TrainingConfig(epochs=1, progress=False))
-    with pytest.raises(LucidError, match="one activation per statement needs two-valued concepts .*'food' has 3 values"):
-        ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", concept_objective="cos3")
+    with pytest.raises(
+        LucidError, match="one activation per statement needs two-valued concepts .*'food' has 3 values"
+    ):
+        ConceptBottleneckLM.from_backbone(
+            str(tiny_bert_dir), task=cebab_small.spec, mode="sequential", concept_objective="cos3"
+        )
 
 
 def test_soft_targets_stays_the_default_and_its_path_records_convergence(tmp_path, tiny_bert_dir):
@@ -235,7 +280,9 @@ def test_soft_targets_stays_the_default_and_its_path_records_convergence(tmp_pat
     records, per C, the non-zero weights, saga's iterations, whether it converged and how far from
     the optimum it stopped."""
     task = load_experiment_task(label_free_data(tmp_path))
-    model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=task.spec, mode="sequential", label_penalty="elastic")
+    model = ConceptBottleneckLM.from_backbone(
+        str(tiny_bert_dir), task=task.spec, mode="sequential", label_penalty="elastic"
+    )
     assert model.config.concept_objective == "soft_targets" and model.label_head.weight.shape == (2, 6)
     model.fit(task.train, task.dev, TrainingConfig(epochs=1, batch_size=8, progress=False))
     head = model.training_history[-1]
@@ -276,10 +323,17 @@ def test_a_cos3_run_trains_through_the_cli_and_says_its_objective(tmp_path, tiny
     def lucidlm(*args):
         return CliRunner().invoke(app, [str(a) for a in args])
 
-    config = {"data": label_free_data(tmp_path),
-              "model": {"family": "bottleneck", "mode": "sequential", "concept_objective": "cos3", "label_penalty": "elastic",
-                        "backbone": str(tiny_bert_dir)},
-              "training": {"epochs": 1, "batch_size": 8}}
+    config = {
+        "data": label_free_data(tmp_path),
+        "model": {
+            "family": "bottleneck",
+            "mode": "sequential",
+            "concept_objective": "cos3",
+            "label_penalty": "elastic",
+            "backbone": str(tiny_bert_dir),
+        },
+        "training": {"epochs": 1, "batch_size": 8},
+    }
     (tmp_path / "cos3.yaml").write_text(yaml.safe_dump(config))
     trained = lucidlm("train", tmp_path / "cos3.yaml", "-o", tmp_path / "run", "--json")
     assert trained.exit_code == 0, trained.output
@@ -291,7 +345,9 @@ def test_a_cos3_run_trains_through_the_cli_and_says_its_objective(tmp_path, tiny
     assert all({"n_iter", "converged", "optimality"} <= set(p) for p in head["path"])
 
     predicted = load_pretrained(tmp_path / "run").predict([TEXT])[0].concepts["It was too noisy."].value
-    other = "no" if predicted == "yes" else "yes"  # confirming the predicted value changes nothing (docs/methods.md §6.8)
+    other = (
+        "no" if predicted == "yes" else "yes"
+    )  # confirming the predicted value changes nothing (docs/methods.md §6.8)
     result = lucidlm("intervene", tmp_path / "run", TEXT, "--set", f"It was too noisy.={other}", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["after"]["concepts"]["It was too noisy."]["probabilities"][other] == 1.0
@@ -302,5 +358,7 @@ def test_a_cos3_run_trains_through_the_cli_and_says_its_objective(tmp_path, tiny
     assert results["model"]["concept_objective"] == "cos3"
     weight = load_pretrained(tmp_path / "run").label_head.weight.detach().numpy()
     for row in results["concepts"]["label_layer"]["1"]:  # class 1's weight on each statement it reads, with its sign
-        assert row["weight"] == pytest.approx(float(weight[1, [s["statement"] for s in STATEMENTS].index(row["concept"])]), abs=1e-6)
+        assert row["weight"] == pytest.approx(
+            float(weight[1, [s["statement"] for s in STATEMENTS].index(row["concept"])]), abs=1e-6
+        )
     assert "| cos3 |" in (tmp_path / "run" / "evaluation.md").read_text()

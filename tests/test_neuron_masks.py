@@ -12,8 +12,15 @@ FAST = dict(epochs=2, batch_size=16, progress=False)
 
 
 def neuron_model(backbone_dir, task, **config):
-    config = {"granularity": "neuron", "sparsity": 0.5, "pruning_start": 0.5, "pruning_end": 1.5,
-              "pruning_interval": 2, "obert_gradients": 3, **config}
+    config = {
+        "granularity": "neuron",
+        "sparsity": 0.5,
+        "pruning_start": 0.5,
+        "pruning_end": 1.5,
+        "pruning_interval": 2,
+        "obert_gradients": 3,
+        **config,
+    }
     return SparseConceptLM.from_backbone(str(backbone_dir), task=task.spec, **config)
 
 
@@ -84,7 +91,12 @@ def test_gathered_gradients_are_the_weight_level_ones_on_kept_units(tiny_bert_di
 def test_pruning_keeps_whole_units_and_meets_the_block_density(tiny_bert_dir, cebab_small):
     model = neuron_model(tiny_bert_dir, cebab_small)
     heads, neurons = model.unit_groups[:2]
-    assert (heads.kind, heads.num_units, heads.unit_size, heads.weights_per_unit) == ("heads", 2, 16, 16 * (3 * 32 + 32))
+    assert (heads.kind, heads.num_units, heads.unit_size, heads.weights_per_unit) == (
+        "heads",
+        2,
+        16,
+        16 * (3 * 32 + 32),
+    )
     assert (neurons.kind, neurons.num_units, neurons.weights_per_unit) == ("neurons", 64, 64)
     # 0.7 of a block: 1 of 2 heads (2048 weights), then (0.3·8192 − 2048) / 64 = 6.4 → 6 neurons
     assert units_to_keep(model.unit_groups[:2], 0.7) == [1, 6]

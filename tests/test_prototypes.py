@@ -18,7 +18,9 @@ PER_CLASS = 4  # CEBaB's five classes: 20 prototypes
 
 
 def make(backbone_dir, spec, seed=0, **config):
-    return PrototypeLM.from_backbone(str(backbone_dir), task=spec, seed=seed, **{"prototypes_per_class": PER_CLASS, **config})
+    return PrototypeLM.from_backbone(
+        str(backbone_dir), task=spec, seed=seed, **{"prototypes_per_class": PER_CLASS, **config}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def test_label_head_starts_at_plus_one_own_minus_half_others(tiny_bert_dir, ceba
     assert model.prototype_class.tolist() == [c for c in range(5) for _ in range(PER_CLASS)]
     expected = torch.full((5, 20), -0.5)
     for c in range(5):
-        expected[c, c * PER_CLASS:(c + 1) * PER_CLASS] = 1.0
+        expected[c, c * PER_CLASS : (c + 1) * PER_CLASS] = 1.0
     assert torch.equal(model.label_head.weight, expected)
     assert torch.equal(model.label_head.bias, torch.zeros(5))
 
@@ -151,15 +153,19 @@ def test_cohesion_pulls_toward_own_class_and_separation_pushes_away_from_others(
 
 
 def test_loss_is_the_weighted_sum_of_its_terms(tiny_bert_dir, cebab_small):
-    model = make(tiny_bert_dir, cebab_small.spec, task_loss_weight=0.7, cohesion_weight=0.3, separation_weight=2.0).eval()
+    model = make(
+        tiny_bert_dir, cebab_small.spec, task_loss_weight=0.7, cohesion_weight=0.3, separation_weight=2.0
+    ).eval()
     model.initialize_from_data(cebab_small.train)
     batch = next(iter(model.encoder.loader(cebab_small.train, 16)))
     with torch.no_grad():
         out = model(batch["input_ids"], batch["attention_mask"])
         own, k = model.own_prototypes(batch["labels"]), model.cohesion_separation_k
-        expected = (0.7 * torch.nn.functional.cross_entropy(out.label_logits, batch["labels"])
-                    + 0.3 * cohesion_loss(out.prototype_distances, own, k)
-                    + 2.0 * separation_loss(out.prototype_distances, own, k, model.config.epsilon))
+        expected = (
+            0.7 * torch.nn.functional.cross_entropy(out.label_logits, batch["labels"])
+            + 0.3 * cohesion_loss(out.prototype_distances, own, k)
+            + 2.0 * separation_loss(out.prototype_distances, own, k, model.config.epsilon)
+        )
         assert model.loss(out, batch["labels"]).item() == pytest.approx(expected.item())
     assert k == 2  # K = ratio (0.5) × P/C (4)
 
@@ -199,7 +205,9 @@ def test_hard_projection_puts_each_prototype_on_its_nearest_training_embedding(t
     assert set(projection.metrics_before) == set(projection.metrics_after) == {"n", "task", "calibration"}
     # "after" is the model as it is, before the temperature fitted after training (argmax unchanged)
     now = trained.evaluate(cebab_small.dev)
-    assert {k: projection.metrics_after["task"][k] for k in ("accuracy", "macro_f1")} == {k: now["task"][k] for k in ("accuracy", "macro_f1")}
+    assert {k: projection.metrics_after["task"][k] for k in ("accuracy", "macro_f1")} == {
+        k: now["task"][k] for k in ("accuracy", "macro_f1")
+    }
     assert trained.training_history[-1]["stage"] == "projection" and trained.training_history[-1]["hard"]
 
 
@@ -219,7 +227,9 @@ def test_save_load_round_trip_predicts_and_explains_identically(trained, cebab_s
 def test_same_seed_same_result(tiny_bert_dir, cebab_small):
     train, dev = cebab_small.train.sample(64, seed=2), cebab_small.dev.sample(24, seed=2)
     first, same = (
-        make(tiny_bert_dir, cebab_small.spec, seed=3).fit(train, eval_data=dev, seed=3, epochs=2, batch_size=16, progress=False)
+        make(tiny_bert_dir, cebab_small.spec, seed=3).fit(
+            train, eval_data=dev, seed=3, epochs=2, batch_size=16, progress=False
+        )
         for _ in range(2)
     )
     for k, v in first.state_dict().items():
@@ -236,7 +246,10 @@ def test_same_seed_same_result(tiny_bert_dir, cebab_small):
 def test_regression(tiny_bert_dir, cebab_small):
     """One group of prototypes, a zero-initialised Linear(P -> 1), MSE + cohesion and no separation."""
     spec = TaskSpec(text="description", label="stars", name="stars")
-    as_stars = lambda s: Split(s.texts, s.labels.astype(np.float32) + 1, np.zeros((len(s), 0), np.int64), source="stars")  # noqa: E731
+
+    def as_stars(s):
+        return Split(s.texts, s.labels.astype(np.float32) + 1, np.zeros((len(s), 0), np.int64), source="stars")
+
     train, dev = as_stars(cebab_small.train), as_stars(cebab_small.dev)
     model = make(tiny_bert_dir, spec, prototypes_per_class=6, separation_weight=5.0)
     assert model.prototypes.shape == (6, 32) and model.cohesion_separation_k == 3
@@ -245,8 +258,10 @@ def test_regression(tiny_bert_dir, cebab_small):
     batch = next(iter(model.encoder.loader(train, 16)))
     with torch.no_grad():
         out = model.eval()(batch["input_ids"], batch["attention_mask"])
-        expected = (torch.nn.functional.mse_loss(out.label_logits[:, 0], batch["labels"])
-                    + model.config.cohesion_weight * out.prototype_distances.topk(3, 1).values.mean())
+        expected = (
+            torch.nn.functional.mse_loss(out.label_logits[:, 0], batch["labels"])
+            + model.config.cohesion_weight * out.prototype_distances.topk(3, 1).values.mean()
+        )
         assert model.loss(out, batch["labels"]).item() == pytest.approx(expected.item())  # no separation term
     model.fit(train, eval_data=dev, warm_start=True, **FAST)
     metrics = model.evaluate(dev)
@@ -264,7 +279,12 @@ def test_sentence_pairs(tiny_bert_dir, cebab_small):
     texts = cebab_small.train.texts[:48]
     pairs = texts[1:] + texts[:1]
     labels = np.arange(48) % 2
-    train = Split(texts, labels, np.zeros((48, 0), np.int64), text_pairs=[t if y == 0 else p for t, p, y in zip(texts, pairs, labels)])
+    train = Split(
+        texts,
+        labels,
+        np.zeros((48, 0), np.int64),
+        text_pairs=[t if y == 0 else p for t, p, y in zip(texts, pairs, labels)],
+    )
     model = make(tiny_bert_dir, spec).fit(train, **FAST)
     out = model.forward_texts(["Good food."], ["Bad food."])
     swapped = model.forward_texts(["Bad food."], ["Good food."])
@@ -297,14 +317,22 @@ def test_explain_fields(trained):
     # integrated gradients are complete: the scores sum to p(label | text) − p(label | special tokens only)
     label = trained.spec.label_index(explanation.prediction.label)
     ids = trained.encoder.batch([TEXT])["input_ids"]
-    special = torch.tensor(trained.tokenizer.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True), dtype=torch.bool)
+    special = torch.tensor(
+        trained.tokenizer.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True), dtype=torch.bool
+    )
     blank = torch.where(special, ids[0], torch.full_like(ids[0], trained.tokenizer.pad_token_id))[None]
     with torch.no_grad():
-        drop = (trained(ids, torch.ones_like(ids)).label_logits.softmax(-1)[0, label]
-                - trained(blank, torch.ones_like(ids)).label_logits.softmax(-1)[0, label]).item()
+        drop = (
+            trained(ids, torch.ones_like(ids)).label_logits.softmax(-1)[0, label]
+            - trained(blank, torch.ones_like(ids)).label_logits.softmax(-1)[0, label]
+        ).item()
     assert sum(gradients.scores) == pytest.approx(drop, abs=0.05)
     assert (attention.target, attention.method) == ("attention", "attention")
-    assert attention.tokens[0] == "[CLS]" and attention.tokens[-1] == "[SEP]" and len(attention.tokens) == len(attention.scores)
+    assert (
+        attention.tokens[0] == "[CLS]"
+        and attention.tokens[-1] == "[SEP]"
+        and len(attention.tokens) == len(attention.scores)
+    )
     assert sum(attention.scores) == pytest.approx(1.0, abs=1e-5)
     json.dumps(explanation.to_dict())
     with pytest.raises(LucidError, match="top_k: expected an integer >= 1, found 0"):
@@ -335,7 +363,12 @@ def test_a_class_without_training_examples_is_an_error(tiny_bert_dir, cebab_smal
 def test_cli_train_evaluate_explain(tmp_path, tiny_bert_dir, cebab_dir):
     config = {
         "data": {"source": "cebab", "path": str(cebab_dir), "subsample": {"train": 64, "dev": 32, "test": 32}},
-        "model": {"family": "prototype", "backbone": str(tiny_bert_dir), "prototypes_per_class": 2, "nearest_examples": 2},
+        "model": {
+            "family": "prototype",
+            "backbone": str(tiny_bert_dir),
+            "prototypes_per_class": 2,
+            "nearest_examples": 2,
+        },
         "training": {"epochs": 1, "batch_size": 16, "seed": 0},
     }
     (tmp_path / "proto.yaml").write_text(yaml.safe_dump(config))

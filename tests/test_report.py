@@ -10,23 +10,24 @@ import re
 import shutil
 from html import escape
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CHROMIUM, needs_chromium
 from typer.testing import CliRunner
 
 from lucidlm.cli import app as cli
 from lucidlm.data import MISSING
 from lucidlm.models import load_pretrained
 from lucidlm.web.report import STYLE, build_report, worked_example
-from conftest import CHROMIUM, needs_chromium
 
 # Characters a tokenizer normalises (é), does not know (the emoji: [UNK]) or cuts into pieces.
 WRITTEN = "The café was great 😀 and the limoncello superb; مطعم رائع"
 PHONE = {"width": 390, "height": 844}
 # A 1×1 PNG, standing in for the evaluation suite's intervention_curves.png.
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 
 
 class References(HTMLParser):
@@ -68,11 +69,24 @@ def joint_report(runs, tmp_path_factory):
     """The CLI's report of the joint run with evaluation suite files beside it."""
     run = tmp_path_factory.mktemp("evaluated") / "joint"
     shutil.copytree(runs["joint"], run)
-    results = {"command": "lucidlm evaluate joint --suite faithfulness",
-               "results": {"joint": {"faithfulness": {"tokens": {"label": {
-                   "integrated_gradients": {"comprehensiveness": {"aopc": 0.4321, "per_step": [0.1, 0.2]}},
-                   "random": {"comprehensiveness": {"aopc": 0.0123, "per_step": [0.0, 0.01]}}}}},
-                   "interventions": {"curve": [{"concepts_set": 0, "accuracy": 0.25}, {"concepts_set": 4, "accuracy": 0.875}]}}}}
+    results = {
+        "command": "lucidlm evaluate joint --suite faithfulness",
+        "results": {
+            "joint": {
+                "faithfulness": {
+                    "tokens": {
+                        "label": {
+                            "integrated_gradients": {"comprehensiveness": {"aopc": 0.4321, "per_step": [0.1, 0.2]}},
+                            "random": {"comprehensiveness": {"aopc": 0.0123, "per_step": [0.0, 0.01]}},
+                        }
+                    }
+                },
+                "interventions": {
+                    "curve": [{"concepts_set": 0, "accuracy": 0.25}, {"concepts_set": 4, "accuracy": 0.875}]
+                },
+            }
+        },
+    }
     (run / "evaluation.json").write_text(json.dumps(results))
     (run / "evaluation.md").write_text("# Are the explanations true?\n<b>AOPC</b> 0.4321\n")
     (run / "intervention_curves.png").write_bytes(PNG)
@@ -96,7 +110,10 @@ def test_report_holds_metrics_confusion_matrices_and_the_evaluation_suite(joint_
     html, run = joint_report
     record = json.loads((run / "run.json").read_text())
     test = record["metrics"]["test"]
-    assert f"{test['task']['accuracy']:.3f}" in html and f"{test['concepts']['per_concept']['noise']['macro_f1']:.3f}" in html
+    assert (
+        f"{test['task']['accuracy']:.3f}" in html
+        and f"{test['concepts']['per_concept']['noise']['macro_f1']:.3f}" in html
+    )
     assert "Computed now on 20 of the 32 test rows (a fixed random sample, --limit 20)" in html
     # The label's confusion matrix counts every one of the 20 rows once; one matrix per concept besides.
     label = re.search(r'<table class="confusion"><caption>Label.*?</table>', html).group(0)
@@ -122,7 +139,9 @@ def test_report_draws_the_training_curves_and_the_reliability_diagram(runs):
     model = load_pretrained(runs["joint"])
     record = json.loads((runs["joint"] / "run.json").read_text())
     html = build_report(runs["joint"], limit=8, examples=0)
-    curves = re.search(r'<svg class="figure"[^>]*aria-label="training loss and dev score per epoch".*?</svg>', html).group(0)
+    curves = re.search(
+        r'<svg class="figure"[^>]*aria-label="training loss and dev score per epoch".*?</svg>', html
+    ).group(0)
     epochs = [h for h in model.training_history if "epoch" in h]
     assert curves.count("<circle") == 2 * len(epochs) and curves.count("<polyline") == 2
     for split in ("dev", "test"):
@@ -184,8 +203,13 @@ def test_chromium_opens_the_report_with_no_request(joint_report):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
         page = browser.new_page()
-        page.route("**/*", lambda route: (requests.append(route.request.url),
-                                          route.continue_() if route.request.url == path.as_uri() else route.abort()))
+        page.route(
+            "**/*",
+            lambda route: (
+                requests.append(route.request.url),
+                route.continue_() if route.request.url == path.as_uri() else route.abort(),
+            ),
+        )
         page.goto(path.as_uri())
         page.wait_for_load_state("networkidle")
         assert page.title() == f"lucidlm report: {run.name}"
@@ -239,10 +263,13 @@ def test_report_fits_a_phone(joint_report, runs, tmp_path, kind):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport=PHONE)
         page.goto(path.as_uri())
-        beyond = page.evaluate("""width => [...document.querySelectorAll('body *')]
+        beyond = page.evaluate(
+            """width => [...document.querySelectorAll('body *')]
             .filter(e => e.getBoundingClientRect().right > width + 0.5)
             .map(e => e.tagName.toLowerCase() + '.' + e.getAttribute('class') + ': ' + Math.round(e.getBoundingClientRect().right))
-            .slice(0, 12)""", PHONE["width"])
+            .slice(0, 12)""",
+            PHONE["width"],
+        )
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], beyond
         assert page.locator(".example").count() >= 1
         browser.close()

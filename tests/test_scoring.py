@@ -31,9 +31,13 @@ def corpus(tmp_path_factory, cebab_small):
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_every_format_in_and_out_gives_one_row_per_text_in_order(suffix, tiny_runs, corpus, tmp_path):
     out = tmp_path / f"scored{suffix}"
-    result = CliRunner().invoke(app, ["predict", str(tiny_runs["joint"]), "--input", str(corpus / f"rows{suffix}"), "-o", str(out)])
+    result = CliRunner().invoke(
+        app, ["predict", str(tiny_runs["joint"]), "--input", str(corpus / f"rows{suffix}"), "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
-    scored = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}[suffix](out)
+    scored = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}[
+        suffix
+    ](out)
     texts = pd.read_csv(corpus / "rows.csv")["text"].tolist()
     assert scored["row"].tolist() == list(range(len(texts)))
     model = load_pretrained(tiny_runs["joint"])
@@ -60,7 +64,10 @@ def test_a_run_killed_halfway_and_resumed_writes_the_same_file(tiny_runs, corpus
     monkeypatch.setattr(scoring, "prediction_records", dies_at_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         score_corpus(model, corpus / "rows.csv", tmp_path / "resumed.jsonl", chunk_rows=64)
-    assert len(list((tmp_path / "resumed.jsonl.parts").glob("0*.jsonl"))) == 2 and not (tmp_path / "resumed.jsonl").exists()
+    assert (
+        len(list((tmp_path / "resumed.jsonl.parts").glob("0*.jsonl"))) == 2
+        and not (tmp_path / "resumed.jsonl").exists()
+    )
     calls.clear()
     monkeypatch.setattr(scoring, "prediction_records", lambda *a, **k: calls.append(1) or original(*a, **k))
     score_corpus(model, corpus / "rows.csv", tmp_path / "resumed.jsonl", chunk_rows=64)
@@ -71,21 +78,42 @@ def test_a_run_killed_halfway_and_resumed_writes_the_same_file(tiny_runs, corpus
 def test_two_processes_write_the_file_one_writes(tiny_runs, corpus, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     command = ["-m", "lucidlm.cli", "predict", str(tiny_runs["joint"]), "--input", str(corpus / "rows.parquet")]
-    one = subprocess.run([sys.executable, *command, "-o", str(tmp_path / "one.csv")], capture_output=True, text=True,
-                         timeout=300, env=env)
+    one = subprocess.run(
+        [sys.executable, *command, "-o", str(tmp_path / "one.csv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert one.returncode == 0, one.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                          *command, "-o", str(tmp_path / "two.csv")], capture_output=True, text=True, timeout=300, env=env)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            *command,
+            "-o",
+            str(tmp_path / "two.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert two.returncode == 0, two.stderr
     assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
 
 
 def test_bad_input_is_one_clear_line_naming_the_file_and_row(tiny_runs, tmp_path):
     model = load_pretrained(tiny_runs["joint"])
-    (tmp_path / "rows.csv").write_text("text\nGreat food.\n\"\"\n")
+    (tmp_path / "rows.csv").write_text('text\nGreat food.\n""\n')
     with pytest.raises(LucidError, match=r"rows.csv: row 2: 'text' is empty"):
         score_corpus(model, tmp_path / "rows.csv", tmp_path / "out.csv")
     with pytest.raises(LucidError, match=r"no column 'review'"):
@@ -93,4 +121,6 @@ def test_bad_input_is_one_clear_line_naming_the_file_and_row(tiny_runs, tmp_path
     with pytest.raises(LucidError, match=r"expected a \.csv, \.jsonl or \.parquet file"):
         score_corpus(model, tmp_path / "rows.csv", tmp_path / "out.xlsx")
     assert not (tmp_path / "out.csv").exists()
-    assert json.loads(CliRunner().invoke(app, ["predict", str(tiny_runs["joint"]), "Great.", "--json"]).output)[0]["label"]
+    assert json.loads(CliRunner().invoke(app, ["predict", str(tiny_runs["joint"]), "Great.", "--json"]).output)[0][
+        "label"
+    ]

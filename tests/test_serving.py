@@ -17,8 +17,10 @@ from lucidlm.web.serve import serving
 from lucidlm.web.service import ModelService
 from lucidlm.web.worker import ServingLimits
 
-TEXTS = [f"Review {i}: the pasta was {'great' if i % 2 else 'cold'} and the room was {'quiet' if i % 3 else 'loud'}."
-         for i in range(8)]
+TEXTS = [
+    f"Review {i}: the pasta was {'great' if i % 2 else 'cold'} and the room was {'quiet' if i % 3 else 'loud'}."
+    for i in range(8)
+]
 
 
 @pytest.fixture()
@@ -112,10 +114,15 @@ def test_batch_predictions_have_limits_with_clear_messages(model):
         assert batch.status_code == 200
         assert [a["label"] for a in batch.json()] == [p.label for p in model.predict(TEXTS[:3])]
         too_many = client.post("/api/predict-batch", json={"texts": ["ok"] * (MAX_BATCH_TEXTS + 1)})
-        assert too_many.status_code == 422 and too_many.json()["detail"].startswith(f"texts: List should have at most {MAX_BATCH_TEXTS}")
+        assert too_many.status_code == 422 and too_many.json()["detail"].startswith(
+            f"texts: List should have at most {MAX_BATCH_TEXTS}"
+        )
         too_long = client.post("/api/predict-batch", json={"texts": ["ok", "x" * (MAX_TEXT_CHARS + 1)]})
         assert too_long.status_code == 422
-        assert too_long.json()["detail"] == f"texts: text 2: at most {MAX_TEXT_CHARS} characters, found {MAX_TEXT_CHARS + 1}"
+        assert (
+            too_long.json()["detail"]
+            == f"texts: text 2: at most {MAX_TEXT_CHARS} characters, found {MAX_TEXT_CHARS + 1}"
+        )
 
 
 def test_a_failure_of_the_model_work_is_a_500_that_names_it_and_the_server_goes_on(model):
@@ -127,8 +134,10 @@ def test_a_failure_of_the_model_work_is_a_500_that_names_it_and_the_server_goes_
     with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         failed = client.post("/api/explain", json={"text": TEXTS[0]})
         assert failed.status_code == 500
-        assert failed.json()["detail"] == ("the model failed on this request: RuntimeError: Expected all tensors to be on "
-                                           "the same device, but found cuda:0 and cpu")
+        assert failed.json()["detail"] == (
+            "the model failed on this request: RuntimeError: Expected all tensors to be on "
+            "the same device, but found cuda:0 and cpu"
+        )
         assert client.post("/api/predict", json={"text": TEXTS[0]}).status_code == 200  # same connection, same server
 
 
@@ -203,7 +212,10 @@ def test_a_taken_port_is_one_line_before_any_serving_line(tiny_runs):
     finally:
         taken.close()
     assert result.exit_code == 1 and "serving" not in result.stdout
-    assert result.stderr.strip() == f"error: port {port} on 127.0.0.1 is already in use (another server?); choose another with --port"
+    assert (
+        result.stderr.strip()
+        == f"error: port {port} on 127.0.0.1 is already in use (another server?); choose another with --port"
+    )
 
 
 def test_the_page_answers_head(model):

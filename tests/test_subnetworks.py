@@ -15,7 +15,14 @@ FAST = dict(epochs=2, batch_size=16, progress=False)
 
 
 def sparse(backbone_dir, task, **config):
-    config = {"sparsity": 0.5, "pruning_start": 0.5, "pruning_end": 1.5, "pruning_interval": 2, "obert_gradients": 3, **config}
+    config = {
+        "sparsity": 0.5,
+        "pruning_start": 0.5,
+        "pruning_end": 1.5,
+        "pruning_interval": 2,
+        "obert_gradients": 3,
+        **config,
+    }
     return SparseConceptLM.from_backbone(str(backbone_dir), task=task.spec, **config)
 
 
@@ -52,7 +59,6 @@ def test_batched_pass_equals_one_subnetwork_after_another(fixture, cebab_small, 
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-
 def test_mixup_mixes_each_subnetworks_pooled_vector_across_the_batch(tiny_bert_dir, cebab_small):
     from lucidlm.models.losses import Mixup
 
@@ -65,6 +71,7 @@ def test_mixup_mixes_each_subnetworks_pooled_vector_across_the_batch(tiny_bert_d
         _, plain = model.concept_states(batch["input_ids"], batch["attention_mask"])
     torch.testing.assert_close(pooled, 0.3 * plain + 0.7 * plain[:, [2, 0, 1]])  # [K, B, H]: rows of each concept
     torch.testing.assert_close(states[1], model.concept_layer.state(1, model.dropout(pooled[1])))
+
 
 def test_gpt2_conv1d_and_layer_choices(tiny_gpt2_dir, tiny_bert_dir, cebab_small):
     gpt2 = sparse(tiny_gpt2_dir, cebab_small)
@@ -89,7 +96,9 @@ def test_masks_are_truly_per_concept(trained, cebab_small):
     batch = trained.encoder.batch(TEXTS)
     with torch.no_grad():
         own = trained.concept_layer.heads[0](trained.subnetwork_pooled(batch["input_ids"], batch["attention_mask"], 0))
-        other = trained.concept_layer.heads[0](trained.subnetwork_pooled(batch["input_ids"], batch["attention_mask"], 1))
+        other = trained.concept_layer.heads[0](
+            trained.subnetwork_pooled(batch["input_ids"], batch["attention_mask"], 1)
+        )
     assert (own - other).abs().max() > 1e-4
 
 
@@ -120,8 +129,9 @@ def test_the_last_pruning_event_applies_the_final_sparsity(tiny_bert_dir, cebab_
     """end = 0.6 epochs of 4 steps rounds to step 2, where the schedule reads 0.5 epochs (0.688):
     the last event must still reach 0.7, as model selection assumes from then on."""
     model = sparse(tiny_bert_dir, cebab_small)
-    pruner = Pruner(model.subnetworks, SparsitySchedule(0.2, 0.7, 0.25, 0.6), steps_per_epoch=4, score="magnitude",
-                    interval=1)
+    pruner = Pruner(
+        model.subnetworks, SparsitySchedule(0.2, 0.7, 0.25, 0.6), steps_per_epoch=4, score="magnitude", interval=1
+    )
     assert pruner.events == [1, 2]
     for step in range(8):
         pruner.after_step(step)
@@ -138,7 +148,9 @@ def test_global_scope_keeps_the_global_density(tiny_bert_dir, cebab_small):
     assert max(per_layer) - min(per_layer) > 0.01  # layers differ under a global threshold
 
 
-@pytest.mark.parametrize("kind, expected", [("linear", [0.0, 0.2, 0.45, 0.7, 0.7]), ("cubic", [0.0, 0.2, 0.6375, 0.7, 0.7])])
+@pytest.mark.parametrize(
+    "kind, expected", [("linear", [0.0, 0.2, 0.45, 0.7, 0.7]), ("cubic", [0.0, 0.2, 0.6375, 0.7, 0.7])]
+)
 def test_sparsity_schedules(kind, expected):
     schedule = SparsitySchedule(initial=0.2, final=0.7, start=1, end=3, kind=kind)
     assert [schedule.at(e) for e in (0.5, 1, 2, 3, 10)] == pytest.approx(expected)
@@ -151,7 +163,7 @@ def test_obert_inverse_diagonal_is_exact():
     diag = obert_inverse_diagonal(grads, block, damp)
     expected = []
     for b in range(n // block):
-        g = grads[:, b * block:(b + 1) * block].double()
+        g = grads[:, b * block : (b + 1) * block].double()
         fisher = damp * torch.eye(block, dtype=torch.float64) + g.T @ g / m
         expected.append(torch.linalg.inv(fisher).diagonal())
     torch.testing.assert_close(diag, torch.cat(expected).float(), rtol=1e-4, atol=0)
@@ -231,7 +243,9 @@ def test_integrated_gradients_completeness(trained):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     score = lambda i, m: trained.single_concept_logits(i, m, 2).softmax(-1)[:, 0]  # noqa: E731
     attribution = integrated_gradients(trained, ids, mask, score, "service", steps=64)
-    special = torch.tensor(trained.tokenizer.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True)).bool()
+    special = torch.tensor(
+        trained.tokenizer.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True)
+    ).bool()
     baseline = torch.where(special, ids[0], torch.full_like(ids[0], trained.tokenizer.pad_token_id)).unsqueeze(0)
     with torch.no_grad():
         gap = (score(ids, mask) - score(baseline, mask)).item()

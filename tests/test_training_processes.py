@@ -27,14 +27,33 @@ WORKER = Path(__file__).with_name("train_worker.py")
 MODELS = {
     "joint": {"family": "bottleneck", "mode": "joint"},
     # pruning ramps from step 2 to step 12 of 16: a kill at step 7 falls mid-ramp, mid-epoch
-    "sparse": {"family": "sparse", "sparsity": 0.5, "pruning_start": 0.25, "pruning_end": 1.5, "pruning_interval": 1,
-               "pruning_score": "obert", "obert_gradients": 2, "obert_block": 4},
+    "sparse": {
+        "family": "sparse",
+        "sparsity": 0.5,
+        "pruning_start": 0.25,
+        "pruning_end": 1.5,
+        "pruning_interval": 1,
+        "pruning_score": "obert",
+        "obert_gradients": 2,
+        "obert_block": 4,
+    },
     # a second forward pass a step (pairs of texts and their human edits) through the wrapped model
-    "counterfactual": {"family": "bottleneck", "mode": "joint", "counterfactual_loss_weight": 1.0, "counterfactual_batch_size": 4},
+    "counterfactual": {
+        "family": "bottleneck",
+        "mode": "joint",
+        "counterfactual_loss_weight": 1.0,
+        "counterfactual_batch_size": 4,
+    },
     # concept embeddings with IntCEM's intervention loss (its own draws: how many concepts, which order) and the
     # counterfactual-consistency loss
-    "intervention": {"family": "bottleneck", "mode": "joint", "concept_layer": "embedding", "intervention_loss_weight": 1.0,
-                     "counterfactual_loss_weight": 1.0, "counterfactual_batch_size": 4},
+    "intervention": {
+        "family": "bottleneck",
+        "mode": "joint",
+        "concept_layer": "embedding",
+        "intervention_loss_weight": 1.0,
+        "counterfactual_loss_weight": 1.0,
+        "counterfactual_batch_size": 4,
+    },
 }
 
 
@@ -42,7 +61,9 @@ MODELS = {
 def still_bert_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     """The tiny BERT without dropout: two processes then compute exactly what one does."""
     path = tmp_path_factory.mktemp("still-bert")
-    config = transformers.AutoConfig.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = transformers.AutoConfig.from_pretrained(
+        tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     transformers.BertModel.from_pretrained(tiny_bert_dir, config=config).save_pretrained(path)
     transformers.AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(path)
     return path
@@ -50,21 +71,47 @@ def still_bert_dir(tmp_path_factory, tiny_bert_dir) -> Path:
 
 def write_config(folder: Path, kind: str, backbone: Path, cebab: Path, training: dict | None = None, **model) -> Path:
     config = {
-        "data": {"source": "cebab", "path": str(cebab), "subsample": {"train": 64, "dev": 32, "test": 32},
-                 **({"counterfactuals": "train_inclusive"} if MODELS[kind].get("counterfactual_loss_weight") else {})},
+        "data": {
+            "source": "cebab",
+            "path": str(cebab),
+            "subsample": {"train": 64, "dev": 32, "test": 32},
+            **({"counterfactuals": "train_inclusive"} if MODELS[kind].get("counterfactual_loss_weight") else {}),
+        },
         "model": {**MODELS[kind], "backbone": str(backbone), **model},
-        "training": {"epochs": 2, "batch_size": 8, "seed": 0, "progress": True, "log_steps": 2, "checkpoint_steps": 3,
-                     **(training or {})},
+        "training": {
+            "epochs": 2,
+            "batch_size": 8,
+            "seed": 0,
+            "progress": True,
+            "log_steps": 2,
+            "checkpoint_steps": 3,
+            **(training or {}),
+        },
     }
     path = folder / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def train(config: Path, run: Path, weights: Path | None = None, *options: str, processes: int = 1) -> subprocess.CompletedProcess:
-    launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                                                        str(processes), "--master_port", str(free_port())]
-    command = [*launcher, str(WORKER), str(config), str(run), *options] + (["--weights-dir", str(weights)] if weights else [])
+def train(
+    config: Path, run: Path, weights: Path | None = None, *options: str, processes: int = 1
+) -> subprocess.CompletedProcess:
+    launcher = (
+        [sys.executable]
+        if processes == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(free_port()),
+        ]
+    )
+    command = [*launcher, str(WORKER), str(config), str(run), *options] + (
+        ["--weights-dir", str(weights)] if weights else []
+    )
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
@@ -103,7 +150,10 @@ def assert_same_metrics(got, expected, path: str = "metrics") -> None:
 
 def log_records(run: Path) -> list[dict]:
     timing = ("examples_per_second", "eta_seconds")
-    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in (run / TRAINING_LOG).read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in timing}
+        for line in (run / TRAINING_LOG).read_text().splitlines()
+    ]
 
 
 def checkpoint_state(run: Path) -> dict:
@@ -140,14 +190,20 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(kind, kill_
 
 
 @pytest.mark.parametrize("kind", ["joint", "sparse", "counterfactual"])
-def test_two_processes_train_what_one_process_does_with_the_same_global_batch(kind, tmp_path, still_bert_dir, cebab_dir):
+def test_two_processes_train_what_one_process_does_with_the_same_global_batch(
+    kind, tmp_path, still_bert_dir, cebab_dir
+):
     config = write_config(tmp_path, kind, still_bert_dir, cebab_dir, dropout=0.0, random_intervention_rate=0.0)
     one = train(config, tmp_path / "one", tmp_path / "one-weights")
     assert one.returncode == 0, one.stderr
     two = train(config, tmp_path / "two", tmp_path / "two-weights", processes=2)
     assert two.returncode == 0, two.stderr
 
-    rank0, rank1, single = tensors(tmp_path / "two-weights", 0), tensors(tmp_path / "two-weights", 1), tensors(tmp_path / "one-weights")
+    rank0, rank1, single = (
+        tensors(tmp_path / "two-weights", 0),
+        tensors(tmp_path / "two-weights", 1),
+        tensors(tmp_path / "one-weights"),
+    )
     for name in single:
         assert torch.equal(rank0[name], rank1[name]), name  # the processes never diverge, masks included
         if name.startswith("subnetwork_masks."):
@@ -155,8 +211,13 @@ def test_two_processes_train_what_one_process_does_with_the_same_global_batch(ki
         else:
             # Adam divides by the gradient's running size: where a gradient is about 0, summing it in
             # another order can move that weight by a step of the learning rate (5e-5) in a step or two
-            torch.testing.assert_close(rank0[name], single[name], rtol=1e-4, atol=2 * TrainingConfig().learning_rate,
-                                       msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(
+                rank0[name],
+                single[name],
+                rtol=1e-4,
+                atol=2 * TrainingConfig().learning_rate,
+                msg=lambda m: f"{name}: {m}",  # noqa: B023
+            )
     assert_same_metrics(record(tmp_path / "two-weights")["metrics"], record(tmp_path / "one-weights")["metrics"])
     # one writer: every step and epoch logged once, one progress report, one run folder
     steps = [r["step"] for r in log_records(tmp_path / "two") if r["event"] == "step"]
@@ -166,23 +227,45 @@ def test_two_processes_train_what_one_process_does_with_the_same_global_batch(ki
 
 
 def test_two_processes_clip_the_global_gradient_norm_as_one_process_does(tmp_path, still_bert_dir, cebab_dir):
-    config = write_config(tmp_path, "joint", still_bert_dir, cebab_dir, training={"max_grad_norm": 0.02},
-                          dropout=0.0, random_intervention_rate=0.0)
+    config = write_config(
+        tmp_path,
+        "joint",
+        still_bert_dir,
+        cebab_dir,
+        training={"max_grad_norm": 0.02},
+        dropout=0.0,
+        random_intervention_rate=0.0,
+    )
     one = train(config, tmp_path / "one", tmp_path / "one-weights", "--record-draws")
     assert one.returncode == 0, one.stderr
     two = train(config, tmp_path / "two", tmp_path / "two-weights", "--record-draws", processes=2)
     assert two.returncode == 0, two.stderr
 
-    norms = [tensors(folder, rank, "-draws")["gradient_norms"] for folder, rank in
-             ((tmp_path / "one-weights", 0), (tmp_path / "two-weights", 0), (tmp_path / "two-weights", 1))]
+    norms = [
+        tensors(folder, rank, "-draws")["gradient_norms"]
+        for folder, rank in (
+            (tmp_path / "one-weights", 0),
+            (tmp_path / "two-weights", 0),
+            (tmp_path / "two-weights", 1),
+        )
+    ]
     assert len(norms[0]) == 16 and bool((norms[0] > 5 * 0.02).all())  # clipping binds at every step
     assert torch.equal(norms[1], norms[2])  # each process clips by the norm of the whole batch's gradient
     torch.testing.assert_close(norms[1], norms[0], rtol=1e-4, atol=0)
-    rank0, rank1, single = tensors(tmp_path / "two-weights", 0), tensors(tmp_path / "two-weights", 1), tensors(tmp_path / "one-weights")
+    rank0, rank1, single = (
+        tensors(tmp_path / "two-weights", 0),
+        tensors(tmp_path / "two-weights", 1),
+        tensors(tmp_path / "one-weights"),
+    )
     for name in single:
         assert torch.equal(rank0[name], rank1[name]), name
-        torch.testing.assert_close(rank0[name], single[name], rtol=1e-4, atol=2 * TrainingConfig().learning_rate,
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            rank0[name],
+            single[name],
+            rtol=1e-4,
+            atol=2 * TrainingConfig().learning_rate,
+            msg=lambda m: f"{name}: {m}",  # noqa: B023
+        )
     assert_same_metrics(record(tmp_path / "two-weights")["metrics"], record(tmp_path / "one-weights")["metrics"])
 
 
@@ -200,11 +283,13 @@ def test_each_process_draws_its_own_dropout_and_random_interventions(two_process
     _, weights = two_processes_drawing
     draws = [tensors(weights, rank, "-draws") for rank in (0, 1)]
     randint = [d["randint"] for d in draws]
-    assert randint[0].shape == randint[1].shape == (16, 4, 4)  # 16 steps, 4 rows each (the global batch is 8), 4 concepts
+    assert (
+        randint[0].shape == randint[1].shape == (16, 4, 4)
+    )  # 16 steps, 4 rows each (the global batch is 8), 4 concepts
     # each process pads its share to its own longest text: the first step's first dropout masks, flattened,
     # compared on the elements both have (one seed for all: the same)
     dropout = [d["dropout"].flatten() for d in draws]
-    dropout = [m[:min(len(dropout[0]), len(dropout[1]))] for m in dropout]
+    dropout = [m[: min(len(dropout[0]), len(dropout[1]))] for m in dropout]
     # rows j and j + 4 of a global batch are set (RandInt) and dropped out apart, from the first step on
     assert not torch.equal(randint[0][0], randint[1][0])
     assert not torch.equal(dropout[0], dropout[1])
@@ -214,7 +299,7 @@ def test_each_process_draws_its_own_dropout_and_random_interventions(two_process
         for m in mask:
             assert abs(m.float().mean().item() - rate) < spread, (m.float().mean(), rate)
         agreement = (mask[0] == mask[1]).float().mean().item()
-        assert abs(agreement - (rate ** 2 + (1 - rate) ** 2)) < 1.5 * spread, agreement
+        assert abs(agreement - (rate**2 + (1 - rate) ** 2)) < 1.5 * spread, agreement
     # and the processes still train one model: their gradients are averaged
     rank0, rank1 = tensors(weights, 0), tensors(weights, 1)
     assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
@@ -238,13 +323,32 @@ def test_the_running_calibration_is_pooled_over_processes(tmp_path):
     """Each process calibrates on its share of a batch: all hold what one computes on the whole batch."""
     command = [str(WORKER), "--calibration"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *command, str(tmp_path / "one")], capture_output=True, text=True, timeout=300, env=env)
+    one = subprocess.run(
+        [sys.executable, *command, str(tmp_path / "one")], capture_output=True, text=True, timeout=300, env=env
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                          *command, str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            *command,
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert two.returncode == 0, two.stderr
-    single, rank0, rank1 = (tensors(tmp_path / folder, rank, "-calibration")["table"] for folder, rank in
-                            (("one", 0), ("two", 0), ("two", 1)))
+    single, rank0, rank1 = (
+        tensors(tmp_path / folder, rank, "-calibration")["table"]
+        for folder, rank in (("one", 0), ("two", 0), ("two", 1))
+    )
     assert not torch.equal(single[0, :3, :3], 5.0 * (2 * torch.eye(3) - 1))  # calibration moved the table
     assert torch.equal(rank0, rank1)
     torch.testing.assert_close(rank0, single)
@@ -261,7 +365,9 @@ def test_progress_goes_to_logs_as_lines_when_the_output_is_not_a_terminal(tmp_pa
     assert events.count("step") == 8 and events.count("epoch") == 2
 
 
-def test_resuming_fails_cleanly_on_a_corrupt_checkpoint_a_changed_setting_or_nothing_to_resume(tmp_path, tiny_bert_dir, cebab_dir):
+def test_resuming_fails_cleanly_on_a_corrupt_checkpoint_a_changed_setting_or_nothing_to_resume(
+    tmp_path, tiny_bert_dir, cebab_dir
+):
     config = write_config(tmp_path, "joint", tiny_bert_dir, cebab_dir)
     run = tmp_path / "run"
     assert train(config, run, None, "--kill-at-step", "5").returncode == -9
@@ -286,7 +392,9 @@ def test_resuming_fails_cleanly_on_a_corrupt_checkpoint_a_changed_setting_or_not
         result = runner.invoke(app, ["train", str(tmp_path / f"changed-{split}.yaml"), "-o", str(run), "--resume"])
         assert result.exit_code == 1, result.output
         output = " ".join(result.output.split())
-        assert f"the {split} split is not the one the checkpoint was written with" in output and "Traceback" not in output
+        assert (
+            f"the {split} split is not the one the checkpoint was written with" in output and "Traceback" not in output
+        )
 
     checkpoint = run / CHECKPOINT_DIR / STATE_FILE
     checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
@@ -319,7 +427,9 @@ def test_a_tracker_that_is_not_installed_is_refused_before_training(tiny_bert_di
     with pytest.raises(LucidError, match="training.trackers: Unsupported logging capability: nosuch"):
         model.fit(cebab_small.train, epochs=1, trackers=["nosuch"], progress=False)
     if find_spec("tensorboard") is None:
-        with pytest.raises(LucidError, match="training.trackers: 'tensorboard' is not installed here \\(pip install tensorboard\\)"):
+        with pytest.raises(
+            LucidError, match="training.trackers: 'tensorboard' is not installed here \\(pip install tensorboard\\)"
+        ):
             model.fit(cebab_small.train, epochs=1, trackers=["tensorboard"], progress=False)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing trained
 
@@ -342,5 +452,7 @@ def test_process_0_draws_from_the_seed_itself_and_every_other_process_from_its_o
 
     assert [process_seed(s, 0) for s in (0, 1, 7)] == [0, 1, 7]  # one process trains as before
     seeds = {process_seed(s, p, step) for s in range(4) for p in range(4) for step in (0, 6) if (p, step) != (0, 0)}
-    assert len(seeds) == 4 * 4 * 2 - 4 and not seeds & set(range(4))  # no process draws another's (or another seed's) stream
+    assert len(seeds) == 4 * 4 * 2 - 4 and not seeds & set(
+        range(4)
+    )  # no process draws another's (or another seed's) stream
     assert all(0 <= s < 2**32 for s in seeds)  # NumPy's range

@@ -39,15 +39,18 @@ def test_info_names_the_run_and_its_concepts(clients):
     assert joint["run"] == "joint" and joint["family"] == "bottleneck" and joint["classes"] == ["1", "2", "3", "4", "5"]
     assert [c["name"] for c in joint["concepts"]] == ["food", "ambiance", "service", "noise"]
     assert joint["concepts"][0]["values"] == ["Negative", "Positive", "unknown"]
-    assert joint["can_intervene"] and not joint["can_intervene_subnetwork"] and joint["max_text_chars"] == MAX_TEXT_CHARS
+    assert (
+        joint["can_intervene"] and not joint["can_intervene_subnetwork"] and joint["max_text_chars"] == MAX_TEXT_CHARS
+    )
     assert not joint["can_confirm"]  # scalar logits: a confirmed value changes nothing
     assert clients["sparse"].get("/api/info").json()["can_intervene_subnetwork"]
     proto = clients["proto"].get("/api/info").json()
     assert proto["family"] == "prototype" and proto["concepts"] == [] and not proto["can_intervene"]
 
 
-@pytest.mark.parametrize("layer, can_confirm", [({}, False), ({"concept_activation": "probs"}, True),
-                                                ({"concept_layer": "embedding"}, True)])
+@pytest.mark.parametrize(
+    "layer, can_confirm", [({}, False), ({"concept_activation": "probs"}, True), ({"concept_layer": "embedding"}, True)]
+)
 def test_info_says_where_confirming_a_value_makes_it_certain(tiny_bert_dir, cebab_small, layer, can_confirm):
     model = ConceptBottleneckLM.from_backbone(str(tiny_bert_dir), task=cebab_small.spec, **layer)
     with TestClient(create_app(model)) as client:
@@ -65,18 +68,19 @@ def test_predict_equals_the_model_and_contributions_sum_to_the_logit(clients, mo
     # The label's (calibrated) logit is the sum of the concepts' contributions plus the bias, both over T.
     logits = model.forward_texts([TEXT]).label_logits[0]
     row = model.spec.label_index(body["label"])
-    total = sum(c["contribution"] for c in body["contributions"]) + float(model.calibrated(model.label_head.bias)[row].detach())
+    total = sum(c["contribution"] for c in body["contributions"]) + float(
+        model.calibrated(model.label_head.bias)[row].detach()
+    )
     assert total == pytest.approx(float(logits[row]), abs=1e-4)
     assert [c["concept"] for c in body["contributions"]] == ["food", "ambiance", "service", "noise"]
     # each split into what the value and what the text carries, and the values' share, as explain gives them
     explained = model.explain(TEXT, steps=1)
     assert [(c["from_value"], c["from_text"]) for c in body["contributions"]] == [
-        pytest.approx((c.from_value, c.from_text), abs=1e-6) for c in explained.concepts]
+        pytest.approx((c.from_value, c.from_text), abs=1e-6) for c in explained.concepts
+    ]
     assert body["concept_values_share"] == pytest.approx(explained.concept_values_share, abs=1e-6)
     # the concepts in the order the expected-label-change policy asks about them
-    from lucidlm.intervene import INTERVENTION_POLICIES
-
-    from lucidlm.intervene import suggest_corrections
+    from lucidlm.intervene import INTERVENTION_POLICIES, suggest_corrections
 
     states = model.forward_texts([TEXT]).concept_states
     order = INTERVENTION_POLICIES.get("label_change")(model, states)[0]
@@ -113,7 +117,9 @@ def test_intervene_sets_the_values_and_keeps_before_as_predicted(clients):
 def test_explain_returns_the_explanation_of_each_family(clients, models):
     joint = clients["joint"].post("/api/explain", json={"text": TEXT}).json()
     assert [t["target"] for t in joint["tokens"]] == ["food", "ambiance", "service", "noise", "label"]
-    assert joint["tokens"][0]["tokens"][0] == "[CLS]" and len(joint["tokens"][0]["scores"]) == len(joint["tokens"][0]["tokens"])
+    assert joint["tokens"][0]["tokens"][0] == "[CLS]" and len(joint["tokens"][0]["scores"]) == len(
+        joint["tokens"][0]["tokens"]
+    )
     assert joint["subnetworks"] is None and joint["prototypes"] == []
 
     sparse = clients["sparse"].post("/api/explain", json={"text": TEXT}).json()
@@ -168,8 +174,18 @@ def test_token_groups_of_byte_level_bpe_and_of_a_truncated_text(tiny_gpt2_dir, t
     read = WRITTEN.replace("\u200b", "")
     ids = TextEncoder(gpt2, 128).batch([WRITTEN])["input_ids"][0].tolist()
     attribution = token_attribution(gpt2, ids, [1.0] * len(ids), "label", "test", WRITTEN)
-    assert [g.text for g in attribution.groups] == ["Le", "café", "était", "bon", "😀", "limoncello", ",", "مطعم",
-                                                    "رائع", "寿司"]
+    assert [g.text for g in attribution.groups] == [
+        "Le",
+        "café",
+        "était",
+        "bon",
+        "😀",
+        "limoncello",
+        ",",
+        "مطعم",
+        "رائع",
+        "寿司",
+    ]
     assert "".join(g.before + g.text for g in attribution.groups) == read
     assert sum(g.score for g in attribution.groups) == len(ids)  # every token, in one word or another
 
@@ -186,32 +202,56 @@ def test_token_groups_of_byte_level_bpe_and_of_a_truncated_text(tiny_gpt2_dir, t
 
 def test_subnetwork_intervention_never_commits(clients, models):
     masks = {name: layer.mask.clone() for name, layer in models["sparse"].subnetworks.items()}
-    answer = clients["sparse"].post("/api/intervene-subnetwork",
-                                    json={"text": TEXT, "concept": "service", "value": "Negative", "fraction": 0.3, "score": "taylor"})
+    answer = clients["sparse"].post(
+        "/api/intervene-subnetwork",
+        json={"text": TEXT, "concept": "service", "value": "Negative", "fraction": 0.3, "score": "taylor"},
+    )
     assert answer.status_code == 200
     result = answer.json()
-    assert result["weights_changed"] > 0 and result["committed"] is False and (result["fraction"], result["score"]) == (0.3, "taylor")
+    assert (
+        result["weights_changed"] > 0
+        and result["committed"] is False
+        and (result["fraction"], result["score"]) == (0.3, "taylor")
+    )
     assert all(torch.equal(models["sparse"].subnetworks[name].mask, mask) for name, mask in masks.items())
 
 
-@pytest.mark.parametrize("kind, path, body, message", [
-    ("joint", "/api/intervene-subnetwork", {"text": TEXT, "concept": "service", "value": "Negative"},
-     "a bottleneck model cannot take a SubnetworkRewiring correction; it takes ConceptValues"),
-    ("proto", "/api/intervene", {"text": TEXT, "values": {"service": "Negative"}},
-     "a prototype model cannot take a ConceptValues correction; it takes no corrections"),
-])
+@pytest.mark.parametrize(
+    "kind, path, body, message",
+    [
+        (
+            "joint",
+            "/api/intervene-subnetwork",
+            {"text": TEXT, "concept": "service", "value": "Negative"},
+            "a bottleneck model cannot take a SubnetworkRewiring correction; it takes ConceptValues",
+        ),
+        (
+            "proto",
+            "/api/intervene",
+            {"text": TEXT, "values": {"service": "Negative"}},
+            "a prototype model cannot take a ConceptValues correction; it takes no corrections",
+        ),
+    ],
+)
 def test_what_a_family_cannot_do_is_a_400_that_says_so(clients, kind, path, body, message):
     answer = clients[kind].post(path, json=body)
     assert answer.status_code == 400 and message in answer.json()["detail"]
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"text": "a" * (MAX_TEXT_CHARS + 1)}, 422, f"text: at most {MAX_TEXT_CHARS} characters, found {MAX_TEXT_CHARS + 1}"),
-    ({"text": "   "}, 422, "text: expected some words"),
-    ({"text": TEXT, "path": "/etc/passwd"}, 422, "path: Extra inputs are not permitted"),
-    ({"txt": TEXT}, 422, "text: Field required"),
-    ({"text": "x" * (MAX_BODY_BYTES + 10)}, 413, f"at most {MAX_BODY_BYTES} bytes"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (
+            {"text": "a" * (MAX_TEXT_CHARS + 1)},
+            422,
+            f"text: at most {MAX_TEXT_CHARS} characters, found {MAX_TEXT_CHARS + 1}",
+        ),
+        ({"text": "   "}, 422, "text: expected some words"),
+        ({"text": TEXT, "path": "/etc/passwd"}, 422, "path: Extra inputs are not permitted"),
+        ({"txt": TEXT}, 422, "text: Field required"),
+        ({"text": "x" * (MAX_BODY_BYTES + 10)}, 413, f"at most {MAX_BODY_BYTES} bytes"),
+    ],
+)
 def test_invalid_text_gets_a_4xx_naming_the_field_and_limit(clients, body, status, message):
     answer = clients["joint"].post("/api/predict", json=body)
     assert answer.status_code == status
@@ -222,7 +262,9 @@ def test_malformed_json_and_unknown_concepts_are_422(clients):
     client = clients["joint"]
     broken = client.post("/api/predict", content=b'{"text": "Great', headers={"content-type": "application/json"})
     assert broken.status_code == 422 and broken.json()["detail"].startswith("malformed JSON")
-    surrogate = client.post("/api/predict", content=b'{"text": "\\ud800"}', headers={"content-type": "application/json"})
+    surrogate = client.post(
+        "/api/predict", content=b'{"text": "\\ud800"}', headers={"content-type": "application/json"}
+    )
     assert surrogate.status_code == 422 and surrogate.json()["detail"].startswith("text:")
     unknown = client.post("/api/intervene", json={"text": TEXT, "values": {"decor": "Positive"}})
     assert unknown.status_code == 422 and "unknown concept 'decor'" in unknown.json()["detail"]
@@ -235,10 +277,16 @@ def test_malformed_json_and_unknown_concepts_are_422(clients):
 def test_no_endpoint_takes_a_path_and_the_page_is_served_with_a_strict_policy(clients):
     client = clients["joint"]
     schema = client.get("/openapi.json").json()
-    fields = {name for component in schema["components"]["schemas"].values() if component["title"].endswith("Request")
-              for name in component.get("properties", {})}
+    fields = {
+        name
+        for component in schema["components"]["schemas"].values()
+        if component["title"].endswith("Request")
+        for name in component.get("properties", {})
+    }
     assert fields == {"text", "texts", "values", "concept", "value", "fraction", "score"}
-    assert all(not operation.get("parameters") for methods in schema["paths"].values() for operation in methods.values())
+    assert all(
+        not operation.get("parameters") for methods in schema["paths"].values() for operation in methods.values()
+    )
     page = client.get("/")
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
     assert '<script src="/static/app.js"' in page.text and "http" not in page.text
@@ -275,8 +323,12 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
+)
 def test_no_input_gets_a_server_error(case):
     response = case.call()
     case.validate_response(response, checks=[not_a_server_error])

@@ -13,8 +13,14 @@ from lucidlm.experiment import read_experiment, run_experiment
 MODELS = {
     "standard": {"family": "standard"},
     "joint": {"family": "bottleneck", "mode": "joint"},
-    "sparse": {"family": "sparse", "sparsity": 0.5, "pruning_start": 0.25, "pruning_end": 0.75, "pruning_interval": 1,
-               "pruning_score": "movement"},
+    "sparse": {
+        "family": "sparse",
+        "sparsity": 0.5,
+        "pruning_start": 0.25,
+        "pruning_end": 0.75,
+        "pruning_interval": 1,
+        "pruning_score": "movement",
+    },
     "proto": {"family": "prototype", "prototypes_per_class": 2, "nearest_examples": 2},
 }
 EPOCHS = {"standard": 1, "joint": 1, "sparse": 1, "proto": 1}

@@ -112,8 +112,17 @@ def calibrate_shares(output_dir: Path) -> None:
     for _ in range(5):
         logits = [3 * torch.randn(rows, len(c.values), generator=generator) for c in spec.concepts]
         # gold: the predicted value on 3 rows in 4 (recognised), a random value or MISSING elsewhere
-        gold = torch.stack([torch.where(torch.rand(rows, generator=generator) < 0.75, x.argmax(-1),
-                                        torch.randint(-1, x.shape[1], (rows,), generator=generator)) for x in logits], 1)
+        gold = torch.stack(
+            [
+                torch.where(
+                    torch.rand(rows, generator=generator) < 0.75,
+                    x.argmax(-1),
+                    torch.randint(-1, x.shape[1], (rows,), generator=generator),
+                )
+                for x in logits
+            ],
+            1,
+        )
         gold[gold == -1] = MISSING
         layer.calibrate([x[share] for x in logits], gold[share], momentum=0.9)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -147,8 +156,13 @@ def main() -> None:
     if args.weights_dir:
         rank = process_state().process_index
         args.weights_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in model.checkpoint_tensors().items()}, str(args.weights_dir / f"rank{rank}.safetensors"))
-        (args.weights_dir / f"rank{rank}.json").write_text(json.dumps({"metrics": metrics, "history": model.training_history}))
+        save_file(
+            {k: v.contiguous() for k, v in model.checkpoint_tensors().items()},
+            str(args.weights_dir / f"rank{rank}.safetensors"),
+        )
+        (args.weights_dir / f"rank{rank}.json").write_text(
+            json.dumps({"metrics": metrics, "history": model.training_history})
+        )
         if draws is not None:
             save_draws(draws, args.weights_dir / f"rank{rank}-draws.safetensors")
 

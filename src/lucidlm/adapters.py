@@ -55,8 +55,13 @@ def with_adapter(backbone: nn.Module, adapter: AdapterConfig) -> nn.Module:
     weights stay float32 on a bf16 base (PEFT's ``autocast_adapter_dtype``)."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-                        target_modules=adapter.target_modules, bias="none")
+    config = LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=adapter.target_modules,
+        bias="none",
+    )
     try:
         with warnings.catch_warnings():  # PEFT asks transformers a deprecated question about checkpointing
             warnings.simplefilter("ignore", FutureWarning)
@@ -107,14 +112,19 @@ class BaseRecord:
     fingerprint: str
 
     @classmethod
-    def of(cls, backbone: nn.Module, name: str) -> "BaseRecord":
-        return cls(name=name, revision=getattr(base_model(backbone).config, "_commit_hash", None),
-                   fingerprint=fingerprint(backbone))
+    def of(cls, backbone: nn.Module, name: str) -> BaseRecord:
+        return cls(
+            name=name,
+            revision=getattr(base_model(backbone).config, "_commit_hash", None),
+            fingerprint=fingerprint(backbone),
+        )
 
-    def check(self, loaded: "BaseRecord", where: str) -> None:
+    def check(self, loaded: BaseRecord, where: str) -> None:
         """Refuse a loaded base (``BaseRecord.of`` it) that is not this one."""
         found = loaded.fingerprint
         if found != self.fingerprint:
-            raise LucidError(f"{where}: the base backbone {self.name!r} loaded here is not the one this run was trained on "
-                             f"(fingerprint {found[:12]}, the run's {self.fingerprint[:12]}); load it with the same "
-                             "checkpoint, revision and model.dtype, or export the run merged (lucidlm export RUN --merge)")
+            raise LucidError(
+                f"{where}: the base backbone {self.name!r} loaded here is not the one this run was trained on "
+                f"(fingerprint {found[:12]}, the run's {self.fingerprint[:12]}); load it with the same "
+                "checkpoint, revision and model.dtype, or export the run merged (lucidlm export RUN --merge)"
+            )

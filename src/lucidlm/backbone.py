@@ -83,7 +83,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
     url = urlparse(constants.ENDPOINT)
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
+        ).close()
     except OSError:
         return False
     return True
@@ -91,7 +93,10 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def is_decoder_only(config) -> bool:
     """GPT-2, OPT, Llama...: causal LMs with no masked-LM head (BERT has both)."""
-    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return (
+        config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
 
 
 def default_pooling(config) -> str:
@@ -122,8 +127,10 @@ def prepared_tokenizer(tokenizer):
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
-            raise LucidError(f"tokenizer {tokenizer.name_or_path!r}: no pad, end-of-text or unknown token to pad "
-                             "batches with; set tokenizer.pad_token before building the model")
+            raise LucidError(
+                f"tokenizer {tokenizer.name_or_path!r}: no pad, end-of-text or unknown token to pad "
+                "batches with; set tokenizer.pad_token before building the model"
+            )
         tokenizer.pad_token = fallback
     return tokenizer
 
@@ -141,8 +148,9 @@ def torch_dtype(name: str) -> torch.dtype | str:
     return DTYPES[name]
 
 
-def load_backbone(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,
-                  quantization: str | None = None) -> nn.Module:
+def load_backbone(
+    name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None, quantization: str | None = None
+) -> nn.Module:
     """The pretrained backbone in ``dtype`` (an 8B checkpoint is never materialised in float32),
     with the attention kernel asked for (transformers' default: sdpa where the architecture has
     it) and, on CUDA, quantized to 4 or 8 bits by bitsandbytes (QLoRA)."""
@@ -157,8 +165,10 @@ def load_backbone(name_or_path: str, dtype: str = "float32", attn_implementation
     except (OSError, ValueError, ImportError) as e:
         if attn_implementation is not None and "attention implementation" in str(e).lower():
             first = (str(e).splitlines() or [""])[0].split(". Please")[0]
-            raise LucidError(f"model.attn_implementation: {attn_implementation!r} for {name_or_path!r}: {first}; "
-                             "leave it unset (transformers' choice) or set eager") from None
+            raise LucidError(
+                f"model.attn_implementation: {attn_implementation!r} for {name_or_path!r}: {first}; "
+                "leave it unset (transformers' choice) or set eager"
+            ) from None
         raise _cannot_load(name_or_path, e) from None
 
 
@@ -168,19 +178,27 @@ def quantization_config(quantization: str, dtype: str):
     if quantization not in QUANTIZATIONS:
         raise LucidError(f"model.quantization: expected one of {list(QUANTIZATIONS)}, found {quantization!r}")
     if not torch.cuda.is_available():
-        raise LucidError(f"model.quantization: {quantization} needs a CUDA GPU (bitsandbytes) and this machine has none; "
-                         "train a LoRA adapter on the bfloat16 backbone instead (model.dtype: bfloat16, model.adapter)")
+        raise LucidError(
+            f"model.quantization: {quantization} needs a CUDA GPU (bitsandbytes) and this machine has none; "
+            "train a LoRA adapter on the bfloat16 backbone instead (model.dtype: bfloat16, model.adapter)"
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise LucidError(f"model.quantization: {quantization} needs bitsandbytes: pip install 'lucidlm[qlora]'") from None
+        raise LucidError(
+            f"model.quantization: {quantization} needs bitsandbytes: pip install 'lucidlm[qlora]'"
+        ) from None
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = torch_dtype(dtype)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16 if compute in ("auto", torch.float32) else compute)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if compute in ("auto", torch.float32) else compute,
+    )
 
 
 def backbone_max_length(backbone: nn.Module, tokenizer) -> int:

@@ -35,8 +35,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         return 1.0
     low, high = np.log(TEMPERATURE_RANGE)
-    found = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, float(np.exp(log_t))),
-                            bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    found = minimize_scalar(
+        lambda log_t: negative_log_likelihood(logits, labels, float(np.exp(log_t))),
+        bounds=(low, high),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
     return float(np.exp(found.x))
 
 
@@ -50,22 +54,36 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) ->
     for b in range(bins):
         rows = index == b
         if rows.any():
-            out.append({"lower": b / bins, "upper": (b + 1) / bins, "n": int(rows.sum()),
-                        "confidence": float(confidence[rows].mean()), "accuracy": float(correct[rows].mean())})
+            out.append(
+                {
+                    "lower": b / bins,
+                    "upper": (b + 1) / bins,
+                    "n": int(rows.sum()),
+                    "confidence": float(confidence[rows].mean()),
+                    "accuracy": float(correct[rows].mean()),
+                }
+            )
     return out
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
     """Σ_b (n_b / N) · |accuracy_b − confidence_b| over equal-width bins of the top probability."""
     n = len(labels)
-    return float(sum(b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(probs, labels, bins))) if n else 0.0
+    return (
+        float(sum(b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(probs, labels, bins)))
+        if n
+        else 0.0
+    )
 
 
 def calibration_figures(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict[str, float]:
     """ECE, NLL and mean confidence of softmax(logits / T) against ``labels``."""
     probs = np.exp(_log_probs(logits, temperature))
-    return {"ece": expected_calibration_error(probs, labels), "nll": negative_log_likelihood(logits, labels, temperature),
-            "confidence": float(probs.max(-1).mean()) if len(labels) else 0.0}
+    return {
+        "ece": expected_calibration_error(probs, labels),
+        "nll": negative_log_likelihood(logits, labels, temperature),
+        "confidence": float(probs.max(-1).mean()) if len(labels) else 0.0,
+    }
 
 
 @dataclass
@@ -83,5 +101,5 @@ class Temperatures:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "Temperatures":
+    def from_dict(cls, data: dict | None) -> Temperatures:
         return cls(**data) if data else cls()

@@ -24,8 +24,11 @@ CHECKPOINT_DIR = "checkpoint"  # inside a run folder
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], state: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path, staging = directory / STATE_FILE, directory / f".{STATE_FILE}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging),
-              metadata={"format": "pt", "lucidlm_training_state": json.dumps(state)})
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        str(staging),
+        metadata={"format": "pt", "lucidlm_training_state": json.dumps(state)},
+    )
     with open(staging, "rb") as f:  # on disk before it replaces the old checkpoint
         os.fsync(f.fileno())
     os.replace(staging, path)
@@ -48,7 +51,7 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries under ``prefix``, with it removed."""
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def check_same_settings(path: Path, saved: dict, current: dict, defaults: dict | None = None) -> None:
@@ -61,9 +64,13 @@ def check_same_settings(path: Path, saved: dict, current: dict, defaults: dict |
         if then == now:
             continue
         if key.startswith("data."):  # a split's fingerprint (``Split.fingerprint``)
-            raise LucidError(f"{path}: {_changed_split(key[len('data.'):], then, now)}; resume on the same data or start over")
-        raise LucidError(f"{path}: {key} is {then!r} in the checkpoint and {now!r} now; resume with the checkpoint's "
-                         "settings or start over")
+            raise LucidError(
+                f"{path}: {_changed_split(key[len('data.') :], then, now)}; resume on the same data or start over"
+            )
+        raise LucidError(
+            f"{path}: {key} is {then!r} in the checkpoint and {now!r} now; resume with the checkpoint's "
+            "settings or start over"
+        )
 
 
 def _changed_split(split: str, then: str, now: str) -> str:
@@ -90,7 +97,10 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     python = random.getstate()
-    return tensors, {"numpy": [kind, keys.tolist(), pos, has_gauss, gauss], "python": [python[0], list(python[1]), python[2]]}
+    return tensors, {
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "python": [python[0], list(python[1]), python[2]],
+    }
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], state: dict) -> None:

@@ -24,16 +24,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import LucidError
-from .progress import show_progress_lines, shown_progress
 from .explain.explanation import CONTRIBUTION_MEANING
+from .progress import show_progress_lines, shown_progress
 
 # markdown: docstrings' wrapped lines join into paragraphs, as a person reads them
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0], rich_markup_mode="markdown")
 out = Console()
 err = Console(stderr=True)
 STATE = {"debug": False}
-CORRECTIONS_OPTION = typer.Option(None, "--corrections", help="The corrections store: a SQLAlchemy URL "
-                                  "(postgresql+psycopg://…) or a SQLite file; default RUN_DIR/corrections.sqlite.")
+CORRECTIONS_OPTION = typer.Option(
+    None,
+    "--corrections",
+    help="The corrections store: a SQLAlchemy URL "
+    "(postgresql+psycopg://…) or a SQLite file; default RUN_DIR/corrections.sqlite.",
+)
 TOKEN_VARIABLE = "LUCIDLM_TOKEN"  # a store with users: the CLI acts as the user whose token this is
 
 
@@ -98,11 +102,13 @@ def train(
     config: Path = typer.Argument(..., help="Experiment YAML (see configs/)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to save the run."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run whose checkpoint is in the run folder."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the interrupted run whose checkpoint is in the run folder."
+    ),
 ):
     """Train a model from a config, choose it on dev, evaluate on dev and test, save the run.
     Several processes (accelerate launch, torchrun) train it data-parallel; the main one writes."""
-    
+
     from .experiment import read_experiment, run_experiment
     from .training import process_state
 
@@ -127,19 +133,38 @@ def train(
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A saved run."),
     split: str = typer.Option("test", "--split", help="train, dev or test."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Read the data from this config instead of the run's."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="Read the data from this config instead of the run's."
+    ),
     as_json: bool = typer.Option(False, "--json"),
     suite: Optional[str] = typer.Option(
-        None, "--suite", help="Are the explanations true? Comma-separated: faithfulness, causal, interventions, honesty, concepts."),
+        None,
+        "--suite",
+        help="Are the explanations true? Comma-separated: faithfulness, causal, interventions, honesty, concepts.",
+    ),
     output_dir: Optional[Path] = typer.Option(
-        None, "--output-dir", "-o", help="Where --suite writes evaluation.json, evaluation.md, intervention_curves.png (default: RUN_DIR)."),
+        None,
+        "--output-dir",
+        "-o",
+        help="Where --suite writes evaluation.json, evaluation.md, intervention_curves.png (default: RUN_DIR).",
+    ),
     samples: int = typer.Option(200, "--samples", help="Rows drawn (seeded) for token faithfulness, the slow part."),
     seed: int = typer.Option(0, "--seed", help="Seed of the drawn rows and the random baselines."),
     cebab: Optional[Path] = typer.Option(
-        None, "--cebab", help="CEBaB's folder, for the causal suite's (original, edit) pairs (default: the run's data, if CEBaB)."),
+        None,
+        "--cebab",
+        help="CEBaB's folder, for the causal suite's (original, edit) pairs (default: the run's data, if CEBaB).",
+    ),
     black_box: Optional[Path] = typer.Option(
-        None, "--black-box", help="A saved black-box run (e.g. the standard model's) whose accuracy on --split completeness reads (honesty)."),
-    pairs: str = typer.Option("originals", "--pairs", help="The causal suite's pairs: originals (original → edit) or all (CEBaB's full protocol)."),
+        None,
+        "--black-box",
+        help="A saved black-box run (e.g. the standard model's) whose accuracy on --split completeness reads (honesty).",
+    ),
+    pairs: str = typer.Option(
+        "originals",
+        "--pairs",
+        help="The causal suite's pairs: originals (original → edit) or all (CEBaB's full protocol).",
+    ),
 ):
     """Evaluate a saved run on a split of its data; with --suite, also whether its explanations
     are true (faithfulness, causal concept effects, intervention curves)."""
@@ -157,13 +182,30 @@ def evaluate(
     task = load_experiment_task(data)
     show_progress_lines()
     with shown_progress("evaluate"):
-        _evaluate(model, task, suites, run_dir, split, output_dir, samples, seed, cebab, data, black_box, as_json, pairs)
+        _evaluate(
+            model, task, suites, run_dir, split, output_dir, samples, seed, cebab, data, black_box, as_json, pairs
+        )
 
 
-def _evaluate(model, task, suites, run_dir, split, output_dir, samples, seed, cebab, data, black_box, as_json, pairs) -> None:
+def _evaluate(
+    model, task, suites, run_dir, split, output_dir, samples, seed, cebab, data, black_box, as_json, pairs
+) -> None:
     if suites is not None:
-        return _evaluate_suites(model, task, suites, run_dir, split, output_dir, samples, seed,
-                                cebab if cebab is not None else _cebab_folder(data), black_box, as_json, data, pairs)
+        return _evaluate_suites(
+            model,
+            task,
+            suites,
+            run_dir,
+            split,
+            output_dir,
+            samples,
+            seed,
+            cebab if cebab is not None else _cebab_folder(data),
+            black_box,
+            as_json,
+            data,
+            pairs,
+        )
     metrics = model.evaluate(task.split(split))
     if as_json:
         emit_json(metrics)
@@ -179,7 +221,9 @@ def _recorded_accuracy(run_dir: Path, split: str) -> float:
     try:
         return float(json.loads(path.read_text())["metrics"][split]["task"]["accuracy"])
     except (OSError, ValueError, KeyError, TypeError):
-        raise LucidError(f"{path}: expected a run.json with the task accuracy on {split!r} (as lucidlm train writes it)") from None
+        raise LucidError(
+            f"{path}: expected a run.json with the task accuracy on {split!r} (as lucidlm train writes it)"
+        ) from None
 
 
 def run_data(run_dir: Path, record: dict | None, config: Optional[Path]) -> dict:
@@ -205,9 +249,21 @@ def _cebab_folder(data: dict) -> Path | None:
     return folder if os.environ.get(DATA_ENV) and folder.is_dir() else None
 
 
-def _evaluate_suites(model, task, suites, run_dir: Path, split: str, output_dir: Optional[Path], samples: int,
-                     seed: int, cebab: Optional[Path], black_box: Optional[Path], as_json: bool, data: dict,
-                     pairs: str = "originals") -> None:
+def _evaluate_suites(
+    model,
+    task,
+    suites,
+    run_dir: Path,
+    split: str,
+    output_dir: Optional[Path],
+    samples: int,
+    seed: int,
+    cebab: Optional[Path],
+    black_box: Optional[Path],
+    as_json: bool,
+    data: dict,
+    pairs: str = "originals",
+) -> None:
     from rich.markdown import Markdown
 
     from .evaluation import run_suite, write_report
@@ -216,9 +272,30 @@ def _evaluate_suites(model, task, suites, run_dir: Path, split: str, output_dir:
     task.split(split)  # an unknown split is an error before any work
     black_box_accuracy = _recorded_accuracy(black_box, split) if black_box is not None else None
     statements, human = automatic_concept_sources(data, split) if "concepts" in suites else (None, {})
-    results = run_suite(model, task, suites, split=split, samples=samples, seed=seed, cebab=cebab,
-                        black_box_accuracy=black_box_accuracy, statements=statements, human_concepts=human, pair_protocol=pairs)
-    options = [str(run_dir), "--suite", ",".join(suites), "--split", split, "--samples", str(samples), "--seed", str(seed)]
+    results = run_suite(
+        model,
+        task,
+        suites,
+        split=split,
+        samples=samples,
+        seed=seed,
+        cebab=cebab,
+        black_box_accuracy=black_box_accuracy,
+        statements=statements,
+        human_concepts=human,
+        pair_protocol=pairs,
+    )
+    options = [
+        str(run_dir),
+        "--suite",
+        ",".join(suites),
+        "--split",
+        split,
+        "--samples",
+        str(samples),
+        "--seed",
+        str(seed),
+    ]
     options += ["--cebab", str(cebab)] if cebab is not None else []
     options += ["--black-box", str(black_box)] if black_box is not None else []
     options += ["--pairs", pairs] if pairs != "originals" else []
@@ -238,9 +315,15 @@ def predict(
     run_dir: Path = typer.Argument(...),
     texts: Optional[list[str]] = typer.Argument(None, help="One or more texts (or --input FILE)."),
     as_json: bool = typer.Option(False, "--json"),
-    input_file: Optional[Path] = typer.Option(None, "--input", help="Score a corpus: a CSV, JSONL or Parquet file, streamed "
-                                              "in chunks; resumable; shared over the processes of torchrun / accelerate launch."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --input: the file to write (.csv, .jsonl or .parquet)."),
+    input_file: Optional[Path] = typer.Option(
+        None,
+        "--input",
+        help="Score a corpus: a CSV, JSONL or Parquet file, streamed "
+        "in chunks; resumable; shared over the processes of torchrun / accelerate launch.",
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="With --input: the file to write (.csv, .jsonl or .parquet)."
+    ),
     text_column: str = typer.Option("text", "--text-column", help="With --input: the column that holds the texts."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="With --input: texts per forward pass."),
     with_explanations: bool = typer.Option(False, "--explain", help="With --input: each row's explanation too (slow)."),
@@ -277,8 +360,10 @@ def predict(
 def suggestion_line(s) -> str:
     """The next question, as the page asks it."""
     if s.single_correction_changes_label:
-        return (f"Check first: {s.concept}? A correction there changes the decision with probability "
-                f"{s.change_probability:.1%} (by the model's own reading).")
+        return (
+            f"Check first: {s.concept}? A correction there changes the decision with probability "
+            f"{s.change_probability:.1%} (by the model's own reading)."
+        )
     if s.pair:
         pair = " and ".join(f"{name} = {value}" for name, value in s.pair.items())
         return f"No single correction would change the decision; setting {pair} would (to {s.pair_label})."
@@ -294,10 +379,18 @@ def intervene(
     subnetwork: bool = typer.Option(False, "--subnetwork", help="Rewire the concept's subnetwork (SparseCBM)."),
     fraction: float = typer.Option(0.2, "--fraction", help="Share of active weights swapped per layer (--subnetwork)."),
     commit: bool = typer.Option(False, "--commit", help="Keep the rewired subnetwork: save it into RUN_DIR."),
-    score: str = typer.Option("saliency", "--score", help="Which weights to swap (--subnetwork): saliency |g⊙W| (the paper's) or taylor (signed first-order)."),
-    record: bool = typer.Option(False, "--record", help="Keep this correction in the run's corrections store (lucidlm learn reads it)."),
+    score: str = typer.Option(
+        "saliency",
+        "--score",
+        help="Which weights to swap (--subnetwork): saliency |g⊙W| (the paper's) or taylor (signed first-order).",
+    ),
+    record: bool = typer.Option(
+        False, "--record", help="Keep this correction in the run's corrections store (lucidlm learn reads it)."
+    ),
     label: Optional[str] = typer.Option(None, "--label", help="With --record: the label you say is right."),
-    by: Optional[str] = typer.Option(None, "--by", help="With --record: who corrects (default: this machine's user name)."),
+    by: Optional[str] = typer.Option(
+        None, "--by", help="With --record: who corrects (default: this machine's user name)."
+    ),
     corrections: Optional[str] = CORRECTIONS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ):
@@ -329,7 +422,7 @@ def intervene(
     if subnetwork:
         if len(interventions) != 1:
             raise LucidError(f"--subnetwork rewires one concept at a time; found {len(interventions)} --set options")
-        (name, value), = interventions.items()
+        ((name, value),) = interventions.items()
         correction = SubnetworkRewiring(name, value, fraction=fraction, score=score, commit=commit)
     else:
         correction = ConceptValues(interventions)
@@ -337,22 +430,29 @@ def intervene(
     if commit:
         from .experiment import commit_to_run
 
-        record = commit_to_run(run_dir, model, {"subnetwork": name, "value": value, "fraction": fraction,
-                                                "score": score, "text": text})
+        record = commit_to_run(
+            run_dir, model, {"subnetwork": name, "value": value, "fraction": fraction, "score": score, "text": text}
+        )
     if as_json:
         emit_json(result.to_dict())
         return
     show_intervention(result)
     if subnetwork:
-        out.print(f"{result.weights_changed} weights of {result.concept!r}'s subnetwork swapped"
-                  f"{'; committed to ' + str(run_dir) if result.committed else ' for this text only'}")
+        out.print(
+            f"{result.weights_changed} weights of {result.concept!r}'s subnetwork swapped"
+            f"{'; committed to ' + str(run_dir) if result.committed else ' for this text only'}"
+        )
     if record:
-        out.print(f"run.json: {record['metrics_stale']}" if "metrics_stale" in record else
-                  "run.json: dev and test evaluated again after the change (earlier metrics kept under 'commits')")
+        out.print(
+            f"run.json: {record['metrics_stale']}"
+            if "metrics_stale" in record
+            else "run.json: dev and test evaluated again after the change (earlier metrics kept under 'commits')"
+        )
 
 
-def _record_correction(run_dir: Path, text: str, values: dict, label: str | None, by: str | None,
-                       corrections: str | None, as_json: bool) -> None:
+def _record_correction(
+    run_dir: Path, text: str, values: dict, label: str | None, by: str | None, corrections: str | None, as_json: bool
+) -> None:
     from .corrections import CorrectionStore
     from .corrections.learn import run_fingerprint
     from .corrections.recording import make_record
@@ -360,15 +460,18 @@ def _record_correction(run_dir: Path, text: str, values: dict, label: str | None
 
     store = CorrectionStore(corrections if corrections is not None else run_dir)
     author = acting_user(store, "corrector", by).name
-    made, result = make_record(load_pretrained(run_dir), text, values, label, author, run_dir.name,
-                               run_fingerprint(run_dir))
+    made, result = make_record(
+        load_pretrained(run_dir), text, values, label, author, run_dir.name, run_fingerprint(run_dir)
+    )
     stored = store.append(made)
     if as_json:
         emit_json({"record": stored.to_dict(), "result": result})
         return
-    out.print(f"recorded correction {stored.id} by {escape(stored.author)} in {escape(store.safe_url)}: "
-              f"label {escape(stored.label_before or '')} → {escape(stored.label_after or '')}"
-              + (f" (you say {escape(label)})" if label else ""))
+    out.print(
+        f"recorded correction {stored.id} by {escape(stored.author)} in {escape(store.safe_url)}: "
+        f"label {escape(stored.label_before or '')} → {escape(stored.label_after or '')}"
+        + (f" (you say {escape(label)})" if label else "")
+    )
 
 
 @app.command()
@@ -395,7 +498,9 @@ def explain(
 def demo(
     run_dir: Path = typer.Argument(..., help="A saved run (what `lucidlm train` writes)."),
     split: str = typer.Option("test", "--split", help="The split the example comes from."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Read the data from this config instead of the run's."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="Read the data from this config instead of the run's."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Show what a trained model offers on one example of its data. A concept model: a text where the
@@ -420,9 +525,17 @@ def demo(
         explanation = model.explain(text)
         title, result = choose_correction(model, text, explanation, gold, showcase) if has_concepts else (None, None)
     if as_json:
-        emit_json({"row": int(i), "text": text, "gold_label": gold_label, "gold_concepts": gold,
-                   "explanation": explanation.to_dict(), "correction": title,
-                   "intervention": result.to_dict() if result else None})
+        emit_json(
+            {
+                "row": int(i),
+                "text": text,
+                "gold_label": gold_label,
+                "gold_concepts": gold,
+                "explanation": explanation.to_dict(),
+                "correction": title,
+                "intervention": result.to_dict() if result else None,
+            }
+        )
         return
     out.print(f"[bold]{split} row {i}[/] (gold label {escape(str(gold_label))})")
     if result is None:
@@ -444,13 +557,20 @@ def show_intervention(result, lead: str = "", tail: str = "") -> None:
     for name in result.before.concepts:
         b, a = result.before.concepts[name], result.after.concepts[name]
         was_set = name in result.interventions
-        table.add_row(escape(name) + (" (set)" if was_set else ""), f"{b.value} ({b.probabilities[b.value]:.2f})",
-                      f"{a.value} ({a.probabilities[a.value]:.2f})", style="yellow" if was_set else None)
+        table.add_row(
+            escape(name) + (" (set)" if was_set else ""),
+            f"{b.value} ({b.probabilities[b.value]:.2f})",
+            f"{a.value} ({a.probabilities[a.value]:.2f})",
+            style="yellow" if was_set else None,
+        )
     out.print(table)
     show_reading(result.before)
     setting = ", ".join(f"{k}={v}" for k, v in result.interventions.items())
-    change = (f"changes the label from {result.before.label} to {result.after.label}" if result.label_changed
-              else f"leaves the label at {result.after.label}")
+    change = (
+        f"changes the label from {result.before.label} to {result.after.label}"
+        if result.label_changed
+        else f"leaves the label at {result.after.label}"
+    )
     out.print(escape(f"{lead}setting {setting} {change}{tail}"), highlight=False)
 
 
@@ -473,8 +593,10 @@ def show_prediction(p) -> None:
 def show_reading(p) -> None:
     """One line when the model read only the start of the text (its ``max_length``)."""
     if p.truncated:
-        out.print(f"note: the model read the first {p.tokens_read} of this text's {p.tokens_total} tokens "
-                  "(model.max_length; train with a larger one to read more)")
+        out.print(
+            f"note: the model read the first {p.tokens_read} of this text's {p.tokens_total} tokens "
+            "(model.max_length; train with a larger one to read more)"
+        )
 
 
 def show_explanation(e) -> None:
@@ -490,14 +612,22 @@ def show_explanation(e) -> None:
         out.print(table)
         out.print(CONTRIBUTION_MEANING, highlight=False)
         if e.concept_values_share is not None:
-            out.print(f"The concept values account for {e.concept_values_share:.0%} of this decision; "
-                      "the text beside them for the rest.", highlight=False)
+            out.print(
+                f"The concept values account for {e.concept_values_share:.0%} of this decision; "
+                "the text beside them for the rest.",
+                highlight=False,
+            )
     for attribution in e.tokens:
         # the writer's own words (a word's score: the sum of its tokens'), else the tokens
-        words = ([(g.text, g.score) for g in attribution.groups] if attribution.groups
-                 else list(zip(attribution.tokens, attribution.scores)))
-        table = Table(title=escape(f"token scores: {attribution.target} ({attribution.method}); "
-                                   "+ toward it, − against it"), title_justify="left")
+        words = (
+            [(g.text, g.score) for g in attribution.groups]
+            if attribution.groups
+            else list(zip(attribution.tokens, attribution.scores))
+        )
+        table = Table(
+            title=escape(f"token scores: {attribution.target} ({attribution.method}); + toward it, − against it"),
+            title_justify="left",
+        )
         table.add_column("word" if attribution.groups else "token")
         table.add_column("score", justify="right")
         table.add_column("")
@@ -506,20 +636,32 @@ def show_explanation(e) -> None:
             table.add_row(escape(word), f"{score:+.3f}", signed_bar(score, top))
         out.print(table)
         if attribution.unread:
-            out.print(f"not read (past model.max_length): {escape(attribution.unread[:80])}"
-                      f"{'…' if len(attribution.unread) > 80 else ''}", highlight=False)
+            out.print(
+                f"not read (past model.max_length): {escape(attribution.unread[:80])}"
+                f"{'…' if len(attribution.unread) > 80 else ''}",
+                highlight=False,
+            )
     for match in e.prototypes:
         kind = f", class {match.prototype_class}" if match.prototype_class is not None else ""
         contributions = ", ".join(f"{k}: {v:+.3f}" for k, v in match.contributions.items())
-        table = Table(title=escape(f"prototype {match.prototype}{kind}: similarity {match.similarity:.3f}; "
-                                   f"contributions {contributions}"), title_justify="left")
+        table = Table(
+            title=escape(
+                f"prototype {match.prototype}{kind}: similarity {match.similarity:.3f}; contributions {contributions}"
+            ),
+            title_justify="left",
+        )
         table.add_column("nearest training example")
         table.add_column("label")
         table.add_column("distance", justify="right")
         table.add_column("most attended")
         for example in match.nearest_examples:
             text = example.text if example.text_pair is None else f"{example.text} ‖ {example.text_pair}"
-            table.add_row(escape(text), escape(str(example.label)), f"{example.distance:.3f}", escape(", ".join(example.top_tokens)))
+            table.add_row(
+                escape(text),
+                escape(str(example.label)),
+                f"{example.distance:.3f}",
+                escape(", ".join(example.top_tokens)),
+            )
         out.print(table)
     if e.subnetworks:
         show_subnetworks(e.subnetworks)
@@ -537,12 +679,18 @@ def signed_bar(score: float, top: float, width: int = 20) -> str:
 def show_subnetworks(stats: dict) -> None:
     """Per concept: density, weights owned alone, and Jaccard overlap with every other concept."""
     names = stats["concepts"]
-    table = Table(title=f"subnetworks (weights kept by all concepts: {stats['shared_by_all']:.1%})", title_justify="left")
+    table = Table(
+        title=f"subnetworks (weights kept by all concepts: {stats['shared_by_all']:.1%})", title_justify="left"
+    )
     for column in ["concept", "density", "owned alone"] + [f"Jaccard {n}" for n in names]:
         table.add_column(escape(column), justify="left" if column == "concept" else "right")
     for k, name in enumerate(names):
-        table.add_row(escape(name), f"{stats['density'][name]:.1%}", f"{stats['owned_by_one'][name]:.1%}",
-                      *(f"{x:.2f}" for x in stats["jaccard"][k]))
+        table.add_row(
+            escape(name),
+            f"{stats['density'][name]:.1%}",
+            f"{stats['owned_by_one'][name]:.1%}",
+            *(f"{x:.2f}" for x in stats["jaccard"][k]),
+        )
     out.print(table)
 
 
@@ -568,14 +716,22 @@ def show_metrics(metrics: dict, title: str) -> None:
 
 def show_reliability(calibration: dict, task: dict) -> None:
     """The reliability diagram as a table: per confidence bin, how often the model is right."""
-    table = Table(title=f"reliability of the label's probabilities (temperature {calibration['temperature']:.3f}; "
-                        f"ECE {task['ece']:.3f}, NLL {task['nll']:.3f})", title_justify="left")
+    table = Table(
+        title=f"reliability of the label's probabilities (temperature {calibration['temperature']:.3f}; "
+        f"ECE {task['ece']:.3f}, NLL {task['nll']:.3f})",
+        title_justify="left",
+    )
     for name in ("confidence bin", "rows", "mean confidence", "accuracy", ""):
         table.add_column(name, justify="left" if name in ("confidence bin", "") else "right")
     for b in calibration["bins"]:
         gap = b["accuracy"] - b["confidence"]
-        table.add_row(f"{b['lower']:.2f}–{b['upper']:.2f}", str(b["n"]), f"{b['confidence']:.3f}", f"{b['accuracy']:.3f}",
-                      f"{'over' if gap < 0 else 'under'}confident by {abs(gap):.3f}" if abs(gap) >= 0.005 else "")
+        table.add_row(
+            f"{b['lower']:.2f}–{b['upper']:.2f}",
+            str(b["n"]),
+            f"{b['confidence']:.3f}",
+            f"{b['accuracy']:.3f}",
+            f"{'over' if gap < 0 else 'under'}confident by {abs(gap):.3f}" if abs(gap) >= 0.005 else "",
+        )
     out.print(table)
 
 
@@ -585,16 +741,31 @@ def serve(
     run_dir: Path = typer.Argument(..., help="A saved run."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; 0.0.0.0 opens it to the network."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
-    queue_size: int = typer.Option(64, "--queue-size", min=1, help="Requests that may wait for the model; more get 503."),
-    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Concurrent predictions gathered into one forward pass."),
+    queue_size: int = typer.Option(
+        64, "--queue-size", min=1, help="Requests that may wait for the model; more get 503."
+    ),
+    max_batch: int = typer.Option(
+        32, "--max-batch", min=1, help="Concurrent predictions gathered into one forward pass."
+    ),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a batch waits for more predictions."),
-    explain_cache: int = typer.Option(256, "--explain-cache", min=0, help="Explanations kept (least recently used go)."),
-    device: str = typer.Option("auto", "--device", help="Where the model runs: auto (the GPU when there is one), cpu, cuda, cuda:N."),
+    explain_cache: int = typer.Option(
+        256, "--explain-cache", min=0, help="Explanations kept (least recently used go)."
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="Where the model runs: auto (the GPU when there is one), cpu, cuda, cuda:N."
+    ),
     corrections: Optional[str] = CORRECTIONS_OPTION,
-    pool: Optional[Path] = typer.Option(None, "--pool", help="Texts to review (CSV, TSV, JSON, JSONL or Parquet with a "
-                                        "'text' column): the page hands them out, most worth asking first."),
-    policy: str = typer.Option("expected_change", "--policy", help="The review queue's order: expected_change, "
-                               "label_change, uncertainty or random."),
+    pool: Optional[Path] = typer.Option(
+        None,
+        "--pool",
+        help="Texts to review (CSV, TSV, JSON, JSONL or Parquet with a "
+        "'text' column): the page hands them out, most worth asking first.",
+    ),
+    policy: str = typer.Option(
+        "expected_change",
+        "--policy",
+        help="The review queue's order: expected_change, label_change, uncertainty or random.",
+    ),
 ):
     """Serve a web page and a JSON API over a run: type a text, see the label, concepts, tokens and
     prototypes, change a concept and compare before and after; with users' tokens, record corrections
@@ -603,7 +774,9 @@ def serve(
     from .web.serve import check_exposure, listening_socket, load_app, run_server
     from .web.worker import ServingLimits
 
-    limits = ServingLimits(queue_size=queue_size, max_batch=max_batch, max_wait=max_wait_ms / 1000, explain_cache=explain_cache)
+    limits = ServingLimits(
+        queue_size=queue_size, max_batch=max_batch, max_wait=max_wait_ms / 1000, explain_cache=explain_cache
+    )
     if not (run_dir / "config.json").is_file():
         raise LucidError(f"{run_dir}: not a saved run (config.json is missing)")
     store = CorrectionStore(corrections if corrections is not None else run_dir)
@@ -622,9 +795,13 @@ def serve(
 @user_errors
 def report(
     run_dir: Path = typer.Argument(..., help="A saved run."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The HTML file to write (default: RUN_DIR/report.html)."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="The HTML file to write (default: RUN_DIR/report.html)."
+    ),
     split: str = typer.Option("test", "--split", help="The split the confusion matrices and examples come from."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Predict on at most this many rows (a fixed random sample)."),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", help="Predict on at most this many rows (a fixed random sample)."
+    ),
     examples: int = typer.Option(3, "--examples", help="Worked examples, each explained and corrected."),
 ):
     """Write one self-contained HTML report of a run (opens with no network): metrics, confusion
@@ -642,8 +819,12 @@ def report(
 def export(
     run_dir: Path = typer.Argument(..., help="A saved run."),
     output: Path = typer.Option(..., "--output", "-o", help="The folder to write the exported run to."),
-    merge: bool = typer.Option(False, "--merge", help="Merge the run's adapter into its base backbone (W + BA) and save the "
-                                                        "whole backbone: a self-contained run that needs no base to load."),
+    merge: bool = typer.Option(
+        False,
+        "--merge",
+        help="Merge the run's adapter into its base backbone (W + BA) and save the "
+        "whole backbone: a self-contained run that needs no base to load.",
+    ),
 ):
     """Write a run elsewhere; with --merge, self-contained: an adapter (or frozen-backbone) run
     holds only what trained and loads its base backbone from where it was trained."""
@@ -670,13 +851,19 @@ app.add_typer(concepts_app, name="concepts")
 @concepts_app.command("propose")
 @user_errors
 def propose_concepts(
-    config: Path = typer.Argument(..., help="Experiment YAML whose data (classes, training texts) the statements are for."),
+    config: Path = typer.Argument(
+        ..., help="Experiment YAML whose data (classes, training texts) the statements are for."
+    ),
     model: str = typer.Option(..., "--model", help="A LiteLLM chat model: ollama/llama3.1, openai/gpt-4o-mini, ..."),
     output: Path = typer.Option(..., "--output", "-o", help="The concept file to write (YAML, {class: [statements]})."),
-    class_name: list[str] = typer.Option([], "--class-name", help="CLASS=NAME, e.g. 0=negative: what to call a class in the prompt."),
+    class_name: list[str] = typer.Option(
+        [], "--class-name", help="CLASS=NAME, e.g. 0=negative: what to call a class in the prompt."
+    ),
     per_class: int = typer.Option(10, "--per-class", min=1, help="Statements asked for per class."),
     examples: int = typer.Option(5, "--examples", min=0, help="Training texts of each class shown to the model."),
-    api_base: Optional[str] = typer.Option(None, "--api-base", help="The model server's URL (e.g. http://127.0.0.1:11434 for Ollama)."),
+    api_base: Optional[str] = typer.Option(
+        None, "--api-base", help="The model server's URL (e.g. http://127.0.0.1:11434 for Ollama)."
+    ),
     seed: int = typer.Option(0, "--seed"),
 ):
     """Ask a chat model for concept statements per class; write them for a person to review, then
@@ -696,8 +883,10 @@ def propose_concepts(
     if unknown:
         raise LucidError(f"--class-name: unknown class {unknown[0]!r}; the classes are {list(task.spec.classes)}")
     proposed = propose_statements(task, model, names, per_class, examples, seed, api_base)
-    header = (f"Concept statements proposed by {model} for {config.name} ({per_class} asked per class). Review and edit\n"
-              "them, then name this file in data.automatic_concepts.statements.")
+    header = (
+        f"Concept statements proposed by {model} for {config.name} ({per_class} asked per class). Review and edit\n"
+        "them, then name this file in data.automatic_concepts.statements."
+    )
     written = write_concept_file(proposed, output, header)
     for label, statements in proposed.items():
         out.print(f"[bold]{escape(names.get(label, label))}[/]: {len(statements)} statements")
@@ -724,10 +913,12 @@ def _store(location: str):
 
 @corrections_app.command("list")
 @user_errors
-def corrections_list(store: str = STORE_ARGUMENT,
-                     standing: bool = typer.Option(False, "--standing", help="Only corrections not retracted."),
-                     author: Optional[str] = typer.Option(None, "--author"),
-                     as_json: bool = typer.Option(False, "--json")):
+def corrections_list(
+    store: str = STORE_ARGUMENT,
+    standing: bool = typer.Option(False, "--standing", help="Only corrections not retracted."),
+    author: Optional[str] = typer.Option(None, "--author"),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """The records, in the order they were stored."""
     opened = _store(store)
     records = opened.standing() if standing else opened.records(author=author)
@@ -737,10 +928,16 @@ def corrections_list(store: str = STORE_ARGUMENT,
         return
     table = Table("id", "kind", "when", "who", "text", "set", "label before → after", "says")
     for r in records:
-        table.add_row(str(r.id), r.kind + (f" of {r.retracts}" if r.retracts else ""), r.created_at[:19], escape(r.author),
-                      escape(r.text[:50] + ("…" if len(r.text) > 50 else "")),
-                      escape(", ".join(f"{k}={v}" for k, v in r.set_values.items())),
-                      escape(f"{r.label_before} → {r.label_after}" if r.kind == "correction" else ""), escape(r.gold_label or ""))
+        table.add_row(
+            str(r.id),
+            r.kind + (f" of {r.retracts}" if r.retracts else ""),
+            r.created_at[:19],
+            escape(r.author),
+            escape(r.text[:50] + ("…" if len(r.text) > 50 else "")),
+            escape(", ".join(f"{k}={v}" for k, v in r.set_values.items())),
+            escape(f"{r.label_before} → {r.label_after}" if r.kind == "correction" else ""),
+            escape(r.gold_label or ""),
+        )
     out.print(table)
     out.print(f"{len(records)} record(s) in {escape(opened.safe_url)}")
 
@@ -754,10 +951,16 @@ def corrections_show(store: str = STORE_ARGUMENT, record_id: int = typer.Argumen
 
 @corrections_app.command("export")
 @user_errors
-def corrections_export(store: str = STORE_ARGUMENT,
-                       output: Path = typer.Option(..., "--output", "-o", help="A .csv or .jsonl file, or a folder for a "
-                                                   "Hugging Face dataset (datasets.load_from_disk reads it)."),
-                       standing: bool = typer.Option(False, "--standing", help="Only corrections not retracted.")):
+def corrections_export(
+    store: str = STORE_ARGUMENT,
+    output: Path = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        help="A .csv or .jsonl file, or a folder for a Hugging Face dataset (datasets.load_from_disk reads it).",
+    ),
+    standing: bool = typer.Option(False, "--standing", help="Only corrections not retracted."),
+):
     """Write the records to CSV, JSONL or a Hugging Face dataset."""
     count = _store(store).export(output, standing_only=standing)
     out.print(f"wrote {count} record(s) to [bold]{escape(str(output))}[/]")
@@ -765,9 +968,12 @@ def corrections_export(store: str = STORE_ARGUMENT,
 
 @corrections_app.command("retract")
 @user_errors
-def corrections_retract(store: str = STORE_ARGUMENT, record_id: int = typer.Argument(...),
-                        reason: str = typer.Option("", "--reason"),
-                        by: Optional[str] = typer.Option(None, "--by", help="Who retracts (default: this machine's user name).")):
+def corrections_retract(
+    store: str = STORE_ARGUMENT,
+    record_id: int = typer.Argument(...),
+    reason: str = typer.Option("", "--reason"),
+    by: Optional[str] = typer.Option(None, "--by", help="Who retracts (default: this machine's user name)."),
+):
     """Retract a record: a new record says so; nothing is deleted or rewritten. With users in the store,
     as the holder of $LUCIDLM_TOKEN: one's own records as a corrector, anyone's as an admin."""
     opened = _store(store)
@@ -781,14 +987,18 @@ def corrections_retract(store: str = STORE_ARGUMENT, record_id: int = typer.Argu
 
 @users_app.command("add")
 @user_errors
-def users_add(name: str = typer.Argument(...),
-              role: str = typer.Option("corrector", "--role", help="viewer, corrector or admin."),
-              store: str = typer.Option(..., "--store", help="The run folder (or store URL) the server will use.")):
+def users_add(
+    name: str = typer.Argument(...),
+    role: str = typer.Option("corrector", "--role", help="viewer, corrector or admin."),
+    store: str = typer.Option(..., "--store", help="The run folder (or store URL) the server will use."),
+):
     """Add a user and print their token, once: it is kept only as a hash."""
     from .corrections import add_user
 
     token = add_user(_store(store), name, role)
-    err.print(f"added {escape(name)} ({role}). Their token, shown this once (send it as 'Authorization: Bearer <token>'):")
+    err.print(
+        f"added {escape(name)} ({role}). Their token, shown this once (send it as 'Authorization: Bearer <token>'):"
+    )
     sys.stdout.write(token + "\n")
 
 
@@ -821,9 +1031,13 @@ def learn(
     output: Path = typer.Option(..., "--output", "-o", help="The new run's folder."),
     corrections: Optional[str] = CORRECTIONS_OPTION,
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (default: the run's)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of the continuation (default: learn's)."),
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", min=1, help="Epochs of the continuation (default: learn's)."
+    ),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="The backbone's peak learning rate."),
-    head_learning_rate: Optional[float] = typer.Option(None, "--head-learning-rate", help="The heads' peak learning rate."),
+    head_learning_rate: Optional[float] = typer.Option(
+        None, "--head-learning-rate", help="The heads' peak learning rate."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Fine-tune a new run from RUN_DIR on its training data plus the standing corrections made on it
@@ -836,15 +1050,20 @@ def learn(
     store = CorrectionStore(corrections if corrections is not None else run_dir)
     acting_user(store, "admin")
     show_progress_lines()
-    changes = {k: v for k, v in (("epochs", epochs), ("learning_rate", learning_rate),
-                                 ("head_learning_rate", head_learning_rate)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (("epochs", epochs), ("learning_rate", learning_rate), ("head_learning_rate", head_learning_rate))
+        if v is not None
+    }
     _, record = learn_run(run_dir, output, store, seed=seed, training=changes)
     if as_json:
         emit_json(record)
         return
     lineage = record["lineage"]
-    out.print(f"learned [bold]{escape(str(output))}[/] from {lineage['count']} correction(s) of {lineage['texts']} text(s) "
-              f"({lineage['concept_labels']} concept values, {lineage['labels']} labels)")
+    out.print(
+        f"learned [bold]{escape(str(output))}[/] from {lineage['count']} correction(s) of {lineage['texts']} text(s) "
+        f"({lineage['concept_labels']} concept values, {lineage['labels']} labels)"
+    )
     table = Table("split", "parent accuracy", "new accuracy")
     for split, metrics in record["metrics"].items():
         parent = (lineage.get("parent_metrics") or {}).get(split, {}).get("task", {})

@@ -40,7 +40,12 @@ class Experiment:
     output_dir: Path
 
     def to_dict(self) -> dict:
-        return {"data": self.data, "model": self.model, "training": asdict(self.training), "output_dir": str(self.output_dir)}
+        return {
+            "data": self.data,
+            "model": self.model,
+            "training": asdict(self.training),
+            "output_dir": str(self.output_dir),
+        }
 
 
 def read_experiment(path: str | Path, output_dir: str | Path | None = None) -> Experiment:
@@ -68,7 +73,11 @@ def read_experiment(path: str | Path, output_dir: str | Path | None = None) -> E
         if isinstance(data.get(key), str) and (key != "source" or (base / data[key]).exists()):
             data[key] = str((base / data[key]).resolve())
     automatic = data.get("automatic_concepts")
-    if isinstance(automatic, dict) and isinstance(automatic.get("statements"), str) and (base / automatic["statements"]).is_file():
+    if (
+        isinstance(automatic, dict)
+        and isinstance(automatic.get("statements"), str)
+        and (base / automatic["statements"]).is_file()
+    ):
         data["automatic_concepts"] = {**automatic, "statements": str((base / automatic["statements"]).resolve())}
     model = dict(raw["model"])
     family, options = canonical_family(model.pop("family", "bottleneck"), model)
@@ -103,8 +112,10 @@ def automatic_concept_sources(data: dict, split: str):
         return None, {}
     base = load_experiment_task({k: v for k, v in data.items() if k != "automatic_concepts"})
     rows = base.split(split)
-    human = {c.name: np.array([c.values[v] if v >= 0 else "" for v in rows.concepts[:, k]])
-             for k, c in enumerate(base.spec.concepts)}
+    human = {
+        c.name: np.array([c.values[v] if v >= 0 else "" for v in rows.concepts[:, k]])
+        for k, c in enumerate(base.spec.concepts)
+    }
     return read_statements(automatic["statements"], base.spec.classes), human
 
 
@@ -116,23 +127,38 @@ def run_experiment(experiment: Experiment, resume: bool = False) -> tuple[LucidM
     checkpoint = experiment.output_dir / CHECKPOINT_DIR / STATE_FILE
     if resume and not checkpoint.is_file():
         finished = (experiment.output_dir / RUN_FILE).is_file()
-        raise LucidError(f"{experiment.output_dir}: " + ("holds a finished run; there is nothing to resume" if finished
-                                                         else f"no checkpoint to resume from ({checkpoint})"))
+        raise LucidError(
+            f"{experiment.output_dir}: "
+            + (
+                "holds a finished run; there is nothing to resume"
+                if finished
+                else f"no checkpoint to resume from ({checkpoint})"
+            )
+        )
     if not resume and checkpoint.is_file():
-        raise LucidError(f"{experiment.output_dir}: holds the checkpoint of an interrupted run; add --resume to continue "
-                         "it, or delete the folder to start over")
+        raise LucidError(
+            f"{experiment.output_dir}: holds the checkpoint of an interrupted run; add --resume to continue "
+            "it, or delete the folder to start over"
+        )
     task = load_experiment_task(experiment.data)
     model_options = {k: v for k, v in experiment.model.items() if k != "family"}
     cls = FAMILIES.get(experiment.model.get("family", "bottleneck"))
     model = cls.from_backbone(task=task.spec, seed=experiment.training.seed, **model_options)
     # the test split is read after training, for the run's record: a checkpoint resumes on the same one only
     with checkpoint_settings({"data": {"test": task.test.fingerprint()}} if task.test is not None else {}):
-        model.fit(task.train, eval_data=task.dev, config=experiment.training, run_dir=experiment.output_dir, resume=resume)
-    metrics = {name: model.evaluate(split, experiment.training.eval_batch_size)
-               for name, split in (("dev", task.dev), ("test", task.test)) if split is not None}
+        model.fit(
+            task.train, eval_data=task.dev, config=experiment.training, run_dir=experiment.output_dir, resume=resume
+        )
+    metrics = {
+        name: model.evaluate(split, experiment.training.eval_batch_size)
+        for name, split in (("dev", task.dev), ("test", task.test))
+        if split is not None
+    }
     if processes.is_main_process:
         model.save_pretrained(experiment.output_dir)
-        (experiment.output_dir / RUN_FILE).write_text(json.dumps({"experiment": experiment.to_dict(), "metrics": metrics}, indent=2))
+        (experiment.output_dir / RUN_FILE).write_text(
+            json.dumps({"experiment": experiment.to_dict(), "metrics": metrics}, indent=2)
+        )
         shutil.rmtree(checkpoint.parent, ignore_errors=True)  # the saved run supersedes it
     processes.wait_for_everyone()
     return model, metrics
@@ -153,13 +179,18 @@ def commit_to_run(run_dir: str | Path, model: LucidModel, change: dict) -> dict:
         try:
             task = load_experiment_task(record["experiment"]["data"])
         except LucidError as e:
-            record["metrics_stale"] = (f"the metrics describe the model before its committed change "
-                                       f"({_describe(change)}): its data could not be read to evaluate it again ({e})")
+            record["metrics_stale"] = (
+                f"the metrics describe the model before its committed change "
+                f"({_describe(change)}): its data could not be read to evaluate it again ({e})"
+            )
     if task is not None:
         training = from_dict(TrainingConfig, record["experiment"].get("training"), f"{run_file}: training")
         model.calibrate_on(task.train, training)
-        metrics = {name: model.evaluate(split, training.eval_batch_size)
-                   for name, split in (("dev", task.dev), ("test", task.test)) if split is not None}
+        metrics = {
+            name: model.evaluate(split, training.eval_batch_size)
+            for name, split in (("dev", task.dev), ("test", task.test))
+            if split is not None
+        }
         record.setdefault("commits", []).append({"change": change, "metrics_before": record.get("metrics")})
         record["metrics"] = metrics
         record.pop("metrics_stale", None)

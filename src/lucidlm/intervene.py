@@ -62,8 +62,9 @@ def concept_values_tensor(spec: TaskSpec, interventions: dict[str, str], batch_s
     return values
 
 
-def overwrite_concepts(activations: list[torch.Tensor], values: torch.Tensor,
-                       tables: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+def overwrite_concepts(
+    activations: list[torch.Tensor], values: torch.Tensor, tables: list[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
     """Set concept k of row i to row ``values[i, k]`` of ``tables[k]`` (one-hot when no table is
     given) unless the value is ``MISSING``."""
     out = []
@@ -124,7 +125,11 @@ def label_change_policy(model, states, rng: np.random.Generator | None = None) -
 
 
 def _label_change_order(flips: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    return np.stack([np.lexsort((-expected[i], -flips[i])) for i in range(len(flips))]) if len(flips) else flips.astype(int)
+    return (
+        np.stack([np.lexsort((-expected[i], -flips[i])) for i in range(len(flips))])
+        if len(flips)
+        else flips.astype(int)
+    )
 
 
 @torch.no_grad()
@@ -141,7 +146,9 @@ def label_change_scores(model, states) -> np.ndarray:
         for v in range(p.shape[1]):
             values = _missing(states)
             values[:, k] = v
-            changed = (model.intervened_label_logits(states, values, correct_only=False).argmax(-1) != decided).cpu().numpy()
+            changed = (
+                (model.intervened_label_logits(states, values, correct_only=False).argmax(-1) != decided).cpu().numpy()
+            )
             scores[:, k] += p[:, v] * (changed & (read != v))
     return scores
 
@@ -182,11 +189,18 @@ def suggest_corrections(model, states) -> list[Suggestion]:
         first = int(order[i, 0])
         pair, pair_label = None, None
         if flips[i, first] == 0:
-            row = [s[i:i + 1] for s in states]
-            candidates = sorted(((probs[a][i, u] * probs[b][i, w], a, u, b, w)
-                                 for a in range(len(concepts)) for b in range(a + 1, len(concepts))
-                                 for u in range(len(concepts[a].values)) for w in range(len(concepts[b].values))
-                                 if u != read[a][i] and w != read[b][i]), reverse=True)
+            row = [s[i : i + 1] for s in states]
+            candidates = sorted(
+                (
+                    (probs[a][i, u] * probs[b][i, w], a, u, b, w)
+                    for a in range(len(concepts))
+                    for b in range(a + 1, len(concepts))
+                    for u in range(len(concepts[a].values))
+                    for w in range(len(concepts[b].values))
+                    if u != read[a][i] and w != read[b][i]
+                ),
+                reverse=True,
+            )
             for _, a, u, b, w in candidates:
                 values = _missing(row)
                 values[0, a], values[0, b] = u, w
@@ -195,21 +209,28 @@ def suggest_corrections(model, states) -> list[Suggestion]:
                     pair = {concepts[a].name: concepts[a].values[u], concepts[b].name: concepts[b].values[w]}
                     pair_label = model.spec.classes[label]
                     break
-        out.append(Suggestion(concepts[first].name, float(flips[i, first]), pair, pair_label,
-                              [concepts[k].name for k in order[i]]))
+        out.append(
+            Suggestion(
+                concepts[first].name, float(flips[i, first]), pair, pair_label, [concepts[k].name for k in order[i]]
+            )
+        )
     return out
 
 
 @INTERVENTION_POLICIES.register("learned")
-def learned_policy(model, states, rng: np.random.Generator | None = None, gold: torch.Tensor | None = None) -> np.ndarray:
+def learned_policy(
+    model, states, rng: np.random.Generator | None = None, gold: torch.Tensor | None = None
+) -> np.ndarray:
     """The policy network that ``intervention_objective: published`` trains (IntCEM, docs/methods.md §7.1),
     rolled out greedily; ``gold`` (``[N, K]``): the values a person gives for the concepts asked, which
     it reads as it asks (without: it reads each asked concept at its predicted value). A model
     without one: an error that names the objective."""
     order = getattr(model, "learned_intervention_order", None)
     if order is None:
-        raise LucidError(f"intervention policy 'learned': a {model.family} model has none; a concept bottleneck "
-                         "trained with intervention_objective: published learns one")
+        raise LucidError(
+            f"intervention policy 'learned': a {model.family} model has none; a concept bottleneck "
+            "trained with intervention_objective: published learns one"
+        )
     return order(states, gold)
 
 
@@ -275,8 +296,10 @@ def showcase_corrections(model, split, count: int = 1, batch_size: int = 64) -> 
         after = model.intervened_label_logits(states, values).argmax(-1).cpu().numpy()
     before = inferred["label_logits"].argmax(-1)
     fixes = (first >= 0) & asked_first & (before != split.labels) & (after == split.labels)
-    checkable = np.array([fixes[i] and split.annotations is not None and split.annotations.unanimous(i, first[i])
-                          for i in range(n)], dtype=bool)
+    checkable = np.array(
+        [fixes[i] and split.annotations is not None and split.annotations.unanimous(i, first[i]) for i in range(n)],
+        dtype=bool,
+    )
     chosen: list[int] = []
     for tier in (checkable, fixes, first >= 0, np.ones(n, dtype=bool)):
         for i in sorted(np.flatnonzero(tier), key=lambda i: (len(split.texts[i]), i)):
@@ -292,17 +315,23 @@ def showcase_corrections(model, split, count: int = 1, batch_size: int = 64) -> 
     return out
 
 
-def choose_correction(model, text: str, explanation, gold_values: dict[str, str | None],
-                      showcase: Showcase | None = None) -> tuple[str, "InterventionResult"]:
+def choose_correction(
+    model, text: str, explanation, gold_values: dict[str, str | None], showcase: Showcase | None = None
+) -> tuple[str, InterventionResult]:
     """The correction to show on ``text``: the showcase's concept set to its gold value (the one the
     model would ask about first); without one, the misread concepts set to their gold values;
     when the model misread none, its most contributing concept set to the value that lowers the
     predicted label's probability most. Returns a title saying which, and the before and after."""
     if showcase is not None and showcase.concept is not None:
-        return (f"Correcting the concept the model would ask about first, {showcase.concept}",
-                model.intervene([text], ConceptValues({showcase.concept: showcase.value}))[0])
-    corrections = {c.concept: gold_values[c.concept] for c in explanation.concepts
-                   if gold_values.get(c.concept) not in (None, c.value)}
+        return (
+            f"Correcting the concept the model would ask about first, {showcase.concept}",
+            model.intervene([text], ConceptValues({showcase.concept: showcase.value}))[0],
+        )
+    corrections = {
+        c.concept: gold_values[c.concept]
+        for c in explanation.concepts
+        if gold_values.get(c.concept) not in (None, c.value)
+    }
     if corrections:
         return "Correcting the concepts the model misread", model.intervene([text], ConceptValues(corrections))[0]
     top = max(explanation.concepts, key=lambda c: abs(c.contribution))

@@ -61,7 +61,9 @@ class MaskedLinear(nn.Module):
         return self.mask.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():  # training: the weights move, and the inference cache (K × the weights) must not stay
+        if (
+            torch.is_grad_enabled()
+        ):  # training: the weights move, and the inference cache (K × the weights) must not stay
             self._inference_weights = None
         if self.route is None:
             return self._linear(x, self.weight)
@@ -194,7 +196,9 @@ def select_layers(backbone: nn.Module, which: str = "all") -> list[str]:
     ``all``, ``ffn`` (feed-forward only), ``attention`` (attention projections only), or
     ``top:N`` (every linear layer of the last N blocks). Embeddings, LayerNorm, biases and
     layers outside the blocks (e.g. BERT's pooler) are never masked."""
-    layers = [(n, _block_index(n)) for n, m in backbone.named_modules() if isinstance(m, (nn.Linear, Conv1D, MaskedLinear))]
+    layers = [
+        (n, _block_index(n)) for n, m in backbone.named_modules() if isinstance(m, (nn.Linear, Conv1D, MaskedLinear))
+    ]
     layers = [(n, b) for n, b in layers if b is not None]
     if not layers:
         raise LucidError(f"{type(backbone).__name__}: found no linear layers inside numbered transformer blocks")
@@ -311,25 +315,43 @@ def unit_groups(backbone: nn.Module, layers: dict[str, MaskedLinear]) -> list[Un
             makers = [n for n in attention if n.rsplit(".", 1)[-1] in QKV_LEAVES]
             readers = [n for n in attention if n not in makers]
             if config.model_type not in HEAD_GATHERING and len(makers) == 3:
-                raise LucidError(f"granularity 'neuron': {config.model_type}'s attention reshapes by the number of heads, so "
-                                 f"a subnetwork cannot carry only its kept heads (gathered on {', '.join(HEAD_GATHERING)}). "
-                                 "Use masked_layers: ffn for this backbone")
+                raise LucidError(
+                    f"granularity 'neuron': {config.model_type}'s attention reshapes by the number of heads, so "
+                    f"a subnetwork cannot carry only its kept heads (gathered on {', '.join(HEAD_GATHERING)}). "
+                    "Use masked_layers: ffn for this backbone"
+                )
             if len(makers) != 3 or len(readers) != 1:
-                raise LucidError(f"granularity 'neuron': heads need separate query, key and value projections; block {block} "
-                                 f"has attention layers {attention}. Use masked_layers: ffn for this backbone")
+                raise LucidError(
+                    f"granularity 'neuron': heads need separate query, key and value projections; block {block} "
+                    f"has attention layers {attention}. Use masked_layers: ffn for this backbone"
+                )
             sizes = {n: layers[n].out_features // kv_heads for n in makers}
             sizes[readers[0]] = layers[readers[0]].in_features // kv_heads
-            groups.append(UnitGroup("heads", block, {n: layers[n] for n in makers}, (readers[0], layers[readers[0]]), sizes))
+            groups.append(
+                UnitGroup("heads", block, {n: layers[n] for n in makers}, (readers[0], layers[readers[0]]), sizes)
+            )
         if feed_forward:
             readers = [n for n in feed_forward if layers[n].out_features == hidden and layers[n].in_features != hidden]
             makers = [n for n in feed_forward if n not in readers]
-            if (len(readers) != 1 or not makers
-                    or any(layers[n].out_features != layers[readers[0]].in_features for n in makers)):
-                raise LucidError(f"granularity 'neuron': expected feed-forward input layers (or gate and up projections) "
-                                 f"whose outputs the output layer reads, one feature a neuron, in block {block}; found "
-                                 f"{feed_forward} (a fused gate_up projection cannot be gathered). Use granularity: weight")
-            groups.append(UnitGroup("neurons", block, {n: layers[n] for n in makers}, (readers[0], layers[readers[0]]),
-                                    {n: 1 for n in feed_forward}))
+            if (
+                len(readers) != 1
+                or not makers
+                or any(layers[n].out_features != layers[readers[0]].in_features for n in makers)
+            ):
+                raise LucidError(
+                    f"granularity 'neuron': expected feed-forward input layers (or gate and up projections) "
+                    f"whose outputs the output layer reads, one feature a neuron, in block {block}; found "
+                    f"{feed_forward} (a fused gate_up projection cannot be gathered). Use granularity: weight"
+                )
+            groups.append(
+                UnitGroup(
+                    "neurons",
+                    block,
+                    {n: layers[n] for n in makers},
+                    (readers[0], layers[readers[0]]),
+                    {n: 1 for n in feed_forward},
+                )
+            )
     for group in groups:
         for name, layer in group.makers.items():
             layer.unit_axis, layer.unit_size = "out", group.sizes[name]
@@ -343,7 +365,9 @@ def units_to_keep(groups: list[UnitGroup], sparsity: float) -> list[int]:
     so a block's weight density meets 1 − sparsity though a head is 1/12 of a layer."""
     counts = [0] * len(groups)
     for block in sorted({g.block for g in groups}):
-        members = sorted((i for i, g in enumerate(groups) if g.block == block), key=lambda i: -groups[i].weights_per_unit)
+        members = sorted(
+            (i for i, g in enumerate(groups) if g.block == block), key=lambda i: -groups[i].weights_per_unit
+        )
         budget = (1 - sparsity) * sum(groups[i].num_units * groups[i].weights_per_unit for i in members)
         for i in members[:-1]:
             counts[i] = round((1 - sparsity) * groups[i].num_units)

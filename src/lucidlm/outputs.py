@@ -22,12 +22,16 @@ class ModelOutput:
     tokens_read: torch.Tensor | None = None
     tokens_total: torch.Tensor | None = None
 
-    def row(self, i: int) -> "ModelOutput":
+    def row(self, i: int) -> ModelOutput:
         """Row ``i`` as a batch of one (SparseCBM's ``pooled`` is ``[K, B, H]``: its batch axis is -2)."""
         one = slice(i, i + 1)
-        return ModelOutput(self.label_logits[one], tuple(x[one] for x in self.concept_logits),
-                           None if self.pooled is None else self.pooled[..., one, :], tuple(x[one] for x in self.concept_states),
-                           *(None if x is None else x[one] for x in (self.tokens_read, self.tokens_total)))
+        return ModelOutput(
+            self.label_logits[one],
+            tuple(x[one] for x in self.concept_logits),
+            None if self.pooled is None else self.pooled[..., one, :],
+            tuple(x[one] for x in self.concept_states),
+            *(None if x is None else x[one] for x in (self.tokens_read, self.tokens_total)),
+        )
 
 
 @dataclass

@@ -26,9 +26,9 @@ import psutil
 import torch
 
 from .errors import LucidError
+from .masking import MaskedLinear, UnitGroup, units_to_keep
 from .registry import Registry
 from .training import TrainingHooks, mean_over_processes
-from .masking import MaskedLinear, UnitGroup, units_to_keep
 
 # (initial, final, progress in [0, 1] through the pruning epochs) -> sparsity
 SCHEDULES: Registry = Registry("schedule")
@@ -96,7 +96,7 @@ class PruningScore:
     """How one pruning score watches training and scores weights; the ``Pruner`` asks it which
     steps it needs concept gradients at, hands them over, and prunes by its scores."""
 
-    def __init__(self, pruner: "Pruner"):
+    def __init__(self, pruner: Pruner):
         self.pruner = pruner
 
     def needs_gradients(self, step: int) -> bool:
@@ -164,18 +164,23 @@ class OBertScore(PruningScore):
         self.gradients: dict[str, list[torch.Tensor]] = {n: [] for n in pruner.layers}
         # Its m gradients of every concept's masked weights are kept in host memory until the
         # next pruning event: refused, in one line, where they would not fit.
-        needed = sum(pruner.obert_gradients * layer.mask.numel() * layer.weight.element_size() for layer in pruner.layers.values())
+        needed = sum(
+            pruner.obert_gradients * layer.mask.numel() * layer.weight.element_size()
+            for layer in pruner.layers.values()
+        )
         available = psutil.virtual_memory().available
         if needed > available:
-            raise LucidError(f"pruning_score: obert keeps {pruner.obert_gradients} gradients of every concept's masked weights, "
-                             f"{needed / 2**30:.1f} GiB here, and this machine has {available / 2**30:.1f} GiB free; use "
-                             "pruning_score: movement or magnitude (O(parameters)), or fewer obert_gradients")
+            raise LucidError(
+                f"pruning_score: obert keeps {pruner.obert_gradients} gradients of every concept's masked weights, "
+                f"{needed / 2**30:.1f} GiB here, and this machine has {available / 2**30:.1f} GiB free; use "
+                "pruning_score: movement or magnitude (O(parameters)), or fewer obert_gradients"
+            )
 
     def needs_gradients(self, step):
         return any(0 <= event - 1 - step < self.pruner.obert_gradients for event in self.pruner.events)
 
     def observe(self, name, layer, grad):
-        self.gradients[name] = (self.gradients[name] + [grad.detach().cpu()])[-self.pruner.obert_gradients:]
+        self.gradients[name] = (self.gradients[name] + [grad.detach().cpu()])[-self.pruner.obert_gradients :]
 
     def scores(self, name, layer):
         if not self.gradients[name]:
@@ -184,7 +189,9 @@ class OBertScore(PruningScore):
         grads = torch.stack(self.gradients[name])  # [m, K, *shape]
         out = torch.empty(layer.mask.shape)
         for k in range(layer.num_masks):
-            diag = obert_inverse_diagonal(grads[:, k].reshape(grads.shape[0], -1), self.pruner.obert_block, self.pruner.obert_damp)
+            diag = obert_inverse_diagonal(
+                grads[:, k].reshape(grads.shape[0], -1), self.pruner.obert_block, self.pruner.obert_damp
+            )
             out[k] = (weight.float().cpu() ** 2 / (2 * diag.reshape(weight.shape).clamp_min(1e-30))).to(out.dtype)
         return out.to(weight.device)
 
@@ -204,10 +211,19 @@ class OBertScore(PruningScore):
 class Pruner(TrainingHooks):
     """Scores and prunes the masks of ``layers`` while ``fit_loop`` trains (its ``hooks``)."""
 
-    def __init__(self, layers: dict[str, MaskedLinear], schedule: SparsitySchedule, steps_per_epoch: int,
-                 score: str = "obert", scope: str = "layer", interval: int = 10,
-                 obert_gradients: int = 20, obert_block: int = 20, obert_damp: float = 1e-7,
-                 groups: list[UnitGroup] | None = None):
+    def __init__(
+        self,
+        layers: dict[str, MaskedLinear],
+        schedule: SparsitySchedule,
+        steps_per_epoch: int,
+        score: str = "obert",
+        scope: str = "layer",
+        interval: int = 10,
+        obert_gradients: int = 20,
+        obert_block: int = 20,
+        obert_damp: float = 1e-7,
+        groups: list[UnitGroup] | None = None,
+    ):
         score_class = PRUNING_SCORES.get(score, "pruning_score")
         if scope not in PRUNING_SCOPES:
             raise LucidError(f"pruning_scope: expected one of {list(PRUNING_SCOPES)}, found {scope!r}")
@@ -255,7 +271,7 @@ class Pruner(TrainingHooks):
         return {f"score.{k}": v for k, v in self.score.state().items()}, {"history": self.history}
 
     def load_state(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
-        self.score.load_state({k[len("score."):]: v for k, v in tensors.items() if k.startswith("score.")})
+        self.score.load_state({k[len("score.") :]: v for k, v in tensors.items() if k.startswith("score.")})
         self.history = state["history"]
 
     # ---- scores and masks -------------------------------------------------------------------
@@ -282,9 +298,9 @@ class Pruner(TrainingHooks):
                 flat = torch.cat([scores[n][k].reshape(-1) for n in self.layers])
                 keep = _top(flat, sparsity)
                 offset = 0
-                for name, layer in self.layers.items():
+                for name, layer in self.layers.items():  # noqa: B007
                     size = layer.mask[k].numel()
-                    layer.mask[k] = keep[offset:offset + size].reshape(layer.mask[k].shape)
+                    layer.mask[k] = keep[offset : offset + size].reshape(layer.mask[k].shape)
                     offset += size
         self._record(sparsity)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import torch
@@ -44,7 +44,9 @@ def text_chunks(path: Path, text_column: str, chunk_rows: int) -> Iterator[list[
             raise LucidError(f"{path}: no column {text_column!r}; it has {parquet.schema_arrow.names} (--text-column)")
         frames = (batch.to_pandas() for batch in parquet.iter_batches(batch_size=chunk_rows, columns=[text_column]))
     elif kind == "csv":
-        frames = pd.read_csv(path, usecols=lambda c: c == text_column, chunksize=chunk_rows, dtype=str, keep_default_na=False)
+        frames = pd.read_csv(
+            path, usecols=lambda c: c == text_column, chunksize=chunk_rows, dtype=str, keep_default_na=False
+        )
     else:
         frames = pd.read_json(path, lines=True, chunksize=chunk_rows, dtype=False)
     first = 0
@@ -72,7 +74,7 @@ def prediction_records(model, texts: list[str], first_row: int, batch_size: int,
     and probability (concept models), and with ``explain`` the explanation as JSON."""
     records = []
     for start in range(0, len(texts), batch_size):
-        batch = texts[start:start + batch_size]
+        batch = texts[start : start + batch_size]
         for i, p in enumerate(model.predict(batch)):
             record = {"row": first_row + start + i, "label": p.label}
             record.update({f"probability.{c}": float(v) for c, v in p.probabilities.items()})
@@ -85,15 +87,28 @@ def prediction_records(model, texts: list[str], first_row: int, batch_size: int,
     return records
 
 
-def score_corpus(model, source: Path, output: Path, text_column: str = "text", batch_size: int = 64,
-                 chunk_rows: int = 1024, explain: bool = False) -> Path:
+def score_corpus(
+    model,
+    source: Path,
+    output: Path,
+    text_column: str = "text",
+    batch_size: int = 64,
+    chunk_rows: int = 1024,
+    explain: bool = False,
+) -> Path:
     """Predict every row of ``source`` into ``output`` (its format from its suffix); resumable,
     and shared over the processes that run it together."""
     file_format(output)
     parts = output.with_name(output.name + ".parts")
-    settings = {"source": str(source.resolve()), "size": source.stat().st_size if source.is_file() else None,
-                "mtime": source.stat().st_mtime if source.is_file() else None, "text_column": text_column,
-                "chunk_rows": chunk_rows, "batch_size": batch_size, "explain": explain}
+    settings = {
+        "source": str(source.resolve()),
+        "size": source.stat().st_size if source.is_file() else None,
+        "mtime": source.stat().st_mtime if source.is_file() else None,
+        "text_column": text_column,
+        "chunk_rows": chunk_rows,
+        "batch_size": batch_size,
+        "explain": explain,
+    }
     rank, processes = _process()
     if rank == 0:
         _start_parts(parts, settings)
@@ -104,10 +119,16 @@ def score_corpus(model, source: Path, output: Path, text_column: str = "text", b
     done = {c for c in mine if (parts / f"{c:08d}.jsonl").is_file()}
     model.eval()
     with torch.no_grad():
-        wanted = (pair for pair in enumerate(text_chunks(source, text_column, chunk_rows)) if pair[0] in set(mine) - done)
+        wanted = (
+            pair for pair in enumerate(text_chunks(source, text_column, chunk_rows)) if pair[0] in set(mine) - done
+        )
         for c, texts in tracked(wanted, len(mine) - len(done), "chunks"):
-            _write_whole(parts / f"{c:08d}.jsonl",
-                         "".join(json.dumps(r) + "\n" for r in prediction_records(model, texts, c * chunk_rows, batch_size, explain)))
+            _write_whole(
+                parts / f"{c:08d}.jsonl",
+                "".join(
+                    json.dumps(r) + "\n" for r in prediction_records(model, texts, c * chunk_rows, batch_size, explain)
+                ),
+            )
     _wait_for_all()
     if rank == 0:
         _join(parts, chunks, output)
@@ -131,7 +152,11 @@ def _join(parts: Path, chunks: int, output: Path) -> None:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise LucidError(f"{parts}: parts {missing[:3]} are missing; run the same command again to score them")
-    frame = pd.concat([pd.read_json(f, lines=True, dtype=False, precise_float=True) for f in files], ignore_index=True) if files else pd.DataFrame()
+    frame = (
+        pd.concat([pd.read_json(f, lines=True, dtype=False, precise_float=True) for f in files], ignore_index=True)
+        if files
+        else pd.DataFrame()
+    )
     staging = output.with_name(f".{output.name}.tmp")
     kind = file_format(output)
     if kind == "csv":
@@ -160,4 +185,3 @@ def _process() -> tuple[int, int]:
 def _wait_for_all() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-

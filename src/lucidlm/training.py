@@ -27,12 +27,12 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -42,8 +42,15 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .checkpoints import (
-    CHECKPOINT_DIR, check_same_settings, load_checkpoint, load_optimizer_state, optimizer_state, prefixed, rng_state,
-    save_checkpoint, set_rng_state,
+    CHECKPOINT_DIR,
+    check_same_settings,
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    prefixed,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from .errors import LucidError
 from .progress import progress_log
@@ -91,9 +98,13 @@ class TrainingConfig:
         if isinstance(self.trackers, str):
             self.trackers = [self.trackers]
         if self.mixed_precision not in MIXED_PRECISIONS:
-            raise LucidError(f"training.mixed_precision: expected one of {list(MIXED_PRECISIONS)}, found {self.mixed_precision!r}")
+            raise LucidError(
+                f"training.mixed_precision: expected one of {list(MIXED_PRECISIONS)}, found {self.mixed_precision!r}"
+            )
         if self.mixed_precision == "fp16" and uses_cpu_only():
-            raise LucidError("training.mixed_precision: fp16 needs a CUDA GPU and this machine has none; use bf16 on CPU")
+            raise LucidError(
+                "training.mixed_precision: fp16 needs a CUDA GPU and this machine has none; use bf16 on CPU"
+            )
 
     def learning_settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.reporting_fields}
@@ -115,8 +126,13 @@ def training_accelerator(config: TrainingConfig, run_dir: Path | None) -> Accele
         # processes' state, PartialState, stays as it is).
         AcceleratorState._reset_state(reset_partial_state=False)
     try:
-        accelerator = Accelerator(cpu=uses_cpu_only(), dataloader_config=DataLoaderConfiguration(split_batches=True),
-                                  log_with=config.trackers or None, project_dir=run_dir, mixed_precision=config.mixed_precision)
+        accelerator = Accelerator(
+            cpu=uses_cpu_only(),
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            log_with=config.trackers or None,
+            project_dir=run_dir,
+            mixed_precision=config.mixed_precision,
+        )
     except ValueError as e:  # an unknown tracker
         raise LucidError(f"training.trackers: {e}") from None
     kept = {str(getattr(t, "value", t)) for t in accelerator.log_with}
@@ -218,7 +234,7 @@ def _on_backend_device(tensor: torch.Tensor) -> torch.Tensor:
 
 
 # Settings that a caller above ``fit`` adds to those a checkpoint must have been written under.
-_CALLER_SETTINGS: ContextVar[dict] = ContextVar("lucidlm_checkpoint_settings", default={})
+_CALLER_SETTINGS: ContextVar[dict] = ContextVar("lucidlm_checkpoint_settings", default={})  # noqa: B039
 
 
 @contextmanager
@@ -243,6 +259,7 @@ def _merged(base: dict, extra: dict) -> dict:
 @dataclass
 class LoopState:
     """Where the loop is: everything a checkpoint holds besides tensors."""
+
     epoch: int = 1  # the epoch in progress (1-based)
     batches_done: int = 0  # of that epoch
     step: int = 0  # optimizer steps over the run
@@ -278,14 +295,22 @@ def fit_loop(
     epochs = config.epochs if epochs is None else epochs
     accelerator = training_accelerator(config, run_dir)
     if config.batch_size % accelerator.num_processes:
-        raise LucidError(f"training.batch_size ({config.batch_size}) is the global batch: it must be a multiple of "
-                         f"the number of processes ({accelerator.num_processes})")
+        raise LucidError(
+            f"training.batch_size ({config.batch_size}) is the global batch: it must be a multiple of "
+            f"the number of processes ({accelerator.num_processes})"
+        )
     optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
     total_steps = epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     shuffling = train_loader.generator  # its state at an epoch's start replays that epoch's order
-    settings = _merged({**(settings or {}), "training": config.learning_settings(), "stage": desc}, _CALLER_SETTINGS.get())
-    checkpoints = Checkpoints(Path(run_dir) / CHECKPOINT_DIR, settings, accelerator, setting_defaults) if run_dir is not None else None
+    settings = _merged(
+        {**(settings or {}), "training": config.learning_settings(), "stage": desc}, _CALLER_SETTINGS.get()
+    )
+    checkpoints = (
+        Checkpoints(Path(run_dir) / CHECKPOINT_DIR, settings, accelerator, setting_defaults)
+        if run_dir is not None
+        else None
+    )
     state, best_state, pending_rng = LoopState(), None, None
     if resume:
         if checkpoints is None:
@@ -326,10 +351,16 @@ def fit_loop(
             optimizer.zero_grad()
             hooks.after_step(state.step)
             state.step, state.batches_done = state.step + 1, i + 1
-            state.losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())  # over the processes' shares
+            state.losses.append(
+                accelerator.reduce(loss.detach(), reduction="mean").item()
+            )  # over the processes' shares
             report.step(state, len(batch["input_ids"]) * accelerator.num_processes, scheduler.get_last_lr()[0])
-            if (checkpoints and config.checkpoint_steps and state.step % config.checkpoint_steps == 0
-                    and state.batches_done < len(train_loader)):
+            if (
+                checkpoints
+                and config.checkpoint_steps
+                and state.step % config.checkpoint_steps == 0
+                and state.batches_done < len(train_loader)
+            ):
                 checkpoints.save(state, unwrapped, optimizer, scheduler, hooks, epoch_start, best_state)
         record = {"epoch": epoch, "loss": float(np.mean(state.losses))}
         selectable = hooks.selectable(epoch)
@@ -346,8 +377,15 @@ def fit_loop(
         state.finished = dev_score is not None and selectable and state.stale >= config.patience
         state.epoch, state.batches_done, state.losses = epoch + 1, 0, []
         if checkpoints:
-            checkpoints.save(state, unwrapped, optimizer, scheduler, hooks, shuffling.get_state() if shuffling is not None else None,
-                             best_state)
+            checkpoints.save(
+                state,
+                unwrapped,
+                optimizer,
+                scheduler,
+                hooks,
+                shuffling.get_state() if shuffling is not None else None,
+                best_state,
+            )
     report.close()
     continue_main_generators(accelerator)
     if best_state is not None:
@@ -380,8 +418,16 @@ class Checkpoints:
     def __init__(self, directory: Path, settings: dict, accelerator: Accelerator, defaults: dict | None = None):
         self.directory, self.settings, self.accelerator, self.defaults = directory, settings, accelerator, defaults
 
-    def save(self, state: LoopState, model, optimizer, scheduler, hooks: TrainingHooks,
-             shuffling_state: torch.Tensor | None, best_state: dict | None) -> None:
+    def save(
+        self,
+        state: LoopState,
+        model,
+        optimizer,
+        scheduler,
+        hooks: TrainingHooks,
+        shuffling_state: torch.Tensor | None,
+        best_state: dict | None,
+    ) -> None:
         """Called by every process (each one's generators go to the main one, which writes)."""
         generators = [rng_state()]
         if self.accelerator.num_processes > 1:
@@ -395,18 +441,29 @@ class Checkpoints:
         (rng_tensors, rng_json), others = generators[0], generators[1:]
         hook_tensors, hook_json = hooks.state()
         tensors.update(optimizer_tensors)
-        tensors.update(rng_tensors)  # process 0's at rng.*, as before there were several: process p's at process<p>.rng.*
+        tensors.update(
+            rng_tensors
+        )  # process 0's at rng.*, as before there were several: process p's at process<p>.rng.*
         for process, (process_tensors, _) in enumerate(others, 1):
             tensors.update({f"process{process}.{k}": v for k, v in process_tensors.items()})
         tensors.update({f"hooks.{k}": v for k, v in hook_tensors.items()})
         tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
         if shuffling_state is not None:
             tensors["shuffling"] = shuffling_state
-        save_checkpoint(self.directory, tensors, {
-            "settings": self.settings, "loop": asdict(state), "optimizer": optimizer_json,
-            "scheduler": scheduler.state_dict(), "rng": rng_json, "rng_of_processes": [j for _, j in others],
-            "hooks": hook_json, "has_best": best_state is not None,
-        })
+        save_checkpoint(
+            self.directory,
+            tensors,
+            {
+                "settings": self.settings,
+                "loop": asdict(state),
+                "optimizer": optimizer_json,
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_json,
+                "rng_of_processes": [j for _, j in others],
+                "hooks": hook_json,
+                "has_best": best_state is not None,
+            },
+        )
 
     def restore(self, model, optimizer, scheduler, hooks: TrainingHooks, shuffling: torch.Generator | None):
         """The loop state, best state and this process's generator states that the checkpoint
@@ -439,8 +496,16 @@ class Progress:
     the JSON-lines log in the run folder, and Accelerate's trackers when configured. Main
     process only."""
 
-    def __init__(self, desc: str, epochs: int, steps_per_epoch: int, config: TrainingConfig, accelerator: Accelerator,
-                 run_dir: Path | None, resumed_at: int | None):
+    def __init__(
+        self,
+        desc: str,
+        epochs: int,
+        steps_per_epoch: int,
+        config: TrainingConfig,
+        accelerator: Accelerator,
+        run_dir: Path | None,
+        resumed_at: int | None,
+    ):
         self.desc, self.epochs, self.steps_per_epoch, self.config = desc, epochs, steps_per_epoch, config
         self.accelerator, self.main = accelerator, accelerator.is_main_process
         self.bar_wanted = config.progress and self.main and sys.stderr.isatty()
@@ -457,7 +522,9 @@ class Progress:
     def start_epoch(self, epoch: int, batches_done: int) -> None:
         self.epoch = epoch
         if self.bar_wanted:
-            self.bar = tqdm(total=self.steps_per_epoch, initial=batches_done, desc=f"{self.desc} {epoch}/{self.epochs}", leave=False)
+            self.bar = tqdm(
+                total=self.steps_per_epoch, initial=batches_done, desc=f"{self.desc} {epoch}/{self.epochs}", leave=False
+            )
 
     def step(self, state: LoopState, examples: int, learning_rate: float) -> None:
         self.examples += examples
@@ -471,12 +538,22 @@ class Progress:
         speed = self.examples / elapsed if elapsed > 0 else 0.0
         steps_left = self.epochs * self.steps_per_epoch - state.step
         seconds_per_step = elapsed / max(state.step - self.first_step, 1)
-        record = {"stage": self.desc, "event": "step", "epoch": state.epoch, "step": state.step, "loss": loss,
-                  "examples_per_second": speed, "learning_rate": learning_rate, "eta_seconds": steps_left * seconds_per_step}
+        record = {
+            "stage": self.desc,
+            "event": "step",
+            "epoch": state.epoch,
+            "step": state.step,
+            "loss": loss,
+            "examples_per_second": speed,
+            "learning_rate": learning_rate,
+            "eta_seconds": steps_left * seconds_per_step,
+        }
         self._record(record)
         if self.lines:
-            progress_log.info(f"{self.desc} epoch {state.epoch}/{self.epochs} step {state.step}/{self.epochs * self.steps_per_epoch}: "
-                  f"loss {loss:.4f}, {speed:.1f} examples/s, ETA {timedelta(seconds=round(record['eta_seconds']))}")
+            progress_log.info(
+                f"{self.desc} epoch {state.epoch}/{self.epochs} step {state.step}/{self.epochs * self.steps_per_epoch}: "
+                f"loss {loss:.4f}, {speed:.1f} examples/s, ETA {timedelta(seconds=round(record['eta_seconds']))}"
+            )
 
     def end_epoch(self, record: dict, step: int) -> None:
         if self.bar is not None:
@@ -485,7 +562,9 @@ class Progress:
         self._record({"stage": self.desc, "event": "epoch", "step": step, **record})
         dev = f", dev score {record['dev_score']:.4f}" if "dev_score" in record else ""
         if self.lines:
-            progress_log.info(f"{self.desc} epoch {record['epoch']}/{self.epochs} done at step {step}: loss {record['loss']:.4f}{dev}")
+            progress_log.info(
+                f"{self.desc} epoch {record['epoch']}/{self.epochs} done at step {step}: loss {record['loss']:.4f}{dev}"
+            )
         log.info("%s epoch %d: %s", self.desc, record["epoch"], record)
 
     def close(self) -> None:

@@ -41,8 +41,10 @@ def hash_token(token: str) -> str:
 def add_user(store: CorrectionStore, name: str, role: str) -> str:
     """Add a user; returns their token (the only time it is seen)."""
     if not NAME.match(name):
-        raise LucidError(f"user name: expected letters, digits and . _ @ - (at most 64, starting with a letter or digit), "
-                         f"found {name!r}")
+        raise LucidError(
+            f"user name: expected letters, digits and . _ @ - (at most 64, starting with a letter or digit), "
+            f"found {name!r}"
+        )
     if role not in ROLES:
         raise LucidError(f"--role: expected one of {list(ROLES)}, found {role!r}")
     token = secrets.token_urlsafe(32)

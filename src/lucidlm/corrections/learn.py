@@ -69,10 +69,14 @@ def corrected_split(records: list[Record], spec: TaskSpec) -> Split:
             try:
                 row["concepts"][spec.concept_names.index(name)] = spec.concept(name).index(value)
             except (ValueError, LucidError):
-                raise LucidError(f"record {record.id}: concept {name!r} = {value!r} is not a value this task knows") from None
+                raise LucidError(
+                    f"record {record.id}: concept {name!r} = {value!r} is not a value this task knows"
+                ) from None
         if record.gold_label is not None:
             if record.gold_label not in spec.classes:
-                raise LucidError(f"record {record.id}: label {record.gold_label!r}; expected one of {list(spec.classes)}")
+                raise LucidError(
+                    f"record {record.id}: label {record.gold_label!r}; expected one of {list(spec.classes)}"
+                )
             row["label"] = spec.classes.index(record.gold_label)
         row["ids"].append(record.id)
     concepts = np.full((len(rows), len(spec.concepts)), MISSING, dtype=np.int64)
@@ -81,8 +85,14 @@ def corrected_split(records: list[Record], spec: TaskSpec) -> Split:
             concepts[n, k] = v
     labels = np.array([MISSING if row["label"] is None else row["label"] for row in rows.values()], dtype=np.int64)
     pairs = [pair for _, pair in rows] if spec.text_pair else None
-    return Split(texts=[text for text, _ in rows], labels=labels, concepts=concepts, text_pairs=pairs,
-                 ids=[",".join(map(str, row["ids"])) for row in rows.values()], source="corrections")
+    return Split(
+        texts=[text for text, _ in rows],
+        labels=labels,
+        concepts=concepts,
+        text_pairs=pairs,
+        ids=[",".join(map(str, row["ids"])) for row in rows.values()],
+        source="corrections",
+    )
 
 
 def with_rows(train: Split, extra: Split) -> Split:
@@ -93,22 +103,37 @@ def with_rows(train: Split, extra: Split) -> Split:
     if train.annotations is not None:
         n, k = len(extra), train.annotations.concept_agreement.shape[1]
         a = train.annotations
-        annotations = Annotations(np.concatenate([a.edited, np.zeros(n, dtype=bool)]),
-                                  np.concatenate([a.label_agreement, np.full(n, np.nan)]),
-                                  np.concatenate([a.concept_agreement, np.full((n, k), np.nan)]))
+        annotations = Annotations(
+            np.concatenate([a.edited, np.zeros(n, dtype=bool)]),
+            np.concatenate([a.label_agreement, np.full(n, np.nan)]),
+            np.concatenate([a.concept_agreement, np.full((n, k), np.nan)]),
+        )
     if train.concept_targets is not None or train.statement_scores is not None:
-        raise LucidError("learning from corrections of automatic concepts is not supported yet: their training targets "
-                         "come from the statements' scorer, which a person's yes or no does not replace")
-    return replace(train, texts=train.texts + extra.texts, labels=np.concatenate([train.labels, extra.labels]),
-                   concepts=np.concatenate([train.concepts, extra.concepts]),
-                   text_pairs=None if train.text_pairs is None else train.text_pairs + extra.text_pairs,
-                   ids=None if train.ids is None else train.ids + [f"correction:{i}" for i in extra.ids],
-                   annotations=annotations, source=f"{train.source} + corrections")
+        raise LucidError(
+            "learning from corrections of automatic concepts is not supported yet: their training targets "
+            "come from the statements' scorer, which a person's yes or no does not replace"
+        )
+    return replace(
+        train,
+        texts=train.texts + extra.texts,
+        labels=np.concatenate([train.labels, extra.labels]),
+        concepts=np.concatenate([train.concepts, extra.concepts]),
+        text_pairs=None if train.text_pairs is None else train.text_pairs + extra.text_pairs,
+        ids=None if train.ids is None else train.ids + [f"correction:{i}" for i in extra.ids],
+        annotations=annotations,
+        source=f"{train.source} + corrections",
+    )
 
 
-def learn(run_dir: str | Path, output_dir: str | Path, store: CorrectionStore | str | None = None,
-          records: list[Record] | None = None, seed: int | None = None, progress: bool | None = None,
-          training: dict | None = None):
+def learn(
+    run_dir: str | Path,
+    output_dir: str | Path,
+    store: CorrectionStore | str | None = None,
+    records: list[Record] | None = None,
+    seed: int | None = None,
+    progress: bool | None = None,
+    training: dict | None = None,
+):
     """Fine-tune a new run from ``run_dir`` on its training data plus its standing corrections (those
     made on it or on a run it was learned from), saved to ``output_dir``. ``records``: learn from
     these instead of the store's; ``training``: settings that replace the parent's (``TrainingConfig``
@@ -136,7 +161,11 @@ def learn(run_dir: str | Path, output_dir: str | Path, store: CorrectionStore | 
         raise LucidError(f"{store.safe_url}: no standing corrections of {run_dir.name} to learn from")
 
     model = load_pretrained(run_dir)
-    if not isinstance(model, ConceptModel) and any(r.set_values for r in records) and not any(r.gold_label for r in records):
+    if (
+        not isinstance(model, ConceptModel)
+        and any(r.set_values for r in records)
+        and not any(r.gold_label for r in records)
+    ):
         raise LucidError(f"a {model.family} model learns from labels: none of the {len(records)} corrections gives one")
     experiment = parent["experiment"]
     task = load_experiment_task(experiment["data"])
@@ -146,30 +175,51 @@ def learn(run_dir: str | Path, output_dir: str | Path, store: CorrectionStore | 
     # A continuation: the heads are trained, not fresh, so they learn at the backbone's rate (at the
     # parent's head rate, made for freshly initialised heads, they forget; bench/corrections_learning.py)
     training = replace(training, head_learning_rate=training.learning_rate)
-    changes = {**(training_changes or {}), **({"seed": seed} if seed is not None else {}),
-               **({"progress": progress} if progress is not None else {})}
+    changes = {
+        **(training_changes or {}),
+        **({"seed": seed} if seed is not None else {}),
+        **({"progress": progress} if progress is not None else {}),
+    }
     try:
         training = replace(training, **changes)
     except TypeError as e:
         raise LucidError(f"learn: {e}; the settings are TrainingConfig's fields") from None
     model.fit(with_rows(task.train, corrected), eval_data=task.dev, config=training, run_dir=output_dir)
-    metrics = {name: model.evaluate(split, training.eval_batch_size)
-               for name, split in (("dev", task.dev), ("test", task.test)) if split is not None}
+    metrics = {
+        name: model.evaluate(split, training.eval_batch_size)
+        for name, split in (("dev", task.dev), ("test", task.test))
+        if split is not None
+    }
     model.save_pretrained(output_dir)
     shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)  # the saved run supersedes it
     if store.url == store_url(run_dir) and (run_dir / STORE_FILE).is_file():
         copy_sqlite(run_dir / STORE_FILE, output_dir / STORE_FILE)  # the new run's corrections continue its parent's
     lineage = {
-        "parent": str(run_dir.resolve()), "parent_fingerprint": fingerprint,
+        "parent": str(run_dir.resolve()),
+        "parent_fingerprint": fingerprint,
         "ancestors": sorted(lineage_fingerprints(parent, fingerprint)),
-        "store": store.safe_url, "records": sorted(r.id for r in records), "count": len(records),
-        "texts": len(corrected), "concept_labels": int((corrected.concepts != MISSING).sum()),
-        "labels": int((corrected.labels != MISSING).sum()), "parent_metrics": parent.get("metrics"),
+        "store": store.safe_url,
+        "records": sorted(r.id for r in records),
+        "count": len(records),
+        "texts": len(corrected),
+        "concept_labels": int((corrected.concepts != MISSING).sum()),
+        "labels": int((corrected.labels != MISSING).sum()),
+        "parent_metrics": parent.get("metrics"),
     }
-    used = {"seed": training.seed, "head_learning_rate": training.head_learning_rate,
-            **{k: v for k, v in changes.items() if k != "progress"}}  # the settings this run trained with
-    record = {"experiment": {**experiment, "output_dir": str(output_dir), "training": {**experiment.get("training", {}), **used}},
-              "metrics": metrics, "lineage": lineage}
+    used = {
+        "seed": training.seed,
+        "head_learning_rate": training.head_learning_rate,
+        **{k: v for k, v in changes.items() if k != "progress"},
+    }  # the settings this run trained with
+    record = {
+        "experiment": {
+            **experiment,
+            "output_dir": str(output_dir),
+            "training": {**experiment.get("training", {}), **used},
+        },
+        "metrics": metrics,
+        "lineage": lineage,
+    }
     staging = output_dir / f".{RUN_FILE}.tmp"
     staging.write_text(json.dumps(record, indent=2))
     staging.replace(output_dir / RUN_FILE)

@@ -63,8 +63,9 @@ def read_pool(path: str | Path, column: str = "text") -> list[str]:
 
 
 @torch.no_grad()
-def priorities(model, texts: list[str], policy: str = "expected_change", seed: int = 0,
-               batch_size: int = 64) -> tuple[np.ndarray, list[str | None]]:
+def priorities(
+    model, texts: list[str], policy: str = "expected_change", seed: int = 0, batch_size: int = 64
+) -> tuple[np.ndarray, list[str | None]]:
     """Each text's priority (higher: asked sooner) and the concept to ask about first."""
     if policy not in QUEUE_POLICIES:
         raise LucidError(f"--policy: expected one of {list(QUEUE_POLICIES)}, found {policy!r}")
@@ -76,7 +77,7 @@ def priorities(model, texts: list[str], policy: str = "expected_change", seed: i
     was_training = model.training
     model.eval()
     for start in range(0, len(texts), batch_size):
-        output = model.forward_texts(texts[start:start + batch_size])
+        output = model.forward_texts(texts[start : start + batch_size])
         if not isinstance(model, ConceptModel):
             probs = output.label_logits.float().softmax(-1).cpu().numpy()
             scores.append(rng.random(len(probs)) if policy == "random" else entropy(probs))
@@ -86,14 +87,19 @@ def priorities(model, texts: list[str], policy: str = "expected_change", seed: i
         if policy == "expected_change":
             per_concept = expected_change_scores(model, states).cpu().numpy()
         elif policy == "label_change":  # ties broken by the expected change, as the policy does
-            per_concept = label_change_scores(model, states) + 1e-6 * expected_change_scores(model, states).cpu().numpy()
+            per_concept = (
+                label_change_scores(model, states) + 1e-6 * expected_change_scores(model, states).cpu().numpy()
+            )
         elif policy == "uncertainty":
             probs = [p.float().cpu().numpy() for p in model.concept_probabilities(model.concept_logits_of(states))]
             per_concept = np.stack([entropy(p) for p in probs], axis=1)
         else:
             per_concept = rng.random((len(states[0]), len(names)))
-        order = (np.argsort(-per_concept, axis=1, kind="stable") if policy == "random"
-                 else INTERVENTION_POLICIES.get(policy)(model, states, rng))
+        order = (
+            np.argsort(-per_concept, axis=1, kind="stable")
+            if policy == "random"
+            else INTERVENTION_POLICIES.get(policy)(model, states, rng)
+        )
         scores.append(per_concept.max(axis=1))
         asks += [names[int(k)] for k in order[:, 0]]
     model.train(was_training)
@@ -103,8 +109,16 @@ def priorities(model, texts: list[str], policy: str = "expected_change", seed: i
 class ReviewQueue:
     """Thread-safe: the server's request threads share one."""
 
-    def __init__(self, texts: list[str], priority: np.ndarray, asks: list[str | None], store: CorrectionStore,
-                 run: str, policy: str = "expected_change", lease_seconds: float = 600.0):
+    def __init__(
+        self,
+        texts: list[str],
+        priority: np.ndarray,
+        asks: list[str | None],
+        store: CorrectionStore,
+        run: str,
+        policy: str = "expected_change",
+        lease_seconds: float = 600.0,
+    ):
         self.texts, self.asks, self.store, self.run, self.policy = texts, asks, store, run, policy
         self.priority = np.asarray(priority, dtype=float)
         self.order = np.argsort(-self.priority, kind="stable")  # ties: the pool's order
@@ -114,8 +128,16 @@ class ReviewQueue:
         self.lock = threading.Lock()
 
     @classmethod
-    def build(cls, model, texts: list[str], store: CorrectionStore, run: str, policy: str = "expected_change",
-              seed: int = 0, lease_seconds: float = 600.0) -> "ReviewQueue":
+    def build(
+        cls,
+        model,
+        texts: list[str],
+        store: CorrectionStore,
+        run: str,
+        policy: str = "expected_change",
+        seed: int = 0,
+        lease_seconds: float = 600.0,
+    ) -> ReviewQueue:
         if not texts:
             raise LucidError("the review pool holds no texts")
         priority, asks = priorities(model, texts, policy, seed)
@@ -127,7 +149,9 @@ class ReviewQueue:
         reviewed = self.store.reviewed_texts(self.run)
         with self.lock:
             clock = time.monotonic()
-            self.leases = {i: lease for i, lease in self.leases.items() if lease[1] > clock and self.texts[i] not in reviewed}
+            self.leases = {
+                i: lease for i, lease in self.leases.items() if lease[1] > clock and self.texts[i] not in reviewed
+            }
             remaining = sum(1 for text in self.texts if text not in reviewed)
             for position, i in enumerate(self.order):
                 i = int(i)

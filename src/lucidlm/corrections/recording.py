@@ -8,8 +8,17 @@ from ..intervene import ConceptValues
 from .store import Record
 
 
-def make_record(model, text: str, values: dict[str, str], gold_label: str | None, author: str, run: str,
-                fingerprint: str, key: str = "", note: str | None = None) -> tuple[Record, dict]:
+def make_record(
+    model,
+    text: str,
+    values: dict[str, str],
+    gold_label: str | None,
+    author: str,
+    run: str,
+    fingerprint: str,
+    key: str = "",
+    note: str | None = None,
+) -> tuple[Record, dict]:
     """The record of ``author`` setting (or confirming) concept ``values`` of ``text`` and, when
     given, saying its label is ``gold_label``; and the before and after as JSON (``InterventionResult``,
     or the one prediction when no concept is set). A record the model cannot take is refused here,
@@ -25,8 +34,18 @@ def make_record(model, text: str, values: dict[str, str], gold_label: str | None
     else:
         before = after = model.predict([text])[0].to_dict()
         result = {"text": text, "interventions": {}, "before": before, "after": after, "label_changed": False}
-    record = Record(kind="correction", author=author, run=run, run_fingerprint=fingerprint, text=text,
-                    read_values={name: c["value"] for name, c in before["concepts"].items()},
-                    set_values=dict(values), label_before=str(before["label"]), label_after=str(after["label"]),
-                    gold_label=gold_label, key=key, note=note)
+    record = Record(
+        kind="correction",
+        author=author,
+        run=run,
+        run_fingerprint=fingerprint,
+        text=text,
+        read_values={name: c["value"] for name, c in before["concepts"].items()},
+        set_values=dict(values),
+        label_before=str(before["label"]),
+        label_after=str(after["label"]),
+        gold_label=gold_label,
+        key=key,
+        note=note,
+    )
     return record, result

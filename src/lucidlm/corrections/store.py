@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 from ..errors import LucidError
 
@@ -67,7 +67,8 @@ def _tables():
     metadata = MetaData()
     schema = Table("lucidlm_schema", metadata, Column("version", Integer, nullable=False))
     records = Table(
-        "corrections", metadata,
+        "corrections",
+        metadata,
         Column("id", Integer, primary_key=True, autoincrement=True),
         Column("key", String(64), nullable=False, unique=True),
         Column("kind", String(16), nullable=False),
@@ -86,7 +87,8 @@ def _tables():
         Column("note", Text),
     )
     users = Table(
-        "users", metadata,
+        "users",
+        metadata,
         Column("name", String(200), primary_key=True),
         Column("role", String(16), nullable=False),
         Column("token_hash", String(64), nullable=False, unique=True),
@@ -97,14 +99,18 @@ def _tables():
 
 # The database refuses to rewrite history, whoever connects to it.
 APPEND_ONLY = {
-    "sqlite": ["CREATE TRIGGER corrections_no_update BEFORE UPDATE ON corrections "
-               "BEGIN SELECT RAISE(ABORT, 'corrections are append-only: retract a record instead'); END",
-               "CREATE TRIGGER corrections_no_delete BEFORE DELETE ON corrections "
-               "BEGIN SELECT RAISE(ABORT, 'corrections are append-only: retract a record instead'); END"],
-    "postgresql": ["CREATE FUNCTION corrections_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-                   "$$ BEGIN RAISE EXCEPTION 'corrections are append-only: retract a record instead'; END $$",
-                   "CREATE TRIGGER corrections_no_rewrite BEFORE UPDATE OR DELETE ON corrections "
-                   "FOR EACH ROW EXECUTE FUNCTION corrections_append_only()"],
+    "sqlite": [
+        "CREATE TRIGGER corrections_no_update BEFORE UPDATE ON corrections "
+        "BEGIN SELECT RAISE(ABORT, 'corrections are append-only: retract a record instead'); END",
+        "CREATE TRIGGER corrections_no_delete BEFORE DELETE ON corrections "
+        "BEGIN SELECT RAISE(ABORT, 'corrections are append-only: retract a record instead'); END",
+    ],
+    "postgresql": [
+        "CREATE FUNCTION corrections_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'corrections are append-only: retract a record instead'; END $$",
+        "CREATE TRIGGER corrections_no_rewrite BEFORE UPDATE OR DELETE ON corrections "
+        "FOR EACH ROW EXECUTE FUNCTION corrections_append_only()",
+    ],
 }
 
 
@@ -177,14 +183,17 @@ class CorrectionStore:
                     connection.execute(schema.insert().values(version=0))
                 version = connection.execute(select(schema.c.version)).scalar_one()
                 if version > SCHEMA_VERSION:
-                    raise LucidError(f"corrections store {self.safe_url}: schema version {version} was written by a newer "
-                                     f"lucidlm (this one reads up to {SCHEMA_VERSION}); upgrade lucidlm")
+                    raise LucidError(
+                        f"corrections store {self.safe_url}: schema version {version} was written by a newer "
+                        f"lucidlm (this one reads up to {SCHEMA_VERSION}); upgrade lucidlm"
+                    )
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     MIGRATIONS[step](connection, self.tables)
                     connection.execute(schema.update().values(version=step))
         except (OperationalError, SQLAlchemyError) as e:
-            raise LucidError(f"corrections store {self.safe_url}: cannot open it ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0]})") from None
+            raise LucidError(
+                f"corrections store {self.safe_url}: cannot open it ({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from None
 
     @property
     def schema_version(self) -> int:
@@ -232,12 +241,27 @@ class CorrectionStore:
     def retract(self, record_id: int, author: str, reason: str = "", key: str = "") -> Record:
         """A retraction of record ``record_id``: a new record; the old one stays as it was."""
         original = self.get(record_id)
-        return self.append(Record(kind="retraction", author=author, run=original.run,
-                                  run_fingerprint=original.run_fingerprint, retracts=record_id, note=reason or None, key=key))
+        return self.append(
+            Record(
+                kind="retraction",
+                author=author,
+                run=original.run,
+                run_fingerprint=original.run_fingerprint,
+                retracts=record_id,
+                note=reason or None,
+                key=key,
+            )
+        )
 
     # ---- reading ----------------------------------------------------------------------------------
-    def records(self, run: str | None = None, author: str | None = None, kind: str | None = None,
-                after_id: int = 0, limit: int | None = None) -> list[Record]:
+    def records(
+        self,
+        run: str | None = None,
+        author: str | None = None,
+        kind: str | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[Record]:
         """Records in the order they were stored (by id), filtered by run, author and kind."""
         from sqlalchemy import select
 
@@ -297,7 +321,9 @@ class CorrectionStore:
                 writer = csv.DictWriter(f, fieldnames=list(Record.__dataclass_fields__))
                 writer.writeheader()
                 for row in rows:
-                    writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v for k, v in row.items()})
+                    writer.writerow(
+                        {k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v for k, v in row.items()}
+                    )
         else:
             import shutil
 
@@ -317,17 +343,25 @@ class CorrectionStore:
 
         users = self.tables[3]
         with self.engine.connect() as connection:
-            return [dict(row) for row in connection.execute(select(users.c.name, users.c.role, users.c.created_at)
-                                                            .order_by(users.c.name)).mappings()]
+            return [
+                dict(row)
+                for row in connection.execute(
+                    select(users.c.name, users.c.role, users.c.created_at).order_by(users.c.name)
+                ).mappings()
+            ]
 
     def add_user(self, name: str, role: str, token_hash: str) -> None:
         from sqlalchemy.exc import IntegrityError
 
         try:
             with self.engine.begin() as connection:
-                connection.execute(self.tables[3].insert().values(name=name, role=role, token_hash=token_hash, created_at=now()))
+                connection.execute(
+                    self.tables[3].insert().values(name=name, role=role, token_hash=token_hash, created_at=now())
+                )
         except IntegrityError:
-            raise LucidError(f"user {name!r} exists already in {self.safe_url}; remove them first to give a new token") from None
+            raise LucidError(
+                f"user {name!r} exists already in {self.safe_url}; remove them first to give a new token"
+            ) from None
 
     def remove_user(self, name: str) -> None:
         users = self.tables[3]
@@ -340,7 +374,11 @@ class CorrectionStore:
 
         users = self.tables[3]
         with self.engine.connect() as connection:
-            row = connection.execute(select(users.c.name, users.c.role).where(users.c.token_hash == token_hash)).mappings().first()
+            row = (
+                connection.execute(select(users.c.name, users.c.role).where(users.c.token_hash == token_hash))
+                .mappings()
+                .first()
+            )
         return None if row is None else dict(row)
 
     def close(self) -> None:

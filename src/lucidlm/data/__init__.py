@@ -34,6 +34,16 @@ def load_task(source: str | Path, **options) -> Task:
 
 
 __all__ = [
-    "ConceptSpec", "TaskSpec", "Split", "Task", "MISSING", "TextEncoder", "build_split",
-    "load_task", "load_table_task", "load_cebab", "load_cebab_augmented", "load_sst2",
+    "ConceptSpec",
+    "TaskSpec",
+    "Split",
+    "Task",
+    "MISSING",
+    "TextEncoder",
+    "build_split",
+    "load_task",
+    "load_table_task",
+    "load_cebab",
+    "load_cebab_augmented",
+    "load_sst2",
 ]

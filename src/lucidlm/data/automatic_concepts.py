@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import LucidError
 from .collate import readable_text
-from .spec import ConceptSpec, TaskSpec
+from .spec import ConceptSpec
 from .task import Task
 
 VALUES = ("no", "yes")
@@ -54,6 +54,7 @@ class Statement:
 @dataclass
 class AutomaticConcepts:
     """``data.automatic_concepts`` of a config."""
+
     statements: object  # a preset name, a file (YAML/JSON list or {class: [statements]}; text: one a line), or inline
     scorer: str = DEFAULT_SCORER
     correction: bool = True  # ACC on the training rows
@@ -65,15 +66,24 @@ def read_statements(source, classes: tuple[str, ...] = ()) -> list[Statement]:
     empty set, a repeated statement, an unreadable file or an unknown class is one clear error."""
     where = "automatic_concepts.statements"
     if isinstance(source, (str, Path)) and str(source) in PRESET_SETS:
-        where, source = f"concept set {source!r}", yaml.safe_load(files(__package__).joinpath("concept_sets", f"{source}.yaml").read_text())
+        where, source = (
+            f"concept set {source!r}",
+            yaml.safe_load(files(__package__).joinpath("concept_sets", f"{source}.yaml").read_text()),
+        )
     elif isinstance(source, (str, Path)):
         path = Path(source)
         try:
             text = path.read_text(encoding="utf-8")
-            source = yaml.safe_load(text) if path.suffix in (".yaml", ".yml", ".json") else [s.strip() for s in text.splitlines() if s.strip()]
+            source = (
+                yaml.safe_load(text)
+                if path.suffix in (".yaml", ".yml", ".json")
+                else [s.strip() for s in text.splitlines() if s.strip()]
+            )
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise LucidError(f"{path}: cannot read the concept file ({type(e).__name__}: {e}); expected a list of "
-                             "statements, {class: [statements]}, or one statement a line") from None
+            raise LucidError(
+                f"{path}: cannot read the concept file ({type(e).__name__}: {e}); expected a list of "
+                "statements, {class: [statements]}, or one statement a line"
+            ) from None
         where = str(path)
     if isinstance(source, dict):
         source = [{"statement": s, "classes": [c]} for c, items in source.items() for s in (items or [])]
@@ -93,7 +103,9 @@ def read_statements(source, classes: tuple[str, ...] = ()) -> list[Statement]:
         tied = tuple(str(c) for c in (tied if isinstance(tied, list) else [tied]))
         unknown = [c for c in tied if classes and c not in classes]
         if unknown:
-            raise LucidError(f"{where}: concept {i} ({text!r}): unknown class {unknown[0]!r}; the classes are {list(classes)}")
+            raise LucidError(
+                f"{where}: concept {i} ({text!r}): unknown class {unknown[0]!r}; the classes are {list(classes)}"
+            )
         matches = tuple((str(k), str(v)) for k, v in (entry.get("matches") or {}).items())
         statements.append(Statement(text, tied, matches))
     return statements
@@ -105,7 +117,9 @@ def cache_folder(cache_dir: str | None = None) -> Path:
 
 
 SCORER_MAX_LENGTH = 256  # tokens of a text the scorer reads
-SCORE_RECIPE = f"mean-pooled, L2-normalised, cosine; max_length {SCORER_MAX_LENGTH}; readable_text"  # in every cache key
+SCORE_RECIPE = (
+    f"mean-pooled, L2-normalised, cosine; max_length {SCORER_MAX_LENGTH}; readable_text"  # in every cache key
+)
 
 
 def scorer_fingerprint(scorer: str) -> str:
@@ -133,14 +147,21 @@ def _files_digest(listing: tuple, folder: str) -> str:
     return digest.hexdigest()
 
 
-def concept_scores(texts: list[str], statements: list[Statement], scorer: str = DEFAULT_SCORER,
-                   cache_dir: str | None = None, batch_size: int = 64) -> np.ndarray:
+def concept_scores(
+    texts: list[str],
+    statements: list[Statement],
+    scorer: str = DEFAULT_SCORER,
+    cache_dir: str | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
     """``[N, C]`` cosine similarities of the texts' and the statements' sentence embeddings,
     read from the cache when these texts and statements were scored before by the same scorer
     files with the same recipe (``scorer_fingerprint``, ``SCORE_RECIPE``)."""
     texts = [readable_text(t) for t in texts]  # as the models read them
     fingerprint = scorer_fingerprint(scorer)
-    key = hashlib.sha256(json.dumps([fingerprint, SCORE_RECIPE, [s.text for s in statements], texts]).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps([fingerprint, SCORE_RECIPE, [s.text for s in statements], texts]).encode()
+    ).hexdigest()
     path = cache_folder(cache_dir) / f"{key}.safetensors"
     if path.is_file():
         try:
@@ -170,8 +191,13 @@ def _embeddings(model, tokenizer, texts: list[str], batch_size: int) -> torch.Te
     """Mean-pooled, L2-normalised sentence embeddings (sentence-transformers' recipe for MiniLM)."""
     out = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=SCORER_MAX_LENGTH,
-                          return_tensors="pt")
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=SCORER_MAX_LENGTH,
+            return_tensors="pt",
+        )
         hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9), dim=-1))
@@ -184,7 +210,9 @@ def statement_embeddings(texts: list[str], scorer: str = DEFAULT_SCORER) -> torc
     return _embeddings(model, tokenizer, texts, 64)
 
 
-def corrected_scores(scores: np.ndarray, labels: np.ndarray, statements: list[Statement], classes: tuple[str, ...]) -> np.ndarray:
+def corrected_scores(
+    scores: np.ndarray, labels: np.ndarray, statements: list[Statement], classes: tuple[str, ...]
+) -> np.ndarray:
     """ACC: a row's scores of statements tied to other classes than its label are 0, negatives are 0."""
     out = np.clip(scores, 0.0, None)
     for j, statement in enumerate(statements):
@@ -204,13 +232,17 @@ def with_automatic_concepts(task: Task, options: dict | AutomaticConcepts) -> Ta
         options = from_dict(AutomaticConcepts, options, "data.automatic_concepts")
     paired = [name for name, split in task.splits().items() if split.text_pairs is not None]
     if paired:
-        raise LucidError(f"data.automatic_concepts: the {paired[0]} split has text pairs; statements are scored "
-                         "against single texts (a pair's second text would be ignored)")
+        raise LucidError(
+            f"data.automatic_concepts: the {paired[0]} split has text pairs; statements are scored "
+            "against single texts (a pair's second text would be ignored)"
+        )
     statements = read_statements(options.statements, task.spec.classes)
     concepts = tuple(ConceptSpec(s.text, VALUES) for s in statements)
     spec = replace(task.spec, concepts=concepts)
-    raw = {name: concept_scores(split.texts, statements, options.scorer, options.cache_dir)
-           for name, split in task.splits().items()}
+    raw = {
+        name: concept_scores(split.texts, statements, options.scorer, options.cache_dir)
+        for name, split in task.splits().items()
+    }
     mean, spread = raw["train"].mean(0), raw["train"].std(0) + 1e-6  # the calibration reads training texts only
     splits = {}
     for name, split in task.splits().items():
@@ -220,8 +252,14 @@ def with_automatic_concepts(task: Task, options: dict | AutomaticConcepts) -> Ta
             scores = corrected_scores(scores, split.labels, statements, spec.classes)
         targets = 1.0 / (1.0 + np.exp(-(scores - mean) / spread))
         # what concept_objective cos3 learns (train) and selects its epoch by (dev, corrected as CB-LLM's validation set)
-        learned = corrected_scores(raw[name], split.labels, statements, spec.classes) if name == "dev" and correct else scores
-        splits[name] = replace(split, concepts=(targets >= 0.5).astype(np.int64), concept_targets=targets.astype(np.float32),
-                               statement_scores=learned.astype(np.float32))
+        learned = (
+            corrected_scores(raw[name], split.labels, statements, spec.classes) if name == "dev" and correct else scores
+        )
+        splits[name] = replace(
+            split,
+            concepts=(targets >= 0.5).astype(np.int64),
+            concept_targets=targets.astype(np.float32),
+            statement_scores=learned.astype(np.float32),
+        )
     extras = {k: v for k, v in splits.items() if k not in ("train", "dev", "test")}
     return Task(spec=spec, train=splits["train"], dev=splits.get("dev"), test=splits.get("test"), extras=extras)

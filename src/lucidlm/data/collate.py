@@ -12,7 +12,6 @@ from ..errors import LucidError
 from ..progress import tracked
 from .task import Split
 
-
 # Characters that change what a model reads without changing what a person sees: control
 # characters (NUL, escapes) and format characters (bidirectional overrides such as U+202E,
 # zero-width spaces and joiners, soft hyphens, byte-order marks). A right-to-left override
@@ -45,8 +44,9 @@ class TextEncoder:
     def _encode(self, texts, text_pairs, truncate: bool):
         texts = [readable_text(t) for t in texts]
         pairs = [readable_text(t) for t in text_pairs] if text_pairs is not None else None
-        return self.tokenizer(texts, pairs, truncation=truncate, max_length=self.max_length if truncate else None,
-                              verbose=False)
+        return self.tokenizer(
+            texts, pairs, truncation=truncate, max_length=self.max_length if truncate else None, verbose=False
+        )
 
     def tokenize(self, texts, text_pairs=None) -> list[dict]:
         """Token ids per row, truncated to ``max_length``."""
@@ -99,4 +99,3 @@ class TextEncoder:
         loader = DataLoader(rows, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
         # inference over a split may be long (``lucidlm evaluate``): its progress, when asked for
         return loader if shuffle else tracked(loader, len(loader), f"{len(rows)} rows in batches of {batch_size}")
-

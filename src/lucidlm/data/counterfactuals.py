@@ -64,7 +64,9 @@ def label_distribution(row: dict, classes=CEBAB_CLASSES) -> np.ndarray:
     return counts / counts.sum()
 
 
-def cebab_pairs(rows: list[dict], with_label_effect: bool = False, protocol: str = "originals") -> list[CounterfactualPair]:
+def cebab_pairs(
+    rows: list[dict], with_label_effect: bool = False, protocol: str = "originals"
+) -> list[CounterfactualPair]:
     """The counterfactual pairs of CEBaB rows (conventions and ``protocol`` in the module doc).
     Aspects are read as the ``cebab`` preset reads them; a row whose label has no majority is
     kept, since its label *distribution* (the votes) is what a pair's label effect needs."""
@@ -100,11 +102,24 @@ def cebab_pairs(rows: list[dict], with_label_effect: bool = False, protocol: str
             before, after = source[columns[aspect]], target[columns[aspect]]
             if before == after:  # the edit changed nothing the validators saw
                 continue
-            effect = tuple((label_distribution(target) - label_distribution(source)).tolist()) if with_label_effect else None
+            effect = (
+                tuple((label_distribution(target) - label_distribution(source)).tolist()) if with_label_effect else None
+            )
             label = str(target.get("review_majority"))
-            pairs.append(CounterfactualPair(str(source["id"]), str(target["id"]), source["description"], target["description"],
-                                            aspect, before, after, effect, values(source),
-                                            label if label in CEBAB_CLASSES else None))
+            pairs.append(
+                CounterfactualPair(
+                    str(source["id"]),
+                    str(target["id"]),
+                    source["description"],
+                    target["description"],
+                    aspect,
+                    before,
+                    after,
+                    effect,
+                    values(source),
+                    label if label in CEBAB_CLASSES else None,
+                )
+            )
     return pairs
 
 
@@ -116,8 +131,9 @@ def cebab_concept_rows(folder: str | Path, split: str) -> tuple[list[str], list[
     return [r["description"] for r in rows], [tuple(r[c.column] for c in spec.concepts) for r in rows]
 
 
-def load_cebab_pairs(folder: str | Path, split: str, with_label_effect: bool = False,
-                     protocol: str = "originals") -> list[CounterfactualPair]:
+def load_cebab_pairs(
+    folder: str | Path, split: str, with_label_effect: bool = False, protocol: str = "originals"
+) -> list[CounterfactualPair]:
     """Pairs of a CEBaB split file (``dev``, ``test``, ``train_inclusive``, …) in ``folder``."""
     return cebab_pairs(read_rows(Path(folder) / f"{split}.json"), with_label_effect, protocol)
 
@@ -137,4 +153,7 @@ def edits_of_split(split: Split, pairs: list[CounterfactualPair]) -> Counterfact
         concepts=np.array([names.index(p.aspect) for p in kept], dtype=np.int64),
         values=np.array([spec.concepts[names.index(p.aspect)].values.index(p.after) for p in kept], dtype=np.int64),
         texts=[p.edit for p in kept],
-        labels=np.array([spec.classes.index(p.edit_label) if p.edit_label is not None else MISSING for p in kept], dtype=np.int64))
+        labels=np.array(
+            [spec.classes.index(p.edit_label) if p.edit_label is not None else MISSING for p in kept], dtype=np.int64
+        ),
+    )

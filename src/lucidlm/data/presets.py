@@ -20,8 +20,17 @@ from .task import Annotations, Task, build_split
 
 CONCEPT_VALUES = ("Negative", "Positive", "unknown")
 CEBAB_ASPECTS = ("food", "ambiance", "service", "noise")
-EXTRA_CONCEPTS = ("cleanliness", "price", "location", "menu variety", "waiting time",
-                  "waiting area", "parking", "wi-fi", "kids-friendly")
+EXTRA_CONCEPTS = (
+    "cleanliness",
+    "price",
+    "location",
+    "menu variety",
+    "waiting time",
+    "waiting area",
+    "parking",
+    "wi-fi",
+    "kids-friendly",
+)
 CEBAB_HUB = "CEBaB/CEBaB"
 # Where the presets look when no path is given: $LUCIDLM_DATA/<preset folder>, then the hub.
 DATA_ENV = "LUCIDLM_DATA"
@@ -68,8 +77,12 @@ def cebab_annotations(rows: list[dict], spec: TaskSpec) -> Annotations:
     return Annotations(
         edited=np.array([not row.get("is_original", True) for row in rows], dtype=bool),
         label_agreement=np.array([_agreement(row.get("review_label_distribution")) for row in rows]),
-        concept_agreement=np.array([[_agreement(row.get(c.column.replace("_majority", "_label_distribution")))
-                                     for c in spec.concepts] for row in rows]).reshape(len(rows), len(spec.concepts)),
+        concept_agreement=np.array(
+            [
+                [_agreement(row.get(c.column.replace("_majority", "_label_distribution"))) for c in spec.concepts]
+                for row in rows
+            ]
+        ).reshape(len(rows), len(spec.concepts)),
     )
 
 
@@ -98,8 +111,10 @@ def load_cebab(path=None, train_split: str = "train_exclusive", counterfactuals:
     names = {"train": train_split, "dev": "dev", "test": "test"}
     if counterfactuals is not None:
         if counterfactuals in ("dev", "test"):
-            raise LucidError(f"counterfactuals: {counterfactuals!r} is an evaluation split; training reads "
-                             "edits of training texts (train_inclusive)")
+            raise LucidError(
+                f"counterfactuals: {counterfactuals!r} is an evaluation split; training reads "
+                "edits of training texts (train_inclusive)"
+            )
         names["counterfactuals"] = counterfactuals
     if folder is not None:
         raw = {k: read_rows(folder / f"{v}.json") for k, v in names.items()}
@@ -117,8 +132,10 @@ def load_cebab(path=None, train_split: str = "train_exclusive", counterfactuals:
 
         edits = edits_of_split(splits["train"], cebab_pairs(pair_rows, protocol="all"))
         if edits is None:
-            raise LucidError(f"{where['counterfactuals']}: no edit of a text of {where['train']}; "
-                             "counterfactual pairs need the split that holds the training texts' edits (train_inclusive)")
+            raise LucidError(
+                f"{where['counterfactuals']}: no edit of a text of {where['train']}; "
+                "counterfactual pairs need the split that holds the training texts' edits (train_inclusive)"
+            )
         splits["train"] = replace(splits["train"], counterfactuals=edits)
     return Task(spec=spec, **splits)
 
@@ -136,9 +153,10 @@ def load_cebab_augmented(path=None, reviews: str = "cebab", concepts=CEBAB_ASPEC
         "test": f"test_{reviews}_new_concept_single.csv",
     }
     spec = cebab_spec(concepts, name=f"{reviews}-augmented")
-    return Task(spec=spec, **{
-        k: build_split(_cebab_rows(read_rows(folder / f), spec), spec, str(folder / f)) for k, f in files.items()
-    })
+    return Task(
+        spec=spec,
+        **{k: build_split(_cebab_rows(read_rows(folder / f), spec), spec, str(folder / f)) for k, f in files.items()},
+    )
 
 
 def load_sst2(path=None, dev_size: int = 872, seed: int = 0) -> Task:

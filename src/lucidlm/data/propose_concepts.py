@@ -26,8 +26,15 @@ class "{name}" say, so that a statement being true argues for that class. Do not
 {forbidden}. Write only the statements, no numbering, no other text."""
 
 
-def propose_statements(task: Task, model: str, class_names: dict[str, str] | None = None, per_class: int = 10,
-                       examples: int = 5, seed: int = 0, api_base: str | None = None) -> dict[str, list[str]]:
+def propose_statements(
+    task: Task,
+    model: str,
+    class_names: dict[str, str] | None = None,
+    per_class: int = 10,
+    examples: int = 5,
+    seed: int = 0,
+    api_base: str | None = None,
+) -> dict[str, list[str]]:
     """``{class: [statements]}`` for every class of ``task``, from the chat ``model`` (a LiteLLM name)."""
     try:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no download at import
@@ -45,14 +52,21 @@ def propose_statements(task: Task, model: str, class_names: dict[str, str] | Non
     for index, label in enumerate(task.spec.classes):
         rows = np.flatnonzero(task.train.labels == index)
         picked = rng.choice(rows, min(examples, len(rows)), replace=False) if len(rows) else []
-        prompt = PROMPT.format(count=len(picked), name=names[label], per_class=per_class,
-                               examples="\n".join(f"- {task.train.texts[i][:500]}" for i in picked),
-                               forbidden=", ".join(f'"{w}"' for w in forbidden))
+        prompt = PROMPT.format(
+            count=len(picked),
+            name=names[label],
+            per_class=per_class,
+            examples="\n".join(f"- {task.train.texts[i][:500]}" for i in picked),
+            forbidden=", ".join(f'"{w}"' for w in forbidden),
+        )
         try:
-            answer = litellm.completion(model=model, messages=[{"role": "user", "content": prompt}], api_base=api_base,
-                                        temperature=0.0)
+            answer = litellm.completion(
+                model=model, messages=[{"role": "user", "content": prompt}], api_base=api_base, temperature=0.0
+            )
         except Exception as e:  # the provider's own error, in one line
-            raise LucidError(f"concepts propose: the chat model {model!r} did not answer ({type(e).__name__}: {str(e)[:300]})") from None
+            raise LucidError(
+                f"concepts propose: the chat model {model!r} did not answer ({type(e).__name__}: {str(e)[:300]})"
+            ) from None
         kept = []
         for line in (answer.choices[0].message.content or "").splitlines():
             statement = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip().strip('"')
@@ -71,6 +85,9 @@ def write_concept_file(proposed: dict[str, list[str]], path: Path, header: str) 
         raise LucidError("concepts propose: the chat model proposed no usable statement; nothing written")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text("".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(proposed, allow_unicode=True, sort_keys=False))
+    staging.write_text(
+        "".join(f"# {line}\n" for line in header.splitlines())
+        + yaml.safe_dump(proposed, allow_unicode=True, sort_keys=False)
+    )
     staging.replace(path)
     return path

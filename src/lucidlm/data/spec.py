@@ -18,9 +18,7 @@ class ConceptSpec:
     def __post_init__(self):
         object.__setattr__(self, "values", tuple(self.values))
         if len(self.values) < 2 or len(set(self.values)) != len(self.values):
-            raise LucidError(
-                f"concept {self.name!r}: expected at least two distinct values, found {list(self.values)}"
-            )
+            raise LucidError(f"concept {self.name!r}: expected at least two distinct values, found {list(self.values)}")
 
     def index(self, value: str) -> int:
         try:
@@ -51,7 +49,9 @@ class TaskSpec:
         if len(set(self.classes)) != len(self.classes):
             raise LucidError(f"task {self.name!r}: label classes repeat: {list(self.classes)}")
         if len(self.classes) == 1:
-            raise LucidError(f"task {self.name!r}: a classification needs two classes or more, found {list(self.classes)}")
+            raise LucidError(
+                f"task {self.name!r}: a classification needs two classes or more, found {list(self.classes)}"
+            )
         names = [c.name for c in self.concepts]
         if len(set(names)) != len(names):
             raise LucidError(f"task {self.name!r}: concept names repeat: {names}")
@@ -84,7 +84,7 @@ class TaskSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TaskSpec":
+    def from_dict(cls, d: dict) -> TaskSpec:
         d = dict(d)
         d["concepts"] = tuple(ConceptSpec(**c) for c in d.get("concepts", ()))
         return cls(**d)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,15 +31,19 @@ class CounterfactualEdits:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def of_rows(self, indices: list[int]) -> "CounterfactualEdits | None":
+    def of_rows(self, indices: list[int]) -> CounterfactualEdits | None:
         """The edits of rows ``indices`` (in that order, renumbered), or None when none is left."""
         position = {old: new for new, old in enumerate(indices)}
         keep = [i for i, s in enumerate(self.sources) if int(s) in position]
         if not keep:
             return None
-        return CounterfactualEdits(np.array([position[int(self.sources[i])] for i in keep], dtype=np.int64),
-                                   self.concepts[keep], self.values[keep], [self.texts[i] for i in keep],
-                                   None if self.labels is None else self.labels[keep])
+        return CounterfactualEdits(
+            np.array([position[int(self.sources[i])] for i in keep], dtype=np.int64),
+            self.concepts[keep],
+            self.values[keep],
+            [self.texts[i] for i in keep],
+            None if self.labels is None else self.labels[keep],
+        )
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,13 @@ class Annotations:
     label_agreement: np.ndarray  # [n] float
     concept_agreement: np.ndarray  # [n, K] float
 
-    def of_rows(self, indices: list[int]) -> "Annotations":
+    def of_rows(self, indices: list[int]) -> Annotations:
         return Annotations(self.edited[indices], self.label_agreement[indices], self.concept_agreement[indices])
 
     def unanimous(self, i: int, k: int, label_share: float = 0.8) -> bool:
         """Row i is an original whose annotators all gave concept k its value and (at least
         ``label_share`` of them) its label: a row a person can check the correction of."""
-        return (not self.edited[i] and self.concept_agreement[i, k] == 1.0
-                and self.label_agreement[i] >= label_share)
+        return not self.edited[i] and self.concept_agreement[i, k] == 1.0 and self.label_agreement[i] >= label_share
 
 
 @dataclass
@@ -98,7 +100,7 @@ class Split:
                 digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 
-    def select(self, indices) -> "Split":
+    def select(self, indices) -> Split:
         indices = list(indices)
         pick = lambda xs: None if xs is None else [xs[i] for i in indices]  # noqa: E731
         return replace(
@@ -114,7 +116,7 @@ class Split:
             annotations=None if self.annotations is None else self.annotations.of_rows(indices),
         )
 
-    def sample(self, n: int, seed: int = 0) -> "Split":
+    def sample(self, n: int, seed: int = 0) -> Split:
         """A fixed random subset of ``n`` rows (all rows when ``n >= len``), in a repeatable order."""
         if n >= len(self):
             return self
@@ -131,7 +133,11 @@ class Task:
 
     def splits(self) -> dict[str, Split]:
         """Every split the task has, by name."""
-        return {k: v for k, v in {"train": self.train, "dev": self.dev, "test": self.test, **self.extras}.items() if v is not None}
+        return {
+            k: v
+            for k, v in {"train": self.train, "dev": self.dev, "test": self.test, **self.extras}.items()
+            if v is not None
+        }
 
     def split(self, name: str) -> Split:
         splits = {"train": self.train, "dev": self.dev, "test": self.test, **self.extras}
@@ -193,7 +199,9 @@ def _label(row: dict, spec: TaskSpec, where: str):
             raise LucidError(f"{where}, field {spec.label!r}: expected a number, found {value!r}") from None
     value = str(value)
     if value not in spec.classes:
-        raise LucidError(f"{where}, field {spec.label!r}: unknown label {value!r}; expected one of {list(spec.classes)}")
+        raise LucidError(
+            f"{where}, field {spec.label!r}: unknown label {value!r}; expected one of {list(spec.classes)}"
+        )
     return spec.classes.index(value)
 
 
@@ -250,8 +258,14 @@ def load_table_task(
         concept_specs = tuple(
             ConceptSpec(name, _sorted_values(r.get(name) for r in train_rows)) for name in concepts or ()
         )
-    spec = TaskSpec(text=text, label=label, classes=tuple(classes), concepts=concept_specs,
-                    text_pair=text_pair, name=Path(train).stem)
+    spec = TaskSpec(
+        text=text,
+        label=label,
+        classes=tuple(classes),
+        concepts=concept_specs,
+        text_pair=text_pair,
+        name=Path(train).stem,
+    )
     return Task(
         spec=spec,
         train=build_split(train_rows, spec, str(train)),

@@ -38,8 +38,15 @@ import numpy as np
 import torch
 
 from ..data import MISSING
-from ..data.counterfactuals import (CEBAB_CLASSES, PROTOCOLS, CounterfactualPair, cebab_concept_rows, cebab_pairs,  # noqa: F401
-                                    label_distribution, load_cebab_pairs)
+from ..data.counterfactuals import (  # noqa: F401
+    CEBAB_CLASSES,
+    PROTOCOLS,
+    CounterfactualPair,
+    cebab_concept_rows,
+    cebab_pairs,
+    label_distribution,
+    load_cebab_pairs,
+)
 from ..data.presets import CEBAB_ASPECTS, cebab_spec
 from ..errors import LucidError
 from ..intervene import SubnetworkRewiring
@@ -83,8 +90,9 @@ def _one_hot(rows: list[tuple[str, ...]]) -> np.ndarray:
     return np.array([[float(v == value) for c, v in zip(spec.concepts, row) for value in c.values] for row in rows])
 
 
-def s_learner_effects(train_texts: list[str], train_values: list[tuple[str, ...]], outputs: TextOutputs,
-                      pairs: list[CounterfactualPair]) -> np.ndarray:
+def s_learner_effects(
+    train_texts: list[str], train_values: list[tuple[str, ...]], outputs: TextOutputs, pairs: list[CounterfactualPair]
+) -> np.ndarray:
     """CEBaB's S-learner on the model's own outputs: aspects' values -> the model's predicted class
     (a logistic regression on the training texts); estimate = its probabilities with the aspect
     set to b minus with a (the source's other values kept)."""
@@ -106,8 +114,9 @@ def _class_columns(learner, proba: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def matching_effects(train_texts: list[str], train_values: list[tuple[str, ...]], outputs: TextOutputs,
-                     pairs: list[CounterfactualPair]) -> tuple[np.ndarray, int]:
+def matching_effects(
+    train_texts: list[str], train_values: list[tuple[str, ...]], outputs: TextOutputs, pairs: list[CounterfactualPair]
+) -> tuple[np.ndarray, int]:
     """Approximate counterfactuals (CEBaB's matching baseline): the model's mean label distribution
     over the training texts whose aspect values are the source's with the aspect set to b, minus
     its distribution on the source. Pairs with no such training text are estimated as no effect
@@ -149,15 +158,22 @@ def summarize(pairs: list[CounterfactualPair], values: dict[str, np.ndarray]) ->
 
     def mean_of(rows) -> dict:
         rows = np.asarray(rows, dtype=int)
-        return {"n": int(len(rows)), **{name: float(v[rows].mean()) if len(rows) else None for name, v in values.items()}}
+        return {
+            "n": int(len(rows)),
+            **{name: float(v[rows].mean()) if len(rows) else None for name, v in values.items()},
+        }
 
-    aspects = sorted({p.aspect for p in pairs}, key=lambda a: CEBAB_ASPECTS.index(a) if a in CEBAB_ASPECTS else len(CEBAB_ASPECTS))
+    aspects = sorted(
+        {p.aspect for p in pairs}, key=lambda a: CEBAB_ASPECTS.index(a) if a in CEBAB_ASPECTS else len(CEBAB_ASPECTS)
+    )
     directions = sorted({p.direction for p in pairs})
     return {
         "overall": mean_of(range(len(pairs))),
         "per_aspect": {a: mean_of([i for i, p in enumerate(pairs) if p.aspect == a]) for a in aspects},
-        "per_direction": {f"{a}: {x}→{y}": mean_of([i for i, p in enumerate(pairs) if p.direction == (a, x, y)])
-                          for a, x, y in directions},
+        "per_direction": {
+            f"{a}: {x}→{y}": mean_of([i for i, p in enumerate(pairs) if p.direction == (a, x, y)])
+            for a, x, y in directions
+        },
     }
 
 
@@ -166,7 +182,9 @@ def summarize(pairs: list[CounterfactualPair], values: dict[str, np.ndarray]) ->
 
 def causal_applicability(model, cebab: str | Path | None) -> str | None:
     if cebab is None:
-        return "no CEBaB data given: the causal suite reads CEBaB's (original, edit) pairs (cebab=FOLDER, --cebab FOLDER)"
+        return (
+            "no CEBaB data given: the causal suite reads CEBaB's (original, edit) pairs (cebab=FOLDER, --cebab FOLDER)"
+        )
     if not Path(cebab).is_dir():
         return f"{cebab}: no such folder (expected CEBaB's JSON files)"
     if tuple(model.spec.classes) != CEBAB_CLASSES:
@@ -175,7 +193,9 @@ def causal_applicability(model, cebab: str | Path | None) -> str | None:
 
 
 @torch.no_grad()
-def concept_intervention_effects(model, outputs: TextOutputs, pairs: list[CounterfactualPair]) -> tuple[np.ndarray, np.ndarray]:
+def concept_intervention_effects(
+    model, outputs: TextOutputs, pairs: list[CounterfactualPair]
+) -> tuple[np.ndarray, np.ndarray]:
     """EICaCE of a concept model: its label distribution on each original with the edited
     aspect's concept set to the edit's value, minus without. Returns the estimates of the pairs
     whose aspect is one of the model's concepts, and those pairs' indices."""
@@ -196,10 +216,15 @@ def concept_intervention_effects(model, outputs: TextOutputs, pairs: list[Counte
 def _usable(model, pairs: list[CounterfactualPair]) -> np.ndarray:
     """Indices of the pairs whose aspect and target value are among the model's concepts."""
     names = model.spec.concept_names
-    return np.array([i for i, p in enumerate(pairs) if p.aspect in names and p.after in model.spec.concept(p.aspect).values], dtype=int)
+    return np.array(
+        [i for i, p in enumerate(pairs) if p.aspect in names and p.after in model.spec.concept(p.aspect).values],
+        dtype=int,
+    )
 
 
-def rewiring_effects(model, pairs: list[CounterfactualPair], fraction: float, score: str) -> tuple[np.ndarray, np.ndarray]:
+def rewiring_effects(
+    model, pairs: list[CounterfactualPair], fraction: float, score: str
+) -> tuple[np.ndarray, np.ndarray]:
     """EICaCE of SparseCBM by its own correction (docs/methods.md §2): each original's label distribution
     after the edited aspect's subnetwork is rewired toward the edit's value (``fraction`` of its
     weights, chosen by ``score``), for that text only, minus before. Estimates and the usable
@@ -214,9 +239,14 @@ def rewiring_effects(model, pairs: list[CounterfactualPair], fraction: float, sc
     return estimates, usable
 
 
-def causal_effects(model, outputs: TextOutputs, pairs: list[CounterfactualPair],
-                   estimator: dict[tuple[str, str, str], np.ndarray], train: tuple[list, list] | None = None,
-                   rewiring: tuple[float, str] | None = None) -> dict:
+def causal_effects(
+    model,
+    outputs: TextOutputs,
+    pairs: list[CounterfactualPair],
+    estimator: dict[tuple[str, str, str], np.ndarray],
+    train: tuple[list, list] | None = None,
+    rewiring: tuple[float, str] | None = None,
+) -> dict:
     """ICaCE of ``model`` on ``pairs``, scored against the baseline ``estimator``, the S-learner
     and the matching baseline fitted on ``train`` (texts, aspect values) with the same model's
     outputs, and, for a concept model, against its own interventions (for SparseCBM given
@@ -228,23 +258,38 @@ def causal_effects(model, outputs: TextOutputs, pairs: list[CounterfactualPair],
     result = {
         "n_pairs": len(pairs),
         "icace_norm": summarize(pairs, {"mean": np.linalg.norm(icace, axis=1)}),
-        "estimators": {"average_training_effect": {**summarize(pairs, effect_distances(icace, baseline)),
-                                                   "directions_unseen_in_training": unseen}},
+        "estimators": {
+            "average_training_effect": {
+                **summarize(pairs, effect_distances(icace, baseline)),
+                "directions_unseen_in_training": unseen,
+            }
+        },
     }
     if train is not None:
-        result["estimators"]["s_learner"] = summarize(pairs, effect_distances(icace, s_learner_effects(*train, outputs, pairs)))
+        result["estimators"]["s_learner"] = summarize(
+            pairs, effect_distances(icace, s_learner_effects(*train, outputs, pairs))
+        )
         matched, unmatched = matching_effects(*train, outputs, pairs)
-        result["estimators"]["matching"] = {**summarize(pairs, effect_distances(icace, matched)), "pairs_without_a_match": unmatched}
+        result["estimators"]["matching"] = {
+            **summarize(pairs, effect_distances(icace, matched)),
+            "pairs_without_a_match": unmatched,
+        }
     if isinstance(model, ConceptModel):
         eicace, usable = concept_intervention_effects(model, outputs, pairs)
         chosen = [pairs[i] for i in usable]
         result["estimators"]["concept_intervention"] = {
-            **summarize(chosen, effect_distances(icace[usable], eicace)), "pairs_without_the_concept": len(pairs) - len(usable)}
+            **summarize(chosen, effect_distances(icace[usable], eicace)),
+            "pairs_without_the_concept": len(pairs) - len(usable),
+        }
     else:
-        result["estimators"]["concept_intervention"] = {"skipped": f"a {model.family} model without concepts has no concept to intervene on"}
+        result["estimators"]["concept_intervention"] = {
+            "skipped": f"a {model.family} model without concepts has no concept to intervene on"
+        }
     if isinstance(model, SubnetworkModel) and rewiring is not None:
         eicace, usable = rewiring_effects(model, pairs, *rewiring)
         result["estimators"]["subnetwork_rewiring"] = {
             **summarize([pairs[i] for i in usable], effect_distances(icace[usable], eicace)),
-            "fraction": rewiring[0], "score": rewiring[1]}
+            "fraction": rewiring[0],
+            "score": rewiring[1],
+        }
     return result

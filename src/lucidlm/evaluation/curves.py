@@ -20,7 +20,7 @@ about 0.15 points, is as small as the noise of five sampled orders, which made i
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,7 +30,13 @@ from ..intervene import INTERVENTION_POLICIES, random_order, uncertainty_order
 from .faithfulness import concept_applicability
 from .outputs import TextOutputs, split_outputs
 
-ORDERS = ("random", "uncertainty", "expected_change", "label_change", "learned")  # learned: only a model that has one (IntCEM, published)
+ORDERS = (
+    "random",
+    "uncertainty",
+    "expected_change",
+    "label_change",
+    "learned",
+)  # learned: only a model that has one (IntCEM, published)
 EXACT_RANDOM_MAX_CONCEPTS = 13  # 8192 sets of concepts
 
 
@@ -43,18 +49,23 @@ def gold_values(order: np.ndarray, gold: np.ndarray, m: int) -> np.ndarray:
     return values
 
 
-def intervention_curve(label_logits: Callable[[np.ndarray], np.ndarray], order: np.ndarray,
-                       gold: np.ndarray, labels: np.ndarray) -> list[float]:
+def intervention_curve(
+    label_logits: Callable[[np.ndarray], np.ndarray], order: np.ndarray, gold: np.ndarray, labels: np.ndarray
+) -> list[float]:
     """Accuracy for m = 0 … K concepts set to gold; ``label_logits(values)`` maps ``[N, K]`` values
     (``MISSING``: keep the prediction) to label logits ``[N, C]``."""
-    return [float((label_logits(gold_values(order, gold, m)).argmax(-1) == labels).mean()) for m in range(gold.shape[1] + 1)]
+    return [
+        float((label_logits(gold_values(order, gold, m)).argmax(-1) == labels).mean()) for m in range(gold.shape[1] + 1)
+    ]
 
 
-def expected_random_curve(label_logits_of_set: Callable[[np.ndarray], np.ndarray], k: int, labels: np.ndarray) -> list[float]:
+def expected_random_curve(
+    label_logits_of_set: Callable[[np.ndarray], np.ndarray], k: int, labels: np.ndarray
+) -> list[float]:
     """The random order's curve without sampling: for m = 0 … K, the mean accuracy over every set
     of m concepts set to gold. ``label_logits_of_set(chosen)``: the label logits ``[N, C]`` with
     the concepts where ``chosen`` (``[K]`` booleans) is true set to gold in every row."""
-    sets = ((np.arange(2 ** k)[:, None] >> np.arange(k)) & 1).astype(bool)  # [2^K, K]: every subset
+    sets = ((np.arange(2**k)[:, None] >> np.arange(k)) & 1).astype(bool)  # [2^K, K]: every subset
     accuracy = np.array([(label_logits_of_set(chosen).argmax(-1) == labels).mean() for chosen in sets])
     sizes = sets.sum(1)
     return [float(accuracy[sizes == m].mean()) for m in range(k + 1)]
@@ -80,12 +91,23 @@ def intervention_curves(model, outputs: TextOutputs, split: Split, seed: int = 0
         predicted = model.concept_activations(states)
         corrected = model.intervened_activations(states, torch.from_numpy(gold).to(model.device))
         random = expected_random_curve(
-            lambda chosen: model.label_from_concepts([c if on else p for on, c, p in zip(chosen, corrected, predicted)]).cpu().numpy(),
-            gold.shape[1], labels)
+            lambda chosen: (
+                model.label_from_concepts([c if on else p for on, c, p in zip(chosen, corrected, predicted)])
+                .cpu()
+                .numpy()
+            ),
+            gold.shape[1],
+            labels,
+        )
     else:
         rng = np.random.default_rng(seed)
-        random = np.mean([intervention_curve(label_logits, random_order(len(split), gold.shape[1], rng), gold, labels)
-                          for _ in range(repeats)], axis=0).tolist()
+        random = np.mean(
+            [
+                intervention_curve(label_logits, random_order(len(split), gold.shape[1], rng), gold, labels)
+                for _ in range(repeats)
+            ],
+            axis=0,
+        ).tolist()
     probs = [p.numpy() for p in model.concept_probabilities([torch.from_numpy(x) for x in found["concept_logits"]])]
     expected_change = INTERVENTION_POLICIES.get("expected_change")(model, states)
     learned = {}
@@ -94,10 +116,16 @@ def intervention_curves(model, outputs: TextOutputs, split: Split, seed: int = 0
         order = INTERVENTION_POLICIES.get("learned")(model, states, gold=torch.from_numpy(gold).to(model.device))
         learned["learned"] = intervention_curve(label_logits, order, gold, labels)
     return {
-        "n": len(split), "concepts": gold.shape[1], "k": list(range(gold.shape[1] + 1)),
-        "random": random, "random_repeats": None if exact else repeats, "seed": seed,
+        "n": len(split),
+        "concepts": gold.shape[1],
+        "k": list(range(gold.shape[1] + 1)),
+        "random": random,
+        "random_repeats": None if exact else repeats,
+        "seed": seed,
         "uncertainty": intervention_curve(label_logits, uncertainty_order(probs), gold, labels),
         "expected_change": intervention_curve(label_logits, expected_change, gold, labels),
-        "label_change": intervention_curve(label_logits, INTERVENTION_POLICIES.get("label_change")(model, states), gold, labels),
+        "label_change": intervention_curve(
+            label_logits, INTERVENTION_POLICIES.get("label_change")(model, states), gold, labels
+        ),
         **learned,
     }

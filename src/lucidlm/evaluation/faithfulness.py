@@ -32,7 +32,7 @@ AOPC is the mean over m; the same with the concepts in a random order (seeded) i
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from ..explain.tokens import frame_tokens, gradient_x_input
 from ..intervene import overwrite_concepts, random_order
 from ..models import ConceptModel
 from ..progress import tracked
-from .outputs import TextOutputs, split_outputs, softmax
+from .outputs import TextOutputs, softmax, split_outputs
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.20, 0.50)
 UNKNOWN = "unknown"
@@ -62,22 +62,27 @@ def rank_tokens(scores: Sequence[float], special: Sequence[bool]) -> list[int]:
     return sorted(positions, key=lambda i: (-scores[i], i))
 
 
-def removal_inputs(ids: Sequence[int], special: Sequence[bool], scores: Sequence[float],
-                   fractions: Sequence[float] = FRACTIONS) -> tuple[list[list[int]], list[list[int]]]:
+def removal_inputs(
+    ids: Sequence[int], special: Sequence[bool], scores: Sequence[float], fractions: Sequence[float] = FRACTIONS
+) -> tuple[list[list[int]], list[list[int]]]:
     """For each fraction: ``ids`` without its top tokens (comprehensiveness) and with only
     them and the special tokens (sufficiency)."""
     ranked = rank_tokens(scores, special)
     without, only = [], []
     for fraction in fractions:
-        top = set(ranked[:tokens_to_remove(len(ranked), fraction)])
+        top = set(ranked[: tokens_to_remove(len(ranked), fraction)])
         without.append([t for i, t in enumerate(ids) if i not in top])
         only.append([t for i, t in enumerate(ids) if special[i] or i in top])
     return without, only
 
 
-def token_faithfulness_of(ids: Sequence[int], special: Sequence[bool], explanations: dict[str, Sequence[float]],
-                          probability: Callable[[list[list[int]]], np.ndarray],
-                          fractions: Sequence[float] = FRACTIONS) -> dict[str, dict[str, list[float]]]:
+def token_faithfulness_of(
+    ids: Sequence[int],
+    special: Sequence[bool],
+    explanations: dict[str, Sequence[float]],
+    probability: Callable[[list[list[int]]], np.ndarray],
+    fractions: Sequence[float] = FRACTIONS,
+) -> dict[str, dict[str, list[float]]]:
     """Comprehensiveness and sufficiency at every fraction, for each explanation (name -> token
     scores) of one input. ``probability`` maps id sequences to p_t of each; it is called once,
     on the input followed by every explanation's perturbed inputs."""
@@ -89,8 +94,10 @@ def token_faithfulness_of(ids: Sequence[int], special: Sequence[bool], explanati
     p = np.asarray(probability(sequences), dtype=float)
     n = len(fractions)
     return {
-        name: {"comprehensiveness": (p[0] - p[start:start + n]).tolist(),
-               "sufficiency": (p[0] - p[start + n:start + 2 * n]).tolist()}
+        name: {
+            "comprehensiveness": (p[0] - p[start : start + n]).tolist(),
+            "sufficiency": (p[0] - p[start + n : start + 2 * n]).tolist(),
+        }
         for name, start in spans.items()
     }
 
@@ -98,8 +105,9 @@ def token_faithfulness_of(ids: Sequence[int], special: Sequence[bool], explanati
 # ---- concept level: the arithmetic ---------------------------------------------------------
 
 
-def concept_removal_drops(base: np.ndarray, probability: Callable[[np.ndarray], np.ndarray],
-                          order: np.ndarray) -> dict[str, np.ndarray]:
+def concept_removal_drops(
+    base: np.ndarray, probability: Callable[[np.ndarray], np.ndarray], order: np.ndarray
+) -> dict[str, np.ndarray]:
     """``[N, K−1]`` drops of the predicted label's probability ``base`` ``[N]`` as the first m
     concepts of each row's ``order`` ``[N, K]`` are removed (comprehensiveness) or all but them
     (sufficiency), m = 1 … K−1. ``probability(removed)`` maps a ``[N, K]`` boolean mask of
@@ -113,8 +121,10 @@ def concept_removal_drops(base: np.ndarray, probability: Callable[[np.ndarray], 
         comprehensiveness.append(base - probability(first_m))
         sufficiency.append(base - probability(~first_m))
     empty = np.zeros((n, 0))
-    return {"comprehensiveness": np.stack(comprehensiveness, 1) if comprehensiveness else empty,
-            "sufficiency": np.stack(sufficiency, 1) if sufficiency else empty}
+    return {
+        "comprehensiveness": np.stack(comprehensiveness, 1) if comprehensiveness else empty,
+        "sufficiency": np.stack(sufficiency, 1) if sufficiency else empty,
+    }
 
 
 def order_by(scores: np.ndarray) -> np.ndarray:
@@ -152,8 +162,8 @@ def padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -166,8 +176,9 @@ def token_applicability(model, split: Split) -> str | None:
     return None
 
 
-def token_faithfulness(model, split: Split, samples: int = 200, seed: int = 0,
-                       fractions: Sequence[float] = FRACTIONS, batch_size: int = 64) -> dict:
+def token_faithfulness(
+    model, split: Split, samples: int = 200, seed: int = 0, fractions: Sequence[float] = FRACTIONS, batch_size: int = 64
+) -> dict:
     """Comprehensiveness and sufficiency AOPC of every token explanation ``model.explain`` gives
     (each target it explains), beside gradient × input and random scores on the same targets,
     over ``samples`` rows of ``split`` drawn with ``seed``."""
@@ -188,7 +199,9 @@ def token_faithfulness(model, split: Split, samples: int = 200, seed: int = 0,
             continue
         ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
         id_list = ids[0].tolist()
-        special = frame_tokens(tokenizer, id_list)  # [UNK] stands for the text's characters: ranked and removed like them
+        special = frame_tokens(
+            tokenizer, id_list
+        )  # [UNK] stands for the text's characters: ranked and removed like them
         if sum(not s for s in special) < 2:
             left_out += 1
             continue
@@ -213,18 +226,28 @@ def token_faithfulness(model, split: Split, samples: int = 200, seed: int = 0,
 
             found = token_faithfulness_of(id_list, special, explanations, probability, fractions)
             for explainer, drops in found.items():
-                slot = per_target.setdefault(target, {}).setdefault(explainer, {"comprehensiveness": [], "sufficiency": []})
+                slot = per_target.setdefault(target, {}).setdefault(
+                    explainer, {"comprehensiveness": [], "sufficiency": []}
+                )
                 for name, values in drops.items():
                     slot[name].append(values)
     targets = {
-        target: {explainer: {**curve_summary({k: np.asarray(v) for k, v in drops.items()}),
-                             "n": len(drops["comprehensiveness"])}
-                 for explainer, drops in explainers.items()}
+        target: {
+            explainer: {
+                **curve_summary({k: np.asarray(v) for k, v in drops.items()}),
+                "n": len(drops["comprehensiveness"]),
+            }
+            for explainer, drops in explainers.items()
+        }
         for target, explainers in per_target.items()
     }
     return {
-        "n": len(rows) - left_out, "sampled_from": len(split), "left_out": left_out, "seed": seed,
-        "fractions": list(fractions), "own_explainer": own_method,
+        "n": len(rows) - left_out,
+        "sampled_from": len(split),
+        "left_out": left_out,
+        "seed": seed,
+        "fractions": list(fractions),
+        "own_explainer": own_method,
         "removal": "deletion from the input ids, special tokens kept (ERASER)",
         "targets": targets,
     }
@@ -268,6 +291,7 @@ def concept_faithfulness(model, outputs: TextOutputs, split: Split, seed: int = 
                 values = torch.where(removed_t, 0, MISSING)
                 logits = model.label_from_concepts(overwrite_concepts(activations, values, means))
             return logits.softmax(-1).gather(1, predicted[:, None])[:, 0].cpu().numpy()
+
         return p
 
     modes = {}
@@ -279,8 +303,14 @@ def concept_faithfulness(model, outputs: TextOutputs, split: Split, seed: int = 
         random = {name: np.mean([d[name] for d in draws], axis=0) for name in top}
         modes[how] = {"most_contributing": curve_summary(top), "random": curve_summary(random)}
     return {
-        "n": n, "concepts": k, "steps": list(range(1, k)), "random_repeats": repeats, "seed": seed,
-        "removal": {"unknown": "the concept set to its value 'unknown' (the model's intervention)",
-                    "mean": "the concept's activation replaced by its mean over the evaluated rows"},
+        "n": n,
+        "concepts": k,
+        "steps": list(range(1, k)),
+        "random_repeats": repeats,
+        "seed": seed,
+        "removal": {
+            "unknown": "the concept set to its value 'unknown' (the model's intervention)",
+            "mean": "the concept's activation replaced by its mean over the evaluated rows",
+        },
         "modes": modes,
     }

@@ -56,7 +56,10 @@ def one_hot_concepts(concepts: np.ndarray, sizes: list[int]) -> np.ndarray:
 
 # The concept → label predictors completeness chooses among, by name (on dev accuracy; ties: first).
 CONCEPT_PREDICTORS = {
-    **{f"logistic regression C={c:g}": (lambda c=c: LogisticRegression(C=c, max_iter=5000)) for c in (0.01, 0.1, 1, 10, 100)},
+    **{
+        f"logistic regression C={c:g}": (lambda c=c: LogisticRegression(C=c, max_iter=5000))
+        for c in (0.01, 0.1, 1, 10, 100)
+    },
     "gradient-boosted trees": lambda: HistGradientBoostingClassifier(random_state=0),
 }
 
@@ -66,7 +69,11 @@ def best_concept_predictor(train: Split, dev: Split | None, sizes: list[int]):
     values, fit on the training split's; without dev, the plain logistic regression (C = 1).
     Returns (name, fitted predictor, {name: dev accuracy})."""
     x_train = one_hot_concepts(train.concepts, sizes)
-    candidates = CONCEPT_PREDICTORS if dev is not None else {"logistic regression C=1": CONCEPT_PREDICTORS["logistic regression C=1"]}
+    candidates = (
+        CONCEPT_PREDICTORS
+        if dev is not None
+        else {"logistic regression C=1": CONCEPT_PREDICTORS["logistic regression C=1"]}
+    )
     fitted, scores = {}, {}
     for name, make in candidates.items():
         fitted[name] = make().fit(x_train, train.labels)
@@ -85,10 +92,15 @@ def responsiveness(predicted: np.ndarray, corrected: np.ndarray, labels: np.ndar
     changed = predicted != corrected
     n_changed = int(changed.sum())
     to_gold, away = int((changed & (corrected == labels)).sum()), int((changed & (predicted == labels)).sum())
-    return {"rows_misread": int(misread.sum()), "changed": n_changed, "to_gold": to_gold, "away_from_gold": away,
-            "changed_share": n_changed / len(predicted) if len(predicted) else None,
-            "to_gold_share": to_gold / n_changed if n_changed else None,
-            "away_from_gold_share": away / n_changed if n_changed else None}
+    return {
+        "rows_misread": int(misread.sum()),
+        "changed": n_changed,
+        "to_gold": to_gold,
+        "away_from_gold": away,
+        "changed_share": n_changed / len(predicted) if len(predicted) else None,
+        "to_gold_share": to_gold / n_changed if n_changed else None,
+        "away_from_gold_share": away / n_changed if n_changed else None,
+    }
 
 
 def completeness(concept_accuracy: float, black_box_accuracy: float, chance_accuracy: float) -> float | None:
@@ -100,8 +112,14 @@ def completeness(concept_accuracy: float, black_box_accuracy: float, chance_accu
 
 
 @torch.no_grad()
-def bottleneck_honesty(model, outputs: TextOutputs, train: Split, split: Split,
-                       black_box_accuracy: float | None = None, dev: Split | None = None) -> dict:
+def bottleneck_honesty(
+    model,
+    outputs: TextOutputs,
+    train: Split,
+    split: Split,
+    black_box_accuracy: float | None = None,
+    dev: Split | None = None,
+) -> dict:
     reason = concept_applicability(model)
     if reason:
         return {"skipped": reason}
@@ -137,11 +155,16 @@ def bottleneck_honesty(model, outputs: TextOutputs, train: Split, split: Split,
     chance = float((split.labels == np.bincount(train.labels).argmax()).mean())
     black_box = predicted if black_box_accuracy is None else black_box_accuracy
     return {
-        "n": len(split), "task_accuracy": predicted, "task_accuracy_all_concepts_forced": forced,
+        "n": len(split),
+        "task_accuracy": predicted,
+        "task_accuracy_all_concepts_forced": forced,
         "accuracy_change_one_concept_corrected": per_concept,
-        "concept_values_accuracy": concept_accuracy, "chance_accuracy": chance,
-        "concept_predictor": predictor, "concept_predictor_dev_accuracy": dev_scores,
-        "black_box_accuracy": black_box, "black_box": "given" if black_box_accuracy is not None else "this model",
+        "concept_values_accuracy": concept_accuracy,
+        "chance_accuracy": chance,
+        "concept_predictor": predictor,
+        "concept_predictor_dev_accuracy": dev_scores,
+        "black_box_accuracy": black_box,
+        "black_box": "given" if black_box_accuracy is not None else "this model",
         "completeness": completeness(concept_accuracy, black_box, chance),
         "predicted_values_accuracy": read_accuracy,
         "completeness_of_predicted_values": completeness(read_accuracy, black_box, chance),

@@ -30,9 +30,12 @@ class TextOutputs:
         new = list(dict.fromkeys(key for key in keys if key not in self._rows))
         if new:
             k = len(self.model.spec.concepts)
-            blank = Split(texts=[t for t, _ in new], labels=np.zeros(len(new), dtype=np.int64),
-                          concepts=np.full((len(new), k), MISSING),
-                          text_pairs=None if text_pairs is None else [p for _, p in new])
+            blank = Split(
+                texts=[t for t, _ in new],
+                labels=np.zeros(len(new), dtype=np.int64),
+                concepts=np.full((len(new), k), MISSING),
+                text_pairs=None if text_pairs is None else [p for _, p in new],
+            )
             inferred = self.model.infer(blank, self.batch_size)
             concepts, states = inferred.get("concept_logits", []), inferred.get("concept_states", [])
             for i, key in enumerate(new):

@@ -9,18 +9,18 @@ does not apply to a model (no concepts, no CEBaB pairs, …) says why under ``sk
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..data import Task
-from ..models import ConceptModel
 from ..errors import LucidError
+from ..metrics import task_metrics
+from ..models import ConceptModel
 from .causal import average_effect_estimator, causal_applicability, causal_effects, cebab_concept_rows, load_cebab_pairs
+from .concept_set import concept_set_quality
 from .curves import EXACT_RANDOM_MAX_CONCEPTS, ORDERS, intervention_curves
 from .faithfulness import FRACTIONS, concept_faithfulness, token_faithfulness
-from .concept_set import concept_set_quality
 from .honesty import bottleneck_honesty
-from ..metrics import task_metrics
 from .outputs import TextOutputs
 
 SUITES = ("faithfulness", "causal", "interventions", "honesty", "concepts")
@@ -41,17 +41,34 @@ def parse_suites(text: str | Sequence[str]) -> list[str]:
 def describe(model) -> dict:
     summary = model.summary()
     # RandInt: gold concepts mixed in while the label head trained (joint, sequential; 0 = none)
-    return {"family": model.family, "mode": summary["mode"], "backbone": summary["backbone"],
-            "random_intervention_rate": summary.get("random_intervention_rate"),
-            "concept_objective": summary.get("concept_objective"),  # how x→c learnt (bottlenecks; label_free)
-            "concepts": model.spec.concept_names if isinstance(model, ConceptModel) else []}
+    return {
+        "family": model.family,
+        "mode": summary["mode"],
+        "backbone": summary["backbone"],
+        "random_intervention_rate": summary.get("random_intervention_rate"),
+        "concept_objective": summary.get("concept_objective"),  # how x→c learnt (bottlenecks; label_free)
+        "concepts": model.spec.concept_names if isinstance(model, ConceptModel) else [],
+    }
 
 
-def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: str = "test", samples: int = 200,
-              seed: int = 0, cebab: str | Path | None = None, causal_splits: Sequence[str] = ("dev", "test"),
-              baseline_split: str = "train_inclusive", random_repeats: int = 5, batch_size: int = 64,
-              black_box_accuracy: float | None = None, statements=None, human_concepts: dict | None = None,
-              pair_protocol: str = "originals", rewiring: tuple[float, str] | None = (0.1, "taylor")) -> dict:
+def run_suite(
+    model,
+    task: Task,
+    suites: str | Sequence[str] = SUITES,
+    split: str = "test",
+    samples: int = 200,
+    seed: int = 0,
+    cebab: str | Path | None = None,
+    causal_splits: Sequence[str] = ("dev", "test"),
+    baseline_split: str = "train_inclusive",
+    random_repeats: int = 5,
+    batch_size: int = 64,
+    black_box_accuracy: float | None = None,
+    statements=None,
+    human_concepts: dict | None = None,
+    pair_protocol: str = "originals",
+    rewiring: tuple[float, str] | None = (0.1, "taylor"),
+) -> dict:
     """Run the named suites on ``task``'s ``split``; the same seed gives the same results.
 
     ``samples``: rows drawn (with ``seed``) for token faithfulness, the slow part; the other
@@ -68,7 +85,9 @@ def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: st
     outputs = TextOutputs(model, batch_size)
     results = {"model": describe(model), "split": split, "n": len(evaluated), "seed": seed, "suites": suites}
     if not model.spec.is_regression:
-        results["task"] = task_metrics(model.spec, evaluated.labels, outputs.get(evaluated.texts, evaluated.text_pairs)["label_logits"])
+        results["task"] = task_metrics(
+            model.spec, evaluated.labels, outputs.get(evaluated.texts, evaluated.text_pairs)["label_logits"]
+        )
     if "faithfulness" in suites:
         results["faithfulness"] = {
             "tokens": token_faithfulness(model, evaluated, samples, seed, FRACTIONS, batch_size),
@@ -83,11 +102,22 @@ def run_suite(model, task: Task, suites: str | Sequence[str] = SUITES, split: st
             estimator = average_effect_estimator(train_pairs)
             train_rows = cebab_concept_rows(cebab, baseline_split)
             results["causal"] = {
-                "data": str(cebab), "baseline_training_split": baseline_split, "baseline_training_pairs": len(train_pairs),
-                "baseline_training_texts": len(train_rows[0]), "pairs": pair_protocol,
-                "splits": {name: causal_effects(model, outputs, load_cebab_pairs(cebab, name, protocol=pair_protocol), estimator, train_rows,
-                                                 rewiring)
-                           for name in causal_splits},
+                "data": str(cebab),
+                "baseline_training_split": baseline_split,
+                "baseline_training_pairs": len(train_pairs),
+                "baseline_training_texts": len(train_rows[0]),
+                "pairs": pair_protocol,
+                "splits": {
+                    name: causal_effects(
+                        model,
+                        outputs,
+                        load_cebab_pairs(cebab, name, protocol=pair_protocol),
+                        estimator,
+                        train_rows,
+                        rewiring,
+                    )
+                    for name in causal_splits
+                },
             }
     if "interventions" in suites:
         results["interventions"] = intervention_curves(model, outputs, evaluated, seed, random_repeats)
@@ -119,22 +149,33 @@ def _applicable(results: dict[str, dict], get) -> tuple[dict[str, dict], list[st
     return ran, (["", "Not applicable:", ""] + notes if notes else [])
 
 
-def render_markdown(results: dict[str, dict], title: str = "Are the explanations true?", command: str | None = None) -> str:
+def render_markdown(
+    results: dict[str, dict], title: str = "Are the explanations true?", command: str | None = None
+) -> str:
     """Tables of one or several models' ``run_suite`` results (name -> results)."""
     lines = [f"# {title}", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
     first = next(iter(results.values()))
     lines += [f"Split `{first['split']}`, seed {first['seed']}."]
-    lines += ["", "| model | family | mode | concept objective | RandInt | rows | task accuracy |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| model | family | mode | concept objective | RandInt | rows | task accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         acc, randint = r.get("task", {}).get("accuracy"), r["model"].get("random_intervention_rate")
-        lines.append(f"| {name} | {r['model']['family']} | {r['model']['mode'] or '–'} | {r['model'].get('concept_objective') or '–'} | "
-                     f"{'–' if randint is None else f'{randint:g}'} | {r['n']} | {_f(acc)} |")
-    lines += ["", "RandInt: the probability with which each concept was replaced by its gold value while the label "
-              "head trained (`random_intervention_rate`; 0: it read predicted concepts only). Concept objective: how "
-              "the concept layer learnt its concepts (`concept_objective`: `soft_targets`, cross-entropy per concept; "
-              "`cos3`, CB-LLM's cubed cosine similarity, one activation per statement)."]
+        lines.append(
+            f"| {name} | {r['model']['family']} | {r['model']['mode'] or '–'} | {r['model'].get('concept_objective') or '–'} | "
+            f"{'–' if randint is None else f'{randint:g}'} | {r['n']} | {_f(acc)} |"
+        )
+    lines += [
+        "",
+        "RandInt: the probability with which each concept was replaced by its gold value while the label "
+        "head trained (`random_intervention_rate`; 0: it read predicted concepts only). Concept objective: how "
+        "the concept layer learnt its concepts (`concept_objective`: `soft_targets`, cross-entropy per concept; "
+        "`cos3`, CB-LLM's cubed cosine similarity, one activation per statement).",
+    ]
     lines.append("")
     if any("faithfulness" in r for r in results.values()):
         lines += _token_table(results) + _concept_table(results)
@@ -153,12 +194,22 @@ def _concept_set_tables(results: dict[str, dict]) -> list[str]:
     lines = ["## Is the concept set any good?", ""]
     ran, notes = _applicable(results, lambda r: r.get("concepts"))
     for name, q in ran.items():
-        lines += [f"{name}: {q['concepts']} concepts on {q['rows']} rows. Never fire (active on under 1% of rows): "
-                  f"{', '.join(q['never_fire']) or 'none'}. Near-duplicates (statement cosine > {q['near_duplicate_threshold']}): "
-                  + (", ".join(f"{d['concepts'][0]} ~ {d['concepts'][1]} ({d['cosine']:.2f})" for d in q["near_duplicates"]) or "none") + ".",
-                  "", "| concept | mean p(yes) | std | active share | 10% / 50% / 90% |", "|---|---|---|---|---|"]
+        lines += [
+            f"{name}: {q['concepts']} concepts on {q['rows']} rows. Never fire (active on under 1% of rows): "
+            f"{', '.join(q['never_fire']) or 'none'}. Near-duplicates (statement cosine > {q['near_duplicate_threshold']}): "
+            + (
+                ", ".join(f"{d['concepts'][0]} ~ {d['concepts'][1]} ({d['cosine']:.2f})" for d in q["near_duplicates"])
+                or "none"
+            )
+            + ".",
+            "",
+            "| concept | mean p(yes) | std | active share | 10% / 50% / 90% |",
+            "|---|---|---|---|---|",
+        ]
         for concept, a in q["activations"].items():
-            lines.append(f"| {concept} | {_f(a['mean'])} | {_f(a['std'])} | {_f(a['firing'])} | {' / '.join(_f(x) for x in a['quantiles'])} |")
+            lines.append(
+                f"| {concept} | {_f(a['mean'])} | {_f(a['std'])} | {_f(a['firing'])} | {' / '.join(_f(x) for x in a['quantiles'])} |"
+            )
         lines += ["", "Concepts the label layer reads, per class (weight: the class logit's rise from no to yes):", ""]
         for label, rows in q["label_layer"].items():
             lines.append(f"- {label}: " + (", ".join(f"{r['concept']} ({r['weight']:+.2f})" for r in rows) or "none"))
@@ -185,33 +236,42 @@ def _honesty_table(results: dict[str, dict]) -> list[str]:
         "when one concept alone is set to gold, as a person's statement sets it (`intervene`).",
         "",
         "| model | task acc | all concepts forced | a_c | a_c read | a_r | a_b | completeness | completeness read | "
-        + " | ".join(names) + " |",
+        + " | ".join(names)
+        + " |",
         "|---|---|---|---|---|---|---|---|---|" + "---|" * len(names),
     ]
     for name, h in ran.items():
         changes = [f"{h['accuracy_change_one_concept_corrected'].get(n, float('nan')):+.3f}" for n in names]
-        lines.append(f"| {name} | {_f(h['task_accuracy'])} | {_f(h['task_accuracy_all_concepts_forced'])} | "
-                     f"{_f(h['concept_values_accuracy'])} | {_f(h.get('predicted_values_accuracy'))} | "
-                     f"{_f(h['chance_accuracy'])} | {_f(h['black_box_accuracy'])} ({h['black_box']}) | "
-                     f"{_f(h['completeness'])} | {_f(h.get('completeness_of_predicted_values'))} | " + " | ".join(changes) + " |")
+        lines.append(
+            f"| {name} | {_f(h['task_accuracy'])} | {_f(h['task_accuracy_all_concepts_forced'])} | "
+            f"{_f(h['concept_values_accuracy'])} | {_f(h.get('predicted_values_accuracy'))} | "
+            f"{_f(h['chance_accuracy'])} | {_f(h['black_box_accuracy'])} ({h['black_box']}) | "
+            f"{_f(h['completeness'])} | {_f(h.get('completeness_of_predicted_values'))} | " + " | ".join(changes) + " |"
+        )
     chosen = [f"{name}: {h['concept_predictor']}" for name, h in ran.items() if h.get("concept_predictor")]
     if chosen:
         lines += ["", "Concept → label predictor chosen on dev: " + "; ".join(chosen) + "."]
     responsive = {name: h for name, h in ran.items() if h.get("responsiveness")}
     if responsive:
-        lines += ["", "What a correction does, and what the values carry. Responsiveness: on the rows with a concept the "
-                  "model misreads, exactly those concepts set to gold; the share of those rows whose label changes, and of "
-                  "the changed labels the shares changed to the gold label and away from it (it was gold before). Values' "
-                  "share: the mean over the rows of Σ|value part| / Σ(|value part| + |text part|) of the concepts' "
-                  "contributions to the decision; same from values: the share of decisions the concept values alone "
-                  "(nothing of the text beside them) make the same.", "",
-                  "| model | rows misread | label changed | to gold | away from gold | values' share | same from values |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "What a correction does, and what the values carry. Responsiveness: on the rows with a concept the "
+            "model misreads, exactly those concepts set to gold; the share of those rows whose label changes, and of "
+            "the changed labels the shares changed to the gold label and away from it (it was gold before). Values' "
+            "share: the mean over the rows of Σ|value part| / Σ(|value part| + |text part|) of the concepts' "
+            "contributions to the decision; same from values: the share of decisions the concept values alone "
+            "(nothing of the text beside them) make the same.",
+            "",
+            "| model | rows misread | label changed | to gold | away from gold | values' share | same from values |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, h in responsive.items():
             r = h["responsiveness"]
-            lines.append(f"| {name} | {r['rows_misread']} | {_f(r['changed_share'])} | {_f(r['to_gold_share'])} | "
-                         f"{_f(r['away_from_gold_share'])} | {_f(h.get('concept_values_share'))} | "
-                         f"{_f(h.get('decisions_from_values_alone'))} |")
+            lines.append(
+                f"| {name} | {r['rows_misread']} | {_f(r['changed_share'])} | {_f(r['to_gold_share'])} | "
+                f"{_f(r['away_from_gold_share'])} | {_f(h.get('concept_values_share'))} | "
+                f"{_f(h.get('decisions_from_values_alone'))} |"
+            )
     return lines + notes + [""]
 
 
@@ -269,8 +329,10 @@ def _concept_table(results: dict[str, dict]) -> list[str]:
     for name, part in ran.items():
         for how, orders in part["modes"].items():
             for order, curves in orders.items():
-                lines.append(f"| {name} | {how} | {order.replace('_', ' ')} | {_f(curves['comprehensiveness']['aopc'])} "
-                             f"| {_f(curves['sufficiency']['aopc'])} | {part['n']} |")
+                lines.append(
+                    f"| {name} | {how} | {order.replace('_', ' ')} | {_f(curves['comprehensiveness']['aopc'])} "
+                    f"| {_f(curves['sufficiency']['aopc'])} | {part['n']} |"
+                )
     return lines + notes + [""]
 
 
@@ -301,20 +363,33 @@ def _causal_tables(results: dict[str, dict]) -> list[str]:
         for split, effects in part["splits"].items():
             for estimator, scores in effects["estimators"].items():
                 if "skipped" in scores:
-                    lines.append(f"| {name} | {split} | {effects['n_pairs']} | {_f(effects['icace_norm']['overall']['mean'])} "
-                                 f"| {estimator} | – | – | – |")
+                    lines.append(
+                        f"| {name} | {split} | {effects['n_pairs']} | {_f(effects['icace_norm']['overall']['mean'])} "
+                        f"| {estimator} | – | – | – |"
+                    )
                     continue
                 o = scores["overall"]
-                lines.append(f"| {name} | {split} | {o['n']} | {_f(effects['icace_norm']['overall']['mean'])} | {estimator} "
-                             f"| {_f(o['l2'])} | {_f(o['cosine'])} | {_f(o['norm_diff'])} |")
+                lines.append(
+                    f"| {name} | {split} | {o['n']} | {_f(effects['icace_norm']['overall']['mean'])} | {estimator} "
+                    f"| {_f(o['l2'])} | {_f(o['cosine'])} | {_f(o['norm_diff'])} |"
+                )
                 per_aspect.append((name, split, estimator, scores["per_aspect"]))
     if per_aspect:
         aspects = list(per_aspect[0][3])
-        lines += ["", "Per aspect, L2 / cosine / norm diff:", "",
-                  "| model | split | estimator | " + " | ".join(aspects) + " |", "|---|---|---|" + "---|" * len(aspects)]
+        lines += [
+            "",
+            "Per aspect, L2 / cosine / norm diff:",
+            "",
+            "| model | split | estimator | " + " | ".join(aspects) + " |",
+            "|---|---|---|" + "---|" * len(aspects),
+        ]
         for name, split, estimator, scores in per_aspect:
-            cells = [f"{_f(scores[a]['l2'])} / {_f(scores[a]['cosine'])} / {_f(scores[a]['norm_diff'])}" if a in scores else "–"
-                     for a in aspects]
+            cells = [
+                f"{_f(scores[a]['l2'])} / {_f(scores[a]['cosine'])} / {_f(scores[a]['norm_diff'])}"
+                if a in scores
+                else "–"
+                for a in aspects
+            ]
             lines.append(f"| {name} | {split} | {estimator} | " + " | ".join(cells) + " |")
     return lines + notes + [""]
 
@@ -342,15 +417,20 @@ def _curve_table(results: dict[str, dict]) -> list[str]:
         for order in (o for o in ORDERS if o in part):  # results from before a policy existed lack it
             cells = [_f(x) for x in part[order]] + [""] * (width - len(part[order]))
             sampled = order == "random" and part.get("random_repeats")
-            lines.append(f"| {name} | {f'random ({sampled} orders)' if sampled else order} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {name} | {f'random ({sampled} orders)' if sampled else order} | " + " | ".join(cells) + " |"
+            )
     return lines + notes + [""]
 
 
 def plot_intervention_curves(results: dict[str, dict], path: str | Path) -> Path | None:
     """A PNG of every model's curves (name -> results), one panel a model so that many models stay
     readable; None when no model has them."""
-    curves = {name: r["interventions"] for name, r in results.items()
-              if "interventions" in r and "skipped" not in r["interventions"]}
+    curves = {
+        name: r["interventions"]
+        for name, r in results.items()
+        if "interventions" in r and "skipped" not in r["interventions"]
+    }
     if not curves:
         return None
     import matplotlib
@@ -359,14 +439,18 @@ def plot_intervention_curves(results: dict[str, dict], path: str | Path) -> Path
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    styles = {"uncertainty": ("most uncertain first", "o", "-", "C0"), "random": ("random", "x", "--", "C1"),
-              "expected_change": ("largest expected change first", "s", ":", "C2"),
-              "label_change": ("most likely to change the label first", "^", "-.", "C3"),
-              "learned": ("learned policy (IntCEM)", "d", "-", "C4")}
+    styles = {
+        "uncertainty": ("most uncertain first", "o", "-", "C0"),
+        "random": ("random", "x", "--", "C1"),
+        "expected_change": ("largest expected change first", "s", ":", "C2"),
+        "label_change": ("most likely to change the label first", "^", "-.", "C3"),
+        "learned": ("learned policy (IntCEM)", "d", "-", "C4"),
+    }
     columns = min(len(curves), 4)
     rows = -(-len(curves) // columns)
-    figure, panels = plt.subplots(rows, columns, figsize=(max(3.4 * columns, 7), 2.6 * rows + 0.8), squeeze=False,
-                                  layout="constrained")
+    figure, panels = plt.subplots(
+        rows, columns, figsize=(max(3.4 * columns, 7), 2.6 * rows + 0.8), squeeze=False, layout="constrained"
+    )
     for axes, (name, part) in zip(panels.flat, curves.items()):
         for order, (label, marker, line, color) in styles.items():
             if order in part:
@@ -375,9 +459,9 @@ def plot_intervention_curves(results: dict[str, dict], path: str | Path) -> Path
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.tick_params(labelsize=7)
         axes.grid(alpha=0.3)
-    for axes in panels.flat[len(curves):]:
+    for axes in panels.flat[len(curves) :]:
         axes.set_visible(False)
-    for i, axes in enumerate(panels.flat[:len(curves)]):
+    for i, axes in enumerate(panels.flat[: len(curves)]):
         if i + columns >= len(curves):  # the lowest panel of its column
             axes.set_xlabel("concepts set to gold", fontsize=7)
     for axes in panels[:, 0]:
@@ -391,8 +475,13 @@ def plot_intervention_curves(results: dict[str, dict], path: str | Path) -> Path
     return path
 
 
-def write_report(results: dict[str, dict], directory: str | Path, command: str | None = None,
-                 files: dict[str, str] = RESULT_FILES, title: str = "Are the explanations true?") -> dict[str, Path]:
+def write_report(
+    results: dict[str, dict],
+    directory: str | Path,
+    command: str | None = None,
+    files: dict[str, str] = RESULT_FILES,
+    title: str = "Are the explanations true?",
+) -> dict[str, Path]:
     """``evaluation.json``, ``evaluation.md`` and ``intervention_curves.png`` in ``directory``."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():

@@ -84,17 +84,23 @@ def concept_values_share(contributions: list[ConceptContribution]) -> float | No
     """``values_share`` of one decision's contributions; None without a split."""
     if not contributions or any(c.from_value is None for c in contributions):
         return None
-    share = float(values_share(torch.tensor([c.from_value for c in contributions]), torch.tensor([c.from_text for c in contributions])))
+    share = float(
+        values_share(
+            torch.tensor([c.from_value for c in contributions]), torch.tensor([c.from_text for c in contributions])
+        )
+    )
     return None if math.isnan(share) else share
 
 
 # What "contribution" means (``ConceptBottleneckLM.concept_contributions``), in the one line every
 # view shows beside it: the CLI, the page (through /api/info) and the report.
-CONTRIBUTION_MEANING = ("Contribution: label-head weight × concept activation (summed over the concept's values, over the "
-                        "label's temperature) toward the predicted label's logit, which is the sum of the contributions plus "
-                        "the head's bias; + pushes toward the predicted label, − away from it. Each splits into what the "
-                        "concept's value carries (the same weights × what the label reads of the value alone) and what the "
-                        "text carries beside it; the values' share is Σ|value part| / Σ(|value part| + |text part|).")
+CONTRIBUTION_MEANING = (
+    "Contribution: label-head weight × concept activation (summed over the concept's values, over the "
+    "label's temperature) toward the predicted label's logit, which is the sum of the contributions plus "
+    "the head's bias; + pushes toward the predicted label, − away from it. Each splits into what the "
+    "concept's value carries (the same weights × what the label reads of the value alone) and what the "
+    "text carries beside it; the values' share is Σ|value part| / Σ(|value part| + |text part|)."
+)
 
 
 @dataclass

@@ -41,7 +41,7 @@ class AttentionShape:
     head_dim: int
 
     @classmethod
-    def of(cls, config) -> "AttentionShape":
+    def of(cls, config) -> AttentionShape:
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -65,8 +65,9 @@ class AttentionShape:
         return torch.stack([s.repeat_interleave(self.heads // s.shape[1], dim=1) for s in segments]).mean(0)
 
 
-def subnetwork_statistics(layers: dict[str, MaskedLinear], concept_names: list[str], attention: AttentionShape,
-                          top_neurons: int = 10) -> dict:
+def subnetwork_statistics(
+    layers: dict[str, MaskedLinear], concept_names: list[str], attention: AttentionShape, top_neurons: int = 10
+) -> dict:
     num = len(concept_names)
     kept = torch.zeros(num, dtype=torch.float64)
     total, shared, intersections, unions = 0, 0, torch.zeros(num, num), torch.zeros(num, num)
@@ -94,7 +95,9 @@ def subnetwork_statistics(layers: dict[str, MaskedLinear], concept_names: list[s
         "shared_by_all": shared / total,
         "owned_by_one": dict(zip(concept_names, (owned / total).tolist())),
         "head_responsibility": {block: torch.stack(v).mean(0).tolist() for block, v in heads.items()},
-        "top_neurons": {block: _top_neurons(_neuron_shares(v), concept_names, top_neurons) for block, v in neurons.items()},
+        "top_neurons": {
+            block: _top_neurons(_neuron_shares(v), concept_names, top_neurons) for block, v in neurons.items()
+        },
     }
 
 
@@ -125,7 +128,9 @@ def _neuron_shares(per_layer: list[torch.Tensor]) -> torch.Tensor:
 def _top_neurons(share: torch.Tensor, concept_names: list[str], top: int) -> dict:
     """Each concept's ``top`` neurons by kept share, and how many it keeps over half of."""
     return {
-        name: {"most_kept": torch.topk(share[k], min(top, share.shape[1])).indices.tolist(),
-               "kept_over_half": int((share[k] > 0.5).sum())}
+        name: {
+            "most_kept": torch.topk(share[k], min(top, share.shape[1])).indices.tolist(),
+            "kept_over_half": int((share[k] > 0.5).sum()),
+        }
         for k, name in enumerate(concept_names)
     }

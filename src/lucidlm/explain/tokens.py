@@ -11,7 +11,7 @@ one word are shown as that word with their summed score.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
@@ -24,14 +24,28 @@ def frame_tokens(tokenizer, ids: list[int]) -> list[bool]:
     """Which of ``ids`` the tokenizer added around the text ([CLS], [SEP], <s>…): its special tokens
     but [UNK], which stands for characters of the text (an emoji, a rare letter)."""
     unknown = tokenizer.unk_token_id
-    framing = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
-               tokenizer.pad_token_id}
-    return [bool(s) and not (i == unknown and unknown not in framing)
-            for i, s in zip(ids, tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True))]
+    framing = {
+        tokenizer.cls_token_id,
+        tokenizer.sep_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    }
+    return [
+        bool(s) and not (i == unknown and unknown not in framing)
+        for i, s in zip(ids, tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True))
+    ]
 
 
-def token_attribution(tokenizer, ids: list[int], scores: list[float], target: str, method: str,
-                      text: str | None = None, pair: str | None = None) -> TokenAttribution:
+def token_attribution(
+    tokenizer,
+    ids: list[int],
+    scores: list[float],
+    target: str,
+    method: str,
+    text: str | None = None,
+    pair: str | None = None,
+) -> TokenAttribution:
     """Scores over the tokens of ``ids``, with how to show them (see ``TokenAttribution``).
     ``ids`` are the tokens of ``text`` (and ``pair``) as the model's encoder read them; without
     the text, or with a tokenizer that gives no offsets, words are rebuilt from the tokens."""
@@ -50,8 +64,15 @@ def token_attribution(tokenizer, ids: list[int], scores: list[float], target: st
         words.append(word)
         space_before.append(space)
     scores = [float(s) for s in scores]
-    attribution = TokenAttribution(target=target, method=method, tokens=tokens, scores=scores, special=special,
-                                   words=words, space_before=space_before)
+    attribution = TokenAttribution(
+        target=target,
+        method=method,
+        tokens=tokens,
+        scores=scores,
+        special=special,
+        words=words,
+        space_before=space_before,
+    )
     located = None if text is None else _locate(tokenizer, ids, text, pair)
     if located is None:
         attribution.spans = [None] * len(ids)
@@ -103,7 +124,9 @@ def _groups_from_offsets(located, special: list[bool], scores: list[float]):
         if built and (sequence, word) == key:
             group = built[-1]
             if end > start:
-                group[1], group[2] = (start, end) if group[2] <= group[1] else (min(group[1], start), max(group[2], end))
+                group[1], group[2] = (
+                    (start, end) if group[2] <= group[1] else (min(group[1], start), max(group[2], end))
+                )
             group[3] += scores[i]
             group[4].append(i)
         else:
@@ -122,15 +145,23 @@ def _groups_from_offsets(located, special: list[bool], scores: list[float]):
             groups[-1].score += score
             groups[-1].tokens += members
             continue
-        groups.append(TokenGroup(text=chars[start:end], before=chars[ends[sequence]:start], score=score,
-                                 tokens=members, pair=sequence == 1))
+        groups.append(
+            TokenGroup(
+                text=chars[start:end],
+                before=chars[ends[sequence] : start],
+                score=score,
+                tokens=members,
+                pair=sequence == 1,
+            )
+        )
         ends[sequence] = max(ends[sequence], end)
-    rest = read[0][ends[0]:]
+    rest = read[0][ends[0] :]
     return spans, groups, rest if rest.strip() else ""
 
 
-def _groups_from_words(words: list[str], space_before: list[bool], special: list[bool],
-                       scores: list[float]) -> list[TokenGroup]:
+def _groups_from_words(
+    words: list[str], space_before: list[bool], special: list[bool], scores: list[float]
+) -> list[TokenGroup]:
     """Without offsets: a token that starts no word (``##`` pieces, unmarked BPE pieces) joins the word before."""
     groups: list[TokenGroup] = []
     for i, (word, space) in enumerate(zip(words, space_before)):
@@ -146,9 +177,14 @@ def _groups_from_words(words: list[str], space_before: list[bool], special: list
 
 
 def integrated_gradients(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target: str, steps: int = 20,
-    text: str | None = None, pair: str | None = None,
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    target: str,
+    steps: int = 20,
+    text: str | None = None,
+    pair: str | None = None,
 ) -> TokenAttribution:
     """Attribute ``score(input_ids, attention_mask) -> [B]`` (one row here) to the tokens of
     ``text`` (and ``pair``), whose characters the views then show (see ``token_attribution``)."""
@@ -157,22 +193,39 @@ def integrated_gradients(
     baseline = torch.where(special.unsqueeze(0), input_ids, torch.full_like(input_ids, tokenizer.pad_token_id))
     method = LayerIntegratedGradients(score, model.backbone.get_input_embeddings())
     with torch.enable_grad():
-        attributions = method.attribute(input_ids, baselines=baseline, additional_forward_args=(attention_mask,),
-                                        n_steps=steps, internal_batch_size=steps)
+        attributions = method.attribute(
+            input_ids,
+            baselines=baseline,
+            additional_forward_args=(attention_mask,),
+            n_steps=steps,
+            internal_batch_size=steps,
+        )
     scores = attributions.sum(-1)[0].detach()
-    return token_attribution(tokenizer, input_ids[0].tolist(), scores.tolist(), target, f"integrated_gradients(steps={steps})",
-                             text, pair)
+    return token_attribution(
+        tokenizer, input_ids[0].tolist(), scores.tolist(), target, f"integrated_gradients(steps={steps})", text, pair
+    )
 
 
 def gradient_x_input(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target: str,
-    text: str | None = None, pair: str | None = None,
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    target: str,
+    text: str | None = None,
+    pair: str | None = None,
 ) -> TokenAttribution:
     """Gradient of ``score`` with respect to each token's input embedding, dotted with that
     embedding (one backward pass; one row here)."""
     method = LayerGradientXActivation(score, model.backbone.get_input_embeddings())
     with torch.enable_grad():
         attributions = method.attribute(input_ids, additional_forward_args=(attention_mask,))
-    return token_attribution(model.tokenizer, input_ids[0].tolist(), attributions.sum(-1)[0].detach().tolist(), target,
-                             "gradient_x_input", text, pair)
+    return token_attribution(
+        model.tokenizer,
+        input_ids[0].tolist(),
+        attributions.sum(-1)[0].detach().tolist(),
+        target,
+        "gradient_x_input",
+        text,
+        pair,
+    )

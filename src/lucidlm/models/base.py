@@ -12,8 +12,8 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import asdict, dataclass, fields, replace
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,13 +22,23 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from ..version import __version__
-from ..calibration import Temperatures, calibration_figures, fit_temperature, reliability_bins
 from ..adapters import AdapterConfig, BaseRecord, adapter_config, base_model, frozen, is_adapter_key, with_adapter
 from ..backbone import (
-    DEFAULT_BACKBONE, DTYPES, POOLINGS, QUANTIZATIONS, backbone_max_length, default_pooling, is_decoder_only, load_backbone,
-    load_tokenizer, pool, position_ids, prepared_tokenizer, torch_dtype,
+    DEFAULT_BACKBONE,
+    DTYPES,
+    POOLINGS,
+    QUANTIZATIONS,
+    backbone_max_length,
+    default_pooling,
+    is_decoder_only,
+    load_backbone,
+    load_tokenizer,
+    pool,
+    position_ids,
+    prepared_tokenizer,
+    torch_dtype,
 )
+from ..calibration import Temperatures, calibration_figures, fit_temperature, reliability_bins
 from ..config import from_dict
 from ..data import MISSING, Split, TaskSpec, TextEncoder
 from ..errors import LucidError, Unsupported
@@ -38,6 +48,7 @@ from ..metrics import selection_score, task_metrics
 from ..outputs import ConceptPrediction, InterventionResult, ModelOutput, Prediction
 from ..registry import Registry
 from ..training import TrainingConfig, TrainingHooks, fit_loop, set_seed
+from ..version import __version__
 
 CONFIG_FILE, WEIGHTS_FILE, BACKBONE_DIR = "config.json", "model.safetensors", "backbone"
 
@@ -81,8 +92,10 @@ class ModelConfig:
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise LucidError(f"model.quantization: expected one of {list(QUANTIZATIONS)}, found {self.quantization!r}")
         if self.quantization is not None and self.adapter is None and not self.freeze:
-            raise LucidError(f"model.quantization: {self.quantization} weights cannot train; add model.adapter (QLoRA) "
-                             "or set model.freeze: true")
+            raise LucidError(
+                f"model.quantization: {self.quantization} weights cannot train; add model.adapter (QLoRA) "
+                "or set model.freeze: true"
+            )
 
     @property
     def trains_part_of_backbone(self) -> bool:
@@ -143,8 +156,10 @@ class LucidModel(nn.Module):
             backbone.compile()
         limit = backbone_max_length(backbone, tokenizer)
         if not 0 < config.max_length <= limit:
-            raise LucidError(f"model.max_length: expected 1..{limit} tokens (the most {config.backbone!r} reads), "
-                             f"found {config.max_length}")
+            raise LucidError(
+                f"model.max_length: expected 1..{limit} tokens (the most {config.backbone!r} reads), "
+                f"found {config.max_length}"
+            )
         self.encoder = TextEncoder(tokenizer, config.max_length)
         self.dropout = nn.Dropout(config.dropout)
         self.hidden_size = backbone.config.hidden_size
@@ -159,11 +174,13 @@ class LucidModel(nn.Module):
             raise LucidError(f"{cls.__name__}.from_backbone: give the task spec (task=...)")
         model_config = from_dict(cls.config_class, {**config, "backbone": backbone}, cls.__name__)
         set_seed(seed)
-        loaded = load_backbone(backbone, model_config.dtype, model_config.attn_implementation, model_config.quantization)
+        loaded = load_backbone(
+            backbone, model_config.dtype, model_config.attn_implementation, model_config.quantization
+        )
         return cls(model_config, task, loaded, load_tokenizer(backbone))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "LucidModel":
+    def from_pretrained(cls, directory: str | Path) -> LucidModel:
         model = load_pretrained(directory)
         if not isinstance(model, cls):
             raise LucidError(f"{directory}: holds a {type(model).__name__}, not a {cls.__name__}")
@@ -176,13 +193,22 @@ class LucidModel(nn.Module):
     def summary(self) -> dict:
         """What this model is, for people (the report, the page, the evaluation suite's tables):
         family, backbone, and the settings that tell its runs apart. Families add theirs."""
-        return {"family": self.family, "mode": None, "backbone": self.config.backbone, "backbone_training": self.backbone_training()}
+        return {
+            "family": self.family,
+            "mode": None,
+            "backbone": self.config.backbone,
+            "backbone_training": self.backbone_training(),
+        }
 
     def backbone_training(self) -> str:
         """How the backbone's weights were held and trained, in words (the page, the report)."""
         c = self.config
         if c.adapter is not None:
-            targets = c.adapter.target_modules if isinstance(c.adapter.target_modules, str) else ", ".join(c.adapter.target_modules)
+            targets = (
+                c.adapter.target_modules
+                if isinstance(c.adapter.target_modules, str)
+                else ", ".join(c.adapter.target_modules)
+            )
             how = f"LoRA adapter (r = {c.adapter.r}, alpha = {c.adapter.alpha:g}, on {targets}); base frozen"
         else:
             how = "frozen (heads only)" if c.freeze else "fully fine-tuned"
@@ -228,7 +254,9 @@ class LucidModel(nn.Module):
         correction = as_correction(correction)
         if not isinstance(correction, self.corrections):
             takes = ", ".join(kind.__name__ for kind in self.corrections) or "no corrections"
-            raise Unsupported(f"a {self.family} model cannot take a {type(correction).__name__} correction; it takes {takes}")
+            raise Unsupported(
+                f"a {self.family} model cannot take a {type(correction).__name__} correction; it takes {takes}"
+            )
         texts = [texts] if isinstance(texts, str) else list(texts)
         return self.apply_correction(texts, correction)
 
@@ -239,8 +267,10 @@ class LucidModel(nn.Module):
     def infer(self, split: Split, batch_size: int = 64) -> dict[str, np.ndarray]:
         """Label logits ``[N, C]`` of a split (families add their own outputs)."""
         self.eval()
-        logits = [self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).label_logits.cpu()
-                  for batch in self.encoder.loader(split, batch_size)]
+        logits = [
+            self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).label_logits.cpu()
+            for batch in self.encoder.loader(split, batch_size)
+        ]
         return {"label_logits": torch.cat(logits).numpy()}
 
     def evaluate(self, split: Split, batch_size: int = 64) -> dict:
@@ -253,11 +283,15 @@ class LucidModel(nn.Module):
         metrics = {"n": len(split), "task": task_metrics(self.spec, split.labels, label_logits)}
         if not self.spec.is_regression:
             probs = torch.from_numpy(np.asarray(label_logits)).softmax(-1).numpy()
-            metrics["calibration"] = {"temperature": self.temperatures.label, "bins": reliability_bins(probs, split.labels)}
+            metrics["calibration"] = {
+                "temperature": self.temperatures.label,
+                "bins": reliability_bins(probs, split.labels),
+            }
         return metrics
 
-    def to_prediction(self, text: str, output: ModelOutput, i: int,
-                      concept_probs: list[torch.Tensor] | None = None) -> Prediction:
+    def to_prediction(
+        self, text: str, output: ModelOutput, i: int, concept_probs: list[torch.Tensor] | None = None
+    ) -> Prediction:
         """Row ``i`` of a forward pass as a ``Prediction``; ``concept_probs`` overrides the concepts."""
         if self.spec.is_regression:
             label, probabilities = float(output.label_logits[i, 0]), {}
@@ -287,8 +321,10 @@ class LucidModel(nn.Module):
         """Each concept's probabilities as shown and as the policies weigh them: softmax of its
         logits over its temperature. What the label reads of a concept is the concept layer's, as
         trained: these temperatures leave the label as it is."""
-        return [(logits.float() / self.temperatures.concepts.get(spec.name, 1.0)).softmax(-1)  # float32 under autocast too
-                for spec, logits in zip(self.spec.concepts, concept_logits)]
+        return [
+            (logits.float() / self.temperatures.concepts.get(spec.name, 1.0)).softmax(-1)  # float32 under autocast too
+            for spec, logits in zip(self.spec.concepts, concept_logits)
+        ]
 
     def calibrate(self, split: Split, batch_size: int = 64, split_name: str = "dev") -> Temperatures:
         """Fit the label's temperature (classification) and each concept's, by NLL on ``split``
@@ -313,8 +349,15 @@ class LucidModel(nn.Module):
         return fitted
 
     # ---- training: one skeleton, the family's hooks ----------------------------------------------
-    def fit(self, train: Split, eval_data: Split | None = None, config: TrainingConfig | None = None,
-            run_dir: str | Path | None = None, resume: bool = False, **overrides):
+    def fit(
+        self,
+        train: Split,
+        eval_data: Split | None = None,
+        config: TrainingConfig | None = None,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        **overrides,
+    ):
         """Train on ``train``; model selection and early stopping read ``eval_data`` (dev), never test.
         ``run_dir``: where the training log and checkpoints go; ``resume``: continue from its
         checkpoint (written with the same model, training settings and data)."""
@@ -327,13 +370,33 @@ class LucidModel(nn.Module):
         loader = self.encoder.loader(train, config.batch_size, shuffle=True, seed=config.seed)
         hooks = self.training_hooks(len(loader), config)
         dev_score = None if eval_data is None else (lambda model: model.dev_score(eval_data, config.eval_batch_size))
-        settings = {"family": self.family, "model": asdict(self.config),
-                    "data": {"train": train.fingerprint(), **({"dev": eval_data.fingerprint()} if eval_data is not None else {})}}
+        settings = {
+            "family": self.family,
+            "model": asdict(self.config),
+            "data": {
+                "train": train.fingerprint(),
+                **({"dev": eval_data.fingerprint()} if eval_data is not None else {}),
+            },
+        }
         defaults = {"model": {f.name: f.default for f in fields(self.config) if f.default is not NO_DEFAULT}}
-        with self.parameters_frozen(self.parameters_outside_training()), self.checkpointing(config.gradient_checkpointing):
-            self.training_history = fit_loop(self, self.param_groups(config), loader, self.training_loss, dev_score, config,
-                                             desc=self.training_stage, hooks=hooks, run_dir=run_dir, resume=resume,
-                                             settings=settings, setting_defaults=defaults)
+        with (
+            self.parameters_frozen(self.parameters_outside_training()),
+            self.checkpointing(config.gradient_checkpointing),
+        ):
+            self.training_history = fit_loop(
+                self,
+                self.param_groups(config),
+                loader,
+                self.training_loss,
+                dev_score,
+                config,
+                desc=self.training_stage,
+                hooks=hooks,
+                run_dir=run_dir,
+                resume=resume,
+                settings=settings,
+                setting_defaults=defaults,
+            )
         self.after_training(train, eval_data, config, hooks)
         if eval_data is not None and config.calibrate:
             self.calibrate(eval_data, config.eval_batch_size)
@@ -368,8 +431,9 @@ class LucidModel(nn.Module):
             raise LucidError(f"training.gradient_checkpointing: {type(base).__name__} does not support it")
         with warnings.catch_warnings():  # transformers 5 renames it activation checkpointing (the old name stays to v6)
             warnings.simplefilter("ignore", FutureWarning)
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False,
-                                                                              **self.checkpoint_options()})
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False, **self.checkpoint_options()}
+            )
         try:
             yield
         finally:
@@ -426,10 +490,12 @@ class LucidModel(nn.Module):
     def param_groups(self, config: TrainingConfig) -> list[dict]:
         """The backbone at ``learning_rate``, the freshly initialised rest at ``head_learning_rate``."""
         heads = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
-        return trainable_groups([
-            {"params": list(self.backbone.parameters()), "lr": config.learning_rate},
-            {"params": heads, "lr": config.head_learning_rate},
-        ])
+        return trainable_groups(
+            [
+                {"params": list(self.backbone.parameters()), "lr": config.learning_rate},
+                {"params": heads, "lr": config.head_learning_rate},
+            ]
+        )
 
     # ---- persistence ----------------------------------------------------------------------
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
@@ -446,9 +512,11 @@ class LucidModel(nn.Module):
         expected = self.trained_state_dict().keys()
         lacking = [k for k in missing if k in expected]
         if lacking or unexpected:
-            raise LucidError(f"checkpoint: {'missing ' + repr(lacking[:3]) if lacking else ''}"
-                             f"{' unexpected ' + repr(unexpected[:3]) if unexpected else ''} (a run of another model.adapter "
-                             "or model.freeze?)")
+            raise LucidError(
+                f"checkpoint: {'missing ' + repr(lacking[:3]) if lacking else ''}"
+                f"{' unexpected ' + repr(unexpected[:3]) if unexpected else ''} (a run of another model.adapter "
+                "or model.freeze?)"
+            )
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         """What ``model.safetensors`` holds: the trained state dict (families may add tensors)."""
@@ -465,7 +533,7 @@ class LucidModel(nn.Module):
     def load_json_state(self, state: dict) -> None:
         pass
 
-    def merge_adapter(self) -> "LucidModel":
+    def merge_adapter(self) -> LucidModel:
         """This model as a self-contained run: the adapter merged into the base weights (W + BA)
         and the whole backbone saved, loaded without the base (``lucidlm export --merge``). In place."""
         if self.config.adapter is not None:
@@ -530,7 +598,9 @@ def shared_over_processes(infer):
         rank, n = torch.distributed.get_rank(), len(split)
         self._inferring_share = True
         try:
-            share = infer(self, split.select(range(rank * n // processes, (rank + 1) * n // processes)), *args, **kwargs)
+            share = infer(
+                self, split.select(range(rank * n // processes, (rank + 1) * n // processes)), *args, **kwargs
+            )
         finally:
             self._inferring_share = False
         shares = [None] * processes
@@ -587,12 +657,15 @@ def load_pretrained(directory: str | Path) -> LucidModel:
     spec = TaskSpec.from_dict(meta["task"])
     if config.trains_part_of_backbone:  # the run holds the adapter and heads: its base comes from where it was trained
         if "base" not in meta:
-            raise LucidError(f"{directory / CONFIG_FILE}: an adapter or frozen-backbone run that names no base backbone")
+            raise LucidError(
+                f"{directory / CONFIG_FILE}: an adapter or frozen-backbone run that names no base backbone"
+            )
         backbone = load_backbone(config.backbone, config.dtype, config.attn_implementation, config.quantization)
     else:
         options = {} if config.attn_implementation is None else {"attn_implementation": config.attn_implementation}
-        backbone = AutoModel.from_config(AutoConfig.from_pretrained(directory / BACKBONE_DIR), dtype=torch_dtype(config.dtype),
-                                         **options)
+        backbone = AutoModel.from_config(
+            AutoConfig.from_pretrained(directory / BACKBONE_DIR), dtype=torch_dtype(config.dtype), **options
+        )
     tokenizer = load_tokenizer(str(directory / BACKBONE_DIR))
     model = cls(config, spec, backbone, tokenizer)
     if model.base_record is not None:
@@ -600,7 +673,9 @@ def load_pretrained(directory: str | Path) -> LucidModel:
     try:
         tensors = load_file(str(directory / WEIGHTS_FILE))
     except (SafetensorError, OSError) as e:
-        raise LucidError(f"{directory / WEIGHTS_FILE}: truncated or corrupt ({e}); train the run again or restore the file") from None
+        raise LucidError(
+            f"{directory / WEIGHTS_FILE}: truncated or corrupt ({e}); train the run again or restore the file"
+        ) from None
     model.load_checkpoint_tensors(tensors)
     model.training_history = meta.get("training_history", [])
     model.temperatures = Temperatures.from_dict(meta.get("calibration"))  # runs from before calibration: 1.0

@@ -41,7 +41,9 @@ ELASTIC_PATH = tuple(np.logspace(-3, 1, 9))  # from a few concepts per class to 
 @dataclass
 class BottleneckConfig(ModelConfig):
     mode: str = "joint"
-    concept_layer: str | None = None  # a name in concept_layers.CONCEPT_LAYERS; None: the objective's (scalar; cos3: statement)
+    concept_layer: str | None = (
+        None  # a name in concept_layers.CONCEPT_LAYERS; None: the objective's (scalar; cos3: statement)
+    )
     # How x→c learns its concepts (label_free.CONCEPT_OBJECTIVES, docs/methods.md §6.5, §6.8): soft_targets,
     # cross-entropy per concept (to statements' soft targets, or to gold values), or cos3, CB-LLM's cubed cosine
     # similarity of one output per statement with the statements' scores (mode: sequential).
@@ -127,12 +129,18 @@ class BottleneckConfig(ModelConfig):
         if not isinstance(self.concept_embedding_size, int) or self.concept_embedding_size < 1:
             raise LucidError(f"concept_embedding_size: expected an integer >= 1, found {self.concept_embedding_size!r}")
         if self.value_embedding not in VALUE_EMBEDDINGS:
-            raise LucidError(f"value_embedding: expected one of {list(VALUE_EMBEDDINGS)}, found {self.value_embedding!r}")
+            raise LucidError(
+                f"value_embedding: expected one of {list(VALUE_EMBEDDINGS)}, found {self.value_embedding!r}"
+            )
         if self.value_embedding != "input" and self.concept_layer != "embedding":
-            raise LucidError(f"value_embedding: {self.value_embedding!r} is what the embedding layer's corrected concept "
-                             f"reads; concept_layer is {self.concept_layer!r}")
+            raise LucidError(
+                f"value_embedding: {self.value_embedding!r} is what the embedding layer's corrected concept "
+                f"reads; concept_layer is {self.concept_layer!r}"
+            )
         if self.concept_activation not in ACTIVATIONS:
-            raise LucidError(f"concept_activation: expected one of {list(ACTIVATIONS)}, found {self.concept_activation!r}")
+            raise LucidError(
+                f"concept_activation: expected one of {list(ACTIVATIONS)}, found {self.concept_activation!r}"
+            )
         INTERVENTION_POLICIES.check(self.intervention_policy, "intervention_policy")
         INTERVENTION_OBJECTIVES.get(self.intervention_objective, "intervention_objective").check_config(self)
         if self.label_penalty not in LABEL_PENALTIES:
@@ -140,33 +148,49 @@ class BottleneckConfig(ModelConfig):
         if not 0.0 < self.label_l1_ratio <= 1.0:
             raise LucidError(f"label_l1_ratio: expected a share in (0, 1], found {self.label_l1_ratio!r}")
         if self.intervention_loss_weight < 0:
-            raise LucidError(f"intervention_loss_weight: expected a weight >= 0, found {self.intervention_loss_weight!r}")
+            raise LucidError(
+                f"intervention_loss_weight: expected a weight >= 0, found {self.intervention_loss_weight!r}"
+            )
         if self.counterfactual_loss_weight < 0:
-            raise LucidError(f"counterfactual_loss_weight: expected a weight >= 0, found {self.counterfactual_loss_weight!r}")
+            raise LucidError(
+                f"counterfactual_loss_weight: expected a weight >= 0, found {self.counterfactual_loss_weight!r}"
+            )
         if self.counterfactual_label_weight < 0:
-            raise LucidError(f"counterfactual_label_weight: expected a weight >= 0, found {self.counterfactual_label_weight!r}")
+            raise LucidError(
+                f"counterfactual_label_weight: expected a weight >= 0, found {self.counterfactual_label_weight!r}"
+            )
         if max(self.counterfactual_loss_weight, self.counterfactual_label_weight) > 0 and self.mode != "joint":
-            raise LucidError(f"counterfactual_loss_weight: the loss trains the label through the concepts, in joint mode "
-                             f"only; mode is {self.mode!r}")
+            raise LucidError(
+                f"counterfactual_loss_weight: the loss trains the label through the concepts, in joint mode "
+                f"only; mode is {self.mode!r}"
+            )
         if not isinstance(self.counterfactual_batch_size, int) or self.counterfactual_batch_size < 1:
-            raise LucidError(f"counterfactual_batch_size: expected an integer >= 1, found {self.counterfactual_batch_size!r}")
+            raise LucidError(
+                f"counterfactual_batch_size: expected an integer >= 1, found {self.counterfactual_batch_size!r}"
+            )
         if not 0.0 <= self.intervention_holdout < 1.0:
             raise LucidError(f"intervention_holdout: expected a share in [0, 1), found {self.intervention_holdout!r}")
         if self.intervention_holdout > 0 and self.mode != "joint":
             raise LucidError(f"intervention_holdout: tunes the jointly trained label head; mode is {self.mode!r}")
         if self.intervention_holdout > 0 and self.label_penalty == "elastic":
-            raise LucidError("intervention_holdout: tuning the label head by gradient would undo the elastic net's "
-                             "sparsity; use one of them")
+            raise LucidError(
+                "intervention_holdout: tuning the label head by gradient would undo the elastic net's "
+                "sparsity; use one of them"
+            )
         if self.side_channel_penalty < 0:
             raise LucidError(f"side_channel_penalty: expected a weight >= 0, found {self.side_channel_penalty!r}")
         if self.side_channel_penalty > 0 and self.mode != "joint":
-            raise LucidError(f"side_channel_penalty: penalises what the jointly trained label reads; mode is {self.mode!r}")
+            raise LucidError(
+                f"side_channel_penalty: penalises what the jointly trained label reads; mode is {self.mode!r}"
+            )
         if self.mixup_alpha < 0:
             raise LucidError(f"mixup_alpha: expected a Beta parameter >= 0 (0: off), found {self.mixup_alpha!r}")
         if self.mixup_alpha > 0 and self.mode != "joint":
             raise LucidError(f"mixup_alpha: mixes the joint loss's rows, in joint mode only; mode is {self.mode!r}")
         if not 0.0 <= self.random_intervention_rate <= 1.0:
-            raise LucidError(f"random_intervention_rate: expected a probability in [0, 1], found {self.random_intervention_rate!r}")
+            raise LucidError(
+                f"random_intervention_rate: expected a probability in [0, 1], found {self.random_intervention_rate!r}"
+            )
 
 
 class ConceptBottleneckLM(ConceptModel):
@@ -174,14 +198,18 @@ class ConceptBottleneckLM(ConceptModel):
     config_class = BottleneckConfig
     corrections = (ConceptValues,)
     # Checkpoints written before the concept layer was a module of its own: {old prefix: new}.
-    legacy_tensor_names: ClassVar[dict[str, str]] = {"concept_heads.": "concept_layer.heads.",
-                                                     "intervention_table": "concept_layer.intervention_table"}
+    legacy_tensor_names: ClassVar[dict[str, str]] = {
+        "concept_heads.": "concept_layer.heads.",
+        "intervention_table": "concept_layer.intervention_table",
+    }
 
     def __init__(self, config: BottleneckConfig, spec, backbone, tokenizer):
         super().__init__(config, spec, backbone, tokenizer)
         if not spec.concepts:
-            raise LucidError(f"a {self.family} model needs concepts; the task {spec.name!r} has none "
-                             "(the 'standard' family needs none)")
+            raise LucidError(
+                f"a {self.family} model needs concepts; the task {spec.name!r} has none "
+                "(the 'standard' family needs none)"
+            )
         self.concept_layer = CONCEPT_LAYERS.get(config.concept_layer)(spec, self.hidden_size, config)
         self.label_head = nn.Linear(self.concept_layer.width, spec.num_labels)
         # the intervention policy ψ that intervention_objective published learns (None: none; intcem.py)
@@ -192,16 +220,29 @@ class ConceptBottleneckLM(ConceptModel):
 
     def summary(self) -> dict:
         c = self.config
-        return {**super().summary(), "mode": c.mode, "concept_layer": c.concept_layer, "concept_objective": c.concept_objective,
-                **({"value_embedding": c.value_embedding} if c.concept_layer == "embedding" else {}),
-                "random_intervention_rate": c.random_intervention_rate if c.mode != "independent" else None,
-                "intervention_loss_weight": c.intervention_loss_weight, "intervention_objective": c.intervention_objective,
-                "counterfactual_loss_weight": c.counterfactual_loss_weight, "counterfactual_label_weight": c.counterfactual_label_weight,
-                "intervention_holdout": c.intervention_holdout, "mixup_alpha": c.mixup_alpha,
-                "side_channel_penalty": c.side_channel_penalty}
+        return {
+            **super().summary(),
+            "mode": c.mode,
+            "concept_layer": c.concept_layer,
+            "concept_objective": c.concept_objective,
+            **({"value_embedding": c.value_embedding} if c.concept_layer == "embedding" else {}),
+            "random_intervention_rate": c.random_intervention_rate if c.mode != "independent" else None,
+            "intervention_loss_weight": c.intervention_loss_weight,
+            "intervention_objective": c.intervention_objective,
+            "counterfactual_loss_weight": c.counterfactual_loss_weight,
+            "counterfactual_label_weight": c.counterfactual_label_weight,
+            "intervention_holdout": c.intervention_holdout,
+            "mixup_alpha": c.mixup_alpha,
+            "side_channel_penalty": c.side_channel_penalty,
+        }
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                concept_values: torch.Tensor | None = None, mix: Mixup | None = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        concept_values: torch.Tensor | None = None,
+        mix: Mixup | None = None,
+    ) -> ModelOutput:
         """``concept_values`` (``[B, K]``, ``MISSING`` = keep the prediction) sets concepts before
         the label head reads them: an intervention. ``mix``: training's concept-level mixup of
         the pooled vectors."""
@@ -213,9 +254,13 @@ class ConceptBottleneckLM(ConceptModel):
         activations = self.concept_activations(states)
         if concept_values is not None:
             activations = self.set_concepts(states, activations, concept_values)
-        return ModelOutput(self.label_from_concepts(activations), self.concept_layer.logits(states), pooled, tuple(states))
+        return ModelOutput(
+            self.label_from_concepts(activations), self.concept_layer.logits(states), pooled, tuple(states)
+        )
 
-    def concept_states(self, input_ids, attention_mask, mix: Mixup | None = None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    def concept_states(
+        self, input_ids, attention_mask, mix: Mixup | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """The concept layer's state of each concept, and the pooled vector they read."""
         pooled = Mixup.apply(mix, self.pooled(input_ids, attention_mask))
         features = self.dropout(pooled)
@@ -275,7 +320,9 @@ class ConceptBottleneckLM(ConceptModel):
         (calibrated) logit is the row's sum plus the bias over the temperature."""
         weight = self.label_head.weight[label_rows]  # [B, F]
         sizes = [a.size(-1) for a in activations]
-        return self.calibrated(torch.stack([(w * a).sum(-1) for w, a in zip(weight.split(sizes, dim=-1), activations)], dim=1))
+        return self.calibrated(
+            torch.stack([(w * a).sum(-1) for w, a in zip(weight.split(sizes, dim=-1), activations)], dim=1)
+        )
 
     # ---- intervention ---------------------------------------------------------------------
     def apply_correction(self, texts: list[str], correction: ConceptValues) -> list[InterventionResult]:
@@ -284,11 +331,15 @@ class ConceptBottleneckLM(ConceptModel):
         output = self.forward_texts(texts)
         with torch.no_grad():
             changed = self.corrections_of(output.concept_logits, values)
-            activations = self.set_concepts(output.concept_states, self.concept_activations(output.concept_states), changed)
+            activations = self.set_concepts(
+                output.concept_states, self.concept_activations(output.concept_states), changed
+            )
             after = replace(output, label_logits=self.label_from_concepts(activations))
             probs = overwrite_concepts(self.concept_probabilities(output.concept_logits), changed)
         return [
-            InterventionResult(t, dict(correction.values), self.to_prediction(t, output, i), self.to_prediction(t, after, i, probs))
+            InterventionResult(
+                t, dict(correction.values), self.to_prediction(t, output, i), self.to_prediction(t, after, i, probs)
+            )
             for i, t in enumerate(texts)
         ]
 
@@ -301,7 +352,7 @@ class ConceptBottleneckLM(ConceptModel):
     def single_concept_logits(self, input_ids, attention_mask, concept: int) -> torch.Tensor:
         """Concept ``concept``'s logits alone (what its token attributions differentiate)."""
         states, _ = self.concept_states(input_ids, attention_mask)
-        return self.concept_logits_of(states[concept:concept + 1])[0]
+        return self.concept_logits_of(states[concept : concept + 1])[0]
 
     def label_attribution_score(self):
         """``(input_ids, attention_mask) -> label logits`` for token attributions, or None."""
@@ -319,28 +370,53 @@ class ConceptBottleneckLM(ConceptModel):
         for k, concept in enumerate(self.spec.concepts):
             value = concept.index(prediction.concepts[concept.name].value)
             score = lambda i, m, k=k, v=value: self.single_concept_logits(i, m, k).softmax(-1)[:, v]  # noqa: E731
-            tokens.append(integrated_gradients(self, ids, mask, score, target=concept.name, steps=steps, text=text, pair=pair))
+            tokens.append(
+                integrated_gradients(self, ids, mask, score, target=concept.name, steps=steps, text=text, pair=pair)
+            )
         label_score = self.label_attribution_score()
         if label_score is not None and not self.spec.is_regression:
             c = self.spec.label_index(prediction.label)
-            tokens.append(integrated_gradients(self, ids, mask, lambda i, m: label_score(i, m).softmax(-1)[:, c], "label", steps,
-                                               text=text, pair=pair))
+            tokens.append(
+                integrated_gradients(
+                    self,
+                    ids,
+                    mask,
+                    lambda i, m: label_score(i, m).softmax(-1)[:, c],
+                    "label",
+                    steps,
+                    text=text,
+                    pair=pair,
+                )
+            )
         contributions = self.concept_contributions(output, prediction)
-        return Explanation(text=text, text_pair=pair, prediction=prediction, concepts=contributions, tokens=tokens,
-                           concept_values_share=concept_values_share(contributions))
+        return Explanation(
+            text=text,
+            text_pair=pair,
+            prediction=prediction,
+            concepts=contributions,
+            tokens=tokens,
+            concept_values_share=concept_values_share(contributions),
+        )
 
     def concept_contributions(self, output: ModelOutput, prediction) -> list[ConceptContribution]:
         """Label-head weight × concept activation, summed over each concept's values, for the
         predicted label: its logit is the sum of these plus the head's bias. Each is split into
         the part the concept's value carries and the part the text carries beside it."""
-        row = torch.tensor([0 if self.spec.is_regression else self.spec.label_index(prediction.label)], device=self.device)
-        total, from_values = (m[0].tolist() for m in self.value_and_text_contributions([s[:1] for s in output.concept_states], row))
+        row = torch.tensor(
+            [0 if self.spec.is_regression else self.spec.label_index(prediction.label)], device=self.device
+        )
+        total, from_values = (
+            m[0].tolist() for m in self.value_and_text_contributions([s[:1] for s in output.concept_states], row)
+        )
         out = []
         for concept, contribution, from_value in zip(self.spec.concepts, total, from_values):
             value = prediction.concepts[concept.name].value
             split = {} if math.isnan(from_value) else {"from_value": from_value, "from_text": contribution - from_value}
-            out.append(ConceptContribution(concept.name, value, prediction.concepts[concept.name].probabilities[value],
-                                           contribution, **split))
+            out.append(
+                ConceptContribution(
+                    concept.name, value, prediction.concepts[concept.name].probabilities[value], contribution, **split
+                )
+            )
         return out
 
     @torch.no_grad()
@@ -348,8 +424,10 @@ class ConceptBottleneckLM(ConceptModel):
         """``[B, K]`` twice: each concept's contribution to label ``label_rows[i]``'s logit, and
         the part of it its value carries (the same weights × ``concept_value_readings``); the
         rest is the text's."""
-        return (self.concept_contribution_matrix(self.concept_activations(states), label_rows),
-                self.concept_contribution_matrix(self.concept_value_readings(states), label_rows))
+        return (
+            self.concept_contribution_matrix(self.concept_activations(states), label_rows),
+            self.concept_contribution_matrix(self.concept_value_readings(states), label_rows),
+        )
 
     # ---- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
@@ -370,7 +448,9 @@ class ConceptBottleneckLM(ConceptModel):
         result = {"label_logits": torch.cat(label_logits).numpy()}
         result["concept_logits"] = [torch.cat(xs).numpy() for xs in zip(*concept_logits)]
         result["concept_states"] = [torch.cat(xs).numpy() for xs in zip(*states)]
-        result["concept_probs"] = [p.numpy() for p in self.concept_probabilities([torch.from_numpy(x) for x in result["concept_logits"]])]
+        result["concept_probs"] = [
+            p.numpy() for p in self.concept_probabilities([torch.from_numpy(x) for x in result["concept_logits"]])
+        ]
         result["gold_concept_label_logits"] = torch.cat(gold_logits).numpy()
         result["forced_concept_label_logits"] = torch.cat(forced_logits).numpy()
         return result
@@ -414,8 +494,10 @@ class ConceptBottleneckLM(ConceptModel):
         self.objective.check_data(train)
         if self.uses_counterfactuals:
             if train.counterfactuals is None:
-                raise LucidError(f"{train.source}: counterfactual_loss_weight needs human edits of the training texts "
-                                 "(CEBaB: data option counterfactuals: train_inclusive)")
+                raise LucidError(
+                    f"{train.source}: counterfactual_loss_weight needs human edits of the training texts "
+                    "(CEBaB: data option counterfactuals: train_inclusive)"
+                )
             if self.spec.is_regression:
                 raise LucidError("counterfactual_loss_weight: compares label distributions; the task is a regression")
 
@@ -428,8 +510,10 @@ class ConceptBottleneckLM(ConceptModel):
         order = np.random.default_rng(config.seed).permutation(len(train))
         n = int(round(self.config.intervention_holdout * len(train)))
         if n == 0 or n == len(train):
-            raise LucidError(f"intervention_holdout {self.config.intervention_holdout}: {len(train)} training rows leave "
-                             f"{n} to hold out; expected at least one on each side")
+            raise LucidError(
+                f"intervention_holdout {self.config.intervention_holdout}: {len(train)} training rows leave "
+                f"{n} to hold out; expected at least one on each side"
+            )
         self._held_out = train.select(np.sort(order[:n]))
         return train.select(np.sort(order[n:]))
 
@@ -438,11 +522,18 @@ class ConceptBottleneckLM(ConceptModel):
         if self.uses_counterfactuals:  # tokenised once: each step draws from them
             edits = train.counterfactuals
             if self.config.counterfactual_label_weight > 0 and edits.labels is None:
-                raise LucidError(f"{train.source}: counterfactual_label_weight needs the edits' own labels; these edits have none")
+                raise LucidError(
+                    f"{train.source}: counterfactual_label_weight needs the edits' own labels; these edits have none"
+                )
             sources = self.encoder.tokenize([train.texts[i] for i in edits.sources])
             labels = torch.from_numpy(edits.labels) if edits.labels is not None else torch.full((len(edits),), MISSING)
-            self._counterfactual_rows = (sources, self.encoder.tokenize(edits.texts),
-                                         torch.from_numpy(edits.concepts), torch.from_numpy(edits.values), labels)
+            self._counterfactual_rows = (
+                sources,
+                self.encoder.tokenize(edits.texts),
+                torch.from_numpy(edits.concepts),
+                torch.from_numpy(edits.values),
+                labels,
+            )
 
     def training_hooks(self, steps_per_epoch: int, config: TrainingConfig):
         """The published intervention-aware objective's: its horizon grows with the training step."""
@@ -461,22 +552,36 @@ class ConceptBottleneckLM(ConceptModel):
         out = forward(batch["input_ids"], batch["attention_mask"], values, mix)
         if values is not None:  # a running estimate of the forced logits, for the next steps
             self.calibrate_interventions(out.concept_states, gold, momentum=0.9)
-        loss = Mixup.loss(mix, lambda rows: task_loss(self.spec, out.label_logits, rows["labels"])
-                          + self.config.concept_loss_weight * concept_loss(out.concept_logits, rows["concepts"], rows.get("concept_targets")),
-                          batch)
+        loss = Mixup.loss(
+            mix,
+            lambda rows: (
+                task_loss(self.spec, out.label_logits, rows["labels"])
+                + self.config.concept_loss_weight
+                * concept_loss(out.concept_logits, rows["concepts"], rows.get("concept_targets"))
+            ),
+            batch,
+        )
         if self.config.intervention_loss_weight > 0:  # sampled_horizon: w·T/K·CE(y | corrected); published: intcem.py
-            loss = loss + INTERVENTION_OBJECTIVES.get(self.config.intervention_objective).added_loss(self, out, batch, mix, values)
+            loss = loss + INTERVENTION_OBJECTIVES.get(self.config.intervention_objective).added_loss(
+                self, out, batch, mix, values
+            )
         if self.config.side_channel_penalty > 0:
             loss = loss + self.config.side_channel_penalty * self.side_channel(out.concept_states)
         if self.uses_counterfactuals:
             consistency, edit_label = self.counterfactual_loss(forward)
-            loss = loss + self.config.counterfactual_loss_weight * consistency + self.config.counterfactual_label_weight * edit_label
+            loss = (
+                loss
+                + self.config.counterfactual_loss_weight * consistency
+                + self.config.counterfactual_label_weight * edit_label
+            )
         return loss
 
     def side_channel(self, states) -> torch.Tensor:
         """The mean over rows and labels of Σ_k (w_c,k·(a_k − r_k))²: the squared contributions to
         each label's logit of the text beside the concept values."""
-        text = torch.cat([a - r for a, r in zip(self.concept_activations(states), self.concept_value_readings(states))], -1)
+        text = torch.cat(
+            [a - r for a, r in zip(self.concept_activations(states), self.concept_value_readings(states))], -1
+        )
         weights = self.label_head.weight.split([a.shape[-1] for a in self.concept_activations(states)], dim=-1)
         parts = text.split([w.shape[-1] for w in weights], dim=-1)
         per_concept = torch.stack([part @ w.T for part, w in zip(parts, weights)], dim=-1)  # [B, C, K]
@@ -494,9 +599,13 @@ class ConceptBottleneckLM(ConceptModel):
         (0 where none has)."""
         sources, edits, concepts, values, labels = self._counterfactual_rows
         # the pairs of the whole step: process 0's draw, on every process (``same_on_every_process``)
-        picked = same_on_every_process(torch.randint(len(edits), (min(self.config.counterfactual_batch_size, len(edits)),)))
+        picked = same_on_every_process(
+            torch.randint(len(edits), (min(self.config.counterfactual_batch_size, len(edits)),))
+        )
         original = self.encoder.pad([sources[i] for i in picked.tolist()])
-        states = forward(original["input_ids"].to(self.device), original["attention_mask"].to(self.device)).concept_states
+        states = forward(
+            original["input_ids"].to(self.device), original["attention_mask"].to(self.device)
+        ).concept_states
         set_to = torch.full((len(picked), len(self.spec.concepts)), MISSING, dtype=torch.long)
         set_to[torch.arange(len(picked)), concepts[picked]] = values[picked]
         after = self.intervened_label_logits(states, set_to.to(self.device), correct_only=False)
@@ -504,11 +613,18 @@ class ConceptBottleneckLM(ConceptModel):
         if self.config.counterfactual_loss_weight > 0:
             edited = self.encoder.pad([edits[i] for i in picked.tolist()])
             with torch.no_grad(), evaluation_mode(self):
-                target = self(edited["input_ids"].to(self.device), edited["attention_mask"].to(self.device)).label_logits
-            consistency = nn.functional.kl_div(after.log_softmax(-1), target.log_softmax(-1), log_target=True, reduction="batchmean")
+                target = self(
+                    edited["input_ids"].to(self.device), edited["attention_mask"].to(self.device)
+                ).label_logits
+            consistency = nn.functional.kl_div(
+                after.log_softmax(-1), target.log_softmax(-1), log_target=True, reduction="batchmean"
+            )
         gold = labels[picked].to(self.device)
-        edit_label = (nn.functional.cross_entropy(after[gold != MISSING], gold[gold != MISSING]) if (gold != MISSING).any()
-                      else after.sum() * 0.0)
+        edit_label = (
+            nn.functional.cross_entropy(after[gold != MISSING], gold[gold != MISSING])
+            if (gold != MISSING).any()
+            else after.sum() * 0.0
+        )
         return consistency, edit_label
 
     def intervention_aware_loss(self, states, batch: dict, mix: Mixup | None = None) -> torch.Tensor:
@@ -557,7 +673,10 @@ class ConceptBottleneckLM(ConceptModel):
         last)."""
         states = [s.to(self.device) for s in self._states(held_out, config)]
         dev_states = [s.to(self.device) for s in self._states(dev, config)] if dev is not None else None
-        labels, gold = torch.from_numpy(held_out.labels).to(self.device), torch.from_numpy(held_out.concepts).to(self.device)
+        labels, gold = (
+            torch.from_numpy(held_out.labels).to(self.device),
+            torch.from_numpy(held_out.concepts).to(self.device),
+        )
         generator = torch.Generator().manual_seed(config.seed)
         optimizer = torch.optim.Adam(self.label_head.parameters(), lr=config.head_learning_rate)
 
@@ -586,8 +705,14 @@ class ConceptBottleneckLM(ConceptModel):
             if current > best[0]:
                 best = (current, epoch, {k: v.clone() for k, v in self.label_head.state_dict().items()})
         self.label_head.load_state_dict(best[2])
-        self.training_history.append({"stage": "held-out label head", "rows": len(held_out), "best_epoch": best[1],
-                                      "dev_score": None if dev is None else float(best[0])})
+        self.training_history.append(
+            {
+                "stage": "held-out label head",
+                "rows": len(held_out),
+                "best_epoch": best[1],
+                "dev_score": None if dev is None else float(best[0]),
+            }
+        )
 
     def calibrate_on(self, train: Split, config: TrainingConfig) -> None:
         """Forced intervention logits from the trained model's predictions on the training set."""
@@ -603,7 +728,9 @@ class ConceptBottleneckLM(ConceptModel):
         states = self._states(train, config)
         values = torch.from_numpy(train.concepts)
         if not gold:
-            values = random_interventions(values, self.config.random_intervention_rate, torch.Generator().manual_seed(config.seed))
+            values = random_interventions(
+                values, self.config.random_intervention_rate, torch.Generator().manual_seed(config.seed)
+            )
         features = torch.cat(self.set_concepts(states, self.concept_activations(states), values), -1).numpy()
         dev_features = torch.cat(self.concept_activations(self._states(dev, config)), -1).numpy() if dev else None
         elastic = self.config.label_penalty == "elastic" and not self.spec.is_regression
@@ -616,23 +743,35 @@ class ConceptBottleneckLM(ConceptModel):
                 head = Ridge(alpha=1.0 / strength).fit(features, train.labels)
                 weight, bias = head.coef_[None, :], np.atleast_1d(head.intercept_)
             else:
-                head, fit = fit_logistic((features - mean) / scale, train.labels, strength,
-                                         self.config.label_l1_ratio if elastic else None)
+                head, fit = fit_logistic(
+                    (features - mean) / scale, train.labels, strength, self.config.label_l1_ratio if elastic else None
+                )
                 weight, bias = _class_weights(head, self.spec.num_labels)
                 weight = weight / scale
                 bias = bias - weight @ np.broadcast_to(mean, weight.shape[1:])
             score = 0.0 if dev is None else self._head_score(weight, bias, dev_features, dev.labels)
-            path.append({"C": float(strength), "nonzero_weights": int((weight != 0).sum()), "dev_score": float(score), **fit})
+            path.append(
+                {"C": float(strength), "nonzero_weights": int((weight != 0).sum()), "dev_score": float(score), **fit}
+            )
             if best is None or score > best[0]:
                 best = (score, weight, bias)
         with torch.no_grad():
             self.label_head.weight.copy_(torch.as_tensor(best[1], dtype=torch.float32))
             self.label_head.bias.copy_(torch.as_tensor(best[2], dtype=torch.float32))
         solver = {"solver": "saga", "tol": ELASTIC_TOL, "max_iter": ELASTIC_MAX_ITER} if elastic else {}
-        self.training_history.append({"stage": "c→y", "gold_concepts": gold, "penalty": self.config.label_penalty,
-                                      "concept_objective": self.config.concept_objective, "features": features.shape[1],
-                                      "dev_score": float(best[0]), **solver,
-                                      "converged": all(p.get("converged", True) for p in path), "path": path})
+        self.training_history.append(
+            {
+                "stage": "c→y",
+                "gold_concepts": gold,
+                "penalty": self.config.label_penalty,
+                "concept_objective": self.config.concept_objective,
+                "features": features.shape[1],
+                "dev_score": float(best[0]),
+                **solver,
+                "converged": all(p.get("converged", True) for p in path),
+                "path": path,
+            }
+        )
 
     @torch.no_grad()
     def _states(self, split: Split, config: TrainingConfig) -> list[torch.Tensor]:
@@ -647,7 +786,7 @@ class ConceptBottleneckLM(ConceptModel):
         renamed = {}
         for name, tensor in tensors.items():
             old = next((p for p in self.legacy_tensor_names if name.startswith(p)), None)
-            renamed[self.legacy_tensor_names[old] + name[len(old):] if old else name] = tensor
+            renamed[self.legacy_tensor_names[old] + name[len(old) :] if old else name] = tensor
         means = "concept_layer.value_means"
         if means in self.state_dict() and means not in renamed:  # written before the embedding layer kept them
             renamed[means] = torch.full_like(self.state_dict()[means], float("nan"))  # the value/text split: unknown

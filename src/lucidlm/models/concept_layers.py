@@ -10,7 +10,7 @@ Registered by name (``concept_layer`` in a model config); adding one is one clas
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,9 @@ VALUE_EMBEDDINGS = ("input", "mean", "learned")
 
 
 @torch.no_grad()
-def update_value_means(table: torch.Tensor, samples: Sequence[tuple[torch.Tensor, torch.Tensor]], momentum: float) -> None:
+def update_value_means(
+    table: torch.Tensor, samples: Sequence[tuple[torch.Tensor, torch.Tensor]], momentum: float
+) -> None:
     """Move ``table[k, v]`` (``[K, V, d]``) toward the mean of the vectors of concept k's samples
     of value v: ``samples[k]`` is (values ``[N]``, vectors ``[N, d_k]``). A value without a sample
     keeps its row. With several processes while training (``momentum`` > 0), the means are over
@@ -39,11 +41,11 @@ def update_value_means(table: torch.Tensor, samples: Sequence[tuple[torch.Tensor
     counts = torch.zeros(table.shape[:2], dtype=torch.float64, device=table.device)
     for k, (values, vectors) in enumerate(samples):
         values, vectors = values.to(table.device), vectors.detach().to(sums)
-        sums[k, :, :vectors.shape[1]].index_add_(0, values, vectors)
+        sums[k, :, : vectors.shape[1]].index_add_(0, values, vectors)
         counts[k] += torch.bincount(values, minlength=table.shape[1]).to(counts)
     if momentum > 0 and processes_together() > 1:
         totals = sum_over_processes(torch.cat([sums.flatten(), counts.flatten()])).to(table.device)
-        sums, counts = totals[:sums.numel()].view(sums.shape), totals[sums.numel():].view(counts.shape)
+        sums, counts = totals[: sums.numel()].view(sums.shape), totals[sums.numel() :].view(counts.shape)
     seen = counts > 0
     means = (sums / counts.clamp(min=1).unsqueeze(-1)).to(table)
     table[seen] = momentum * table[seen] + (1 - momentum) * means[seen]
@@ -70,7 +72,7 @@ class ScalarConceptLayer(nn.Module):
         table = torch.zeros(len(spec.concepts), width, width)
         for k, c in enumerate(spec.concepts):
             eye = torch.eye(len(c.values))
-            table[k, :len(c.values), :len(c.values)] = eye if self.activation == "probs" else 5.0 * (2 * eye - 1)
+            table[k, : len(c.values), : len(c.values)] = eye if self.activation == "probs" else 5.0 * (2 * eye - 1)
         self.register_buffer("intervention_table", table)
 
     @property
@@ -104,7 +106,9 @@ class ScalarConceptLayer(nn.Module):
 
     def set_values(self, states, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
         """Activations with concept k set to ``values[:, k]`` where that is not ``MISSING``."""
-        tables = [self.intervention_table[k, :len(c.values), :len(c.values)] for k, c in enumerate(self.spec.concepts)]
+        tables = [
+            self.intervention_table[k, : len(c.values), : len(c.values)] for k, c in enumerate(self.spec.concepts)
+        ]
         return overwrite_concepts(activations, values, tables)
 
     def rewired(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -121,6 +125,7 @@ class ScalarConceptLayer(nn.Module):
 
         def spread(logits):
             return logits.amax(-1, keepdim=True) - logits.amin(-1, keepdim=True)
+
         scale = (spread(before) / spread(after).clamp(min=1e-6)).clamp(max=1.0)
         return before.mean(-1, keepdim=True) + scale * (after - after.mean(-1, keepdim=True))
 
@@ -145,7 +150,7 @@ class ScalarConceptLayer(nn.Module):
             for v in range(logits.shape[1]):
                 rows = recognised & (logits.argmax(-1) == v)
                 if rows.any():
-                    current = self.intervention_table[k, v, :logits.shape[1]]
+                    current = self.intervention_table[k, v, : logits.shape[1]]
                     current.copy_(momentum * current + (1 - momentum) * logits[rows].mean(0).to(current))
 
     def _calibrate_over_processes(self, states, gold: torch.Tensor, momentum: float) -> None:
@@ -163,7 +168,7 @@ class ScalarConceptLayer(nn.Module):
         out = []
         for k, logits in enumerate(states):
             probs = logits.softmax(-1)
-            table = self.intervention_table[k, :logits.shape[-1], :logits.shape[-1]]
+            table = self.intervention_table[k, : logits.shape[-1], : logits.shape[-1]]
             out.append(probs if self.activation == "probs" else probs @ table)
         return out
 
@@ -211,7 +216,7 @@ class EmbeddingConceptLayer(nn.Module):
         """``[V_k, m]``: what concept k set to each value reads, without the text (learned
         vectors, or the value means)."""
         table = self.value_vectors if self.value_embedding == "learned" else self.value_means
-        return table[k, :len(self.spec.concepts[k].values)]
+        return table[k, : len(self.spec.concepts[k].values)]
 
     def state(self, k: int, features: torch.Tensor) -> torch.Tensor:
         embeddings = F.leaky_relu(self.embedders[k](features))
@@ -224,8 +229,10 @@ class EmbeddingConceptLayer(nn.Module):
         return tuple(self.score(embeddings).squeeze(-1) for embeddings in states)
 
     def activations(self, states) -> list[torch.Tensor]:
-        return [(logits.softmax(-1).unsqueeze(-1) * embeddings).sum(1)
-                for logits, embeddings in zip(self.logits(states), states)]
+        return [
+            (logits.softmax(-1).unsqueeze(-1) * embeddings).sum(1)
+            for logits, embeddings in zip(self.logits(states), states)
+        ]
 
     def set_values(self, states, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
         out = []

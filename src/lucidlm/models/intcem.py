@@ -70,7 +70,7 @@ def horizon_limit(step: int, initial: float, rate: float, concepts: int) -> floa
     if initial >= limit or rate <= 1.0:
         return float(initial)
     last = max(math.ceil(math.log(limit / initial) / math.log(rate)) - 1, 0)
-    while initial * rate ** last < limit:  # up to the first step whose H is >= K + 1 (the logarithm rounds)
+    while initial * rate**last < limit:  # up to the first step whose H is >= K + 1 (the logarithm rounds)
         last += 1
     return float(initial * rate ** min(step, last))
 
@@ -87,7 +87,9 @@ def length_bound(horizon: float, max_horizon: int, free: int, initial: int) -> i
     return min(int(horizon), max_horizon, free - initial)
 
 
-def draw_rollout(horizon: float, max_horizon: int, free: int, generator: torch.Generator | None = None) -> tuple[int, int]:
+def draw_rollout(
+    horizon: float, max_horizon: int, free: int, generator: torch.Generator | None = None
+) -> tuple[int, int]:
     """(n₀, T) for one step with ``free`` concepts left after RandInt, drawn from torch's generator
     (the training step's, seeded per process)."""
     if free <= 0:
@@ -102,7 +104,7 @@ def draw_rollout(horizon: float, max_horizon: int, free: int, generator: torch.G
 def rollout_weights(length: int, discount: float, losses: str = "every_step") -> list[float]:
     """The weight of the task loss before the rollout (t = 0) and after each of its ``length``
     steps: γ^t / (1 + Σ_{t=1..T} γ^t); ``last_step``: only t = 0 and t = T, normalised by 1 + γ^T."""
-    raw = [discount ** t if (t == 0 or losses == "every_step" or t == length) else 0.0 for t in range(length + 1)]
+    raw = [discount**t if (t == 0 or losses == "every_step" or t == length) else 0.0 for t in range(length + 1)]
     total = sum(raw)
     return [w / total for w in raw]
 
@@ -147,7 +149,7 @@ class ConceptReadings:
     one_hot: list[torch.Tensor]
 
     @classmethod
-    def of(cls, model, states, values: torch.Tensor) -> "ConceptReadings":
+    def of(cls, model, states, values: torch.Tensor) -> ConceptReadings:
         """``values`` ``[B, K]``: what setting each concept sets it to (``MISSING``: as predicted)."""
         predicted = model.concept_activations(states)
         set_to = model.set_concepts(states, predicted, values)
@@ -158,14 +160,16 @@ class ConceptReadings:
     def activations(self, mask: torch.Tensor) -> list[torch.Tensor]:
         """The label head's input with concept k set where ``mask[:, k]`` is 1 (a straight-through
         Gumbel sample carries its gradient)."""
-        return [p + mask[:, k:k + 1] * (s - p) for k, (p, s) in enumerate(zip(self.predicted, self.set_to))]
+        return [p + mask[:, k : k + 1] * (s - p) for k, (p, s) in enumerate(zip(self.predicted, self.set_to))]
 
     def features(self, mask: torch.Tensor) -> torch.Tensor:
-        probs = [p + mask[:, k:k + 1] * (h - p) for k, (p, h) in enumerate(zip(self.probs, self.one_hot))]
+        probs = [p + mask[:, k : k + 1] * (h - p) for k, (p, h) in enumerate(zip(self.probs, self.one_hot))]
         return policy_features(self.activations(mask), probs, mask)
 
-    def detached(self) -> "ConceptReadings":
-        return ConceptReadings(*([x.detach() for x in xs] for xs in (self.predicted, self.set_to, self.probs, self.one_hot)))
+    def detached(self) -> ConceptReadings:
+        return ConceptReadings(
+            *([x.detach() for x in xs] for xs in (self.predicted, self.set_to, self.probs, self.one_hot))
+        )
 
 
 def row_task_loss(spec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -176,8 +180,9 @@ def row_task_loss(spec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def imitation_targets(model, readings: ConceptReadings, mask: torch.Tensor, candidates: torch.Tensor,
-                      labels: torch.Tensor) -> torch.Tensor:
+def imitation_targets(
+    model, readings: ConceptReadings, mask: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """``[B]``: for each row, the candidate concept (``candidates`` ``[B, K]``) whose correction, on
     top of ``mask``, gives the lowest task loss, found by trying each one (the label head only).
     A row without a candidate gets 0 (its imitation term is left out)."""
@@ -222,10 +227,14 @@ def published_rollout(model, out, batch: dict, values: torch.Tensor | None, step
     readings = ConceptReadings.of(model, out.concept_states, gold)
     rollout = Rollout(randint=randint, horizon=horizon_limit(step, c.initial_horizon, c.horizon_rate, gold.shape[1]))
     free = known & ~randint
-    rollout.initial, rollout.length = draw_rollout(rollout.horizon, c.max_horizon, int(free.sum(1).max()) if len(free) else 0)
+    rollout.initial, rollout.length = draw_rollout(
+        rollout.horizon, c.max_horizon, int(free.sum(1).max()) if len(free) else 0
+    )
     mask = randint.float()
     if rollout.initial:  # n₀ more of each row's free concepts, uniformly (all of them where it has fewer)
-        ranks = torch.rand(free.shape).to(device).masked_fill(~free, -1.0).argsort(dim=1, descending=True).argsort(dim=1)
+        ranks = (
+            torch.rand(free.shape).to(device).masked_fill(~free, -1.0).argsort(dim=1, descending=True).argsort(dim=1)
+        )
         mask = torch.where(free & (ranks < rollout.initial), torch.ones_like(mask), mask)
     rollout.masks.append(mask)
     rollout.task_losses.append(task_loss(model.spec, out.label_logits, labels))
@@ -256,8 +265,10 @@ def learned_order(model, states, gold: torch.Tensor | None = None) -> np.ndarray
     which feeds ψ the values a person gave), else to the value the model predicts."""
     policy = model.learned_intervention_policy()
     if policy is None:
-        raise LucidError(f"intervention policy 'learned': this {model.family} model has no learned policy; one is "
-                         "trained by intervention_objective: published (with intervention_loss_weight > 0, joint mode)")
+        raise LucidError(
+            f"intervention policy 'learned': this {model.family} model has no learned policy; one is "
+            "trained by intervention_objective: published (with intervention_loss_weight > 0, joint mode)"
+        )
     device = model.device
     states = [s.to(device) for s in states]
     predicted = torch.stack([logits.argmax(-1) for logits in model.concept_logits_of(states)], dim=1)
@@ -304,8 +315,10 @@ class SampledHorizon(InterventionObjective):
 
     def check_config(self, config) -> None:
         if config.intervention_policy == "learned":
-            raise LucidError("intervention_policy 'learned' is the policy that intervention_objective 'published' "
-                             "learns; 'sampled_horizon' follows a fixed one (random, uncertainty, expected_change)")
+            raise LucidError(
+                "intervention_policy 'learned' is the policy that intervention_objective 'published' "
+                "learns; 'sampled_horizon' follows a fixed one (random, uncertainty, expected_change)"
+            )
 
     def added_loss(self, model, out, batch: dict, mix, values: torch.Tensor | None) -> torch.Tensor:
         return model.config.intervention_loss_weight * model.intervention_aware_loss(out.concept_states, batch, mix)
@@ -328,13 +341,19 @@ class Published(InterventionObjective):
     def check_config(self, config) -> None:
         where = "intervention_objective 'published'"
         if config.mode != "joint":
-            raise LucidError(f"{where}: trains the label through the concepts, in joint mode only; mode is {config.mode!r}")
+            raise LucidError(
+                f"{where}: trains the label through the concepts, in joint mode only; mode is {config.mode!r}"
+            )
         if config.intervention_loss_weight <= 0:
-            raise LucidError(f"{where}: intervention_loss_weight weighs its policy's imitation loss (the released "
-                             f"code's 5) and turns it on; found {config.intervention_loss_weight!r}")
+            raise LucidError(
+                f"{where}: intervention_loss_weight weighs its policy's imitation loss (the released "
+                f"code's 5) and turns it on; found {config.intervention_loss_weight!r}"
+            )
         if config.intervention_policy == "learned":
-            raise LucidError(f"{where}: its rollout follows the policy it learns; intervention_policy 'learned' "
-                             "is that policy after training, not a setting for it")
+            raise LucidError(
+                f"{where}: its rollout follows the policy it learns; intervention_policy 'learned' "
+                "is that policy after training, not a setting for it"
+            )
         if config.rollout_discount <= 0:
             raise LucidError(f"rollout_discount: expected γ > 0, found {config.rollout_discount!r}")
         if config.rollout_losses not in ROLLOUT_LOSSES:
@@ -348,8 +367,10 @@ class Published(InterventionObjective):
         if config.mixup_alpha > 0:
             raise LucidError(f"{where}: not implemented with mixup_alpha > 0")
         if config.intervention_holdout > 0:
-            raise LucidError(f"{where}: not implemented with intervention_holdout > 0 (the held-out tuning trains "
-                             "the label head with sampled_horizon's term)")
+            raise LucidError(
+                f"{where}: not implemented with intervention_holdout > 0 (the held-out tuning trains "
+                "the label head with sampled_horizon's term)"
+            )
 
     def policy(self, model, config) -> nn.Module:
         return InterventionPolicyNet(model.concept_layer.width, [len(c.values) for c in model.spec.concepts])
@@ -363,8 +384,10 @@ class Published(InterventionObjective):
         + w·L_imitation, the rollout's task loss replacing the plain one."""
         step = getattr(model, "rollout_step", None)
         if step is None:
-            raise LucidError(f"intervention_objective 'published': its horizon grows with the training step, which "
-                             f"the {model.family} family's training hooks do not give it")
+            raise LucidError(
+                f"intervention_objective 'published': its horizon grows with the training step, which "
+                f"the {model.family} family's training hooks do not give it"
+            )
         rollout = published_rollout(model, out, batch, values, step)
         return rollout.task - rollout.task_losses[0] + model.config.intervention_loss_weight * rollout.imitation
 

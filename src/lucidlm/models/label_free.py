@@ -26,8 +26,8 @@ activation is then 0: it does not fire); ``intervene_scores`` sets z to any numb
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ def cos_cubed_similarity(features: torch.Tensor, targets: torch.Tensor, dim: int
     features, targets = features.float(), targets.float()
     features = features - features.mean(dim, keepdim=True)
     targets = targets - targets.mean(dim, keepdim=True)
-    features, targets = F.normalize(features ** 3, dim=dim), F.normalize(targets ** 3, dim=dim)
+    features, targets = F.normalize(features**3, dim=dim), F.normalize(targets**3, dim=dim)
     return (features * targets).sum(dim)
 
 
@@ -86,8 +86,10 @@ class StatementLayer(nn.Module):
         super().__init__()
         two_valued = [c.name for c in spec.concepts if len(c.values) != 2]
         if two_valued:
-            raise LucidError(f"concept_layer 'statement': one activation per statement needs two-valued concepts (no/yes, "
-                             f"data.automatic_concepts); {two_valued[0]!r} has {len(spec.concept(two_valued[0]).values)} values")
+            raise LucidError(
+                f"concept_layer 'statement': one activation per statement needs two-valued concepts (no/yes, "
+                f"data.automatic_concepts); {two_valued[0]!r} has {len(spec.concept(two_valued[0]).values)} values"
+            )
         self.spec = spec
         k = len(spec.concepts)
         self.linear = nn.Linear(hidden_size, k)
@@ -102,7 +104,7 @@ class StatementLayer(nn.Module):
 
     def state(self, k: int, features: torch.Tensor) -> torch.Tensor:
         """f_k(x), ``[B, 1]``, from what statement k reads (``[B, H]``)."""
-        return F.linear(features, self.linear.weight[k:k + 1], self.linear.bias[k:k + 1])
+        return F.linear(features, self.linear.weight[k : k + 1], self.linear.bias[k : k + 1])
 
     def states(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if all(f is features[0] for f in features):  # a bottleneck: every statement reads the pooled vector
@@ -129,7 +131,9 @@ class StatementLayer(nn.Module):
 
     def set_values(self, states, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
         """Activations with statement k set to ``values[:, k]`` (0 ``no``, 1 ``yes``; ``MISSING``: kept)."""
-        tables = [F.relu(torch.stack([self.low[k], self.high[k]])).unsqueeze(-1).to(a) for k, a in enumerate(activations)]
+        tables = [
+            F.relu(torch.stack([self.low[k], self.high[k]])).unsqueeze(-1).to(a) for k, a in enumerate(activations)
+        ]
         return overwrite_concepts(activations, values, tables)
 
     @torch.no_grad()
@@ -162,14 +166,20 @@ class ConceptObjective:
         if config.concept_layer is None:
             config.concept_layer = self.layer or "scalar"
         if self.layer is not None and config.concept_layer != self.layer:
-            raise LucidError(f"concept_objective {self.name!r} trains one activation per statement (concept_layer "
-                             f"{self.layer!r}); found concept_layer {config.concept_layer!r}")
+            raise LucidError(
+                f"concept_objective {self.name!r} trains one activation per statement (concept_layer "
+                f"{self.layer!r}); found concept_layer {config.concept_layer!r}"
+            )
         if self.layer is None and config.concept_layer in trained_by:
-            raise LucidError(f"concept_layer {config.concept_layer!r} is trained by concept_objective "
-                             f"{trained_by[config.concept_layer]!r}; concept_objective is {self.name!r}")
+            raise LucidError(
+                f"concept_layer {config.concept_layer!r} is trained by concept_objective "
+                f"{trained_by[config.concept_layer]!r}; concept_objective is {self.name!r}"
+            )
         if self.modes is not None and config.mode not in self.modes:
-            raise LucidError(f"concept_objective {self.name!r}: trains the concept layer first, then the label layer on "
-                             f"its predicted activations (mode: {' or '.join(self.modes)}); found mode {config.mode!r}")
+            raise LucidError(
+                f"concept_objective {self.name!r}: trains the concept layer first, then the label layer on "
+                f"its predicted activations (mode: {' or '.join(self.modes)}); found mode {config.mode!r}"
+            )
 
     def check_data(self, split: Split) -> None:
         """Refuse, before training, data this objective cannot learn from."""
@@ -208,8 +218,10 @@ class CubedCosine(ConceptObjective):
     def check_data(self, split: Split) -> None:
         scores = split.statement_scores
         if scores is None:
-            raise LucidError(f"{split.source or 'the training data'}: concept_objective 'cos3' learns the statements' "
-                             "scores; the data has none (give data.automatic_concepts)")
+            raise LucidError(
+                f"{split.source or 'the training data'}: concept_objective 'cos3' learns the statements' "
+                "scores; the data has none (give data.automatic_concepts)"
+            )
 
     def loss(self, model, output, batch: dict) -> torch.Tensor:
         return cos3_loss(torch.cat(output.concept_states, dim=-1), batch["statement_scores"])
@@ -228,8 +240,10 @@ CONCEPT_OBJECTIVES.register("cos3")(CubedCosine())
 def _statement_layer(model) -> StatementLayer:
     layer = getattr(model, "concept_layer", None)
     if not isinstance(layer, StatementLayer):
-        raise LucidError("this model's concepts have no single activation each (concept_objective 'cos3' gives them one); "
-                         "set its concepts to yes/no instead")
+        raise LucidError(
+            "this model's concepts have no single activation each (concept_objective 'cos3' gives them one); "
+            "set its concepts to yes/no instead"
+        )
     return layer
 
 
@@ -261,8 +275,11 @@ def intervene_scores(model, texts: Sequence[str] | str, scores: dict[str, float]
     for name, value in scores.items():
         k = names.index(name)
         z[k] = torch.full_like(z[k], float(value))
-    after = replace(output, label_logits=model.label_from_concepts([F.relu(x) for x in z]),
-                    concept_logits=layer.logits_of_scores(z))
+    after = replace(
+        output, label_logits=model.label_from_concepts([F.relu(x) for x in z]), concept_logits=layer.logits_of_scores(z)
+    )
     shown = {name: f"{float(value):g}" for name, value in scores.items()}
-    return [InterventionResult(t, shown, model.to_prediction(t, output, i), model.to_prediction(t, after, i))
-            for i, t in enumerate(texts)]
+    return [
+        InterventionResult(t, shown, model.to_prediction(t, output, i), model.to_prediction(t, after, i))
+        for i, t in enumerate(texts)
+    ]

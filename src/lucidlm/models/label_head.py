@@ -20,8 +20,14 @@ ELASTIC_MAX_ITER = 3000  # saga's epochs at most
 L2_MAX_ITER = 2000  # lbfgs's iterations at most
 
 
-def fit_logistic(features: np.ndarray, labels: np.ndarray, strength: float, l1_ratio: float | None = None,
-                 tol: float = ELASTIC_TOL, max_iter: int = ELASTIC_MAX_ITER) -> tuple[LogisticRegression, dict]:
+def fit_logistic(
+    features: np.ndarray,
+    labels: np.ndarray,
+    strength: float,
+    l1_ratio: float | None = None,
+    tol: float = ELASTIC_TOL,
+    max_iter: int = ELASTIC_MAX_ITER,
+) -> tuple[LogisticRegression, dict]:
     """One point of the path: ``LogisticRegression(C=strength)``, an elastic net with l1 share
     ``l1_ratio`` (saga, ``tol``, ``max_iter``) or, without it, L2 (lbfgs, ``L2_MAX_ITER``). Returns
     the fitted head and its record: ``n_iter`` (the most any class took), ``max_iter``,
@@ -41,11 +47,17 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, strength: float, l1_r
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     n_iter = int(np.max(head.n_iter_))
-    return head, {"n_iter": n_iter, "max_iter": options["max_iter"], "converged": bool(n_iter < options["max_iter"] and not warned),
-                  "optimality": optimality_gap(head, features, labels, strength, l1_ratio or 0.0)}
+    return head, {
+        "n_iter": n_iter,
+        "max_iter": options["max_iter"],
+        "converged": bool(n_iter < options["max_iter"] and not warned),
+        "optimality": optimality_gap(head, features, labels, strength, l1_ratio or 0.0),
+    }
 
 
-def optimality_gap(head: LogisticRegression, features: np.ndarray, labels: np.ndarray, strength: float, l1_ratio: float) -> float:
+def optimality_gap(
+    head: LogisticRegression, features: np.ndarray, labels: np.ndarray, strength: float, l1_ratio: float
+) -> float:
     """How far the fitted weights are from the penalised optimum: the largest violation of its
     optimality (KKT) conditions, relative to the loss gradient at zero weights (0: the optimum).
 

@@ -16,7 +16,7 @@ model selection reads dev only.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -59,7 +59,9 @@ class PrototypeConfig(ModelConfig):
             if getattr(self, name) < 0:
                 raise LucidError(f"{name}: expected a weight >= 0, found {getattr(self, name)!r}")
         if not 0 < self.cohesion_separation_ratio <= 1:
-            raise LucidError(f"cohesion_separation_ratio: expected a number in (0, 1], found {self.cohesion_separation_ratio!r}")
+            raise LucidError(
+                f"cohesion_separation_ratio: expected a number in (0, 1], found {self.cohesion_separation_ratio!r}"
+            )
         if self.epsilon <= 0:
             raise LucidError(f"epsilon: expected a number > 0, found {self.epsilon!r}")
         if self.attention_size is not None and (not isinstance(self.attention_size, int) or self.attention_size < 1):
@@ -95,7 +97,7 @@ class PrototypeProjection:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PrototypeProjection":
+    def from_dict(cls, d: dict) -> PrototypeProjection:
         examples = [[TrainingExample(**e) for e in nearest] for nearest in d["examples"]]
         return cls(**{**d, "examples": examples})
 
@@ -154,10 +156,14 @@ class PrototypeLM(PrototypeModel):
         super().__init__(config, spec, backbone, tokenizer)
         groups = 1 if spec.is_regression else len(spec.classes)  # regression: one group owns all
         num_prototypes = groups * config.prototypes_per_class
-        self.token_attention = TokenAttention(self.hidden_size, config.attention_size or self.hidden_size, config.dropout)
+        self.token_attention = TokenAttention(
+            self.hidden_size, config.attention_size or self.hidden_size, config.dropout
+        )
         # Placeholders: ``fit`` starts them from training examples (``initialize_from_data``).
         self.prototypes = nn.Parameter(torch.randn(num_prototypes, self.hidden_size))
-        self.register_buffer("prototype_class", torch.arange(num_prototypes) // config.prototypes_per_class, persistent=False)
+        self.register_buffer(
+            "prototype_class", torch.arange(num_prototypes) // config.prototypes_per_class, persistent=False
+        )
         self.label_head = nn.Linear(num_prototypes, spec.num_labels)
         self._initialize_label_head()
         self.projection: PrototypeProjection | None = None
@@ -201,8 +207,13 @@ class PrototypeLM(PrototypeModel):
         pooled, attention = self.token_attention(hidden, attention_mask)
         distances = prototype_distances(pooled, self.prototypes)
         similarity = 1.0 / (distances + self.config.epsilon)
-        return PrototypeOutput(self.calibrated(self.label_head(similarity)), pooled=pooled, prototype_distances=distances,
-                               prototype_similarity=similarity, token_attention=attention)
+        return PrototypeOutput(
+            self.calibrated(self.label_head(similarity)),
+            pooled=pooled,
+            prototype_distances=distances,
+            prototype_similarity=similarity,
+            token_attention=attention,
+        )
 
     def loss(self, output: PrototypeOutput, labels: torch.Tensor) -> torch.Tensor:
         """λ0·task loss + λ1·cohesion + λ2·separation (no separation for regression)."""
@@ -212,7 +223,9 @@ class PrototypeLM(PrototypeModel):
         if config.cohesion_weight:
             total = total + config.cohesion_weight * cohesion_loss(output.prototype_distances, own, k)
         if config.separation_weight and not self.spec.is_regression:
-            total = total + config.separation_weight * separation_loss(output.prototype_distances, own, k, config.epsilon)
+            total = total + config.separation_weight * separation_loss(
+                output.prototype_distances, own, k, config.epsilon
+            )
         return total
 
     # ---- inference ----------------------------------------------------------------------
@@ -232,10 +245,15 @@ class PrototypeLM(PrototypeModel):
             pooled.append(out.pooled.cpu())
         return {"label_logits": torch.cat(logits).numpy(), "pooled": torch.cat(pooled).numpy()}
 
-
     # ---- training -----------------------------------------------------------------------
-    def fit(self, train: Split, eval_data: Split | None = None, config: TrainingConfig | None = None,
-            warm_start: bool = False, **overrides):
+    def fit(
+        self,
+        train: Split,
+        eval_data: Split | None = None,
+        config: TrainingConfig | None = None,
+        warm_start: bool = False,
+        **overrides,
+    ):
         """Start the prototypes from training examples (kept as they are with ``warm_start``),
         train everything, choose the epoch on ``eval_data`` (dev, never test), then project."""
         self._warm_start = warm_start
@@ -253,16 +271,24 @@ class PrototypeLM(PrototypeModel):
         return self.loss(forward(batch["input_ids"], batch["attention_mask"]), batch["labels"])
 
     def after_training(self, train: Split, eval_data: Split | None, config: TrainingConfig, hooks) -> None:
-        self.project(train, hard=self.config.projection == "hard", eval_data=eval_data, batch_size=config.eval_batch_size)
+        self.project(
+            train, hard=self.config.projection == "hard", eval_data=eval_data, batch_size=config.eval_batch_size
+        )
 
     def param_groups(self, config: TrainingConfig) -> list[dict]:
-        return trainable_groups([
-            {"params": list(self.backbone.parameters()), "lr": config.learning_rate},
-            {"params": list(self.token_attention.parameters()), "lr": config.head_learning_rate},
-            # No weight decay: it would shrink the prototypes toward the origin and wear the
-            # +1/−0.5 class weights down for no reason of the data's.
-            {"params": [self.prototypes, *self.label_head.parameters()], "lr": config.head_learning_rate, "weight_decay": 0.0},
-        ])
+        return trainable_groups(
+            [
+                {"params": list(self.backbone.parameters()), "lr": config.learning_rate},
+                {"params": list(self.token_attention.parameters()), "lr": config.head_learning_rate},
+                # No weight decay: it would shrink the prototypes toward the origin and wear the
+                # +1/−0.5 class weights down for no reason of the data's.
+                {
+                    "params": [self.prototypes, *self.label_head.parameters()],
+                    "lr": config.head_learning_rate,
+                    "weight_decay": 0.0,
+                },
+            ]
+        )
 
     @torch.no_grad()
     def initialize_from_data(self, train: Split, seed: int = 0, batch_size: int = 64) -> None:
@@ -292,8 +318,14 @@ class PrototypeLM(PrototypeModel):
 
     # ---- projection ---------------------------------------------------------------------
     @torch.no_grad()
-    def project(self, train: Split, hard: bool = False, n_nearest: int | None = None,
-                eval_data: Split | None = None, batch_size: int = 64) -> PrototypeProjection:
+    def project(
+        self,
+        train: Split,
+        hard: bool = False,
+        n_nearest: int | None = None,
+        eval_data: Split | None = None,
+        batch_size: int = 64,
+    ) -> PrototypeProjection:
         """Find each prototype's nearest training examples (of its own class, as ProtoPNet projects;
         any example for regression) in one pass, with their distances and most attended tokens.
 
@@ -314,17 +346,25 @@ class PrototypeLM(PrototypeModel):
             indices, distances = self.nearest_training_examples(train, n, own_class, batch_size)
         after = self.evaluate(eval_data, batch_size) if eval_data is not None and hard else None
         self.projection = PrototypeProjection(
-            self._training_examples(train, indices, distances, batch_size), hard, own_class, before, after,
+            self._training_examples(train, indices, distances, batch_size),
+            hard,
+            own_class,
+            before,
+            after,
         )
-        self.training_history.append({
-            "stage": "projection", "hard": hard,
-            **({"eval_score_before": selection_score(before)} if before else {}),
-            **({"eval_score_after": selection_score(after)} if after else {}),
-        })
+        self.training_history.append(
+            {
+                "stage": "projection",
+                "hard": hard,
+                **({"eval_score_before": selection_score(before)} if before else {}),
+                **({"eval_score_after": selection_score(after)} if after else {}),
+            }
+        )
         return self.projection
 
-    def nearest_training_examples(self, train: Split, n: int, own_class: bool = True,
-                                  batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    def nearest_training_examples(
+        self, train: Split, n: int, own_class: bool = True, batch_size: int = 64
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``[n, P]`` indices into ``train`` and distances, nearest first, kept as a running top-n
         over one pass. Where a class has fewer than n examples the rest are index −1, distance inf."""
         best_distances = torch.full((n, self.num_prototypes), float("inf"))
@@ -342,19 +382,26 @@ class PrototypeLM(PrototypeModel):
         best_indices[best_distances.isinf()] = -1
         return best_indices, best_distances
 
-    def _training_examples(self, train: Split, indices: torch.Tensor, distances: torch.Tensor,
-                           batch_size: int) -> list[list[TrainingExample]]:
+    def _training_examples(
+        self, train: Split, indices: torch.Tensor, distances: torch.Tensor, batch_size: int
+    ) -> list[list[TrainingExample]]:
         found = sorted({int(i) for i in indices.flatten() if i >= 0})
         top_tokens = dict(zip(found, self.most_attended_tokens(train.select(found), batch_size)))
         examples = []
         for j in range(self.num_prototypes):
-            examples.append([
-                TrainingExample(
-                    text=train.texts[i], distance=float(d), label=self._label_name(train.labels[i]), top_tokens=top_tokens[i],
-                    text_pair=train.text_pairs[i] if train.text_pairs else None,
-                )
-                for i, d in zip(indices[:, j].tolist(), distances[:, j].tolist()) if i >= 0
-            ])
+            examples.append(
+                [
+                    TrainingExample(
+                        text=train.texts[i],
+                        distance=float(d),
+                        label=self._label_name(train.labels[i]),
+                        top_tokens=top_tokens[i],
+                        text_pair=train.text_pairs[i] if train.text_pairs else None,
+                    )
+                    for i, d in zip(indices[:, j].tolist(), distances[:, j].tolist())
+                    if i >= 0
+                ]
+            )
         return examples
 
     def most_attended_tokens(self, split: Split, batch_size: int = 64, k: int = TOP_TOKENS) -> list[list[str]]:
@@ -387,11 +434,15 @@ class PrototypeLM(PrototypeModel):
         pairs = [pair] if pair is not None else None
         output = self.forward_texts([text], pairs)
         similarity = output.prototype_similarity[0]
-        contributions = self.calibrated(similarity[:, None] * self.label_head.weight.detach().T)  # [P, C], as the logits
+        contributions = self.calibrated(
+            similarity[:, None] * self.label_head.weight.detach().T
+        )  # [P, C], as the logits
         class_names = [self.spec.label] if self.spec.is_regression else list(self.spec.classes)
         prototypes = [
             PrototypeMatch(
-                prototype=j, prototype_class=self.prototype_class_name(j), similarity=float(similarity[j]),
+                prototype=j,
+                prototype_class=self.prototype_class_name(j),
+                similarity=float(similarity[j]),
                 contributions=dict(zip(class_names, contributions[j].tolist())),
                 nearest_examples=list(self.projection.examples[j]) if self.projection else [],
             )
@@ -403,11 +454,30 @@ class PrototypeLM(PrototypeModel):
         tokens = []
         if not self.spec.is_regression:  # through the prototype similarities, as the label reads them
             label = self.spec.label_index(prediction.label)
-            tokens.append(integrated_gradients(self, ids, mask, lambda i, m: self(i, m).label_logits.softmax(-1)[:, label],
-                                               "label", steps, text=text, pair=pair))
+            tokens.append(
+                integrated_gradients(
+                    self,
+                    ids,
+                    mask,
+                    lambda i, m: self(i, m).label_logits.softmax(-1)[:, label],
+                    "label",
+                    steps,
+                    text=text,
+                    pair=pair,
+                )
+            )
         # α pools the states; it is not an attribution of the label (bench/results/evaluation_suite.md scores both)
-        tokens.append(token_attribution(self.tokenizer, ids[0].tolist(), output.token_attention[0].tolist(), "attention", "attention",
-                                        text, pair))
+        tokens.append(
+            token_attribution(
+                self.tokenizer,
+                ids[0].tolist(),
+                output.token_attention[0].tolist(),
+                "attention",
+                "attention",
+                text,
+                pair,
+            )
+        )
         return Explanation(text=text, text_pair=pair, prediction=prediction, tokens=tokens, prototypes=prototypes)
 
     # ---- persistence --------------------------------------------------------------------

@@ -50,6 +50,16 @@ class StandardLM(LucidModel):
             batch = self.encoder.batch([text], pairs)
             ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
             c = self.spec.label_index(prediction.label)
-            tokens.append(integrated_gradients(self, ids, mask, lambda i, m: self(i, m).label_logits.softmax(-1)[:, c],
-                                               "label", steps, text=text, pair=pair))
+            tokens.append(
+                integrated_gradients(
+                    self,
+                    ids,
+                    mask,
+                    lambda i, m: self(i, m).label_logits.softmax(-1)[:, c],
+                    "label",
+                    steps,
+                    text=text,
+                    pair=pair,
+                )
+            )
         return Explanation(text=text, text_pair=pair, prediction=prediction, tokens=tokens)

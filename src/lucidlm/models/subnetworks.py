@@ -9,7 +9,6 @@ through its own mask, the label reads every concept's pass, and GPT-2's Conv1D l
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass, replace
 
 import torch
@@ -22,8 +21,17 @@ from ..explain import Explanation
 from ..explain.subnetworks import AttentionShape, subnetwork_statistics
 from ..intervene import ConceptValues, SubnetworkRewiring
 from ..masking import (
-    REWIRING_SCORES, MaskedLinear, differentiable_masks, pack_masks, rewire, routed, select_layers, unit_groups,
-    unpack_masks, with_routes, wrap_layers,
+    REWIRING_SCORES,
+    MaskedLinear,
+    differentiable_masks,
+    pack_masks,
+    rewire,
+    routed,
+    select_layers,
+    unit_groups,
+    unpack_masks,
+    with_routes,
+    wrap_layers,
 )
 from ..outputs import InterventionResult, SubnetworkInterventionResult
 from ..pruning import PRUNING_SCOPES, PRUNING_SCORES, Pruner, SparsitySchedule, density
@@ -33,6 +41,8 @@ from .bottleneck import BottleneckConfig, ConceptBottleneckLM
 from .losses import Mixup
 
 MASK_PREFIX = "subnetwork_masks."
+
+
 @dataclass
 class SparseConfig(BottleneckConfig):
     masked_layers: str = "all"  # all | ffn | attention | top:N
@@ -53,23 +63,33 @@ class SparseConfig(BottleneckConfig):
         super().__post_init__()
         if self.mode != "joint":
             raise LucidError(f"mode: a sparse concept model trains jointly; found {self.mode!r}")
-        if self.intervention_objective != "sampled_horizon":  # its rollouts need the step, which the pruner's hooks hold
-            raise LucidError(f"intervention_objective: a sparse concept model trains with 'sampled_horizon'; "
-                             f"found {self.intervention_objective!r}")
+        if (
+            self.intervention_objective != "sampled_horizon"
+        ):  # its rollouts need the step, which the pruner's hooks hold
+            raise LucidError(
+                f"intervention_objective: a sparse concept model trains with 'sampled_horizon'; "
+                f"found {self.intervention_objective!r}"
+            )
         if self.trains_part_of_backbone:  # its subnetworks are masks over the backbone's own weights
-            raise LucidError("model.adapter / model.freeze: a sparse concept model prunes the backbone's own weights, "
-                             "one mask per concept, so the whole backbone trains; use family bottleneck for an adapter")
+            raise LucidError(
+                "model.adapter / model.freeze: a sparse concept model prunes the backbone's own weights, "
+                "one mask per concept, so the whole backbone trains; use family bottleneck for an adapter"
+            )
         if self.granularity not in ("weight", "neuron"):
             raise LucidError(f"granularity: expected 'weight' or 'neuron', found {self.granularity!r}")
         PRUNING_SCORES.check(self.pruning_score, "pruning_score")
         if self.pruning_scope not in PRUNING_SCOPES:
             raise LucidError(f"pruning_scope: expected one of {list(PRUNING_SCOPES)}, found {self.pruning_scope!r}")
         if self.granularity == "neuron" and self.pruning_scope != "layer":
-            raise LucidError(f"pruning_scope: neuron-level masks prune block by block ('layer'), found {self.pruning_scope!r}")
+            raise LucidError(
+                f"pruning_scope: neuron-level masks prune block by block ('layer'), found {self.pruning_scope!r}"
+            )
         self.sparsity_schedule()  # validates
 
     def sparsity_schedule(self) -> SparsitySchedule:
-        return SparsitySchedule(self.initial_sparsity, self.sparsity, self.pruning_start, self.pruning_end, self.schedule)
+        return SparsitySchedule(
+            self.initial_sparsity, self.sparsity, self.pruning_start, self.pruning_end, self.schedule
+        )
 
 
 class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
@@ -118,7 +138,9 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
     # ---- explanation ------------------------------------------------------------------------
     def single_concept_logits(self, input_ids, attention_mask, concept: int) -> torch.Tensor:
         """Through concept ``concept``'s own subnetwork: its token attributions say what *it* reads."""
-        state = self.concept_layer.state(concept, self.dropout(self.subnetwork_pooled(input_ids, attention_mask, concept)))
+        state = self.concept_layer.state(
+            concept, self.dropout(self.subnetwork_pooled(input_ids, attention_mask, concept))
+        )
         return self.concept_logits_of((state,))[0]
 
     def label_attribution_score(self):
@@ -172,7 +194,9 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
             grads = torch.autograd.grad(loss, masks)
         old_masks = [layer.mask[k].clone() for layer in layers]
         with torch.no_grad():
-            scores = {name: score_of(grad, layer.weight) for (name, layer), grad in zip(self.subnetworks.items(), grads)}
+            scores = {
+                name: score_of(grad, layer.weight) for (name, layer), grad in zip(self.subnetworks.items(), grads)
+            }
             self._rewire(k, scores, fraction)
             changed = sum(int((layer.mask[k] != old).sum()) for layer, old in zip(layers, old_masks))
             after = self(ids, attention)
@@ -184,9 +208,15 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
                 # the concept shows what its rewired subnetwork says; the label reads ``rewired``
                 after = replace(self.output_of(states, after.pooled), concept_logits=after.concept_logits)
         return SubnetworkInterventionResult(
-            text=text, interventions={concept: value}, before=self.to_prediction(text, before, 0),
-            after=self.to_prediction(text, after, 0), concept=concept, fraction=fraction, score=rewiring.score,
-            weights_changed=changed, committed=commit,
+            text=text,
+            interventions={concept: value},
+            before=self.to_prediction(text, before, 0),
+            after=self.to_prediction(text, after, 0),
+            concept=concept,
+            fraction=fraction,
+            score=rewiring.score,
+            weights_changed=changed,
+            committed=commit,
         )
 
     def _rewire(self, k: int, scores: dict[str, torch.Tensor], fraction: float) -> None:
@@ -241,12 +271,23 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
     def check_training_data(self, train: Split, config: TrainingConfig) -> None:
         super().check_training_data(train, config)
         if config.epochs < self.config.pruning_end:
-            raise LucidError(f"training.epochs ({config.epochs}) must reach model.pruning_end ({self.config.pruning_end})")
+            raise LucidError(
+                f"training.epochs ({config.epochs}) must reach model.pruning_end ({self.config.pruning_end})"
+            )
 
     def training_hooks(self, steps_per_epoch: int, config: TrainingConfig) -> Pruner:
-        return Pruner(self.subnetworks, self.config.sparsity_schedule(), steps_per_epoch, self.config.pruning_score,
-                      self.config.pruning_scope, self.config.pruning_interval, self.config.obert_gradients,
-                      self.config.obert_block, self.config.obert_damp, self.unit_groups)
+        return Pruner(
+            self.subnetworks,
+            self.config.sparsity_schedule(),
+            steps_per_epoch,
+            self.config.pruning_score,
+            self.config.pruning_scope,
+            self.config.pruning_interval,
+            self.config.obert_gradients,
+            self.config.obert_block,
+            self.config.obert_damp,
+            self.unit_groups,
+        )
 
     def after_training(self, train: Split, eval_data: Split | None, config: TrainingConfig, pruner: Pruner) -> None:
         self.pruning_history = pruner.history

@@ -54,30 +54,45 @@ from ..explain.explanation import CONTRIBUTION_MEANING
 from ..outputs import InterventionResult, SubnetworkInterventionResult
 from ..version import __version__
 from . import schemas
-from .schemas import MAX_BATCH_TEXTS, MAX_BODY_BYTES, MAX_TEXT_CHARS
+from .schemas import MAX_BODY_BYTES, MAX_TEXT_CHARS
 from .service import ModelService
 from .worker import Overloaded, ServingLimits
 
 log = logging.getLogger(__name__)
 STATIC = ("index.html", "app.js", "style.css")
-MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
 # The page loads nothing from anywhere else, and nothing may frame it.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-ERRORS = {400: {"model": schemas.Error, "description": "This model family cannot do that."},
-          413: {"model": schemas.Error, "description": f"The request body is over {MAX_BODY_BYTES} bytes."},
-          422: {"model": schemas.Error, "description": "Invalid input: the detail names the field."},
-          401: {"model": schemas.Error, "description": "No token, or one this server does not know."},
-          403: {"model": schemas.Error, "description": "The token's role may not do this."},
-          500: {"model": schemas.Error, "description": "The model failed in a way no input should cause: the detail names the error."},
-          503: {"model": schemas.Error, "description": "The model's queue is full: retry after the Retry-After seconds."}}
+ERRORS = {
+    400: {"model": schemas.Error, "description": "This model family cannot do that."},
+    413: {"model": schemas.Error, "description": f"The request body is over {MAX_BODY_BYTES} bytes."},
+    422: {"model": schemas.Error, "description": "Invalid input: the detail names the field."},
+    401: {"model": schemas.Error, "description": "No token, or one this server does not know."},
+    403: {"model": schemas.Error, "description": "The token's role may not do this."},
+    500: {
+        "model": schemas.Error,
+        "description": "The model failed in a way no input should cause: the detail names the error.",
+    },
+    503: {"model": schemas.Error, "description": "The model's queue is full: retry after the Retry-After seconds."},
+}
 
 
-def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits | None = None,
-               store=None, fingerprint: str = "", queue=None) -> FastAPI:
+def create_app(
+    model,
+    run_dir: str | Path | None = None,
+    limits: ServingLimits | None = None,
+    store=None,
+    fingerprint: str = "",
+    queue=None,
+) -> FastAPI:
     """The web app over a loaded model (any family); ``run_dir`` only names the run on the page;
     ``store`` (a ``CorrectionStore``) records corrections of the run with ``fingerprint``;
     ``queue`` (a ``ReviewQueue``) hands out texts to review."""
@@ -89,8 +104,14 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
         yield
         service.close()
 
-    app = FastAPI(title="lucidlm", version=__version__, docs_url=None, redoc_url=None,  # their pages load a CDN
-                  description="Predict, explain and correct an interpretable language-model classifier.", lifespan=lifespan)
+    app = FastAPI(
+        title="lucidlm",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,  # their pages load a CDN
+        description="Predict, explain and correct an interpretable language-model classifier.",
+        lifespan=lifespan,
+    )
     app.state.service = service
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     add_error_handlers(app, service.limits)
@@ -99,6 +120,7 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
     def page(name: str):
         def serve() -> Response:
             return Response(static[name], media_type=MEDIA_TYPES[Path(name).suffix], headers=PAGE_HEADERS)
+
         return serve
 
     for route, name in (("/", "index.html"), ("/static/app.js", "app.js"), ("/static/style.css", "style.css")):
@@ -114,8 +136,12 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
     @app.get("/api/info", response_model=schemas.Info)
     def info():
         """What this run is: family, label classes, concepts and the values each can take."""
-        return {**service.info(), "max_text_chars": MAX_TEXT_CHARS, "contribution_meaning": CONTRIBUTION_MEANING,
-                "corrections": service.corrections_info()}
+        return {
+            **service.info(),
+            "max_text_chars": MAX_TEXT_CHARS,
+            "contribution_meaning": CONTRIBUTION_MEANING,
+            "corrections": service.corrections_info(),
+        }
 
     @app.post("/api/predict", response_model=schemas.PredictAnswer, responses=ERRORS)
     async def predict(request: schemas.TextRequest):
@@ -143,7 +169,8 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
     async def intervene_subnetwork(request: schemas.SubnetworkRequest):
         """Rewire one concept's subnetwork toward a value, for this text only (SparseCBM)."""
         return await answer(
-            service.intervene_subnetwork(request.text, request.concept, request.value, request.fraction, request.score))
+            service.intervene_subnetwork(request.text, request.concept, request.value, request.fraction, request.score)
+        )
 
     @app.get("/api/me", response_model=schemas.Me, responses=ERRORS)
     def me(request: Request):
@@ -156,14 +183,17 @@ def create_app(model, run_dir: str | Path | None = None, limits: ServingLimits |
         """Record a correction: the concept values the person set or confirmed, and the label they say
         is right when they give one. The model's reading and its label before and after are recorded
         with them. A record sent again with the same ``key`` is stored once (the stored one is answered)."""
-        record, result = await answer(service.correction(request.text, request.values, request.label, user.name,
-                                                         request.key, request.note))
+        record, result = await answer(
+            service.correction(request.text, request.values, request.label, user.name, request.key, request.note)
+        )
         stored = await run_in_threadpool(service.store.append, record)
         return {"record": stored.to_dict(), "result": result}
 
     @app.get("/api/corrections", response_model=list[schemas.CorrectionRecord], responses=ERRORS)
-    def list_corrections(after: int = Query(0, ge=0, description="Only records stored after this id."),
-                         limit: int = Query(100, ge=1, le=1000)):
+    def list_corrections(
+        after: int = Query(0, ge=0, description="Only records stored after this id."),
+        limit: int = Query(100, ge=1, le=1000),
+    ):
         """The store's records in the order they were stored, retractions included."""
         return [r.to_dict() for r in recording(service).records(after_id=after, limit=limit)]
 
@@ -230,13 +260,18 @@ def user_of(service: ModelService, request: Request) -> User | None:
 
 def needs(service: ModelService, role: str):
     """A FastAPI dependency: the request's user, who must have ``role`` or one above it."""
+
     def check(request: Request) -> User:
         user = user_of(service, request)
         if user is None:
-            raise Denied(401, f"this needs {A_ROLE[role]}'s token (Authorization: Bearer <token>; lucidlm users add NAME --role {role})")
+            raise Denied(
+                401,
+                f"this needs {A_ROLE[role]}'s token (Authorization: Bearer <token>; lucidlm users add NAME --role {role})",
+            )
         if not user.may(role):
             raise Denied(403, f"{user.name} is {A_ROLE[user.role]}: this needs {A_ROLE[role]}")
         return user
+
     return check
 
 
@@ -261,7 +296,9 @@ def add_error_handlers(app: FastAPI, limits: ServingLimits) -> None:
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, error: Overloaded):
         detail = f"the model is busy: {limits.queue_size} requests are waiting; retry in {limits.retry_after} s"
-        return JSONResponse({"detail": detail, "errors": []}, status_code=503, headers={"Retry-After": str(limits.retry_after)})
+        return JSONResponse(
+            {"detail": detail, "errors": []}, status_code=503, headers={"Retry-After": str(limits.retry_after)}
+        )
 
     @app.exception_handler(Denied)
     async def denied(request: Request, error: Denied):
@@ -285,8 +322,9 @@ def add_error_handlers(app: FastAPI, limits: ServingLimits) -> None:
         details = [describe(e) for e in error.errors()]
         # The input is not echoed back: it may be long, or not even encodable (a lone surrogate).
         errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in error.errors()]
-        return JSONResponse({"detail": "; ".join(details) or "invalid request", "errors": jsonable_encoder(errors)},
-                            status_code=422)
+        return JSONResponse(
+            {"detail": "; ".join(details) or "invalid request", "errors": jsonable_encoder(errors)}, status_code=422
+        )
 
 
 def describe(error: dict) -> str:

@@ -19,14 +19,27 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from ..version import __version__
 from ..data import MISSING
 from ..errors import LucidError
 from ..explain.explanation import CONTRIBUTION_MEANING
 from ..intervene import Showcase, choose_correction, showcase_corrections
 from ..models import ConceptModel, PrototypeModel, SubnetworkModel
+from ..version import __version__
 from .figures import reliability_diagram, training_curves
-from .html import GREEN, RED, TOKEN_LEGEND, cell, confusion_table, esc, fmt, heatmap_svg, png_data_uri, shade, table, token_spans
+from .html import (
+    GREEN,
+    RED,
+    TOKEN_LEGEND,
+    cell,
+    confusion_table,
+    esc,
+    fmt,
+    heatmap_svg,
+    png_data_uri,
+    shade,
+    table,
+    token_spans,
+)
 from .report_json import render_json
 
 EVALUATION_JSON, EVALUATION_MD, CURVES_PNG = "evaluation.json", "evaluation.md", "intervention_curves.png"
@@ -57,7 +70,9 @@ def build_report(run_dir: str | Path, split: str = "test", limit: int | None = N
     model, record = load_run(run_dir)
     rows, rows_note = None, ""
     if record is None:
-        rows_note = "The run has no run.json (it was saved by save_pretrained, not lucidlm train), so no data to predict on."
+        rows_note = (
+            "The run has no run.json (it was saved by save_pretrained, not lucidlm train), so no data to predict on."
+        )
     else:
         try:
             task = load_experiment_task(record["experiment"]["data"])
@@ -69,13 +84,17 @@ def build_report(run_dir: str | Path, split: str = "test", limit: int | None = N
         total = len(rows)
         if limit is not None and limit < total:
             rows = rows.sample(limit, seed=0)
-            rows_note = f"Computed now on {len(rows):,} of the {total:,} {split} rows (a fixed random sample, --limit {limit})."
+            rows_note = (
+                f"Computed now on {len(rows):,} of the {total:,} {split} rows (a fixed random sample, --limit {limit})."
+            )
         else:
             rows_note = f"Computed now on all {total:,} {split} rows."
 
-    sections = [("overview", "The run", overview(model, record, run_dir)),
-                ("metrics", "Metrics", metrics_section(record)),
-                ("calibration", "Calibration", calibration_section(model, record))]
+    sections = [
+        ("overview", "The run", overview(model, record, run_dir)),
+        ("metrics", "Metrics", metrics_section(record)),
+        ("calibration", "Calibration", calibration_section(model, record)),
+    ]
     sections.append(("predictions", "Confusion matrices", predictions_section(model, rows, rows_note)))
     if isinstance(model, SubnetworkModel):
         sections.append(("subnetworks", "Concept subnetworks", subnetworks_section(model.subnetwork_statistics())))
@@ -90,43 +109,82 @@ def build_report(run_dir: str | Path, split: str = "test", limit: int | None = N
 # ---- sections ---------------------------------------------------------------------------------
 def overview(model, record: dict | None, run_dir: Path) -> str:
     spec, summary = model.spec, model.summary()
-    facts = [("family", model.family), ("mode", summary["mode"]), ("backbone", summary["backbone"]),
-             ("backbone weights", summary["backbone_training"]),
-             ("task", spec.name), ("label", f"{spec.label}: " + (", ".join(spec.classes) if spec.classes else "a number"))]
+    facts = [
+        ("family", model.family),
+        ("mode", summary["mode"]),
+        ("backbone", summary["backbone"]),
+        ("backbone weights", summary["backbone_training"]),
+        ("task", spec.name),
+        ("label", f"{spec.label}: " + (", ".join(spec.classes) if spec.classes else "a number")),
+    ]
     facts += [(f"concept {c.name}", ", ".join(c.values)) for c in spec.concepts]
     if summary.get("concept_objective"):
-        facts.append(("concept objective", {"soft_targets": "soft_targets: cross-entropy per concept",
-                                            "cos3": "cos3: CB-LLM's cubed cosine similarity, one ReLU activation per statement"}
-                      .get(summary["concept_objective"], summary["concept_objective"])))
+        facts.append(
+            (
+                "concept objective",
+                {
+                    "soft_targets": "soft_targets: cross-entropy per concept",
+                    "cos3": "cos3: CB-LLM's cubed cosine similarity, one ReLU activation per statement",
+                }.get(summary["concept_objective"], summary["concept_objective"]),
+            )
+        )
     if "random_intervention_rate" in summary:
         facts.append(("RandInt", summary["random_intervention_rate"]))
     if summary.get("intervention_loss_weight"):
         facts.append(("intervention-aware training (IntCEM)", f"loss weight {summary['intervention_loss_weight']:g}"))
     if summary.get("counterfactual_loss_weight"):
-        facts.append(("counterfactual-consistency training", f"loss weight {summary['counterfactual_loss_weight']:g}, "
-                      "on human edits of the training texts"))
+        facts.append(
+            (
+                "counterfactual-consistency training",
+                f"loss weight {summary['counterfactual_loss_weight']:g}, on human edits of the training texts",
+            )
+        )
     if summary.get("intervention_holdout"):
-        facts.append(("intervenability tuning", f"label head tuned on {summary['intervention_holdout']:.0%} of the training "
-                      "rows, held out of joint training"))
+        facts.append(
+            (
+                "intervenability tuning",
+                f"label head tuned on {summary['intervention_holdout']:.0%} of the training "
+                "rows, held out of joint training",
+            )
+        )
     if summary.get("mixup_alpha"):
-        facts.append(("concept-level mixup (C3M)", f"rows mixed in proportion μ ~ Beta({summary['mixup_alpha']:g}, "
-                      f"{summary['mixup_alpha']:g}), their losses alike"))
+        facts.append(
+            (
+                "concept-level mixup (C3M)",
+                f"rows mixed in proportion μ ~ Beta({summary['mixup_alpha']:g}, "
+                f"{summary['mixup_alpha']:g}), their losses alike",
+            )
+        )
     if "sparsity" in summary:
-        facts.append(("sparsity", f"{summary['sparsity']:.0%} of every concept's masked weights pruned ({summary['granularity']} level)"))
+        facts.append(
+            (
+                "sparsity",
+                f"{summary['sparsity']:.0%} of every concept's masked weights pruned ({summary['granularity']} level)",
+            )
+        )
     if "prototypes_per_class" in summary:
         facts.append(("prototypes", f"{summary['prototypes_per_class']} per class"))
     if record is not None:
         data = record["experiment"]["data"]
         facts.append(("data", f"{data.get('source')}" + (f" ({data['path']})" if data.get("path") else "")))
         training = record["experiment"].get("training", {})
-        facts.append(("training", ", ".join(f"{k} {training[k]}" for k in ("epochs", "batch_size", "learning_rate", "seed") if k in training)))
+        facts.append(
+            (
+                "training",
+                ", ".join(
+                    f"{k} {training[k]}" for k in ("epochs", "batch_size", "learning_rate", "seed") if k in training
+                ),
+            )
+        )
     html = table(["", "value"], [(esc(k), esc(v)) for k, v in facts if v is not None], cls="facts")
     epochs = [h for h in model.training_history if "epoch" in h]
     if epochs:
         keys = [k for k in ("epoch", "loss", "dev_score") if any(k in h for h in epochs)]
-        html += ("<h3>Training</h3>" + f"<figure>{training_curves(model.training_history)}<figcaption>Training loss and "
-                 "dev score (what model selection maximises) per epoch.</figcaption></figure>"
-                 + table(keys, [[fmt(h.get(k, "")) for k in keys] for h in epochs], cls="narrow"))
+        html += (
+            "<h3>Training</h3>" + f"<figure>{training_curves(model.training_history)}<figcaption>Training loss and "
+            "dev score (what model selection maximises) per epoch.</figcaption></figure>"
+            + table(keys, [[fmt(h.get(k, "")) for k in keys] for h in epochs], cls="narrow")
+        )
     return html
 
 
@@ -136,27 +194,44 @@ def calibration_section(model, record: dict | None) -> str:
     t = model.temperatures
     parts = []
     if t.fitted_on is None:
-        parts.append('<p class="note">No temperature was fitted (training.calibrate was off, or the run predates '
-                     "calibration): the probabilities are the model's as trained.</p>")
+        parts.append(
+            '<p class="note">No temperature was fitted (training.calibrate was off, or the run predates '
+            "calibration): the probabilities are the model's as trained.</p>"
+        )
     elif "label" in t.before:
         before, after = t.before["label"], t.after["label"]
-        parts.append(f"<p>Label temperature <strong>{fmt(t.label)}</strong>, fitted on {esc(t.fitted_on)} by NLL after "
-                     "training; every probability in this report, on the page and in the API is divided by it (accuracy "
-                     "is unchanged).</p>")
+        parts.append(
+            f"<p>Label temperature <strong>{fmt(t.label)}</strong>, fitted on {esc(t.fitted_on)} by NLL after "
+            "training; every probability in this report, on the page and in the API is divided by it (accuracy "
+            "is unchanged).</p>"
+        )
         rows = [[esc(name), fmt(before[name]), fmt(after[name])] for name in ("ece", "nll", "confidence")]
         parts.append(table([f"{t.fitted_on}", "before (T = 1)", "after"], rows, cls="narrow"))
         if t.concepts:
-            parts.append(table(["concept", "temperature", f"ECE before → after ({t.fitted_on})"],
-                               [[esc(name), fmt(value), f"{fmt(t.before['concepts'][name]['ece'])} → "
-                                 f"{fmt(t.after['concepts'][name]['ece'])}"] for name, value in t.concepts.items()],
-                               "Concepts (the probabilities shown; the label reads the concepts as trained)", "narrow"))
+            parts.append(
+                table(
+                    ["concept", "temperature", f"ECE before → after ({t.fitted_on})"],
+                    [
+                        [
+                            esc(name),
+                            fmt(value),
+                            f"{fmt(t.before['concepts'][name]['ece'])} → {fmt(t.after['concepts'][name]['ece'])}",
+                        ]
+                        for name, value in t.concepts.items()
+                    ],
+                    "Concepts (the probabilities shown; the label reads the concepts as trained)",
+                    "narrow",
+                )
+            )
     for split, metrics in ((record or {}).get("metrics") or {}).items():
         bins = (metrics.get("calibration") or {}).get("bins")
         if bins:
             task = metrics["task"]
-            parts.append(f"<figure>{reliability_diagram(bins, f'reliability on {split}')}<figcaption>Reliability on "
-                         f"{esc(split)}: accuracy per confidence bin (15 bins; the dashed diagonal is a calibrated "
-                         f"model). ECE {fmt(task['ece'])}, NLL {fmt(task['nll'])}.</figcaption></figure>")
+            parts.append(
+                f"<figure>{reliability_diagram(bins, f'reliability on {split}')}<figcaption>Reliability on "
+                f"{esc(split)}: accuracy per confidence bin (15 bins; the dashed diagonal is a calibrated "
+                f"model). ECE {fmt(task['ece'])}, NLL {fmt(task['nll'])}.</figcaption></figure>"
+            )
     return "".join(parts) or '<p class="note">A regression task has no probabilities to calibrate.</p>'
 
 
@@ -168,28 +243,43 @@ def metrics_section(record: dict | None) -> str:
         parts.append(f'<p class="note"><strong>Stale:</strong> {esc(record["metrics_stale"])}.</p>')
     elif record.get("commits"):
         changes = "; ".join(", ".join(f"{k} {v}" for k, v in c["change"].items()) for c in record["commits"])
-        parts.append(f'<p class="note">The model was changed after training ({len(record["commits"])} committed '
-                     f'change(s): {esc(changes)}); these metrics were measured again after the last one.</p>')
+        parts.append(
+            f'<p class="note">The model was changed after training ({len(record["commits"])} committed '
+            f"change(s): {esc(changes)}); these metrics were measured again after the last one.</p>"
+        )
     for split, metrics in record["metrics"].items():
         parts.append(f"<h3>{esc(split)} ({fmt(metrics.get('n', '?'))} rows)</h3>" + metrics_tables(metrics))
     return "".join(parts)
 
 
-SUMMARY_ROWS = (("task", "task"), ("concepts", "concepts (all)"), ("task_gold_concepts", "task, wrong concepts corrected to gold"),
-                ("task_forced_concepts", "task, every concept forced to gold"))
+SUMMARY_ROWS = (
+    ("task", "task"),
+    ("concepts", "concepts (all)"),
+    ("task_gold_concepts", "task, wrong concepts corrected to gold"),
+    ("task_forced_concepts", "task, every concept forced to gold"),
+)
 
 
 def metrics_tables(metrics: dict) -> str:
     """A split's metrics: the summary rows, then one row per concept."""
     rows = [(label, metrics[key]) for key, label in SUMMARY_ROWS if isinstance(metrics.get(key), dict)]
     names = list(dict.fromkeys(k for _, values in rows for k, v in values.items() if not isinstance(v, dict)))
-    html = table([""] + names, [[esc(label)] + [fmt(values.get(n, "")) for n in names] for label, values in rows], cls="metrics")
+    html = table(
+        [""] + names, [[esc(label)] + [fmt(values.get(n, "")) for n in names] for label, values in rows], cls="metrics"
+    )
     per_concept = metrics.get("concepts", {}).get("per_concept", {})
     if per_concept:
         columns = list(dict.fromkeys(k for v in per_concept.values() for k in v))
-        html += table(["concept"] + columns, [[esc(name)] + [cell(fmt(v.get(c, "")), shade(v.get(c, 0)) if isinstance(v.get(c), float) else "")
-                                              for c in columns] for name, v in per_concept.items()],
-                      "Per concept", "metrics per-concept")
+        html += table(
+            ["concept"] + columns,
+            [
+                [esc(name)]
+                + [cell(fmt(v.get(c, "")), shade(v.get(c, 0)) if isinstance(v.get(c), float) else "") for c in columns]
+                for name, v in per_concept.items()
+            ],
+            "Per concept",
+            "metrics per-concept",
+        )
     return html
 
 
@@ -207,7 +297,11 @@ def predictions_section(model, rows, note: str) -> str:
         predicted = inferred["label_logits"].argmax(-1)
         accuracy = float((predicted == rows.labels).mean())
         matrix = confusion_matrix(rows.labels, predicted, labels=list(range(len(spec.classes))))
-        parts.append(confusion_table(matrix.tolist(), spec.classes, f"Label ({spec.label}): accuracy {accuracy:.3f} on these rows"))
+        parts.append(
+            confusion_table(
+                matrix.tolist(), spec.classes, f"Label ({spec.label}): accuracy {accuracy:.3f} on these rows"
+            )
+        )
     concept_tables = []
     for k, concept in enumerate(spec.concepts if "concept_probs" in inferred else ()):
         known = rows.concepts[:, k] != MISSING
@@ -216,7 +310,9 @@ def predictions_section(model, rows, note: str) -> str:
         gold, guess = rows.concepts[known, k], inferred["concept_probs"][k][known].argmax(-1)
         matrix = confusion_matrix(gold, guess, labels=list(range(len(concept.values))))
         caption = f"Concept {concept.name}: accuracy {float((gold == guess).mean()):.3f} on {int(known.sum()):,} rows with a gold value"
-        concept_tables.append(f'<div class="grid-item">{confusion_table(matrix.tolist(), concept.values, caption)}</div>')
+        concept_tables.append(
+            f'<div class="grid-item">{confusion_table(matrix.tolist(), concept.values, caption)}</div>'
+        )
     if concept_tables:
         parts.append(f'<h3>Concepts</h3><div class="grid">{"".join(concept_tables)}</div>')
     return "".join(parts)
@@ -224,13 +320,23 @@ def predictions_section(model, rows, note: str) -> str:
 
 def subnetworks_section(stats: dict) -> str:
     names = stats["concepts"]
-    parts = [f"<p>Weights kept by every concept: {stats['shared_by_all']:.1%}. Each concept's density is the share of "
-             "the masked weights its subnetwork keeps; owned alone, the share no other concept keeps.</p>"]
-    parts.append(table(["concept", "density", "owned alone"],
-                       [[esc(n), fmt(stats["density"][n]), fmt(stats["owned_by_one"][n])] for n in names], cls="narrow"))
+    parts = [
+        f"<p>Weights kept by every concept: {stats['shared_by_all']:.1%}. Each concept's density is the share of "
+        "the masked weights its subnetwork keeps; owned alone, the share no other concept keeps.</p>"
+    ]
+    parts.append(
+        table(
+            ["concept", "density", "owned alone"],
+            [[esc(n), fmt(stats["density"][n]), fmt(stats["owned_by_one"][n])] for n in names],
+            cls="narrow",
+        )
+    )
     parts.append("<h3>Overlap of the concepts' masks (Jaccard)</h3>")
     parts.append(heatmap_svg(stats["jaccard"], names, names, "Jaccard overlap of the concept masks"))
-    rows = [[esc(layer)] + [cell(f"{d:.1%}", shade(d)) for d in densities] for layer, densities in stats["density_per_layer"].items()]
+    rows = [
+        [esc(layer)] + [cell(f"{d:.1%}", shade(d)) for d in densities]
+        for layer, densities in stats["density_per_layer"].items()
+    ]
     parts.append("<h3>Mask density per layer</h3>" + table(["layer"] + names, rows, cls="density"))
     heads = stats.get("head_responsibility") or {}
     if heads:
@@ -239,8 +345,10 @@ def subnetworks_section(stats: dict) -> str:
             columns = [f"head {h}" for h in range(len(shares[0]))] if shares else []
             body = [[esc(n)] + [cell(f"{s:.2f}", shade(s)) for s in shares[k]] for k, n in enumerate(names)]
             blocks.append(f'<div class="grid-item">{table(["concept"] + columns, body, esc(block), "heads")}</div>')
-        parts.append("<h3>Attention heads: the share of each head's weights a concept keeps</h3>"
-                     f'<div class="grid">{"".join(blocks)}</div>')
+        parts.append(
+            "<h3>Attention heads: the share of each head's weights a concept keeps</h3>"
+            f'<div class="grid">{"".join(blocks)}</div>'
+        )
     return "".join(parts)
 
 
@@ -248,30 +356,39 @@ def prototypes_section(model) -> str:
     projection = model.projection
     if projection is None:
         return '<p class="note">No projection was run: the prototypes have no training examples to show.</p>'
-    parts = [f"<p>{model.num_prototypes} prototypes, each shown by its nearest training examples"
-             f"{' of its own class' if projection.own_class else ''}"
-             f"{'; hard projection moved each onto its nearest example' if projection.hard else ''}.</p>"]
+    parts = [
+        f"<p>{model.num_prototypes} prototypes, each shown by its nearest training examples"
+        f"{' of its own class' if projection.own_class else ''}"
+        f"{'; hard projection moved each onto its nearest example' if projection.hard else ''}.</p>"
+    ]
     by_class: dict[str, list[int]] = {}
     for j in range(model.num_prototypes):
         by_class.setdefault(str(model.prototype_class_name(j)), []).append(j)
     for number, (name, prototypes) in enumerate(by_class.items()):
         cards = "".join(prototype_card(j, projection.examples[j]) for j in prototypes)
         heading = f"class {name}" if name != "None" else "all prototypes"
-        parts.append(f'<details class="proto-class"{" open" if number == 0 else ""}>'
-                     f"<summary>{esc(heading)} ({len(prototypes)} prototypes)</summary>{cards}</details>")
+        parts.append(
+            f'<details class="proto-class"{" open" if number == 0 else ""}>'
+            f"<summary>{esc(heading)} ({len(prototypes)} prototypes)</summary>{cards}</details>"
+        )
     return "".join(parts)
 
 
-def prototype_card(j: int, examples, similarity: float | None = None, limit: int | None = None,
-                   prototype_class: str | None = None) -> str:
+def prototype_card(
+    j: int, examples, similarity: float | None = None, limit: int | None = None, prototype_class: str | None = None
+) -> str:
     shown = examples[:limit] if limit else examples
     items = "".join(
         f"<li><q>{esc(e.text if e.text_pair is None else f'{e.text} ‖ {e.text_pair}')}</q> "
         f'<span class="muted">label {esc(e.label)} · distance {e.distance:.3f}'
         f"{' · attends to ' + esc(', '.join(e.top_tokens)) if e.top_tokens else ''}</span></li>"
-        for e in shown)
-    title = (f"Prototype {j}" + (f" of class {prototype_class}" if prototype_class is not None else "")
-             + (f" · similarity {similarity:.3f}" if similarity is not None else ""))
+        for e in shown
+    )
+    title = (
+        f"Prototype {j}"
+        + (f" of class {prototype_class}" if prototype_class is not None else "")
+        + (f" · similarity {similarity:.3f}" if similarity is not None else "")
+    )
     return f'<div class="card"><h4>{esc(title)}</h4><ol class="examples">{items}</ol></div>'
 
 
@@ -287,18 +404,24 @@ def evaluation_section(run_dir: Path, model=None) -> str:
             parts.append(f'<p class="note">{EVALUATION_JSON} could not be read: {esc(e)}</p>')
     figures = sorted(run_dir.glob("*.png"), key=lambda p: (p.name != CURVES_PNG, p.name))
     for figure in figures:
-        parts.append(f'<figure><img src="{png_data_uri(figure.read_bytes())}" alt="{esc(figure.stem.replace("_", " "))}">'
-                     f"<figcaption>{esc(figure.name)}</figcaption></figure>")
+        parts.append(
+            f'<figure><img src="{png_data_uri(figure.read_bytes())}" alt="{esc(figure.stem.replace("_", " "))}">'
+            f"<figcaption>{esc(figure.name)}</figcaption></figure>"
+        )
     markdown = run_dir / EVALUATION_MD
     if markdown.is_file():
-        parts.append(f"<details><summary>{EVALUATION_MD}, as written</summary>"
-                     f"<pre>{esc(markdown.read_text(encoding='utf-8', errors='replace'))}</pre></details>")
+        parts.append(
+            f"<details><summary>{EVALUATION_MD}, as written</summary>"
+            f"<pre>{esc(markdown.read_text(encoding='utf-8', errors='replace'))}</pre></details>"
+        )
     if not parts:
         suites = "faithfulness,causal,interventions,honesty" if isinstance(model, ConceptModel) else "faithfulness"
         command = f"lucidlm evaluate {shlex.quote(str(run_dir))} --suite {suites}"
-        return (f'<p class="note">This run has no evaluation suite results ({EVALUATION_JSON}, {CURVES_PNG}). Run '
-                f"<code>{esc(command)}</code>, then <code>lucidlm report {esc(shlex.quote(str(run_dir)))}</code> again: "
-                "intervention curves, faithfulness against baselines and causal effects appear here.</p>")
+        return (
+            f'<p class="note">This run has no evaluation suite results ({EVALUATION_JSON}, {CURVES_PNG}). Run '
+            f"<code>{esc(command)}</code>, then <code>lucidlm report {esc(shlex.quote(str(run_dir)))}</code> again: "
+            "intervention curves, faithfulness against baselines and causal effects appear here.</p>"
+        )
     return "".join(parts)
 
 
@@ -314,24 +437,32 @@ def corrections_section(run_dir: Path, record: dict | None) -> str:
     parts = []
     lineage = (record or {}).get("lineage")
     if lineage:
-        parts.append(f'<p>Learned from <strong>{fmt(lineage["count"])}</strong> correction(s) of {fmt(lineage["texts"])} '
-                     f'text(s) ({fmt(lineage["concept_labels"])} concept values, {fmt(lineage["labels"])} labels) in '
-                     f'<code>{esc(lineage["store"])}</code>, fine-tuned from <code>{esc(lineage["parent"])}</code> '
-                     f'(fingerprint {esc(lineage["parent_fingerprint"][:12])}), with its settings.</p>')
+        parts.append(
+            f"<p>Learned from <strong>{fmt(lineage['count'])}</strong> correction(s) of {fmt(lineage['texts'])} "
+            f"text(s) ({fmt(lineage['concept_labels'])} concept values, {fmt(lineage['labels'])} labels) in "
+            f"<code>{esc(lineage['store'])}</code>, fine-tuned from <code>{esc(lineage['parent'])}</code> "
+            f"(fingerprint {esc(lineage['parent_fingerprint'][:12])}), with its settings.</p>"
+        )
         rows = []
         for split, metrics in (record.get("metrics") or {}).items():
             own = metrics.get("task", {}).get("accuracy")
             parent = ((lineage.get("parent_metrics") or {}).get(split) or {}).get("task", {}).get("accuracy")
             change = "" if own is None or parent is None else f"{100 * (own - parent):+.1f} points"
-            rows.append([esc(split), "–" if parent is None else fmt(parent), "–" if own is None else fmt(own), esc(change)])
-        parts.append(table(["split", "parent's task accuracy", "this run's", "change"], rows, "Beside the parent", "metrics"))
+            rows.append(
+                [esc(split), "–" if parent is None else fmt(parent), "–" if own is None else fmt(own), esc(change)]
+            )
+        parts.append(
+            table(["split", "parent's task accuracy", "this run's", "change"], rows, "Beside the parent", "metrics")
+        )
     else:
         parts.append("<p>This run was trained from its data, not learned from corrections.</p>")
     store_file = run_dir / STORE_FILE
     if not store_file.is_file():
-        parts.append(f'<p class="note">No corrections recorded on this run (no {STORE_FILE}). Record them on the page '
-                     f"(<code>lucidlm serve</code>, signed in as a corrector) or with <code>lucidlm intervene RUN TEXT --set "
-                     f"concept=value --record</code>; <code>lucidlm learn</code> makes a new run from them.</p>")
+        parts.append(
+            f'<p class="note">No corrections recorded on this run (no {STORE_FILE}). Record them on the page '
+            f"(<code>lucidlm serve</code>, signed in as a corrector) or with <code>lucidlm intervene RUN TEXT --set "
+            f"concept=value --record</code>; <code>lucidlm learn</code> makes a new run from them.</p>"
+        )
         return "".join(parts)
     store = CorrectionStore(store_file)
     try:
@@ -342,18 +473,34 @@ def corrections_section(run_dir: Path, record: dict | None) -> str:
     waiting = [r for r in standing if r.run_fingerprint == fingerprint]
     authors = sorted({r.author for r in every})
     retractions = sum(r.kind == "retraction" for r in every)
-    parts.append(f"<p>{fmt(len(every))} record(s) in {STORE_FILE}: {fmt(len(standing))} standing correction(s), "
-                 f"{fmt(retractions)} retraction(s), by {fmt(len(authors))} people ({esc(', '.join(authors))}). "
-                 f"<strong>{fmt(len(waiting))}</strong> of this run's wait to be learned "
-                 f"(<code>lucidlm learn {esc(shlex.quote(str(run_dir)))} -o NEW_RUN</code>).</p>")
+    parts.append(
+        f"<p>{fmt(len(every))} record(s) in {STORE_FILE}: {fmt(len(standing))} standing correction(s), "
+        f"{fmt(retractions)} retraction(s), by {fmt(len(authors))} people ({esc(', '.join(authors))}). "
+        f"<strong>{fmt(len(waiting))}</strong> of this run's wait to be learned "
+        f"(<code>lucidlm learn {esc(shlex.quote(str(run_dir)))} -o NEW_RUN</code>).</p>"
+    )
     latest = every[-LATEST_RECORDS:]
-    rows = [[fmt(r.id), esc(r.kind + (f" of {r.retracts}" if r.retracts else "")), esc(r.created_at[:19].replace("T", " ")),
-             esc(r.author), esc(r.text[:80] + ("…" if len(r.text) > 80 else "")),
-             esc(", ".join(f"{k} = {v}" for k, v in r.set_values.items())),
-             esc(f"{r.label_before} → {r.label_after}" if r.kind == "correction" else ""), esc(r.gold_label or r.note or "")]
-            for r in latest]
-    parts.append(table(["id", "kind", "when (UTC)", "who", "text", "set or confirmed", "label before → after", "says"], rows,
-                       f"The latest {len(latest)} record(s)", "metrics"))
+    rows = [
+        [
+            fmt(r.id),
+            esc(r.kind + (f" of {r.retracts}" if r.retracts else "")),
+            esc(r.created_at[:19].replace("T", " ")),
+            esc(r.author),
+            esc(r.text[:80] + ("…" if len(r.text) > 80 else "")),
+            esc(", ".join(f"{k} = {v}" for k, v in r.set_values.items())),
+            esc(f"{r.label_before} → {r.label_after}" if r.kind == "correction" else ""),
+            esc(r.gold_label or r.note or ""),
+        ]
+        for r in latest
+    ]
+    parts.append(
+        table(
+            ["id", "kind", "when (UTC)", "who", "text", "set or confirmed", "label before → after", "says"],
+            rows,
+            f"The latest {len(latest)} record(s)",
+            "metrics",
+        )
+    )
     return "".join(parts)
 
 
@@ -381,32 +528,56 @@ def worked_example(model, number: int, text: str, gold_label, gold_concepts: np.
     prediction = explanation.prediction
     gold = float(gold_label) if spec.is_regression else spec.classes[int(gold_label)]
     gold_values = {c.name: (c.values[int(v)] if v != MISSING else None) for c, v in zip(spec.concepts, gold_concepts)}
-    verdict = ("" if spec.is_regression else " ✓" if prediction.label == gold else " ✗")
+    verdict = "" if spec.is_regression else " ✓" if prediction.label == gold else " ✗"
     probability = prediction.probabilities.get(prediction.label)
-    parts = [f'<article class="example"><h3>Example {number}</h3><blockquote>{esc(text)}</blockquote>',
-             f"<p>Gold label <strong>{fmt(gold)}</strong>; predicted <strong>{fmt(prediction.label)}</strong>"
-             f"{f' ({probability:.1%})' if probability is not None else ''}{verdict}</p>"]
+    parts = [
+        f'<article class="example"><h3>Example {number}</h3><blockquote>{esc(text)}</blockquote>',
+        f"<p>Gold label <strong>{fmt(gold)}</strong>; predicted <strong>{fmt(prediction.label)}</strong>"
+        f"{f' ({probability:.1%})' if probability is not None else ''}{verdict}</p>",
+    ]
     if explanation.concepts:
         top = max(abs(c.contribution) for c in explanation.concepts) or 1.0
-        body = [[esc(c.concept), esc(gold_values.get(c.concept) or "–"),
-                 cell(esc(c.value), "" if gold_values.get(c.concept) in (None, c.value) else MISREAD),
-                 fmt(c.probability), cell(f"{c.contribution:+.3f}", shade(abs(c.contribution) / top, GREEN if c.contribution >= 0 else RED)),
-                 "–" if c.from_value is None else f"{c.from_value:+.3f}", "–" if c.from_text is None else f"{c.from_text:+.3f}"]
-                for c in explanation.concepts]
+        body = [
+            [
+                esc(c.concept),
+                esc(gold_values.get(c.concept) or "–"),
+                cell(esc(c.value), "" if gold_values.get(c.concept) in (None, c.value) else MISREAD),
+                fmt(c.probability),
+                cell(f"{c.contribution:+.3f}", shade(abs(c.contribution) / top, GREEN if c.contribution >= 0 else RED)),
+                "–" if c.from_value is None else f"{c.from_value:+.3f}",
+                "–" if c.from_text is None else f"{c.from_text:+.3f}",
+            ]
+            for c in explanation.concepts
+        ]
         share = explanation.concept_values_share
-        parts.append('<div class="scroll">' + table(["concept", "gold", "predicted", "probability", "contribution", "from value",
-                                                      "from text"], body, cls="narrow") + "</div>"
-                     + f'<p class="muted meaning">{esc(CONTRIBUTION_MEANING)}</p>'
-                     + ("" if share is None else f"<p>The concept values account for <strong>{share:.0%}</strong> of this "
-                        "decision; the text beside them for the rest.</p>"))
+        parts.append(
+            '<div class="scroll">'
+            + table(
+                ["concept", "gold", "predicted", "probability", "contribution", "from value", "from text"],
+                body,
+                cls="narrow",
+            )
+            + "</div>"
+            + f'<p class="muted meaning">{esc(CONTRIBUTION_MEANING)}</p>'
+            + (
+                ""
+                if share is None
+                else f"<p>The concept values account for <strong>{share:.0%}</strong> of this "
+                "decision; the text beside them for the rest.</p>"
+            )
+        )
     if explanation.tokens:
         parts.append(TOKEN_LEGEND)
     for attribution in explanation.tokens:
         signed = attribution.method != "attention"
-        parts.append(f'<p class="muted">{esc(attribution.target)} ({esc(attribution.method)})</p>'
-                     + token_spans(attribution, signed))
+        parts.append(
+            f'<p class="muted">{esc(attribution.target)} ({esc(attribution.method)})</p>'
+            + token_spans(attribution, signed)
+        )
     for match in explanation.prototypes:
-        parts.append(prototype_card(match.prototype, match.nearest_examples, match.similarity, 2, match.prototype_class))
+        parts.append(
+            prototype_card(match.prototype, match.nearest_examples, match.similarity, 2, match.prototype_class)
+        )
     if explanation.concepts and isinstance(model, ConceptModel):
         parts.append(example_intervention(model, text, explanation, gold_values, showcase))
     return "".join(parts) + "</article>"
@@ -415,16 +586,23 @@ def worked_example(model, number: int, text: str, gold_label, gold_concepts: np.
 def example_intervention(model, text: str, explanation, gold_values: dict, showcase=None) -> str:
     title, result = choose_correction(model, text, explanation, gold_values, showcase)
     setting = ", ".join(f"{k} = {v}" for k, v in result.interventions.items())
-    columns = "".join(f'<div class="side"><h4>{side}</h4>{prediction_summary(p, result.interventions)}</div>'
-                      for side, p in (("Before", result.before), (f"After {setting}", result.after)))
-    change = (f"the label changes from {result.before.label} to {result.after.label}" if result.label_changed
-              else f"the label stays {result.after.label}")
+    columns = "".join(
+        f'<div class="side"><h4>{side}</h4>{prediction_summary(p, result.interventions)}</div>'
+        for side, p in (("Before", result.before), (f"After {setting}", result.after))
+    )
+    change = (
+        f"the label changes from {result.before.label} to {result.after.label}"
+        if result.label_changed
+        else f"the label stays {result.after.label}"
+    )
     return f'<h4>{esc(title)}: {esc(change)}</h4><div class="compare">{columns}</div>'
 
 
 def prediction_summary(prediction, changed: dict) -> str:
     rows = [[esc(name), cell(fmt(p), shade(p))] for name, p in prediction.probabilities.items()]
-    rows += [[esc(name), cell(esc(c.value), MISREAD if name in changed else "")] for name, c in prediction.concepts.items()]
+    rows += [
+        [esc(name), cell(esc(c.value), MISREAD if name in changed else "")] for name, c in prediction.concepts.items()
+    ]
     return f"<p>label <strong>{fmt(prediction.label)}</strong></p>" + table(["", ""], rows, cls="narrow")
 
 
@@ -463,10 +641,14 @@ svg.figure{width:100%;max-width:34rem;height:auto;display:block}
 def page(title: str, sections: list[tuple[str, str, str]]) -> str:
     generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     nav = "".join(f'<li><a href="#{key}">{esc(heading)}</a></li>' for key, heading, _ in sections)
-    body = "".join(f'<section id="{key}" aria-labelledby="{key}-h"><h2 id="{key}-h">{esc(heading)}</h2>{html}</section>'
-                   for key, heading, html in sections)
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
-            f"<style>{STYLE}</style></head><body><header><h1>{esc(title)}</h1>"
-            f'<p class="muted">lucidlm {__version__} · generated {generated}</p><nav aria-label="sections"><ul>{nav}</ul></nav>'
-            f"</header><main>{body}</main></body></html>\n")
+    body = "".join(
+        f'<section id="{key}" aria-labelledby="{key}-h"><h2 id="{key}-h">{esc(heading)}</h2>{html}</section>'
+        for key, heading, html in sections
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
+        f"<style>{STYLE}</style></head><body><header><h1>{esc(title)}</h1>"
+        f'<p class="muted">lucidlm {__version__} · generated {generated}</p><nav aria-label="sections"><ul>{nav}</ul></nav>'
+        f"</header><main>{body}</main></body></html>\n"
+    )

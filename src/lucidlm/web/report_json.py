@@ -54,7 +54,9 @@ def render_json(value, depth: int = 0) -> str:
         if value and all(is_flat(v) for v in value):
             rows = [flatten(v) for v in value]
             columns = list(dict.fromkeys(k for v in rows for k in v))
-            return table(["#"] + columns, [[str(i)] + [inline(v.get(c, "")) for c in columns] for i, v in enumerate(rows, 1)])
+            return table(
+                ["#"] + columns, [[str(i)] + [inline(v.get(c, "")) for c in columns] for i, v in enumerate(rows, 1)]
+            )
         return "<ol>" + "".join(f"<li>{render_json(v, depth + 1)}</li>" for v in value) + "</ol>"
     if not isinstance(value, dict):
         return f"<p>{esc(value)}</p>"
@@ -66,7 +68,9 @@ def render_json(value, depth: int = 0) -> str:
     if nested and all(is_flat(v) for v in nested.values()):
         rows = {k: flatten(v) for k, v in nested.items()}
         columns = list(dict.fromkeys(k for v in rows.values() for k in v))
-        parts.append(table([""] + columns, [[esc(k)] + [inline(v.get(c, "")) for c in columns] for k, v in rows.items()]))
+        parts.append(
+            table([""] + columns, [[esc(k)] + [inline(v.get(c, "")) for c in columns] for k, v in rows.items()])
+        )
         return "".join(parts)
     level = min(3 + depth, 6)
     for key, child in nested.items():

@@ -19,14 +19,18 @@ MAX_BODY_BYTES = 64 * 1024  # a whole request body, whatever its fields
 MAX_BATCH_TEXTS = 64  # texts in one /api/predict-batch request
 
 
-
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
 
 
 class TextRequest(Request):
-    text: str = Field(..., min_length=1, max_length=MAX_TEXT_CHARS, description="The text to classify.",
-                      examples=["Great pasta, but we waited an hour."])
+    text: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        description="The text to classify.",
+        examples=["Great pasta, but we waited an hour."],
+    )
 
     @field_validator("text")
     @classmethod
@@ -42,8 +46,13 @@ class TextRequest(Request):
 
 
 class BatchRequest(Request):
-    texts: list[str] = Field(..., min_length=1, max_length=MAX_BATCH_TEXTS, description="The texts to classify, together.",
-                             examples=[["Great pasta.", "We waited an hour."]])
+    texts: list[str] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_BATCH_TEXTS,
+        description="The texts to classify, together.",
+        examples=[["Great pasta.", "We waited an hour."]],
+    )
 
     @field_validator("texts")
     @classmethod
@@ -59,17 +68,29 @@ class BatchRequest(Request):
 
 
 class InterveneRequest(TextRequest):
-    values: dict[str, str] = Field(..., min_length=1, max_length=64,
-                                   description="Concept name → the value to set it to.",
-                                   examples=[{"service": "Negative"}])
+    values: dict[str, str] = Field(
+        ...,
+        min_length=1,
+        max_length=64,
+        description="Concept name → the value to set it to.",
+        examples=[{"service": "Negative"}],
+    )
 
 
 class CorrectionRequest(TextRequest):
-    values: dict[str, str] = Field({}, max_length=64, description="Concept name → the value the person sets or "
-                                   "confirms; only the concepts they touched.", examples=[{"service": "Negative"}])
+    values: dict[str, str] = Field(
+        {},
+        max_length=64,
+        description="Concept name → the value the person sets or confirms; only the concepts they touched.",
+        examples=[{"service": "Negative"}],
+    )
     label: Optional[str] = Field(None, min_length=1, max_length=200, description="The label the person says is right.")
-    key: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$",
-                     description="An idempotency key: a record sent again with the same key is stored once.")
+    key: str = Field(
+        "",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]*$",
+        description="An idempotency key: a record sent again with the same key is stored once.",
+    )
     note: Optional[str] = Field(None, max_length=2000, description="Why, in the person's words.")
 
     @model_validator(mode="after")
@@ -89,7 +110,9 @@ class SubnetworkRequest(TextRequest):
     value: str = Field(..., min_length=1, max_length=200, examples=["Negative"])
     fraction: float = Field(0.2, gt=0, lt=1, description="Share of the active weights swapped in every masked layer.")
     score: Literal[tuple(REWIRING_SCORES.names)] = Field(
-        "saliency", description="saliency: |g ⊙ W| (the paper's); taylor: the signed first-order change of the concept's loss.")
+        "saliency",
+        description="saliency: |g ⊙ W| (the paper's); taylor: the signed first-order change of the concept's loss.",
+    )
 
 
 # ---- answers: the library's own values (``outputs``, ``explain``), not a copy kept by hand ------
@@ -113,19 +136,26 @@ class Info(BaseModel):
     run: str = Field(description="The run folder's name.")
     family: str
     mode: Optional[str] = None
-    concept_objective: Optional[str] = Field(None, description="How a bottleneck's concept layer learnt its concepts: "
-                                             "soft_targets (cross-entropy per concept) or cos3 (CB-LLM).")
+    concept_objective: Optional[str] = Field(
+        None,
+        description="How a bottleneck's concept layer learnt its concepts: "
+        "soft_targets (cross-entropy per concept) or cos3 (CB-LLM).",
+    )
     backbone: str
-    backbone_training: str = Field(description="How the backbone's weights are held and were trained: dtype, and fully "
-                                   "fine-tuned, a LoRA adapter, or frozen.")
+    backbone_training: str = Field(
+        description="How the backbone's weights are held and were trained: dtype, and fully "
+        "fine-tuned, a LoRA adapter, or frozen."
+    )
     task: str
     label: str
     classes: list[str] = Field(description="Label classes; empty for regression.")
     concepts: list[ConceptValues]
     can_intervene: bool = Field(description="Concept values can be set (concept models).")
     can_intervene_subnetwork: bool = Field(description="Concept subnetworks can be rewired (SparseCBM).")
-    can_confirm: bool = Field(description="Confirming a concept's predicted value makes it certain and can move the label "
-                                          "(concept embeddings, probabilities); otherwise a confirmed value changes nothing.")
+    can_confirm: bool = Field(
+        description="Confirming a concept's predicted value makes it certain and can move the label "
+        "(concept embeddings, probabilities); otherwise a confirmed value changes nothing."
+    )
     max_text_chars: int
     contribution_meaning: str = Field(description="What a concept's contribution is, in one line (shown beside them).")
     corrections: CorrectionsInfo

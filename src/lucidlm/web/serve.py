@@ -6,15 +6,22 @@ import errno
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import LucidError
 
 
-def load_app(run_dir: str | Path, limits=None, device: str = "auto", corrections: str | Path | None = None,
-             pool: str | Path | None = None, policy: str = "expected_change", store=None):
+def load_app(
+    run_dir: str | Path,
+    limits=None,
+    device: str = "auto",
+    corrections: str | Path | None = None,
+    pool: str | Path | None = None,
+    policy: str = "expected_change",
+    store=None,
+):
     """The web app over the saved run in ``run_dir`` (a FastAPI app); ``limits``: ``ServingLimits``;
     ``device``: where the model runs (``auto``: the GPU when there is one); ``corrections``: the
     store's URL (default: ``corrections.sqlite`` in the run folder), or an open ``store``; ``pool``: a
@@ -22,7 +29,9 @@ def load_app(run_dir: str | Path, limits=None, device: str = "auto", corrections
     try:
         from .app import create_app
     except ImportError as e:
-        raise LucidError(f"lucidlm serve needs the web extra ({e.name} is missing): pip install 'lucidlm[web]'") from None
+        raise LucidError(
+            f"lucidlm serve needs the web extra ({e.name} is missing): pip install 'lucidlm[web]'"
+        ) from None
     from ..corrections import CorrectionStore
     from ..corrections.learn import run_fingerprint
     from ..corrections.queue import ReviewQueue, read_pool
@@ -42,8 +51,10 @@ def check_exposure(host: str, store) -> None:
     """Serving beyond this machine with no users would let anyone on the network in (and nobody
     could record): refused, in one line."""
     if host not in LOOPBACK and not host.startswith("127.") and not store.users():
-        raise LucidError(f"--host {host}: serving beyond this machine needs users with tokens first "
-                         f"(lucidlm users add NAME --role corrector); {store.safe_url} has none")
+        raise LucidError(
+            f"--host {host}: serving beyond this machine needs users with tokens first "
+            f"(lucidlm users add NAME --role corrector); {store.safe_url} has none"
+        )
 
 
 def serving_device(name: str = "auto"):
@@ -77,7 +88,9 @@ def listening_socket(host: str = "127.0.0.1", port: int = 8000) -> socket.socket
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
-            raise LucidError(f"port {port} on {host} is already in use (another server?); choose another with --port") from None
+            raise LucidError(
+                f"port {port} on {host} is already in use (another server?); choose another with --port"
+            ) from None
         raise LucidError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     return sock
 

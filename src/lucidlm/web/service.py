@@ -20,8 +20,15 @@ class ModelService:
     """``store``: where corrections are recorded (None: the page cannot record); ``fingerprint``:
     the run's (``run_fingerprint``), kept with each record; ``queue``: texts to review (``--pool``)."""
 
-    def __init__(self, model, run_dir: str | Path | None = None, limits: ServingLimits | None = None,
-                 store=None, fingerprint: str = "", queue=None):
+    def __init__(
+        self,
+        model,
+        run_dir: str | Path | None = None,
+        limits: ServingLimits | None = None,
+        store=None,
+        fingerprint: str = "",
+        queue=None,
+    ):
         self.model = model
         self.run_name = Path(run_dir).name if run_dir is not None else ""
         self.store, self.fingerprint, self.queue = store, fingerprint, queue
@@ -33,13 +40,20 @@ class ModelService:
         model, spec = self.model, self.model.spec
         is_concept_model = isinstance(model, ConceptModel)
         return {
-            "run": self.run_name, "family": model.family, "mode": model.summary()["mode"],
+            "run": self.run_name,
+            "family": model.family,
+            "mode": model.summary()["mode"],
             "concept_objective": model.summary().get("concept_objective"),
-            "backbone": Path(model.config.backbone).name if Path(model.config.backbone).is_absolute() else model.config.backbone,
+            "backbone": Path(model.config.backbone).name
+            if Path(model.config.backbone).is_absolute()
+            else model.config.backbone,
             "backbone_training": model.backbone_training(),
-            "task": spec.name, "label": spec.label, "classes": list(spec.classes),
+            "task": spec.name,
+            "label": spec.label,
+            "classes": list(spec.classes),
             "concepts": [{"name": c.name, "values": list(c.values)} for c in spec.concepts] if is_concept_model else [],
-            "can_intervene": is_concept_model, "can_intervene_subnetwork": isinstance(model, SubnetworkModel),
+            "can_intervene": is_concept_model,
+            "can_intervene_subnetwork": isinstance(model, SubnetworkModel),
             "can_confirm": is_concept_model and model.confirming_changes_state,
         }
 
@@ -57,16 +71,29 @@ class ModelService:
     def intervene(self, text: str, values: dict[str, str]) -> Future:
         return self.worker.submit(lambda _: self.model.intervene([text], ConceptValues(values))[0].to_dict(), None)
 
-    def intervene_subnetwork(self, text: str, concept: str, value: str, fraction: float, score: str = "saliency") -> Future:
+    def intervene_subnetwork(
+        self, text: str, concept: str, value: str, fraction: float, score: str = "saliency"
+    ) -> Future:
         """For this text only: the web page never commits a rewired subnetwork to the saved run."""
         rewiring = SubnetworkRewiring(concept, value, fraction, score, commit=False)
         return self.worker.submit(lambda _: self.model.intervene([text], rewiring)[0].to_dict(), None)
 
-    def correction(self, text: str, values: dict[str, str], gold_label: str | None, author: str,
-                   key: str = "", note: str | None = None) -> Future:
+    def correction(
+        self,
+        text: str,
+        values: dict[str, str],
+        gold_label: str | None,
+        author: str,
+        key: str = "",
+        note: str | None = None,
+    ) -> Future:
         """The record of a correction (not yet stored) and its before and after: ``make_record``."""
-        return self.worker.submit(lambda _: make_record(self.model, text, values, gold_label, author, self.run_name,
-                                                        self.fingerprint, key, note), None)
+        return self.worker.submit(
+            lambda _: make_record(
+                self.model, text, values, gold_label, author, self.run_name, self.fingerprint, key, note
+            ),
+            None,
+        )
 
     def corrections_info(self) -> dict:
         """Whether corrections can be recorded, whether anyone can (users), how many of this run's
@@ -74,8 +101,11 @@ class ModelService:
         if self.store is None:
             return {"recording": False, "users": 0, "waiting": 0, "queue": None}
         waiting = sum(1 for r in self.store.standing() if r.run_fingerprint == self.fingerprint)
-        queue = None if self.queue is None else {"policy": self.queue.policy, "texts": len(self.queue.texts),
-                                                 "waiting": self.queue.waiting()}
+        queue = (
+            None
+            if self.queue is None
+            else {"policy": self.queue.policy, "texts": len(self.queue.texts), "waiting": self.queue.waiting()}
+        )
         return {"recording": True, "users": len(self.store.users()), "waiting": waiting, "queue": queue}
 
     def close(self) -> None:
@@ -89,7 +119,7 @@ class ModelService:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         answers: list[dict] = [{}] * len(texts)
         for start in range(0, len(order), self.limits.length_group):
-            group = order[start:start + self.limits.length_group]
+            group = order[start : start + self.limits.length_group]
             for i, answer in zip(group, self._predictions_of([texts[i] for i in group])):
                 answers[i] = answer
         return answers
@@ -110,8 +140,15 @@ class ModelService:
                 contributions = self.model.concept_contributions(output.row(i), prediction)
                 ask_next = list(suggestions[i].order)
                 suggestion = vars(suggestions[i])
-            answers.append({**prediction.to_dict(), "contributions": [vars(c) for c in contributions], "ask_next": ask_next,
-                            "suggestion": suggestion, "concept_values_share": concept_values_share(contributions)})
+            answers.append(
+                {
+                    **prediction.to_dict(),
+                    "contributions": [vars(c) for c in contributions],
+                    "ask_next": ask_next,
+                    "suggestion": suggestion,
+                    "concept_values_share": concept_values_share(contributions),
+                }
+            )
         return answers
 
     def _explanation(self, text: str) -> dict:
