@@ -494,7 +494,7 @@ def test_cebab_counterfactual_edits_are_edits_of_the_training_texts(cebab_dir):
     """``counterfactuals: train_inclusive``: every edit starts from a training row and changed
     exactly the one concept it names to the value it names; selecting rows keeps their edits."""
     from lucidlm import load_task
-    from lucidlm.data.counterfactuals import load_cebab_pairs
+    from lucidlm.data.cebab import load_cebab_pairs
 
     task = load_task("cebab", path=cebab_dir, counterfactuals="train_inclusive")
     train, edits = task.train, task.train.counterfactuals

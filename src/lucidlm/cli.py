@@ -243,7 +243,7 @@ def _cebab_folder(data: dict) -> Path | None:
         return None
     if data.get("path"):
         return Path(data["path"])
-    from .data.presets import DATA_ENV
+    from .data.sources import DATA_ENV
 
     folder = Path(os.environ.get(DATA_ENV, "")) / "cebab"
     return folder if os.environ.get(DATA_ENV) and folder.is_dir() else None

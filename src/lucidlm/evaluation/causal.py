@@ -20,7 +20,7 @@ distance = 1 − cos(ICaCE, EICaCE) (1 when either vector is zero), norm differe
 | ‖ICaCE‖₂ − ‖EICaCE‖₂ |; averaged over all pairs, per aspect, and per aspect and direction
 (lower is better).
 
-Pairs follow the conventions of ``data.counterfactuals``.
+Pairs follow the conventions of ``data.cebab``.
 
 Estimators besides the model's own intervention, each computed on the same model's outputs:
 the average training effect (above); CEBaB's S-learner, a logistic regression from the four
@@ -38,16 +38,17 @@ import numpy as np
 import torch
 
 from ..data import MISSING
-from ..data.counterfactuals import (  # noqa: F401
+from ..data.cebab import (  # noqa: F401
+    CEBAB_ASPECTS,
     CEBAB_CLASSES,
     PROTOCOLS,
     CounterfactualPair,
     cebab_concept_rows,
     cebab_pairs,
+    cebab_spec,
     label_distribution,
     load_cebab_pairs,
 )
-from ..data.presets import CEBAB_ASPECTS, cebab_spec
 from ..errors import LucidError
 from ..intervene import SubnetworkRewiring
 from ..models import ConceptModel, SubnetworkModel

@@ -1,8 +1,14 @@
-"""Counterfactual pairs of CEBaB: an original review and a human edit of it that changed one
-aspect (Abraham et al., NeurIPS 2022). The causal suite scores explanations on them; training
-can ask the model to agree with them (``counterfactual_loss_weight``).
+"""CEBaB (Abraham et al., NeurIPS 2022) and CEBaB/Yelp with machine-labelled concepts: the data
+set's conventions in one place: its aspects and their values, its rows, the task spec, annotator
+agreement, and its counterfactual pairs.
 
-Pairs follow CEBaB's conventions: the aspect is the edit's ``edit_type``; a and b are that
+Conventions follow ``shared/data/README.md``: CEBaB's review label 1..5 becomes classes
+"1".."5" (rows with ``no majority`` dropped); each concept is Negative / Positive / unknown,
+with empty and ``no majority`` read as ``unknown``.
+
+Counterfactual pairs: an original review and a human edit of it that changed one aspect. The
+causal suite scores explanations on them; training can ask the model to agree with them
+(``counterfactual_loss_weight``). The aspect is the edit's ``edit_type``; a and b are that
 aspect's *validated* majority values in the original and the edit (not ``edit_goal``, which an
 edit may miss), with empty and ``no majority`` read as ``unknown`` (this project's convention);
 pairs where a = b are dropped. Two protocols: ``originals`` (those pairs only), and ``all``,
@@ -12,15 +18,142 @@ edits) and whose validated values differ in exactly one aspect, in both directio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import LucidError
-from .presets import CEBAB_ASPECTS, _cebab_rows, cebab_spec
+from .sources import hub_splits, preset_folder
+from .spec import ConceptSpec, TaskSpec
 from .tables import read_rows
-from .task import MISSING, CounterfactualEdits, Split
+from .task import MISSING, Annotations, CounterfactualEdits, Split, Task, build_split
+
+CONCEPT_VALUES = ("Negative", "Positive", "unknown")
+CEBAB_ASPECTS = ("food", "ambiance", "service", "noise")
+EXTRA_CONCEPTS = (
+    "cleanliness",
+    "price",
+    "location",
+    "menu variety",
+    "waiting time",
+    "waiting area",
+    "parking",
+    "wi-fi",
+    "kids-friendly",
+)
+CEBAB_HUB = "CEBaB/CEBaB"
+
+
+def cebab_spec(concepts=CEBAB_ASPECTS, name="cebab") -> TaskSpec:
+    columns = {a: f"{a}_aspect_majority" for a in CEBAB_ASPECTS}
+    return TaskSpec(
+        text="description",
+        label="review_majority",
+        classes=("1", "2", "3", "4", "5"),
+        concepts=tuple(ConceptSpec(c, CONCEPT_VALUES, column=columns.get(c, c)) for c in concepts),
+        name=name,
+    )
+
+
+def cebab_concept_value(value) -> str:
+    """A CEBaB aspect label as a concept value: empty and ``no majority`` are ``unknown``."""
+    return "unknown" if value in ("", None, "no majority") else value
+
+
+def _cebab_rows(rows: list[dict], spec: TaskSpec, drop_no_majority: bool = True) -> list[dict]:
+    """Apply the CEBaB conventions: drop ``no majority`` labels, fold empty concepts into unknown."""
+    kept = []
+    for row in rows:
+        if drop_no_majority and str(row.get(spec.label)) == "no majority":
+            continue
+        row = dict(row)
+        for c in spec.concepts:
+            row[c.column] = cebab_concept_value(row.get(c.column))
+        kept.append(row)
+    return kept
+
+
+def _agreement(distribution) -> float:
+    """The share of annotators who gave the majority answer: ``{"Positive": 4, "Negative": 1}`` is 0.8."""
+    if not isinstance(distribution, dict) or not sum(distribution.values()):
+        return float("nan")
+    return max(distribution.values()) / sum(distribution.values())
+
+
+def cebab_annotations(rows: list[dict], spec: TaskSpec) -> Annotations:
+    """Edited rows and annotator agreement from CEBaB's ``is_original`` and label distributions."""
+    return Annotations(
+        edited=np.array([not row.get("is_original", True) for row in rows], dtype=bool),
+        label_agreement=np.array([_agreement(row.get("review_label_distribution")) for row in rows]),
+        concept_agreement=np.array(
+            [
+                [_agreement(row.get(c.column.replace("_majority", "_label_distribution"))) for c in spec.concepts]
+                for row in rows
+            ]
+        ).reshape(len(rows), len(spec.concepts)),
+    )
+
+
+def load_cebab(path=None, train_split: str = "train_exclusive", counterfactuals: str | None = None) -> Task:
+    """CEBaB v1.1 from a folder of its JSON files, or from the hub dataset ``CEBaB/CEBaB``.
+
+    Splits: ``train`` (``train_split``: ``train_exclusive``, ``train_inclusive`` or
+    ``train_observational``), ``dev``, ``test``.
+    Row ids are CEBaB's ``id`` so that (original, edit) pairs can be found again.
+    ``counterfactuals`` (a split, ``train_inclusive``): the human edits in it of the training
+    texts, by CEBaB's full pair protocol, for counterfactual-consistency training.
+    """
+    spec = cebab_spec()
+    folder = preset_folder(path, "cebab")
+    names = {"train": train_split, "dev": "dev", "test": "test"}
+    if counterfactuals is not None:
+        if counterfactuals in ("dev", "test"):
+            raise LucidError(
+                f"counterfactuals: {counterfactuals!r} is an evaluation split; training reads "
+                "edits of training texts (train_inclusive)"
+            )
+        names["counterfactuals"] = counterfactuals
+    if folder is not None:
+        raw = {k: read_rows(folder / f"{v}.json") for k, v in names.items()}
+        where = {k: str(folder / f"{v}.json") for k, v in names.items()}
+    else:
+        hub = hub_splits(CEBAB_HUB, {**names, "dev": "validation"})
+        raw, where = hub, {k: f"{CEBAB_HUB}[{k}]" for k in names}
+    pair_rows = raw.pop("counterfactuals", None)
+    splits = {}
+    for k, rows in raw.items():
+        kept = _cebab_rows(rows, spec)
+        splits[k] = replace(build_split(kept, spec, where[k], id_field="id"), annotations=cebab_annotations(kept, spec))
+    if pair_rows is not None:
+        edits = edits_of_split(splits["train"], cebab_pairs(pair_rows, protocol="all"))
+        if edits is None:
+            raise LucidError(
+                f"{where['counterfactuals']}: no edit of a text of {where['train']}; "
+                "counterfactual pairs need the split that holds the training texts' edits (train_inclusive)"
+            )
+        splits["train"] = replace(splits["train"], counterfactuals=edits)
+    return Task(spec=spec, **splits)
+
+
+def load_cebab_augmented(path=None, reviews: str = "cebab", concepts=CEBAB_ASPECTS + EXTRA_CONCEPTS) -> Task:
+    """The CEBaB or Yelp reviews of Tan et al. (PAKDD 2024) with machine-labelled extra concepts."""
+    if reviews not in ("cebab", "yelp"):
+        raise LucidError(f"cebab-augmented: reviews must be 'cebab' or 'yelp', found {reviews!r}")
+    folder = preset_folder(path, "cebab-augmented")
+    if folder is None:
+        raise LucidError("cebab-augmented: give the folder of its CSV files (path=...); it is not on the hub")
+    files = {
+        "train": f"train_{reviews}{'_exclusive' if reviews == 'yelp' else ''}_new_concept_single.csv",
+        "dev": f"dev_{reviews}_new_concept_single.csv",
+        "test": f"test_{reviews}_new_concept_single.csv",
+    }
+    spec = cebab_spec(concepts, name=f"{reviews}-augmented")
+    return Task(
+        spec=spec,
+        **{k: build_split(_cebab_rows(read_rows(folder / f), spec), spec, str(folder / f)) for k, f in files.items()},
+    )
+
 
 CEBAB_CLASSES = ("1", "2", "3", "4", "5")
 PROTOCOLS = ("originals", "all")
