@@ -33,6 +33,10 @@ lint: setup
 	$(BIN)/ruff check src tests bench docs
 	$(BIN)/ruff format --check src tests bench docs
 
+# One results table: make bench-cebab_bottleneck (bench/README.md says what each needs first).
+bench-%: setup
+	$(BIN)/python bench/$*.py
+
 bench: setup
 	$(BIN)/python bench/cebab_bottleneck.py
 	$(BIN)/python bench/cebab_sparse.py

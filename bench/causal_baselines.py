@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import transformers
-from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
+from common import relative_paths  # noqa: E402 (bench/ is on the path)
 
 from lucidlm.evaluation import run_suite
 from lucidlm.experiment import load_experiment_task, load_run

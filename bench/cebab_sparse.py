@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import transformers
-from cebab_bottleneck import random_intervention_rate, relative_paths  # noqa: E402 (bench/ is on the path)
+from common import random_intervention_rate, relative_paths  # noqa: E402 (bench/ is on the path)
 
 from lucidlm import SubnetworkRewiring
 from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cebab_bottleneck import paired_difference, signed_points  # noqa: E402 (bench/ is on the path)
+from common import paired_difference, signed_points  # noqa: E402 (bench/ is on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -139,7 +139,7 @@ def train_one(sweep_name: str, name: str, seed: int, data_root: str, threads: in
     """One run in a worker process; its figures, or the error that stopped it."""
     torch.set_num_threads(threads)
     import transformers
-    from cebab_bottleneck import set_options  # bench/ is on the path
+    from common import set_options  # bench/ is on the path
 
     from lucidlm.experiment import read_experiment, run_experiment
 

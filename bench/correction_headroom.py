@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
+from common import relative_paths  # noqa: E402 (bench/ is on the path)
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from cebab_bottleneck import relative_paths, standard_rows  # noqa: E402 (bench/ is on the path)
+from common import relative_paths, standard_rows  # noqa: E402 (bench/ is on the path)
 
 from lucidlm.evaluation import SUITES, parse_suites, run_suite, write_report
 from lucidlm.experiment import load_experiment_task, load_run

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import transformers
-from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
+from common import relative_paths  # noqa: E402 (bench/ is on the path)
 from sklearn.metrics import roc_auc_score
 
 from lucidlm.data.automatic_concepts import concept_scores, corrected_scores, read_statements

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
+from common import relative_paths  # noqa: E402 (bench/ is on the path)
 from scipy.stats import binomtest
 
 from lucidlm.experiment import load_experiment_task, load_run

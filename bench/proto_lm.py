@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from cebab_bottleneck import relative_paths  # noqa: E402 (bench/ is on the path)
+from common import relative_paths  # noqa: E402 (bench/ is on the path)
 
 from lucidlm import PrototypeLM
 from lucidlm.experiment import Experiment, load_experiment_task, read_experiment, run_experiment
