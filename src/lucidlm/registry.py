@@ -14,14 +14,20 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
-        self.kind = kind
+    """``base``: the class every entry must be (or subclass): its contract, checked when registered."""
+
+    def __init__(self, kind: str, base: type | None = None):
+        self.kind, self.base = kind, base
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
             if name in self._entries and self._entries[name] is not entry:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if self.base is not None and not (
+                isinstance(entry, self.base) or (isinstance(entry, type) and issubclass(entry, self.base))
+            ):
+                raise TypeError(f"{self.kind} {name!r}: expected a {self.base.__name__}, found {entry!r}")
             self._entries[name] = entry
             return entry
 

@@ -123,16 +123,16 @@ class BottleneckConfig(ModelConfig):
             hint = "; the black-box baseline is the 'standard' family" if self.mode == "standard" else ""
             raise LucidError(f"mode: expected one of {list(MODES)}, found {self.mode!r}{hint}")
         CONCEPT_OBJECTIVES.get(self.concept_objective, "concept_objective").check_config(self)  # resolves concept_layer
-        CONCEPT_LAYERS.check(self.concept_layer, "concept_layer")
+        layer = CONCEPT_LAYERS.get(self.concept_layer, "concept_layer")
         if self.random_intervention_rate is None:
-            self.random_intervention_rate = 0.25 if self.concept_layer == "embedding" else 0.0
+            self.random_intervention_rate = layer.default_random_intervention_rate
         if not isinstance(self.concept_embedding_size, int) or self.concept_embedding_size < 1:
             raise LucidError(f"concept_embedding_size: expected an integer >= 1, found {self.concept_embedding_size!r}")
         if self.value_embedding not in VALUE_EMBEDDINGS:
             raise LucidError(
                 f"value_embedding: expected one of {list(VALUE_EMBEDDINGS)}, found {self.value_embedding!r}"
             )
-        if self.value_embedding != "input" and self.concept_layer != "embedding":
+        if self.value_embedding != "input" and not layer.reads_value_embedding:
             raise LucidError(
                 f"value_embedding: {self.value_embedding!r} is what the embedding layer's corrected concept "
                 f"reads; concept_layer is {self.concept_layer!r}"
@@ -225,7 +225,7 @@ class ConceptBottleneckLM(ConceptModel):
             "mode": c.mode,
             "concept_layer": c.concept_layer,
             "concept_objective": c.concept_objective,
-            **({"value_embedding": c.value_embedding} if c.concept_layer == "embedding" else {}),
+            **({"value_embedding": c.value_embedding} if self.concept_layer.reads_value_embedding else {}),
             "random_intervention_rate": c.random_intervention_rate if c.mode != "independent" else None,
             "intervention_loss_weight": c.intervention_loss_weight,
             "intervention_objective": c.intervention_objective,

@@ -5,7 +5,9 @@ what the label head reads of each concept (its activation), and what it reads wh
 a concept to a value (an intervention). Model outputs and the evaluation suite carry the states,
 so an intervention never needs another backbone pass.
 
-Registered by name (``concept_layer`` in a model config); adding one is one class here.
+Registered by name (``concept_layer`` in a model config); adding one is one subclass of
+``ConceptLayer`` and one ``@CONCEPT_LAYERS.register("name")``, in any module imported before the
+config is read. ``tests/test_concept_layers.py`` checks every registered layer against the contract.
 """
 
 from __future__ import annotations
@@ -17,11 +19,84 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import MISSING, TaskSpec
+from ..errors import Unsupported
 from ..intervene import overwrite_concepts
 from ..registry import Registry
 from ..training import processes_together, sum_over_processes
 
-CONCEPT_LAYERS: Registry = Registry("concept_layer")
+
+class ConceptLayer(nn.Module):
+    """The contract of a concept layer. K concepts, concept k with V_k values; B rows.
+
+    A *state* is what the layer keeps of one concept for one forward pass (the scalar layer: its
+    logits ``[B, V_k]``; the embedding layer: one embedding per value ``[B, V_k, m]``). Model
+    outputs carry the states, so that logits, activations and interventions never need another
+    backbone pass.
+
+    Class attributes a layer may set:
+
+    - ``confirming_changes_state``: whether setting a concept to the value it already predicts
+      changes what the label reads (a value made certain); when False, a confirmed value is left
+      as the text gives it.
+    - ``default_random_intervention_rate``: RandInt's rate when a config leaves it unset.
+    - ``reads_value_embedding``: whether the config's ``value_embedding`` applies to this layer.
+    """
+
+    confirming_changes_state: bool = False
+    default_random_intervention_rate: float = 0.0
+    reads_value_embedding: bool = False
+
+    def __init__(self, spec: TaskSpec, hidden_size: int, config):
+        """``spec``: the task (its concepts and values); ``hidden_size``: the size of what each
+        concept reads (the pooled vector, or a subnetwork's); ``config``: the model's config."""
+        super().__init__()
+        self.spec = spec
+
+    @property
+    def width(self) -> int:
+        """The size of what the label head reads: the activations' last dimensions, summed."""
+        raise NotImplementedError
+
+    def state(self, k: int, features: torch.Tensor) -> torch.Tensor:
+        """Concept k's state from what it reads, ``features`` ``[B, H]`` (the same pooled vector for
+        every concept of a bottleneck; concept k's subnetwork output for SparseCBM)."""
+        raise NotImplementedError
+
+    def states(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Every concept's state, concept k from ``features[k]``."""
+        return tuple(self.state(k, f) for k, f in enumerate(features))
+
+    def logits(self, states) -> tuple[torch.Tensor, ...]:
+        """Each concept's logits over its values, ``[B, V_k]``: what is shown and what metrics read."""
+        raise NotImplementedError
+
+    def activations(self, states) -> list[torch.Tensor]:
+        """What the label head reads of each concept, ``[B, width_k]``; concatenated, ``[B, width]``."""
+        raise NotImplementedError
+
+    def set_values(self, states, activations: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
+        """``activations`` with concept k set to value ``values[:, k]`` where that is not ``MISSING``
+        (an intervention): what the label head reads of a concept a person set."""
+        raise NotImplementedError
+
+    def value_readings(self, states) -> list[torch.Tensor]:
+        """What the label would read of each concept from its value alone, shaped as ``activations``;
+        ``activations − value_readings`` is what the text carries beside the values."""
+        raise NotImplementedError
+
+    def rewired(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """Concept k's state after a subnetwork rewiring changed it from ``before`` to ``after`` for
+        one input (SparseCBM): what the label should read of it. ``rewired(s, s)`` is ``s``."""
+        raise Unsupported(f"the {type(self).__name__} takes no subnetwork rewiring")
+
+    @torch.no_grad()
+    def calibrate(self, states, gold: torch.Tensor, momentum: float = 0.0) -> None:
+        """Fit what the layer estimates from training rows (forced logits, value means), from their
+        ``states`` and ``gold`` values ``[B, K]``; ``momentum`` > 0 moves part of the way (a running
+        estimate, called every training step on each process's share). Default: nothing to fit."""
+
+
+CONCEPT_LAYERS: Registry = Registry("concept_layer", base=ConceptLayer)
 ACTIVATIONS = ("logits", "probs")
 # What a concept set to value v reads in the embedding layer (``value_embedding``): the input's own
 # embedding of v (CEM as published), the mean of that embedding over the training rows whose
@@ -52,7 +127,7 @@ def update_value_means(
 
 
 @CONCEPT_LAYERS.register("scalar")
-class ScalarConceptLayer(nn.Module):
+class ScalarConceptLayer(ConceptLayer):
     """One linear head per concept (docs/methods.md §1); the label head reads each concept's logits (or,
     with ``concept_activation: probs``, its probabilities).
 
@@ -64,8 +139,8 @@ class ScalarConceptLayer(nn.Module):
     """
 
     def __init__(self, spec: TaskSpec, hidden_size: int, config):
-        super().__init__()
-        self.spec, self.activation = spec, config.concept_activation
+        super().__init__(spec, hidden_size, config)
+        self.activation = config.concept_activation
         self.heads = nn.ModuleList(nn.Linear(hidden_size, len(c.values)) for c in spec.concepts)
         # Row v of table k: the activation that sets concept k to value v.
         width = max(len(c.values) for c in spec.concepts)
@@ -89,12 +164,8 @@ class ScalarConceptLayer(nn.Module):
         return self.activation == "probs"
 
     def state(self, k: int, features: torch.Tensor) -> torch.Tensor:
-        """Concept k's state from what it reads, ``features`` ``[B, H]`` (the same pooled vector for
-        every concept of a bottleneck; concept k's subnetwork output for SparseCBM): its logits."""
+        """Concept k's logits."""
         return self.heads[k](features)
-
-    def states(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        return tuple(self.state(k, f) for k, f in enumerate(features))
 
     def logits(self, states) -> tuple[torch.Tensor, ...]:
         return tuple(states)
@@ -174,7 +245,7 @@ class ScalarConceptLayer(nn.Module):
 
 
 @CONCEPT_LAYERS.register("embedding")
-class EmbeddingConceptLayer(nn.Module):
+class EmbeddingConceptLayer(ConceptLayer):
     """Concept Embedding Models (docs/methods.md §6; Espinosa Zarlenga et al., NeurIPS 2022).
 
     For concept k and each of its values v, an embedding e_kv = LeakyReLU(W_kv·h + b_kv) of size
@@ -194,10 +265,12 @@ class EmbeddingConceptLayer(nn.Module):
     """
 
     confirming_changes_state = True
+    default_random_intervention_rate = 0.25
+    reads_value_embedding = True
 
     def __init__(self, spec: TaskSpec, hidden_size: int, config):
-        super().__init__()
-        self.spec, self.size = spec, config.concept_embedding_size
+        super().__init__(spec, hidden_size, config)
+        self.size = config.concept_embedding_size
         self.value_embedding = config.value_embedding
         # all of concept k's value embeddings in one matrix: [H] -> [V_k · m]
         self.embedders = nn.ModuleList(nn.Linear(hidden_size, len(c.values) * self.size) for c in spec.concepts)
@@ -221,9 +294,6 @@ class EmbeddingConceptLayer(nn.Module):
     def state(self, k: int, features: torch.Tensor) -> torch.Tensor:
         embeddings = F.leaky_relu(self.embedders[k](features))
         return embeddings.view(features.shape[0], len(self.spec.concepts[k].values), self.size)
-
-    def states(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        return tuple(self.state(k, f) for k, f in enumerate(features))
 
     def logits(self, states) -> tuple[torch.Tensor, ...]:
         return tuple(self.score(embeddings).squeeze(-1) for embeddings in states)

@@ -39,7 +39,7 @@ from ..errors import LucidError
 from ..intervene import overwrite_concepts
 from ..outputs import InterventionResult
 from ..registry import Registry
-from .concept_layers import CONCEPT_LAYERS
+from .concept_layers import CONCEPT_LAYERS, ConceptLayer
 from .losses import concept_loss
 
 CONCEPT_OBJECTIVES: Registry = Registry("concept_objective")
@@ -69,7 +69,7 @@ def cos3_loss(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 # ---- the concept layer: one output per statement ----------------------------------------------
 @CONCEPT_LAYERS.register("statement")
-class StatementLayer(nn.Module):
+class StatementLayer(ConceptLayer):
     """CB-LLM's concept bottleneck layer: f(x) = W·h + b, one output per statement (concept k's
     state: f_k(x), ``[B, 1]``). Its outputs are standardised by their mean μ_k and spread σ_k over
     the training rows and ReLU'd: the label layer reads a_k = ReLU(z_k), z_k = (f_k − μ_k)/σ_k,
@@ -83,14 +83,13 @@ class StatementLayer(nn.Module):
     confirming_changes_state = False  # confirming a statement that fires leaves its activation as the text gives it
 
     def __init__(self, spec: TaskSpec, hidden_size: int, config):
-        super().__init__()
+        super().__init__(spec, hidden_size, config)
         two_valued = [c.name for c in spec.concepts if len(c.values) != 2]
         if two_valued:
             raise LucidError(
                 f"concept_layer 'statement': one activation per statement needs two-valued concepts (no/yes, "
                 f"data.automatic_concepts); {two_valued[0]!r} has {len(spec.concept(two_valued[0]).values)} values"
             )
-        self.spec = spec
         k = len(spec.concepts)
         self.linear = nn.Linear(hidden_size, k)
         self.register_buffer("mean", torch.zeros(k))  # μ_k, σ_k of f_k over the training rows
