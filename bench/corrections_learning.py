@@ -38,13 +38,13 @@ import numpy as np
 import torch
 import transformers
 
-from lucidlm.checkpoints import CHECKPOINT_DIR
 from lucidlm.corrections import CorrectionStore
 from lucidlm.corrections.learn import learn, run_fingerprint
 from lucidlm.corrections.queue import ReviewQueue
 from lucidlm.corrections.recording import make_record
 from lucidlm.data import MISSING
 from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment
+from lucidlm.layout import CHECKPOINT_DIR
 from lucidlm.models import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -211,7 +211,8 @@ def test_lora_trains_few_parameters_saves_small_and_exports_merged(decoders, ceb
 
 def test_a_training_checkpoint_holds_only_what_trains(decoders, cebab_small, rows, tmp_path):
     """Resume state of an adapter run: the adapter, the heads and their optimizer state, never the base."""
-    from lucidlm.checkpoints import CHECKPOINT_DIR, STATE_FILE
+    from lucidlm.checkpoints import STATE_FILE
+    from lucidlm.layout import CHECKPOINT_DIR
 
     model = build("bottleneck", decoders["qwen2"], cebab_small.spec, adapter={"r": 4})
     model.fit(*rows, run_dir=tmp_path / "run", **FAST)

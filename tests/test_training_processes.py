@@ -19,8 +19,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from lucidlm.checkpoints import CHECKPOINT_DIR, STATE_FILE
+from lucidlm.checkpoints import STATE_FILE
 from lucidlm.cli import app
+from lucidlm.layout import CHECKPOINT_DIR
 from lucidlm.training import TRAINING_LOG, TrainingConfig
 
 WORKER = Path(__file__).with_name("train_worker.py")

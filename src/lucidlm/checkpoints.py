@@ -18,7 +18,6 @@ from safetensors.torch import save_file
 from .errors import LucidError
 
 STATE_FILE = "training_state.safetensors"
-CHECKPOINT_DIR = "checkpoint"  # inside a run folder
 
 
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], state: dict) -> Path:

@@ -26,6 +26,7 @@ from rich.table import Table
 from .errors import LucidError
 from .explain.explanation import CONTRIBUTION_MEANING
 from .progress import show_progress_lines, shown_progress
+from .run import RECORDS, RUN_FILE, Run
 
 # markdown: docstrings' wrapped lines join into paragraphs, as a person reads them
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0], rich_markup_mode="markdown")
@@ -215,8 +216,6 @@ def _evaluate(
 
 def _recorded_accuracy(run_dir: Path, split: str) -> float:
     """The task accuracy on ``split`` that a run trained by ``lucidlm train`` recorded."""
-    from .experiment import RUN_FILE
-
     path = run_dir / RUN_FILE
     try:
         return float(json.loads(path.read_text())["metrics"][split]["task"]["accuracy"])
@@ -777,8 +776,7 @@ def serve(
     limits = ServingLimits(
         queue_size=queue_size, max_batch=max_batch, max_wait=max_wait_ms / 1000, explain_cache=explain_cache
     )
-    if not (run_dir / "config.json").is_file():
-        raise LucidError(f"{run_dir}: not a saved run (config.json is missing)")
+    Run(run_dir).check_saved()
     store = CorrectionStore(corrections if corrections is not None else run_dir)
     check_exposure(host, store)
     sock = listening_socket(host, port)  # a taken port is one line, before any "serving"
@@ -838,7 +836,7 @@ def export(
     if merge:
         model.merge_adapter()
     model.save_pretrained(output)
-    for record in ("run.json", "evaluation.json", "evaluation.md", "training_log.jsonl"):  # what the run measured
+    for record in RECORDS:  # what the run measured
         if (run_dir / record).is_file():
             shutil.copy2(run_dir / record, output / record)
     out.print(f"wrote [bold]{escape(str(output))}[/]" + (" (merged: loads without its base)" if merge else ""))

@@ -10,7 +10,6 @@ Relative paths inside a config are read from the config file's folder.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,18 +17,18 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .checkpoints import CHECKPOINT_DIR, STATE_FILE
+from .checkpoints import STATE_FILE
 from .config import from_dict
 from .data import Task, load_task
 from .data.automatic_concepts import read_statements, with_automatic_concepts
 from .errors import LucidError
+from .layout import CHECKPOINT_DIR, RUN_FILE, read_record, write_record
 from .models import FAMILIES, LucidModel, load_pretrained
 from .models.base import canonical_family
 from .training import TrainingConfig, checkpoint_settings, process_state
 
 SECTIONS = ("data", "model", "training", "output_dir")
 PATH_OPTIONS = ("path", "dev", "test")
-RUN_FILE = "run.json"
 
 
 @dataclass
@@ -156,9 +155,7 @@ def run_experiment(experiment: Experiment, resume: bool = False) -> tuple[LucidM
     }
     if processes.is_main_process:
         model.save_pretrained(experiment.output_dir)
-        (experiment.output_dir / RUN_FILE).write_text(
-            json.dumps({"experiment": experiment.to_dict(), "metrics": metrics}, indent=2)
-        )
+        write_record(experiment.output_dir, {"experiment": experiment.to_dict(), "metrics": metrics})
         shutil.rmtree(checkpoint.parent, ignore_errors=True)  # the saved run supersedes it
     processes.wait_for_everyone()
     return model, metrics
@@ -173,7 +170,7 @@ def commit_to_run(run_dir: str | Path, model: LucidModel, change: dict) -> dict:
     Returns the record (``{}`` for a folder with no ``run.json``)."""
     run_dir = Path(run_dir)
     run_file = run_dir / RUN_FILE
-    record = json.loads(run_file.read_text()) if run_file.is_file() else None
+    record = read_record(run_dir)
     task = None
     if record is not None:
         try:
@@ -197,9 +194,7 @@ def commit_to_run(run_dir: str | Path, model: LucidModel, change: dict) -> dict:
     model.save_pretrained(run_dir)
     if record is None:
         return {}
-    staging = run_file.with_name(f".{RUN_FILE}.tmp")
-    staging.write_text(json.dumps(record, indent=2))
-    staging.replace(run_file)
+    write_record(run_dir, record)
     return record
 
 
@@ -209,6 +204,4 @@ def _describe(change: dict) -> str:
 
 def load_run(run_dir: str | Path) -> tuple[LucidModel, dict | None]:
     """A saved model and, when it was trained by ``run_experiment``, its experiment record."""
-    model = load_pretrained(run_dir)
-    run_file = Path(run_dir) / RUN_FILE
-    return model, json.loads(run_file.read_text()) if run_file.is_file() else None
+    return load_pretrained(run_dir), read_record(run_dir)

@@ -42,7 +42,6 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .checkpoints import (
-    CHECKPOINT_DIR,
     check_same_settings,
     load_checkpoint,
     load_optimizer_state,
@@ -53,12 +52,12 @@ from .checkpoints import (
     set_rng_state,
 )
 from .errors import LucidError
+from .layout import CHECKPOINT_DIR, TRAINING_LOG
 from .progress import progress_log
 
 log = logging.getLogger(__name__)
 # Progress lines for logs (not a terminal) go to ``progress.progress_log``, shown by whoever
 # configures it (the CLI writes it to stderr: ``show_progress_lines``).
-TRAINING_LOG = "training_log.jsonl"  # in the run folder: one JSON record per logged step and per epoch
 
 
 MIXED_PRECISIONS = ("no", "bf16", "fp16")

@@ -12,7 +12,6 @@ parent's dev and test metrics beside its own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import replace
@@ -20,27 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoints import CHECKPOINT_DIR
 from ..data import MISSING, Split, TaskSpec
 from ..data.task import Annotations
 from ..errors import LucidError
-from .store import STORE_FILE, CorrectionStore, Record, store_url
+from ..run import CHECKPOINT_DIR, RUN_FILE, STORE_FILE, Run
+from .store import CorrectionStore, Record, store_url
 
 
 def run_fingerprint(run_dir: str | Path) -> str:
     """A digest of a saved run's model (its config and weights): which model a correction was made on."""
-    from ..models.base import CONFIG_FILE, WEIGHTS_FILE
-
-    run_dir = Path(run_dir)
-    digest = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        path = run_dir / name
-        if not path.is_file():
-            raise LucidError(f"{run_dir}: not a saved run ({name} is missing)")
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return Run(run_dir).fingerprint()
 
 
 def lineage_fingerprints(record: dict | None, own: str) -> set[str]:
@@ -139,7 +127,7 @@ def learn(
     these instead of the store's; ``training``: settings that replace the parent's (``TrainingConfig``
     fields). Returns ``(model, run record)``."""
     from ..config import from_dict
-    from ..experiment import RUN_FILE, load_experiment_task
+    from ..experiment import load_experiment_task
     from ..models import ConceptModel, load_pretrained
     from ..training import TrainingConfig
 
@@ -220,7 +208,5 @@ def learn(
         "metrics": metrics,
         "lineage": lineage,
     }
-    staging = output_dir / f".{RUN_FILE}.tmp"
-    staging.write_text(json.dumps(record, indent=2))
-    staging.replace(output_dir / RUN_FILE)
+    Run(output_dir).write_record(record)
     return model, record

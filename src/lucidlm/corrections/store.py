@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LucidError
+from ..layout import STORE_FILE
 
-STORE_FILE = "corrections.sqlite"  # in a run folder
 SCHEMA_VERSION = 1
 KINDS = ("correction", "retraction")
 MAX_FIELD_CHARS = 10_000  # a text, a pair, a note: longer is refused before anything is written

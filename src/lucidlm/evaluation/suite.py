@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..data import Task
 from ..errors import LucidError
+from ..layout import CURVES_PNG, EVALUATION_JSON, EVALUATION_MD
 from ..metrics import task_metrics
 from ..models import ConceptModel
 from .causal import average_effect_estimator, causal_applicability, causal_effects, cebab_concept_rows, load_cebab_pairs
@@ -24,7 +25,7 @@ from .honesty import bottleneck_honesty
 from .outputs import TextOutputs
 
 SUITES = ("faithfulness", "causal", "interventions", "honesty", "concepts")
-RESULT_FILES = {"json": "evaluation.json", "markdown": "evaluation.md", "plot": "intervention_curves.png"}
+RESULT_FILES = {"json": EVALUATION_JSON, "markdown": EVALUATION_MD, "plot": CURVES_PNG}
 
 
 def parse_suites(text: str | Sequence[str]) -> list[str]:

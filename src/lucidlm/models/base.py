@@ -44,13 +44,12 @@ from ..data import MISSING, Split, TaskSpec, TextEncoder
 from ..errors import LucidError, Unsupported
 from ..explain import Explanation
 from ..intervene import Suggestion, as_correction, suggest_corrections
+from ..layout import BACKBONE_DIR, CONFIG_FILE, WEIGHTS_FILE
 from ..metrics import selection_score, task_metrics
 from ..outputs import ConceptPrediction, InterventionResult, ModelOutput, Prediction
 from ..registry import Registry
 from ..training import TrainingConfig, TrainingHooks, fit_loop, set_seed
 from ..version import __version__
-
-CONFIG_FILE, WEIGHTS_FILE, BACKBONE_DIR = "config.json", "model.safetensors", "backbone"
 
 
 @contextmanager

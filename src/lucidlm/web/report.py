@@ -24,6 +24,7 @@ from ..errors import LucidError
 from ..explain.explanation import CONTRIBUTION_MEANING
 from ..intervene import Showcase, choose_correction, showcase_corrections
 from ..models import ConceptModel, PrototypeModel, SubnetworkModel
+from ..run import CURVES_PNG, EVALUATION_JSON, EVALUATION_MD, STORE_FILE, Run
 from ..version import __version__
 from .figures import reliability_diagram, training_curves
 from .html import (
@@ -42,7 +43,6 @@ from .html import (
 )
 from .report_json import render_json
 
-EVALUATION_JSON, EVALUATION_MD, CURVES_PNG = "evaluation.json", "evaluation.md", "intervention_curves.png"
 MISREAD = "background:#fde68a;"  # a concept value that differs from gold, or that the user set
 
 
@@ -431,9 +431,6 @@ LATEST_RECORDS = 20  # the corrections table shows the latest; `lucidlm correcti
 def corrections_section(run_dir: Path, record: dict | None) -> str:
     """Where the run comes from (``run.json``'s lineage: the parent and the corrections learned
     from, metrics side by side) and the corrections recorded on it (its ``corrections.sqlite``)."""
-    from ..corrections import STORE_FILE, CorrectionStore
-    from ..corrections.learn import run_fingerprint
-
     parts = []
     lineage = (record or {}).get("lineage")
     if lineage:
@@ -456,20 +453,20 @@ def corrections_section(run_dir: Path, record: dict | None) -> str:
         )
     else:
         parts.append("<p>This run was trained from its data, not learned from corrections.</p>")
-    store_file = run_dir / STORE_FILE
-    if not store_file.is_file():
+    run = Run(run_dir)
+    store = run.corrections()
+    if store is None:
         parts.append(
             f'<p class="note">No corrections recorded on this run (no {STORE_FILE}). Record them on the page '
             f"(<code>lucidlm serve</code>, signed in as a corrector) or with <code>lucidlm intervene RUN TEXT --set "
             f"concept=value --record</code>; <code>lucidlm learn</code> makes a new run from them.</p>"
         )
         return "".join(parts)
-    store = CorrectionStore(store_file)
     try:
         every, standing = store.records(), store.standing()
     finally:
         store.close()
-    fingerprint = run_fingerprint(run_dir)
+    fingerprint = run.fingerprint()
     waiting = [r for r in standing if r.run_fingerprint == fingerprint]
     authors = sorted({r.author for r in every})
     retractions = sum(r.kind == "retraction" for r in every)
