@@ -34,7 +34,7 @@ def test_a_folder_that_is_not_a_run_says_what_is_missing(tmp_path):
         Run(tmp_path).check_saved()
     (tmp_path / RUN_FILE).write_text("{not json")
     with pytest.raises(LucidError, match=r"run.json: not valid JSON"):
-        Run(tmp_path).record
+        _ = Run(tmp_path).record
     (tmp_path / RUN_FILE).unlink()
     with pytest.raises(LucidError, match="reading its data needs a run trained by lucidlm train"):
         Run(tmp_path).load_task()
