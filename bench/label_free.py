@@ -206,8 +206,7 @@ def synthetic_label_input(rows: int = 3000, statements: int = 40, seed: int = 1)
 
 
 def path_part() -> dict:
-    from lucidlm.models.bottleneck import ELASTIC_PATH
-    from lucidlm.models.label_head import ELASTIC_MAX_ITER, ELASTIC_TOL, fit_logistic
+    from lucidlm.models.label_head import ELASTIC_MAX_ITER, ELASTIC_PATH, ELASTIC_TOL, fit_logistic
 
     x, y = synthetic_label_input()
     runs = []

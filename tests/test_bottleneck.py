@@ -9,6 +9,8 @@ import torch
 from lucidlm import ConceptBottleneckLM, LucidError, StandardLM, load_pretrained
 from lucidlm.data import MISSING
 from lucidlm.intervene import overwrite_concepts
+from lucidlm.models.auxiliary_losses import intervention_aware_loss, side_channel
+from lucidlm.models.label_head import fit_label_head
 from lucidlm.training import TrainingConfig
 from lucidlm.web.report import overview
 
@@ -50,7 +52,7 @@ def test_sequential_freezes_concepts_and_fits_the_label_head_on_them(tiny_bert_d
     concepts_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("label_head")}
     assert model.training_history[-1]["stage"] == "c→y"
     # refitting only the c -> y stage leaves x -> c untouched
-    model._fit_label_head(cebab_small.train, cebab_small.dev, gold=True, config=model_config())
+    fit_label_head(model, cebab_small.train, cebab_small.dev, gold=True, config=model_config())
     for k, v in model.state_dict().items():
         if not k.startswith("label_head"):
             assert torch.equal(v, concepts_before[k])
@@ -189,10 +191,10 @@ def test_label_heads_read_predicted_concepts_unless_random_interventions_are_ask
     head = model.label_head.weight.detach().clone()
     # c→y with the gold concepts scrambled: the same head, since it never reads them
     scrambled = replace(cebab_small.train, concepts=np.random.default_rng(0).permutation(cebab_small.train.concepts))
-    model._fit_label_head(scrambled, cebab_small.dev, gold=False, config=model_config())
+    fit_label_head(model, scrambled, cebab_small.dev, gold=False, config=model_config())
     assert torch.equal(model.label_head.weight, head)
     model.config.random_intervention_rate = 0.5  # asked for: gold concepts reach the head
-    model._fit_label_head(scrambled, cebab_small.dev, gold=False, config=model_config())
+    fit_label_head(model, scrambled, cebab_small.dev, gold=False, config=model_config())
     assert not torch.equal(model.label_head.weight, head)
 
     joint = make(tiny_bert_dir, cebab_small, "joint").eval()  # eval: no dropout, so one loss is exact
@@ -641,7 +643,7 @@ def test_the_side_channel_penalty_is_the_squared_text_part_and_training_with_it_
         )
         trained.fit(cebab_small.train, eval_data=cebab_small.dev, **{**FAST, "epochs": 2})
         with torch.no_grad():
-            side[weight] = float(trained.side_channel(trained.forward_texts(cebab_small.test.texts).concept_states))
+            side[weight] = float(side_channel(trained, trained.forward_texts(cebab_small.test.texts).concept_states))
     assert side[20.0] < 0.6 * side[0.0]
     with pytest.raises(LucidError, match="side_channel_penalty: penalises what the jointly trained label reads"):
         ConceptBottleneckLM.from_backbone(
@@ -765,7 +767,7 @@ def test_intervention_aware_training_with_mixup_sets_the_concepts_both_rows_agre
     for seed in range(4):
         torch.manual_seed(seed)
         out = model(batch["input_ids"], batch["attention_mask"], None, mix)
-        model.intervention_aware_loss(out.concept_states, batch, mix)
+        intervention_aware_loss(model, out.concept_states, batch, mix)
         set_here = seen[-1] != MISSING
         assert not (set_here & ~agreed).any()  # never a concept without a gold value
         counts, available = set_here.sum(1), agreed.sum(1)

@@ -16,7 +16,7 @@ from lucidlm import LucidError
 from lucidlm.data import MISSING
 from lucidlm.experiment import load_experiment_task, read_experiment
 from lucidlm.models import ConceptBottleneckLM, SparseConfig, load_pretrained
-from lucidlm.models.bottleneck import ELASTIC_PATH, BottleneckConfig
+from lucidlm.models.bottleneck import BottleneckConfig
 from lucidlm.models.label_free import (
     CONCEPT_OBJECTIVES,
     StatementLayer,
@@ -25,7 +25,7 @@ from lucidlm.models.label_free import (
     intervene_scores,
     statement_activations,
 )
-from lucidlm.models.label_head import fit_logistic
+from lucidlm.models.label_head import ELASTIC_PATH, fit_logistic
 from lucidlm.training import TrainingConfig
 
 STATEMENTS = [

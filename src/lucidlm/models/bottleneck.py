@@ -14,7 +14,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression, Ridge
 from torch import nn
 
 from ..data import MISSING, Split
@@ -24,18 +23,17 @@ from ..explain.tokens import integrated_gradients
 from ..intervene import INTERVENTION_POLICIES, ConceptValues, concept_values_tensor, overwrite_concepts
 from ..metrics import concept_metrics, selection_score, task_metrics
 from ..outputs import InterventionResult, ModelOutput
-from ..training import TrainingConfig, same_on_every_process
-from .base import ConceptModel, ModelConfig, evaluation_mode
+from ..training import TrainingConfig
+from .auxiliary_losses import counterfactual_loss, random_interventions, side_channel
+from .base import ConceptModel, ModelConfig
 from .concept_layers import ACTIVATIONS, CONCEPT_LAYERS, VALUE_EMBEDDINGS
 from .intcem import INTERVENTION_OBJECTIVES, learned_order
 from .label_free import CONCEPT_OBJECTIVES
-from .label_head import ELASTIC_MAX_ITER, ELASTIC_TOL, fit_logistic
+from .label_head import fit_label_head, tune_label_head
 from .losses import Mixup, concept_loss, task_loss
 
 MODES = ("joint", "sequential", "independent")
 LABEL_PENALTIES = ("l2", "elastic")
-L2_PATH = (0.01, 0.1, 1.0, 10.0, 100.0)  # C = 1 / strength
-ELASTIC_PATH = tuple(np.logspace(-3, 1, 9))  # from a few concepts per class to nearly dense
 
 
 @dataclass
@@ -566,9 +564,9 @@ class ConceptBottleneckLM(ConceptModel):
                 self, out, batch, mix, values
             )
         if self.config.side_channel_penalty > 0:
-            loss = loss + self.config.side_channel_penalty * self.side_channel(out.concept_states)
+            loss = loss + self.config.side_channel_penalty * side_channel(self, out.concept_states)
         if self.uses_counterfactuals:
-            consistency, edit_label = self.counterfactual_loss(forward)
+            consistency, edit_label = counterfactual_loss(self, forward)
             loss = (
                 loss
                 + self.config.counterfactual_loss_weight * consistency
@@ -576,76 +574,9 @@ class ConceptBottleneckLM(ConceptModel):
             )
         return loss
 
-    def side_channel(self, states) -> torch.Tensor:
-        """The mean over rows and labels of Σ_k (w_c,k·(a_k − r_k))²: the squared contributions to
-        each label's logit of the text beside the concept values."""
-        text = torch.cat(
-            [a - r for a, r in zip(self.concept_activations(states), self.concept_value_readings(states))], -1
-        )
-        weights = self.label_head.weight.split([a.shape[-1] for a in self.concept_activations(states)], dim=-1)
-        parts = text.split([w.shape[-1] for w in weights], dim=-1)
-        per_concept = torch.stack([part @ w.T for part, w in zip(parts, weights)], dim=-1)  # [B, C, K]
-        return per_concept.pow(2).sum(-1).mean()
-
     @property
     def uses_counterfactuals(self) -> bool:
         return self.config.counterfactual_loss_weight > 0 or self.config.counterfactual_label_weight > 0
-
-    def counterfactual_loss(self, forward: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """KL(N(edit) ‖ N(original with k := b)) over pairs drawn from torch's seeded generator
-        (a checkpoint restores it); N(edit) is the model's own label distribution on the human
-        edit, in evaluation mode and without gradient: the target, not something to move. And
-        CE(original with k := b, the edit's gold label) over the drawn pairs whose edit has one
-        (0 where none has)."""
-        sources, edits, concepts, values, labels = self._counterfactual_rows
-        # the pairs of the whole step: process 0's draw, on every process (``same_on_every_process``)
-        picked = same_on_every_process(
-            torch.randint(len(edits), (min(self.config.counterfactual_batch_size, len(edits)),))
-        )
-        original = self.encoder.pad([sources[i] for i in picked.tolist()])
-        states = forward(
-            original["input_ids"].to(self.device), original["attention_mask"].to(self.device)
-        ).concept_states
-        set_to = torch.full((len(picked), len(self.spec.concepts)), MISSING, dtype=torch.long)
-        set_to[torch.arange(len(picked)), concepts[picked]] = values[picked]
-        after = self.intervened_label_logits(states, set_to.to(self.device), correct_only=False)
-        consistency = after.sum() * 0.0
-        if self.config.counterfactual_loss_weight > 0:
-            edited = self.encoder.pad([edits[i] for i in picked.tolist()])
-            with torch.no_grad(), evaluation_mode(self):
-                target = self(
-                    edited["input_ids"].to(self.device), edited["attention_mask"].to(self.device)
-                ).label_logits
-            consistency = nn.functional.kl_div(
-                after.log_softmax(-1), target.log_softmax(-1), log_target=True, reduction="batchmean"
-            )
-        gold = labels[picked].to(self.device)
-        edit_label = (
-            nn.functional.cross_entropy(after[gold != MISSING], gold[gold != MISSING])
-            if (gold != MISSING).any()
-            else after.sum() * 0.0
-        )
-        return consistency, edit_label
-
-    def intervention_aware_loss(self, states, batch: dict, mix: Mixup | None = None) -> torch.Tensor:
-        """T/K × CE(y | the first T concepts of the policy's order set to gold), T ~ U{1..K}: the
-        label's loss after a person's corrections, weighted to grow with how many they made.
-        With mixup, a mixed row's concept can be set only where both rows have the same gold
-        value: those come first, in the policy's order (the most uncertain concepts of a mixed row
-        are mostly those where its rows disagree)."""
-        k = len(self.spec.concepts)
-        t = int(torch.randint(1, k + 1, ()))
-        rng = np.random.default_rng(int(torch.randint(2**31 - 1, ())))  # drawn from torch's seeded generator
-        detached = [s.detach() for s in states]
-        order = torch.from_numpy(INTERVENTION_POLICIES.get(self.config.intervention_policy)(self, detached, rng))
-        gold = Mixup.agreed(mix, batch["concepts"])
-        if mix is not None:  # the concepts a mixed row can be set on first, in the policy's order
-            order = order.to(gold.device)
-            order = order.gather(1, (gold == MISSING).gather(1, order).int().argsort(dim=1, stable=True))
-        chosen = torch.zeros_like(gold, dtype=torch.bool).scatter_(1, order[:, :t].to(gold.device), True)
-        values = torch.where(chosen, gold, torch.full_like(gold, MISSING))
-        logits = self.intervened_label_logits(states, values, correct_only=False)
-        return (t / k) * Mixup.loss(mix, lambda rows: task_loss(self.spec, logits, rows["labels"]), batch)
 
     def dev_score(self, split: Split, batch_size: int = 64) -> float:
         """Joint: the task's selection score; the x→c stage: the concept objective's (soft_targets:
@@ -659,127 +590,17 @@ class ConceptBottleneckLM(ConceptModel):
         (sequential) or gold (independent) concepts, x→c frozen."""
         self.calibrate_on(train, config)
         if not self.trains_label_jointly or self.config.label_penalty == "elastic":
-            self._fit_label_head(train, eval_data, gold=(self.config.mode == "independent"), config=config)
+            fit_label_head(self, train, eval_data, gold=(self.config.mode == "independent"), config=config)
         if getattr(self, "_held_out", None) is not None:
             with torch.random.fork_rng(devices=[]):  # its draws start from the seed, whatever training drew
                 torch.manual_seed(config.seed)
-                self._tune_label_head(self._held_out, eval_data, config)
+                tune_label_head(self, self._held_out, eval_data, config)
             self._held_out = None
-
-    def _tune_label_head(self, held_out: Split, dev: Split | None, config: TrainingConfig, epochs: int = 30) -> None:
-        """The label head alone, trained on held-out rows' concept states (computed once, backbone
-        and concept layer frozen) with the joint loss's RandInt and IntCEM terms; the epoch with
-        the best dev score is kept, the jointly trained head (epoch 0) included (without dev: the
-        last)."""
-        states = [s.to(self.device) for s in self._states(held_out, config)]
-        dev_states = [s.to(self.device) for s in self._states(dev, config)] if dev is not None else None
-        labels, gold = (
-            torch.from_numpy(held_out.labels).to(self.device),
-            torch.from_numpy(held_out.concepts).to(self.device),
-        )
-        generator = torch.Generator().manual_seed(config.seed)
-        optimizer = torch.optim.Adam(self.label_head.parameters(), lr=config.head_learning_rate)
-
-        def score(epoch: int) -> float:
-            if dev_states is None:
-                return float(epoch)  # no dev: the last epoch
-            with torch.no_grad():
-                logits = self.label_from_concepts(self.concept_activations(dev_states)).cpu().numpy()
-            return selection_score({"task": task_metrics(self.spec, dev.labels, logits)})
-
-        best = (score(0), 0, {k: v.clone() for k, v in self.label_head.state_dict().items()})
-        for epoch in range(1, epochs + 1):
-            for rows in torch.randperm(len(labels), generator=generator).split(config.batch_size):
-                rows = rows.to(self.device)
-                batch = {"labels": labels[rows], "concepts": gold[rows]}
-                part = [s[rows] for s in states]
-                values = random_interventions(batch["concepts"], self.config.random_intervention_rate, generator)
-                activations = self.set_concepts(part, self.concept_activations(part), values)
-                loss = task_loss(self.spec, self.label_from_concepts(activations), batch["labels"])
-                if self.config.intervention_loss_weight > 0:
-                    loss = loss + self.config.intervention_loss_weight * self.intervention_aware_loss(part, batch)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            current = score(epoch)
-            if current > best[0]:
-                best = (current, epoch, {k: v.clone() for k, v in self.label_head.state_dict().items()})
-        self.label_head.load_state_dict(best[2])
-        self.training_history.append(
-            {
-                "stage": "held-out label head",
-                "rows": len(held_out),
-                "best_epoch": best[1],
-                "dev_score": None if dev is None else float(best[0]),
-            }
-        )
 
     def calibrate_on(self, train: Split, config: TrainingConfig) -> None:
         """Forced intervention logits from the trained model's predictions on the training set."""
         states = [torch.from_numpy(x) for x in self.infer(train, config.eval_batch_size)["concept_states"]]
         self.calibrate_interventions(states, torch.from_numpy(train.concepts))
-
-    def _fit_label_head(self, train: Split, dev: Split | None, gold: bool, config: TrainingConfig) -> None:
-        """The c -> y stage: a linear model (scikit-learn, exact and repeatable) on the concept
-        activations; its L2 strength is chosen on dev, where it always reads *predicted* concepts.
-        Rows without a label (corrections of concepts only) teach the concepts, not this head."""
-        if not self.spec.is_regression and (train.labels == MISSING).any():
-            train = train.select(np.flatnonzero(train.labels != MISSING))
-        states = self._states(train, config)
-        values = torch.from_numpy(train.concepts)
-        if not gold:
-            values = random_interventions(
-                values, self.config.random_intervention_rate, torch.Generator().manual_seed(config.seed)
-            )
-        features = torch.cat(self.set_concepts(states, self.concept_activations(states), values), -1).numpy()
-        dev_features = torch.cat(self.concept_activations(self._states(dev, config)), -1).numpy() if dev else None
-        elastic = self.config.label_penalty == "elastic" and not self.spec.is_regression
-        # the elastic net's solver (saga) wants features on one scale: fitted standardised, folded back after
-        mean, scale = (features.mean(0), features.std(0) + 1e-6) if elastic else (0.0, 1.0)
-        best, path = None, []
-        for strength in (ELASTIC_PATH if elastic else L2_PATH) if dev is not None else (1.0,):
-            fit = {}  # the solver's record: iterations, converged, optimality (label_head.fit_logistic)
-            if self.spec.is_regression:
-                head = Ridge(alpha=1.0 / strength).fit(features, train.labels)
-                weight, bias = head.coef_[None, :], np.atleast_1d(head.intercept_)
-            else:
-                head, fit = fit_logistic(
-                    (features - mean) / scale, train.labels, strength, self.config.label_l1_ratio if elastic else None
-                )
-                weight, bias = _class_weights(head, self.spec.num_labels)
-                weight = weight / scale
-                bias = bias - weight @ np.broadcast_to(mean, weight.shape[1:])
-            score = 0.0 if dev is None else self._head_score(weight, bias, dev_features, dev.labels)
-            path.append(
-                {"C": float(strength), "nonzero_weights": int((weight != 0).sum()), "dev_score": float(score), **fit}
-            )
-            if best is None or score > best[0]:
-                best = (score, weight, bias)
-        with torch.no_grad():
-            self.label_head.weight.copy_(torch.as_tensor(best[1], dtype=torch.float32))
-            self.label_head.bias.copy_(torch.as_tensor(best[2], dtype=torch.float32))
-        solver = {"solver": "saga", "tol": ELASTIC_TOL, "max_iter": ELASTIC_MAX_ITER} if elastic else {}
-        self.training_history.append(
-            {
-                "stage": "c→y",
-                "gold_concepts": gold,
-                "penalty": self.config.label_penalty,
-                "concept_objective": self.config.concept_objective,
-                "features": features.shape[1],
-                "dev_score": float(best[0]),
-                **solver,
-                "converged": all(p.get("converged", True) for p in path),
-                "path": path,
-            }
-        )
-
-    @torch.no_grad()
-    def _states(self, split: Split, config: TrainingConfig) -> list[torch.Tensor]:
-        return [torch.from_numpy(x) for x in self.infer(split, config.eval_batch_size)["concept_states"]]
-
-    def _head_score(self, weight, bias, features, labels) -> float:
-        logits = features @ weight.T + bias
-        return selection_score({"task": task_metrics(self.spec, labels, logits)})
 
     # ---- persistence ----------------------------------------------------------------------
     def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -791,20 +612,3 @@ class ConceptBottleneckLM(ConceptModel):
         if means in self.state_dict() and means not in renamed:  # written before the embedding layer kept them
             renamed[means] = torch.full_like(self.state_dict()[means], float("nan"))  # the value/text split: unknown
         super().load_checkpoint_tensors(renamed)
-
-
-def random_interventions(gold: torch.Tensor, rate: float, generator=None) -> torch.Tensor:
-    """Gold concept values kept with probability ``rate`` each, ``MISSING`` elsewhere."""
-    keep = torch.rand(gold.shape, generator=generator, device="cpu").to(gold.device) < rate
-    return torch.where(keep, gold, torch.full_like(gold, MISSING))
-
-
-def _class_weights(head: LogisticRegression, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's coefficients as a ``[num_labels, F]`` linear layer (binary and absent classes too)."""
-    coef, intercept = head.coef_, head.intercept_
-    if coef.shape[0] == 1:  # binary: one logit z for class 1, i.e. logits (0, z)
-        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
-    weight = np.zeros((num_labels, coef.shape[1]))
-    bias = np.full(num_labels, -30.0)  # a class absent from training is never predicted
-    weight[head.classes_], bias[head.classes_] = coef, intercept
-    return weight, bias

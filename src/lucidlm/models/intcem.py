@@ -4,7 +4,7 @@
 
 - ``sampled_horizon`` (the default; §6.2): one T ~ U{1..K} a batch, each row's first T concepts
   in the fixed ``intervention_policy``'s order set to gold, w·(T/K)·CE(y | corrected) added to the
-  joint loss (``ConceptBottleneckLM.intervention_aware_loss``). A simplification of IntCEM, not
+  joint loss (``auxiliary_losses.intervention_aware_loss``). A simplification of IntCEM, not
   IntCEM: runs and configs named "IntCEM" before this option were of it.
 - ``published`` (§7.1): IntCEM as published (Espinosa Zarlenga et al., NeurIPS 2023, "Learning to
   Receive Help"; the ``cem`` repository's ``cem/models/intcbm.py``, whose defaults these are).
@@ -53,6 +53,7 @@ from ..data import MISSING
 from ..errors import LucidError
 from ..registry import Registry
 from ..training import TrainingHooks
+from .auxiliary_losses import intervention_aware_loss
 from .base import evaluation_mode
 from .losses import task_loss
 
@@ -311,7 +312,7 @@ class InterventionObjective:
 
 class SampledHorizon(InterventionObjective):
     """§6.2: w·(T/K)·CE(y | the first T concepts of the fixed policy's order set to gold), one
-    T ~ U{1..K} a batch (``ConceptBottleneckLM.intervention_aware_loss``)."""
+    T ~ U{1..K} a batch (``auxiliary_losses.intervention_aware_loss``)."""
 
     def check_config(self, config) -> None:
         if config.intervention_policy == "learned":
@@ -321,7 +322,7 @@ class SampledHorizon(InterventionObjective):
             )
 
     def added_loss(self, model, out, batch: dict, mix, values: torch.Tensor | None) -> torch.Tensor:
-        return model.config.intervention_loss_weight * model.intervention_aware_loss(out.concept_states, batch, mix)
+        return model.config.intervention_loss_weight * intervention_aware_loss(model, out.concept_states, batch, mix)
 
 
 class StepHooks(TrainingHooks):
