@@ -1,6 +1,6 @@
 """Learning from corrections on CEBaB, with a simulated reviewer who answers from the gold values.
 
-    python bench/corrections_learning.py [--budgets 100 200 400]
+    python bench/corrections_learning.py [--budgets 100 200 400] [--seeds 0 1 2]
 
 The parent: configs/cebab-intcem.yaml trained on 25% of train_exclusive (a fixed sample). The
 remaining 75% are the review pool. Three reviewers spend the same clicks (one answer = one click):
@@ -20,7 +20,9 @@ own data with no corrections, so that what the corrections add is told apart fro
 Reported per run: dev and test task accuracy against the parent's; for the concept reviewer, the
 share of corrected values the new run reads on the corrected texts (and the parent's share); for a
 label reviewer, the share of given labels the new run predicts. Test holds none of the pool's texts,
-so test accuracy is "the rest of test". Writes bench/results/corrections_learning.{json,md}.
+so test accuracy is "the rest of test". ``--seeds``: learn each run once per seed (the parent and the
+reviewers' answers stay those of seed 0; rows of other seeds are named "…, seed s" and merge into
+the results), and the table adds the mean over seeds. Writes bench/results/corrections_learning.{json,md}.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import dataclasses
 import json
 import logging
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
@@ -128,6 +131,7 @@ def read_back(model, records) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", nargs="+", type=int, default=[100, 200, 400])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="learn's training seeds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
@@ -152,6 +156,11 @@ def main() -> None:
         "policy": POLICY,
         "runs": {},
     }
+    previous = RESULTS / "corrections_learning.json"
+    if previous.is_file():  # rows of other seeds or budgets, measured on the same parent, stay
+        earlier = json.loads(previous.read_text())
+        if earlier.get("parent") == result["parent"]:
+            result["runs"] = earlier["runs"]
 
     def finish(name: str, out: Path, records, seconds: float, **extra) -> None:
         record = json.loads((out / "run.json").read_text())
@@ -183,11 +192,15 @@ def main() -> None:
         records = review(arm, model, pool, full.spec, store, run, fingerprint, max(args.budgets), queue)
         for budget in args.budgets:
             taken = records[:budget]
-            out = folder / f"learned-{budget}"
-            start = time.perf_counter()
-            learn(parent_dir, out, records=taken, progress=False)
-            finish(f"{arm}, {budget} clicks", out, taken, time.perf_counter() - start, clicks=budget)
-            if arm == ARMS[0] and budget == args.budgets[0]:
+            for seed in args.seeds:
+                tag = "" if seed == 0 else f", seed {seed}"
+                out = folder / (f"learned-{budget}" + ("" if seed == 0 else f"-seed{seed}"))
+                start = time.perf_counter()
+                learn(parent_dir, out, records=taken, seed=seed, progress=False)
+                finish(
+                    f"{arm}, {budget} clicks{tag}", out, taken, time.perf_counter() - start, clicks=budget, seed=seed
+                )
+            if arm == ARMS[0] and budget == args.budgets[0] and 0 in args.seeds:
                 for variant, changes in CONTINUATIONS.items():
                     out = folder / f"learned-{budget}-{''.join(c if c.isalnum() else '-' for c in variant)}"
                     start = time.perf_counter()
@@ -201,12 +214,20 @@ def main() -> None:
                         continuation=variant,
                     )
 
+    task = load_experiment_task(experiment.data)
+    for seed in args.seeds:
+        control(parent_dir, experiment, task, seed, finish)
+
+
+def control(parent_dir: Path, experiment, task, seed: int, finish) -> None:
+    """The parent's training continued as learn continues it, on its own rows, no corrections."""
     start = time.perf_counter()
-    control = RUNS / "control"
+    control = RUNS / ("control" if seed == 0 else f"control-seed{seed}")
     shutil.rmtree(control, ignore_errors=True)
     model_copy = load_pretrained(parent_dir)
-    task = load_experiment_task(experiment.data)
-    continuation = dataclasses.replace(experiment.training, head_learning_rate=experiment.training.learning_rate)
+    continuation = dataclasses.replace(
+        experiment.training, head_learning_rate=experiment.training.learning_rate, seed=seed
+    )
     model_copy.fit(task.train, eval_data=task.dev, config=continuation, run_dir=control)
     model_copy.save_pretrained(control)
     shutil.rmtree(control / CHECKPOINT_DIR, ignore_errors=True)
@@ -218,7 +239,10 @@ def main() -> None:
             }
         )
     )
-    finish("no corrections (the parent's training continued)", control, [], time.perf_counter() - start)
+    tag = "" if seed == 0 else f", seed {seed}"
+    finish(
+        f"no corrections (the parent's training continued){tag}", control, [], time.perf_counter() - start, seed=seed
+    )
 
 
 def write(result: dict) -> None:
@@ -250,6 +274,7 @@ def markdown(result: dict) -> str:
             f"{row['dev']['accuracy']:.1%} | {row['test']['accuracy']:.1%} | {delta:+.1f} | "
             + (f"{row['read_right']:.1%} | {row['parent_read_right']:.1%} |" if "read_right" in row else "– | – |")
         )
+    lines += over_seeds(result)
     lines += [
         "",
         f"Machine: {result['machine']['platform']}, torch {result['machine']['torch']}, "
@@ -261,3 +286,30 @@ def markdown(result: dict) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+def over_seeds(result: dict) -> list[str]:
+    """Mean ± standard deviation over learn's seeds of each run's test − parent's, where a run has
+    several seeds; and in how many seeds the new run beat its parent."""
+    parent = result["parent"]["test"]["accuracy"]
+    groups: dict[str, list[dict]] = {}
+    for name, row in result["runs"].items():
+        groups.setdefault(re.sub(r", seed \d+$", "", name), []).append(row)
+    groups = {name: rows for name, rows in groups.items() if len(rows) > 1}
+    if not groups:
+        return []
+    lines = [
+        "",
+        "Over learn's seeds (mean ± standard deviation; the parent is the same):",
+        "",
+        "| run | seeds | test − parent's, points | seeds above the parent | read right |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rows in groups.items():
+        deltas = np.array([100 * (r["test"]["accuracy"] - parent) for r in rows])
+        read = [r["read_right"] for r in rows if "read_right" in r]
+        lines.append(
+            f"| {name} | {len(rows)} | {deltas.mean() + 0.0:+.1f} ± {deltas.std(ddof=1):.1f} | "
+            f"{int((deltas > 0).sum())} of {len(rows)} | " + (f"{np.mean(read):.1%} |" if read else "– |")
+        )
+    return lines
