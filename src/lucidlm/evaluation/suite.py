@@ -1,22 +1,28 @@
 """Are the explanations true? One entry, ``run_suite``, for every family; the results as JSON,
 markdown tables and a PNG of the intervention curves.
 
-Suites: ``faithfulness`` (tokens and concepts, see ``faithfulness``), ``causal`` (CEBaB's
-concept effects, see ``causal``) and ``interventions`` (see ``curves``). A suite or part that
-does not apply to a model (no concepts, no CEBaB pairs, …) says why under ``skipped``.
+Suites are ``Suite`` objects in the ``SUITES`` registry, each owning its options (a dataclass) and
+its markdown section: ``faithfulness`` (tokens and concepts, see ``faithfulness``), ``causal``
+(CEBaB's concept effects, see ``causal``), ``interventions`` (see ``curves``), ``honesty`` and
+``concepts`` (the concept set). A suite or part that does not apply to a model (no concepts, no
+CEBaB pairs, …) says why under ``skipped``. Adding one: a ``Suite`` subclass registered with
+``SUITES.register("name")(MySuite())``; the CLI's ``--suite`` and ``run_suite`` take it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
-from ..data import Task
+from ..data import Split, Task
 from ..errors import LucidError
 from ..layout import CURVES_PNG, EVALUATION_JSON, EVALUATION_MD
 from ..metrics import task_metrics
 from ..models import ConceptModel
+from ..registry import Registry
 from .causal import average_effect_estimator, causal_applicability, causal_effects, cebab_concept_rows, load_cebab_pairs
 from .concept_set import concept_set_quality
 from .curves import EXACT_RANDOM_MAX_CONCEPTS, ORDERS, intervention_curves
@@ -24,8 +30,185 @@ from .faithfulness import FRACTIONS, concept_faithfulness, token_faithfulness
 from .honesty import bottleneck_honesty
 from .outputs import TextOutputs
 
-SUITES = ("faithfulness", "causal", "interventions", "honesty", "concepts")
 RESULT_FILES = {"json": EVALUATION_JSON, "markdown": EVALUATION_MD, "plot": CURVES_PNG}
+
+
+@dataclass
+class SuiteContext:
+    """What every suite reads: the model, the task, the evaluated split's name and rows, the model's
+    outputs on texts (computed once, shared by the suites), the seed and the batch size."""
+
+    model: object
+    task: Task
+    split: str
+    rows: Split
+    outputs: TextOutputs
+    seed: int = 0
+    batch_size: int = 64
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+class Suite:
+    """An evaluation suite: one part of ``run_suite``'s results, under its registered name.
+
+    ``Options``: its settings, a dataclass (``run_suite`` hands each suite the settings its
+    ``Options`` has fields for); ``run(context, options)``: its results, a JSON-able dict (with
+    ``skipped``: why, where it does not apply to the model); ``tables(results)``: its markdown
+    section over several models' results (default: the results as JSON)."""
+
+    Options: ClassVar[type] = NoOptions
+
+    def run(self, context: SuiteContext, options) -> dict:
+        raise NotImplementedError
+
+    def tables(self, name: str, results: dict[str, dict]) -> list[str]:
+        lines = [f"## {name}", ""]
+        for model, r in results.items():
+            if name in r:
+                lines += [f"{model}:", "", "```json", json.dumps(r[name], indent=2), "```", ""]
+        return lines
+
+
+SUITES: Registry = Registry("suite", base=Suite)
+
+
+@dataclass
+class FaithfulnessOptions:
+    samples: int = 200  # rows drawn (with the seed) for token faithfulness, the slow part
+    random_repeats: int = 5
+
+
+class Faithfulness(Suite):
+    """Token faithfulness (ERASER's comprehensiveness and sufficiency against baselines) and concept
+    faithfulness (``faithfulness``)."""
+
+    Options = FaithfulnessOptions
+
+    def run(self, context, options):
+        return {
+            "tokens": token_faithfulness(
+                context.model, context.rows, options.samples, context.seed, FRACTIONS, context.batch_size
+            ),
+            "concepts": concept_faithfulness(
+                context.model, context.outputs, context.rows, context.seed, options.random_repeats
+            ),
+        }
+
+    def tables(self, name, results):
+        return _token_table(results) + _concept_table(results)
+
+
+@dataclass
+class CausalOptions:
+    cebab: str | Path | None = None  # the folder of CEBaB's JSON files
+    causal_splits: Sequence[str] = ("dev", "test")  # whose counterfactual pairs are scored
+    baseline_split: str = "train_inclusive"  # the baselines' training pairs and texts
+    pair_protocol: str = "originals"  # or ``all``, CEBaB's full protocol
+    rewiring: tuple[float, str] | None = (0.1, "taylor")  # SparseCBM's own estimate (fraction, score); None: not run
+
+
+class Causal(Suite):
+    """CEBaB's causal concept effects: the model's own estimate against baselines (``causal``)."""
+
+    Options = CausalOptions
+
+    def run(self, context, options):
+        cebab, protocol = options.cebab, options.pair_protocol
+        reason = causal_applicability(context.model, cebab)
+        if reason:
+            return {"skipped": reason}
+        train_pairs = load_cebab_pairs(cebab, options.baseline_split, with_label_effect=True, protocol=protocol)
+        estimator = average_effect_estimator(train_pairs)
+        train_rows = cebab_concept_rows(cebab, options.baseline_split)
+        return {
+            "data": str(cebab),
+            "baseline_training_split": options.baseline_split,
+            "baseline_training_pairs": len(train_pairs),
+            "baseline_training_texts": len(train_rows[0]),
+            "pairs": protocol,
+            "splits": {
+                name: causal_effects(
+                    context.model,
+                    context.outputs,
+                    load_cebab_pairs(cebab, name, protocol=protocol),
+                    estimator,
+                    train_rows,
+                    options.rewiring,
+                )
+                for name in options.causal_splits
+            },
+        }
+
+    def tables(self, name, results):
+        return _causal_tables(results)
+
+
+@dataclass
+class InterventionOptions:
+    random_repeats: int = 5
+
+
+class Interventions(Suite):
+    """Intervention curves: task accuracy as 0..K concepts are set to gold, by policy (``curves``)."""
+
+    Options = InterventionOptions
+
+    def run(self, context, options):
+        return intervention_curves(context.model, context.outputs, context.rows, context.seed, options.random_repeats)
+
+    def tables(self, name, results):
+        return _curve_table(results)
+
+
+@dataclass
+class HonestyOptions:
+    black_box_accuracy: float | None = None  # the black box's accuracy on the split, for completeness
+
+
+class Honesty(Suite):
+    """Is the bottleneck honest? Completeness, forced concepts, responsiveness (``honesty``)."""
+
+    Options = HonestyOptions
+
+    def run(self, context, options):
+        task = context.task
+        return bottleneck_honesty(
+            context.model, context.outputs, task.train, context.rows, options.black_box_accuracy, dev=task.dev
+        )
+
+    def tables(self, name, results):
+        return _honesty_table(results)
+
+
+@dataclass
+class ConceptSetOptions:
+    statements: object = None  # an automatic concept set's statements (experiment.automatic_concept_sources)
+    human_concepts: dict | None = None  # the human concept values of the split's rows, for agreement
+
+
+class ConceptSet(Suite):
+    """Is the concept set any good? Activations, dead and duplicate statements, agreement (``concept_set``)."""
+
+    Options = ConceptSetOptions
+
+    def run(self, context, options):
+        return concept_set_quality(
+            context.model, context.outputs, context.rows, options.statements, options.human_concepts
+        )
+
+    def tables(self, name, results):
+        return _concept_set_tables(results)
+
+
+SUITES.register("faithfulness")(Faithfulness())
+SUITES.register("causal")(Causal())
+SUITES.register("interventions")(Interventions())
+SUITES.register("honesty")(Honesty())
+SUITES.register("concepts")(ConceptSet())
 
 
 def parse_suites(text: str | Sequence[str]) -> list[str]:
@@ -33,9 +216,9 @@ def parse_suites(text: str | Sequence[str]) -> list[str]:
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
     unknown = [s for s in names if s not in SUITES]
     if unknown:
-        raise LucidError(f"--suite: unknown suite(s) {unknown}; expected a comma-separated list of {list(SUITES)}")
+        raise LucidError(f"--suite: unknown suite(s) {unknown}; expected a comma-separated list of {SUITES.names}")
     if not names:
-        raise LucidError(f"--suite: no suite named; expected a comma-separated list of {list(SUITES)}")
+        raise LucidError(f"--suite: no suite named; expected a comma-separated list of {SUITES.names}")
     return list(dict.fromkeys(names))
 
 
@@ -55,77 +238,44 @@ def describe(model) -> dict:
 def run_suite(
     model,
     task: Task,
-    suites: str | Sequence[str] = SUITES,
+    suites: str | Sequence[str] | None = None,
     split: str = "test",
-    samples: int = 200,
     seed: int = 0,
-    cebab: str | Path | None = None,
-    causal_splits: Sequence[str] = ("dev", "test"),
-    baseline_split: str = "train_inclusive",
-    random_repeats: int = 5,
     batch_size: int = 64,
-    black_box_accuracy: float | None = None,
-    statements=None,
-    human_concepts: dict | None = None,
-    pair_protocol: str = "originals",
-    rewiring: tuple[float, str] | None = (0.1, "taylor"),
+    options: dict[str, dict] | None = None,
+    **settings,
 ) -> dict:
-    """Run the named suites on ``task``'s ``split``; the same seed gives the same results.
+    """Run the named suites (default: every registered one) on ``task``'s ``split``; the same seed
+    gives the same results.
 
-    ``samples``: rows drawn (with ``seed``) for token faithfulness, the slow part; the other
-    suites use every row. ``cebab``: the folder of CEBaB's JSON files, whose ``causal_splits``
-    give the counterfactual pairs (``pair_protocol``: ``originals`` or ``all``, CEBaB's full
-    protocol) and whose ``baseline_split`` the baselines' training pairs and texts; ``rewiring``
-    (fraction, score; None: not run): SparseCBM's own estimate by subnetwork rewiring.
-    ``black_box_accuracy``: the black box's accuracy on ``split``, for completeness (``honesty``).
-    ``statements``, ``human_concepts``: an automatic concept set's statements and the human concept
-    values of ``split``'s rows, for their agreement (``concepts``; ``experiment.automatic_concept_sources``).
-    """
-    suites = parse_suites(suites)
+    ``settings`` go to every chosen suite whose ``Options`` has a field of that name (``samples``:
+    token faithfulness's rows; ``random_repeats``; ``cebab``, ``causal_splits``, ``baseline_split``,
+    ``pair_protocol``, ``rewiring``: the causal suite's; ``black_box_accuracy``: honesty's;
+    ``statements``, ``human_concepts``: the concept set's); ``options``: suite name → its settings
+    alone. A setting no registered suite takes is an error."""
+    suites = parse_suites(SUITES.names if suites is None else suites)
+    known = {f.name for suite in SUITES.names for f in fields(SUITES.get(suite).Options)}
+    unknown = sorted(set(settings) - known) + sorted(
+        f"{name}.{key}"
+        for name, given in (options or {}).items()
+        for key in given
+        if name not in SUITES or key not in {f.name for f in fields(SUITES.get(name).Options)}
+    )
+    if unknown:
+        raise LucidError(f"run_suite: unknown setting(s) {unknown}; the suites take {sorted(known)}")
     evaluated = task.split(split)
     outputs = TextOutputs(model, batch_size)
+    context = SuiteContext(model, task, split, evaluated, outputs, seed, batch_size)
     results = {"model": describe(model), "split": split, "n": len(evaluated), "seed": seed, "suites": suites}
     if not model.spec.is_regression:
         results["task"] = task_metrics(
             model.spec, evaluated.labels, outputs.get(evaluated.texts, evaluated.text_pairs)["label_logits"]
         )
-    if "faithfulness" in suites:
-        results["faithfulness"] = {
-            "tokens": token_faithfulness(model, evaluated, samples, seed, FRACTIONS, batch_size),
-            "concepts": concept_faithfulness(model, outputs, evaluated, seed, random_repeats),
-        }
-    if "causal" in suites:
-        reason = causal_applicability(model, cebab)
-        if reason:
-            results["causal"] = {"skipped": reason}
-        else:
-            train_pairs = load_cebab_pairs(cebab, baseline_split, with_label_effect=True, protocol=pair_protocol)
-            estimator = average_effect_estimator(train_pairs)
-            train_rows = cebab_concept_rows(cebab, baseline_split)
-            results["causal"] = {
-                "data": str(cebab),
-                "baseline_training_split": baseline_split,
-                "baseline_training_pairs": len(train_pairs),
-                "baseline_training_texts": len(train_rows[0]),
-                "pairs": pair_protocol,
-                "splits": {
-                    name: causal_effects(
-                        model,
-                        outputs,
-                        load_cebab_pairs(cebab, name, protocol=pair_protocol),
-                        estimator,
-                        train_rows,
-                        rewiring,
-                    )
-                    for name in causal_splits
-                },
-            }
-    if "interventions" in suites:
-        results["interventions"] = intervention_curves(model, outputs, evaluated, seed, random_repeats)
-    if "honesty" in suites:
-        results["honesty"] = bottleneck_honesty(model, outputs, task.train, evaluated, black_box_accuracy, dev=task.dev)
-    if "concepts" in suites:
-        results["concepts"] = concept_set_quality(model, outputs, evaluated, statements, human_concepts)
+    for name in suites:
+        suite = SUITES.get(name)
+        names = {f.name for f in fields(suite.Options)}
+        chosen = {k: v for k, v in settings.items() if k in names} | (options or {}).get(name, {})
+        results[name] = suite.run(context, suite.Options(**chosen))
     return results
 
 
@@ -178,16 +328,9 @@ def render_markdown(
         "`cos3`, CB-LLM's cubed cosine similarity, one activation per statement).",
     ]
     lines.append("")
-    if any("faithfulness" in r for r in results.values()):
-        lines += _token_table(results) + _concept_table(results)
-    if any("causal" in r for r in results.values()):
-        lines += _causal_tables(results)
-    if any("interventions" in r for r in results.values()):
-        lines += _curve_table(results)
-    if any("honesty" in r for r in results.values()):
-        lines += _honesty_table(results)
-    if any("concepts" in r for r in results.values()):
-        lines += _concept_set_tables(results)
+    for name in SUITES.names:
+        if any(name in r for r in results.values()):
+            lines += SUITES.get(name).tables(name, results)
     return "\n".join(lines).rstrip() + "\n"
 
 
