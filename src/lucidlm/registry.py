@@ -27,7 +27,8 @@ class Registry(Generic[T]):
             if self.base is not None and not (
                 isinstance(entry, self.base) or (isinstance(entry, type) and issubclass(entry, self.base))
             ):
-                raise TypeError(f"{self.kind} {name!r}: expected a {self.base.__name__}, found {entry!r}")
+                article = "an" if self.base.__name__[0] in "AEIOU" else "a"
+                raise TypeError(f"{self.kind} {name!r}: expected {article} {self.base.__name__}, found {entry!r}")
             self._entries[name] = entry
             return entry
 

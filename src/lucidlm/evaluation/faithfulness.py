@@ -39,7 +39,7 @@ import torch
 
 from ..data import MISSING, Split
 from ..errors import LucidError
-from ..explain.tokens import frame_tokens, gradient_x_input
+from ..explain.tokens import TOKEN_ATTRIBUTIONS, frame_tokens
 from ..intervene import overwrite_concepts, random_order
 from ..models import ConceptModel
 from ..progress import tracked
@@ -180,7 +180,8 @@ def token_faithfulness(
     model, split: Split, samples: int = 200, seed: int = 0, fractions: Sequence[float] = FRACTIONS, batch_size: int = 64
 ) -> dict:
     """Comprehensiveness and sufficiency AOPC of every token explanation ``model.explain`` gives
-    (each target it explains), beside gradient × input and random scores on the same targets,
+    (each target it explains), beside every other registered method (``TOKEN_ATTRIBUTIONS``:
+    gradient × input, …) and random scores on the same targets,
     over ``samples`` rows of ``split`` drawn with ``seed``."""
     reason = token_applicability(model, split)
     if reason:
@@ -212,11 +213,11 @@ def token_faithfulness(
             target = "label" if attribution.target == "attention" else attribution.target
             own_method = attribution.method.split("(")[0]
             score = target_scorer(model, attribution.target, explanation.prediction)
-            explanations = {
-                own_method: attribution.scores,
-                "gradient_x_input": gradient_x_input(model, ids, mask, score, target).scores,
-                "random": rng.random(len(id_list)).tolist(),
-            }
+            explanations = {own_method: attribution.scores}
+            for name, method in TOKEN_ATTRIBUTIONS.items():  # every other registered method, as a baseline
+                if name != own_method:
+                    explanations[name] = method().attribute(model, ids, mask, score, target).scores
+            explanations["random"] = rng.random(len(id_list)).tolist()
             if target == "label" and own:  # proto-lm's attention, scored beside its label attribution
                 explanations.update({a.method: a.scores for a in attention})
 

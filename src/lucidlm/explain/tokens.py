@@ -7,16 +7,23 @@ tokens ([CLS], [SEP]) in place, so an attribution says what the words contribute
 How to show the scores is computed here too (``TokenAttribution``): the tokenizer's character
 offsets (fast tokenizers) map each token back to the user's own characters, and the tokens of
 one word are shown as that word with their summed score.
+
+Methods are ``AttributionMethod`` classes in the ``TOKEN_ATTRIBUTIONS`` registry, each owning its
+options (a dataclass); the evaluation suite scores every registered method beside a model's own
+explanation (``evaluation.faithfulness``). Adding one: a subclass and ``@TOKEN_ATTRIBUTIONS.register``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 
 from ..data.collate import readable_text
+from ..registry import Registry
 from .explanation import TokenAttribution, TokenGroup
 
 
@@ -229,3 +236,50 @@ def gradient_x_input(
         text,
         pair,
     )
+
+
+# ---- methods by name ------------------------------------------------------------------------------
+@dataclass
+class NoOptions:
+    pass
+
+
+class AttributionMethod:
+    """A token attribution method. ``attribute(model, input_ids, attention_mask, score, target,
+    text=None, pair=None)``: ``score(input_ids, attention_mask) -> [B]`` (one row here) attributed to
+    the tokens, as a ``TokenAttribution`` with one score per input id; ``Options``: its settings,
+    given as keywords when it is made (``IntegratedGradients(steps=50)``)."""
+
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, **options):
+        self.options = self.Options(**options)
+
+    def attribute(self, model, input_ids, attention_mask, score, target: str, text=None, pair=None) -> TokenAttribution:
+        raise NotImplementedError
+
+
+TOKEN_ATTRIBUTIONS: Registry = Registry("token_attribution", base=AttributionMethod)
+
+
+@dataclass
+class IntegratedGradientsOptions:
+    steps: int = 20
+
+
+@TOKEN_ATTRIBUTIONS.register("integrated_gradients")
+class IntegratedGradients(AttributionMethod):
+    """Integrated gradients from the pad-token baseline (``integrated_gradients``)."""
+
+    Options = IntegratedGradientsOptions
+
+    def attribute(self, model, input_ids, attention_mask, score, target, text=None, pair=None):
+        return integrated_gradients(model, input_ids, attention_mask, score, target, self.options.steps, text, pair)
+
+
+@TOKEN_ATTRIBUTIONS.register("gradient_x_input")
+class GradientXInput(AttributionMethod):
+    """Gradient × input, one backward pass (``gradient_x_input``)."""
+
+    def attribute(self, model, input_ids, attention_mask, score, target, text=None, pair=None):
+        return gradient_x_input(model, input_ids, attention_mask, score, target, text, pair)
