@@ -21,7 +21,13 @@ from lucidlm.outputs import ModelOutput
 # Options that make a family train in seconds on the tiny backbone; a family not named trains as configured.
 FAST_OPTIONS = {
     "bottleneck": {"mode": "joint", "concept_loss_weight": 0.5},
-    "sparse": {"sparsity": 0.5, "pruning_start": 0.5, "pruning_end": 1.5, "pruning_interval": 2, "obert_gradients": 2},
+    "sparse": {
+        "sparsity": 0.5,
+        "pruning_start": 0.5,
+        "pruning_end": 1.5,
+        "pruning_interval": 2,
+        "pruning_options": {"gradients": 2},
+    },
 }
 FAST = dict(epochs=2, batch_size=16, progress=False)
 TEXT = "Great pasta, but we waited an hour."

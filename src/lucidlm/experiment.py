@@ -81,7 +81,7 @@ def read_experiment(path: str | Path, output_dir: str | Path | None = None) -> E
     model = dict(raw["model"])
     family, options = canonical_family(model.pop("family", "bottleneck"), model)
     # Check the model keys and named choices now, before any data or model is loaded.
-    from_dict(FAMILIES.get(family, f"{path}: model.family").config_class, options, f"{path}: model")
+    FAMILIES.get(family, f"{path}: model.family").config_class.read(options, f"{path}: model")
     model = {"family": family, **options}
     training = from_dict(TrainingConfig, raw.get("training"), f"{path}: training")
     if output_dir is None:

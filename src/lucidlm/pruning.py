@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import psutil
 import torch
 
+from .config import from_dict
 from .errors import LucidError
 from .masking import MaskedLinear, UnitGroup, units_to_keep
 from .registry import Registry
@@ -89,15 +91,26 @@ def obert_inverse_diagonal(gradients: torch.Tensor, block: int, damp: float) -> 
     return inverse.diagonal(dim1=1, dim2=2).reshape(-1)[:n].float()
 
 
-PRUNING_SCORES: Registry = Registry("pruning_score")
+@dataclass
+class NoOptions:
+    pass
 
 
 class PruningScore:
     """How one pruning score watches training and scores weights; the ``Pruner`` asks it which
-    steps it needs concept gradients at, hands them over, and prunes by its scores."""
+    steps it needs concept gradients at, hands them over, and prunes by its scores. ``Options``:
+    its settings, a dataclass (a config's ``pruning_options``)."""
 
-    def __init__(self, pruner: Pruner):
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, pruner: Pruner, options=None):
         self.pruner = pruner
+        self.options = self.Options() if options is None else options
+
+    @classmethod
+    def read_options(cls, given: dict | None) -> object:
+        """Its ``Options`` from a config's ``pruning_options``; an unknown key is refused by name."""
+        return from_dict(cls.Options, given or {}, "pruning_options")
 
     def needs_gradients(self, step: int) -> bool:
         return False
@@ -120,6 +133,9 @@ class PruningScore:
         pass
 
 
+PRUNING_SCORES: Registry = Registry("pruning_score", base=PruningScore)
+
+
 @PRUNING_SCORES.register("magnitude")
 class MagnitudeScore(PruningScore):
     """|w|, the same for every concept: it cannot tell subnetworks apart."""
@@ -132,8 +148,8 @@ class MagnitudeScore(PruningScore):
 class MovementScore(PruningScore):
     """−Σ_t w·g, accumulated from one interval before the first event (Sanh et al. 2020)."""
 
-    def __init__(self, pruner):
-        super().__init__(pruner)
+    def __init__(self, pruner, options=None):
+        super().__init__(pruner, options)
         self.movement = {n: torch.zeros_like(layer.mask, dtype=torch.float32) for n, layer in pruner.layers.items()}
 
     def needs_gradients(self, step):
@@ -154,33 +170,42 @@ class MovementScore(PruningScore):
             self.movement[n] = tensors[f"movement.{n}"].to(self.movement[n].device)
 
 
+@dataclass
+class OBertOptions:
+    gradients: int = 20  # m: the gradients before each event that the Fisher is estimated from
+    block: int = 20  # B: the Fisher's block size
+    damp: float = 1e-7  # λ
+
+
 @PRUNING_SCORES.register("obert")
 class OBertScore(PruningScore):
     """w² / (2·[F⁻¹]_jj) from the m gradients before each event (docs/methods.md §2; Kurtic et al. 2022);
     |w| when no gradient was seen."""
 
-    def __init__(self, pruner):
-        super().__init__(pruner)
+    Options = OBertOptions
+
+    def __init__(self, pruner, options=None):
+        super().__init__(pruner, options)
         self.gradients: dict[str, list[torch.Tensor]] = {n: [] for n in pruner.layers}
         # Its m gradients of every concept's masked weights are kept in host memory until the
         # next pruning event: refused, in one line, where they would not fit.
         needed = sum(
-            pruner.obert_gradients * layer.mask.numel() * layer.weight.element_size()
+            self.options.gradients * layer.mask.numel() * layer.weight.element_size()
             for layer in pruner.layers.values()
         )
         available = psutil.virtual_memory().available
         if needed > available:
             raise LucidError(
-                f"pruning_score: obert keeps {pruner.obert_gradients} gradients of every concept's masked weights, "
+                f"pruning_score: obert keeps {self.options.gradients} gradients of every concept's masked weights, "
                 f"{needed / 2**30:.1f} GiB here, and this machine has {available / 2**30:.1f} GiB free; use "
-                "pruning_score: movement or magnitude (O(parameters)), or fewer obert_gradients"
+                "pruning_score: movement or magnitude (O(parameters)), or fewer pruning_options.gradients"
             )
 
     def needs_gradients(self, step):
-        return any(0 <= event - 1 - step < self.pruner.obert_gradients for event in self.pruner.events)
+        return any(0 <= event - 1 - step < self.options.gradients for event in self.pruner.events)
 
     def observe(self, name, layer, grad):
-        self.gradients[name] = (self.gradients[name] + [grad.detach().cpu()])[-self.pruner.obert_gradients :]
+        self.gradients[name] = (self.gradients[name] + [grad.detach().cpu()])[-self.options.gradients :]
 
     def scores(self, name, layer):
         if not self.gradients[name]:
@@ -190,7 +215,7 @@ class OBertScore(PruningScore):
         out = torch.empty(layer.mask.shape)
         for k in range(layer.num_masks):
             diag = obert_inverse_diagonal(
-                grads[:, k].reshape(grads.shape[0], -1), self.pruner.obert_block, self.pruner.obert_damp
+                grads[:, k].reshape(grads.shape[0], -1), self.options.block, self.options.damp
             )
             out[k] = (weight.float().cpu() ** 2 / (2 * diag.reshape(weight.shape).clamp_min(1e-30))).to(out.dtype)
         return out.to(weight.device)
@@ -219,9 +244,7 @@ class Pruner(TrainingHooks):
         score: str = "obert",
         scope: str = "layer",
         interval: int = 10,
-        obert_gradients: int = 20,
-        obert_block: int = 20,
-        obert_damp: float = 1e-7,
+        score_options: dict | None = None,
         groups: list[UnitGroup] | None = None,
     ):
         score_class = PRUNING_SCORES.get(score, "pruning_score")
@@ -231,11 +254,10 @@ class Pruner(TrainingHooks):
             raise LucidError(f"pruning_scope: neuron-level masks prune block by block ('layer'), found {scope!r}")
         self.layers, self.schedule, self.steps_per_epoch, self.groups = layers, schedule, steps_per_epoch, groups
         self.scope, self.interval = scope, max(1, interval)
-        self.obert_gradients, self.obert_block, self.obert_damp = obert_gradients, obert_block, obert_damp
         start, end = (round(e * steps_per_epoch) for e in (schedule.start, schedule.end))
         # prune at start, every `interval` steps, and once more at end (final sparsity)
         self.events = sorted(set(range(start, end, self.interval)) | {end})
-        self.score = score_class(self)
+        self.score = score_class(self, score_class.read_options(score_options))
         self.history: list[dict] = []
 
     # ---- hooks called by fit_loop -----------------------------------------------------------

@@ -79,8 +79,23 @@ class ModelConfig:
     freeze: bool = False  # the backbone does not train (heads only)
     quantization: str | None = None  # 4bit | 8bit base weights (QLoRA; bitsandbytes on CUDA): with an adapter or freeze
     compile: bool = False  # torch.compile the backbone's forward (in place: the saved keys stay as they are)
-    # Keys that older saved runs wrote under another name: {old: new}, renamed when loading.
+    # Keys that older runs and configs wrote under another name: {old: new}, renamed when read; a
+    # dotted new name ("pruning_options.gradients") moves the value into that mapping.
     renamed_keys: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def read(cls, options: dict, where: str):
+        """The config from a mapping (a YAML config's ``model``, a saved ``config.json``, keywords),
+        older key names renamed, unknown ones refused by name."""
+        renamed: dict = {}
+        for key, value in options.items():
+            new = cls.renamed_keys.get(key, key)
+            if "." in new:
+                outer, inner = new.split(".", 1)
+                renamed[outer] = {inner: value, **(renamed.get(outer) or options.get(outer) or {})}
+            else:
+                renamed.setdefault(new, value)
+        return from_dict(cls, renamed, where)
 
     def __post_init__(self):
         if self.pooling is not None:
@@ -171,7 +186,7 @@ class LucidModel(nn.Module):
         """A new model over a pretrained backbone (hub name or local folder); heads seeded by ``seed``."""
         if task is None:
             raise LucidError(f"{cls.__name__}.from_backbone: give the task spec (task=...)")
-        model_config = from_dict(cls.config_class, {**config, "backbone": backbone}, cls.__name__)
+        model_config = cls.config_class.read({**config, "backbone": backbone}, cls.__name__)
         set_seed(seed)
         loaded = load_backbone(
             backbone, model_config.dtype, model_config.attn_implementation, model_config.quantization
@@ -651,8 +666,7 @@ def load_pretrained(directory: str | Path) -> LucidModel:
     directory = Path(directory)
     meta = read_run_config(directory)
     cls = FAMILIES.get(meta["family"])
-    saved = {cls.config_class.renamed_keys.get(k, k): v for k, v in meta["model"].items()}
-    config = from_dict(cls.config_class, saved, f"{directory / CONFIG_FILE}: model")
+    config = cls.config_class.read(meta["model"], f"{directory / CONFIG_FILE}: model")
     spec = TaskSpec.from_dict(meta["task"])
     if config.trains_part_of_backbone:  # the run holds the adapter and heads: its base comes from where it was trained
         if "base" not in meta:

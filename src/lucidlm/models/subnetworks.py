@@ -9,7 +9,8 @@ through its own mask, the label reads every concept's pass, and GPT-2's Conv1D l
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +56,14 @@ class SparseConfig(BottleneckConfig):
     pruning_interval: int = 10  # steps between pruning events
     pruning_score: str = "obert"  # a name in pruning.PRUNING_SCORES: obert | magnitude | movement
     pruning_scope: str = "layer"  # layer | global
-    obert_gradients: int = 20  # m
-    obert_block: int = 20  # B
-    obert_damp: float = 1e-7  # λ
+    # the pruning score's own settings (its ``Options``: obert's gradients m, block B, damp λ)
+    pruning_options: dict = field(default_factory=dict)
+    renamed_keys: ClassVar[dict[str, str]] = {
+        **BottleneckConfig.renamed_keys,
+        "obert_gradients": "pruning_options.gradients",  # lucidlm ≤ 0.1: one field each in this config
+        "obert_block": "pruning_options.block",
+        "obert_damp": "pruning_options.damp",
+    }
 
     def __post_init__(self):
         super().__post_init__()
@@ -77,7 +83,7 @@ class SparseConfig(BottleneckConfig):
             )
         if self.granularity not in ("weight", "neuron"):
             raise LucidError(f"granularity: expected 'weight' or 'neuron', found {self.granularity!r}")
-        PRUNING_SCORES.check(self.pruning_score, "pruning_score")
+        PRUNING_SCORES.get(self.pruning_score, "pruning_score").read_options(self.pruning_options)
         if self.pruning_scope not in PRUNING_SCOPES:
             raise LucidError(f"pruning_scope: expected one of {list(PRUNING_SCOPES)}, found {self.pruning_scope!r}")
         if self.granularity == "neuron" and self.pruning_scope != "layer":
@@ -283,9 +289,7 @@ class SparseConceptLM(ConceptBottleneckLM, SubnetworkModel):
             self.config.pruning_score,
             self.config.pruning_scope,
             self.config.pruning_interval,
-            self.config.obert_gradients,
-            self.config.obert_block,
-            self.config.obert_damp,
+            self.config.pruning_options,
             self.unit_groups,
         )
 
