@@ -16,6 +16,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from ..data.task import Annotations
 from ..errors import LucidError
 from ..run import CHECKPOINT_DIR, RUN_FILE, STORE_FILE, Run
 from .store import CorrectionStore, Record, store_url
+
+if TYPE_CHECKING:
+    from ..models import LucidModel
 
 
 def run_fingerprint(run_dir: str | Path) -> str:
@@ -41,10 +45,12 @@ def copy_sqlite(source: Path, target: Path) -> None:
     """A consistent copy of a SQLite store, its write-ahead log included (a file copy could miss it)."""
     import sqlite3
 
-    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
         src.backup(dst)
-    src.close()
-    dst.close()
+    finally:
+        src.close()
+        dst.close()
 
 
 def corrected_split(records: list[Record], spec: TaskSpec) -> Split:
@@ -121,7 +127,7 @@ def learn(
     seed: int | None = None,
     progress: bool | None = None,
     training: dict | None = None,
-):
+) -> tuple[LucidModel, dict]:
     """Fine-tune a new run from ``run_dir`` on its training data plus its standing corrections (those
     made on it or on a run it was learned from), saved to ``output_dir``. ``records``: learn from
     these instead of the store's; ``training``: settings that replace the parent's (``TrainingConfig``

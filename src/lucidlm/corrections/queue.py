@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from ..data.tables import read_rows
 from ..errors import LucidError
 from ..intervene import INTERVENTION_POLICIES, entropy, expected_change_scores, label_change_scores
 from .store import CorrectionStore
+
+if TYPE_CHECKING:
+    from ..models import LucidModel
 
 QUEUE_POLICIES = ("expected_change", "label_change", "uncertainty", "random")
 
@@ -64,7 +68,7 @@ def read_pool(path: str | Path, column: str = "text") -> list[str]:
 
 @torch.no_grad()
 def priorities(
-    model, texts: list[str], policy: str = "expected_change", seed: int = 0, batch_size: int = 64
+    model: LucidModel, texts: list[str], policy: str = "expected_change", seed: int = 0, batch_size: int = 64
 ) -> tuple[np.ndarray, list[str | None]]:
     """Each text's priority (higher: asked sooner) and the concept to ask about first."""
     if policy not in QUEUE_POLICIES:
@@ -130,7 +134,7 @@ class ReviewQueue:
     @classmethod
     def build(
         cls,
-        model,
+        model: LucidModel,
         texts: list[str],
         store: CorrectionStore,
         run: str,

@@ -3,13 +3,18 @@ function, for the page and API, ``lucidlm intervene --record`` and the benchmark
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import LucidError, Unsupported
 from ..intervene import ConceptValues
 from .store import Record
 
+if TYPE_CHECKING:
+    from ..models import LucidModel
+
 
 def make_record(
-    model,
+    model: LucidModel,
     text: str,
     values: dict[str, str],
     gold_label: str | None,

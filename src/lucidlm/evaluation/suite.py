@@ -21,7 +21,7 @@ from ..data import Split, Task
 from ..errors import LucidError
 from ..layout import CURVES_PNG, EVALUATION_JSON, EVALUATION_MD
 from ..metrics import task_metrics
-from ..models import ConceptModel
+from ..models import ConceptModel, LucidModel
 from ..registry import Registry
 from .causal import average_effect_estimator, causal_applicability, causal_effects, cebab_concept_rows, load_cebab_pairs
 from .concept_set import concept_set_quality
@@ -38,7 +38,7 @@ class SuiteContext:
     """What every suite reads: the model, the task, the evaluated split's name and rows, the model's
     outputs on texts (computed once, shared by the suites), the seed and the batch size."""
 
-    model: object
+    model: LucidModel
     task: Task
     split: str
     rows: Split
@@ -236,7 +236,7 @@ def describe(model) -> dict:
 
 
 def run_suite(
-    model,
+    model: LucidModel,
     task: Task,
     suites: str | Sequence[str] | None = None,
     split: str = "test",
