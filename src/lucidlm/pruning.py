@@ -34,7 +34,20 @@ from .training import TrainingHooks, mean_over_processes
 
 # (initial, final, progress in [0, 1] through the pruning epochs) -> sparsity
 SCHEDULES: Registry = Registry("schedule")
-PRUNING_SCOPES = ("layer", "global")  # the lowest scores of each layer, or of the whole backbone
+PRUNING_SCOPES = Registry.choices(
+    "pruning_scope",
+    {
+        "layer": "the lowest scores of each layer are pruned",
+        "global": "the lowest scores of the whole backbone are pruned",
+    },
+)
+GRANULARITIES = Registry.choices(
+    "granularity",
+    {
+        "weight": "single weights",
+        "neuron": "whole attention heads and feed-forward neurons",
+    },
+)
 
 
 @SCHEDULES.register("linear")
@@ -248,8 +261,7 @@ class Pruner(TrainingHooks):
         groups: list[UnitGroup] | None = None,
     ):
         score_class = PRUNING_SCORES.get(score, "pruning_score")
-        if scope not in PRUNING_SCOPES:
-            raise LucidError(f"pruning_scope: expected one of {list(PRUNING_SCOPES)}, found {scope!r}")
+        PRUNING_SCOPES.check(scope, "pruning_scope")
         if groups and scope != "layer":
             raise LucidError(f"pruning_scope: neuron-level masks prune block by block ('layer'), found {scope!r}")
         self.layers, self.schedule, self.steps_per_epoch, self.groups = layers, schedule, steps_per_epoch, groups

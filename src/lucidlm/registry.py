@@ -20,6 +20,15 @@ class Registry(Generic[T]):
         self.kind, self.base = kind, base
         self._entries: dict[str, T] = {}
 
+    @classmethod
+    def choices(cls, kind: str, entries: dict[str, str]) -> Registry[str]:
+        """A registry of named choices, each with a line saying what it means (a config's
+        ``mode``, ``label_penalty``, …): checked when a config is read, listed in its errors."""
+        registry = cls(kind)
+        for name, meaning in entries.items():
+            registry.register(name)(meaning)
+        return registry
+
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
             if name in self._entries and self._entries[name] is not entry:

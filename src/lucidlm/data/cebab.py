@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LucidError
+from ..registry import Registry
 from .sources import hub_splits, preset_folder
 from .spec import ConceptSpec, TaskSpec
 from .tables import read_rows
@@ -156,7 +157,13 @@ def load_cebab_augmented(path=None, reviews: str = "cebab", concepts=CEBAB_ASPEC
 
 
 CEBAB_CLASSES = ("1", "2", "3", "4", "5")
-PROTOCOLS = ("originals", "all")
+PROTOCOLS = Registry.choices(
+    "pair protocol",
+    {
+        "originals": "each original and its human edits",
+        "all": "CEBaB's full protocol: every ordered pair of texts of one original that differ in one aspect",
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -203,8 +210,7 @@ def cebab_pairs(
     """The counterfactual pairs of CEBaB rows (conventions and ``protocol`` in the module doc).
     Aspects are read as the ``cebab`` preset reads them; a row whose label has no majority is
     kept, since its label *distribution* (the votes) is what a pair's label effect needs."""
-    if protocol not in PROTOCOLS:
-        raise LucidError(f"pair protocol: expected one of {list(PROTOCOLS)}, found {protocol!r}")
+    PROTOCOLS.check(protocol, "pair protocol")
     spec = cebab_spec()
     rows = _cebab_rows(rows, spec, drop_no_majority=False)
     columns = {c.name: c.column for c in spec.concepts}

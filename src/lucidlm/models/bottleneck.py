@@ -23,6 +23,7 @@ from ..explain.tokens import integrated_gradients
 from ..intervene import INTERVENTION_POLICIES, ConceptValues, concept_values_tensor, overwrite_concepts
 from ..metrics import concept_metrics, selection_score, task_metrics
 from ..outputs import InterventionResult, ModelOutput
+from ..registry import Registry
 from ..training import TrainingConfig
 from .auxiliary_losses import counterfactual_loss, random_interventions, side_channel
 from .base import ConceptModel, ModelConfig
@@ -32,8 +33,21 @@ from .label_free import CONCEPT_OBJECTIVES
 from .label_head import fit_label_head, tune_label_head
 from .losses import Mixup, concept_loss, task_loss
 
-MODES = ("joint", "sequential", "independent")
-LABEL_PENALTIES = ("l2", "elastic")
+MODES = Registry.choices(
+    "mode",
+    {
+        "joint": "x→c and c→y together: CE(y) + λ·Σ_k CE(c_k)",
+        "sequential": "x→c, then c→y on the predicted concepts",
+        "independent": "x→c, and c→y on the gold concepts",
+    },
+)
+LABEL_PENALTIES = Registry.choices(
+    "label_penalty",
+    {
+        "l2": "the c→y fit with an L2 penalty, its strength chosen on dev",
+        "elastic": "an elastic net along a regularisation path: each class reads few concepts",
+    },
+)
 
 
 @dataclass
@@ -126,23 +140,16 @@ class BottleneckConfig(ModelConfig):
             self.random_intervention_rate = layer.default_random_intervention_rate
         if not isinstance(self.concept_embedding_size, int) or self.concept_embedding_size < 1:
             raise LucidError(f"concept_embedding_size: expected an integer >= 1, found {self.concept_embedding_size!r}")
-        if self.value_embedding not in VALUE_EMBEDDINGS:
-            raise LucidError(
-                f"value_embedding: expected one of {list(VALUE_EMBEDDINGS)}, found {self.value_embedding!r}"
-            )
+        VALUE_EMBEDDINGS.check(self.value_embedding, "value_embedding")
         if self.value_embedding != "input" and not layer.reads_value_embedding:
             raise LucidError(
                 f"value_embedding: {self.value_embedding!r} is what the embedding layer's corrected concept "
                 f"reads; concept_layer is {self.concept_layer!r}"
             )
-        if self.concept_activation not in ACTIVATIONS:
-            raise LucidError(
-                f"concept_activation: expected one of {list(ACTIVATIONS)}, found {self.concept_activation!r}"
-            )
+        ACTIVATIONS.check(self.concept_activation, "concept_activation")
         INTERVENTION_POLICIES.check(self.intervention_policy, "intervention_policy")
         INTERVENTION_OBJECTIVES.get(self.intervention_objective, "intervention_objective").check_config(self)
-        if self.label_penalty not in LABEL_PENALTIES:
-            raise LucidError(f"label_penalty: expected one of {list(LABEL_PENALTIES)}, found {self.label_penalty!r}")
+        LABEL_PENALTIES.check(self.label_penalty, "label_penalty")
         if not 0.0 < self.label_l1_ratio <= 1.0:
             raise LucidError(f"label_l1_ratio: expected a share in (0, 1], found {self.label_l1_ratio!r}")
         if self.intervention_loss_weight < 0:

@@ -97,11 +97,24 @@ class ConceptLayer(nn.Module):
 
 
 CONCEPT_LAYERS: Registry = Registry("concept_layer", base=ConceptLayer)
-ACTIVATIONS = ("logits", "probs")
+ACTIVATIONS = Registry.choices(
+    "concept_activation",
+    {
+        "logits": "the label head reads each concept's logits",
+        "probs": "the label head reads each concept's probabilities",
+    },
+)
 # What a concept set to value v reads in the embedding layer (``value_embedding``): the input's own
 # embedding of v (CEM as published), the mean of that embedding over the training rows whose
 # gold value is v, or a vector learned for v; the last two do not depend on the text.
-VALUE_EMBEDDINGS = ("input", "mean", "learned")
+VALUE_EMBEDDINGS = Registry.choices(
+    "value_embedding",
+    {
+        "input": "the input's own embedding of the value (CEM as published)",
+        "mean": "the value's mean embedding over the training rows whose gold value it is",
+        "learned": "a vector learned for the value",
+    },
+)
 
 
 @torch.no_grad()

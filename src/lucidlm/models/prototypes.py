@@ -28,11 +28,18 @@ from ..explain import Explanation, PrototypeMatch, TrainingExample
 from ..explain.tokens import integrated_gradients, token_attribution
 from ..metrics import selection_score
 from ..outputs import ModelOutput
+from ..registry import Registry
 from ..training import TrainingConfig
 from .base import ModelConfig, PrototypeModel, trainable_groups
 from .losses import task_loss
 
-PROJECTIONS = ("soft", "hard")
+PROJECTIONS = Registry.choices(
+    "projection",
+    {
+        "soft": "each prototype moved part of the way toward its nearest training example",
+        "hard": "each prototype replaced by its nearest training example",
+    },
+)
 OWN_CLASS_WEIGHT, OTHER_CLASS_WEIGHT = 1.0, -0.5  # the label head's start (docs/methods.md §3)
 TOP_TOKENS = 3  # attended tokens shown for each of a prototype's nearest training examples
 
@@ -68,8 +75,7 @@ class PrototypeConfig(ModelConfig):
             raise LucidError(f"attention_size: expected an integer >= 1 or null, found {self.attention_size!r}")
         if not isinstance(self.nearest_examples, int) or self.nearest_examples < 1:
             raise LucidError(f"nearest_examples: expected an integer >= 1, found {self.nearest_examples!r}")
-        if self.projection not in PROJECTIONS:
-            raise LucidError(f"projection: expected one of {list(PROJECTIONS)}, found {self.projection!r}")
+        PROJECTIONS.check(self.projection, "projection")
 
 
 @dataclass

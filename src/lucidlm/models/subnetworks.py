@@ -35,7 +35,7 @@ from ..masking import (
     wrap_layers,
 )
 from ..outputs import InterventionResult, SubnetworkInterventionResult
-from ..pruning import PRUNING_SCOPES, PRUNING_SCORES, Pruner, SparsitySchedule, density
+from ..pruning import GRANULARITIES, PRUNING_SCOPES, PRUNING_SCORES, Pruner, SparsitySchedule, density
 from ..training import TrainingConfig
 from .base import SubnetworkModel
 from .bottleneck import BottleneckConfig, ConceptBottleneckLM
@@ -81,11 +81,9 @@ class SparseConfig(BottleneckConfig):
                 "model.adapter / model.freeze: a sparse concept model prunes the backbone's own weights, "
                 "one mask per concept, so the whole backbone trains; use family bottleneck for an adapter"
             )
-        if self.granularity not in ("weight", "neuron"):
-            raise LucidError(f"granularity: expected 'weight' or 'neuron', found {self.granularity!r}")
+        GRANULARITIES.check(self.granularity, "granularity")
         PRUNING_SCORES.get(self.pruning_score, "pruning_score").read_options(self.pruning_options)
-        if self.pruning_scope not in PRUNING_SCOPES:
-            raise LucidError(f"pruning_scope: expected one of {list(PRUNING_SCOPES)}, found {self.pruning_scope!r}")
+        PRUNING_SCOPES.check(self.pruning_scope, "pruning_scope")
         if self.granularity == "neuron" and self.pruning_scope != "layer":
             raise LucidError(
                 f"pruning_scope: neuron-level masks prune block by block ('layer'), found {self.pruning_scope!r}"
