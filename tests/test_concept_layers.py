@@ -19,7 +19,6 @@ from lucidlm.models.concept_layers import ConceptLayer
 from lucidlm.training import TrainingConfig
 
 
-@CONCEPT_LAYERS.register("toy-onehot")
 class ToyOneHotLayer(ConceptLayer):
     """One linear head per concept; the label reads the probabilities, an intervention is one-hot."""
 
@@ -57,6 +56,13 @@ class ToyOneHotLayer(ConceptLayer):
         return after
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _toy_registered():
+    """The toy layer is registered while this file's tests run, and only then."""
+    with CONCEPT_LAYERS.registered("toy-onehot", ToyOneHotLayer):
+        yield
+
+
 LAYER_CONFIGS = {"statement": {"concept_objective": "cos3", "mode": "sequential"}}
 
 
@@ -69,7 +75,7 @@ def two_valued(spec: TaskSpec) -> TaskSpec:
     )
 
 
-@pytest.mark.parametrize("name", CONCEPT_LAYERS.names)
+@pytest.mark.parametrize("name", [*CONCEPT_LAYERS.names, "toy-onehot"])  # every library layer, and the toy
 def test_every_concept_layer_keeps_the_contract(name, cebab_small):
     spec = two_valued(cebab_small.spec) if name == "statement" else cebab_small.spec
     config = BottleneckConfig(concept_layer=name, **LAYER_CONFIGS.get(name, {}))

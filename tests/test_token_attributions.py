@@ -12,7 +12,6 @@ from lucidlm.explain.tokens import TOKEN_ATTRIBUTIONS, AttributionMethod, token_
 from lucidlm.models import load_pretrained
 
 
-@TOKEN_ATTRIBUTIONS.register("toy-first-words")
 class FirstWordsFirst(AttributionMethod):
     """The earlier a token, the higher its score: what a reader who stops early would say."""
 
@@ -23,6 +22,13 @@ class FirstWordsFirst(AttributionMethod):
         )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _toy_registered():
+    """The toy method is registered while this file's tests run, and only then."""
+    with TOKEN_ATTRIBUTIONS.registered("toy-first-words", FirstWordsFirst):
+        yield
+
+
 TEXT = "Great pasta, but we waited an hour for a rude waiter."
 
 
@@ -31,7 +37,7 @@ def joint(tiny_runs):
     return load_pretrained(tiny_runs["joint"])
 
 
-@pytest.mark.parametrize("name", TOKEN_ATTRIBUTIONS.names)
+@pytest.mark.parametrize("name", [*TOKEN_ATTRIBUTIONS.names, "toy-first-words"])  # the library's, and the toy
 def test_every_attribution_method_keeps_the_contract(name, joint):
     batch = joint.encoder.batch([TEXT])
     ids, mask = batch["input_ids"], batch["attention_mask"]

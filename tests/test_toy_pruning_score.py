@@ -19,7 +19,6 @@ class SeededOptions:
     seed: int = 0
 
 
-@PRUNING_SCORES.register("toy-seeded")
 class SeededScore(PruningScore):
     """Random scores from its own seed: what any score must beat."""
 
@@ -28,6 +27,13 @@ class SeededScore(PruningScore):
     def scores(self, name, layer):
         generator = torch.Generator().manual_seed(self.options.seed + sum(map(ord, name)))
         return torch.rand(layer.mask.shape, generator=generator).to(layer.weight.device)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _toy_registered():
+    """The toy score is registered while this file's tests run, and only then."""
+    with PRUNING_SCORES.registered("toy-seeded", SeededScore):
+        yield
 
 
 def masks(model) -> dict[str, torch.Tensor]:

@@ -42,7 +42,11 @@ class ConfidenceByLength(Suite):
         return [f"## {name}", "", *(f"- {m}: r = {r[name]['correlation']:.3f}" for m, r in results.items()), ""]
 
 
-SUITES.register("toy-length")(ConfidenceByLength())
+@pytest.fixture(autouse=True, scope="module")
+def _toy_registered():
+    """The toy suite is registered while this file's tests run, and only then."""
+    with SUITES.registered("toy-length", ConfidenceByLength()):
+        yield
 
 
 def test_a_registered_suite_runs_with_its_own_options(tiny_runs, cebab_small):

@@ -6,6 +6,7 @@ names there are."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 from .errors import LucidError
@@ -42,6 +43,15 @@ class Registry(Generic[T]):
             return entry
 
         return add
+
+    @contextmanager
+    def registered(self, name: str, entry: T) -> Iterator[T]:
+        """``entry`` registered as ``name`` for the block only (a test's toy entry)."""
+        self.register(name)(entry)
+        try:
+            yield entry
+        finally:
+            del self._entries[name]
 
     def get(self, name: str, field: str | None = None) -> T:
         """The entry called ``name``; else an error naming ``field`` (default: the kind) and the valid names."""
