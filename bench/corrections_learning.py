@@ -132,6 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", nargs="+", type=int, default=[100, 200, 400])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="learn's training seeds")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="the reviewers to run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     transformers.utils.logging.set_verbosity_error()
@@ -183,7 +184,7 @@ def main() -> None:
         print(f"{name}: {json.dumps(row)}", flush=True)
         write(result)
 
-    for arm in ARMS:
+    for arm in args.arms:
         folder = RUNS / arm.replace(", ", "-").replace(" ", "-")
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -284,10 +285,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def over_seeds(result: dict) -> list[str]:
     """Mean ± standard deviation over learn's seeds of each run's test − parent's, where a run has
     several seeds; and in how many seeds the new run beat its parent."""
@@ -313,3 +310,7 @@ def over_seeds(result: dict) -> list[str]:
             f"{int((deltas > 0).sum())} of {len(rows)} | " + (f"{np.mean(read):.1%} |" if read else "– |")
         )
     return lines
+
+
+if __name__ == "__main__":
+    main()
