@@ -3,6 +3,8 @@ clear 4xx answers, the CLI listens on localhost by default, and schemathesis fin
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import schemathesis
 import torch
@@ -283,10 +285,28 @@ def test_no_endpoint_takes_a_path_and_the_page_is_served_with_a_strict_policy(cl
         if component["title"].endswith("Request")
         for name in component.get("properties", {})
     }
-    assert fields == {"text", "texts", "values", "concept", "value", "fraction", "score"}
-    assert all(
-        not operation.get("parameters") for methods in schema["paths"].values() for operation in methods.values()
-    )
+    # the corrections' own fields: the label a person gives, a note, an idempotency key, a reason
+    assert fields == {
+        "text",
+        "texts",
+        "values",
+        "concept",
+        "value",
+        "fraction",
+        "score",
+        "label",
+        "note",
+        "key",
+        "reason",
+    }
+    parameters = [
+        p
+        for methods in schema["paths"].values()
+        for operation in methods.values()
+        for p in operation.get("parameters", [])
+    ]
+    assert {p["name"] for p in parameters} == {"after", "limit", "record_id"}  # the corrections' list and retract
+    assert all(p["schema"]["type"] == "integer" for p in parameters)  # numbers only: nothing names a file
     page = client.get("/")
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
     assert '<script src="/static/app.js"' in page.text and "http" not in page.text
@@ -294,7 +314,7 @@ def test_no_endpoint_takes_a_path_and_the_page_is_served_with_a_strict_policy(cl
     assert client.get("/static/../app.py").status_code == 404 and client.get("/docs").status_code == 404
 
 
-def test_serve_listens_on_localhost_unless_told(runs, monkeypatch):
+def test_serve_listens_on_localhost_unless_told(runs, monkeypatch, tmp_path):
     import uvicorn
 
     calls = []
@@ -306,11 +326,16 @@ def test_serve_listens_on_localhost_unless_told(runs, monkeypatch):
     monkeypatch.setattr(uvicorn.Server, "run", run)
     plain = CliRunner().invoke(cli, ["serve", str(runs["joint"])])
     assert plain.exit_code == 0, plain.output
-    opened = CliRunner().invoke(cli, ["serve", str(runs["joint"]), "--host", "0.0.0.0", "--port", "8123"])
+    assert not (runs["joint"] / "corrections.sqlite").exists()  # serving read-only writes nothing into the run
+    refused = CliRunner().invoke(cli, ["serve", str(runs["joint"]), "--host", "0.0.0.0", "--port", "8123"])
+    assert refused.exit_code == 1 and "needs users with tokens first" in refused.stderr and len(calls) == 1
+    run = shutil.copytree(runs["joint"], tmp_path / "joint")
+    assert CliRunner().invoke(cli, ["users", "add", "ada", "--role", "admin", "--store", str(run)]).exit_code == 0
+    opened = CliRunner().invoke(cli, ["serve", str(run), "--host", "0.0.0.0", "--port", "8123"])
     assert opened.exit_code == 0, opened.output
     assert calls == [("127.0.0.1", 8000), ("0.0.0.0", 8123)]
     missing = CliRunner().invoke(cli, ["serve", str(runs["joint"] / "nowhere")])
-    assert missing.exit_code == 1 and "no such folder" in missing.stderr
+    assert missing.exit_code == 1 and "no such run folder" in missing.stderr
 
 
 # ---- property-based: every operation of the OpenAPI schema, valid and invalid input ---------------

@@ -769,15 +769,14 @@ def serve(
     """Serve a web page and a JSON API over a run: type a text, see the label, concepts, tokens and
     prototypes, change a concept and compare before and after; with users' tokens, record corrections
     and review a queue of texts."""
-    from .corrections import CorrectionStore
-    from .web.serve import check_exposure, listening_socket, load_app, run_server
+    from .web.serve import check_exposure, listening_socket, load_app, run_server, serving_store
     from .web.worker import ServingLimits
 
     limits = ServingLimits(
         queue_size=queue_size, max_batch=max_batch, max_wait=max_wait_ms / 1000, explain_cache=explain_cache
     )
     Run(run_dir).check_saved()
-    store = CorrectionStore(corrections if corrections is not None else run_dir)
+    store = serving_store(run_dir, corrections, create=pool is not None)
     check_exposure(host, store)
     sock = listening_socket(host, port)  # a taken port is one line, before any "serving"
     try:

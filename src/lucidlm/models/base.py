@@ -79,22 +79,14 @@ class ModelConfig:
     freeze: bool = False  # the backbone does not train (heads only)
     quantization: str | None = None  # 4bit | 8bit base weights (QLoRA; bitsandbytes on CUDA): with an adapter or freeze
     compile: bool = False  # torch.compile the backbone's forward (in place: the saved keys stay as they are)
-    # Keys that older runs and configs wrote under another name: {old: new}, renamed when read; a
-    # dotted new name ("pruning_options.gradients") moves the value into that mapping.
+    # Keys that older runs and configs wrote under another name: {old: new}, renamed when read.
     renamed_keys: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def read(cls, options: dict, where: str):
         """The config from a mapping (a YAML config's ``model``, a saved ``config.json``, keywords),
         older key names renamed, unknown ones refused by name."""
-        renamed: dict = {}
-        for key, value in options.items():
-            new = cls.renamed_keys.get(key, key)
-            if "." in new:
-                outer, inner = new.split(".", 1)
-                renamed[outer] = {inner: value, **(renamed.get(outer) or options.get(outer) or {})}
-            else:
-                renamed.setdefault(new, value)
+        renamed = {cls.renamed_keys.get(key, key): value for key, value in options.items()}
         return from_dict(cls, renamed, where)
 
     def __post_init__(self):

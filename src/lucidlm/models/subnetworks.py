@@ -58,12 +58,22 @@ class SparseConfig(BottleneckConfig):
     pruning_scope: str = "layer"  # layer | global
     # the pruning score's own settings (its ``Options``: obert's gradients m, block B, damp λ)
     pruning_options: dict = field(default_factory=dict)
-    renamed_keys: ClassVar[dict[str, str]] = {
-        **BottleneckConfig.renamed_keys,
-        "obert_gradients": "pruning_options.gradients",  # lucidlm ≤ 0.1: one field each in this config
-        "obert_block": "pruning_options.block",
-        "obert_damp": "pruning_options.damp",
+    # lucidlm ≤ 0.1 kept obert's settings as fields of this config (every saved run wrote them)
+    legacy_obert_keys: ClassVar[dict[str, str]] = {
+        "obert_gradients": "gradients",
+        "obert_block": "block",
+        "obert_damp": "damp",
     }
+
+    @classmethod
+    def read(cls, options: dict, where: str):
+        """Older runs' and configs' ``obert_*`` keys read as ``pruning_options`` when the score is
+        obert; other scores never read them, so there they are dropped."""
+        options = dict(options)
+        legacy = {cls.legacy_obert_keys[k]: options.pop(k) for k in list(options) if k in cls.legacy_obert_keys}
+        if legacy and options.get("pruning_score", "obert") == "obert":
+            options["pruning_options"] = {**legacy, **(options.get("pruning_options") or {})}
+        return super().read(options, where)
 
     def __post_init__(self):
         super().__post_init__()

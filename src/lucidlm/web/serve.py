@@ -24,22 +24,21 @@ def load_app(
 ):
     """The web app over the saved run in ``run_dir`` (a FastAPI app); ``limits``: ``ServingLimits``;
     ``device``: where the model runs (``auto``: the GPU when there is one); ``corrections``: the
-    store's URL (default: ``corrections.sqlite`` in the run folder), or an open ``store``; ``pool``: a
-    file of texts to review, in ``policy``'s order (``corrections.queue``)."""
+    store's URL (default: ``corrections.sqlite`` in the run folder, when it has one), or an open
+    ``store``; ``pool``: a file of texts to review, in ``policy``'s order (``corrections.queue``)."""
     try:
         from .app import create_app
     except ImportError as e:
         raise LucidError(
             f"lucidlm serve needs the web extra ({e.name} is missing): pip install 'lucidlm[web]'"
         ) from None
-    from ..corrections import CorrectionStore
     from ..corrections.learn import run_fingerprint
     from ..corrections.queue import ReviewQueue, read_pool
     from ..models import load_pretrained
 
     texts = read_pool(pool) if pool is not None else None  # a bad pool file fails before the model loads
     model = load_pretrained(run_dir).to(serving_device(device))
-    store = store or CorrectionStore(corrections if corrections is not None else run_dir)
+    store = store or serving_store(run_dir, corrections, create=pool is not None)
     queue = None if texts is None else ReviewQueue.build(model, texts, store, Path(run_dir).name, policy)
     return create_app(model, run_dir, limits, store, run_fingerprint(run_dir), queue)
 
@@ -47,13 +46,26 @@ def load_app(
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def serving_store(run_dir: str | Path, corrections: str | Path | None = None, create: bool = False):
+    """The store a server records into: ``corrections`` (a URL or file), else the run folder's own
+    when it has one (or ``create``: a review queue needs one). None: the run has no store, so no user
+    and nobody who could record; serving it read-only writes nothing into the run folder."""
+    from ..corrections import CorrectionStore
+    from ..layout import STORE_FILE
+
+    if corrections is not None or create or (Path(run_dir) / STORE_FILE).is_file():
+        return CorrectionStore(corrections if corrections is not None else run_dir)
+    return None
+
+
 def check_exposure(host: str, store) -> None:
     """Serving beyond this machine with no users would let anyone on the network in (and nobody
     could record): refused, in one line."""
-    if host not in LOOPBACK and not host.startswith("127.") and not store.users():
+    if host not in LOOPBACK and not host.startswith("127.") and (store is None or not store.users()):
+        where = "the run has no corrections store" if store is None else f"{store.safe_url} has none"
         raise LucidError(
             f"--host {host}: serving beyond this machine needs users with tokens first "
-            f"(lucidlm users add NAME --role corrector); {store.safe_url} has none"
+            f"(lucidlm users add NAME --role corrector); {where}"
         )
 
 
