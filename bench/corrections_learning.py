@@ -143,6 +143,12 @@ def main() -> None:
     parent = json.loads((parent_dir / "run.json").read_text())
     model = load_pretrained(parent_dir)
     fingerprint, run = run_fingerprint(parent_dir), parent_dir.name
+    invocation = (
+        "python bench/corrections_learning.py"
+        + (f" --budgets {' '.join(map(str, args.budgets))}" if args.budgets != [100, 200, 400] else "")
+        + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0] else "")
+        + ("".join(f' --arms "{a}"' for a in args.arms) if args.arms != list(ARMS) else "")
+    )
     result = {
         "command": "python bench/corrections_learning.py"
         + (f" --budgets {' '.join(map(str, args.budgets))}" if args.budgets != [100, 200, 400] else ""),
@@ -180,6 +186,7 @@ def main() -> None:
                 concept_labels=record["lineage"]["concept_labels"],
                 labels=record["lineage"]["labels"],
             )
+        row["command"] = invocation
         result["runs"][name] = row
         print(f"{name}: {json.dumps(row)}", flush=True)
         write(result)
@@ -275,6 +282,12 @@ def markdown(result: dict) -> str:
             f"{row['dev']['accuracy']:.1%} | {row['test']['accuracy']:.1%} | {delta:+.1f} | "
             + (f"{row['read_right']:.1%} | {row['parent_read_right']:.1%} |" if "read_right" in row else "– | – |")
         )
+    commands = sorted({row.get("command", result["command"]) for row in result["runs"].values()})
+    if len(commands) > 1:
+        lines += [
+            "",
+            "Rows made by: " + "; ".join(f"`{c}`" for c in commands) + " (each row's command is in the JSON).",
+        ]
     lines += over_seeds(result)
     lines += [
         "",
