@@ -42,12 +42,12 @@ import torch
 import transformers
 
 from lucidlm.corrections import CorrectionStore
-from lucidlm.corrections.learn import learn, run_fingerprint
+from lucidlm.corrections.learn import continuation, learn, run_fingerprint
 from lucidlm.corrections.queue import ReviewQueue
 from lucidlm.corrections.recording import make_record
 from lucidlm.data import MISSING
 from lucidlm.experiment import load_experiment_task, read_experiment, run_experiment
-from lucidlm.layout import CHECKPOINT_DIR
+from lucidlm.layout import CHECKPOINT_DIR, write_record
 from lucidlm.models import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,19 +233,16 @@ def control(parent_dir: Path, experiment, task, seed: int, finish) -> None:
     control = RUNS / ("control" if seed == 0 else f"control-seed{seed}")
     shutil.rmtree(control, ignore_errors=True)
     model_copy = load_pretrained(parent_dir)
-    continuation = dataclasses.replace(
-        experiment.training, head_learning_rate=experiment.training.learning_rate, seed=seed
-    )
-    model_copy.fit(task.train, eval_data=task.dev, config=continuation, run_dir=control)
+    training = dataclasses.replace(continuation(experiment.training), seed=seed)
+    model_copy.fit(task.train, eval_data=task.dev, config=training, run_dir=control)
     model_copy.save_pretrained(control)
     shutil.rmtree(control / CHECKPOINT_DIR, ignore_errors=True)
-    (control / "run.json").write_text(
-        json.dumps(
-            {
-                "metrics": {s: model_copy.evaluate(getattr(task, s)) for s in ("dev", "test")},
-                "lineage": {"concept_labels": 0, "labels": 0},
-            }
-        )
+    write_record(
+        control,
+        {
+            "metrics": {s: model_copy.evaluate(getattr(task, s)) for s in ("dev", "test")},
+            "lineage": {"concept_labels": 0, "labels": 0},
+        },
     )
     tag = "" if seed == 0 else f", seed {seed}"
     finish(

@@ -26,48 +26,21 @@ from pathlib import Path
 import httpx
 import torch
 import transformers
-import yaml
 
-from lucidlm.backbone import DEFAULT_BACKBONE, resolve_backbone
 from lucidlm.corrections import CorrectionStore, add_user
-from lucidlm.experiment import read_experiment, run_experiment
 from lucidlm.web.serve import load_app, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CEBAB = ROOT.parent / "shared" / "data" / "cebab"
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' throwaway PostgreSQL server
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' throwaway PostgreSQL server and tiny run
 from postgres_server import postgres_server  # noqa: E402
+from tiny_runs import save_tiny_bert, train_tiny_run  # noqa: E402
 
 
 def tiny_run(folder: Path) -> Path:
-    """A saved joint run on a random 2-layer BERT, trained for seconds on 64 CEBaB rows."""
-    backbone = folder / "tiny-bert"
-    tokenizer = transformers.AutoTokenizer.from_pretrained(resolve_backbone(DEFAULT_BACKBONE))
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(backbone)
-    tokenizer.save_pretrained(backbone)
-    path = folder / "joint.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "data": {"source": "cebab", "path": str(CEBAB), "subsample": {"train": 64, "dev": 32, "test": 32}},
-                "model": {"family": "bottleneck", "mode": "joint", "backbone": str(backbone)},
-                "training": {"epochs": 1, "batch_size": 16, "seed": 0, "progress": False},
-            }
-        )
-    )
-    experiment = read_experiment(path, folder / "joint")
-    run_experiment(experiment)
-    return experiment.output_dir
+    """A saved joint run on a random 2-layer BERT, trained for seconds on 64 CEBaB rows (the tests' own)."""
+    return train_tiny_run(folder, "joint", save_tiny_bert(folder / "tiny-bert"), CEBAB)
 
 
 def load(url: str, token: str, writers: int, records: int, tag: str) -> dict:

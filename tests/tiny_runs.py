@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+import transformers
 import yaml
 
+from lucidlm.backbone import DEFAULT_BACKBONE, resolve_backbone
 from lucidlm.experiment import read_experiment, run_experiment
 
 MODELS = {
@@ -24,6 +27,23 @@ MODELS = {
     "proto": {"family": "prototype", "prototypes_per_class": 2, "nearest_examples": 2},
 }
 EPOCHS = {"standard": 1, "joint": 1, "sparse": 1, "proto": 1}
+
+
+def save_tiny_bert(path: Path) -> Path:
+    """A 2-layer, 32-wide random BERT (seed 0) with the default backbone's WordPiece tokenizer, saved in ``path``."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(resolve_backbone(DEFAULT_BACKBONE))
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def train_tiny_run(folder: Path, kind: str, backbone: Path, cebab: Path, test_rows: int = 32) -> Path:

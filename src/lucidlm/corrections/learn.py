@@ -35,6 +35,13 @@ def run_fingerprint(run_dir: str | Path) -> str:
     return Run(run_dir).fingerprint()
 
 
+def continuation(training):
+    """The parent's ``TrainingConfig`` as ``learn`` continues it: its heads are trained, not fresh,
+    so they learn at the backbone's rate (at the parent's head rate, made for freshly initialised
+    heads, they forget; chosen on dev, bench/corrections_learning.py)."""
+    return replace(training, head_learning_rate=training.learning_rate)
+
+
 def lineage_fingerprints(record: dict | None, own: str) -> set[str]:
     """The fingerprints of a run and of every run it was learned from (``run.json``'s lineage)."""
     lineage = (record or {}).get("lineage") or {}
@@ -166,9 +173,7 @@ def learn(
     corrected = corrected_split(records, task.spec)
     training_changes = training
     training = from_dict(TrainingConfig, experiment.get("training"), f"{run_file}: training")
-    # A continuation: the heads are trained, not fresh, so they learn at the backbone's rate (at the
-    # parent's head rate, made for freshly initialised heads, they forget; bench/corrections_learning.py)
-    training = replace(training, head_learning_rate=training.learning_rate)
+    training = continuation(training)
     changes = {
         **(training_changes or {}),
         **({"seed": seed} if seed is not None else {}),

@@ -293,9 +293,7 @@ class CorrectionStore:
 
     def standing(self, run: str | None = None) -> list[Record]:
         """The corrections that stand: not retracted."""
-        every = self.records(run=run)
-        retracted = {r.retracts for r in every if r.kind == "retraction"}
-        return [r for r in every if r.kind == "correction" and r.id not in retracted]
+        return standing_of(self.records(run=run))
 
     def count(self, run: str | None = None) -> int:
         return len(self.standing(run))
@@ -391,6 +389,12 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def standing_of(records: list[Record]) -> list[Record]:
+    """The corrections among ``records`` that no retraction among them retracts."""
+    retracted = {r.retracts for r in records if r.kind == "retraction"}
+    return [r for r in records if r.kind == "correction" and r.id not in retracted]
 
 
 def _check(record: Record) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from ..corrections.store import standing_of
 from ..data import MISSING
 from ..errors import LucidError
 from ..explain.explanation import CONTRIBUTION_MEANING
@@ -463,9 +464,10 @@ def corrections_section(run_dir: Path, record: dict | None) -> str:
         )
         return "".join(parts)
     try:
-        every, standing = store.records(), store.standing()
+        every = store.records()
     finally:
         store.close()
+    standing = standing_of(every)
     fingerprint = run.fingerprint()
     waiting = [r for r in standing if r.run_fingerprint == fingerprint]
     authors = sorted({r.author for r in every})
